@@ -1,0 +1,243 @@
+//! The JetStream streams, KV buckets and object stores Steward uses, and an idempotent
+//! [`ensure`] that creates or updates them.
+//!
+//! Replicas are chosen at start-up ([`Replicas::One`] on a single node, [`Replicas::Three`] on a
+//! cluster). Names are fixed here and nowhere else.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, object_store, stream};
+
+use crate::subject::any_account;
+
+/// How many copies JetStream keeps of each stream and bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replicas {
+    /// R1: a single node.
+    #[default]
+    One,
+    /// R3: a three-node (or larger) cluster.
+    Three,
+}
+
+impl Replicas {
+    /// The replica count.
+    #[must_use]
+    pub fn count(self) -> usize {
+        match self {
+            Replicas::One => 1,
+            Replicas::Three => 3,
+        }
+    }
+}
+
+/// Host registry events (`online`, `offline`, `changed`).
+pub const HOST_EVENTS_STREAM: &str = "STEWARD_HOST_EVENTS";
+/// Durable commands to hosts, delivered when a host comes back.
+pub const HOST_COMMANDS_STREAM: &str = "STEWARD_HOST_COMMANDS";
+/// Configuration change notices.
+pub const CONFIG_EVENTS_STREAM: &str = "STEWARD_CONFIG_EVENTS";
+/// Assessment results.
+pub const RESULTS_STREAM: &str = "STEWARD_RESULTS";
+/// Job event data of runs.
+pub const RUN_EVENTS_STREAM: &str = "STEWARD_RUN_EVENTS";
+
+/// The host registry bucket.
+pub const HOSTS_BUCKET: &str = "steward_hosts";
+/// Large artifacts (outputs, job event attachments).
+pub const ARTIFACTS_STORE: &str = "steward_artifacts";
+
+/// Window within which JetStream drops a message whose `Nats-Msg-Id` it has already stored.
+pub const DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Description of one stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamDef {
+    /// Stream name.
+    pub name: &'static str,
+    /// What it holds.
+    pub description: &'static str,
+    /// Subjects it captures.
+    pub subjects: Vec<String>,
+    /// Retention policy.
+    pub retention: stream::RetentionPolicy,
+    /// Longest a message is kept (zero = forever).
+    pub max_age: Duration,
+    /// Most bytes kept (-1 = unlimited).
+    pub max_bytes: i64,
+}
+
+impl StreamDef {
+    /// The JetStream configuration for this stream with `replicas`.
+    #[must_use]
+    pub fn config(&self, replicas: Replicas) -> stream::Config {
+        stream::Config {
+            name: self.name.to_owned(),
+            description: Some(self.description.to_owned()),
+            subjects: self.subjects.clone(),
+            retention: self.retention,
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
+            storage: stream::StorageType::File,
+            num_replicas: replicas.count(),
+            duplicate_window: DEDUPE_WINDOW,
+            discard: stream::DiscardPolicy::Old,
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// Description of one KV bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BucketDef {
+    /// Bucket name.
+    pub name: &'static str,
+    /// What it holds.
+    pub description: &'static str,
+    /// Revisions kept per key.
+    pub history: i64,
+}
+
+impl BucketDef {
+    /// The JetStream configuration for this bucket with `replicas`.
+    #[must_use]
+    pub fn config(&self, replicas: Replicas) -> kv::Config {
+        kv::Config {
+            bucket: self.name.to_owned(),
+            description: self.description.to_owned(),
+            history: self.history,
+            storage: stream::StorageType::File,
+            num_replicas: replicas.count(),
+            ..Default::default()
+        }
+    }
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// Every stream Steward uses.
+#[must_use]
+pub fn streams() -> Vec<StreamDef> {
+    vec![
+        StreamDef {
+            name: HOST_EVENTS_STREAM,
+            description: "host registry events: online, offline, changed",
+            subjects: vec![any_account::host_events()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: 7 * DAY,
+            max_bytes: -1,
+        },
+        StreamDef {
+            name: HOST_COMMANDS_STREAM,
+            description: "commands to hosts, kept until delivered or expired",
+            subjects: vec![any_account::host_commands()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: 7 * DAY,
+            max_bytes: -1,
+        },
+        StreamDef {
+            name: CONFIG_EVENTS_STREAM,
+            description: "configuration change notices",
+            subjects: vec![any_account::config_changed()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: Duration::ZERO,
+            max_bytes: -1,
+        },
+        StreamDef {
+            name: RESULTS_STREAM,
+            description: "assessment results, each stored once",
+            subjects: vec![any_account::results()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: 30 * DAY,
+            max_bytes: -1,
+        },
+        StreamDef {
+            name: RUN_EVENTS_STREAM,
+            description: "job event data of runs, each event stored once",
+            subjects: vec![any_account::run_events()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: 30 * DAY,
+            max_bytes: -1,
+        },
+    ]
+}
+
+/// Every KV bucket Steward uses.
+#[must_use]
+pub fn buckets() -> Vec<BucketDef> {
+    vec![BucketDef { name: HOSTS_BUCKET, description: "host registry: presence, labels, workers", history: 1 }]
+}
+
+/// Every object store Steward uses.
+#[must_use]
+pub fn object_stores() -> Vec<&'static str> {
+    vec![ARTIFACTS_STORE]
+}
+
+/// What [`ensure`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnsureReport {
+    /// Streams (including KV and object-store backing streams) that exist and match now.
+    pub streams: Vec<String>,
+    /// KV buckets that exist now.
+    pub buckets: Vec<String>,
+    /// Object stores that exist now.
+    pub object_stores: Vec<String>,
+}
+
+/// [`ensure`] failed on one item.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot ensure {what} {name}: {reason}")]
+pub struct EnsureError {
+    /// `stream`, `bucket` or `object store`.
+    pub what: &'static str,
+    /// Name of the item.
+    pub name: String,
+    /// Server's reason.
+    pub reason: String,
+}
+
+/// Creates every stream, bucket and object store, or updates it to the current definition.
+/// Safe to call on every start and from several processes at once.
+///
+/// # Errors
+/// [`EnsureError`] naming the first item the server refused.
+pub async fn ensure(js: &jetstream::Context, replicas: Replicas) -> Result<EnsureReport, EnsureError> {
+    let mut report = EnsureReport::default();
+    for def in streams() {
+        js.create_or_update_stream(def.config(replicas)).await.map_err(|e| EnsureError {
+            what: "stream",
+            name: def.name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        report.streams.push(def.name.to_owned());
+    }
+    for def in buckets() {
+        js.create_or_update_key_value(def.config(replicas)).await.map_err(|e| EnsureError {
+            what: "bucket",
+            name: def.name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        report.buckets.push(def.name.to_owned());
+    }
+    for name in object_stores() {
+        let exists = js.get_object_store(name).await.is_ok();
+        if !exists {
+            js.create_object_store(object_store::Config {
+                bucket: name.to_owned(),
+                num_replicas: replicas.count(),
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| EnsureError {
+                what: "object store",
+                name: name.to_owned(),
+                reason: e.to_string(),
+            })?;
+        }
+        report.object_stores.push(name.to_owned());
+    }
+    Ok(report)
+}
