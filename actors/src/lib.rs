@@ -1,1 +1,108 @@
-//! placeholder
+//! Steward's supervised components.
+//!
+//! Layout: [`supervisor`] is the root supervisor (linked children, restart with back-off and
+//! counters, ordered shutdown) with its typed [`SupervisorHandle`]; [`status`] is the board the
+//! supervisor publishes component states on; [`health`] is the per-connection health micro
+//! service (`$SRV.*` discovery plus `health.status`); [`edge`] is the edge agent (identity in
+//! redb, heartbeats); [`process`] assembles the components a process's roles ask for and runs
+//! them until shutdown. One file per actor: its `Msg`, `Args`, `State` and actor type.
+
+pub mod edge;
+pub mod health;
+pub mod process;
+pub mod status;
+pub mod supervisor;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ractor::{ActorRef, RpcReplyPort};
+
+pub use process::{EdgeSpec, ProcessConfig, Role, RunningProcess};
+pub use status::StatusBoard;
+pub use supervisor::{ChildSpec, RestartPolicy, SupervisorHandle};
+
+/// Errors of the actors crate.
+#[derive(Debug, thiserror::Error)]
+pub enum ActorsError {
+    /// An actor could not be started.
+    #[error("cannot start actor: {0}")]
+    Spawn(String),
+    /// NATS could not be reached.
+    #[error("cannot connect to nats at {url}: {reason}")]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The streams could not be ensured.
+    #[error(transparent)]
+    Ensure(#[from] steward_subjects::streams::EnsureError),
+    /// An actor is gone or did not answer in time.
+    #[error("{0} is unavailable")]
+    Unavailable(String),
+}
+
+/// How a component connects to NATS.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Server URL(s), comma separated.
+    pub url: String,
+    /// Optional credentials file (JWT + nkey seed).
+    pub creds: Option<PathBuf>,
+}
+
+impl ConnectOptions {
+    /// Plain connection to `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        ConnectOptions { url: url.into(), creds: None }
+    }
+}
+
+/// Connects to NATS with `name` as the connection name.
+///
+/// # Errors
+/// [`ActorsError::Connect`] when the server cannot be reached or refuses the credentials.
+pub async fn connect(opts: &ConnectOptions, name: &str) -> Result<async_nats::Client, ActorsError> {
+    let err = |reason: String| ActorsError::Connect { url: opts.url.clone(), reason };
+    let mut o = match &opts.creds {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path.clone())
+            .await
+            .map_err(|e| err(format!("cannot read credentials {}: {e}", path.display())))?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    o = o.name(name).connection_timeout(Duration::from_secs(5));
+    let addrs: Vec<async_nats::ServerAddr> = opts
+        .url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(format!("bad url: {e}")))?;
+    o.connect(addrs).await.map_err(|e| err(e.to_string()))
+}
+
+/// Calls an actor and waits for its reply; the one place that turns ractor's call results into
+/// [`ActorsError`]s for the typed handles.
+pub(crate) async fn call<M, R, F>(actor: &ActorRef<M>, build: F, timeout: Duration) -> Result<R, ActorsError>
+where
+    M: ractor::Message,
+    R: Send + 'static,
+    F: FnOnce(RpcReplyPort<R>) -> M,
+{
+    match actor.call(build, Some(timeout)).await {
+        Ok(ractor::rpc::CallResult::Success(r)) => Ok(r),
+        Ok(ractor::rpc::CallResult::Timeout) => {
+            Err(ActorsError::Unavailable(format!("actor {} (timed out)", actor.get_id())))
+        }
+        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
+            Err(ActorsError::Unavailable(format!("actor {}", actor.get_id())))
+        }
+    }
+}
+
+/// Current time as RFC 3339 text.
+#[must_use]
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}

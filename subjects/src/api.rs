@@ -64,3 +64,47 @@ pub mod health {
         pub components: Vec<ComponentStatus>,
     }
 }
+
+/// Hosts: presence announcements published by edge agents.
+pub mod host {
+    use std::collections::BTreeMap;
+
+    use super::{Deserialize, Serialize};
+
+    /// Facts an agent reports about its machine.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct HostFacts {
+        /// Machine host name.
+        pub hostname: String,
+        /// Operating system (`linux`).
+        pub os: String,
+        /// CPU architecture (`x86_64`).
+        pub arch: String,
+    }
+
+    /// Presence announcement and heartbeat of an edge agent, published on
+    /// `steward.v1.<account>.host.heartbeat.<host>`.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct Heartbeat {
+        /// Host id (must equal the subject's target token).
+        pub host_id: String,
+        /// Host labels.
+        pub labels: BTreeMap<String, String>,
+        /// Agent version.
+        pub agent_version: String,
+        /// Machine facts.
+        pub facts: HostFacts,
+        /// Enabled workers and their versions (the "dispatchers map").
+        pub workers: BTreeMap<String, String>,
+        /// Heartbeat interval the agent uses, in milliseconds.
+        pub interval_ms: u64,
+        /// Sequence number of this heartbeat since the agent started.
+        pub seq: u64,
+        /// Agent start count from its local store (changes on every restart).
+        pub incarnation: u64,
+        /// `true` on the last heartbeat of a clean shutdown.
+        pub leaving: bool,
+    }
+}

@@ -1,0 +1,169 @@
+//! A Steward process: the components its roles ask for, under one root supervisor.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use steward_subjects::streams::{self, EnsureReport, Replicas};
+use steward_subjects::{AccountId, HostId, Subjects};
+use tracing::info;
+
+use crate::edge::{EdgeAgent, EdgeArgs};
+use crate::health::{HealthArgs, HealthService};
+use crate::status::StatusBoard;
+use crate::supervisor::{ChildSpec, RestartPolicy, SupervisorArgs, SupervisorHandle};
+use crate::{connect, ActorsError, ConnectOptions};
+
+/// What a process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The hub: ensures the streams and runs the hub components (health today; connector,
+    /// config manager, renderer and dispatcher attach here).
+    Hub,
+}
+
+impl Role {
+    /// The role's name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Hub => "hub",
+        }
+    }
+}
+
+/// One edge agent to run inside the process.
+#[derive(Debug, Clone)]
+pub struct EdgeSpec {
+    /// Host id.
+    pub host_id: HostId,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its data folder.
+    pub data_dir: PathBuf,
+}
+
+/// Everything a process needs to start.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// How to reach NATS.
+    pub connect: ConnectOptions,
+    /// The account served.
+    pub account: AccountId,
+    /// Hub roles to run.
+    pub roles: Vec<Role>,
+    /// Edge agents to run.
+    pub edges: Vec<EdgeSpec>,
+    /// JetStream replicas for `ensure`.
+    pub replicas: Replicas,
+    /// Heartbeat interval of edge agents.
+    pub heartbeat: Duration,
+    /// Restart policy for every component.
+    pub policy: RestartPolicy,
+}
+
+impl ProcessConfig {
+    /// A hub-only process on `url` for `account`.
+    #[must_use]
+    pub fn hub(url: &str, account: AccountId) -> Self {
+        ProcessConfig {
+            connect: ConnectOptions::new(url),
+            account,
+            roles: vec![Role::Hub],
+            edges: Vec::new(),
+            replicas: Replicas::One,
+            heartbeat: Duration::from_secs(5),
+            policy: RestartPolicy::default(),
+        }
+    }
+}
+
+/// A started process.
+#[derive(Debug)]
+pub struct RunningProcess {
+    supervisor: SupervisorHandle,
+    join: tokio::task::JoinHandle<()>,
+    client: async_nats::Client,
+    board: StatusBoard,
+    /// What `ensure` did at start (empty when the process has no hub role).
+    pub ensured: EnsureReport,
+}
+
+impl RunningProcess {
+    /// Connects, ensures the streams when a hub role is asked for, and starts every component.
+    ///
+    /// # Errors
+    /// [`ActorsError`] when NATS cannot be reached, the streams cannot be ensured or a component
+    /// cannot start.
+    pub async fn start(config: ProcessConfig) -> Result<Self, ActorsError> {
+        let client = connect(&config.connect, "steward-hub").await?;
+        let subjects = Subjects::new(config.account.clone());
+        let mut ensured = EnsureReport::default();
+        if !config.roles.is_empty() {
+            let js = async_nats::jetstream::new(client.clone());
+            ensured = streams::ensure(&js, config.replicas).await?;
+            info!(streams = ensured.streams.len(), buckets = ensured.buckets.len(), "jetstream assets ensured");
+        }
+        let board = StatusBoard::new();
+        let started = Instant::now();
+        let started_at = crate::now_rfc3339();
+        let mut children = Vec::new();
+        if !config.roles.is_empty() {
+            let health = HealthArgs {
+                client: client.clone(),
+                subjects: subjects.clone(),
+                kind: "hub".into(),
+                roles: config.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+                metadata: Default::default(),
+                started_at,
+                started,
+                board: board.clone(),
+            };
+            children.push(ChildSpec::new("health", move || (HealthService, health.clone())));
+        }
+        for edge in &config.edges {
+            let args = EdgeArgs {
+                connect: config.connect.clone(),
+                subjects: subjects.clone(),
+                host_id: edge.host_id.clone(),
+                labels: edge.labels.clone(),
+                data_dir: edge.data_dir.clone(),
+                heartbeat: config.heartbeat,
+            };
+            children.push(ChildSpec::new(format!("edge-{}", edge.host_id), move || (EdgeAgent, args.clone())));
+        }
+        let (supervisor, join) =
+            SupervisorHandle::start(SupervisorArgs { children, policy: config.policy, board: board.clone() }).await?;
+        Ok(RunningProcess { supervisor, join, client, board, ensured })
+    }
+
+    /// The root supervisor.
+    #[must_use]
+    pub fn supervisor(&self) -> &SupervisorHandle {
+        &self.supervisor
+    }
+
+    /// The component status board.
+    #[must_use]
+    pub fn board(&self) -> &StatusBoard {
+        &self.board
+    }
+
+    /// The hub connection.
+    #[must_use]
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Stops every component in reverse start order (each gets `per_child` to drain), then
+    /// drains the hub connection.
+    ///
+    /// # Errors
+    /// [`ActorsError::Unavailable`] when the supervisor was already gone.
+    pub async fn shutdown(self, per_child: Duration) -> Result<(), ActorsError> {
+        let r = self.supervisor.shutdown(per_child).await;
+        let _ = self.join.await;
+        let _ = self.client.drain().await;
+        r
+    }
+}

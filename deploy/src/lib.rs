@@ -1,0 +1,29 @@
+//! NATS topologies as code: find, configure, start and stop `nats-server` for Steward.
+//!
+//! Layout: [`binary`] finds the `nats-server` executable (`STEWARD_NATS_SERVER`, `PATH`, the
+//! project's `.tools/bin`) and checks its version; [`config`] renders a server configuration
+//! file; [`server`] runs one server process ([`ServerOptions`], [`NatsServer`]) with readiness
+//! checks, stop, restart and cleanup on drop; [`topology`] builds the shapes Steward runs on
+//! ([`SingleNode`], [`Cluster`], [`HubLeaf`]); [`monitor`] is a tiny HTTP client for the
+//! monitoring endpoints; [`wait`] holds the [`eventually`] polling helper; [`error`] the
+//! [`DeployError`] type. Commented production configuration files live in `deploy/nats/`, and
+//! `deploy/install-nats-server.sh` installs the pinned server.
+//!
+//! The same code starts the servers of the test suites and of `steward up`.
+
+pub mod binary;
+pub mod config;
+pub mod error;
+pub mod monitor;
+pub mod server;
+pub mod topology;
+pub mod wait;
+
+pub use binary::{
+    check_nats_server, find_nats_server, find_nats_server_in, nats_server_version, NatsServerVersion, SearchInputs,
+    PINNED_NATS_SERVER_VERSION,
+};
+pub use error::DeployError;
+pub use server::{ClusterOptions, LeafRemote, NatsServer, ResolvedPorts, ServerOptions};
+pub use topology::{Cluster, HubLeaf, SingleNode};
+pub use wait::eventually;
