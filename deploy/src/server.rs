@@ -392,6 +392,12 @@ impl NatsServer {
         self.spawn_and_wait().await
     }
 
+    /// Whether this handle has a process (started and not stopped since), without reaping it.
+    #[must_use]
+    pub fn has_process(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(None)))

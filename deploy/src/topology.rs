@@ -151,8 +151,9 @@ impl Cluster {
         }
     }
 
-    /// Waits until every running node answers `/healthz` with 200 (JetStream current) and
-    /// reports the same meta leader.
+    /// Waits until every node that is not stopped answers `/healthz` with 200 (JetStream
+    /// current) and all of them report the same meta leader. After [`Cluster::stop_node`] this
+    /// waits for the survivors to elect a new meta leader if the stopped node held it.
     ///
     /// # Errors
     ///
@@ -161,7 +162,7 @@ impl Cluster {
         eventually(timeout, POLL, || async {
             let mut leaders = Vec::new();
             for node in &self.nodes {
-                if node.pid().is_none() {
+                if !node.has_process() {
                     continue;
                 }
                 let health = node.healthz("").await?;

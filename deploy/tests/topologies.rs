@@ -55,6 +55,8 @@ async fn three_node_cluster_survives_a_node_loss_and_rejoins() {
 
     cluster.stop_node(2).await.unwrap();
     assert!(!cluster.node_mut(2).unwrap().is_running());
+    // If node 2 was the meta leader, the survivors elect a new one first.
+    cluster.wait_formed(WAIT).await.unwrap();
 
     // Writes need a stream leader; if node 2 held it, a new one is elected first.
     let ack = eventually(WAIT, POLL, || {
@@ -66,10 +68,11 @@ async fn three_node_cluster_survives_a_node_loss_and_rejoins() {
     let stored = eventually(WAIT, POLL, || stream.get_raw_message(ack.sequence)).await.unwrap();
     assert_eq!(stored.payload.as_ref(), b"after");
 
-    let consumer = stream
-        .create_consumer(consumer::pull::Config { durable_name: Some("reader".into()), ..Default::default() })
-        .await
-        .unwrap();
+    let consumer = eventually(WAIT, POLL, || {
+        stream.create_consumer(consumer::pull::Config { durable_name: Some("reader".into()), ..Default::default() })
+    })
+    .await
+    .unwrap();
     let mut batch = consumer.fetch().max_messages(2).messages().await.unwrap();
     let mut payloads = Vec::new();
     while let Some(msg) = batch.next().await {

@@ -1,0 +1,152 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use steward_subjects::{AccountId, HostId};
+
+/// Steward keeps a fleet of hosts configured, checked and remediated, over NATS.
+#[derive(Debug, Parser)]
+#[command(name = "steward", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: Global,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// NATS server URL(s), comma separated.
+    #[arg(long = "nats", global = true, env = "STEWARD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats: String,
+    /// Tenant account (letters, digits, '-' and '_').
+    #[arg(long, global = true, env = "STEWARD_ACCOUNT", default_value = AccountId::DEFAULT, value_parser = parse_account)]
+    pub account: AccountId,
+    /// NATS credentials file (JWT and nkey seed).
+    #[arg(long, global = true, env = "STEWARD_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Log format (the filter comes from STEWARD_LOG or RUST_LOG, default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for programs.
+    Json,
+}
+
+/// How logs are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run Steward locally: an embedded single-node NATS with JetStream, the hub roles and
+    /// demo edge agents, until Ctrl-C.
+    Up(UpArgs),
+    /// Run the hub roles against an existing NATS deployment (`--nats`).
+    Server(ServerArgs),
+    /// Run one edge agent.
+    Edge(EdgeArgs),
+    /// List every Steward service that answers `$SRV.PING`, with version and uptime.
+    Health(HealthArgs),
+    /// Print the version.
+    Version,
+}
+
+/// Options of `steward up`.
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Data folder (NATS store, edge stores); default: a per-user state folder.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Client port of the embedded NATS server.
+    #[arg(long, default_value_t = 4222)]
+    pub port: u16,
+    /// Number of demo edge agents.
+    #[arg(long, default_value_t = 2)]
+    pub edges: u32,
+    /// Edge heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub heartbeat_ms: u64,
+}
+
+/// Options of `steward server`.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// JetStream replicas for Steward's streams: 1 on a single node, 3 on a cluster.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
+    pub replicas: u8,
+}
+
+/// Options of `steward edge`.
+#[derive(Debug, Clone, Args)]
+pub struct EdgeArgs {
+    /// Host id (letters, digits, '-' and '_').
+    #[arg(long, value_parser = parse_host)]
+    pub host_id: HostId,
+    /// Labels, `k=v,k2=v2`.
+    #[arg(long, default_value = "", value_parser = parse_labels)]
+    pub labels: Labels,
+    /// Folder of the agent's local store.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub heartbeat_ms: u64,
+}
+
+/// Options of `steward health`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// How long to collect `$SRV.PING` answers, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub wait_ms: u64,
+}
+
+/// Parsed `k=v` labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels(pub std::collections::BTreeMap<String, String>);
+
+fn parse_account(s: &str) -> Result<AccountId, String> {
+    AccountId::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_host(s: &str) -> Result<HostId, String> {
+    HostId::parse(s).map_err(|e| e.to_string())
+}
+
+/// Parses `k=v,k2=v2`; every key and value must be a valid token.
+///
+/// # Errors
+/// A message naming the bad pair or token.
+pub fn parse_labels(s: &str) -> Result<Labels, String> {
+    use steward_subjects::token::{validate, TokenKind};
+    let mut out = std::collections::BTreeMap::new();
+    for pair in s.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').ok_or_else(|| format!("label {pair:?} is not of the form key=value"))?;
+        validate(TokenKind::LabelKey, k).map_err(|e| e.to_string())?;
+        validate(TokenKind::LabelValue, v).map_err(|e| e.to_string())?;
+        if out.insert(k.to_owned(), v.to_owned()).is_some() {
+            return Err(format!("label key {k:?} given twice"));
+        }
+    }
+    Ok(Labels(out))
+}

@@ -1,0 +1,245 @@
+//! One function per subcommand.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use serde::Serialize;
+use steward_actors::{ConnectOptions, EdgeSpec, ProcessConfig, Role, RunningProcess};
+use steward_deploy::server::{NatsServer, ServerOptions};
+use steward_subjects::streams::Replicas;
+use steward_subjects::{HostId, STEWARD_VERSION};
+use tracing::info;
+
+use crate::cli::{EdgeArgs, Global, HealthArgs, OutputFormat, ServerArgs, UpArgs};
+use crate::output;
+
+/// How long each component gets to drain on shutdown.
+const DRAIN_PER_COMPONENT: Duration = Duration::from_secs(2);
+
+fn connect_options(global: &Global) -> ConnectOptions {
+    ConnectOptions { url: global.nats.clone(), creds: global.creds.clone() }
+}
+
+/// The per-user state folder: `$XDG_STATE_HOME/steward`, else `~/.local/state/steward`.
+#[must_use]
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir).join("steward");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/steward"),
+        None => PathBuf::from(".steward"),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct UpSummary {
+    nats_url: String,
+    data: String,
+    account: String,
+    roles: Vec<String>,
+    edges: Vec<String>,
+    streams: Vec<String>,
+    buckets: Vec<String>,
+}
+
+/// `steward up`: embedded NATS, hub roles and demo edges until Ctrl-C; nothing left behind.
+///
+/// # Errors
+/// When NATS cannot start (the error says how to install it) or a component cannot start.
+pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
+    let data = args.data.unwrap_or_else(default_state_dir);
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create data folder {}", data.display()))?;
+    let mut opts = ServerOptions::named("steward-up");
+    opts.port = Some(args.port);
+    opts.data_dir = Some(data.join("nats"));
+    let mut server = NatsServer::single(opts).await.context("cannot start the embedded nats-server")?;
+    let url = server.client_url();
+    info!(url = %url, data = %data.display(), "embedded nats-server ready");
+
+    let mut config = ProcessConfig::hub(&url, global.account.clone());
+    config.connect.creds = global.creds.clone();
+    config.heartbeat = Duration::from_millis(args.heartbeat_ms.max(50));
+    for i in 1..=args.edges {
+        let host_id = HostId::parse(&format!("edge-{i}"))?;
+        let zone = if i % 2 == 1 { "a" } else { "b" };
+        config.edges.push(EdgeSpec {
+            labels: BTreeMap::from([("demo".to_owned(), "true".to_owned()), ("zone".to_owned(), zone.to_owned())]),
+            data_dir: data.join("edges").join(host_id.as_str()),
+            host_id,
+        });
+    }
+    let process = match RunningProcess::start(config.clone()).await {
+        Ok(p) => p,
+        Err(e) => {
+            server.stop().await;
+            return Err(e).context("cannot start the hub components");
+        }
+    };
+    let summary = UpSummary {
+        nats_url: url.clone(),
+        data: data.display().to_string(),
+        account: global.account.to_string(),
+        roles: config.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        edges: config.edges.iter().map(|e| e.host_id.to_string()).collect(),
+        streams: process.ensured.streams.clone(),
+        buckets: process.ensured.buckets.clone(),
+    };
+    match global.output {
+        OutputFormat::Json => output::print(global.output, &[], &[], &summary),
+        OutputFormat::Table => {
+            println!("steward {STEWARD_VERSION} is up");
+            println!("  nats:     {}", summary.nats_url);
+            println!("  data:     {}", summary.data);
+            println!("  account:  {}", summary.account);
+            println!("  roles:    {}", summary.roles.join(", "));
+            println!("  edges:    {}", summary.edges.join(", "));
+            println!("  streams:  {}", summary.streams.join(", "));
+            println!("try: steward --nats {url} health    (Ctrl-C stops everything)");
+        }
+    }
+    crate::shutdown::signal().await;
+    info!("stopping");
+    let r = process.shutdown(DRAIN_PER_COMPONENT).await;
+    server.stop().await;
+    r.context("shutdown")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// `steward server`: the hub roles against an existing NATS deployment.
+///
+/// # Errors
+/// When NATS cannot be reached or a component cannot start.
+pub async fn server(global: &Global, args: ServerArgs) -> anyhow::Result<()> {
+    let config = ProcessConfig {
+        connect: connect_options(global),
+        roles: vec![Role::Hub],
+        replicas: if args.replicas >= 3 { Replicas::Three } else { Replicas::One },
+        ..ProcessConfig::hub(&global.nats, global.account.clone())
+    };
+    let process = RunningProcess::start(config).await?;
+    info!(nats = %global.nats, account = %global.account, "hub roles running");
+    crate::shutdown::signal().await;
+    process.shutdown(DRAIN_PER_COMPONENT).await?;
+    Ok(())
+}
+
+/// `steward edge`: one edge agent.
+///
+/// # Errors
+/// When NATS cannot be reached or the local store cannot be opened.
+pub async fn edge(global: &Global, args: EdgeArgs) -> anyhow::Result<()> {
+    let data = args.data.unwrap_or_else(|| default_state_dir().join("edges").join(args.host_id.as_str()));
+    let config = ProcessConfig {
+        connect: connect_options(global),
+        roles: Vec::new(),
+        edges: vec![EdgeSpec { host_id: args.host_id.clone(), labels: args.labels.0, data_dir: data }],
+        heartbeat: Duration::from_millis(args.heartbeat_ms.max(50)),
+        ..ProcessConfig::hub(&global.nats, global.account.clone())
+    };
+    let process = RunningProcess::start(config).await?;
+    info!(host_id = %args.host_id, "edge agent running");
+    crate::shutdown::signal().await;
+    process.shutdown(DRAIN_PER_COMPONENT).await?;
+    Ok(())
+}
+
+/// One service that answered `$SRV.PING`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceHealth {
+    /// Service name.
+    pub service: String,
+    /// Instance id.
+    pub id: String,
+    /// Version.
+    pub version: String,
+    /// Start time, as the service reports it.
+    pub started: Option<String>,
+    /// Seconds since start.
+    pub uptime_secs: Option<u64>,
+    /// Service metadata (account, roles, host id).
+    pub metadata: HashMap<String, String>,
+}
+
+/// `steward health`: every service that answers `$SRV.PING`, with version and uptime.
+///
+/// # Errors
+/// When NATS cannot be reached.
+pub async fn health(global: &Global, args: HealthArgs) -> anyhow::Result<()> {
+    let client = steward_actors::connect(&connect_options(global), "steward-cli").await?;
+    let services = discover(&client, Duration::from_millis(args.wait_ms)).await?;
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            vec![
+                s.service.clone(),
+                s.id.clone(),
+                s.version.clone(),
+                s.uptime_secs.map(output::duration).unwrap_or_else(|| "?".into()),
+                s.metadata.get("account").cloned().unwrap_or_default(),
+                s.metadata.get("host_id").or_else(|| s.metadata.get("roles")).cloned().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    output::print(global.output, &["SERVICE", "ID", "VERSION", "UPTIME", "ACCOUNT", "DETAIL"], &rows, &services);
+    Ok(())
+}
+
+/// Collects `$SRV.PING` answers for `wait`, then asks each for its stats to learn its uptime.
+///
+/// # Errors
+/// When the ping cannot be published.
+pub async fn discover(client: &async_nats::Client, wait: Duration) -> anyhow::Result<Vec<ServiceHealth>> {
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await?;
+    client.publish_with_reply("$SRV.PING", inbox, "".into()).await?;
+    client.flush().await?;
+    let mut pings = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
+        if let Ok(p) = serde_json::from_slice::<async_nats::service::PingResponse>(&msg.payload) {
+            pings.push(p);
+        }
+    }
+    let mut out = Vec::with_capacity(pings.len());
+    for p in pings {
+        let stats = client
+            .request(format!("$SRV.STATS.{}.{}", p.name, p.id), "".into())
+            .await
+            .ok()
+            .and_then(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok());
+        let started = stats.as_ref().and_then(|s| s["started"].as_str().map(str::to_owned));
+        let uptime_secs = started.as_deref().and_then(|s| {
+            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+            u64::try_from((time::OffsetDateTime::now_utc() - t).whole_seconds()).ok()
+        });
+        out.push(ServiceHealth {
+            service: p.name,
+            id: p.id,
+            version: p.version,
+            started,
+            uptime_secs,
+            metadata: p.metadata,
+        });
+    }
+    out.sort_by(|a, b| {
+        (&a.service, &a.metadata.get("host_id"), &a.id).cmp(&(&b.service, &b.metadata.get("host_id"), &b.id))
+    });
+    Ok(out)
+}
+
+/// `steward version`.
+///
+/// # Errors
+/// Never; the signature matches the other commands.
+pub fn version(global: &Global) -> anyhow::Result<()> {
+    match global.output {
+        OutputFormat::Json => println!("{}", serde_json::json!({"version": STEWARD_VERSION})),
+        OutputFormat::Table => println!("steward {STEWARD_VERSION}"),
+    }
+    Ok(())
+}

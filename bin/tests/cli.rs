@@ -1,0 +1,121 @@
+//! The `steward` binary end to end: `up` in the background, `health -o json` lists its services,
+//! Ctrl-C exits 0 and leaves no nats-server behind; hostile tokens are refused before anything
+//! is published.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use steward_deploy::server::{free_ports, NatsServer, ServerOptions};
+use steward_deploy::wait::eventually;
+
+const STEWARD: &str = env!("CARGO_BIN_EXE_steward");
+
+/// Pids of processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_health_and_stops_cleanly_on_ctrl_c() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_ports(1).unwrap()[0];
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut up = tokio::process::Command::new(STEWARD)
+        .args(["up", "--data"])
+        .arg(data.path())
+        .args(["--port", &port.to_string(), "--edges", "2", "--heartbeat-ms", "200"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = up.id().unwrap();
+
+    let services = eventually(Duration::from_secs(30), Duration::from_millis(200), || {
+        let url = url.clone();
+        async move {
+            let out = tokio::process::Command::new(STEWARD)
+                .args(["--nats", &url, "health", "-o", "json", "--wait-ms", "300"])
+                .output()
+                .await
+                .map_err(|e| e.to_string())?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            let n = v.as_array().map(Vec::len).unwrap_or(0);
+            if n >= 3 {
+                Ok(v)
+            } else {
+                Err(format!("{n} services so far"))
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let names: Vec<&str> = services.as_array().unwrap().iter().map(|s| s["service"].as_str().unwrap()).collect();
+    assert_eq!(names.iter().filter(|n| **n == "steward-hub").count(), 1, "{names:?}");
+    assert_eq!(names.iter().filter(|n| **n == "steward-edge").count(), 2, "{names:?}");
+    assert!(services[0]["version"].is_string() && services[0]["uptime_secs"].is_u64(), "{services}");
+    let data_str = data.path().to_string_lossy().to_string();
+    assert!(!processes_mentioning(&data_str).is_empty(), "nats-server of `up` should be running");
+
+    // Ctrl-C: exit 0 within 5 s, nothing left behind.
+    Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), up.wait()).await.expect("exited within 5 s").unwrap();
+    assert!(status.success(), "{status:?}");
+    eventually(Duration::from_secs(5), Duration::from_millis(50), || {
+        let left = processes_mentioning(&data_str);
+        async move {
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("left behind: {left:?}"))
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_account_is_refused_and_nothing_is_published() {
+    let server = NatsServer::single(ServerOptions::named("cli-hostile")).await.unwrap();
+    let before = server.monitor_json("/connz?state=all").await.unwrap()["total"].as_u64().unwrap();
+    for bad in ["a.b", "a*", ">", "a b", ""] {
+        let out =
+            Command::new(STEWARD).args(["--nats", &server.client_url(), "--account", bad, "health"]).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("invalid account"), "{bad:?}: {err}");
+        if !bad.is_empty() {
+            assert!(err.contains(&format!("{bad:?}")), "error names the token {bad:?}: {err}");
+        }
+    }
+    let after = server.monitor_json("/connz?state=all").await.unwrap()["total"].as_u64().unwrap();
+    assert_eq!(before, after, "no connection was made, so nothing was published");
+}
+
+#[test]
+fn hostile_labels_are_refused() {
+    for bad in ["env=prod.eu", "env", "k*=v", "k= v", "env=a,env=b"] {
+        let out = Command::new(STEWARD).args(["edge", "--host-id", "h1", "--labels", bad]).output().unwrap();
+        assert!(!out.status.success(), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("label"), "{bad}");
+    }
+    let out = Command::new(STEWARD).args(["edge", "--host-id", "web.01"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid host id \"web.01\""));
+}
+
+#[test]
+fn version_prints() {
+    let out = Command::new(STEWARD).args(["version", "-o", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+}
