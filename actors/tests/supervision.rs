@@ -1,6 +1,8 @@
 //! The supervised runtime against a real nats-server: health discovery through `$SRV.*`, JSON
 //! requests, malformed input, a failing child restarted and serving again, clean shutdown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

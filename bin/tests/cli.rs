@@ -2,6 +2,8 @@
 //! Ctrl-C exits 0 and leaves no nats-server behind; hostile tokens are refused before anything
 //! is published.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 

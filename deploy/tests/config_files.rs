@@ -2,6 +2,8 @@
 //! `nats-server -t -c <file>` (config test mode) from a temporary copy of the folder, so
 //! relative paths (`./data`, `./host.creds`) resolve inside the copy.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -50,10 +52,6 @@ async fn accounts_conf_permissions_hold_on_a_running_server() {
     std::fs::copy(accounts, dir.join("accounts.conf")).unwrap();
     let server = NatsServer::start(ServerOptions {
         data_dir: Some(dir),
-        // accounts.conf reserves 1G memory / 50G file per tenant; the server limits are caps,
-        // not allocations, so they only need to cover the reservations.
-        max_memory_store: 4 << 30,
-        max_file_store: 200 << 30,
         extra_config: "include \"accounts.conf\"".into(),
         ..ServerOptions::named("accounts")
     })

@@ -1,6 +1,8 @@
 //! Binary discovery. Uses explicit [`SearchInputs`] so no test mutates process-global
 //! environment variables.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
 use std::path::PathBuf;
 
 use steward_deploy::{

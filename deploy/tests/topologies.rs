@@ -1,6 +1,8 @@
 //! Real nats-server topologies driven through async-nats. Every test starts its own servers on
 //! free ports in temporary folders, so they run in parallel, and waits by polling.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};

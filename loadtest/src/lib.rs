@@ -1,1 +1,1 @@
-//! placeholder
+//! The Steward load-test harness (being built).

@@ -1,1 +1,2 @@
+//! steward-loadtest (being built)
 fn main() {}

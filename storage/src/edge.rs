@@ -16,7 +16,7 @@ const WORKERS: TableDefinition<&str, &str> = TableDefinition::new("workers");
 const IDENTITY_KEY: &str = "identity";
 
 /// Who this edge agent is; written once, then read back on every start.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EdgeIdentity {
     /// Host id (a validated token).
@@ -27,12 +27,6 @@ pub struct EdgeIdentity {
     pub created_at: String,
     /// Number of times the agent has started with this store.
     pub starts: u64,
-}
-
-impl Default for EdgeIdentity {
-    fn default() -> Self {
-        EdgeIdentity { host_id: String::new(), labels: BTreeMap::new(), created_at: String::new(), starts: 0 }
-    }
 }
 
 /// The edge agent's redb store.

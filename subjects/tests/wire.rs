@@ -1,5 +1,7 @@
 //! Property tests of the wire contract: tokens, subjects, envelopes and codecs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
 use proptest::prelude::*;
 use steward_subjects::api::health::{ComponentState, ComponentStatus, HealthStatus};
 use steward_subjects::codec::{self, CodecError, Encoding};
