@@ -261,3 +261,16 @@ pub const SERVICE_PREFIX: &str = "steward";
 pub fn service_name(component: &str) -> String {
     format!("{SERVICE_PREFIX}-{component}")
 }
+
+/// Key of a host in the host registry bucket: `<account>.<host>` (KV keys may contain `.`; both
+/// parts are validated tokens, so the key splits back unambiguously).
+#[must_use]
+pub fn host_registry_key(account: &AccountId, host: &HostId) -> String {
+    format!("{account}.{host}")
+}
+
+/// Key filter matching every host of `account` in the host registry bucket.
+#[must_use]
+pub fn host_registry_filter(account: &AccountId) -> String {
+    format!("{account}.*")
+}
