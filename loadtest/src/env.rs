@@ -1,0 +1,209 @@
+//! The deployment a run measures: NATS (started here through `steward_deploy`, or an existing
+//! one) and the hub processes scenarios start.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use steward_deploy::server::{NatsServer, ServerOptions};
+use steward_deploy::topology::Cluster;
+use steward_deploy::wait::eventually;
+use steward_subjects::streams::Replicas;
+
+/// Which NATS a run uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One JetStream node started by the harness.
+    Single,
+    /// A 3-node JetStream cluster started by the harness (streams R3).
+    Cluster3,
+    /// An existing deployment at these URLs (CPU and memory of nats-server are not measured).
+    External(String),
+}
+
+enum Servers {
+    Single(NatsServer),
+    Cluster(Cluster),
+    None,
+}
+
+/// A running deployment.
+pub struct Deployment {
+    servers: Servers,
+    urls: Vec<String>,
+    topology: Topology,
+    nats_version: Option<String>,
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment").field("urls", &self.urls).field("topology", &self.topology).finish()
+    }
+}
+
+impl Deployment {
+    /// Starts (or attaches to) the deployment.
+    ///
+    /// # Errors
+    /// When nats-server cannot be found or started.
+    pub async fn start(topology: Topology) -> anyhow::Result<Self> {
+        let big = |name: &str| {
+            let mut o = ServerOptions::named(name);
+            o.max_memory_store = 1024 * 1024 * 1024;
+            o.max_file_store = 8 * 1024 * 1024 * 1024;
+            o
+        };
+        let version = || {
+            steward_deploy::find_nats_server()
+                .ok()
+                .and_then(|b| steward_deploy::nats_server_version(&b).ok())
+                .map(|v| v.to_string())
+        };
+        Ok(match &topology {
+            Topology::Single => {
+                let s = NatsServer::single(big("loadtest")).await.context("cannot start nats-server")?;
+                Deployment {
+                    urls: vec![s.client_url()],
+                    servers: Servers::Single(s),
+                    topology,
+                    nats_version: version(),
+                }
+            }
+            Topology::Cluster3 => {
+                let c = Cluster::start_with(3, big("loadtest")).await.context("cannot start a 3-node cluster")?;
+                Deployment { urls: c.server_addrs(), servers: Servers::Cluster(c), topology, nats_version: version() }
+            }
+            Topology::External(url) => Deployment {
+                urls: url.split(',').map(|u| u.trim().to_owned()).collect(),
+                servers: Servers::None,
+                topology,
+                nats_version: None,
+            },
+        })
+    }
+
+    /// Client URLs.
+    #[must_use]
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// Client URLs joined with commas (the `--nats` form).
+    #[must_use]
+    pub fn url_list(&self) -> String {
+        self.urls.join(",")
+    }
+
+    /// Name of the topology for the report.
+    #[must_use]
+    pub fn topology_name(&self) -> &'static str {
+        match self.topology {
+            Topology::Single => "single",
+            Topology::Cluster3 => "cluster3",
+            Topology::External(_) => "external",
+        }
+    }
+
+    /// Replicas for streams created by scenarios.
+    #[must_use]
+    pub fn replicas(&self) -> Replicas {
+        match self.topology {
+            Topology::Cluster3 => Replicas::Three,
+            _ => Replicas::One,
+        }
+    }
+
+    /// nats-server version, when the harness started it.
+    #[must_use]
+    pub fn nats_version(&self) -> Option<String> {
+        self.nats_version.clone()
+    }
+
+    /// Pids of the nats-server processes (empty for an external deployment).
+    #[must_use]
+    pub fn nats_pids(&self) -> Vec<u32> {
+        match &self.servers {
+            Servers::Single(s) => s.pid().into_iter().collect(),
+            Servers::Cluster(c) => c.nodes().iter().filter_map(NatsServer::pid).collect(),
+            Servers::None => Vec::new(),
+        }
+    }
+
+    /// A new client connection named `name`.
+    ///
+    /// # Errors
+    /// When the deployment cannot be reached.
+    pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
+        let addrs: Vec<async_nats::ServerAddr> =
+            self.urls.iter().map(|u| u.parse()).collect::<Result<_, _>>().context("bad nats url")?;
+        async_nats::ConnectOptions::new()
+            .name(name)
+            .client_capacity(65_536)
+            .subscription_capacity(1 << 20)
+            .connect(addrs)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.url_list()))
+    }
+}
+
+/// A `steward` hub process started for a scenario; killed on drop.
+#[derive(Debug)]
+pub struct HubProcess {
+    child: tokio::process::Child,
+}
+
+/// Finds the `steward` binary next to this executable (cargo builds both into one folder).
+///
+/// # Errors
+/// When it is not there, with the command that builds it.
+pub fn steward_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("STEWARD_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("cannot locate the harness executable")?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("steward");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "the steward binary was not found next to {}; build it with `cargo build --release -p steward -p steward-loadtest` or set STEWARD_BIN",
+        exe.display()
+    )
+}
+
+impl HubProcess {
+    /// Starts `steward <args>` against `deployment` for `account` and waits until its health
+    /// service answers.
+    ///
+    /// # Errors
+    /// When the binary is missing or the process does not become healthy within 30 s.
+    pub async fn start(deployment: &Deployment, account: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let bin = steward_binary()?;
+        let child = tokio::process::Command::new(&bin)
+            .args(["--nats", &deployment.url_list(), "--account", account])
+            .args(args)
+            .env("STEWARD_LOG", std::env::var("STEWARD_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let client = deployment.connect("loadtest-hub-wait").await?;
+        eventually(Duration::from_secs(30), Duration::from_millis(100), || {
+            let client = client.clone();
+            async move { client.request("$SRV.PING.steward-hub", "".into()).await.map(|_| ()) }
+        })
+        .await
+        .context("hub process did not become healthy")?;
+        Ok(HubProcess { child })
+    }
+
+    /// The process id.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
