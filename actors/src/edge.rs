@@ -1,29 +1,95 @@
-//! The edge agent: the host side of Steward. It keeps its identity in its own redb store, so a
-//! restarted agent comes back as the same host, and announces itself with heartbeats on
-//! `steward.v1.<account>.host.heartbeat.<host>` over its own NATS connection. Each agent also
-//! registers a `steward-edge` health service on that connection.
+//! The edge agent: the host side of Steward.
+//!
+//! - **Identity.** Host id, labels, drain flag, enabled workers and the journal of handled
+//!   commands live in the agent's own redb store, so a restarted agent comes back as the same
+//!   host with the same workers.
+//! - **Presence.** Heartbeats on `steward.v1.<account>.host.heartbeat.<host>` carry labels,
+//!   version, facts, enabled workers (the "dispatchers map"), the worker catalog and the drain
+//!   state; a state change sends one at once; a clean stop sends a last `leaving` heartbeat.
+//! - **Workers.** [`WorkerCatalog`] names the executors the agent can enable (`command` and
+//!   `playbook` are registered here; later issues attach their executors by name).
+//! - **Commands.** A durable consumer on the hub's `STEWARD_HOST_COMMANDS` stream, filtered to
+//!   this host, delivers commands sent while the host was away when it returns. Each command is
+//!   run once: its reply is journalled in redb before the message is acknowledged, so a
+//!   redelivery is answered from the journal. Replies go to
+//!   `steward.v1.<account>.host.reply.<host>` (recorded by the stream).
+//! - **Leaf node.** [`start_leaf`] runs a local `nats-server` as a leaf of the hub (own
+//!   JetStream domain, the host's credentials on the link); the agent then connects to it over
+//!   loopback and reaches the hub's streams through the hub's JetStream domain.
+//!
+//! Each agent also registers a `steward-edge` health service on its connection.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use async_nats::jetstream::{self, consumer, AckKind};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use steward_deploy::auth::{leaf_remote_block, LeafAuth};
+use steward_deploy::server::{NatsServer, ServerOptions};
 use steward_storage::edge::{EdgeIdentity, EdgeStore};
 use steward_subjects::api::health::{ComponentState, ComponentStatus};
-use steward_subjects::api::host::{Heartbeat, HostFacts};
+use steward_subjects::api::host::{
+    CommandAction, CommandReply, CommandStatus, Heartbeat, HostCommand, HostFacts, COMMAND_ID_HEADER,
+};
 use steward_subjects::codec::{self, Encoding};
+use steward_subjects::streams::HOST_COMMANDS_STREAM;
+use steward_subjects::token::{validate, Name, TokenKind};
 use steward_subjects::{HostId, Subjects, STEWARD_VERSION};
 use tracing::{debug, info, warn};
 
 use crate::health::{HealthArgs, HealthService};
 use crate::status::StatusBoard;
-use crate::{connect, ConnectOptions};
+use crate::{connect_with, ActorsError, ConnectOptions};
+
+/// The executors an agent can enable, with the version it would report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerCatalog {
+    workers: BTreeMap<String, String>,
+}
+
+impl Default for WorkerCatalog {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl WorkerCatalog {
+    /// The built-in catalog: `command` and `playbook` at the Steward version.
+    #[must_use]
+    pub fn builtin() -> Self {
+        let mut c = WorkerCatalog { workers: BTreeMap::new() };
+        for name in ["command", "playbook"] {
+            c.workers.insert(name.to_owned(), STEWARD_VERSION.to_owned());
+        }
+        c
+    }
+
+    /// Registers (or re-versions) an executor by name.
+    pub fn register(&mut self, name: &Name, version: &str) {
+        self.workers.insert(name.to_string(), version.to_owned());
+    }
+
+    /// The version of a worker the catalog has.
+    #[must_use]
+    pub fn version(&self, name: &str) -> Option<&str> {
+        self.workers.get(name).map(String::as_str)
+    }
+
+    /// Every worker and version.
+    #[must_use]
+    pub fn all(&self) -> &BTreeMap<String, String> {
+        &self.workers
+    }
+}
 
 /// Arguments of an edge agent.
 #[derive(Debug, Clone)]
 pub struct EdgeArgs {
-    /// How to reach NATS.
+    /// How to reach NATS (the hub, or the local leaf node).
     pub connect: ConnectOptions,
     /// Account subjects.
     pub subjects: Subjects,
@@ -35,13 +101,55 @@ pub struct EdgeArgs {
     pub data_dir: PathBuf,
     /// Heartbeat interval.
     pub heartbeat: Duration,
+    /// Workers the agent can enable.
+    pub catalog: WorkerCatalog,
+    /// JetStream domain of the hub, when the agent reaches the hub through a leaf node with its
+    /// own JetStream (`None` when connected to the hub directly).
+    pub hub_domain: Option<String>,
+}
+
+impl EdgeArgs {
+    /// Arguments with the built-in catalog, a 5 s heartbeat and no hub domain.
+    #[must_use]
+    pub fn new(connect: ConnectOptions, subjects: Subjects, host_id: HostId, data_dir: PathBuf) -> Self {
+        EdgeArgs {
+            connect,
+            subjects,
+            host_id,
+            labels: BTreeMap::new(),
+            data_dir,
+            heartbeat: Duration::from_secs(5),
+            catalog: WorkerCatalog::builtin(),
+            hub_domain: None,
+        }
+    }
+}
+
+/// Counters of an edge agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EdgeStats {
+    /// Commands run (each at most once).
+    pub commands_run: u64,
+    /// Redeliveries answered from the journal.
+    pub duplicates: u64,
+    /// Commands that arrived after their expiry.
+    pub expired: u64,
+    /// Heartbeats published.
+    pub heartbeats: u64,
+    /// Whether the agent is draining.
+    pub draining: bool,
+    /// Enabled workers.
+    pub workers: BTreeMap<String, String>,
 }
 
 /// Messages of the edge agent.
-#[derive(Debug)]
 pub enum EdgeMsg {
     /// Time to publish a heartbeat.
     Heartbeat,
+    /// A command from the hub; the reply is journalled before it is returned.
+    Command(Box<HostCommand>, RpcReplyPort<CommandReply>),
+    /// Counters.
+    Stats(RpcReplyPort<EdgeStats>),
 }
 
 /// State of an edge agent.
@@ -51,15 +159,28 @@ pub struct EdgeState {
     host: HostId,
     identity: EdgeIdentity,
     store: Arc<EdgeStore>,
+    catalog: WorkerCatalog,
     facts: HostFacts,
+    workers: BTreeMap<String, String>,
     seq: u64,
     interval: Duration,
+    stats: EdgeStats,
     ticker: tokio::task::JoinHandle<()>,
+    consumer: tokio::task::JoinHandle<()>,
 }
 
 /// The edge agent actor.
 #[derive(Debug, Default)]
 pub struct EdgeAgent;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, steward_storage::StoreError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("store task failed: {e}")),
+    }
+}
 
 impl Actor for EdgeAgent {
     type Msg = EdgeMsg;
@@ -72,14 +193,18 @@ impl Actor for EdgeAgent {
         let path = args.data_dir.join("edge.redb");
         let (host_id, labels) = (args.host_id.to_string(), args.labels.clone());
         let now = crate::now_rfc3339();
-        let (store, identity) = tokio::task::spawn_blocking(move || -> Result<_, steward_storage::StoreError> {
-            let store = EdgeStore::open(&path)?;
-            let identity = store.start(&host_id, &labels, &now)?;
-            Ok((Arc::new(store), identity))
-        })
-        .await??;
+        let (store, identity, workers) =
+            tokio::task::spawn_blocking(move || -> Result<_, steward_storage::StoreError> {
+                let store = EdgeStore::open(&path)?;
+                let identity = store.start(&host_id, &labels, &now)?;
+                let workers = store.workers()?;
+                Ok((Arc::new(store), identity, workers))
+            })
+            .await??;
         let host = HostId::parse(&identity.host_id)?;
-        let client = connect(&args.connect, &format!("steward-edge-{host}")).await?;
+        let inbox = args.subjects.host_inbox_prefix(&host);
+        let client =
+            connect_with(&args.connect, &format!("steward-edge-{host}"), |o| o.custom_inbox_prefix(inbox)).await?;
         let board = StatusBoard::new();
         board.set(ComponentStatus {
             name: format!("edge-{host}"),
@@ -105,18 +230,27 @@ impl Actor for EdgeAgent {
             os: std::env::consts::OS.to_owned(),
             arch: std::env::consts::ARCH.to_owned(),
         };
+        let js = match &args.hub_domain {
+            Some(domain) => jetstream::with_domain(client.clone(), domain),
+            None => jetstream::new(client.clone()),
+        };
+        let consumer = tokio::spawn(command_loop(js, args.subjects.clone(), host.clone(), myself.clone()));
         let ticker = myself.send_interval(args.heartbeat, || EdgeMsg::Heartbeat);
-        info!(host_id = %host, starts = identity.starts, "edge agent started");
+        info!(host_id = %host, starts = identity.starts, draining = identity.draining, "edge agent started");
         let mut state = EdgeState {
             client,
             subjects: args.subjects,
             host,
+            stats: EdgeStats { draining: identity.draining, workers: workers.clone(), ..EdgeStats::default() },
             identity,
             store,
+            catalog: args.catalog,
             facts,
+            workers,
             seq: 0,
             interval: args.heartbeat,
             ticker,
+            consumer,
         };
         publish_heartbeat(&mut state, false).await;
         Ok(state)
@@ -130,12 +264,20 @@ impl Actor for EdgeAgent {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             EdgeMsg::Heartbeat => publish_heartbeat(state, false).await,
+            EdgeMsg::Command(cmd, reply) => {
+                let r = run_command(state, *cmd).await;
+                let _ = reply.send(r);
+            }
+            EdgeMsg::Stats(reply) => {
+                let _ = reply.send(state.stats.clone());
+            }
         }
         Ok(())
     }
 
     async fn post_stop(&self, _myself: ActorRef<EdgeMsg>, state: &mut EdgeState) -> Result<(), ActorProcessingErr> {
         state.ticker.abort();
+        state.consumer.abort();
         publish_heartbeat(state, true).await;
         if let Err(e) = state.client.flush().await {
             debug!(host_id = %state.host, error = %e, "flush on stop failed");
@@ -145,17 +287,211 @@ impl Actor for EdgeAgent {
     }
 }
 
+fn is_expired(cmd: &HostCommand) -> bool {
+    cmd.expires_at
+        .as_deref()
+        .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        .is_some_and(|t| t < time::OffsetDateTime::now_utc())
+}
+
+async fn run_command(state: &mut EdgeState, cmd: HostCommand) -> CommandReply {
+    let id = cmd.command_id.clone();
+    let store = state.store.clone();
+    if let Ok(Some(bytes)) = blocking(move || store.command_reply(&id)).await {
+        if let Ok(reply) = codec::decode::<CommandReply>(Encoding::MsgPack, &bytes) {
+            state.stats.duplicates += 1;
+            debug!(host_id = %state.host, command_id = %cmd.command_id, "command already handled, answering from the journal");
+            return reply;
+        }
+    }
+    let mut reply = CommandReply {
+        command_id: cmd.command_id.clone(),
+        host_id: state.host.to_string(),
+        action: cmd.action,
+        status: CommandStatus::Ok,
+        message: String::new(),
+        workers: BTreeMap::new(),
+        draining: state.identity.draining,
+        incarnation: state.identity.starts,
+        replied_at: String::new(),
+    };
+    let mut changed = false;
+    let (status, message) = if is_expired(&cmd) {
+        state.stats.expired += 1;
+        (CommandStatus::Expired, format!("command expired at {}", cmd.expires_at.as_deref().unwrap_or_default()))
+    } else if cmd.action.needs_worker() && validate(TokenKind::Name, &cmd.worker).is_err() {
+        (CommandStatus::Failed, format!("invalid worker name {:?}", cmd.worker))
+    } else {
+        state.stats.commands_run += 1;
+        match cmd.action {
+            CommandAction::Ping => (CommandStatus::Ok, "pong".to_owned()),
+            CommandAction::InstallWorker => match state.catalog.version(&cmd.worker).map(str::to_owned) {
+                None => (
+                    CommandStatus::Failed,
+                    format!(
+                        "unknown worker {:?} (catalog: {})",
+                        cmd.worker,
+                        state.catalog.all().keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ),
+                Some(version) => {
+                    let (store, name, v) = (state.store.clone(), cmd.worker.clone(), version.clone());
+                    match blocking(move || store.enable_worker(&name, &v)).await {
+                        Ok(()) => {
+                            changed =
+                                state.workers.insert(cmd.worker.clone(), version.clone()).as_ref() != Some(&version);
+                            (CommandStatus::Ok, format!("worker {} enabled at version {version}", cmd.worker))
+                        }
+                        Err(e) => (CommandStatus::Failed, format!("cannot enable worker {}: {e}", cmd.worker)),
+                    }
+                }
+            },
+            CommandAction::RemoveWorker => {
+                let (store, name) = (state.store.clone(), cmd.worker.clone());
+                match blocking(move || store.disable_worker(&name)).await {
+                    Ok(was) => {
+                        state.workers.remove(&cmd.worker);
+                        changed = was;
+                        let m = if was { "disabled" } else { "was not enabled" };
+                        (CommandStatus::Ok, format!("worker {} {m}", cmd.worker))
+                    }
+                    Err(e) => (CommandStatus::Failed, format!("cannot disable worker {}: {e}", cmd.worker)),
+                }
+            }
+            CommandAction::Drain | CommandAction::Resume => {
+                let draining = cmd.action == CommandAction::Drain;
+                let store = state.store.clone();
+                match blocking(move || store.set_draining(draining)).await {
+                    Ok(identity) => {
+                        changed = state.identity.draining != identity.draining;
+                        state.identity = identity;
+                        let m = if draining { "draining: no new work is taken" } else { "taking new work" };
+                        (CommandStatus::Ok, m.to_owned())
+                    }
+                    Err(e) => (CommandStatus::Failed, format!("cannot change the drain state: {e}")),
+                }
+            }
+            CommandAction::Unknown => (CommandStatus::Failed, "unknown command action".to_owned()),
+        }
+    };
+    reply.status = status;
+    reply.message = message;
+    reply.workers = state.workers.clone();
+    reply.draining = state.identity.draining;
+    reply.replied_at = crate::now_rfc3339();
+    state.stats.workers = state.workers.clone();
+    state.stats.draining = state.identity.draining;
+    match codec::encode(Encoding::MsgPack, &reply) {
+        Ok(bytes) => {
+            let (store, id) = (state.store.clone(), cmd.command_id.clone());
+            if let Err(e) = blocking(move || store.record_command(&id, &bytes)).await {
+                warn!(host_id = %state.host, command_id = %cmd.command_id, error = %e, "command reply not journalled");
+            }
+        }
+        Err(e) => warn!(host_id = %state.host, error = %e, "command reply not encoded"),
+    }
+    info!(host_id = %state.host, command_id = %cmd.command_id, action = cmd.action.as_str(), status = reply.status.as_str(), "command handled");
+    if changed {
+        publish_heartbeat(state, false).await;
+    }
+    reply
+}
+
+/// Reads this host's commands from its durable consumer, hands each to the actor, publishes
+/// the reply and acknowledges; reconnects with back-off whenever the hub is out of reach.
+async fn command_loop(js: jetstream::Context, subjects: Subjects, host: HostId, actor: ActorRef<EdgeMsg>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match consume(&js, &subjects, &host, &actor).await {
+            Ok(()) => return,
+            Err(e) => {
+                debug!(host_id = %host, error = %e, backoff_ms = backoff.as_millis() as u64, "command consumer interrupted, retrying");
+            }
+        }
+        // Back-off between reconnect attempts of a long-running loop (not a test wait).
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn consume(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    host: &HostId,
+    actor: &ActorRef<EdgeMsg>,
+) -> Result<(), String> {
+    let name = subjects.host_command_consumer(host);
+    let config = consumer::pull::Config {
+        durable_name: Some(name.clone()),
+        description: Some(format!("commands of host {host}")),
+        filter_subject: subjects.host_command(host),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let consumer: consumer::PullConsumer =
+        js.create_consumer_on_stream(config, HOST_COMMANDS_STREAM).await.map_err(|e| e.to_string())?;
+    let mut messages = consumer
+        .stream()
+        .heartbeat(Duration::from_secs(2))
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    debug!(host_id = %host, consumer = %name, "command consumer ready");
+    while let Some(msg) = messages.next().await {
+        let msg = msg.map_err(|e| e.to_string())?;
+        let cmd = match codec::decode::<HostCommand>(Encoding::MsgPack, &msg.payload) {
+            Ok(cmd) if cmd.host_id == host.as_str() && validate(TokenKind::Name, &cmd.command_id).is_ok() => cmd,
+            Ok(cmd) => {
+                warn!(host_id = %host, command_host = %cmd.host_id, "command for another host or without id dropped");
+                let _ = msg.ack_with(AckKind::Term).await;
+                continue;
+            }
+            Err(e) => {
+                warn!(host_id = %host, error = %e, "malformed command dropped");
+                let _ = msg.ack_with(AckKind::Term).await;
+                continue;
+            }
+        };
+        let reply = crate::call(actor, |r| EdgeMsg::Command(Box::new(cmd), r), Duration::from_secs(30))
+            .await
+            .map_err(|e| e.to_string())?;
+        publish_reply(js, subjects, host, &reply).await?;
+        msg.double_ack().await.map_err(|e| format!("ack failed: {e}"))?;
+    }
+    Err("command stream ended".to_owned())
+}
+
+async fn publish_reply(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    host: &HostId,
+    reply: &CommandReply,
+) -> Result<(), String> {
+    let payload = codec::encode(Encoding::MsgPack, reply).map_err(|e| e.to_string())?;
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("reply-{}", reply.command_id).as_str());
+    headers.insert(COMMAND_ID_HEADER, reply.command_id.as_str());
+    js.publish_with_headers(subjects.host_reply(host), headers, payload)
+        .await
+        .map_err(|e| format!("reply not published: {e}"))?
+        .await
+        .map_err(|e| format!("reply not stored: {e}"))?;
+    Ok(())
+}
+
 async fn publish_heartbeat(state: &mut EdgeState, leaving: bool) {
     state.seq += 1;
-    let store = state.store.clone();
-    let workers =
-        tokio::task::spawn_blocking(move || store.workers()).await.ok().and_then(Result::ok).unwrap_or_default();
     let hb = Heartbeat {
         host_id: state.host.to_string(),
         labels: state.identity.labels.clone(),
         agent_version: STEWARD_VERSION.to_owned(),
         facts: state.facts.clone(),
-        workers,
+        workers: state.workers.clone(),
+        available_workers: state.catalog.all().clone(),
+        draining: state.identity.draining,
         interval_ms: u64::try_from(state.interval.as_millis()).unwrap_or(u64::MAX),
         seq: state.seq,
         incarnation: state.identity.starts,
@@ -165,8 +501,102 @@ async fn publish_heartbeat(state: &mut EdgeState, leaving: bool) {
         Ok(payload) => {
             if let Err(e) = state.client.publish(state.subjects.host_heartbeat(&state.host), payload).await {
                 warn!(host_id = %state.host, error = %e, "heartbeat not published");
+            } else {
+                state.stats.heartbeats += 1;
             }
         }
         Err(e) => warn!(host_id = %state.host, error = %e, "heartbeat not encoded"),
     }
+}
+
+/// Typed handle in front of an edge agent.
+#[derive(Debug, Clone)]
+pub struct EdgeHandle {
+    actor: ActorRef<EdgeMsg>,
+}
+
+impl EdgeHandle {
+    /// Starts an agent outside a supervisor (tests, tools); processes use [`EdgeAgent`] as a
+    /// supervised child.
+    ///
+    /// # Errors
+    /// [`ActorsError::Spawn`] when the store cannot be opened or NATS cannot be reached.
+    pub async fn start(args: EdgeArgs) -> Result<(Self, tokio::task::JoinHandle<()>), ActorsError> {
+        let (actor, join) = Actor::spawn(None, EdgeAgent, args).await.map_err(|e| ActorsError::Spawn(e.to_string()))?;
+        Ok((EdgeHandle { actor }, join))
+    }
+
+    /// Wraps a running agent.
+    #[must_use]
+    pub fn from_ref(actor: ActorRef<EdgeMsg>) -> Self {
+        EdgeHandle { actor }
+    }
+
+    /// The agent's counters.
+    ///
+    /// # Errors
+    /// [`ActorsError::Unavailable`] when the agent is gone.
+    pub async fn stats(&self) -> Result<EdgeStats, ActorsError> {
+        crate::call(&self.actor, EdgeMsg::Stats, Duration::from_secs(5)).await
+    }
+
+    /// Stops the agent cleanly (last `leaving` heartbeat) and waits for it.
+    pub async fn stop(&self) {
+        let _ = self.actor.stop_and_wait(Some("stop".into()), Some(Duration::from_secs(5))).await;
+    }
+
+    /// Kills the agent without the clean-shutdown heartbeat (a crash, for tests) and waits
+    /// until it is gone and its store is closed.
+    pub async fn kill(&self) {
+        let _ = self.actor.kill_and_wait(Some(Duration::from_secs(5))).await;
+    }
+}
+
+/// How an edge site's local leaf node reaches the hub.
+#[derive(Debug, Clone)]
+pub struct LeafConfig {
+    /// The hub's leafnode URL (`nats-leaf://hub:7422`).
+    pub remote_url: String,
+    /// The host's credentials (nkey seed file or JWT credentials file), carried on the link.
+    pub creds: Option<PathBuf>,
+    /// The leaf's folder (config, log, JetStream store).
+    pub data_dir: PathBuf,
+    /// Client port of the leaf; `None` picks a free one.
+    pub port: Option<u16>,
+}
+
+/// The JetStream domain of an edge site's leaf node: `edge-<host>`.
+#[must_use]
+pub fn leaf_domain(host: &HostId) -> String {
+    format!("edge-{host}")
+}
+
+/// Starts the local leaf `nats-server` of host `host`: its own JetStream domain
+/// ([`leaf_domain`]), loopback client port, one remote to the hub carrying the host's
+/// credentials. Waits until the server is ready (not until the hub link is up: the agent works
+/// cut off and the link comes up on its own).
+///
+/// # Errors
+/// [`ActorsError::Spawn`] naming why the server did not start.
+pub async fn start_leaf(host: &HostId, config: &LeafConfig) -> Result<NatsServer, ActorsError> {
+    let auth = match &config.creds {
+        Some(path) => LeafAuth::from_file(path).map_err(|e| ActorsError::Spawn(e.to_string()))?,
+        None => LeafAuth::None,
+    };
+    // The rendered configuration holds the host's seed: keep the folder private.
+    std::fs::create_dir_all(&config.data_dir)
+        .and_then(|()| std::fs::set_permissions(&config.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)))
+        .map_err(|e| ActorsError::Spawn(format!("cannot prepare {}: {e}", config.data_dir.display())))?;
+    let opts = ServerOptions {
+        name: format!("steward-edge-{host}"),
+        port: config.port,
+        data_dir: Some(config.data_dir.clone()),
+        jetstream: true,
+        jetstream_domain: Some(leaf_domain(host)),
+        max_memory_store: 64 * 1024 * 1024,
+        max_file_store: 1024 * 1024 * 1024,
+        extra_config: leaf_remote_block(&config.remote_url, &auth),
+        ..ServerOptions::default()
+    };
+    NatsServer::start(opts).await.map_err(|e| ActorsError::Spawn(format!("cannot start the leaf nats-server: {e}")))
 }

@@ -7,11 +7,21 @@
 //! redb, heartbeats); [`process`] assembles the components a process's roles ask for and runs
 //! them until shutdown. One file per actor: its `Msg`, `Args`, `State` and actor type.
 
+pub mod config_manager;
+pub mod connector;
+pub mod dispatcher;
 pub mod edge;
 pub mod health;
+pub mod lease;
+pub mod lease_client;
+pub mod lease_state;
 pub mod process;
+pub mod renderer;
+pub mod runtime;
+pub mod signing;
 pub mod status;
 pub mod supervisor;
+pub mod worker;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,14 +75,31 @@ impl ConnectOptions {
 /// # Errors
 /// [`ActorsError::Connect`] when the server cannot be reached or refuses the credentials.
 pub async fn connect(opts: &ConnectOptions, name: &str) -> Result<async_nats::Client, ActorsError> {
+    connect_with(opts, name, |o| o).await
+}
+
+/// Like [`connect`], with a hook to adjust the async-nats options (the edge agent sets its own
+/// inbox prefix). The credentials file may be a JWT credentials file or a file holding only an
+/// nkey user seed (as `steward creds issue` writes).
+///
+/// # Errors
+/// [`ActorsError::Connect`] when the server cannot be reached or refuses the credentials.
+pub async fn connect_with(
+    opts: &ConnectOptions,
+    name: &str,
+    adjust: impl FnOnce(async_nats::ConnectOptions) -> async_nats::ConnectOptions,
+) -> Result<async_nats::Client, ActorsError> {
     let err = |reason: String| ActorsError::Connect { url: opts.url.clone(), reason };
     let mut o = match &opts.creds {
-        Some(path) => async_nats::ConnectOptions::with_credentials_file(path.clone())
-            .await
-            .map_err(|e| err(format!("cannot read credentials {}: {e}", path.display())))?,
+        Some(path) => match steward_deploy::auth::read_seed(path).map_err(|e| err(e.to_string()))? {
+            Some(seed) => async_nats::ConnectOptions::with_nkey(seed),
+            None => async_nats::ConnectOptions::with_credentials_file(path.clone())
+                .await
+                .map_err(|e| err(format!("cannot read credentials {}: {e}", path.display())))?,
+        },
         None => async_nats::ConnectOptions::new(),
     };
-    o = o.name(name).connection_timeout(Duration::from_secs(5));
+    o = adjust(o.name(name).connection_timeout(Duration::from_secs(5)));
     let addrs: Vec<async_nats::ServerAddr> = opts
         .url
         .split(',')

@@ -17,7 +17,7 @@ use crate::{connect, ActorsError, ConnectOptions};
 /// What a process does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
-    /// The hub: ensures the streams and runs the hub components (health today; connector,
+    /// The hub: ensures the streams and runs the hub components (health and connector today;
     /// config manager, renderer and dispatcher attach here).
     Hub,
 }
@@ -60,6 +60,16 @@ pub struct ProcessConfig {
     pub heartbeat: Duration,
     /// Restart policy for every component.
     pub policy: RestartPolicy,
+    /// JetStream domain of the hub, for edge agents that reach it through a leaf node with its
+    /// own JetStream (`None` when they connect to the hub directly).
+    pub hub_domain: Option<String>,
+    /// Configuration source the config manager polls (`--config-source`), if any.
+    pub config_source: Option<crate::config_manager::ConfigSource>,
+    /// The hub's job signing key file (`steward keys init`); without it the dispatcher sends
+    /// unsigned jobs, which every edge refuses.
+    pub signing_key: Option<PathBuf>,
+    /// The hub public key file edge agents trust; without it an edge refuses every job.
+    pub trusted_key: Option<PathBuf>,
 }
 
 impl ProcessConfig {
@@ -74,6 +84,10 @@ impl ProcessConfig {
             replicas: Replicas::One,
             heartbeat: Duration::from_secs(5),
             policy: RestartPolicy::default(),
+            hub_domain: None,
+            config_source: None,
+            signing_key: None,
+            trusted_key: None,
         }
     }
 }
@@ -120,6 +134,32 @@ impl RunningProcess {
                 board: board.clone(),
             };
             children.push(ChildSpec::new("health", move || (HealthService, health.clone())));
+            let connector = crate::connector::ConnectorArgs::new(client.clone(), subjects.clone());
+            children.push(ChildSpec::new("connector", move || (crate::connector::Connector, connector.clone())));
+            let config_manager = crate::config_manager::ConfigManagerArgs {
+                client: client.clone(),
+                subjects: subjects.clone(),
+                source: config.config_source.clone(),
+            };
+            children.push(ChildSpec::new("config-manager", move || {
+                (crate::config_manager::ConfigManager, config_manager.clone())
+            }));
+            let renderer = crate::renderer::RendererArgs { client: client.clone(), subjects: subjects.clone() };
+            children.push(ChildSpec::new("renderer", move || (crate::renderer::Renderer, renderer.clone())));
+            let lease = crate::lease::LeaseArgs {
+                client: client.clone(),
+                subjects: subjects.clone(),
+                config: crate::lease::LeaseConfig::default(),
+            };
+            children.push(ChildSpec::new("lease", move || (crate::lease::LeaseService, lease.clone())));
+            let signer = match &config.signing_key {
+                Some(path) => {
+                    Some(crate::signing::JobSigner::load(path).map_err(|e| ActorsError::Spawn(e.to_string()))?)
+                }
+                None => None,
+            };
+            let dispatcher = crate::dispatcher::DispatcherArgs::new(client.clone(), subjects.clone(), signer);
+            children.push(ChildSpec::new("dispatcher", move || (crate::dispatcher::Dispatcher, dispatcher.clone())));
         }
         for edge in &config.edges {
             let args = EdgeArgs {
@@ -129,8 +169,42 @@ impl RunningProcess {
                 labels: edge.labels.clone(),
                 data_dir: edge.data_dir.clone(),
                 heartbeat: config.heartbeat,
+                catalog: crate::edge::WorkerCatalog::builtin(),
+                hub_domain: config.hub_domain.clone(),
             };
             children.push(ChildSpec::new(format!("edge-{}", edge.host_id), move || (EdgeAgent, args.clone())));
+            let verifier = match &config.trusted_key {
+                Some(path) => {
+                    Some(crate::signing::JobVerifier::load(path).map_err(|e| ActorsError::Spawn(e.to_string()))?)
+                }
+                None => None,
+            };
+            let worker = crate::worker::RunWorkerArgs {
+                connect: config.connect.clone(),
+                subjects: subjects.clone(),
+                host_id: edge.host_id.clone(),
+                verifier,
+                hub_domain: config.hub_domain.clone(),
+                work_dir: edge.data_dir.join("work"),
+                ansible_playbook: PathBuf::from("ansible-playbook"),
+            };
+            children.push(ChildSpec::new(format!("worker-{}", edge.host_id), move || {
+                (crate::worker::RunWorker, worker.clone())
+            }));
+            // The edge's assessment runtime: runs the host's specs (and matching pool specs),
+            // keeps checking from its local store while the hub is away.
+            let mut runtime = crate::runtime::RuntimeArgs::new(
+                config.connect.clone(),
+                subjects.clone(),
+                steward_subjects::RuntimeId::parse(edge.host_id.as_str())
+                    .map_err(|e| ActorsError::Spawn(e.to_string()))?,
+                edge.data_dir.join("runtime"),
+            );
+            runtime.host = Some(edge.host_id.clone());
+            runtime.labels = edge.labels.clone();
+            children.push(ChildSpec::new(format!("runtime-{}", edge.host_id), move || {
+                (crate::runtime::RuntimeActor, runtime.clone())
+            }));
         }
         let (supervisor, join) =
             SupervisorHandle::start(SupervisorArgs { children, policy: config.policy, board: board.clone() }).await?;

@@ -67,6 +67,46 @@ pub enum Command {
     Edge(EdgeArgs),
     /// List every Steward service that answers `$SRV.PING`, with version and uptime.
     Health(HealthArgs),
+    /// List hosts by label selector and online state.
+    Hosts(crate::commands::hosts::HostsArgs),
+    /// Show one host, or send it a command (ping, install-worker, drain, ...).
+    Host(crate::commands::hosts::HostArgs),
+    /// Install a worker on a host and wait until the registry shows it.
+    EnsureWorker(crate::commands::hosts::EnsureWorkerArgs),
+    /// Issue nkey identities and the server-side authorization.
+    Creds(crate::commands::creds::CredsArgs),
+    /// Validate and apply a configuration document as a new revision.
+    Apply(crate::commands::config::ApplyArgs),
+    /// Dry-run a configuration document: validation and the job-spec diff per host.
+    Plan(crate::commands::config::PlanArgs),
+    /// Show the current (or a given) configuration revision.
+    Get(crate::commands::config::GetArgs),
+    /// List configuration revisions (filters and paging).
+    History(crate::commands::config::HistoryArgs),
+    /// Compare two configuration revisions (document and job specs).
+    Diff(crate::commands::config::DiffArgs),
+    /// Re-apply an old configuration revision as a new one.
+    Rollback(crate::commands::config::RollbackArgs),
+    /// Print the JSON Schema of the configuration document.
+    Schema,
+    /// List rendered job specs, or explain one.
+    Jobspecs(crate::commands::config::JobSpecsArgs),
+    /// Run a command or a playbook on hosts.
+    Run(crate::commands::run::RunArgs),
+    /// List runs.
+    Runs(crate::commands::run::RunsArgs),
+    /// Show a run: per-host status and the latest job events (`--follow` streams them).
+    RunStatus(crate::commands::run::RunStatusArgs),
+    /// Cancel a run: stops its processes on every host.
+    Cancel(crate::commands::run::CancelArgs),
+    /// Job signing keys (`keys init`).
+    Keys(crate::commands::keys::KeysArgs),
+    /// Run a standalone assessment runtime (leases pool specs, runs them, reports results).
+    Runtime(crate::commands::runtime::RuntimeArgs),
+    /// List job specs with their lease holders and epochs.
+    Leases(crate::commands::runtime::LeasesArgs),
+    /// Show stored assessment results.
+    Results(crate::commands::runtime::ResultsArgs),
     /// Print the version.
     Version,
 }
@@ -94,6 +134,20 @@ pub struct ServerArgs {
     /// JetStream replicas for Steward's streams: 1 on a single node, 3 on a cluster.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
     pub replicas: u8,
+    /// Configuration source polled by the config manager: `file://PATH`, `http://URL` or
+    /// `https://URL`; a valid, changed candidate becomes a revision labelled `source`.
+    #[arg(long)]
+    pub config_source: Option<String>,
+    /// The job signing key file (`steward keys init`); without it hosts refuse every job.
+    #[arg(long, env = "STEWARD_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+    /// Poll interval of `--config-source` (`500ms`, `30s`, `5m`).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub poll: std::time::Duration,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    steward_subjects::config::duration::parse(s)
 }
 
 /// Options of `steward edge`.
@@ -111,6 +165,17 @@ pub struct EdgeArgs {
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub heartbeat_ms: u64,
+    /// Reach the hub through a local leaf node: start a leaf `nats-server` connected to this
+    /// hub leafnode URL (`nats-leaf://hub:7422`), carrying `--creds`, and connect to it
+    /// over loopback. `--nats` is then ignored.
+    #[arg(long)]
+    pub leaf_remote: Option<String>,
+    /// JetStream domain of the hub (used with `--leaf-remote`, where the leaf has its own).
+    #[arg(long, default_value = "hub")]
+    pub hub_domain: String,
+    /// The hub's public signing key file; jobs not signed by it are refused.
+    #[arg(long, env = "STEWARD_TRUSTED_KEY")]
+    pub trusted_key: Option<PathBuf>,
 }
 
 /// Options of `steward health`.

@@ -1,6 +1,6 @@
 //! NATS topologies as code: find, configure, start and stop `nats-server` for Steward.
 //!
-//! Layout: [`binary`] finds the `nats-server` executable (`STEWARD_NATS_SERVER`, `PATH`, the
+//! Layout: [`auth`] issues nkey identities and renders the accounts/permissions configuration; [`binary`] finds the `nats-server` executable (`STEWARD_NATS_SERVER`, `PATH`, the
 //! project's `.tools/bin`) and checks its version; [`config`] renders a server configuration
 //! file; [`server`] runs one server process ([`ServerOptions`], [`NatsServer`]) with readiness
 //! checks, stop, restart and cleanup on drop; [`topology`] builds the shapes Steward runs on
@@ -11,6 +11,7 @@
 //!
 //! The same code starts the servers of the test suites and of `steward up`.
 
+pub mod auth;
 pub mod binary;
 pub mod config;
 pub mod error;

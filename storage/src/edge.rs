@@ -1,9 +1,11 @@
-//! The edge agent's local store: identity and enabled workers.
+//! The edge agent's local store: identity (with the drain flag), enabled workers, and the
+//! journal of commands already handled (so a command redelivered after a crash between running
+//! it and acknowledging it is answered from the journal instead of being run twice).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
@@ -12,6 +14,13 @@ use crate::StoreError;
 const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
 /// Enabled workers: name → version.
 const WORKERS: TableDefinition<&str, &str> = TableDefinition::new("workers");
+/// Handled commands: command id → (journal sequence, encoded reply).
+const COMMANDS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("commands");
+/// Journal order: sequence → command id, to prune the oldest entries.
+const COMMAND_ORDER: TableDefinition<u64, &str> = TableDefinition::new("command_order");
+
+/// How many handled commands the journal keeps (older ones are pruned).
+pub const COMMAND_JOURNAL_LEN: u64 = 4096;
 
 const IDENTITY_KEY: &str = "identity";
 
@@ -27,6 +36,8 @@ pub struct EdgeIdentity {
     pub created_at: String,
     /// Number of times the agent has started with this store.
     pub starts: u64,
+    /// Whether the agent is draining (takes no new work); survives restarts.
+    pub draining: bool,
 }
 
 /// The edge agent's redb store.
@@ -46,6 +57,8 @@ impl EdgeStore {
         let tx = db.begin_write()?;
         tx.open_table(IDENTITY)?;
         tx.open_table(WORKERS)?;
+        tx.open_table(COMMANDS)?;
+        tx.open_table(COMMAND_ORDER)?;
         tx.commit()?;
         Ok(EdgeStore { db })
     }
@@ -97,6 +110,7 @@ impl EdgeStore {
             labels: labels.clone(),
             created_at: now.to_owned(),
             starts: 0,
+            draining: false,
         });
         if !labels.is_empty() {
             id.labels = labels.clone();
@@ -136,6 +150,89 @@ impl EdgeStore {
     }
 }
 
+impl EdgeStore {
+    /// Disables a worker; returns whether it was enabled.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed write.
+    pub fn disable_worker(&self, name: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write()?;
+        let was = {
+            let mut table = tx.open_table(WORKERS)?;
+            let removed = table.remove(name)?.is_some();
+            removed
+        };
+        tx.commit()?;
+        Ok(was)
+    }
+
+    /// Sets the drain flag and returns the updated identity.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed read or write, or when the store has no identity yet.
+    pub fn set_draining(&self, draining: bool) -> Result<EdgeIdentity, StoreError> {
+        let mut id = self
+            .identity()?
+            .ok_or_else(|| StoreError::Transaction("the store has no identity yet (start it first)".to_owned()))?;
+        id.draining = draining;
+        self.put_identity(&id)?;
+        Ok(id)
+    }
+
+    /// The reply recorded for a handled command, if it was handled.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed read.
+    pub fn command_reply(&self, command_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(COMMANDS)?;
+        Ok(table.get(command_id)?.map(|v| v.value().1.to_vec()))
+    }
+
+    /// Records that a command was handled, with its encoded reply, in one transaction; prunes
+    /// the journal to the newest [`COMMAND_JOURNAL_LEN`] entries. Recording the same command
+    /// twice keeps the first reply.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed write.
+    pub fn record_command(&self, command_id: &str, reply: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut commands = tx.open_table(COMMANDS)?;
+            if commands.get(command_id)?.is_some() {
+                return Ok(());
+            }
+            let mut order = tx.open_table(COMMAND_ORDER)?;
+            let next = order.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+            commands.insert(command_id, (next, reply))?;
+            order.insert(next, command_id)?;
+            let oldest_kept = next.saturating_sub(COMMAND_JOURNAL_LEN - 1);
+            loop {
+                let first = order.first()?.map(|(k, v)| (k.value(), v.value().to_owned()));
+                match first {
+                    Some((seq, id)) if seq < oldest_kept => {
+                        order.remove(seq)?;
+                        commands.remove(id.as_str())?;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Number of commands in the journal.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed read.
+    pub fn journal_len(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(COMMAND_ORDER)?;
+        Ok(table.len()?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +255,68 @@ mod tests {
         assert_eq!(id.created_at, "t0");
         assert_eq!(id.starts, 2);
         assert_eq!(store.workers().unwrap().get("command").map(String::as_str), Some("0.1.0"));
+    }
+
+    #[test]
+    fn workers_drain_and_journal_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge.redb");
+        {
+            let store = EdgeStore::open(&path).unwrap();
+            store.start("h", &BTreeMap::new(), "t0").unwrap();
+            store.enable_worker("command", "1").unwrap();
+            store.enable_worker("playbook", "1").unwrap();
+            assert!(store.disable_worker("playbook").unwrap());
+            assert!(!store.disable_worker("playbook").unwrap());
+            assert!(store.set_draining(true).unwrap().draining);
+            store.record_command("c1", b"first").unwrap();
+            store.record_command("c1", b"second").unwrap();
+        }
+        let store = EdgeStore::open(&path).unwrap();
+        let id = store.start("h", &BTreeMap::new(), "t1").unwrap();
+        assert!(id.draining);
+        assert_eq!(store.workers().unwrap().keys().collect::<Vec<_>>(), vec!["command"]);
+        assert_eq!(store.command_reply("c1").unwrap().as_deref(), Some(&b"first"[..]));
+        assert_eq!(store.command_reply("c2").unwrap(), None);
+    }
+
+    #[test]
+    fn journal_is_pruned_to_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EdgeStore::open(&dir.path().join("edge.redb")).unwrap();
+        for i in 0..COMMAND_JOURNAL_LEN + 10 {
+            store.record_command(&format!("c{i}"), b"r").unwrap();
+        }
+        assert_eq!(store.journal_len().unwrap(), COMMAND_JOURNAL_LEN);
+        assert_eq!(store.command_reply("c0").unwrap(), None);
+        assert!(store.command_reply(&format!("c{}", COMMAND_JOURNAL_LEN + 9)).unwrap().is_some());
+    }
+
+    proptest::proptest! {
+        // Each case creates and reopens a database file; 32 cases keep the test fast.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        /// Enable/disable sequences agree with a `BTreeMap` model, also across a reopen.
+        #[test]
+        fn workers_agree_with_a_model(ops in proptest::collection::vec((0u8..4, proptest::bool::ANY), 0..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("edge.redb");
+            let mut model = BTreeMap::new();
+            {
+                let store = EdgeStore::open(&path).unwrap();
+                for (w, enable) in &ops {
+                    let name = format!("w{w}");
+                    if *enable {
+                        store.enable_worker(&name, "1").unwrap();
+                        model.insert(name, "1".to_owned());
+                    } else {
+                        let was = store.disable_worker(&name).unwrap();
+                        proptest::prop_assert_eq!(was, model.remove(&name).is_some());
+                    }
+                }
+            }
+            let store = EdgeStore::open(&path).unwrap();
+            proptest::prop_assert_eq!(store.workers().unwrap(), model);
+        }
     }
 
     #[test]

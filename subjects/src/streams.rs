@@ -44,6 +44,16 @@ pub const RUN_EVENTS_STREAM: &str = "STEWARD_RUN_EVENTS";
 
 /// The host registry bucket.
 pub const HOSTS_BUCKET: &str = "steward_hosts";
+/// Configuration revisions: metadata (`<account>.rev.<N>`) and state archives (`<account>.doc.<N>`).
+pub const CONFIG_BUCKET: &str = "steward_config";
+/// Rendered job specs, keyed `<account>.<host|pool>.<target>.<spec>`; deletes are tombstones.
+pub const JOBSPECS_BUCKET: &str = "steward_jobspecs";
+/// Job-spec leases and runtime sessions, keyed `<account>.spec.<spec>` and `<account>.rt.<runtime>`;
+/// written with compare-and-set so several hub instances can grant safely.
+pub const LEASES_BUCKET: &str = "steward_leases";
+/// Runs: run records, per-host run records and idempotency keys (`<account>.run.<run>`,
+/// `<account>.host.<run>.<host>`, `<account>.idem.<digest>`), updated with compare-and-set.
+pub const RUNS_BUCKET: &str = "steward_runs";
 /// Large artifacts (outputs, job event attachments).
 pub const ARTIFACTS_STORE: &str = "steward_artifacts";
 
@@ -130,16 +140,16 @@ pub fn streams() -> Vec<StreamDef> {
         },
         StreamDef {
             name: HOST_COMMANDS_STREAM,
-            description: "commands to hosts, kept until delivered or expired",
-            subjects: vec![any_account::host_commands()],
+            description: "commands to hosts and their replies, kept until delivered or expired",
+            subjects: vec![any_account::host_commands(), crate::subject::host_replies_any_account()],
             retention: stream::RetentionPolicy::Limits,
             max_age: 7 * DAY,
             max_bytes: -1,
         },
         StreamDef {
             name: CONFIG_EVENTS_STREAM,
-            description: "configuration change notices",
-            subjects: vec![any_account::config_changed()],
+            description: "configuration change notices and rejected candidates",
+            subjects: vec![any_account::config_changed(), crate::subject::any_account_config_rejected()],
             retention: stream::RetentionPolicy::Limits,
             max_age: Duration::ZERO,
             max_bytes: -1,
@@ -166,7 +176,21 @@ pub fn streams() -> Vec<StreamDef> {
 /// Every KV bucket Steward uses.
 #[must_use]
 pub fn buckets() -> Vec<BucketDef> {
-    vec![BucketDef { name: HOSTS_BUCKET, description: "host registry: presence, labels, workers", history: 1 }]
+    vec![
+        BucketDef { name: HOSTS_BUCKET, description: "host registry: presence, labels, workers", history: 1 },
+        BucketDef { name: CONFIG_BUCKET, description: "configuration revisions and state archives", history: 1 },
+        BucketDef { name: JOBSPECS_BUCKET, description: "rendered job specs per account and target", history: 1 },
+        BucketDef {
+            name: RUNS_BUCKET,
+            description: "dispatched runs, per-host run records, idempotency keys",
+            history: 1,
+        },
+        BucketDef {
+            name: LEASES_BUCKET,
+            description: "job-spec leases (holder, epoch) and runtime sessions",
+            history: 1,
+        },
+    ]
 }
 
 /// Every object store Steward uses.

@@ -1,4 +1,12 @@
-//! One function per subcommand.
+//! One function per subcommand; [`hosts`] (hosts, host, ensure-worker), [`creds`] and
+//! [`config`] (apply, plan, get, history, diff, rollback, schema, jobspecs) have their own files.
+
+pub mod config;
+pub mod creds;
+pub mod hosts;
+pub mod keys;
+pub mod run;
+pub mod runtime;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -16,10 +24,13 @@ use tracing::info;
 use crate::cli::{EdgeArgs, Global, HealthArgs, OutputFormat, ServerArgs, UpArgs};
 use crate::output;
 
+/// The demo configuration document `steward up` applies.
+pub const DEMO_CONFIG: &str = include_str!("../../../examples/demo.json");
+
 /// How long each component gets to drain on shutdown.
 const DRAIN_PER_COMPONENT: Duration = Duration::from_secs(2);
 
-fn connect_options(global: &Global) -> ConnectOptions {
+pub(crate) fn connect_options(global: &Global) -> ConnectOptions {
     ConnectOptions { url: global.nats.clone(), creds: global.creds.clone() }
 }
 
@@ -63,6 +74,9 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
     let mut config = ProcessConfig::hub(&url, global.account.clone());
     config.connect.creds = global.creds.clone();
     config.heartbeat = Duration::from_millis(args.heartbeat_ms.max(50));
+    let (secret, public) = run::dev_keys(&data.join("keys"))?;
+    config.signing_key = Some(secret);
+    config.trusted_key = Some(public);
     for i in 1..=args.edges {
         let host_id = HostId::parse(&format!("edge-{i}"))?;
         let zone = if i % 2 == 1 { "a" } else { "b" };
@@ -79,6 +93,19 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
             return Err(e).context("cannot start the hub components");
         }
     };
+    // The demo configuration (examples/demo.json); re-applying it on a later `up` is a no-op.
+    let demo = steward_subjects::api::config::ApplyRequest {
+        document: DEMO_CONFIG.to_owned(),
+        label: "demo".into(),
+        author: "steward-up".into(),
+        if_revision: None,
+    };
+    let configs =
+        steward_subjects::api::config::ConfigClient::new(process.client().clone(), steward_subjects::Subjects::new(global.account.clone()));
+    match configs.apply(&demo).await {
+        Ok(r) => info!(revision = r.revision.revision, noop = r.noop, "demo configuration applied"),
+        Err(e) => tracing::warn!(error = %e, "demo configuration not applied"),
+    }
     let summary = UpSummary {
         nats_url: url.clone(),
         data: data.display().to_string(),
@@ -119,6 +146,10 @@ pub async fn server(global: &Global, args: ServerArgs) -> anyhow::Result<()> {
         connect: connect_options(global),
         roles: vec![Role::Hub],
         replicas: if args.replicas >= 3 { Replicas::Three } else { Replicas::One },
+        config_source: args
+            .config_source
+            .map(|url| steward_actors::config_manager::ConfigSource { url, poll: args.poll }),
+        signing_key: args.signing_key.clone(),
         ..ProcessConfig::hub(&global.nats, global.account.clone())
     };
     let process = RunningProcess::start(config).await?;
@@ -134,17 +165,40 @@ pub async fn server(global: &Global, args: ServerArgs) -> anyhow::Result<()> {
 /// When NATS cannot be reached or the local store cannot be opened.
 pub async fn edge(global: &Global, args: EdgeArgs) -> anyhow::Result<()> {
     let data = args.data.unwrap_or_else(|| default_state_dir().join("edges").join(args.host_id.as_str()));
+    let mut connect = connect_options(global);
+    let mut hub_domain = None;
+    let mut leaf = None;
+    if let Some(remote) = &args.leaf_remote {
+        let config = steward_actors::edge::LeafConfig {
+            remote_url: remote.clone(),
+            creds: global.creds.clone(),
+            data_dir: data.join("leaf"),
+            port: None,
+        };
+        let server = steward_actors::edge::start_leaf(&args.host_id, &config).await?;
+        info!(leaf = %server.client_url(), hub = %remote, "local leaf nats-server ready");
+        // The leaf carries the host's credentials to the hub; the agent talks to it locally.
+        connect = ConnectOptions::new(server.client_url());
+        hub_domain = Some(args.hub_domain.clone());
+        leaf = Some(server);
+    }
     let config = ProcessConfig {
-        connect: connect_options(global),
+        connect,
         roles: Vec::new(),
         edges: vec![EdgeSpec { host_id: args.host_id.clone(), labels: args.labels.0, data_dir: data }],
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(50)),
+        hub_domain,
+        trusted_key: args.trusted_key.clone(),
         ..ProcessConfig::hub(&global.nats, global.account.clone())
     };
     let process = RunningProcess::start(config).await?;
     info!(host_id = %args.host_id, "edge agent running");
     crate::shutdown::signal().await;
-    process.shutdown(DRAIN_PER_COMPONENT).await?;
+    let r = process.shutdown(DRAIN_PER_COMPONENT).await;
+    if let Some(mut server) = leaf {
+        server.stop().await;
+    }
+    r?;
     Ok(())
 }
 

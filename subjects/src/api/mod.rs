@@ -2,5 +2,9 @@
 //! every field defaulted so older peers keep working when fields are added). One module per
 //! noun of the subject grammar.
 
+pub mod config;
 pub mod health;
 pub mod host;
+pub mod lease;
+pub mod result;
+pub mod run;

@@ -8,6 +8,28 @@ use std::fmt;
 
 use crate::token::{AccountId, HostId, Token, TokenError, TokenKind};
 
+mod config;
+mod host;
+mod lease;
+mod run;
+
+pub use config::{
+    any_account_config_rejected, config_archive_key, config_revision_filter, config_revision_key, config_verb,
+    jobspec_account_filter, jobspec_key, jobspec_target_filter, jobspec_target_prefix, kv_subject,
+};
+pub use host::{
+    host_command_consumer, host_registry_filter, host_registry_key, host_replies_any_account, host_verb,
+    HostPermissions,
+};
+pub use lease::{
+    lease_account_filter, lease_session_key, lease_spec_key, lease_verb, parse_lease_key, result_host_of,
+    result_output_object, LeaseKey,
+};
+pub use run::{
+    run_artifact_name, run_event_msg_id, run_events_consumer, run_host_filter, run_host_filter_all, run_host_key,
+    run_idempotency_key, run_record_filter, run_record_key, run_verb,
+};
+
 /// First token of every Steward subject.
 pub const ROOT: &str = "steward";
 /// Wire-contract version token.
@@ -115,30 +137,6 @@ impl Subjects {
     #[must_use]
     pub fn health_status_of(&self, instance: &Token) -> String {
         self.targeted(noun::HEALTH, verb::STATUS, instance.as_str())
-    }
-
-    /// A host's heartbeat / presence announcement.
-    #[must_use]
-    pub fn host_heartbeat(&self, host: &HostId) -> String {
-        self.targeted(noun::HOST, verb::HEARTBEAT, host.as_str())
-    }
-
-    /// All hosts' heartbeats (the connector subscribes here).
-    #[must_use]
-    pub fn host_heartbeat_all(&self) -> String {
-        self.targeted(noun::HOST, verb::HEARTBEAT, "*")
-    }
-
-    /// Commands for one host (durable: captured by the commands stream).
-    #[must_use]
-    pub fn host_command(&self, host: &HostId) -> String {
-        self.targeted(noun::HOST, verb::COMMAND, host.as_str())
-    }
-
-    /// Host registry events (`online`, `offline`, `changed`) for one host.
-    #[must_use]
-    pub fn host_event(&self, host: &HostId) -> String {
-        self.targeted(noun::HOST, verb::EVENT, host.as_str())
     }
 
     /// Configuration change notices.
@@ -260,17 +258,4 @@ pub const SERVICE_PREFIX: &str = "steward";
 #[must_use]
 pub fn service_name(component: &str) -> String {
     format!("{SERVICE_PREFIX}-{component}")
-}
-
-/// Key of a host in the host registry bucket: `<account>.<host>` (KV keys may contain `.`; both
-/// parts are validated tokens, so the key splits back unambiguously).
-#[must_use]
-pub fn host_registry_key(account: &AccountId, host: &HostId) -> String {
-    format!("{account}.{host}")
-}
-
-/// Key filter matching every host of `account` in the host registry bucket.
-#[must_use]
-pub fn host_registry_filter(account: &AccountId) -> String {
-    format!("{account}.*")
 }

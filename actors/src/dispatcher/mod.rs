@@ -1,0 +1,840 @@
+//! The dispatcher: runs on hosts. It answers `run.dispatch`, `run.status`, `run.cancel` and
+//! `run.list` as the NATS micro service `steward-dispatcher` (queue group: any hub instance may
+//! answer), keeps runs in the `steward_runs` bucket ([`store`]), delivers work orders to hosts
+//! and re-delivers until they start, follows each host's job events through a durable consumer
+//! on `STEWARD_RUN_EVENTS` (the seed's "upload announce"), ends hosts whose deadline passed as
+//! `timeout` ([`lifecycle`]), retries per the run's policy, and cancels on request.
+//!
+//! Work delivery: `run.work.<host>` request/reply (see `steward_subjects::subject` run module);
+//! durability comes from the run store — a pending host is re-delivered every
+//! [`DispatcherArgs::redeliver_after`] until it starts or its deadline passes.
+
+pub mod client;
+pub mod lifecycle;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use async_nats::service::ServiceExt;
+use futures::{FutureExt, StreamExt};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use sha2::{Digest, Sha256};
+use steward_subjects::api::host::HostRecord;
+use steward_subjects::api::run::{
+    EventKind, HostRun, HostRunView, RunAccepted, RunCancelRequest, RunCancelResult, RunEvent, RunList, RunListRequest,
+    RunRecord, RunRequest, RunStatus, RunStatusRequest, RunView, StatusCounts, StopAck, StopOrder, WorkAck, WorkOrder,
+};
+use steward_subjects::codec::{self, Encoding};
+use steward_subjects::envelope::WireError;
+use steward_subjects::rpc;
+use steward_subjects::selector::Selector;
+use steward_subjects::streams::{HOSTS_BUCKET, RUN_EVENTS_STREAM};
+use steward_subjects::subject::{host_registry_filter, run_events_consumer, service_name};
+use steward_subjects::{HostId, Subjects, STEWARD_VERSION};
+use tracing::{debug, info, warn};
+
+use crate::signing::{hex, job_digest, JobSigner};
+use store::{RunStore, StoreError};
+
+/// Arguments of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatcherArgs {
+    /// Hub connection.
+    pub client: async_nats::Client,
+    /// Account subjects.
+    pub subjects: Subjects,
+    /// The hub's signing key; `None` dispatches unsigned jobs (hosts refuse them).
+    pub signer: Option<JobSigner>,
+    /// How often deadlines, retries and re-deliveries are checked.
+    pub tick: Duration,
+    /// How long a pending host waits before its work order is sent again.
+    pub redeliver_after: Duration,
+}
+
+impl DispatcherArgs {
+    /// Defaults: check every 250 ms, re-deliver after 2 s.
+    #[must_use]
+    pub fn new(client: async_nats::Client, subjects: Subjects, signer: Option<JobSigner>) -> Self {
+        DispatcherArgs {
+            client,
+            subjects,
+            signer,
+            tick: Duration::from_millis(250),
+            redeliver_after: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Messages of the dispatcher.
+#[derive(Debug)]
+pub enum DispatcherMsg {
+    /// One of its tasks (service, event consumer, sweeper) ended.
+    TaskEnded(&'static str),
+}
+
+/// State of the dispatcher.
+pub struct DispatcherState {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    service: Option<async_nats::service::Service>,
+}
+
+/// The dispatcher actor.
+#[derive(Debug, Default)]
+pub struct Dispatcher;
+
+impl Actor for Dispatcher {
+    type Msg = DispatcherMsg;
+    type State = DispatcherState;
+    type Arguments = DispatcherArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        args: DispatcherArgs,
+    ) -> Result<DispatcherState, ActorProcessingErr> {
+        let js = jetstream::new(args.client.clone());
+        let store = RunStore::open(js.clone(), args.subjects.clone()).await?;
+        let core = Arc::new(Core {
+            client: args.client.clone(),
+            js: js.clone(),
+            subjects: args.subjects.clone(),
+            store,
+            signer: args.signer.clone(),
+            redeliver_after_ms: millis(args.redeliver_after),
+            active: Mutex::new(HashMap::new()),
+        });
+        core.load_active().await?;
+
+        let service = args
+            .client
+            .service_builder()
+            .description("steward dispatcher: runs on hosts")
+            .start(service_name("dispatcher"), STEWARD_VERSION)
+            .await
+            .map_err(|e| ActorProcessingErr::from(format!("cannot register dispatcher service: {e}")))?;
+        let mut endpoints = Vec::new();
+        for (name, subject) in [
+            ("dispatch", args.subjects.run_dispatch()),
+            ("status", args.subjects.run_status()),
+            ("cancel", args.subjects.run_cancel()),
+            ("list", args.subjects.run_list()),
+        ] {
+            // Micro endpoints subscribe in the service's queue group: any hub instance answers.
+            let ep = service
+                .endpoint_builder()
+                .name(name)
+                .add(subject)
+                .await
+                .map_err(|e| ActorProcessingErr::from(format!("cannot add dispatcher endpoint {name}: {e}")))?;
+            endpoints.push(ep.map(move |r| (name, r)).boxed());
+        }
+        let mut requests = futures::stream::select_all(endpoints);
+        let serve_core = core.clone();
+        let me = myself.clone();
+        let serve = tokio::spawn(async move {
+            while let Some((name, req)) = requests.next().await {
+                let core = serve_core.clone();
+                tokio::spawn(async move { core.answer(name, req).await });
+            }
+            let _ = me.cast(DispatcherMsg::TaskEnded("service"));
+        });
+
+        let stream = js.get_stream(RUN_EVENTS_STREAM).await?;
+        let durable = run_events_consumer(args.subjects.account());
+        let consumer = stream
+            .get_or_create_consumer(
+                &durable,
+                consumer::pull::Config {
+                    durable_name: Some(durable.clone()),
+                    filter_subject: args.subjects.run_event_all(),
+                    ack_policy: consumer::AckPolicy::All,
+                    deliver_policy: consumer::DeliverPolicy::New,
+                    max_ack_pending: 100_000,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let events_core = core.clone();
+        let me = myself.clone();
+        let events = tokio::spawn(async move {
+            if let Err(e) = events_core.follow_events(consumer).await {
+                warn!(error = %e, "dispatcher event consumer ended");
+            }
+            let _ = me.cast(DispatcherMsg::TaskEnded("events"));
+        });
+
+        let sweep_core = core.clone();
+        let tick = args.tick;
+        let sweeper = tokio::spawn(async move {
+            let mut t = tokio::time::interval(tick);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                t.tick().await;
+                sweep_core.sweep().await;
+            }
+        });
+        info!(account = %args.subjects.account(), signed = args.signer.is_some(), "dispatcher started");
+        Ok(DispatcherState { tasks: vec![serve, events, sweeper], service: Some(service) })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<DispatcherMsg>,
+        msg: DispatcherMsg,
+        _state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DispatcherMsg::TaskEnded(name) => Err(ActorProcessingErr::from(format!("dispatcher task {name} ended"))),
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<DispatcherMsg>,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        for t in &state.tasks {
+            t.abort();
+        }
+        if let Some(s) = state.service.take() {
+            let _ = s.stop().await;
+        }
+        Ok(())
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+fn store_err(e: StoreError) -> WireError {
+    match e {
+        StoreError::Contended(_) => WireError::conflict(e.to_string()),
+        _ => WireError::unavailable(e.to_string()),
+    }
+}
+
+/// What the dispatcher keeps in memory about a run that has not ended (rebuilt from the store
+/// on start).
+#[derive(Debug, Clone, Default)]
+struct ActiveRun {
+    counts: StatusCounts,
+    cancel_requested: bool,
+    dirty: bool,
+    next_check_ms: u64,
+    delivered: HashMap<String, (u32, u64)>,
+}
+
+struct Core {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    store: RunStore,
+    signer: Option<JobSigner>,
+    redeliver_after_ms: u64,
+    active: Mutex<HashMap<String, ActiveRun>>,
+}
+
+impl Core {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, ActiveRun>> {
+        self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn load_active(&self) -> Result<(), StoreError> {
+        let runs = self.store.runs().await?;
+        let mut n = 0;
+        for run in runs.into_iter().filter(|r| !r.status.is_terminal()) {
+            let hosts = self.store.hosts(&run.run_id).await?;
+            let counts = lifecycle::count(&hosts);
+            self.active().insert(
+                run.run_id.clone(),
+                ActiveRun {
+                    counts,
+                    cancel_requested: run.cancel_requested,
+                    dirty: true,
+                    next_check_ms: 0,
+                    delivered: HashMap::new(),
+                },
+            );
+            n += 1;
+        }
+        if n > 0 {
+            info!(runs = n, "dispatcher resumed active runs");
+        }
+        Ok(())
+    }
+
+    async fn answer(self: Arc<Self>, name: &'static str, req: async_nats::service::Request) {
+        let enc = Encoding::from_headers(req.message.headers.as_ref());
+        let sent = match name {
+            "dispatch" => {
+                let r = match rpc::decode_request::<RunRequest>(&req.message) {
+                    Ok((r, _)) => self.dispatch(r).await,
+                    Err((e, _)) => Err(e),
+                };
+                rpc::respond(&req, enc, r).await
+            }
+            "status" => {
+                let r = match rpc::decode_request::<RunStatusRequest>(&req.message) {
+                    Ok((r, _)) => self.status(r).await,
+                    Err((e, _)) => Err(e),
+                };
+                rpc::respond(&req, enc, r).await
+            }
+            "cancel" => {
+                let r = match rpc::decode_request::<RunCancelRequest>(&req.message) {
+                    Ok((r, _)) => self.cancel(r).await,
+                    Err((e, _)) => Err(e),
+                };
+                rpc::respond(&req, enc, r).await
+            }
+            "list" => {
+                let r = match rpc::decode_request::<RunListRequest>(&req.message) {
+                    Ok((r, _)) => self.list(r).await,
+                    Err((e, _)) => Err(e),
+                };
+                rpc::respond(&req, enc, r).await
+            }
+            other => rpc::respond::<()>(&req, enc, Err(WireError::not_found(format!("no endpoint {other}")))).await,
+        };
+        if let Err(e) = sent {
+            debug!(endpoint = name, error = %e, "dispatcher reply not sent");
+        }
+    }
+
+    async fn targets(&self, req: &RunRequest, explicit: Vec<HostId>) -> Result<Vec<HostId>, WireError> {
+        if !explicit.is_empty() {
+            return Ok(explicit);
+        }
+        let selector: Selector = req.selector.parse().map_err(|e| WireError::invalid(format!("bad selector: {e}")))?;
+        let records: Vec<(String, HostRecord)> =
+            store::read_latest(&self.js, HOSTS_BUCKET, &host_registry_filter(self.subjects.account()))
+                .await
+                .map_err(store_err)?;
+        let mut hosts: Vec<HostId> = records
+            .into_iter()
+            .filter(|(_, r)| r.online && selector.matches(&r.labels))
+            .filter_map(|(_, r)| HostId::parse(&r.host_id).ok())
+            .collect();
+        hosts.sort();
+        if hosts.is_empty() {
+            return Err(WireError::invalid(format!("selector {:?} matches no connected host", req.selector)));
+        }
+        Ok(hosts)
+    }
+
+    async fn dispatch(self: &Arc<Self>, req: RunRequest) -> Result<RunAccepted, WireError> {
+        let explicit = req.validate()?;
+        let idem =
+            (!req.idempotency_key.is_empty()).then(|| hex(&Sha256::digest(req.idempotency_key.as_bytes())[..16]));
+        if let Some(d) = &idem {
+            if let Some(existing) = self.store.lookup_idempotency(d).await.map_err(store_err)? {
+                return self.existing(existing).await;
+            }
+        }
+        let hosts = self.targets(&req, explicit).await?;
+        let run_id = uuid::Uuid::now_v7().simple().to_string();
+        let now = now_ms();
+        let timeout = req.timeout();
+        let attempts = u64::from(req.retry.attempts());
+        let (signature, key_id) = match &self.signer {
+            Some(s) => (s.sign(&req.job), s.key_id().to_owned()),
+            None => (String::new(), String::new()),
+        };
+        let run = RunRecord {
+            run_id: run_id.clone(),
+            status: RunStatus::Pending,
+            job_digest: hex(&job_digest(&req.job)),
+            job: req.job.clone(),
+            signature,
+            key_id,
+            labels: req.labels.clone(),
+            selector: req.selector.clone(),
+            idempotency_key: req.idempotency_key.clone(),
+            timeout_ms: timeout,
+            retry: req.retry,
+            hosts_total: hosts.len() as u64,
+            counts: StatusCounts { pending: hosts.len() as u64, ..StatusCounts::default() },
+            cancel_requested: false,
+            created_at: crate::now_rfc3339(),
+            created_ms: now,
+            deadline_ms: now + attempts * timeout + attempts.saturating_sub(1) * req.retry.backoff_ms,
+            finished_at: None,
+        };
+        self.store.create_run(&run).await.map_err(store_err)?;
+        if let Some(d) = &idem {
+            if let Some(existing) = self.store.claim_idempotency(d, &run_id).await.map_err(store_err)? {
+                if existing != run_id {
+                    let _ = self.store.delete_run(&run_id).await;
+                    return self.existing(existing).await;
+                }
+            }
+        }
+        let records: Vec<HostRun> = hosts
+            .iter()
+            .map(|h| HostRun {
+                run_id: run_id.clone(),
+                host_id: h.to_string(),
+                status: RunStatus::Pending,
+                attempt: 1,
+                max_attempts: req.retry.attempts(),
+                backoff_ms: req.retry.backoff_ms,
+                timeout_ms: timeout,
+                not_before_ms: now,
+                deadline_ms: now + timeout,
+                ..HostRun::default()
+            })
+            .collect();
+        self.store.create_hosts(&records).await.map_err(store_err)?;
+        self.active().insert(
+            run_id.clone(),
+            ActiveRun {
+                counts: run.counts,
+                next_check_ms: now + self.redeliver_after_ms.min(timeout),
+                ..ActiveRun::default()
+            },
+        );
+        info!(run_id = %run_id, hosts = hosts.len(), kind = req.job.kind.as_str(), "run dispatched");
+        let orders: Vec<WorkOrder> = records.iter().map(|h| self.order(&run, h)).collect();
+        // Delivery runs on after the reply: an unreachable host must not hold up the caller.
+        let core = self.clone();
+        let id = run_id.clone();
+        tokio::spawn(async move {
+            let delivered = deliver_all(core.client.clone(), core.subjects.clone(), orders).await;
+            core.mark_delivered(&id, delivered);
+        });
+        Ok(RunAccepted { run_id, existing: false, hosts: hosts.iter().map(ToString::to_string).collect() })
+    }
+
+    fn mark_delivered(&self, run_id: &str, delivered: Vec<(String, u32)>) {
+        let now = now_ms();
+        if let Some(a) = self.active().get_mut(run_id) {
+            for (host, attempt) in delivered {
+                a.delivered.insert(host, (attempt, now));
+            }
+        }
+    }
+
+    async fn existing(&self, run_id: String) -> Result<RunAccepted, WireError> {
+        let hosts = self.store.hosts(&run_id).await.map_err(store_err)?;
+        Ok(RunAccepted { run_id, existing: true, hosts: hosts.into_iter().map(|h| h.host_id).collect() })
+    }
+
+    fn order(&self, run: &RunRecord, h: &HostRun) -> WorkOrder {
+        WorkOrder {
+            run_id: run.run_id.clone(),
+            host_id: h.host_id.clone(),
+            attempt: h.attempt,
+            job: run.job.clone(),
+            signature: run.signature.clone(),
+            key_id: run.key_id.clone(),
+            timeout_ms: h.deadline_ms.saturating_sub(now_ms().max(h.not_before_ms)).max(1),
+            labels: run.labels.clone(),
+        }
+    }
+
+    async fn status(&self, req: RunStatusRequest) -> Result<RunView, WireError> {
+        let run = self
+            .store
+            .run(&req.run_id)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| WireError::not_found(format!("no run {:?}", req.run_id)))?;
+        let mut hosts = self.store.hosts(&run.run_id).await.map_err(store_err)?;
+        let limit = if req.host_limit == 0 { 500 } else { req.host_limit as usize };
+        let truncated = hosts.len() > limit;
+        hosts.truncate(limit);
+        let max_events = if req.max_events == 0 { 200 } else { req.max_events as usize };
+        let mut views = Vec::with_capacity(hosts.len());
+        for (i, h) in hosts.into_iter().enumerate() {
+            let events = if req.events && i < 100 {
+                match HostId::parse(&h.host_id) {
+                    Ok(host) => self
+                        .store
+                        .events(&host, &h.run_id, h.attempt, h.first_event_stream_seq, req.after_seq, max_events)
+                        .await
+                        .map_err(store_err)?,
+                    Err(_) => Vec::new(),
+                }
+            } else {
+                Vec::new()
+            };
+            views.push(HostRunView { run: h, events });
+        }
+        Ok(RunView { run, hosts: views, hosts_truncated: truncated })
+    }
+
+    async fn list(&self, req: RunListRequest) -> Result<RunList, WireError> {
+        let mut runs = self.store.runs().await.map_err(store_err)?;
+        runs.retain(|r| {
+            req.status.is_none_or(|s| r.status == s) && req.labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))
+        });
+        runs.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| b.run_id.cmp(&a.run_id)));
+        runs.truncate(if req.limit == 0 { 100 } else { req.limit as usize });
+        for r in &mut runs {
+            r.job.playbook = String::new();
+        }
+        Ok(RunList { runs })
+    }
+
+    async fn cancel(&self, req: RunCancelRequest) -> Result<RunCancelResult, WireError> {
+        let run = self
+            .store
+            .run(&req.run_id)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| WireError::not_found(format!("no run {:?}", req.run_id)))?;
+        if run.status.is_terminal() {
+            return Err(WireError::conflict(format!("run {} already finished: {}", run.run_id, run.status)));
+        }
+        self.store
+            .update_run(&run.run_id, |r| {
+                let changed = !r.cancel_requested;
+                r.cancel_requested = true;
+                changed
+            })
+            .await
+            .map_err(store_err)?;
+        if let Some(a) = self.active().get_mut(&run.run_id) {
+            a.cancel_requested = true;
+        }
+        let hosts = self.store.hosts(&run.run_id).await.map_err(store_err)?;
+        let open: Vec<HostRun> = hosts.into_iter().filter(|h| !h.status.is_terminal()).collect();
+        let stops = futures::stream::iter(
+            open.into_iter()
+                .map(|h| {
+                    let client = self.client.clone();
+                    let subjects = self.subjects.clone();
+                    async move {
+                        let ack = match HostId::parse(&h.host_id) {
+                            Ok(host) => {
+                                let order = StopOrder {
+                                    run_id: h.run_id.clone(),
+                                    host_id: h.host_id.clone(),
+                                    status: RunStatus::Canceled,
+                                    reason: "canceled on request".into(),
+                                };
+                                rpc::request::<_, StopAck>(
+                                    &client,
+                                    subjects.run_stop(&host),
+                                    &order,
+                                    Duration::from_secs(3),
+                                )
+                                .await
+                                .ok()
+                            }
+                            Err(_) => None,
+                        };
+                        (h, ack)
+                    }
+                    .boxed()
+                })
+                .collect::<Vec<_>>(),
+        )
+        .buffer_unordered(256)
+        .collect::<Vec<_>>()
+        .await;
+        let mut result = RunCancelResult { run_id: run.run_id.clone(), ..RunCancelResult::default() };
+        for (h, ack) in stops {
+            let reason = match &ack {
+                Some(StopAck { finished: Some(_), .. }) => continue,
+                Some(StopAck { stopped: true, .. }) => {
+                    result.confirmed.push(h.host_id.clone());
+                    "canceled on request; host confirmed its process group was killed"
+                }
+                Some(_) if h.status == RunStatus::Pending => {
+                    result.canceled_pending.push(h.host_id.clone());
+                    "canceled on request before it started"
+                }
+                Some(_) => {
+                    result.confirmed.push(h.host_id.clone());
+                    "canceled on request; host reports nothing running"
+                }
+                None if h.status == RunStatus::Pending => {
+                    result.canceled_pending.push(h.host_id.clone());
+                    "canceled on request before it started (host unreachable)"
+                }
+                None => {
+                    result.unconfirmed.push(h.host_id.clone());
+                    "canceled on request; host did not confirm"
+                }
+            };
+            if let Ok(host) = HostId::parse(&h.host_id) {
+                let now = crate::now_rfc3339();
+                let (ms, reason) = (now_ms(), reason.to_owned());
+                match self.store.update_host(&h.run_id, &host, |x| lifecycle::cancel(x, &reason, ms, &now)).await {
+                    Ok(Some((before, after))) => self.transition(&h.run_id, before.status, &after),
+                    Ok(None) => {}
+                    Err(e) => warn!(run_id = %h.run_id, host_id = %h.host_id, error = %e, "cancel not recorded"),
+                }
+            }
+        }
+        let run = self.settle(&run.run_id, true).await.map_err(store_err)?;
+        result.status = run.map_or(RunStatus::Canceled, |r| r.status);
+        info!(run_id = %result.run_id, status = %result.status, "run canceled");
+        Ok(result)
+    }
+
+    /// Records a host transition in the in-memory counts of its run.
+    fn transition(&self, run_id: &str, before: RunStatus, after: &HostRun) {
+        if before == after.status && after.status != RunStatus::Pending {
+            return;
+        }
+        let mut active = self.active();
+        if let Some(a) = active.get_mut(run_id) {
+            if before != after.status {
+                sub(&mut a.counts, before);
+                a.counts.add(after.status);
+            }
+            a.dirty = true;
+            if after.status == RunStatus::Pending {
+                a.next_check_ms = a.next_check_ms.min(after.not_before_ms);
+            }
+        }
+    }
+
+    /// Recounts a run from its host records and stores its counts and aggregate status.
+    async fn settle(&self, run_id: &str, full: bool) -> Result<Option<RunRecord>, StoreError> {
+        let counts = if full {
+            let hosts = self.store.hosts(run_id).await?;
+            let c = lifecycle::count(&hosts);
+            if let Some(a) = self.active().get_mut(run_id) {
+                a.counts = c;
+            }
+            Some(c)
+        } else {
+            self.active().get(run_id).map(|a| a.counts)
+        };
+        let Some(counts) = counts else { return self.store.run(run_id).await };
+        let now = crate::now_rfc3339();
+        let run = self
+            .store
+            .update_run(run_id, |r| {
+                if r.status.is_terminal() {
+                    return false;
+                }
+                let status = counts.aggregate(r.hosts_total, r.cancel_requested);
+                let changed = r.counts != counts || r.status != status;
+                r.counts = counts;
+                r.status = status;
+                if status.is_terminal() {
+                    r.finished_at = Some(now.clone());
+                }
+                changed
+            })
+            .await?;
+        if let Some(r) = &run {
+            if r.status.is_terminal() {
+                self.active().remove(run_id);
+                info!(run_id = %run_id, status = %r.status, "run ended");
+            }
+        }
+        Ok(run)
+    }
+
+    async fn follow_events(&self, consumer: consumer::Consumer<consumer::pull::Config>) -> Result<(), String> {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(1000)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut chunks = messages.ready_chunks(2000);
+        while let Some(chunk) = chunks.next().await {
+            let mut last_msg = None;
+            let mut by_host: BTreeMap<(String, String), Vec<(RunEvent, u64)>> = BTreeMap::new();
+            for m in chunk {
+                let m = m.map_err(|e| e.to_string())?;
+                let stream_seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                if let Ok(ev) = codec::decode::<RunEvent>(Encoding::MsgPack, &m.payload) {
+                    let matters =
+                        ev.seq == 1 || matches!(ev.kind, EventKind::Start | EventKind::Last | EventKind::Artifact);
+                    if matters {
+                        by_host.entry((ev.run_id.clone(), ev.host_id.clone())).or_default().push((ev, stream_seq));
+                    }
+                }
+                last_msg = Some(m);
+            }
+            let updates = futures::stream::iter(
+                by_host
+                    .into_iter()
+                    .map(|((run_id, host), evs)| {
+                        async move {
+                            let Ok(host) = HostId::parse(&host) else { return };
+                            let now = crate::now_rfc3339();
+                            let ms = now_ms();
+                            let r = self
+                                .store
+                                .update_host(&run_id, &host, |h| {
+                                    let mut changed = false;
+                                    for (ev, seq) in &evs {
+                                        changed |= lifecycle::apply_event(h, ev, *seq, ms, &now);
+                                    }
+                                    changed
+                                })
+                                .await;
+                            match r {
+                                Ok(Some((before, after))) => self.transition(&run_id, before.status, &after),
+                                Ok(None) => {
+                                    debug!(run_id = %run_id, host_id = %host, "events of an unknown run ignored")
+                                }
+                                Err(e) => {
+                                    warn!(run_id = %run_id, host_id = %host, error = %e, "run events not applied")
+                                }
+                            }
+                        }
+                        .boxed()
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .buffer_unordered(256)
+            .collect::<Vec<()>>();
+            updates.await;
+            if let Some(m) = last_msg {
+                if let Err(e) = m.ack().await {
+                    warn!(error = %e, "run events not acknowledged");
+                }
+            }
+        }
+        Err("run events stream ended".into())
+    }
+
+    async fn sweep(&self) {
+        let now = now_ms();
+        let due: Vec<(String, bool)> = self
+            .active()
+            .iter_mut()
+            .filter(|(_, a)| a.dirty || a.next_check_ms <= now)
+            .map(|(id, a)| {
+                let full = a.next_check_ms <= now;
+                a.dirty = false;
+                (id.clone(), full)
+            })
+            .collect();
+        for (run_id, full) in due {
+            if full {
+                if let Err(e) = self.check(&run_id).await {
+                    warn!(run_id = %run_id, error = %e, "run check failed");
+                    continue;
+                }
+            }
+            if let Err(e) = self.settle(&run_id, full).await {
+                warn!(run_id = %run_id, error = %e, "run not settled");
+            }
+        }
+    }
+
+    /// Deadlines, retries and re-deliveries of one run.
+    async fn check(&self, run_id: &str) -> Result<(), StoreError> {
+        let Some(run) = self.store.run(run_id).await? else {
+            self.active().remove(run_id);
+            return Ok(());
+        };
+        let hosts = self.store.hosts(run_id).await?;
+        let now = now_ms();
+        let mut next = u64::MAX;
+        let mut to_deliver = Vec::new();
+        for h in hosts {
+            if h.status.is_terminal() {
+                continue;
+            }
+            let Ok(host) = HostId::parse(&h.host_id) else { continue };
+            if now >= h.deadline_ms {
+                let stamp = crate::now_rfc3339();
+                if let Some((before, after)) =
+                    self.store.update_host(run_id, &host, |x| lifecycle::expire(x, now, &stamp)).await?
+                {
+                    self.transition(run_id, before.status, &after);
+                    if before.status == RunStatus::Running {
+                        let order = StopOrder {
+                            run_id: run_id.to_owned(),
+                            host_id: h.host_id.clone(),
+                            status: RunStatus::Timeout,
+                            reason: "deadline passed".into(),
+                        };
+                        let (client, subject) = (self.client.clone(), self.subjects.run_stop(&host));
+                        tokio::spawn(async move {
+                            let _ = rpc::request::<_, StopAck>(&client, subject, &order, Duration::from_secs(2)).await;
+                        });
+                    }
+                    if !after.status.is_terminal() {
+                        next = next.min(after.not_before_ms);
+                    }
+                }
+                continue;
+            }
+            next = next.min(h.deadline_ms);
+            if h.status == RunStatus::Pending && !run.cancel_requested {
+                if now < h.not_before_ms {
+                    next = next.min(h.not_before_ms);
+                    continue;
+                }
+                let last = self.active().get(run_id).and_then(|a| a.delivered.get(&h.host_id).copied());
+                match last {
+                    Some((attempt, at)) if attempt == h.attempt && at + self.redeliver_after_ms > now => {
+                        next = next.min(at + self.redeliver_after_ms);
+                    }
+                    _ => {
+                        to_deliver.push(self.order(&run, &h));
+                        next = next.min(now + self.redeliver_after_ms);
+                    }
+                }
+            }
+        }
+        if !to_deliver.is_empty() {
+            debug!(run_id = %run_id, hosts = to_deliver.len(), "delivering work orders");
+            let delivered = deliver_all(self.client.clone(), self.subjects.clone(), to_deliver).await;
+            self.mark_delivered(run_id, delivered);
+        }
+        if let Some(a) = self.active().get_mut(run_id) {
+            a.next_check_ms = if next == u64::MAX { now + self.redeliver_after_ms } else { next };
+        }
+        Ok(())
+    }
+}
+
+fn sub(c: &mut StatusCounts, s: RunStatus) {
+    let f = match s {
+        RunStatus::Pending | RunStatus::Unknown => &mut c.pending,
+        RunStatus::Running => &mut c.running,
+        RunStatus::Success => &mut c.success,
+        RunStatus::Failure => &mut c.failure,
+        RunStatus::Timeout => &mut c.timeout,
+        RunStatus::Canceled => &mut c.canceled,
+    };
+    *f = f.saturating_sub(1);
+}
+
+/// Sends work orders, many in flight; returns the (host, attempt) pairs a host took.
+async fn deliver_all(client: async_nats::Client, subjects: Subjects, orders: Vec<WorkOrder>) -> Vec<(String, u32)> {
+    futures::stream::iter(orders.into_iter().map(|o| {
+        let client = client.clone();
+        let subjects = subjects.clone();
+        async move {
+            let host = HostId::parse(&o.host_id).ok()?;
+            match rpc::request::<_, WorkAck>(&client, subjects.run_work(&host), &o, Duration::from_secs(2)).await {
+                Ok(ack) if ack.accepted => Some((o.host_id, o.attempt)),
+                Ok(ack) => {
+                    debug!(host_id = %o.host_id, message = %ack.message, "work order refused");
+                    None
+                }
+                Err(e) => {
+                    debug!(host_id = %o.host_id, error = %e, "work order not delivered");
+                    None
+                }
+            }
+        }
+    }))
+    .buffer_unordered(1024)
+    .filter_map(|x| async move { x })
+    .collect()
+    .await
+}

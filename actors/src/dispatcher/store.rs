@@ -1,0 +1,350 @@
+//! The run store: run records, per-host run records and idempotency keys in the `steward_runs`
+//! KV bucket, every update a compare-and-set on the key's revision (so two hub instances never
+//! overwrite each other), plus consistent reads of many keys at once through an ordered
+//! consumer on the bucket's stream (last value per key), and reads of a run's job events.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv};
+use futures::{FutureExt, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use steward_subjects::api::run::{HostRun, RunEvent, RunRecord};
+use steward_subjects::codec::{self, Encoding};
+use steward_subjects::streams::{RUNS_BUCKET, RUN_EVENTS_STREAM};
+use steward_subjects::subject::{
+    kv_subject, run_host_filter, run_host_key, run_idempotency_key, run_record_filter, run_record_key,
+};
+use steward_subjects::{AccountId, HostId, Subjects};
+
+/// Compare-and-set attempts before an update gives up.
+const CAS_TRIES: usize = 16;
+
+/// Errors of the run store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// JetStream refused or failed.
+    #[error("run store: {0}")]
+    Backend(String),
+    /// A stored value does not decode.
+    #[error("run store value {key} is malformed: {reason}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// Too many concurrent writers.
+    #[error("run store key {0} kept changing; update abandoned")]
+    Contended(String),
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<bytes::Bytes, StoreError> {
+    codec::encode(Encoding::MsgPack, v).map_err(backend)
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    codec::decode_limited(Encoding::MsgPack, bytes, usize::MAX)
+        .map_err(|e| StoreError::Corrupt { key: key.to_owned(), reason: e.to_string() })
+}
+
+/// Reads the latest value of every key of `bucket` matching `filter` (KV key wildcards), in one
+/// pass of an ordered consumer; deleted keys are left out.
+///
+/// # Errors
+/// [`StoreError`] when the stream cannot be read or a value does not decode.
+pub async fn read_latest<T: DeserializeOwned>(
+    js: &jetstream::Context,
+    bucket: &str,
+    filter: &str,
+) -> Result<Vec<(String, T)>, StoreError> {
+    let stream = js.get_stream(format!("KV_{bucket}")).await.map_err(backend)?;
+    let prefix = kv_subject(bucket, "");
+    let mut consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: kv_subject(bucket, filter),
+            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .map_err(backend)?;
+    let pending = consumer.info().await.map_err(backend)?.num_pending;
+    let mut out = Vec::with_capacity(usize::try_from(pending).unwrap_or(0));
+    if pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await.map_err(backend)?;
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .map_err(|_| StoreError::Backend(format!("reading {bucket} timed out")))?
+    {
+        let m = m.map_err(backend)?;
+        let left = m.info().map_err(backend)?.pending;
+        let deleted = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("KV-Operation"))
+            .is_some_and(|v| v.as_str() == "DEL" || v.as_str() == "PURGE");
+        if !deleted {
+            let key = m.subject.as_str().strip_prefix(&prefix).unwrap_or(m.subject.as_str()).to_owned();
+            let value = decode(&key, &m.payload)?;
+            out.push((key, value));
+        }
+        if left == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The run store of one account.
+#[derive(Debug, Clone)]
+pub struct RunStore {
+    js: jetstream::Context,
+    kv: kv::Store,
+    subjects: Subjects,
+}
+
+impl RunStore {
+    /// Opens the `steward_runs` bucket (it must have been ensured).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the bucket does not exist.
+    pub async fn open(js: jetstream::Context, subjects: Subjects) -> Result<Self, StoreError> {
+        let kv = js.get_key_value(RUNS_BUCKET).await.map_err(backend)?;
+        Ok(RunStore { js, kv, subjects })
+    }
+
+    fn account(&self) -> &AccountId {
+        self.subjects.account()
+    }
+
+    /// Creates a run record; `false` when it exists already.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    pub async fn create_run(&self, run: &RunRecord) -> Result<bool, StoreError> {
+        self.create(&run_record_key(self.account(), &run.run_id), run).await
+    }
+
+    async fn create<T: Serialize>(&self, key: &str, v: &T) -> Result<bool, StoreError> {
+        match self.kv.create(key, encode(v)?).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    /// Deletes a run record that was never used (lost an idempotency race).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    pub async fn delete_run(&self, run_id: &str) -> Result<(), StoreError> {
+        self.kv.purge(run_record_key(self.account(), run_id)).await.map_err(backend)
+    }
+
+    /// Binds an idempotency digest to `run_id`; returns the run id it was bound to before, if
+    /// any.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    pub async fn claim_idempotency(&self, digest: &str, run_id: &str) -> Result<Option<String>, StoreError> {
+        let key = run_idempotency_key(self.account(), digest);
+        if self.create(&key, &run_id.to_owned()).await? {
+            return Ok(None);
+        }
+        self.lookup_idempotency(digest).await
+    }
+
+    /// The run an idempotency digest is bound to.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn lookup_idempotency(&self, digest: &str) -> Result<Option<String>, StoreError> {
+        let key = run_idempotency_key(self.account(), digest);
+        match self.kv.get(&key).await.map_err(backend)? {
+            Some(b) => Ok(Some(decode(&key, &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A run record.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let key = run_record_key(self.account(), run_id);
+        match self.kv.get(&key).await.map_err(backend)? {
+            Some(b) => Ok(Some(decode(&key, &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every run record of the account.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        Ok(read_latest(&self.js, RUNS_BUCKET, &run_record_filter(self.account()))
+            .await?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// Creates the host records of a new run, many writes in flight at once.
+    ///
+    /// # Errors
+    /// The first [`StoreError`].
+    pub async fn create_hosts(&self, hosts: &[HostRun]) -> Result<(), StoreError> {
+        let account = self.account().clone();
+        let results: Vec<Result<bool, StoreError>> = futures::stream::iter(
+            hosts
+                .iter()
+                .map(|h| {
+                    let account = account.clone();
+                    async move {
+                        let host = HostId::parse(&h.host_id).map_err(backend)?;
+                        self.create(&run_host_key(&account, &h.run_id, &host), h).await
+                    }
+                    .boxed()
+                })
+                .collect::<Vec<_>>(),
+        )
+        .buffer_unordered(512)
+        .collect()
+        .await;
+        results.into_iter().try_for_each(|r| r.map(|_| ()))
+    }
+
+    /// Every host record of a run, in host id order.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn hosts(&self, run_id: &str) -> Result<Vec<HostRun>, StoreError> {
+        let mut v: Vec<HostRun> = read_latest(&self.js, RUNS_BUCKET, &run_host_filter(self.account(), run_id))
+            .await?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        v.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+        Ok(v)
+    }
+
+    /// Applies `f` to a run record with compare-and-set; `f` returns whether it changed
+    /// anything. Returns the record after the update (`None` when the run does not exist).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn update_run<F>(&self, run_id: &str, f: F) -> Result<Option<RunRecord>, StoreError>
+    where
+        F: FnMut(&mut RunRecord) -> bool,
+    {
+        self.update(&run_record_key(self.account(), run_id), f).await
+    }
+
+    /// Applies `f` to one host record with compare-and-set. Returns the record before and
+    /// after (`None` when it does not exist).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn update_host<F>(
+        &self,
+        run_id: &str,
+        host: &HostId,
+        mut f: F,
+    ) -> Result<Option<(HostRun, HostRun)>, StoreError>
+    where
+        F: FnMut(&mut HostRun) -> bool,
+    {
+        let mut before = None;
+        let after = self
+            .update(&run_host_key(self.account(), run_id, host), |h: &mut HostRun| {
+                before = Some(h.clone());
+                f(h)
+            })
+            .await?;
+        Ok(after.and_then(|a| before.map(|b| (b, a))))
+    }
+
+    async fn update<T, F>(&self, key: &str, mut f: F) -> Result<Option<T>, StoreError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(&mut T) -> bool,
+    {
+        for _ in 0..CAS_TRIES {
+            let Some(entry) = self.kv.entry(key).await.map_err(backend)? else {
+                return Ok(None);
+            };
+            if entry.operation != kv::Operation::Put {
+                return Ok(None);
+            }
+            let mut value: T = decode(key, &entry.value)?;
+            if !f(&mut value) {
+                return Ok(Some(value));
+            }
+            match self.kv.update(key, encode(&value)?, entry.revision).await {
+                Ok(_) => return Ok(Some(value)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        Err(StoreError::Contended(key.to_owned()))
+    }
+
+    /// The job events of one host's attempt, from stream sequence `from_stream_seq` on, with
+    /// sequence numbers above `after_seq`, at most `max`; stops at the attempt's `last` event.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    pub async fn events(
+        &self,
+        host: &HostId,
+        run_id: &str,
+        attempt: u32,
+        from_stream_seq: u64,
+        after_seq: u64,
+        max: usize,
+    ) -> Result<Vec<RunEvent>, StoreError> {
+        let mut out = Vec::new();
+        if from_stream_seq == 0 || max == 0 {
+            return Ok(out);
+        }
+        let stream = self.js.get_stream(RUN_EVENTS_STREAM).await.map_err(backend)?;
+        let mut consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.subjects.run_event(host),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from_stream_seq },
+                ..Default::default()
+            })
+            .await
+            .map_err(backend)?;
+        if consumer.info().await.map_err(backend)?.num_pending == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer.messages().await.map_err(backend)?;
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+            let m = m.map_err(backend)?;
+            let left = m.info().map_err(backend)?.pending;
+            if let Ok(ev) = codec::decode::<RunEvent>(Encoding::MsgPack, &m.payload) {
+                if ev.run_id == run_id && ev.attempt == attempt {
+                    let last = ev.kind == steward_subjects::api::run::EventKind::Last;
+                    if ev.seq > after_seq {
+                        out.push(ev);
+                    }
+                    if last || out.len() >= max {
+                        break;
+                    }
+                }
+            }
+            if left == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}

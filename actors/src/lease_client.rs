@@ -1,0 +1,183 @@
+//! The typed client of the lease service: what a runtime (or the CLI) calls to lease, renew,
+//! list and release job specs and to submit results. Errors keep the remote code, so callers
+//! branch on [`LeaseClientError::kind`] (`Remote(Conflict)` for a stale epoch, `NoResponders`
+//! or `TimedOut` when no hub answers).
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use steward_subjects::api::lease::{
+    LeaseReply, LeaseRequest, LeasesReply, LeasesRequest, MineReply, MineRequest, ReleaseReply, ReleaseRequest,
+    RenewReply, RenewRequest,
+};
+use steward_subjects::api::result::{SubmitReply, SubmitRequest};
+use steward_subjects::rpc::{self, RequestError, RequestErrorKind};
+use steward_subjects::Subjects;
+
+/// A failed call to the lease service.
+pub type LeaseClientError = RequestError;
+
+/// Whether an error means the hub could not be reached (retry later; work offline meanwhile).
+#[must_use]
+pub fn is_unreachable(e: &LeaseClientError) -> bool {
+    matches!(e.kind(), RequestErrorKind::TimedOut | RequestErrorKind::NoResponders | RequestErrorKind::Transport)
+        || matches!(e.kind(), RequestErrorKind::Remote(steward_subjects::ErrorCode::Unavailable))
+}
+
+/// Client of the lease service of one account.
+#[derive(Debug, Clone)]
+pub struct LeaseClient {
+    client: async_nats::Client,
+    subjects: Subjects,
+    timeout: Duration,
+}
+
+impl LeaseClient {
+    /// A client on `client` for the account of `subjects`.
+    #[must_use]
+    pub fn new(client: async_nats::Client, subjects: Subjects) -> Self {
+        LeaseClient { client, subjects, timeout: rpc::DEFAULT_TIMEOUT }
+    }
+
+    /// The same client with another reply timeout.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        subject: String,
+        req: &Req,
+    ) -> Result<Resp, LeaseClientError> {
+        rpc::request(&self.client, subject, req, self.timeout).await
+    }
+
+    /// Leases up to `req.max` unassigned specs.
+    ///
+    /// # Errors
+    /// [`LeaseClientError`]: `invalid` for bad tokens, transport errors when no hub answers.
+    pub async fn lease(&self, req: &LeaseRequest) -> Result<LeaseReply, LeaseClientError> {
+        self.call(self.subjects.jobspec_lease(), req).await
+    }
+
+    /// Renews every lease of the runtime; stale ones come back refused.
+    ///
+    /// # Errors
+    /// As [`Self::lease`].
+    pub async fn renew(&self, req: &RenewRequest) -> Result<RenewReply, LeaseClientError> {
+        self.call(self.subjects.jobspec_renew(), req).await
+    }
+
+    /// The authoritative set of specs the runtime holds.
+    ///
+    /// # Errors
+    /// As [`Self::lease`].
+    pub async fn mine(&self, req: &MineRequest) -> Result<MineReply, LeaseClientError> {
+        self.call(self.subjects.jobspec_mine(), req).await
+    }
+
+    /// Releases specs.
+    ///
+    /// # Errors
+    /// As [`Self::lease`].
+    pub async fn release(&self, req: &ReleaseRequest) -> Result<ReleaseReply, LeaseClientError> {
+        self.call(self.subjects.jobspec_release(), req).await
+    }
+
+    /// Lists specs and their leases.
+    ///
+    /// # Errors
+    /// As [`Self::lease`].
+    pub async fn leases(&self, req: &LeasesRequest) -> Result<LeasesReply, LeaseClientError> {
+        self.call(self.subjects.jobspec_leases(), req).await
+    }
+
+    /// Submits results; each gets its own outcome.
+    ///
+    /// # Errors
+    /// As [`Self::lease`]; `invalid` for a batch over the size limit.
+    pub async fn submit(&self, req: &SubmitRequest) -> Result<SubmitReply, LeaseClientError> {
+        self.call(self.subjects.result_submit(), req).await
+    }
+}
+
+/// Which stored results [`query_results`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct ResultQuery {
+    /// Only results of this spec.
+    pub spec: Option<String>,
+    /// Only results filed under this host (edge host id, or runtime id of a standalone
+    /// runtime).
+    pub host: Option<steward_subjects::HostId>,
+    /// Only results stored at or after this time.
+    pub since: Option<time::OffsetDateTime>,
+    /// At most this many, the most recent ones (0 = 100).
+    pub limit: usize,
+}
+
+/// Reads stored results from the `STEWARD_RESULTS` stream with an ordered consumer (filtered
+/// by host subject and start time on the server, by spec here), oldest first.
+///
+/// # Errors
+/// [`ActorsError::Unavailable`](crate::ActorsError::Unavailable) when the stream cannot be read.
+pub async fn query_results(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    q: &ResultQuery,
+) -> Result<Vec<steward_subjects::api::result::ResultRecord>, crate::ActorsError> {
+    use async_nats::jetstream::{self, consumer};
+    use futures::StreamExt;
+    use steward_subjects::codec::{self, Encoding};
+
+    let unavailable = |e: String| crate::ActorsError::Unavailable(format!("results stream ({e})"));
+    let js = jetstream::new(client.clone());
+    let stream =
+        js.get_stream(steward_subjects::streams::RESULTS_STREAM).await.map_err(|e| unavailable(e.to_string()))?;
+    let filter = q.host.as_ref().map_or_else(|| subjects.result_put_all(), |h| subjects.result_put(h));
+    let deliver_policy = match q.since {
+        Some(t) => consumer::DeliverPolicy::ByStartTime { start_time: t },
+        None => consumer::DeliverPolicy::All,
+    };
+    let c = stream
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: filter,
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let limit = if q.limit == 0 { 100 } else { q.limit };
+    let mut pending = c.cached_info().num_pending;
+    let mut out = std::collections::VecDeque::with_capacity(limit);
+    if pending == 0 {
+        return Ok(Vec::new());
+    }
+    let mut messages = c.messages().await.map_err(|e| unavailable(e.to_string()))?;
+    while pending > 0 {
+        let msg = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(unavailable(e.to_string())),
+            Ok(None) | Err(_) => break,
+        };
+        pending = msg.info().map(|i| i.pending).unwrap_or(0);
+        let Ok(r) = codec::decode_limited::<steward_subjects::api::result::ResultRecord>(
+            Encoding::MsgPack,
+            &msg.payload,
+            usize::MAX,
+        ) else {
+            continue;
+        };
+        if q.spec.as_ref().is_some_and(|s| *s != r.spec) {
+            continue;
+        }
+        if out.len() == limit {
+            out.pop_front();
+        }
+        out.push_back(r);
+    }
+    Ok(out.into())
+}

@@ -1,0 +1,216 @@
+//! Spec-store and KV I/O shared by the renderer and the config manager: scanning the latest
+//! value of every key under a filter, loading the spec index, and pipelined spec writes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use steward_subjects::codec::{self, Encoding};
+use steward_subjects::config::spec::ContentHash;
+use steward_subjects::config::{SpecId, SpecTarget, TargetKind};
+use steward_subjects::streams::JOBSPECS_BUCKET;
+use steward_subjects::subject::{jobspec_account_filter, jobspec_key, kv_subject};
+use steward_subjects::{AccountId, Token, TokenKind};
+
+use super::render::{Change, Rendered, SpecIndex};
+
+/// Header carrying a spec's content hash on its KV message (read back header-only on start).
+pub const SPEC_HASH_HEADER: &str = "Steward-Spec-Hash";
+/// The KV operation header (`DEL` marks a tombstone).
+pub const KV_OPERATION: &str = "KV-Operation";
+/// Writes in flight before the writer waits for acknowledgements.
+pub const WRITE_WINDOW: usize = 1024;
+
+/// A spec-store or KV failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct StoreError {
+    /// What was being done.
+    pub what: &'static str,
+    /// Why it failed.
+    pub reason: String,
+}
+
+fn err(what: &'static str) -> impl Fn(String) -> StoreError {
+    move |reason| StoreError { what, reason }
+}
+
+/// One key's latest message.
+#[derive(Debug, Clone)]
+pub struct Latest {
+    /// The KV key.
+    pub key: String,
+    /// Stream sequence (the KV revision).
+    pub revision: u64,
+    /// `true` for a delete or purge marker.
+    pub deleted: bool,
+    /// Headers.
+    pub headers: Option<HeaderMap>,
+    /// Payload (empty when scanned headers-only).
+    pub value: Bytes,
+}
+
+/// The latest message of every key of `store` matching `key_filter`, in stream order, by an
+/// ordered consumer (`LastPerSubject`). With `headers_only` the values are not transferred.
+///
+/// # Errors
+/// [`StoreError`] when the consumer cannot be created or fails.
+pub async fn scan_latest(
+    client: &async_nats::Client,
+    store: &kv::Store,
+    key_filter: &str,
+    headers_only: bool,
+) -> Result<Vec<Latest>, StoreError> {
+    let filter = kv_subject(&store.name, key_filter);
+    let consumer = store
+        .stream
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: filter,
+            headers_only,
+            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+            replay_policy: consumer::ReplayPolicy::Instant,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err("cannot scan keys")(e.to_string()))?;
+    let mut pending = consumer.cached_info().num_pending;
+    let mut out = Vec::with_capacity(usize::try_from(pending).unwrap_or(0));
+    if pending == 0 {
+        return Ok(out);
+    }
+    let prefix = format!("$KV.{}.", store.name);
+    let mut messages = consumer.messages().await.map_err(|e| err("cannot scan keys")(e.to_string()))?;
+    while pending > 0 {
+        let msg = match tokio::time::timeout(Duration::from_secs(30), messages.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(err("key scan failed")(e.to_string())),
+            Ok(None) => break,
+            Err(_) => return Err(err("key scan failed")("no message within 30s".into())),
+        };
+        let info = msg.info().map_err(|e| err("key scan failed")(e.to_string()))?;
+        pending = info.pending;
+        let revision = info.stream_sequence;
+        let key = msg.subject.as_str().strip_prefix(prefix.as_str()).unwrap_or_default().to_owned();
+        let deleted = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(KV_OPERATION))
+            .is_some_and(|v| matches!(v.as_str(), "DEL" | "PURGE"));
+        let m = msg.message;
+        out.push(Latest { key, revision, deleted, headers: m.headers, value: m.payload });
+    }
+    Ok(out)
+}
+
+/// Splits a spec key `<account>.<kind>.<target>.<spec>`.
+#[must_use]
+pub fn parse_spec_key(key: &str) -> Option<(TargetKind, String, SpecId)> {
+    let mut parts = key.split('.');
+    let (_account, kind, target, spec) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let kind = match kind {
+        "host" => TargetKind::Host,
+        "pool" => TargetKind::Pool,
+        _ => return None,
+    };
+    Some((kind, target.to_owned(), spec.parse().ok()?))
+}
+
+/// Loads what the spec store holds for `account` (headers only: ids, targets, content hashes).
+///
+/// # Errors
+/// [`StoreError`] when the scan fails.
+pub async fn load_index(
+    client: &async_nats::Client,
+    specs: &kv::Store,
+    account: &AccountId,
+) -> Result<SpecIndex, StoreError> {
+    let latest = scan_latest(client, specs, &jobspec_account_filter(account), true).await?;
+    let entries = latest
+        .into_iter()
+        .filter(|l| !l.deleted)
+        .filter_map(|l| {
+            let (kind, target, id) = parse_spec_key(&l.key)?;
+            let hash = l
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(SPEC_HASH_HEADER))
+                .and_then(|v| v.as_str().parse::<ContentHash>().ok())
+                .unwrap_or_default();
+            Some((id, hash, SpecTarget { kind, id: target }))
+        })
+        .collect();
+    Ok(SpecIndex::from_entries(entries))
+}
+
+/// Writes every change of a diff: puts for added and changed specs (MessagePack `JobSpec`,
+/// content hash in a header), delete markers (tombstones) for removed ones. Up to
+/// [`WRITE_WINDOW`] publishes are in flight; `written` counts acknowledged writes.
+///
+/// # Errors
+/// [`StoreError`] on the first refused or unacknowledged write (the caller reloads the index
+/// from the store and renders again, so partial writes converge).
+pub async fn write_changes(
+    js: &jetstream::Context,
+    account: &AccountId,
+    revision: u64,
+    desired: &Rendered,
+    stored: &SpecIndex,
+    changes: &[Change],
+    written: &Arc<AtomicU64>,
+) -> Result<(), StoreError> {
+    let tokens = |targets: &[SpecTarget]| -> Vec<Option<Token>> {
+        targets.iter().map(|t| Token::parse(TokenKind::Name, &t.id).ok()).collect()
+    };
+    let desired_tokens = tokens(&desired.targets);
+    let stored_tokens = tokens(&stored.targets);
+    let mut inflight = FuturesUnordered::new();
+    for c in changes {
+        let (subject, headers, payload) = match *c {
+            Change::Added(i) | Change::Changed(i) => {
+                let d = &desired.specs[i];
+                let target = &desired.targets[d.target as usize];
+                let Some(token) = &desired_tokens[d.target as usize] else { continue };
+                let spec =
+                    desired.templates[d.template as usize].spec(account.as_str(), target.kind, &target.id, revision);
+                let payload =
+                    codec::encode(Encoding::MsgPack, &spec).map_err(|e| err("cannot encode spec")(e.to_string()))?;
+                let mut h = HeaderMap::new();
+                h.insert(SPEC_HASH_HEADER, d.hash.to_string().as_str());
+                (kv_subject(JOBSPECS_BUCKET, &jobspec_key(account, target.kind, token, &d.id)), h, payload)
+            }
+            Change::Removed(j) => {
+                let s = &stored.specs[j];
+                let target = &stored.targets[s.target as usize];
+                let Some(token) = &stored_tokens[s.target as usize] else { continue };
+                let mut h = HeaderMap::new();
+                h.insert(KV_OPERATION, "DEL");
+                (kv_subject(JOBSPECS_BUCKET, &jobspec_key(account, target.kind, token, &s.id)), h, Bytes::new())
+            }
+        };
+        let ack = js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| err("cannot write spec")(e.to_string()))?;
+        inflight.push(std::future::IntoFuture::into_future(ack));
+        while inflight.len() >= WRITE_WINDOW {
+            if let Some(r) = inflight.next().await {
+                r.map_err(|e| err("spec write not acknowledged")(e.to_string()))?;
+                written.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    while let Some(r) = inflight.next().await {
+        r.map_err(|e| err("spec write not acknowledged")(e.to_string()))?;
+        written.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! Job signing: the hub signs every job it dispatches with an ed25519 key; the edge verifies the
+//! signature with the hub's public key before running anything and refuses tampered or unsigned
+//! jobs.
+//!
+//! Key files (written by `steward keys init`): `<dir>/steward-signing.key` holds the 32-byte
+//! secret seed as hex (mode 0600), `<dir>/steward-signing.pub` the 32-byte public key as hex.
+//! The signature covers a domain-separated SHA-256 digest of the job's content
+//! ([`job_digest`]): kind, argv, playbook content and playbook reference, each length-prefixed
+//! so no two jobs share a digest.
+
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use sha2::{Digest, Sha256};
+use steward_subjects::api::run::Job;
+
+/// File name of the secret key inside a key folder.
+pub const SECRET_FILE: &str = "steward-signing.key";
+/// File name of the public key inside a key folder.
+pub const PUBLIC_FILE: &str = "steward-signing.pub";
+
+const DOMAIN: &[u8] = b"steward-job-v1";
+
+/// Errors of signing and verification.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningError {
+    /// A key file could not be read or written.
+    #[error("key file {path}: {reason}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A key file does not hold a key.
+    #[error("key file {path} is malformed: {reason}")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Refusing to overwrite existing keys.
+    #[error("key file {0} exists already; remove it first or choose another folder")]
+    Exists(PathBuf),
+    /// No randomness available.
+    #[error("no randomness available: {0}")]
+    Random(String),
+    /// The job carries no signature.
+    #[error("job is not signed")]
+    Unsigned,
+    /// The job was signed by another key.
+    #[error("job is signed by key {got}, this host trusts key {want}")]
+    UnknownKey {
+        /// Key id on the job.
+        got: String,
+        /// Key id trusted.
+        want: String,
+    },
+    /// The signature does not match the content (tampered content or signature).
+    #[error("signature does not match the job content (tampered or corrupted)")]
+    Mismatch,
+}
+
+/// The digest a job's signature covers.
+#[must_use]
+pub fn job_digest(job: &Job) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(DOMAIN);
+    field(job.kind.as_str().as_bytes());
+    field(&(job.command.len() as u64).to_be_bytes());
+    for arg in &job.command {
+        field(arg.as_bytes());
+    }
+    field(job.playbook.as_bytes());
+    field(job.playbook_ref.as_bytes());
+    h.finalize().into()
+}
+
+/// Lowercase hex of `bytes`.
+#[must_use]
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect()
+}
+
+fn key_id(public: &VerifyingKey) -> String {
+    hex(&Sha256::digest(public.as_bytes())[..8])
+}
+
+fn read_32(path: &Path) -> Result<[u8; 32], SigningError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| SigningError::Io { path: path.to_owned(), reason: e.to_string() })?;
+    let bytes = unhex(&text).ok_or_else(|| SigningError::BadKey { path: path.to_owned(), reason: "not hex".into() })?;
+    bytes.try_into().map_err(|b: Vec<u8>| SigningError::BadKey {
+        path: path.to_owned(),
+        reason: format!("{} bytes, expected 32", b.len()),
+    })
+}
+
+/// The hub's signing key.
+#[derive(Clone)]
+pub struct JobSigner {
+    key: SigningKey,
+    id: String,
+}
+
+impl std::fmt::Debug for JobSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobSigner").field("key_id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// Paths of a freshly written key pair.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyFiles {
+    /// Secret key file.
+    pub secret: PathBuf,
+    /// Public key file.
+    pub public: PathBuf,
+    /// Key id (first 8 bytes of the public key's SHA-256, hex).
+    pub key_id: String,
+}
+
+impl JobSigner {
+    /// A new random key.
+    ///
+    /// # Errors
+    /// [`SigningError::Random`] when the OS has no randomness to give.
+    pub fn generate() -> Result<Self, SigningError> {
+        let mut seed = [0u8; 32];
+        getrandom::getrandom(&mut seed).map_err(|e| SigningError::Random(e.to_string()))?;
+        Ok(Self::from_seed(seed))
+    }
+
+    /// The key with this secret seed.
+    #[must_use]
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        let key = SigningKey::from_bytes(&seed);
+        let id = key_id(&key.verifying_key());
+        JobSigner { key, id }
+    }
+
+    /// Generates a key pair and writes it into `dir` (secret file mode 0600); refuses to
+    /// overwrite existing files.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let files = steward_actors::signing::JobSigner::init_dir(dir.path()).unwrap();
+    /// let signer = steward_actors::signing::JobSigner::load(&files.secret).unwrap();
+    /// let verifier = steward_actors::signing::JobVerifier::load(&files.public).unwrap();
+    /// assert_eq!(signer.key_id(), verifier.key_id());
+    /// ```
+    ///
+    /// # Errors
+    /// [`SigningError::Exists`] or [`SigningError::Io`].
+    pub fn init_dir(dir: &Path) -> Result<KeyFiles, SigningError> {
+        let secret = dir.join(SECRET_FILE);
+        let public = dir.join(PUBLIC_FILE);
+        for p in [&secret, &public] {
+            if p.exists() {
+                return Err(SigningError::Exists(p.clone()));
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(|e| SigningError::Io { path: dir.to_owned(), reason: e.to_string() })?;
+        let signer = Self::generate()?;
+        write_private(&secret, &hex(&signer.key.to_bytes()))?;
+        std::fs::write(&public, hex(signer.key.verifying_key().as_bytes()) + "\n")
+            .map_err(|e| SigningError::Io { path: public.clone(), reason: e.to_string() })?;
+        Ok(KeyFiles { secret, public, key_id: signer.id })
+    }
+
+    /// Loads a secret key file.
+    ///
+    /// # Errors
+    /// [`SigningError::Io`] or [`SigningError::BadKey`].
+    pub fn load(path: &Path) -> Result<Self, SigningError> {
+        Ok(Self::from_seed(read_32(path)?))
+    }
+
+    /// Id of the key.
+    #[must_use]
+    pub fn key_id(&self) -> &str {
+        &self.id
+    }
+
+    /// The matching verifier.
+    #[must_use]
+    pub fn verifier(&self) -> JobVerifier {
+        JobVerifier { key: self.key.verifying_key(), id: self.id.clone() }
+    }
+
+    /// Signs `job`: returns the hex signature.
+    #[must_use]
+    pub fn sign(&self, job: &Job) -> String {
+        hex(&self.key.sign(&job_digest(job)).to_bytes())
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> Result<(), SigningError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let err = |e: std::io::Error| SigningError::Io { path: path.to_owned(), reason: e.to_string() };
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(err)?;
+    f.write_all(text.as_bytes()).and_then(|()| f.write_all(b"\n")).map_err(err)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> Result<(), SigningError> {
+    std::fs::write(path, format!("{text}\n"))
+        .map_err(|e| SigningError::Io { path: path.to_owned(), reason: e.to_string() })
+}
+
+/// The public key an edge trusts.
+#[derive(Debug, Clone)]
+pub struct JobVerifier {
+    key: VerifyingKey,
+    id: String,
+}
+
+impl JobVerifier {
+    /// Loads a public key file.
+    ///
+    /// # Errors
+    /// [`SigningError::Io`] or [`SigningError::BadKey`].
+    pub fn load(path: &Path) -> Result<Self, SigningError> {
+        let bytes = read_32(path)?;
+        let key = VerifyingKey::from_bytes(&bytes)
+            .map_err(|e| SigningError::BadKey { path: path.to_owned(), reason: e.to_string() })?;
+        let id = key_id(&key);
+        Ok(JobVerifier { key, id })
+    }
+
+    /// Id of the key.
+    #[must_use]
+    pub fn key_id(&self) -> &str {
+        &self.id
+    }
+
+    /// Checks `signature` (hex, by key `key_id`) over `job`.
+    ///
+    /// # Errors
+    /// [`SigningError::Unsigned`], [`SigningError::UnknownKey`] or [`SigningError::Mismatch`].
+    pub fn verify(&self, job: &Job, signature: &str, key_id: &str) -> Result<(), SigningError> {
+        if signature.is_empty() {
+            return Err(SigningError::Unsigned);
+        }
+        if !key_id.is_empty() && key_id != self.id {
+            return Err(SigningError::UnknownKey { got: key_id.to_owned(), want: self.id.clone() });
+        }
+        let bytes: [u8; 64] = unhex(signature).and_then(|b| b.try_into().ok()).ok_or(SigningError::Mismatch)?;
+        let sig = Signature::from_bytes(&bytes);
+        self.key.verify(&job_digest(job), &sig).map_err(|_| SigningError::Mismatch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sign_verify_and_tamper() {
+        let signer = JobSigner::from_seed([7; 32]);
+        let verifier = signer.verifier();
+        let job = Job::playbook("- hosts: all\n  tasks: []\n");
+        let sig = signer.sign(&job);
+        verifier.verify(&job, &sig, signer.key_id()).unwrap();
+        let mut tampered = job.clone();
+        tampered.playbook.push_str("# extra\n");
+        assert!(matches!(verifier.verify(&tampered, &sig, signer.key_id()), Err(SigningError::Mismatch)));
+        assert!(matches!(verifier.verify(&job, "", ""), Err(SigningError::Unsigned)));
+        let other = JobSigner::from_seed([8; 32]);
+        assert!(matches!(
+            verifier.verify(&job, &other.sign(&job), other.key_id()),
+            Err(SigningError::UnknownKey { .. })
+        ));
+        assert!(matches!(verifier.verify(&job, &other.sign(&job), ""), Err(SigningError::Mismatch)));
+        // argv boundaries are part of the digest
+        assert_ne!(job_digest(&Job::command(["a b"])), job_digest(&Job::command(["a", "b"])));
+    }
+
+    #[test]
+    fn key_files_round_trip_and_are_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = JobSigner::init_dir(dir.path()).unwrap();
+        assert!(matches!(JobSigner::init_dir(dir.path()), Err(SigningError::Exists(_))));
+        let s = JobSigner::load(&files.secret).unwrap();
+        let v = JobVerifier::load(&files.public).unwrap();
+        let job = Job::command(["true"]);
+        v.verify(&job, &s.sign(&job), s.key_id()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(&files.secret).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Per-host identities and tenant isolation on a real hub whose authorization is rendered by
+//! `steward_deploy::auth` from the subject lists in `steward_subjects`: with host A's
+//! credentials the server refuses subscribing to host B's commands and publishing presence or
+//! results as B; a leaf link carrying B's credentials cannot speak for A; a user of another
+//! account cannot read this account's registry or call its API.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use steward_actors::connector::{ConnectorArgs, ConnectorClient, ConnectorHandle};
+use steward_actors::edge::{start_leaf, EdgeArgs, EdgeHandle, LeafConfig};
+use steward_actors::ConnectOptions;
+use steward_deploy::auth::{read_seed, AuthDir, IdentityKind, Issued};
+use steward_deploy::server::{NatsServer, ServerOptions};
+use steward_deploy::wait::eventually;
+use steward_subjects::api::host::{CommandAction, CommandStatus, Heartbeat, SendCommandRequest};
+use steward_subjects::codec::{self, Encoding};
+use steward_subjects::rpc;
+use steward_subjects::streams::{self, Replicas, HOSTS_BUCKET};
+use steward_subjects::{AccountId, HostId, Subjects};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(25);
+
+fn subjects(account: &str) -> Subjects {
+    Subjects::new(AccountId::parse(account).unwrap())
+}
+
+fn host(id: &str) -> HostId {
+    HostId::parse(id).unwrap()
+}
+
+fn issue_host(auth: &AuthDir, account: &str, id: &str) -> Issued {
+    let p = subjects(account).host_permissions(&host(id));
+    auth.issue(account, IdentityKind::Host, id, p.publish, p.subscribe).unwrap()
+}
+
+fn issue_service(auth: &AuthDir, account: &str) -> Issued {
+    let p = subjects(account).service_permissions();
+    auth.issue(account, IdentityKind::Service, "hub", p.publish, p.subscribe).unwrap()
+}
+
+async fn connect_seed(
+    url: &str,
+    seed_file: &Path,
+    inbox: Option<String>,
+) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let seed = read_seed(seed_file).unwrap().unwrap();
+    let mut opts = async_nats::ConnectOptions::with_nkey(seed).event_callback(move |event| {
+        let tx = tx.clone();
+        async move {
+            if let async_nats::Event::ServerError(e) = event {
+                let _ = tx.send(e.to_string().to_lowercase());
+            }
+        }
+    });
+    if let Some(prefix) = inbox {
+        opts = opts.custom_inbox_prefix(prefix);
+    }
+    (opts.connect(url).await.unwrap(), rx)
+}
+
+async fn expect_violation(errors: &mut mpsc::UnboundedReceiver<String>, what: &str, subject: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let e = tokio::time::timeout_at(deadline, errors.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no permissions violation for {what} {subject}"))
+            .unwrap();
+        if e.contains("permissions violation") && e.contains(what) && e.contains(&subject.to_lowercase()) {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_credentials_and_account_isolation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let auth = AuthDir::new(tmp.path().join("auth"));
+    let svc = issue_service(&auth, "acme");
+    let a = issue_host(&auth, "acme", "host-a");
+    let b = issue_host(&auth, "acme", "host-b");
+    let globex_svc = issue_service(&auth, "globex");
+    let hub_dir = tmp.path().join("hub");
+    std::fs::create_dir_all(&hub_dir).unwrap();
+    std::fs::copy(auth.authorization_file(), hub_dir.join("authorization.conf")).unwrap();
+    let hub = NatsServer::start(ServerOptions {
+        data_dir: Some(hub_dir),
+        jetstream_domain: Some("hub".into()),
+        leafnode_listen: true,
+        extra_config: "include \"authorization.conf\"".into(),
+        ..ServerOptions::named("hub")
+    })
+    .await
+    .unwrap();
+    let url = hub.client_url();
+    let acme = subjects("acme");
+
+    // The acme control plane: streams and connector, as the acme service identity.
+    let (svc_client, _) = connect_seed(&url, &svc.seed_file, None).await;
+    streams::ensure(&jetstream::new(svc_client.clone()), Replicas::One).await.unwrap();
+    let mut args = ConnectorArgs::new(svc_client.clone(), acme.clone());
+    args.sweep_every = Duration::from_millis(50);
+    let (connector, _) = ConnectorHandle::start(args).await.unwrap();
+    let api = ConnectorClient::new(svc_client.clone(), acme.clone());
+
+    // Host A's agent straight to the hub with A's credentials: presence and commands work.
+    let data = tmp.path().join("edges");
+    let mut edge_a = EdgeArgs::new(
+        ConnectOptions { url: url.clone(), creds: Some(a.seed_file.clone()) },
+        acme.clone(),
+        host("host-a"),
+        data.join("a"),
+    );
+    edge_a.heartbeat = Duration::from_millis(200);
+    let (agent_a, _) = EdgeHandle::start(edge_a).await.unwrap();
+    eventually(WAIT, POLL, || async {
+        api.status("host-a").await.map(|r| r.online).map_err(|e| e.to_string()).and_then(|o| {
+            if o {
+                Ok(())
+            } else {
+                Err("offline".into())
+            }
+        })
+    })
+    .await
+    .unwrap();
+    let pong = api
+        .send(&SendCommandRequest {
+            host_id: "host-a".into(),
+            action: CommandAction::Ping,
+            wait_ms: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pong.reply.map(|r| r.status), Some(CommandStatus::Ok));
+
+    // A raw client holding A's credentials tries to act as B: the server refuses each attempt.
+    let (as_a, mut errors) = connect_seed(&url, &a.seed_file, Some(acme.host_inbox_prefix(&host("host-a")))).await;
+    let b_commands = acme.host_command(&host("host-b"));
+    let _sub = as_a.subscribe(b_commands.clone()).await.unwrap();
+    as_a.flush().await.unwrap();
+    expect_violation(&mut errors, "subscription", &b_commands).await;
+    let spoof = Heartbeat { host_id: "host-b".into(), interval_ms: 60_000, ..Heartbeat::default() };
+    let b_heartbeat = acme.host_heartbeat(&host("host-b"));
+    as_a.publish(b_heartbeat.clone(), codec::encode(Encoding::MsgPack, &spoof).unwrap()).await.unwrap();
+    as_a.flush().await.unwrap();
+    expect_violation(&mut errors, "publish", &b_heartbeat).await;
+    let b_results = acme.result_put(&host("host-b"));
+    as_a.publish(b_results.clone(), "{}".into()).await.unwrap();
+    as_a.flush().await.unwrap();
+    expect_violation(&mut errors, "publish", &b_results).await;
+    // Nor can a host read the registry or call the operator API.
+    let js_a = jetstream::ContextBuilder::new().timeout(Duration::from_millis(500)).build(as_a.clone());
+    assert!(js_a.get_key_value(HOSTS_BUCKET).await.is_err(), "a host must not read the registry");
+    assert!(ConnectorClient::new(as_a.clone(), acme.clone()).list("", None).await.is_err());
+    assert!(api.status("host-b").await.is_err(), "spoofed presence must not register host B");
+
+    // Host B through its own leaf node, the link carrying B's credentials.
+    let leaf = start_leaf(
+        &host("host-b"),
+        &LeafConfig {
+            remote_url: hub.leaf_url().unwrap(),
+            creds: Some(b.seed_file.clone()),
+            data_dir: tmp.path().join("leaf-b"),
+            port: None,
+        },
+    )
+    .await
+    .unwrap();
+    let mut edge_b =
+        EdgeArgs::new(ConnectOptions::new(leaf.client_url()), acme.clone(), host("host-b"), data.join("b"));
+    edge_b.heartbeat = Duration::from_millis(200);
+    edge_b.hub_domain = Some("hub".into());
+    let (agent_b, _) = EdgeHandle::start(edge_b).await.unwrap();
+    eventually(WAIT, POLL, || async {
+        api.status("host-b").await.map(|r| r.online).map_err(|e| e.to_string()).and_then(|o| {
+            if o {
+                Ok(())
+            } else {
+                Err("offline".into())
+            }
+        })
+    })
+    .await
+    .unwrap();
+    let installed = api.ensure_worker("host-b", "command", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(installed.worker, "command");
+
+    // Anyone on B's leaf may try to speak for A; the link only carries B's subjects. The
+    // marker heartbeat for B, published after the spoof on the same connection, proves the
+    // spoof had its chance to arrive.
+    let local = async_nats::connect(leaf.client_url()).await.unwrap();
+    let spoof_a = Heartbeat {
+        host_id: "host-a".into(),
+        labels: BTreeMap::from([("spoofed".to_owned(), "yes".to_owned())]),
+        interval_ms: 200,
+        ..Heartbeat::default()
+    };
+    local
+        .publish(acme.host_heartbeat(&host("host-a")), codec::encode(Encoding::MsgPack, &spoof_a).unwrap())
+        .await
+        .unwrap();
+    let marker = Heartbeat {
+        host_id: "host-b".into(),
+        labels: BTreeMap::from([("marker".to_owned(), "1".to_owned())]),
+        interval_ms: 200,
+        incarnation: 1,
+        ..Heartbeat::default()
+    };
+    let mut events = svc_client.subscribe(acme.host_event(&host("host-b"))).await.unwrap();
+    local
+        .publish(acme.host_heartbeat(&host("host-b")), codec::encode(Encoding::MsgPack, &marker).unwrap())
+        .await
+        .unwrap();
+    local.flush().await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while let Some(m) = events.next().await {
+            let e: steward_subjects::api::host::HostEvent = codec::decode(Encoding::MsgPack, &m.payload).unwrap();
+            if e.record.labels.contains_key("marker") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("marker heartbeat through the leaf never arrived");
+    let a_now = api.status("host-a").await.unwrap();
+    assert!(!a_now.labels.contains_key("spoofed"), "presence spoofed through B's leaf: {a_now:?}");
+
+    // Tenant isolation: globex's service user sees its own registry, never acme's, and cannot
+    // reach acme's API.
+    let globex = subjects("globex");
+    let (gx, mut gx_errors) = connect_seed(&url, &globex_svc.seed_file, None).await;
+    let gx_js = jetstream::new(gx.clone());
+    streams::ensure(&gx_js, Replicas::One).await.unwrap();
+    let gx_kv = gx_js.get_key_value(HOSTS_BUCKET).await.unwrap();
+    assert_eq!(gx_kv.get("acme.host-a").await.unwrap(), None);
+    let keys: Vec<String> = gx_kv.keys().await.unwrap().filter_map(|k| async { k.ok() }).collect().await;
+    assert!(keys.is_empty(), "globex sees registry keys {keys:?}");
+    let acme_list = acme.host_list();
+    let r: Result<serde_json::Value, _> = rpc::request(&gx, acme_list.clone(), &(), Duration::from_millis(500)).await;
+    assert!(r.is_err());
+    expect_violation(&mut gx_errors, "publish", &acme_list).await;
+    let (gx_connector, _) = ConnectorHandle::start(ConnectorArgs::new(gx.clone(), globex.clone())).await.unwrap();
+    assert!(ConnectorClient::new(gx.clone(), globex).list("", None).await.unwrap().hosts.is_empty());
+
+    gx_connector.stop().await;
+    agent_b.stop().await;
+    agent_a.stop().await;
+    connector.stop().await;
+}

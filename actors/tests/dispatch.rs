@@ -1,0 +1,445 @@
+//! Runs end to end on real servers through a hub + leaf topology: the dispatcher on the hub,
+//! the run worker of host `edge-1` on the leaf (JetStream through the hub's domain).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use ractor::{Actor, ActorRef};
+use steward_actors::dispatcher::client::DispatcherClient;
+use steward_actors::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg};
+use steward_actors::signing::JobSigner;
+use steward_actors::worker::events::publish_batch;
+use steward_actors::worker::{RunWorker, RunWorkerArgs, RunWorkerMsg};
+use steward_actors::ConnectOptions;
+use steward_deploy::wait::eventually;
+use steward_deploy::HubLeaf;
+use steward_subjects::api::run::{
+    EventKind, Job, RunEvent, RunRequest, RunStatus, RunStatusRequest, RunView, WorkAck, WorkOrder,
+};
+use steward_subjects::codec::{self, Encoding};
+use steward_subjects::rpc::{self, RequestErrorKind};
+use steward_subjects::streams::{self, Replicas, RUN_EVENTS_STREAM};
+use steward_subjects::{AccountId, ErrorCode, HostId, Subjects};
+
+const WAIT: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(50);
+
+struct Site {
+    topo: HubLeaf,
+    hub: async_nats::Client,
+    subjects: Subjects,
+    runs: DispatcherClient,
+    dispatcher: ActorRef<DispatcherMsg>,
+    worker: Option<ActorRef<RunWorkerMsg>>,
+    _data: tempfile::TempDir,
+    data: PathBuf,
+    signer: JobSigner,
+}
+
+impl Site {
+    async fn start() -> Site {
+        Self::start_trusting(true).await
+    }
+
+    /// A site whose host trusts the hub's key (`true`) or some other key (`false`).
+    async fn start_trusting(own_key: bool) -> Site {
+        let topo = HubLeaf::start().await.unwrap();
+        let hub = async_nats::connect(topo.hub().client_url()).await.unwrap();
+        streams::ensure(&jetstream::new(hub.clone()), Replicas::One).await.unwrap();
+        let subjects = Subjects::new(AccountId::parse("acme").unwrap());
+        let signer = JobSigner::generate().unwrap();
+        let mut args = DispatcherArgs::new(hub.clone(), subjects.clone(), Some(signer.clone()));
+        args.tick = Duration::from_millis(100);
+        args.redeliver_after = Duration::from_millis(500);
+        let (dispatcher, _) = Actor::spawn(None, Dispatcher, args).await.unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let path = data.path().to_owned();
+        let mut site = Site {
+            topo,
+            runs: DispatcherClient::new(hub.clone(), subjects.clone()),
+            hub,
+            subjects,
+            dispatcher,
+            worker: None,
+            _data: data,
+            data: path,
+            signer,
+        };
+        let verifier = if own_key { site.signer.verifier() } else { JobSigner::generate().unwrap().verifier() };
+        site.start_worker(Some(verifier)).await;
+        site
+    }
+
+    async fn start_worker(&mut self, verifier: Option<steward_actors::signing::JobVerifier>) {
+        let args = RunWorkerArgs {
+            connect: ConnectOptions::new(self.topo.leaf().client_url()),
+            subjects: self.subjects.clone(),
+            host_id: HostId::parse("edge-1").unwrap(),
+            verifier,
+            hub_domain: Some("hub".into()),
+            work_dir: self.data.join("work"),
+            ansible_playbook: PathBuf::from("ansible-playbook"),
+        };
+        let (worker, _) = Actor::spawn(None, RunWorker, args).await.unwrap();
+        self.worker = Some(worker);
+        // The worker's interest must have crossed the leaf connection before work is sent.
+        let subject = self.subjects.run_work(&HostId::parse("edge-1").unwrap());
+        eventually(WAIT, POLL, || {
+            let hub = self.hub.clone();
+            let subject = subject.clone();
+            async move {
+                let probe = WorkOrder { host_id: "nobody".into(), ..WorkOrder::default() };
+                match rpc::request::<_, WorkAck>(&hub, subject, &probe, Duration::from_millis(500)).await {
+                    Err(e) if e.kind() == RequestErrorKind::Remote(ErrorCode::Invalid) => Ok(()),
+                    other => Err(format!("worker not reachable yet: {other:?}")),
+                }
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    fn request(&self, job: Job, timeout_ms: u64) -> RunRequest {
+        RunRequest { hosts: vec!["edge-1".into()], job, timeout_ms, ..RunRequest::default() }
+    }
+
+    async fn view(&self, run_id: &str) -> RunView {
+        let req = RunStatusRequest { run_id: run_id.into(), events: true, ..RunStatusRequest::default() };
+        self.runs.status(&req).await.unwrap()
+    }
+
+    async fn wait_status(&self, run_id: &str, want: RunStatus) -> RunView {
+        eventually(WAIT, POLL, || async {
+            let v = self.view(run_id).await;
+            if v.run.status == want {
+                Ok(v)
+            } else {
+                Err(format!("run is {} ({:?}), want {want}", v.run.status, v.hosts.first().map(|h| &h.run)))
+            }
+        })
+        .await
+        .unwrap()
+    }
+}
+
+fn assert_ordered(events: &[RunEvent]) {
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    let expected: Vec<u64> = (1..=events.len() as u64).collect();
+    assert_eq!(seqs, expected, "events not complete and in order");
+    assert_eq!(events.last().unwrap().kind, EventKind::Last);
+}
+
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) {
+                found.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_run_succeeds_with_ordered_events_and_same_key_gives_same_run() {
+    let site = Site::start().await;
+    let mut req = site.request(Job::command(["sh", "-c", "echo hello; echo oops >&2; echo world"]), 10_000);
+    req.idempotency_key = "deploy-42".into();
+    let accepted = site.runs.dispatch(&req).await.unwrap();
+    assert!(!accepted.existing);
+    let again = site.runs.dispatch(&req).await.unwrap();
+    assert!(again.existing);
+    assert_eq!(again.run_id, accepted.run_id);
+
+    let view = site.wait_status(&accepted.run_id, RunStatus::Success).await;
+    let host = &view.hosts[0];
+    assert_eq!(host.run.status, RunStatus::Success);
+    assert_eq!(host.run.exit_code, Some(0));
+    assert_eq!(host.run.attempts.len(), 1);
+    assert_ordered(&host.events);
+    assert_eq!(host.events[0].kind, EventKind::Start);
+    let out: String = host.events.iter().filter(|e| e.kind == EventKind::Stdout).map(|e| e.stdout.as_str()).collect();
+    assert_eq!(out, "hello\nworld\n");
+    assert!(host.events.iter().any(|e| e.kind == EventKind::Stderr && e.stdout.contains("oops")));
+    assert_eq!(view.run.counts.success, 1);
+
+    // A failing command fails with its exit code; cancelling a finished run says so.
+    let failed = site.runs.dispatch(&site.request(Job::command(["sh", "-c", "exit 3"]), 10_000)).await.unwrap();
+    let view = site.wait_status(&failed.run_id, RunStatus::Failure).await;
+    assert_eq!(view.hosts[0].run.exit_code, Some(3));
+    let err = site.runs.cancel(&failed.run_id).await.unwrap_err();
+    assert_eq!(err.kind(), RequestErrorKind::Remote(ErrorCode::Conflict));
+    assert!(err.to_string().contains("already finished"), "{err}");
+
+    // Listing by status finds both.
+    let list = site
+        .runs
+        .list(&steward_subjects::api::run::RunListRequest { status: Some(RunStatus::Failure), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(list.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), [failed.run_id.as_str()]);
+
+    // Bad input gets clear errors.
+    let bad = RunRequest { hosts: vec!["a.b".into()], ..site.request(Job::command(["true"]), 0) };
+    let err = site.runs.dispatch(&bad).await.unwrap_err();
+    assert_eq!(err.kind(), RequestErrorKind::Remote(ErrorCode::Invalid));
+    let raw = site.hub.request(site.subjects.run_dispatch(), "\u{1}garbage".into()).await.unwrap();
+    assert!(String::from_utf8_lossy(&raw.payload).contains("invalid"));
+    drop(site.dispatcher);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_recorded_per_attempt() {
+    let site = Site::start().await;
+    let mut req = site.request(Job::command(["sh", "-c", "exit 1"]), 10_000);
+    req.retry = steward_subjects::api::run::RetryPolicy { max_attempts: 3, backoff_ms: 100 };
+    let run = site.runs.dispatch(&req).await.unwrap();
+    let view = site.wait_status(&run.run_id, RunStatus::Failure).await;
+    let h = &view.hosts[0].run;
+    assert_eq!(h.attempt, 3);
+    assert_eq!(
+        h.attempts.iter().map(|a| (a.attempt, a.status)).collect::<Vec<_>>(),
+        [(1, RunStatus::Failure), (2, RunStatus::Failure), (3, RunStatus::Failure)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_the_process_group_within_two_seconds() {
+    let site = Site::start().await;
+    let marker = format!("600.{}", std::process::id());
+    // A shell whose child sleeps: the whole group must go.
+    let script = format!("sleep {marker} & wait");
+    let run = site.runs.dispatch(&site.request(Job::command(["sh", "-c", &script]), 60_000)).await.unwrap();
+    site.wait_status(&run.run_id, RunStatus::Running).await;
+    eventually(WAIT, POLL, || async {
+        if processes_with(&format!("sleep {marker}")).is_empty() {
+            Err("sleep not started")
+        } else {
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+
+    let started = Instant::now();
+    let result = site.runs.cancel(&run.run_id).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(result.confirmed, ["edge-1"]);
+    assert_eq!(result.status, RunStatus::Canceled);
+    assert!(took < Duration::from_secs(2), "cancel took {took:?}");
+    assert!(processes_with(&format!("sleep {marker}")).is_empty(), "{:?}", processes_with(&marker));
+    let view = site.wait_status(&run.run_id, RunStatus::Canceled).await;
+    assert_eq!(view.hosts[0].run.status, RunStatus::Canceled);
+    // The host's own last event says canceled too, and arrives in order.
+    let view = eventually(WAIT, POLL, || async {
+        let v = site.view(&run.run_id).await;
+        if v.hosts[0].events.last().is_some_and(|e| e.kind == EventKind::Last) {
+            Ok(v)
+        } else {
+            Err("no last event yet")
+        }
+    })
+    .await
+    .unwrap();
+    assert_ordered(&view.hosts[0].events);
+    assert_eq!(view.hosts[0].events.last().unwrap().status, Some(RunStatus::Canceled));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_off_mid_run_ends_timeout_at_the_deadline() {
+    let mut site = Site::start().await;
+    let run = site.runs.dispatch(&site.request(Job::command(["sleep", "30"]), 3_000)).await.unwrap();
+    site.wait_status(&run.run_id, RunStatus::Running).await;
+    let record = site.view(&run.run_id).await;
+    let deadline_ms = record.hosts[0].run.deadline_ms;
+    // Cut the site off: the leaf node goes away with the host's connection.
+    site.topo.leaf_mut().stop().await;
+    let view = site.wait_status(&run.run_id, RunStatus::Timeout).await;
+    let now_ms = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap();
+    assert!(now_ms >= deadline_ms, "ended before the deadline");
+    assert!(now_ms - deadline_ms < 2_000, "ended {} ms after the deadline", now_ms - deadline_ms);
+    assert_eq!(view.hosts[0].run.status, RunStatus::Timeout);
+    assert!(view.hosts[0].run.reason.contains("deadline"), "{}", view.hosts[0].run.reason);
+    assert!(view.run.finished_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sent_twice_is_stored_once() {
+    let site = Site::start().await;
+    let leaf = async_nats::connect(site.topo.leaf().client_url()).await.unwrap();
+    let js = jetstream::with_domain(leaf, "hub");
+    let host = HostId::parse("edge-9").unwrap();
+    let batch: Vec<RunEvent> = (1..=5)
+        .map(|seq| RunEvent {
+            run_id: "r-dup".into(),
+            host_id: "edge-9".into(),
+            attempt: 1,
+            seq,
+            kind: if seq == 5 { EventKind::Last } else { EventKind::Stdout },
+            stdout: format!("line {seq}\n"),
+            ..RunEvent::default()
+        })
+        .collect();
+    let hub_js = jetstream::new(site.hub.clone());
+    let count = || async {
+        let mut stream = hub_js.get_stream(RUN_EVENTS_STREAM).await.unwrap();
+        let info = stream.info().await.unwrap();
+        info.state.messages
+    };
+    let before = count().await;
+    publish_batch(&js, &site.subjects, &host, &batch, Duration::from_secs(5)).await.unwrap();
+    // A reconnecting host resends the whole batch, plus the first half again.
+    publish_batch(&js, &site.subjects, &host, &batch, Duration::from_secs(5)).await.unwrap();
+    publish_batch(&js, &site.subjects, &host, &batch[..2], Duration::from_secs(5)).await.unwrap();
+    assert_eq!(count().await - before, 5);
+
+    // Stored in order.
+    let stream = hub_js.get_stream(RUN_EVENTS_STREAM).await.unwrap();
+    let mut seqs = Vec::new();
+    for s in before + 1..=before + 5 {
+        let m = stream.get_raw_message(s).await.unwrap();
+        let ev: RunEvent = codec::decode(Encoding::MsgPack, &m.payload).unwrap();
+        seqs.push(ev.seq);
+    }
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_and_unsigned_jobs_are_refused_before_anything_runs() {
+    let site = Site::start().await;
+    let marker = site.data.join("tampered-ran");
+    let original = Job::command(["true"]);
+    let signature = site.signer.sign(&original);
+    let tampered = Job::command(["touch", marker.to_str().unwrap()]);
+    let host = HostId::parse("edge-1").unwrap();
+    let events_of = |run_id: &'static str| {
+        let hub = site.hub.clone();
+        async move {
+            let js = jetstream::new(hub);
+            let stream = js.get_stream(RUN_EVENTS_STREAM).await.unwrap();
+            let info = stream.get_info().await.unwrap();
+            let mut out = Vec::new();
+            for s in info.state.first_sequence..=info.state.last_sequence {
+                if let Ok(m) = stream.get_raw_message(s).await {
+                    let ev: RunEvent = codec::decode(Encoding::MsgPack, &m.payload).unwrap();
+                    if ev.run_id == run_id {
+                        out.push(ev);
+                    }
+                }
+            }
+            out
+        }
+    };
+    for (run_id, signature, want) in
+        [("r-tampered", signature.clone(), "tampered"), ("r-unsigned", String::new(), "not signed")]
+    {
+        let order = WorkOrder {
+            run_id: run_id.into(),
+            host_id: "edge-1".into(),
+            attempt: 1,
+            job: tampered.clone(),
+            signature,
+            key_id: site.signer.key_id().into(),
+            timeout_ms: 10_000,
+            ..WorkOrder::default()
+        };
+        let ack: WorkAck =
+            rpc::request(&site.hub, site.subjects.run_work(&host), &order, Duration::from_secs(5)).await.unwrap();
+        assert!(ack.accepted);
+        let events = eventually(WAIT, POLL, || async {
+            let evs = events_of(run_id).await;
+            if evs.iter().any(|e| e.kind == EventKind::Last) {
+                Ok(evs)
+            } else {
+                Err("no last event yet")
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(events.len(), 1, "nothing but the refusal: {events:?}");
+        assert_eq!(events[0].status, Some(RunStatus::Failure));
+        assert!(events[0].reason.contains("refused") && events[0].reason.contains(want), "{}", events[0].reason);
+        assert!(!marker.exists(), "tampered job ran");
+    }
+
+    // Through the dispatcher, a host trusting another key refuses with a failed run.
+    let other = Site::start_trusting(false).await;
+    let run =
+        other.runs.dispatch(&other.request(Job::command(["touch", marker.to_str().unwrap()]), 10_000)).await.unwrap();
+    let view = other.wait_status(&run.run_id, RunStatus::Failure).await;
+    assert!(view.hosts[0].run.reason.contains("signature verification failed"), "{}", view.hosts[0].run.reason);
+    assert!(!marker.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_playbook_run_succeeds_with_its_events_in_order() {
+    let site = Site::start().await;
+    let target = site.data.join("playbook-wrote-this");
+    let playbook = format!(
+        r#"- name: steward test play
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: say hello
+      ansible.builtin.debug:
+        msg: hello from steward
+    - name: write a file
+      ansible.builtin.copy:
+        dest: "{}"
+        content: "applied\n"
+    - name: run a command
+      ansible.builtin.command: echo done
+"#,
+        target.display()
+    );
+    let run = site.runs.dispatch(&site.request(Job::playbook(playbook), 120_000)).await.unwrap();
+    let view = eventually(Duration::from_secs(120), Duration::from_millis(200), || async {
+        let v = site.view(&run.run_id).await;
+        match v.run.status {
+            RunStatus::Success => Ok(v),
+            s if s.is_terminal() => panic!("playbook ended {s}: {:#?}", v.hosts[0]),
+            s => Err(format!("run is {s}")),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "applied\n");
+    let events = &view.hosts[0].events;
+    assert_ordered(events);
+    let tasks: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Task && e.event.starts_with("runner_on_"))
+        .map(|e| (e.task.as_str(), e.event.as_str()))
+        .collect();
+    assert_eq!(
+        tasks,
+        [("say hello", "runner_on_ok"), ("write a file", "runner_on_ok"), ("run a command", "runner_on_ok")]
+    );
+    let copy = events.iter().find(|e| e.task == "write a file" && e.event == "runner_on_ok").unwrap();
+    assert!(copy.changed);
+    assert_eq!(copy.task_host, "localhost");
+    assert!(events.iter().any(|e| e.event == "playbook_on_stats"));
+
+    // A failing task fails the run, with the task's failure in the events.
+    let bad = "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: boom\n      ansible.builtin.fail:\n        msg: broken on purpose\n";
+    let run = site.runs.dispatch(&site.request(Job::playbook(bad), 120_000)).await.unwrap();
+    let view = eventually(Duration::from_secs(120), Duration::from_millis(200), || async {
+        let v = site.view(&run.run_id).await;
+        if v.run.status.is_terminal() {
+            Ok(v)
+        } else {
+            Err(format!("run is {}", v.run.status))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(view.run.status, RunStatus::Failure);
+    let failed = view.hosts[0].events.iter().find(|e| e.event == "runner_on_failed").unwrap();
+    assert_eq!(failed.task, "boom");
+    assert!(failed.detail.contains("broken on purpose"));
+}

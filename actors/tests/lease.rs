@@ -1,0 +1,359 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The lease service on a real nats-server: racing runtimes, two hub instances, expiry and
+//! hand-over, fencing of results and renewals, change notices, caps.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use ractor::{Actor, ActorRef};
+use steward_actors::lease::{LeaseArgs, LeaseConfig, LeaseMsg, LeaseService};
+use steward_actors::lease_client::LeaseClient;
+use steward_deploy::{eventually, SingleNode};
+use steward_subjects::api::lease::{
+    ChangeNotice, LeaseRequest, LeasesRequest, MineRequest, ReleaseRequest, RenewRequest, SpecEpoch,
+};
+use steward_subjects::api::result::{ResultRecord, SubmitRequest, SubmitStatus};
+use steward_subjects::codec::{self, Encoding};
+use steward_subjects::config::{CommandExecutor, Executor, JobSpec, SpecId, SpecTarget, TargetKind};
+use steward_subjects::streams::{self, Replicas, JOBSPECS_BUCKET, RESULTS_STREAM};
+use steward_subjects::subject::jobspec_key;
+use steward_subjects::{AccountId, RuntimeId, Subjects, Token, TokenKind};
+
+fn account() -> AccountId {
+    AccountId::parse("acme").unwrap()
+}
+
+fn spec(kind: TargetKind, target: &str, n: usize, selector: &str, hash: &str) -> JobSpec {
+    JobSpec {
+        id: SpecId::derive("acme", &format!("att-{n}"), kind, target).to_string(),
+        account: "acme".into(),
+        target: SpecTarget { kind, id: target.into() },
+        runtime_selector: selector.into(),
+        executor: Executor::Command(CommandExecutor { argv: vec!["true".into()], ..Default::default() }),
+        interval_ms: 1000,
+        timeout_ms: 1000,
+        content_hash: hash.into(),
+        ..JobSpec::default()
+    }
+}
+
+async fn put_spec(js: &jetstream::Context, s: &JobSpec) {
+    let kv = js.get_key_value(JOBSPECS_BUCKET).await.unwrap();
+    let key = jobspec_key(
+        &account(),
+        s.target.kind,
+        &Token::parse(TokenKind::Name, &s.target.id).unwrap(),
+        &s.id.parse().unwrap(),
+    );
+    kv.put(key, codec::encode(Encoding::MsgPack, s).unwrap()).await.unwrap();
+}
+
+async fn delete_spec(js: &jetstream::Context, s: &JobSpec) {
+    let kv = js.get_key_value(JOBSPECS_BUCKET).await.unwrap();
+    let key = jobspec_key(
+        &account(),
+        s.target.kind,
+        &Token::parse(TokenKind::Name, &s.target.id).unwrap(),
+        &s.id.parse().unwrap(),
+    );
+    kv.delete(key).await.unwrap();
+}
+
+struct Hub {
+    node: SingleNode,
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+async fn hub() -> Hub {
+    let node = SingleNode::start().await.unwrap();
+    let client = async_nats::connect(node.client_url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    streams::ensure(&js, Replicas::One).await.unwrap();
+    Hub { node, client, js }
+}
+
+async fn start_service(url: &str, config: LeaseConfig) -> ActorRef<LeaseMsg> {
+    let client = async_nats::connect(url).await.unwrap();
+    let args = LeaseArgs { client, subjects: Subjects::new(account()), config };
+    let (actor, _) = Actor::spawn(None, LeaseService, args).await.unwrap();
+    actor
+}
+
+fn lease_req(rt: &str, max: u32) -> LeaseRequest {
+    LeaseRequest {
+        runtime: rt.into(),
+        host: String::new(),
+        labels: BTreeMap::from([("zone".to_owned(), "a".to_owned())]),
+        max,
+    }
+}
+
+async fn client(url: &str) -> LeaseClient {
+    LeaseClient::new(async_nats::connect(url).await.unwrap(), Subjects::new(account()))
+}
+
+async fn wait_specs(c: &LeaseClient, n: u64) {
+    eventually(Duration::from_secs(10), Duration::from_millis(20), || async {
+        let r = c.leases(&LeasesRequest::default()).await.map_err(|e| e.to_string())?;
+        if r.specs >= n {
+            Ok(())
+        } else {
+            Err(format!("{} of {n} specs known", r.specs))
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// Runs `runtimes` leasing concurrently (batch `batch`) until nothing is left; returns every
+/// grant as (spec, epoch, runtime).
+async fn race(url: &str, runtimes: usize, batch: u32) -> Vec<(String, u64, String)> {
+    let mut tasks = Vec::new();
+    for r in 0..runtimes {
+        let c = client(url).await;
+        tasks.push(tokio::spawn(async move {
+            let rt = format!("rt-{r}");
+            let mut got = Vec::new();
+            let mut empty = 0;
+            while empty < 3 {
+                let reply = c.lease(&lease_req(&rt, batch)).await.unwrap();
+                if reply.granted.is_empty() {
+                    empty += 1;
+                    tokio::task::yield_now().await;
+                } else {
+                    empty = 0;
+                }
+                got.extend(reply.granted.into_iter().map(|g| (g.spec.id, g.epoch, rt.clone())));
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+fn assert_no_double(grants: &[(String, u64, String)], specs: usize) {
+    let mut by_spec: HashMap<&str, Vec<(u64, &str)>> = HashMap::new();
+    for (s, e, r) in grants {
+        by_spec.entry(s).or_default().push((*e, r));
+    }
+    for (s, gs) in &by_spec {
+        assert_eq!(gs.len(), 1, "spec {s} granted more than once: {gs:?}");
+        assert_eq!(gs[0].0, 1, "first grant of {s} has epoch {}", gs[0].0);
+    }
+    assert_eq!(by_spec.len(), specs, "every spec granted");
+}
+
+#[tokio::test]
+async fn racing_runtimes_never_hold_a_spec_twice() {
+    let h = hub().await;
+    for i in 0..300 {
+        put_spec(&h.js, &spec(TargetKind::Pool, "pool-a", i, "zone=a", "h1")).await;
+    }
+    let _svc =
+        start_service(&h.node.client_url(), LeaseConfig { per_runtime_cap: 1000, ..LeaseConfig::default() }).await;
+    wait_specs(&client(&h.node.client_url()).await, 300).await;
+    let grants = race(&h.node.client_url(), 8, 7).await;
+    assert_no_double(&grants, 300);
+    // `mine` agrees with the grants.
+    let c = client(&h.node.client_url()).await;
+    let mut total = 0;
+    for r in 0..8 {
+        let mine = c.mine(&MineRequest { runtime: format!("rt-{r}") }).await.unwrap();
+        let expected: HashSet<&str> =
+            grants.iter().filter(|g| g.2 == format!("rt-{r}")).map(|g| g.0.as_str()).collect();
+        let got: HashSet<&str> = mine.specs.iter().map(|s| s.spec.id.as_str()).collect();
+        assert_eq!(got, expected);
+        total += got.len();
+    }
+    assert_eq!(total, 300);
+}
+
+#[tokio::test]
+async fn two_hub_instances_share_the_lease_state_safely() {
+    let h = hub().await;
+    for i in 0..300 {
+        put_spec(&h.js, &spec(TargetKind::Pool, "pool-a", i, "", "h1")).await;
+    }
+    let config = LeaseConfig { per_runtime_cap: 1000, ..LeaseConfig::default() };
+    let _a = start_service(&h.node.client_url(), config.clone()).await;
+    let _b = start_service(&h.node.client_url(), config).await;
+    wait_specs(&client(&h.node.client_url()).await, 300).await;
+    // Requests are spread over both instances by the micro queue group.
+    let grants = race(&h.node.client_url(), 8, 5).await;
+    assert_no_double(&grants, 300);
+    let info = h.client.request("$SRV.STATS.steward-lease", "".into()).await;
+    assert!(info.is_ok());
+}
+
+#[tokio::test]
+async fn selectors_host_specs_batch_limit_and_cap() {
+    let h = hub().await;
+    let host_spec = spec(TargetKind::Host, "web-01", 1, "", "h1");
+    put_spec(&h.js, &host_spec).await;
+    for i in 0..20 {
+        put_spec(&h.js, &spec(TargetKind::Pool, "pool-b", 100 + i, "zone=b", "h1")).await;
+    }
+    let _svc =
+        start_service(&h.node.client_url(), LeaseConfig { max_batch: 4, per_runtime_cap: 6, ..LeaseConfig::default() })
+            .await;
+    let c = client(&h.node.client_url()).await;
+    wait_specs(&c, 21).await;
+    // Labels zone=a match no pool spec; another host's runtime never gets web-01's spec.
+    let r = c.lease(&LeaseRequest { host: "web-02".into(), ..lease_req("rt-x", 50) }).await.unwrap();
+    assert!(r.granted.is_empty());
+    // web-01's runtime gets its host spec first.
+    let r = c.lease(&LeaseRequest { host: "web-01".into(), ..lease_req("rt-web-01", 50) }).await.unwrap();
+    assert_eq!(r.granted.len(), 1);
+    assert_eq!(r.granted[0].spec.id, host_spec.id);
+    // Batch limit 4, cap 6.
+    let labels = BTreeMap::from([("zone".to_owned(), "b".to_owned())]);
+    let req = LeaseRequest { runtime: "rt-b".into(), labels, max: 50, ..Default::default() };
+    assert_eq!(c.lease(&req).await.unwrap().granted.len(), 4);
+    let r = c.lease(&req).await.unwrap();
+    assert_eq!(r.granted.len(), 2);
+    assert_eq!(r.held, 6);
+    assert!(r.more);
+    assert!(c.lease(&req).await.unwrap().granted.is_empty());
+    // Hostile tokens are refused.
+    let err = c.lease(&lease_req("rt.*", 1)).await.unwrap_err();
+    assert_eq!(err.remote().unwrap().code, steward_subjects::ErrorCode::Invalid);
+    let listed = c.leases(&LeasesRequest { unassigned: true, ..Default::default() }).await.unwrap();
+    assert_eq!(listed.total, 14);
+}
+
+#[tokio::test]
+async fn expired_holder_hands_over_and_its_epoch_is_fenced() {
+    let h = hub().await;
+    let s = spec(TargetKind::Pool, "pool-a", 1, "", "h1");
+    put_spec(&h.js, &s).await;
+    let ttl = Duration::from_millis(1500);
+    let _svc = start_service(&h.node.client_url(), LeaseConfig { ttl, ..LeaseConfig::default() }).await;
+    let c = client(&h.node.client_url()).await;
+    wait_specs(&c, 1).await;
+    let a = c.lease(&lease_req("rt-a", 10)).await.unwrap();
+    assert_eq!(a.granted.len(), 1);
+    assert_eq!(a.granted[0].epoch, 1);
+    // A result of the holder is stored once.
+    let result = ResultRecord {
+        spec: s.id.clone(),
+        epoch: 1,
+        seq: 1,
+        runtime: "rt-a".into(),
+        host: "rt-a".into(),
+        ..ResultRecord::default()
+    };
+    let r = c.submit(&SubmitRequest { results: vec![result.clone(), result.clone()] }).await.unwrap();
+    assert_eq!(r.outcomes[0].status, SubmitStatus::Stored);
+    assert_eq!(r.outcomes[1].status, SubmitStatus::Duplicate);
+    // rt-a stops renewing; rt-b keeps asking and gets the spec within TTL + 1 s.
+    let stopped = Instant::now();
+    let b = eventually(Duration::from_secs(10), Duration::from_millis(50), || async {
+        let r = c.lease(&lease_req("rt-b", 10)).await.map_err(|e| e.to_string())?;
+        if r.granted.is_empty() {
+            Err("not yet".to_owned())
+        } else {
+            Ok(r)
+        }
+    })
+    .await
+    .unwrap();
+    let handover = stopped.elapsed();
+    assert!(handover <= ttl + Duration::from_secs(1), "hand-over took {handover:?}");
+    assert!(handover >= ttl - Duration::from_millis(200), "hand-over before the ttl: {handover:?}");
+    assert_eq!(b.granted[0].epoch, 2);
+    // The old holder's renewal and result are refused with the stale epoch.
+    let renew = c
+        .renew(&RenewRequest {
+            runtime: "rt-a".into(),
+            held: vec![SpecEpoch { spec: s.id.clone(), epoch: 1 }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(renew.renewed, 0);
+    assert_eq!(renew.refused[0].current_epoch, 2);
+    let stale = ResultRecord { seq: 2, ..result.clone() };
+    let r = c.submit(&SubmitRequest { results: vec![stale] }).await.unwrap();
+    assert_eq!(r.outcomes[0].status, SubmitStatus::Refused);
+    assert!(r.outcomes[0].reason.starts_with("conflict"), "{}", r.outcomes[0].reason);
+    // The new holder's result is stored; the stream holds exactly two results.
+    let fresh = ResultRecord { epoch: 2, seq: 1, runtime: "rt-b".into(), host: "rt-b".into(), ..result };
+    let r = c.submit(&SubmitRequest { results: vec![fresh] }).await.unwrap();
+    assert_eq!(r.outcomes[0].status, SubmitStatus::Stored);
+    let info = h.js.get_stream(RESULTS_STREAM).await.unwrap().info().await.unwrap().state.messages;
+    assert_eq!(info, 2);
+    // Release gives it back; the next grant has epoch 3.
+    let rel = c
+        .release(&ReleaseRequest { runtime: "rt-b".into(), specs: vec![SpecEpoch { spec: s.id.clone(), epoch: 2 }] })
+        .await
+        .unwrap();
+    assert_eq!(rel.released, vec![s.id.clone()]);
+    let again = c.lease(&lease_req("rt-c", 10)).await.unwrap();
+    assert_eq!(again.granted[0].epoch, 3);
+}
+
+#[tokio::test]
+async fn holders_are_told_of_changes_within_a_second() {
+    let h = hub().await;
+    let s1 = spec(TargetKind::Pool, "pool-a", 1, "", "h1");
+    let s2 = spec(TargetKind::Pool, "pool-a", 2, "", "h1");
+    put_spec(&h.js, &s1).await;
+    put_spec(&h.js, &s2).await;
+    let _svc = start_service(&h.node.client_url(), LeaseConfig::default()).await;
+    let c = client(&h.node.client_url()).await;
+    wait_specs(&c, 2).await;
+    assert_eq!(c.lease(&lease_req("rt-a", 10)).await.unwrap().granted.len(), 2);
+    let rt = RuntimeId::parse("rt-a").unwrap();
+    let mut notices = h.client.subscribe(Subjects::new(account()).jobspec_notice(&rt)).await.unwrap();
+    h.client.flush().await.unwrap();
+
+    let changed = JobSpec { content_hash: "h2".into(), ..s1.clone() };
+    let t = Instant::now();
+    put_spec(&h.js, &changed).await;
+    let msg =
+        tokio::time::timeout(Duration::from_secs(1), notices.next()).await.expect("no notice within 1 s").unwrap();
+    let n: ChangeNotice = codec::decode(Encoding::MsgPack, &msg.payload).unwrap();
+    assert_eq!(n.changed, vec![s1.id.clone()]);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    let mine = c.mine(&MineRequest { runtime: "rt-a".into() }).await.unwrap();
+    assert_eq!(mine.specs.iter().find(|l| l.spec.id == s1.id).unwrap().spec.content_hash, "h2");
+
+    delete_spec(&h.js, &s2).await;
+    let msg =
+        tokio::time::timeout(Duration::from_secs(1), notices.next()).await.expect("no notice within 1 s").unwrap();
+    let n: ChangeNotice = codec::decode(Encoding::MsgPack, &msg.payload).unwrap();
+    assert_eq!(n.removed, vec![s2.id.clone()]);
+    let mine = c.mine(&MineRequest { runtime: "rt-a".into() }).await.unwrap();
+    assert_eq!(mine.specs.iter().map(|l| l.spec.id.clone()).collect::<Vec<_>>(), vec![s1.id.clone()]);
+}
+
+#[tokio::test]
+async fn malformed_requests_get_clear_errors() {
+    let h = hub().await;
+    let _svc = start_service(&h.node.client_url(), LeaseConfig::default()).await;
+    let subjects = Subjects::new(account());
+    eventually(Duration::from_secs(5), Duration::from_millis(20), || async {
+        h.client.request(subjects.jobspec_lease(), "".into()).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    let reply = h.client.request(subjects.jobspec_lease(), bytes::Bytes::from_static(b"\xc1garbage")).await.unwrap();
+    let env: steward_subjects::Envelope<serde_json::Value> = codec::decode(Encoding::MsgPack, &reply.payload).unwrap();
+    assert_eq!(env.error.unwrap().code, steward_subjects::ErrorCode::Invalid);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", "application/json");
+    let reply = h
+        .client
+        .request_with_headers(subjects.jobspec_leases(), headers, bytes::Bytes::from_static(b"{\"unassigned\": true}"))
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+}

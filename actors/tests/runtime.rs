@@ -1,0 +1,296 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The runtime actor against a real hub: leasing and running specs, hand-over when a runtime
+//! dies, dropping changed and removed specs within a second, and offline operation with the
+//! outbox delivered exactly once after the hub comes back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use ractor::{Actor, ActorRef};
+use steward_actors::lease::{LeaseArgs, LeaseConfig, LeaseMsg, LeaseService};
+use steward_actors::runtime::{RuntimeArgs, RuntimeHandle, RuntimeStatus};
+use steward_actors::ConnectOptions;
+use steward_deploy::{eventually, SingleNode};
+use steward_subjects::api::result::{ResultRecord, ResultStatus};
+use steward_subjects::codec::{self, Encoding};
+use steward_subjects::config::{CommandExecutor, Executor, JobSpec, SpecId, SpecTarget, TargetKind};
+use steward_subjects::streams::{self, Replicas, JOBSPECS_BUCKET, RESULTS_STREAM};
+use steward_subjects::subject::jobspec_key;
+use steward_subjects::{AccountId, HostId, RuntimeId, Subjects, Token, TokenKind};
+
+fn account() -> AccountId {
+    AccountId::parse("acme").unwrap()
+}
+
+fn command_spec(kind: TargetKind, target: &str, n: usize, argv: &[&str], interval_ms: u64, hash: &str) -> JobSpec {
+    JobSpec {
+        id: SpecId::derive("acme", &format!("att-{n}"), kind, target).to_string(),
+        account: "acme".into(),
+        target: SpecTarget { kind, id: target.into() },
+        executor: Executor::Command(CommandExecutor {
+            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        }),
+        interval_ms,
+        timeout_ms: interval_ms.max(1000),
+        content_hash: hash.into(),
+        ..JobSpec::default()
+    }
+}
+
+fn key_of(s: &JobSpec) -> String {
+    jobspec_key(
+        &account(),
+        s.target.kind,
+        &Token::parse(TokenKind::Name, &s.target.id).unwrap(),
+        &s.id.parse().unwrap(),
+    )
+}
+
+async fn put_spec(js: &jetstream::Context, s: &JobSpec) {
+    let kv = js.get_key_value(JOBSPECS_BUCKET).await.unwrap();
+    kv.put(key_of(s), codec::encode(Encoding::MsgPack, s).unwrap()).await.unwrap();
+}
+
+async fn delete_spec(js: &jetstream::Context, s: &JobSpec) {
+    js.get_key_value(JOBSPECS_BUCKET).await.unwrap().delete(key_of(s)).await.unwrap();
+}
+
+async fn start_hub(url: &str, ttl: Duration) -> ActorRef<LeaseMsg> {
+    let client = async_nats::connect(url).await.unwrap();
+    streams::ensure(&jetstream::new(client.clone()), Replicas::One).await.unwrap();
+    let args =
+        LeaseArgs { client, subjects: Subjects::new(account()), config: LeaseConfig { ttl, ..LeaseConfig::default() } };
+    Actor::spawn(None, LeaseService, args).await.unwrap().0
+}
+
+fn runtime_args(url: &str, id: &str, host: Option<&str>, dir: &Path) -> RuntimeArgs {
+    let mut a = RuntimeArgs::new(
+        ConnectOptions::new(url),
+        Subjects::new(account()),
+        RuntimeId::parse(id).unwrap(),
+        dir.join(id),
+    );
+    a.host = host.map(|h| HostId::parse(h).unwrap());
+    a.renew_every = Some(Duration::from_millis(300));
+    a.call_timeout = Duration::from_millis(1500);
+    a
+}
+
+async fn wait_status<F>(rt: &RuntimeHandle, timeout: Duration, what: &str, f: F) -> RuntimeStatus
+where
+    F: Fn(&RuntimeStatus) -> bool,
+{
+    eventually(timeout, Duration::from_millis(25), || async {
+        let s = rt.status().await.map_err(|e| e.to_string())?;
+        if f(&s) {
+            Ok(s)
+        } else {
+            Err(format!("{what}: {s:?}"))
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// Every stored result, by idempotency key, with how often it is stored.
+async fn stored_results(js: &jetstream::Context) -> (Vec<ResultRecord>, HashMap<String, u32>) {
+    let stream = js.get_stream(RESULTS_STREAM).await.unwrap();
+    let n = stream.get_info().await.unwrap().state.messages;
+    let mut out = Vec::new();
+    let mut counts = HashMap::new();
+    if n == 0 {
+        return (out, counts);
+    }
+    let c = stream
+        .create_consumer(consumer::pull::Config { ack_policy: consumer::AckPolicy::None, ..Default::default() })
+        .await
+        .unwrap();
+    let mut msgs = c.fetch().max_messages(usize::try_from(n).unwrap()).messages().await.unwrap();
+    while let Some(m) = msgs.next().await {
+        let m = m.unwrap();
+        let r: ResultRecord = codec::decode_limited(Encoding::MsgPack, &m.payload, usize::MAX).unwrap();
+        *counts.entry(r.idempotency_key()).or_insert(0) += 1;
+        out.push(r);
+    }
+    (out, counts)
+}
+
+#[tokio::test]
+async fn runtime_leases_runs_and_reports_each_result_once() {
+    let node = SingleNode::start().await.unwrap();
+    let url = node.client_url();
+    let _hub = start_hub(&url, Duration::from_secs(5)).await;
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let pass = command_spec(TargetKind::Pool, "p", 1, &["sh", "-c", "echo '{\"answer\": 42}'"], 200, "h1");
+    let fail = command_spec(TargetKind::Pool, "p", 2, &["sh", "-c", "exit 2"], 200, "h1");
+    put_spec(&js, &pass).await;
+    put_spec(&js, &fail).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, _) = RuntimeHandle::start(runtime_args(&url, "rt-a", None, dir.path())).await.unwrap();
+    wait_status(&rt, Duration::from_secs(10), "two specs held and results delivered", |s| {
+        s.held.len() == 2 && s.delivered >= 6
+    })
+    .await;
+    let (results, counts) = stored_results(&js).await;
+    assert!(counts.values().all(|n| *n == 1), "a result stored twice: {counts:?}");
+    let p = results.iter().find(|r| r.spec == pass.id).unwrap();
+    assert_eq!(p.status, ResultStatus::Pass);
+    assert_eq!(p.metrics.get("answer"), Some(&42.0));
+    assert_eq!(p.epoch, 1);
+    assert_eq!(p.host, "rt-a");
+    let f = results.iter().find(|r| r.spec == fail.id).unwrap();
+    assert_eq!(f.status, ResultStatus::Fail);
+    assert_eq!(f.exit_code, Some(2));
+    rt.stop();
+}
+
+#[tokio::test]
+async fn killed_runtime_hands_its_specs_over_within_ttl_plus_one_second() {
+    let node = SingleNode::start().await.unwrap();
+    let url = node.client_url();
+    let ttl = Duration::from_secs(2);
+    let _hub = start_hub(&url, ttl).await;
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let specs: Vec<JobSpec> = (0..10).map(|i| command_spec(TargetKind::Pool, "p", i, &["true"], 500, "h1")).collect();
+    for s in &specs {
+        put_spec(&js, s).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = RuntimeHandle::start(runtime_args(&url, "rt-a", None, dir.path())).await.unwrap();
+    wait_status(&a, Duration::from_secs(10), "rt-a holds everything", |s| s.held.len() == 10).await;
+    let mut b_args = runtime_args(&url, "rt-b", None, dir.path());
+    b_args.renew_every = Some(Duration::from_secs(5)); // b learns of free specs through notices
+    let (b, _) = RuntimeHandle::start(b_args).await.unwrap();
+    wait_status(&b, Duration::from_secs(10), "rt-b online", |s| s.online).await;
+    assert!(b.status().await.unwrap().held.is_empty());
+    a.kill();
+    let killed = Instant::now();
+    let s = wait_status(&b, ttl + Duration::from_secs(3), "rt-b takes over", |s| s.held.len() == 10).await;
+    let took = killed.elapsed();
+    assert!(took <= ttl + Duration::from_secs(1), "hand-over took {took:?}");
+    assert!(s.held.values().all(|e| *e == 2), "epochs bumped: {:?}", s.held);
+    b.stop();
+}
+
+/// Whether `pid` is gone (or a zombie).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[tokio::test]
+async fn changed_and_removed_specs_are_dropped_within_a_second() {
+    let node = SingleNode::start().await.unwrap();
+    let url = node.client_url();
+    let _hub = start_hub(&url, Duration::from_secs(10)).await;
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let script = format!("echo $$ > {}; exec sleep 300", pid_file.display());
+    let long = command_spec(TargetKind::Pool, "p", 1, &["sh", "-c", &script], 60_000, "h1");
+    let other = command_spec(TargetKind::Pool, "p", 2, &["true"], 60_000, "h1");
+    put_spec(&js, &long).await;
+    put_spec(&js, &other).await;
+    let mut args = runtime_args(&url, "rt-a", None, dir.path());
+    args.renew_every = Some(Duration::from_secs(30)); // only notices can make it re-sync in time
+    let (rt, _) = RuntimeHandle::start(args).await.unwrap();
+    wait_status(&rt, Duration::from_secs(10), "both held", |s| s.held.len() == 2).await;
+    let pid: u32 = eventually(Duration::from_secs(10), Duration::from_millis(20), || async {
+        std::fs::read_to_string(&pid_file).map_err(|e| e.to_string())?.trim().parse::<u32>().map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+
+    // A configuration change rewrites `other`: the holder adopts the new content within 1 s.
+    let changed = JobSpec { content_hash: "h2".into(), ..other.clone() };
+    let t = Instant::now();
+    put_spec(&js, &changed).await;
+    wait_status(&rt, Duration::from_secs(1), "new content adopted", |s| {
+        s.content.get(&other.id).is_some_and(|h| h == "h2")
+    })
+    .await;
+    assert!(t.elapsed() <= Duration::from_secs(1));
+
+    // Removing `long` stops it within 1 s and kills its running process.
+    let t = Instant::now();
+    delete_spec(&js, &long).await;
+    wait_status(&rt, Duration::from_secs(1), "removed spec dropped", |s| {
+        !s.held.contains_key(&long.id) && !s.scheduled.contains(&long.id)
+    })
+    .await;
+    assert!(t.elapsed() <= Duration::from_secs(1));
+    eventually(Duration::from_secs(2), Duration::from_millis(20), || async {
+        if gone(pid) {
+            Ok(())
+        } else {
+            Err(format!("process {pid} of the removed spec still runs"))
+        }
+    })
+    .await
+    .unwrap();
+    rt.stop();
+}
+
+#[tokio::test]
+async fn edge_runtime_keeps_checking_through_a_30s_hub_outage_and_delivers_exactly_once() {
+    let mut node = SingleNode::start().await.unwrap();
+    let url = node.client_url();
+    let hub = start_hub(&url, Duration::from_secs(5)).await;
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let check = command_spec(TargetKind::Host, "web-01", 1, &["sh", "-c", "echo '{\"up\": 1}'"], 200, "h1");
+    put_spec(&js, &check).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, _) = RuntimeHandle::start(runtime_args(&url, "rt-web-01", Some("web-01"), dir.path())).await.unwrap();
+    wait_status(&rt, Duration::from_secs(10), "results flowing", |s| s.delivered >= 3).await;
+
+    // The hub goes away for 30 s; the runtime keeps checking into its outbox.
+    node.stop().await;
+    let down = Instant::now();
+    let outage = Duration::from_secs(30);
+    let during = wait_status(&rt, outage + Duration::from_secs(10), "30 s of buffered checks", |s| {
+        down.elapsed() >= outage && !s.online && s.outbox >= 100
+    })
+    .await;
+    assert_eq!(during.scheduled, vec![check.id.clone()], "host spec keeps running offline");
+
+    // Back: everything buffered is delivered, in order, each result stored once.
+    node.restart().await.unwrap();
+    let after = wait_status(&rt, Duration::from_secs(30), "outbox drained", |s| {
+        s.online && s.outbox == 0 && s.delivered > during.delivered + 100
+    })
+    .await;
+    assert_eq!(after.refused, 0);
+    // Stop producing, then compare the stream with what the runtime ran.
+    rt.stop();
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let (results, counts) = eventually(Duration::from_secs(10), Duration::from_millis(100), || async {
+        let (results, counts) = stored_results(&js).await;
+        if counts.values().all(|n| *n == 1) {
+            Ok((results, counts))
+        } else {
+            Err("duplicates".to_owned())
+        }
+    })
+    .await
+    .unwrap();
+    assert!(counts.values().all(|n| *n == 1), "a result stored twice");
+    let mut seqs: Vec<u64> = results.iter().filter(|r| r.spec == check.id).map(|r| r.seq).collect();
+    let stored_order = seqs.clone();
+    seqs.sort_unstable();
+    assert_eq!(stored_order, seqs, "results stored in production order");
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "no result lost: sequences are contiguous");
+    assert!(seqs.len() as u64 >= after.delivered, "{} stored, {} delivered", seqs.len(), after.delivered);
+    let by_epoch: BTreeMap<u64, usize> = results.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.epoch).or_default() += 1;
+        m
+    });
+    assert_eq!(by_epoch.keys().copied().collect::<Vec<_>>(), vec![1], "one epoch throughout");
+    drop(hub);
+}

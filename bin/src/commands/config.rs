@@ -1,0 +1,447 @@
+//! Configuration commands: `apply`, `plan`, `get`, `history`, `diff`, `rollback`, `schema` and
+//! `jobspecs`, all through the typed [`ConfigClient`].
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use steward_subjects::api::config::{
+    ApplyReply, ApplyRequest, ConfigClient, DiffRequest, GetRequest, HistoryRequest, JobSpecListRequest, PlanRequest,
+    RevisionMeta, RollbackRequest, SpecDiff,
+};
+use steward_subjects::config::diff::DocumentChange;
+use steward_subjects::config::TargetKind;
+use steward_subjects::rpc::RequestError;
+use steward_subjects::Subjects;
+
+use crate::cli::{Global, OutputFormat};
+use crate::output;
+
+/// Options of `steward apply`.
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// The configuration document (JSON); `-` reads standard input.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Label of the new revision.
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// Author recorded with the revision (default: $USER).
+    #[arg(long)]
+    pub author: Option<String>,
+    /// Only apply if the current revision is N (0 = none yet); `conflict` otherwise.
+    #[arg(long)]
+    pub if_revision: Option<u64>,
+    /// Do not wait for the renderer to write the job specs.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Longest wait for the renderer, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub wait_secs: u64,
+}
+
+/// Options of `steward plan`.
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// The candidate document (JSON); `-` reads standard input.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+}
+
+/// Options of `steward get`.
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// Revision to show (default: the current one).
+    #[arg(long)]
+    pub revision: Option<u64>,
+}
+
+/// Options of `steward history`.
+#[derive(Debug, Clone, Args)]
+pub struct HistoryArgs {
+    /// Only revisions created at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only revisions created before this RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only revisions with this label.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Only revisions by this author.
+    #[arg(long)]
+    pub author: Option<String>,
+    /// Page size.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Page cursor: revisions older than this one.
+    #[arg(long)]
+    pub before: Option<u64>,
+}
+
+/// Options of `steward diff`.
+#[derive(Debug, Clone, Args)]
+pub struct DiffArgs {
+    /// The older revision (0 = the empty document).
+    pub from: u64,
+    /// The newer revision.
+    pub to: u64,
+}
+
+/// Options of `steward rollback`.
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    /// The revision to re-apply as a new revision.
+    pub revision: u64,
+    /// Label of the new revision (default `rollback`).
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// Author recorded with the revision (default: $USER).
+    #[arg(long)]
+    pub author: Option<String>,
+    /// Only roll back if the current revision is N.
+    #[arg(long)]
+    pub if_revision: Option<u64>,
+}
+
+/// Options of `steward jobspecs`.
+#[derive(Debug, Clone, Args)]
+pub struct JobSpecsArgs {
+    /// Only the specs of this host.
+    #[arg(long, conflicts_with = "pool")]
+    pub host: Option<String>,
+    /// Only the specs of this pool.
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Page size.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Page cursor: keys after this one.
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Explain why the spec with this id exists.
+    #[arg(long)]
+    pub explain: Option<String>,
+}
+
+async fn client(global: &Global) -> anyhow::Result<ConfigClient> {
+    let nats = steward_actors::connect(&super::connect_options(global), "steward-cli").await?;
+    Ok(ConfigClient::new(nats, Subjects::new(global.account.clone())))
+}
+
+fn read_doc(path: &PathBuf) -> anyhow::Result<String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("cannot read standard input")?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn author(a: Option<String>) -> String {
+    a.or_else(|| std::env::var("USER").ok()).filter(|s| !s.is_empty()).unwrap_or_else(|| "cli".into())
+}
+
+/// Turns a request error into an error listing every problem (pointer: reason).
+fn explain_error(e: RequestError) -> anyhow::Error {
+    match e.remote() {
+        Some(w) if !w.details.is_empty() => {
+            let mut msg = format!("{w}");
+            for d in &w.details {
+                let ptr = if d.pointer.is_empty() { "(document)" } else { d.pointer.as_str() };
+                msg.push_str(&format!("\n  {ptr}: {}", d.reason));
+            }
+            anyhow::anyhow!(msg)
+        }
+        _ => anyhow::Error::new(e),
+    }
+}
+
+fn meta_row(m: &RevisionMeta) -> Vec<String> {
+    vec![
+        m.revision.to_string(),
+        m.parent.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        m.created_at.clone(),
+        m.author.clone(),
+        m.label.clone(),
+        match m.rollback_of {
+            Some(r) => format!("{} (of {r})", m.origin),
+            None => m.origin.clone(),
+        },
+        m.hash.chars().take(12).collect(),
+    ]
+}
+
+const META_HEADERS: [&str; 7] = ["REVISION", "PARENT", "CREATED", "AUTHOR", "LABEL", "ORIGIN", "HASH"];
+
+fn print_spec_diff(d: &SpecDiff) {
+    println!(
+        "job specs: +{} added, ~{} changed, -{} removed, {} unchanged",
+        d.added, d.changed, d.removed, d.unchanged
+    );
+    if !d.targets.is_empty() {
+        let rows: Vec<Vec<String>> = d
+            .targets
+            .iter()
+            .map(|t| vec![t.target.to_string(), t.added.to_string(), t.changed.to_string(), t.removed.to_string()])
+            .collect();
+        print!("{}", output::table(&["TARGET", "ADDED", "CHANGED", "REMOVED"], &rows));
+        if d.targets_omitted > 0 {
+            println!("... and {} more targets", d.targets_omitted);
+        }
+    }
+}
+
+fn print_doc_changes(changes: &[DocumentChange]) {
+    if changes.is_empty() {
+        println!("document: no changes");
+        return;
+    }
+    let rows: Vec<Vec<String>> = changes
+        .iter()
+        .map(|c| vec![format!("{:?}", c.kind).to_lowercase(), c.section.clone(), c.id.clone(), c.fields.join(",")])
+        .collect();
+    print!("{}", output::table(&["CHANGE", "SECTION", "ID", "FIELDS"], &rows));
+}
+
+async fn wait_for_render(api: &ConfigClient, revision: u64, wait: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = String::new();
+    loop {
+        let st = match api.render_status().await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("warning: cannot follow the renderer: {e}");
+                return Ok(());
+            }
+        };
+        if st.rendered_revision >= revision && st.rendering_revision.is_none() {
+            if tty {
+                eprintln!(
+                    "\rrendered revision {revision}: {} specs (+{} ~{} -{})          ",
+                    st.specs, st.added, st.changed, st.removed
+                );
+            }
+            return Ok(());
+        }
+        let line = if st.total > 0 {
+            let width = 30usize;
+            let filled =
+                usize::try_from(st.written.saturating_mul(width as u64) / st.total.max(1)).unwrap_or(width).min(width);
+            format!(
+                "rendering revision {revision} [{}{}] {}/{} writes",
+                "#".repeat(filled),
+                "-".repeat(width - filled),
+                st.written,
+                st.total
+            )
+        } else {
+            format!("rendering revision {revision}...")
+        };
+        if tty {
+            eprint!("\r{line}");
+            let _ = std::io::stderr().flush();
+        } else if line != last_line && st.total > 0 && st.written == st.total {
+            eprintln!("{line}");
+        }
+        last_line = line;
+        if start.elapsed() > wait {
+            if tty {
+                eprintln!();
+            }
+            bail!("the renderer has not finished revision {revision} after {wait:?} (it goes on in the background)");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_apply(global: &Global, r: &ApplyReply) {
+    match global.output {
+        OutputFormat::Json => output::print(global.output, &[], &[], r),
+        OutputFormat::Table => {
+            if r.noop {
+                println!("no change: the document equals revision {}", r.revision.revision);
+            } else {
+                println!(
+                    "revision {} stored (parent {})",
+                    r.revision.revision,
+                    r.revision.parent.map_or("-".into(), |p| p.to_string())
+                );
+                print_spec_diff(&r.jobspecs);
+            }
+        }
+    }
+}
+
+/// `steward apply -f FILE`.
+///
+/// # Errors
+/// Invalid documents (every problem listed), conflicts, or NATS failures.
+pub async fn apply(global: &Global, args: ApplyArgs) -> anyhow::Result<()> {
+    let document = read_doc(&args.file)?;
+    let api = client(global).await?;
+    let req = ApplyRequest { document, label: args.label, author: author(args.author), if_revision: args.if_revision };
+    let r = api.apply(&req).await.map_err(explain_error)?;
+    if !r.noop && !args.no_wait {
+        wait_for_render(&api, r.revision.revision, Duration::from_secs(args.wait_secs)).await?;
+    }
+    print_apply(global, &r);
+    Ok(())
+}
+
+/// `steward plan -f FILE`.
+///
+/// # Errors
+/// Invalid documents (every problem listed) or NATS failures.
+pub async fn plan(global: &Global, args: PlanArgs) -> anyhow::Result<()> {
+    let document = read_doc(&args.file)?;
+    let r = client(global).await?.plan(&PlanRequest { document }).await.map_err(explain_error)?;
+    match global.output {
+        OutputFormat::Json => output::print(global.output, &[], &[], &r),
+        OutputFormat::Table => {
+            println!("valid; current revision {}{}", r.current_revision, if r.noop { " (no change)" } else { "" });
+            print_doc_changes(&r.document);
+            print_spec_diff(&r.jobspecs);
+        }
+    }
+    Ok(())
+}
+
+/// `steward get [--revision N]`.
+///
+/// # Errors
+/// `not_found` or NATS failures.
+pub async fn get(global: &Global, args: GetArgs) -> anyhow::Result<()> {
+    let a = client(global).await?.get(&GetRequest { revision: args.revision }).await.map_err(explain_error)?;
+    match global.output {
+        OutputFormat::Json => output::print(global.output, &[], &[], &a),
+        OutputFormat::Table => {
+            print!("{}", output::table(&META_HEADERS, &[meta_row(&a.meta)]));
+            println!("{}", serde_json::to_string_pretty(&a.document)?);
+        }
+    }
+    Ok(())
+}
+
+/// `steward history`.
+///
+/// # Errors
+/// Invalid filters or NATS failures.
+pub async fn history(global: &Global, args: HistoryArgs) -> anyhow::Result<()> {
+    let req = HistoryRequest {
+        since: args.since,
+        until: args.until,
+        label: args.label,
+        author: args.author,
+        limit: args.limit,
+        before: args.before,
+    };
+    let r = client(global).await?.history(&req).await.map_err(explain_error)?;
+    let rows: Vec<Vec<String>> = r.revisions.iter().map(meta_row).collect();
+    output::print(global.output, &META_HEADERS, &rows, &r);
+    if global.output == OutputFormat::Table {
+        if let Some(next) = r.next_before {
+            println!("({} matching; next page: --before {next})", r.total);
+        }
+    }
+    Ok(())
+}
+
+/// `steward diff A B`.
+///
+/// # Errors
+/// `not_found` or NATS failures.
+pub async fn diff(global: &Global, args: DiffArgs) -> anyhow::Result<()> {
+    let r = client(global).await?.diff(&DiffRequest { from: args.from, to: args.to }).await.map_err(explain_error)?;
+    match global.output {
+        OutputFormat::Json => output::print(global.output, &[], &[], &r),
+        OutputFormat::Table => {
+            println!("revision {} → {}", r.from, r.to);
+            print_doc_changes(&r.document);
+            print_spec_diff(&r.jobspecs);
+        }
+    }
+    Ok(())
+}
+
+/// `steward rollback N`.
+///
+/// # Errors
+/// `not_found`, `conflict` or NATS failures.
+pub async fn rollback(global: &Global, args: RollbackArgs) -> anyhow::Result<()> {
+    let api = client(global).await?;
+    let req = RollbackRequest {
+        revision: args.revision,
+        author: author(args.author),
+        label: args.label,
+        if_revision: args.if_revision,
+    };
+    let r = api.rollback(&req).await.map_err(explain_error)?;
+    print_apply(global, &r);
+    Ok(())
+}
+
+/// `steward schema`: the configuration document's JSON Schema (no connection needed).
+///
+/// # Errors
+/// Never; the signature matches the other commands.
+pub fn schema() -> anyhow::Result<()> {
+    print!("{}", steward_subjects::config::schema::schema_text());
+    Ok(())
+}
+
+/// `steward jobspecs [--host H | --pool P] [--explain ID]`.
+///
+/// # Errors
+/// `not_found` or NATS failures.
+pub async fn jobspecs(global: &Global, args: JobSpecsArgs) -> anyhow::Result<()> {
+    let api = client(global).await?;
+    if let Some(id) = &args.explain {
+        let r = api.explain(id).await.map_err(explain_error)?;
+        match global.output {
+            OutputFormat::Json => output::print(global.output, &[], &[], &r),
+            OutputFormat::Table => {
+                println!("spec {} ({})", r.spec.id, r.key);
+                for line in &r.why {
+                    println!("  - {line}");
+                }
+                println!("{}", serde_json::to_string_pretty(&r.spec)?);
+            }
+        }
+        return Ok(());
+    }
+    let (kind, target) = match (args.host, args.pool) {
+        (Some(h), _) => (Some(TargetKind::Host), Some(h)),
+        (_, Some(p)) => (Some(TargetKind::Pool), Some(p)),
+        _ => (None, None),
+    };
+    let r = api
+        .jobspecs(&JobSpecListRequest { kind, target, limit: args.limit, after: args.after })
+        .await
+        .map_err(explain_error)?;
+    let rows: Vec<Vec<String>> = r
+        .specs
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                s.target.to_string(),
+                s.provenance.attestation.clone(),
+                s.executor.kind().to_owned(),
+                output::duration(s.interval_ms / 1000),
+                s.provenance.revision.to_string(),
+                s.content_hash.chars().take(12).collect(),
+            ]
+        })
+        .collect();
+    output::print(global.output, &["ID", "TARGET", "ATTESTATION", "EXECUTOR", "EVERY", "REVISION", "HASH"], &rows, &r);
+    if global.output == OutputFormat::Table {
+        if let Some(next) = &r.next_after {
+            println!("({} specs; next page: --after {next})", r.total);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The host commands of the `steward` binary end to end: `steward server` on a hub, one
+//! `steward edge --leaf-remote` (its own leaf nats-server) and one direct edge; `hosts` with
+//! selectors, `host ID`, `host ID ping|drain`, `ensure-worker` success and clear failure,
+//! hostile input, `creds issue`, and Ctrl-C on an edge marking it offline at once and leaving no
+//! leaf server behind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use steward_deploy::server::{NatsServer, ServerOptions};
+use steward_deploy::wait::eventually;
+
+const STEWARD: &str = env!("CARGO_BIN_EXE_steward");
+const WAIT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(100);
+
+fn steward(url: &str, args: &[&str]) -> Output {
+    Command::new(STEWARD).args(["--nats", url, "--account", "acme"]).args(args).output().unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(|h| h["host_id"].as_str().unwrap().to_owned()).collect()
+}
+
+fn spawn(url: &str, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(STEWARD)
+        .args(["--nats", url, "--account", "acme"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+fn leaf_servers_in(dir: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd);
+            if cmd.contains("nats-server") && cmd.contains(dir) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_host_and_ensure_worker_from_the_command_line() {
+    let hub = NatsServer::start(ServerOptions {
+        jetstream_domain: Some("hub".into()),
+        leafnode_listen: true,
+        ..ServerOptions::named("cli-hub")
+    })
+    .await
+    .unwrap();
+    let url = hub.client_url();
+    let data = tempfile::tempdir().unwrap();
+    let _server = spawn(&url, &["server"]);
+    let web_data = data.path().join("web-01");
+    let web_data_s = web_data.display().to_string();
+    let mut web = spawn(
+        &url,
+        &[
+            "edge",
+            "--host-id",
+            "web-01",
+            "--labels",
+            "env=prod,zone=a",
+            "--heartbeat-ms",
+            "200",
+            "--leaf-remote",
+            &hub.leaf_url().unwrap(),
+            "--data",
+            &web_data_s,
+        ],
+    );
+    let db_data = data.path().join("db-01").display().to_string();
+    let _db = spawn(
+        &url,
+        &["edge", "--host-id", "db-01", "--labels", "env=dev", "--heartbeat-ms", "200", "--data", &db_data],
+    );
+
+    let all = eventually(WAIT, POLL, || {
+        let url = url.clone();
+        async move {
+            let out = steward(&url, &["hosts", "--online", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            if ids(&v) == ["db-01", "web-01"] {
+                Ok(v)
+            } else {
+                Err(format!("{v} / {}", String::from_utf8_lossy(&out.stderr)))
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(all[1]["labels"]["zone"], "a");
+    assert_eq!(ids(&json(&steward(&url, &["hosts", "--selector", "zone in (a,b)", "-o", "json"]))), ["web-01"]);
+    assert_eq!(ids(&json(&steward(&url, &["hosts", "-s", "env!=prod", "-o", "json"]))), ["db-01"]);
+    let table = steward(&url, &["hosts"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("HOST") && text.contains("web-01") && text.contains("env=prod,zone=a"), "{text}");
+
+    let one = json(&steward(&url, &["host", "web-01", "-o", "json"]));
+    assert_eq!((one["host_id"].as_str(), one["online"].as_bool()), (Some("web-01"), Some(true)));
+    assert!(one["available_workers"]["playbook"].is_string(), "{one}");
+
+    let ping = steward(&url, &["host", "web-01", "ping"]);
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stderr));
+    assert_eq!(String::from_utf8_lossy(&ping.stdout).trim(), "web-01 ping: ok (pong)");
+
+    let ok = json(&steward(&url, &["ensure-worker", "web-01", "playbook", "--timeout", "10s", "-o", "json"]));
+    assert_eq!(ok["worker"], "playbook");
+    let shown = json(&steward(&url, &["host", "web-01", "-o", "json"]));
+    assert!(shown["workers"]["playbook"].is_string(), "{shown}");
+    let bad = steward(&url, &["ensure-worker", "web-01", "nosuch", "--timeout", "2s"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("cannot install worker \"nosuch\"") && err.contains("available: command, playbook"), "{err}");
+
+    let drained = json(&steward(&url, &["host", "db-01", "drain", "-o", "json"]));
+    assert_eq!(drained["reply"]["status"], "ok", "{drained}");
+
+    // Hostile input is refused before anything is sent.
+    for (args, needle) in [
+        (vec!["hosts", "--selector", "env=*"], "invalid selector"),
+        (vec!["hosts", "--selector", "env in (a b)"], "invalid selector"),
+        (vec!["host", "a.b"], "invalid host id"),
+        (vec!["host", "web-01", "install-worker", "x>y"], "invalid name"),
+        (vec!["ensure-worker", "web 01", "command"], "invalid host id"),
+    ] {
+        let out = steward(&url, &args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let unknown = steward(&url, &["host", "ghost"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("host ghost is not registered"));
+
+    // Ctrl-C on the leaf-connected edge: offline at once, its leaf server stopped.
+    Command::new("kill").args(["-INT", &web.id().unwrap().to_string()]).status().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), web.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+    let off = eventually(Duration::from_secs(2), POLL, || {
+        let url = url.clone();
+        async move {
+            let v = json(&steward(&url, &["hosts", "--offline", "-o", "json"]));
+            if ids(&v) == ["web-01"] {
+                Ok(v)
+            } else {
+                Err(format!("{v}"))
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(off[0]["offline_reason"], "clean shutdown");
+    assert!(leaf_servers_in(&web_data_s).is_empty(), "leaf nats-server left behind");
+}
+
+#[test]
+fn creds_issue_writes_a_seed_and_the_authorization() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let out = Command::new(STEWARD)
+        .args(["--account", "acme", "creds", "issue", "--host", "web-01", "--dir", &d, "-o", "json"])
+        .output()
+        .unwrap();
+    let v = json(&out);
+    let seed = std::fs::read_to_string(v["seed_file"].as_str().unwrap()).unwrap();
+    assert!(seed.starts_with("SU"));
+    let conf = std::fs::read_to_string(v["authorization"].as_str().unwrap()).unwrap();
+    assert!(conf.contains(v["public_key"].as_str().unwrap()));
+    assert!(conf.contains("\"steward.v1.acme.host.heartbeat.web-01\""), "{conf}");
+    assert!(!conf.contains("steward.v1.acme.host.heartbeat.*"), "a host must not speak for others: {conf}");
+    let svc = Command::new(STEWARD)
+        .args(["--account", "acme", "creds", "issue", "--service", "hub", "--dir", &d])
+        .output()
+        .unwrap();
+    assert!(svc.status.success());
+    for bad in [vec!["--host", "web.01"], vec!["--host", "a", "--service", "b"], vec![]] {
+        let out = Command::new(STEWARD).args(["creds", "issue", "--dir", &d]).args(&bad).output().unwrap();
+        assert!(!out.status.success(), "{bad:?}");
+    }
+}

@@ -1,0 +1,368 @@
+//! Identities and server-side authorization: nkey users per host or service, rendered into a
+//! nats-server `accounts { ... }` block (one NATS account per tenant, so tenants never see each
+//! other's subjects, streams or buckets), and the leaf-node remote block an edge site uses to
+//! carry a host's credentials to the hub.
+//!
+//! An [`AuthDir`] keeps issued identities on disk:
+//!
+//! ```text
+//! <dir>/accounts/<account>/<kind>/<name>.json   public key + permissions (server side)
+//! <dir>/accounts/<account>/<kind>/<name>.nk     nkey seed (client side, mode 0600)
+//! <dir>/authorization.conf                      every account and user, for `include`
+//! ```
+//!
+//! The subject lists come from `steward-subjects` (the only place that formats subjects); this
+//! module only renders and stores them.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::config::quote;
+use crate::DeployError;
+
+/// One nkey user of an account with its permissions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserEntry {
+    /// What the user is (`host web-01`, `service hub`), written as a comment.
+    pub comment: String,
+    /// The user's public nkey (`U...`).
+    pub nkey: String,
+    /// Subjects the user may publish to.
+    pub publish: Vec<String>,
+    /// Subjects the user may subscribe to.
+    pub subscribe: Vec<String>,
+    /// Whether the user may answer requests it received (reply subjects), for their lifetime.
+    pub allow_responses: bool,
+}
+
+/// One tenant account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountEntry {
+    /// Account name (a Steward account token).
+    pub name: String,
+    /// Its users.
+    pub users: Vec<UserEntry>,
+}
+
+/// Renders an `accounts { ... }` block: every account with JetStream enabled and its users.
+///
+/// ```
+/// use steward_deploy::auth::{render_accounts, AccountEntry, UserEntry};
+/// let text = render_accounts(&[AccountEntry {
+///     name: "acme".into(),
+///     users: vec![UserEntry {
+///         comment: "host web-01".into(),
+///         nkey: "UABC".into(),
+///         publish: vec!["steward.v1.acme.host.heartbeat.web-01".into()],
+///         subscribe: vec![],
+///         allow_responses: true,
+///     }],
+/// }]);
+/// assert!(text.contains("nkey: \"UABC\""));
+/// ```
+#[must_use]
+pub fn render_accounts(accounts: &[AccountEntry]) -> String {
+    let mut c = String::new();
+    let _ = writeln!(c, "# rendered by steward creds; do not edit, it is rewritten on every issue");
+    let _ = writeln!(c, "accounts {{");
+    for a in accounts {
+        let _ = writeln!(c, "  {} {{", quote(&a.name));
+        let _ = writeln!(c, "    jetstream: enabled");
+        let _ = writeln!(c, "    users: [");
+        for u in &a.users {
+            let _ = writeln!(c, "      # {}", u.comment.replace('\n', " "));
+            let _ = writeln!(c, "      {{");
+            let _ = writeln!(c, "        nkey: {}", quote(&u.nkey));
+            let _ = writeln!(c, "        permissions: {{");
+            let _ = writeln!(c, "          publish: {{ allow: [{}] }}", list(&u.publish));
+            let _ = writeln!(c, "          subscribe: {{ allow: [{}] }}", list(&u.subscribe));
+            if u.allow_responses {
+                let _ = writeln!(c, "          allow_responses: true");
+            }
+            let _ = writeln!(c, "        }}");
+            let _ = writeln!(c, "      }}");
+        }
+        let _ = writeln!(c, "    ]");
+        let _ = writeln!(c, "  }}");
+    }
+    let _ = writeln!(c, "}}");
+    c
+}
+
+fn list(items: &[String]) -> String {
+    items.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
+}
+
+/// How a leaf node authenticates to the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeafAuth {
+    /// No credentials (a hub without authorization).
+    None,
+    /// An nkey seed (`SU...`).
+    Nkey(String),
+    /// A credentials file (user JWT + seed).
+    Credentials(PathBuf),
+}
+
+impl LeafAuth {
+    /// Reads a credentials path: a file holding only an nkey user seed gives [`LeafAuth::Nkey`],
+    /// anything else is passed on as a credentials file.
+    ///
+    /// # Errors
+    /// [`DeployError::Io`] when the file cannot be read.
+    pub fn from_file(path: &Path) -> Result<Self, DeployError> {
+        match read_seed(path)? {
+            Some(seed) => Ok(LeafAuth::Nkey(seed)),
+            None => Ok(LeafAuth::Credentials(path.to_path_buf())),
+        }
+    }
+}
+
+/// The seed in `path` when the file holds only an nkey user seed, `None` for other files (for
+/// example a JWT credentials file).
+///
+/// # Errors
+/// [`DeployError::Io`] when the file cannot be read.
+pub fn read_seed(path: &Path) -> Result<Option<String>, DeployError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| DeployError::Io { context: format!("read credentials {}", path.display()), source: err })?;
+    let t = text.trim();
+    Ok((t.starts_with("SU") && !t.contains(char::is_whitespace)).then(|| t.to_owned()))
+}
+
+/// Renders a `leafnodes { remotes: [...] }` block with one remote to `url`.
+#[must_use]
+pub fn leaf_remote_block(url: &str, auth: &LeafAuth) -> String {
+    let mut c = String::new();
+    let _ = writeln!(c, "leafnodes {{");
+    let _ = write!(c, "  remotes: [ {{ urls: [{}]", quote(url));
+    match auth {
+        LeafAuth::None => {}
+        LeafAuth::Nkey(seed) => {
+            let _ = write!(c, ", nkey: {}", quote(seed));
+        }
+        LeafAuth::Credentials(path) => {
+            let _ = write!(c, ", credentials: {}", quote(&path.display().to_string()));
+        }
+    }
+    let _ = writeln!(c, " }} ]");
+    let _ = writeln!(c, "}}");
+    c
+}
+
+/// A freshly generated nkey user.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Public key (`U...`), goes into the server authorization.
+    pub public_key: String,
+    /// Seed (`SU...`), stays with the client.
+    pub seed: String,
+}
+
+impl Identity {
+    /// Generates a new user nkey pair.
+    ///
+    /// # Errors
+    /// [`DeployError::Topology`] if the seed cannot be encoded (never in practice).
+    pub fn generate() -> Result<Self, DeployError> {
+        let kp = nkeys::KeyPair::new_user();
+        let seed = kp.seed().map_err(|e| DeployError::Topology(format!("cannot encode nkey seed: {e}")))?;
+        Ok(Identity { public_key: kp.public_key(), seed })
+    }
+}
+
+/// What an issued identity belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityKind {
+    /// An edge agent / host.
+    Host,
+    /// A control-plane service or operator user.
+    Service,
+}
+
+impl IdentityKind {
+    fn folder(self) -> &'static str {
+        match self {
+            IdentityKind::Host => "hosts",
+            IdentityKind::Service => "services",
+        }
+    }
+}
+
+/// Where an identity was written.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The public key.
+    pub public_key: String,
+    /// The seed file for the client.
+    pub seed_file: PathBuf,
+    /// The regenerated authorization file for the server.
+    pub authorization: PathBuf,
+}
+
+/// A folder of issued identities (see the module docs for the layout).
+#[derive(Debug, Clone)]
+pub struct AuthDir {
+    root: PathBuf,
+}
+
+impl AuthDir {
+    /// The folder at `root` (created on first issue).
+    #[must_use]
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        AuthDir { root: root.into() }
+    }
+
+    /// The authorization file servers include.
+    #[must_use]
+    pub fn authorization_file(&self) -> PathBuf {
+        self.root.join("authorization.conf")
+    }
+
+    /// Issues (or re-issues, replacing the key) an identity named `name` of `kind` in
+    /// `account`, with `publish`/`subscribe` permissions, and rewrites the authorization file.
+    /// `account` and `name` must be validated tokens (they become folder and file names).
+    ///
+    /// # Errors
+    /// [`DeployError::Io`] when a file cannot be written.
+    pub fn issue(
+        &self,
+        account: &str,
+        kind: IdentityKind,
+        name: &str,
+        publish: Vec<String>,
+        subscribe: Vec<String>,
+    ) -> Result<Issued, DeployError> {
+        let id = Identity::generate()?;
+        let dir = self.root.join("accounts").join(account).join(kind.folder());
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| DeployError::Io { context: format!("create {}", dir.display()), source: e })?;
+        let seed_file = dir.join(format!("{name}.nk"));
+        write_private(&seed_file, &format!("{}\n", id.seed))?;
+        let entry = serde_json::json!({
+            "comment": format!("{} {name}", match kind { IdentityKind::Host => "host", IdentityKind::Service => "service" }),
+            "nkey": id.public_key,
+            "publish": publish,
+            "subscribe": subscribe,
+            "allow_responses": true,
+        });
+        let json_file = dir.join(format!("{name}.json"));
+        let text = serde_json::to_string_pretty(&entry)
+            .map_err(|e| DeployError::Topology(format!("cannot encode {}: {e}", json_file.display())))?;
+        std::fs::write(&json_file, text)
+            .map_err(|e| DeployError::Io { context: format!("write {}", json_file.display()), source: e })?;
+        let authorization = self.render()?;
+        Ok(Issued { public_key: id.public_key, seed_file, authorization })
+    }
+
+    /// Every account and user issued so far, sorted by name.
+    ///
+    /// # Errors
+    /// [`DeployError::Io`] when the folder cannot be read, [`DeployError::Topology`] for a
+    /// corrupt entry.
+    pub fn accounts(&self) -> Result<Vec<AccountEntry>, DeployError> {
+        let base = self.root.join("accounts");
+        let mut out = Vec::new();
+        for account in sorted_dir(&base)? {
+            let Some(name) = account.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
+            let mut users = Vec::new();
+            for kind in [IdentityKind::Service, IdentityKind::Host] {
+                for file in sorted_dir(&account.join(kind.folder()))? {
+                    if file.extension().and_then(|e| e.to_str()) != Some("json") {
+                        continue;
+                    }
+                    users.push(read_entry(&file)?);
+                }
+            }
+            out.push(AccountEntry { name, users });
+        }
+        Ok(out)
+    }
+
+    /// Rewrites the authorization file from the issued identities.
+    ///
+    /// # Errors
+    /// As [`AuthDir::accounts`], or [`DeployError::Io`] when the file cannot be written.
+    pub fn render(&self) -> Result<PathBuf, DeployError> {
+        let text = render_accounts(&self.accounts()?);
+        let path = self.authorization_file();
+        std::fs::write(&path, text)
+            .map_err(|e| DeployError::Io { context: format!("write {}", path.display()), source: e })?;
+        Ok(path)
+    }
+}
+
+fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>, DeployError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| DeployError::Io { context: format!("read {}", dir.display()), source: e })?;
+    let mut out: Vec<PathBuf> = rd.filter_map(Result::ok).map(|e| e.path()).collect();
+    out.sort();
+    Ok(out)
+}
+
+fn read_entry(file: &Path) -> Result<UserEntry, DeployError> {
+    let corrupt = |why: &str| DeployError::Topology(format!("corrupt identity {}: {why}", file.display()));
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| DeployError::Io { context: format!("read {}", file.display()), source: e })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| corrupt(&e.to_string()))?;
+    let strings = |key: &str| -> Result<Vec<String>, DeployError> {
+        v[key]
+            .as_array()
+            .ok_or_else(|| corrupt(&format!("{key} is not a list")))?
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned).ok_or_else(|| corrupt(&format!("{key} holds a non-string"))))
+            .collect()
+    };
+    Ok(UserEntry {
+        comment: v["comment"].as_str().unwrap_or_default().to_owned(),
+        nkey: v["nkey"].as_str().ok_or_else(|| corrupt("no nkey"))?.to_owned(),
+        publish: strings("publish")?,
+        subscribe: strings("subscribe")?,
+        allow_responses: v["allow_responses"].as_bool().unwrap_or(false),
+    })
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), DeployError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| DeployError::Io { context: format!("write {}", path.display()), source: e })?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| DeployError::Io { context: format!("write {}", path.display()), source: e })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn issue_writes_seed_and_authorization() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = AuthDir::new(dir.path());
+        let a = auth.issue("acme", IdentityKind::Host, "web-01", vec!["p.a".into()], vec!["s.a".into()]).unwrap();
+        auth.issue("globex", IdentityKind::Service, "hub", vec!["p.g".into()], vec![]).unwrap();
+        let seed = read_seed(&a.seed_file).unwrap().unwrap();
+        assert!(seed.starts_with("SU"));
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&a.seed_file).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600);
+        let text = std::fs::read_to_string(auth.authorization_file()).unwrap();
+        assert!(text.contains(&a.public_key));
+        assert!(text.contains("\"acme\" {") && text.contains("\"globex\" {"));
+        assert_eq!(auth.accounts().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn leaf_block_carries_the_seed() {
+        let b = leaf_remote_block("nats-leaf://h:7422", &LeafAuth::Nkey("SUXYZ".into()));
+        assert!(b.contains("nkey: \"SUXYZ\""), "{b}");
+    }
+}

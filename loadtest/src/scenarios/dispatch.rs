@@ -1,0 +1,213 @@
+//! `dispatch`: the dispatcher of a real `steward server` process against simulated hosts.
+//!
+//! - `dispatch.round_trip`: one trivial command on one host, serially: from the `run.dispatch`
+//!   request until the host's run record shows `success` (dispatch → work order → host reply →
+//!   `last` event stored → dispatcher consumer → compare-and-set of the host record), p50/p99.
+//! - `dispatch.fanout`: one run to 10,000 simulated hosts: from the request until every host's
+//!   record is `success`, and until the run record's aggregate says so.
+//!
+//! The simulated fleet is one connection subscribed to every host's work subject; each work
+//! order is acknowledged and answered at once with a `last` event published to
+//! `STEWARD_RUN_EVENTS` exactly as an edge does (with `Nats-Msg-Id`). Simulated hosts do not
+//! check signatures (the hub runs without a signing key here). Compared with the raw
+//! request/reply ceiling of the same run.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use futures::{FutureExt, StreamExt};
+use serde_json::json;
+use steward_subjects::api::run::{
+    EventKind, HostRun, Job, RunAccepted, RunEvent, RunRecord, RunRequest, RunStatus, RunStatusRequest, RunView,
+    WorkAck, WorkOrder,
+};
+use steward_subjects::codec::{self, Encoding};
+use steward_subjects::rpc;
+use steward_subjects::streams::RUNS_BUCKET;
+use steward_subjects::subject::{run_event_msg_id, run_host_filter_all};
+use steward_subjects::{AccountId, HostId, Subjects};
+
+use crate::env::HubProcess;
+use crate::measure::Latency;
+use crate::report::ScenarioReport;
+use crate::scenario::{Ctx, ScenarioDef};
+
+/// The registry entry.
+pub const DEF: ScenarioDef = ScenarioDef {
+    name: "dispatch",
+    about: "dispatcher: trivial command round trip on one host (p50/p99); one run fanned out to 10,000 simulated hosts",
+    run: |ctx| run(ctx).boxed(),
+};
+
+async fn sim_fleet(client: async_nats::Client, subjects: Subjects) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut work = client.subscribe(subjects.run_work_all()).await?;
+    client.flush().await?;
+    let js = jetstream::new(client.clone());
+    Ok(tokio::spawn(async move {
+        while let Some(m) = work.next().await {
+            let Some(reply) = m.reply.clone() else { continue };
+            let Ok(order) = codec::decode::<WorkOrder>(Encoding::MsgPack, &m.payload) else { continue };
+            let ack = rpc::encode_reply(Encoding::MsgPack, Ok(WorkAck { accepted: true, ..WorkAck::default() }));
+            let _ = client.publish_with_headers(reply, Encoding::MsgPack.headers(), ack).await;
+            let Ok(host) = HostId::parse(&order.host_id) else { continue };
+            let ev = RunEvent {
+                run_id: order.run_id.clone(),
+                host_id: order.host_id.clone(),
+                attempt: order.attempt,
+                seq: 1,
+                kind: EventKind::Last,
+                status: Some(RunStatus::Success),
+                exit_code: Some(0),
+                reason: "exit 0".into(),
+                ..RunEvent::default()
+            };
+            let Ok(payload) = codec::encode(Encoding::MsgPack, &ev) else { continue };
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "Nats-Msg-Id",
+                run_event_msg_id(subjects.account(), &order.run_id, &host, order.attempt, 1).as_str(),
+            );
+            // Acknowledgements are not awaited one by one: the fleet pipelines like many hosts.
+            let _ = js.publish_with_headers(subjects.run_event(&host), headers, payload).await;
+        }
+    }))
+}
+
+/// The next terminal host record from the watch (counted per run in `done`).
+async fn next_done(
+    watch: &mut jetstream::kv::Watch,
+    done: &mut HashMap<String, u64>,
+) -> anyhow::Result<Option<HostRun>> {
+    while let Some(entry) = watch.next().await {
+        let entry = entry?;
+        if let Ok(h) = codec::decode::<HostRun>(Encoding::MsgPack, &entry.value) {
+            if h.status.is_terminal() {
+                *done.entry(h.run_id.clone()).or_insert(0) += 1;
+                return Ok(Some(h));
+            }
+        }
+    }
+    Ok(None)
+}
+
+async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
+    let account = AccountId::parse(&ctx.options.account)?;
+    let subjects = Subjects::new(account.clone());
+    let hub = HubProcess::start(&ctx.deployment, account.as_str(), &["server"]).await?;
+    if let Some(pid) = hub.pid() {
+        ctx.track_hub(pid);
+    }
+    let fleet_conn = ctx.deployment.connect("dispatch-fleet").await?;
+    let fleet = sim_fleet(fleet_conn, subjects.clone()).await?;
+    let client = ctx.deployment.connect("dispatch-client").await?;
+    let js = jetstream::new(client.clone());
+    let kv = js.get_key_value(RUNS_BUCKET).await.context("runs bucket missing: is the hub up?")?;
+    let mut watch = kv.watch(run_host_filter_all(&account)).await?;
+    // Terminal host records seen, per run.
+    let mut done: HashMap<String, u64> = HashMap::new();
+    let mut out = Vec::new();
+
+    // Round trip on one host.
+    let n = ctx.size("dispatch.round_trip", 2_000, 200);
+    let req = RunRequest {
+        hosts: vec!["sim-rt".into()],
+        job: Job::command(["true"]),
+        timeout_ms: 30_000,
+        ..RunRequest::default()
+    };
+    let mut latency = Latency::new();
+    let mut failed = 0u64;
+    let m = ctx.begin();
+    for _ in 0..n {
+        let started = Instant::now();
+        let accepted: RunAccepted =
+            rpc::request(&client, subjects.run_dispatch(), &req, Duration::from_secs(10)).await?;
+        loop {
+            if done.get(&accepted.run_id).copied().unwrap_or(0) >= 1 {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), next_done(&mut watch, &mut done)).await {
+                Ok(Ok(Some(h))) if h.run_id == accepted.run_id && h.status != RunStatus::Success => {
+                    failed += 1;
+                    break;
+                }
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) => bail!("host record watch ended"),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => bail!("run {} not recorded within 10 s", accepted.run_id),
+            }
+        }
+        latency.record_since(started);
+    }
+    let mut r = m.finish(
+        "dispatch.round_trip",
+        "one trivial command on one simulated host, serial: request until the host's run record says success",
+        n,
+        Some(&latency),
+    );
+    r.errors = failed;
+    r.params = json!({"runs": n, "target_p99_ms": 2.0});
+    ctx.compare(&mut r, "raw.request_reply_serial").await?;
+    out.push(r);
+
+    // Fan-out to many hosts.
+    let hosts = ctx.size("dispatch.fanout", 10_000, 1_000);
+    let req = RunRequest {
+        hosts: (0..hosts).map(|i| format!("sim-{i:05}")).collect(),
+        job: Job::command(["true"]),
+        timeout_ms: 60_000,
+        ..RunRequest::default()
+    };
+    let m = ctx.begin();
+    let started = Instant::now();
+    let accepted: RunAccepted = rpc::request(&client, subjects.run_dispatch(), &req, Duration::from_secs(60)).await?;
+    let accepted_after = started.elapsed();
+    while done.get(&accepted.run_id).copied().unwrap_or(0) < hosts {
+        match tokio::time::timeout(Duration::from_secs(30), next_done(&mut watch, &mut done)).await {
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => bail!("host record watch ended"),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => bail!(
+                "fan-out stalled: {} of {hosts} host runs recorded",
+                done.get(&accepted.run_id).copied().unwrap_or(0)
+            ),
+        }
+    }
+    let all_recorded = started.elapsed();
+    let status_req = RunStatusRequest { run_id: accepted.run_id.clone(), host_limit: 1, ..RunStatusRequest::default() };
+    let run: RunRecord = loop {
+        let view: RunView = rpc::request(&client, subjects.run_status(), &status_req, Duration::from_secs(10)).await?;
+        if view.run.status.is_terminal() || started.elapsed() > Duration::from_secs(60) {
+            break view.run;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let aggregate = started.elapsed();
+    let mut r = m.finish(
+        "dispatch.fanout",
+        "one run to many simulated hosts: request until every host's run record says success",
+        hosts,
+        None,
+    );
+    r.errors = hosts.saturating_sub(run.counts.success);
+    r.params = json!({
+        "hosts": hosts,
+        "target_all_recorded_ms": 2000,
+        "accepted_ms": accepted_after.as_secs_f64() * 1e3,
+        "all_recorded_ms": all_recorded.as_secs_f64() * 1e3,
+        "aggregate_success_ms": aggregate.as_secs_f64() * 1e3,
+        "aggregate_status": run.status.as_str(),
+    });
+    ctx.compare(&mut r, "raw.request_reply_concurrent").await?;
+    out.push(r);
+
+    fleet.abort();
+    if let Some(pid) = hub.pid() {
+        ctx.untrack_hub(pid);
+    }
+    drop(hub);
+    Ok(out)
+}

@@ -1,0 +1,254 @@
+//! `lease`: 32 simulated runtimes leasing 200,000 pool specs from one hub (`steward server`,
+//! its lease service), at batch 10 and at batch 1. Every grant is a compare-and-set write of the
+//! spec's lease record in the `steward_leases` bucket. Reports specs granted per second and the
+//! ratio to `raw.js_pull_consume_ack` of the same run (targets: ≥ 70,000 specs/s at batch 10,
+//! ≥ 30,000 at batch 1), and checks the grant history with [`crate::checker`]: zero double
+//! assignments (no spec granted twice, no epoch granted to two runtimes) and every spec granted.
+//!
+//! Specs are written straight into the spec store (as the renderer would) under an account of
+//! their own per measurement, before the hub starts; the hub loads them, then the clock starts.
+//! Sizes (`--set`): `lease.specs` (200,000; quick 5,000), `lease.runtimes` (32),
+//! `lease.connections` (4 shared; one per runtime with `--conn-per-host`).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use serde_json::json;
+use steward_deploy::wait::eventually;
+use steward_subjects::api::lease::{LeaseReply, LeaseRequest, LeasesReply, LeasesRequest};
+use steward_subjects::codec::{self, Encoding};
+use steward_subjects::config::{CommandExecutor, Executor, JobSpec, SpecId, SpecTarget, TargetKind};
+use steward_subjects::rpc;
+use steward_subjects::streams::{self, JOBSPECS_BUCKET, LEASES_BUCKET};
+use steward_subjects::subject::{jobspec_account_filter, jobspec_key, kv_subject, lease_account_filter};
+use steward_subjects::{AccountId, Subjects, Token, TokenKind};
+
+use crate::checker::{self, Event};
+use crate::env::HubProcess;
+use crate::measure::Latency;
+use crate::progress::Progress;
+use crate::report::ScenarioReport;
+use crate::scenario::{Ctx, ScenarioDef};
+
+/// The registry entry.
+pub const DEF: ScenarioDef = ScenarioDef {
+    name: "lease",
+    about: "32 runtimes leasing 200,000 job specs (batch 10 and batch 1): specs/s, zero double assignments",
+    run: |ctx| run(ctx).boxed(),
+};
+
+/// A name part unique within this machine's runs.
+fn unique() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Writes `n` small pool specs for `account` into the spec store (pipelined), as the renderer
+/// would; returns their ids.
+pub async fn write_specs(
+    js: &jetstream::Context,
+    account: &AccountId,
+    n: u64,
+    label: &str,
+) -> anyhow::Result<Vec<String>> {
+    let pool = Token::parse(TokenKind::Name, "loadtest")?;
+    let progress = Progress::start(&format!("{label} fill"), n);
+    let mut ids = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    let mut pending = FuturesUnordered::new();
+    for i in 0..n {
+        let id = SpecId::derive(account.as_str(), &format!("lt-{i}"), TargetKind::Pool, pool.as_str());
+        let spec = JobSpec {
+            id: id.to_string(),
+            account: account.to_string(),
+            target: SpecTarget { kind: TargetKind::Pool, id: pool.to_string() },
+            executor: Executor::Command(CommandExecutor { argv: vec!["true".into()], ..Default::default() }),
+            interval_ms: 60_000,
+            timeout_ms: 10_000,
+            content_hash: format!("{:032x}", i),
+            ..JobSpec::default()
+        };
+        let payload = codec::encode(Encoding::MsgPack, &spec)?;
+        let subject = kv_subject(JOBSPECS_BUCKET, &jobspec_key(account, TargetKind::Pool, &pool, &id));
+        let ack = js.publish_with_headers(subject, HeaderMap::new(), payload).await?;
+        pending.push(std::future::IntoFuture::into_future(ack));
+        ids.push(id.to_string());
+        while pending.len() >= 1024 {
+            if let Some(r) = pending.next().await {
+                r.context("spec write not acknowledged")?;
+                progress.add(1);
+            }
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r.context("spec write not acknowledged")?;
+        progress.add(1);
+    }
+    progress.finish();
+    Ok(ids)
+}
+
+/// Removes every spec and lease record of `account` from the buckets.
+pub async fn purge_account(js: &jetstream::Context, account: &AccountId) -> anyhow::Result<()> {
+    for (bucket, filter) in
+        [(JOBSPECS_BUCKET, jobspec_account_filter(account)), (LEASES_BUCKET, lease_account_filter(account))]
+    {
+        let stream = js.get_stream(format!("KV_{bucket}")).await?;
+        stream.purge().filter(kv_subject(bucket, &filter)).await?;
+    }
+    Ok(())
+}
+
+/// Starts a hub for `account` and waits until its lease service knows `n` specs.
+pub async fn start_hub(ctx: &Ctx, account: &AccountId, n: u64) -> anyhow::Result<HubProcess> {
+    let hub = HubProcess::start(&ctx.deployment, account.as_str(), &["server"]).await?;
+    let client = ctx.deployment.connect("lease-wait").await?;
+    let subjects = Subjects::new(account.clone());
+    eventually(Duration::from_secs(120), Duration::from_millis(100), || {
+        let (client, subjects) = (client.clone(), subjects.clone());
+        async move {
+            let r: LeasesReply = rpc::request(
+                &client,
+                subjects.jobspec_leases(),
+                &LeasesRequest { limit: 1, ..Default::default() },
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            if r.specs >= n {
+                Ok(())
+            } else {
+                Err(format!("lease service knows {} of {n} specs", r.specs))
+            }
+        }
+    })
+    .await
+    .context("the lease service did not load the specs")?;
+    Ok(hub)
+}
+
+async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
+    let mut out = Vec::new();
+    for batch in [10u32, 1] {
+        let mut r = measure(ctx, batch).await?;
+        ctx.compare(&mut r, "raw.js_pull_consume_ack").await?;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+async fn measure(ctx: &Ctx, batch: u32) -> anyhow::Result<ScenarioReport> {
+    let name = format!("lease.batch{batch}");
+    let n = ctx.size("lease.specs", 200_000, 5_000);
+    let runtimes = ctx.size("lease.runtimes", 32, 32).max(1);
+    let conns =
+        if ctx.options.conn_per_host { runtimes } else { ctx.size("lease.connections", 4, 4).clamp(1, runtimes) };
+    let account = AccountId::parse(&format!("{}-l{batch}-{}", ctx.options.account, unique()))?;
+    let subjects = Subjects::new(account.clone());
+    let setup = ctx.deployment.connect("lease-setup").await?;
+    let js = jetstream::new(setup.clone());
+    streams::ensure(&js, ctx.deployment.replicas()).await?;
+    let ids = write_specs(&js, &account, n, &name).await?;
+    let hub = start_hub(ctx, &account, n).await?;
+    let hub_pid = hub.pid().context("hub process has no pid")?;
+    ctx.track_hub(hub_pid);
+
+    let mut clients = Vec::new();
+    for c in 0..conns {
+        clients.push(ctx.deployment.connect(&format!("lease-rt-{c}")).await?);
+    }
+    let progress = Progress::start(&name, n);
+    let t0 = Instant::now();
+    let m = ctx.begin();
+    let mut tasks = Vec::new();
+    for r in 0..runtimes {
+        let client = clients[usize::try_from(r % conns).unwrap_or(0)].clone();
+        let (subjects, progress) = (subjects.clone(), progress.clone());
+        tasks.push(tokio::spawn(async move {
+            let runtime = format!("lt-rt-{r}");
+            let req = LeaseRequest { runtime: runtime.clone(), max: batch, ..Default::default() };
+            let mut lat = Latency::new();
+            let mut events = Vec::new();
+            let mut errors = 0u64;
+            let mut empty = 0;
+            while empty < 2 {
+                let t = Instant::now();
+                match rpc::request::<_, LeaseReply>(&client, subjects.jobspec_lease(), &req, Duration::from_secs(10))
+                    .await
+                {
+                    Ok(reply) => {
+                        lat.record_since(t);
+                        let at = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                        if reply.granted.is_empty() {
+                            empty += if reply.more { 0 } else { 1 };
+                        } else {
+                            empty = 0;
+                        }
+                        progress.add(reply.granted.len() as u64);
+                        events.extend(reply.granted.into_iter().map(|g| Event::LeaseGranted {
+                            spec: g.spec.id,
+                            holder: runtime.clone(),
+                            epoch: g.epoch,
+                            at,
+                        }));
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        if errors > 100 {
+                            break;
+                        }
+                    }
+                }
+            }
+            (lat, events, errors)
+        }));
+    }
+    let mut lat = Latency::new();
+    let mut history = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e, err) = t.await?;
+        lat.merge(&l);
+        history.extend(e);
+        errors += err;
+    }
+    progress.finish();
+    let granted = history.len() as u64;
+    let mut r = m.finish(
+        &name,
+        &format!("{runtimes} runtimes leasing {n} job specs, {batch} per request (compare-and-set per spec)"),
+        granted,
+        Some(&lat),
+    );
+    ctx.untrack_hub(hub_pid);
+    drop(hub);
+    let check = checker::check(&history);
+    let distinct: HashSet<&str> = history
+        .iter()
+        .filter_map(|e| match e {
+            Event::LeaseGranted { spec, .. } => Some(spec.as_str()),
+            _ => None,
+        })
+        .collect();
+    let never: u64 = ids.iter().filter(|id| !distinct.contains(id.as_str())).count() as u64;
+    r.errors = errors;
+    r.duplicates = check.double_leases + granted.saturating_sub(distinct.len() as u64);
+    r.lost = never;
+    r.params = json!({"specs": n, "runtimes": runtimes, "batch": batch, "connections": conns});
+    r.extra = json!({
+        "double_assignments": check.double_leases,
+        "specs_never_granted": never,
+        "examples": check.examples,
+        "requests": lat.count(),
+    });
+    purge_account(&js, &account).await?;
+    if r.duplicates > 0 {
+        bail!("{name}: {} double assignments: {:?}", r.duplicates, check.examples);
+    }
+    Ok(r)
+}

@@ -1,0 +1,393 @@
+//! The assessment runtime's local store: the last-known specs it holds (with their epochs) and
+//! its configuration, so it keeps checking while the hub is unreachable; and the result outbox,
+//! the ordered, durable queue of results not yet acknowledged by the hub.
+//!
+//! Every result gets its sequence number here, in the same transaction that puts it in the
+//! outbox, from a per-spec counter that survives restarts: a result's idempotency key
+//! (`<spec>:<epoch>:<seq>`) is therefore never reused for a different result, and a result
+//! re-sent after a crash is recognised by the hub's dedupe window.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use steward_subjects::api::result::ResultRecord;
+use steward_subjects::config::JobSpec;
+
+use crate::StoreError;
+
+/// Held specs: spec id → [`CachedSpec`] (MessagePack).
+const SPECS: TableDefinition<&str, &[u8]> = TableDefinition::new("specs");
+/// Single-row table: the runtime's configuration under the key `config`.
+const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
+/// Result outbox: outbox id (ascending = production order) → [`ResultRecord`] (MessagePack).
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// Result sequence per spec: spec id → (epoch, last sequence used in that epoch).
+const RESULT_SEQ: TableDefinition<&str, (u64, u64)> = TableDefinition::new("result_seq");
+/// Counters: `outbox_next` → next outbox id.
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+const CONFIG_KEY: &str = "config";
+const OUTBOX_NEXT: &str = "outbox_next";
+
+/// A spec the runtime holds, as last confirmed by the hub.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CachedSpec {
+    /// The spec.
+    pub spec: JobSpec,
+    /// Lease epoch.
+    pub epoch: u64,
+    /// When the hub last confirmed the lease, ms since the Unix epoch.
+    pub confirmed_at_ms: u64,
+}
+
+/// The runtime's configuration, as last started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RuntimeConfigRecord {
+    /// Runtime id.
+    pub runtime: String,
+    /// Host id, or empty for a standalone runtime.
+    pub host: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Most specs the runtime holds.
+    pub capacity: u32,
+    /// Number of starts with this store.
+    pub starts: u64,
+}
+
+/// One result waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    /// Outbox id (production order).
+    pub id: u64,
+    /// The result.
+    pub record: ResultRecord,
+}
+
+/// The runtime's redb store.
+#[derive(Debug)]
+pub struct RuntimeStore {
+    db: Database,
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec_named(v).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt { table, reason: e.to_string() })
+}
+
+impl RuntimeStore {
+    /// Opens (or creates) the store at `path`.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`] when the file cannot be opened or is not a redb database.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Open { path: path.display().to_string(), reason: e.to_string() })?;
+        let tx = db.begin_write()?;
+        tx.open_table(SPECS)?;
+        tx.open_table(CONFIG)?;
+        tx.open_table(OUTBOX)?;
+        tx.open_table(RESULT_SEQ)?;
+        tx.open_table(COUNTERS)?;
+        tx.commit()?;
+        Ok(RuntimeStore { db })
+    }
+
+    /// The stored configuration, if any.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed read or a corrupt record.
+    pub fn config(&self) -> Result<Option<RuntimeConfigRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(CONFIG)?;
+        table.get(CONFIG_KEY)?.map(|v| decode("config", v.value())).transpose()
+    }
+
+    /// Records a start with `config`: the stored start count is carried over and incremented.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed read or write.
+    pub fn start(&self, mut config: RuntimeConfigRecord) -> Result<RuntimeConfigRecord, StoreError> {
+        config.starts = self.config()?.map_or(0, |c| c.starts) + 1;
+        let bytes = encode(&config)?;
+        let tx = self.db.begin_write()?;
+        tx.open_table(CONFIG)?.insert(CONFIG_KEY, bytes.as_slice())?;
+        tx.commit()?;
+        Ok(config)
+    }
+
+    /// Every held spec, ordered by spec id.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed read or a corrupt record.
+    pub fn specs(&self) -> Result<Vec<CachedSpec>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(SPECS)?;
+        table.iter()?.map(|r| r.map_err(StoreError::from).and_then(|(_, v)| decode("specs", v.value()))).collect()
+    }
+
+    /// Adds or replaces held specs.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed write.
+    pub fn put_specs(&self, specs: &[CachedSpec]) -> Result<(), StoreError> {
+        let encoded: Vec<(String, Vec<u8>)> =
+            specs.iter().map(|s| Ok((s.spec.id.clone(), encode(s)?))).collect::<Result<_, StoreError>>()?;
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(SPECS)?;
+            for (id, bytes) in &encoded {
+                table.insert(id.as_str(), bytes.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes held specs (unknown ids are ignored).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed write.
+    pub fn remove_specs(&self, ids: &[String]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(SPECS)?;
+            for id in ids {
+                table.remove(id.as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces the whole held set with `specs` (the hub's authoritative answer to `mine`).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed write.
+    pub fn replace_specs(&self, specs: &[CachedSpec]) -> Result<(), StoreError> {
+        let encoded: Vec<(String, Vec<u8>)> =
+            specs.iter().map(|s| Ok((s.spec.id.clone(), encode(s)?))).collect::<Result<_, StoreError>>()?;
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(SPECS)?;
+            table.retain(|_, _| false)?;
+            for (id, bytes) in &encoded {
+                table.insert(id.as_str(), bytes.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Puts results in the outbox, in order, giving each the next sequence number of its
+    /// (spec, epoch) — one transaction for the whole batch. Returns the stored results with
+    /// their outbox ids.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed write; nothing is stored then.
+    pub fn enqueue(&self, results: Vec<ResultRecord>) -> Result<Vec<Pending>, StoreError> {
+        let tx = self.db.begin_write()?;
+        let mut out = Vec::with_capacity(results.len());
+        {
+            let mut outbox = tx.open_table(OUTBOX)?;
+            let mut seqs = tx.open_table(RESULT_SEQ)?;
+            let mut counters = tx.open_table(COUNTERS)?;
+            let mut next = counters.get(OUTBOX_NEXT)?.map_or(1, |v| v.value());
+            for mut record in results {
+                let last = seqs.get(record.spec.as_str())?.map(|v| v.value());
+                let seq = match last {
+                    Some((epoch, seq)) if epoch == record.epoch => seq + 1,
+                    _ => 1,
+                };
+                record.seq = seq;
+                seqs.insert(record.spec.as_str(), (record.epoch, seq))?;
+                outbox.insert(next, encode(&record)?.as_slice())?;
+                out.push(Pending { id: next, record });
+                next += 1;
+            }
+            counters.insert(OUTBOX_NEXT, next)?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Up to `limit` results from the head of the outbox, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed read or a corrupt record.
+    pub fn pending(&self, limit: usize) -> Result<Vec<Pending>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(OUTBOX)?;
+        table
+            .iter()?
+            .take(limit)
+            .map(|r| {
+                let (k, v) = r?;
+                Ok(Pending { id: k.value(), record: decode("outbox", v.value())? })
+            })
+            .collect()
+    }
+
+    /// Removes acknowledged results from the outbox.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed write.
+    pub fn ack(&self, ids: &[u64]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(OUTBOX)?;
+            for id in ids {
+                table.remove(*id)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Results waiting in the outbox.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed read.
+    pub fn outbox_len(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(OUTBOX)?.len()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::{BTreeMap, VecDeque};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn spec(id: &str, hash: &str) -> CachedSpec {
+        CachedSpec {
+            spec: JobSpec { id: id.to_owned(), content_hash: hash.to_owned(), ..JobSpec::default() },
+            epoch: 1,
+            confirmed_at_ms: 0,
+        }
+    }
+
+    fn result(spec: &str, epoch: u64) -> ResultRecord {
+        ResultRecord { spec: spec.to_owned(), epoch, ..ResultRecord::default() }
+    }
+
+    #[test]
+    fn sequences_restart_per_epoch_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rt.redb");
+        {
+            let s = RuntimeStore::open(&path).unwrap();
+            let p = s.enqueue(vec![result("a", 1), result("a", 1), result("b", 1)]).unwrap();
+            assert_eq!(p.iter().map(|p| p.record.seq).collect::<Vec<_>>(), vec![1, 2, 1]);
+            s.ack(&[p[0].id]).unwrap();
+        }
+        let s = RuntimeStore::open(&path).unwrap();
+        let p = s.enqueue(vec![result("a", 1), result("a", 2)]).unwrap();
+        assert_eq!(p.iter().map(|p| p.record.seq).collect::<Vec<_>>(), vec![3, 1]);
+        let keys: Vec<String> = s.pending(10).unwrap().iter().map(|p| p.record.idempotency_key()).collect();
+        assert_eq!(keys, vec!["a:1:2", "b:1:1", "a:1:3", "a:2:1"]);
+        assert_eq!(s.outbox_len().unwrap(), 4);
+    }
+
+    #[test]
+    fn config_counts_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RuntimeStore::open(&dir.path().join("rt.redb")).unwrap();
+        assert!(s.config().unwrap().is_none());
+        let c = RuntimeConfigRecord { runtime: "r".into(), ..Default::default() };
+        assert_eq!(s.start(c.clone()).unwrap().starts, 1);
+        assert_eq!(s.start(c).unwrap().starts, 2);
+        assert_eq!(s.config().unwrap().unwrap().runtime, "r");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put(u8, u8),
+        Remove(u8),
+        Replace(Vec<(u8, u8)>),
+        Enqueue(Vec<(u8, u8)>),
+        Ack(usize),
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..8, 0u8..4).prop_map(|(a, b)| Op::Put(a, b)),
+            (0u8..8).prop_map(Op::Remove),
+            proptest::collection::vec((0u8..8, 0u8..4), 0..4).prop_map(Op::Replace),
+            proptest::collection::vec((0u8..4, 1u8..3), 1..5).prop_map(Op::Enqueue),
+            (0usize..6).prop_map(Op::Ack),
+            Just(Op::Reopen),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// The store behaves like a BTreeMap of specs plus a FIFO of results with per-(spec,
+        /// epoch) sequence numbers, across reopens.
+        #[test]
+        fn behaves_like_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("rt.redb");
+            let mut store = RuntimeStore::open(&path).unwrap();
+            let mut specs: BTreeMap<String, String> = BTreeMap::new();
+            let mut outbox: VecDeque<(u64, String)> = VecDeque::new();
+            let mut seq: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Put(id, h) => {
+                        store.put_specs(&[spec(&format!("s{id}"), &format!("h{h}"))]).unwrap();
+                        specs.insert(format!("s{id}"), format!("h{h}"));
+                    }
+                    Op::Remove(id) => {
+                        store.remove_specs(&[format!("s{id}")]).unwrap();
+                        specs.remove(&format!("s{id}"));
+                    }
+                    Op::Replace(all) => {
+                        let v: Vec<CachedSpec> = all.iter().map(|(i, h)| spec(&format!("s{i}"), &format!("h{h}"))).collect();
+                        store.replace_specs(&v).unwrap();
+                        specs = all.iter().map(|(i, h)| (format!("s{i}"), format!("h{h}"))).collect();
+                    }
+                    Op::Enqueue(items) => {
+                        let stored = store.enqueue(items.iter().map(|(s, e)| result(&format!("s{s}"), u64::from(*e))).collect()).unwrap();
+                        for (p, (s, e)) in stored.iter().zip(items) {
+                            let k = format!("s{s}");
+                            let e = u64::from(e);
+                            let next = match seq.get(&k) { Some((pe, ps)) if *pe == e => ps + 1, _ => 1 };
+                            seq.insert(k.clone(), (e, next));
+                            prop_assert_eq!(p.record.seq, next);
+                            outbox.push_back((p.id, format!("{k}:{e}:{next}")));
+                        }
+                    }
+                    Op::Ack(n) => {
+                        let head: Vec<u64> = outbox.iter().take(n).map(|(id, _)| *id).collect();
+                        store.ack(&head).unwrap();
+                        for _ in 0..head.len() { outbox.pop_front(); }
+                    }
+                    Op::Reopen => {
+                        drop(store);
+                        store = RuntimeStore::open(&path).unwrap();
+                    }
+                }
+                let got: BTreeMap<String, String> = store.specs().unwrap().into_iter().map(|c| (c.spec.id, c.spec.content_hash)).collect();
+                prop_assert_eq!(&got, &specs);
+                let pending: Vec<(u64, String)> = store.pending(usize::MAX).unwrap().into_iter().map(|p| (p.id, p.record.idempotency_key())).collect();
+                prop_assert_eq!(pending, outbox.iter().cloned().collect::<Vec<_>>());
+                prop_assert_eq!(store.outbox_len().unwrap(), outbox.len() as u64);
+            }
+        }
+    }
+}

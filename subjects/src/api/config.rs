@@ -1,0 +1,437 @@
+//! Configuration manager and job-spec renderer: request, reply and event types, and the typed
+//! client [`ConfigClient`] the CLI and other components use.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::diff::DocumentChange;
+use crate::config::{ConfigDocument, JobSpec, SpecTarget, TargetKind};
+use crate::envelope::ErrorDetail;
+use crate::rpc::{self, RequestError};
+use crate::Subjects;
+
+/// Counts of a document's sections.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DocumentSummary {
+    /// Services.
+    pub services: u32,
+    /// Controls.
+    pub controls: u32,
+    /// Components.
+    pub components: u32,
+    /// Assessments.
+    pub assessments: u32,
+    /// Attestations.
+    pub attestations: u32,
+    /// Pools.
+    pub pools: u32,
+}
+
+impl DocumentSummary {
+    /// The counts of `doc`.
+    #[must_use]
+    pub fn of(doc: &ConfigDocument) -> Self {
+        let n = |l: usize| u32::try_from(l).unwrap_or(u32::MAX);
+        DocumentSummary {
+            services: n(doc.services.len()),
+            controls: n(doc.controls.len()),
+            components: n(doc.components.len()),
+            assessments: n(doc.assessments.len()),
+            attestations: n(doc.attestations.len()),
+            pools: n(doc.pools.len()),
+        }
+    }
+}
+
+/// Metadata of one immutable revision (a state archive's header).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RevisionMeta {
+    /// Revision number (1, 2, ...).
+    pub revision: u64,
+    /// The revision it replaced.
+    pub parent: Option<u64>,
+    /// Hex SHA-256 of the canonical document.
+    pub hash: String,
+    /// Who applied it.
+    pub author: String,
+    /// Free label (`source` for revisions taken from a polled source).
+    pub label: String,
+    /// How it came in: `api`, `source`, `rollback`.
+    pub origin: String,
+    /// When it was stored, RFC 3339.
+    pub created_at: String,
+    /// The revision it re-applies, for rollbacks.
+    pub rollback_of: Option<u64>,
+    /// Section counts.
+    pub summary: DocumentSummary,
+}
+
+/// A revision's full state archive: metadata and document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StateArchive {
+    /// Metadata.
+    pub meta: RevisionMeta,
+    /// The document.
+    pub document: ConfigDocument,
+}
+
+/// Job-spec changes of one target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TargetDiff {
+    /// The host or pool.
+    pub target: SpecTarget,
+    /// Specs added.
+    pub added: u64,
+    /// Specs changed.
+    pub changed: u64,
+    /// Specs removed.
+    pub removed: u64,
+}
+
+/// Job-spec diff between two renderings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpecDiff {
+    /// Specs added.
+    pub added: u64,
+    /// Specs whose content changed.
+    pub changed: u64,
+    /// Specs removed.
+    pub removed: u64,
+    /// Specs left as they are.
+    pub unchanged: u64,
+    /// Per-target breakdown (targets with a change only, in target order).
+    pub targets: Vec<TargetDiff>,
+    /// Targets left out of `targets` because the list was capped.
+    pub targets_omitted: u64,
+}
+
+/// Apply a document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApplyRequest {
+    /// The document as JSON text (so problems are reported with pointers into it).
+    pub document: String,
+    /// Label of the new revision.
+    pub label: String,
+    /// Author (user name, `source`, ...).
+    pub author: String,
+    /// Only apply if the current revision is this one (0 = no revision yet).
+    pub if_revision: Option<u64>,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApplyReply {
+    /// The current revision after the apply (the new one, or the unchanged one on a no-op).
+    pub revision: RevisionMeta,
+    /// `true` when the document equals the current revision and nothing was stored.
+    pub noop: bool,
+    /// Job-spec diff between the previous and the new revision against the current hosts.
+    pub jobspecs: SpecDiff,
+}
+
+/// Dry-run a document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlanRequest {
+    /// The document as JSON text.
+    pub document: String,
+}
+
+/// What an apply of the document would do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlanReply {
+    /// Current revision (0 = none yet).
+    pub current_revision: u64,
+    /// Hash of the candidate document.
+    pub hash: String,
+    /// `true` when the candidate equals the current revision.
+    pub noop: bool,
+    /// Document changes against the current revision.
+    pub document: Vec<DocumentChange>,
+    /// Job-spec changes, per target.
+    pub jobspecs: SpecDiff,
+}
+
+/// Read a revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GetRequest {
+    /// The revision; `None` = the current one.
+    pub revision: Option<u64>,
+}
+
+/// List revisions, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HistoryRequest {
+    /// Only revisions created at or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// Only revisions created before this time (RFC 3339).
+    pub until: Option<String>,
+    /// Only revisions with this label.
+    pub label: Option<String>,
+    /// Only revisions by this author.
+    pub author: Option<String>,
+    /// Page size (default 20, at most 1000).
+    pub limit: u32,
+    /// Page cursor: only revisions older than this one (from `next_before`).
+    pub before: Option<u64>,
+}
+
+/// One page of history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HistoryReply {
+    /// Matching revisions, newest first.
+    pub revisions: Vec<RevisionMeta>,
+    /// Cursor of the next page, when there is one.
+    pub next_before: Option<u64>,
+    /// Matching revisions in all pages.
+    pub total: u64,
+}
+
+/// Compare two revisions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DiffRequest {
+    /// The older revision.
+    pub from: u64,
+    /// The newer revision.
+    pub to: u64,
+}
+
+/// Differences between two revisions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DiffReply {
+    /// The older revision.
+    pub from: u64,
+    /// The newer revision.
+    pub to: u64,
+    /// Document changes.
+    pub document: Vec<DocumentChange>,
+    /// Job-spec changes against the current hosts.
+    pub jobspecs: SpecDiff,
+}
+
+/// Re-apply an old revision as a new one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RollbackRequest {
+    /// The revision to bring back.
+    pub revision: u64,
+    /// Author.
+    pub author: String,
+    /// Label (default `rollback`).
+    pub label: String,
+    /// Only roll back if the current revision is this one.
+    pub if_revision: Option<u64>,
+}
+
+/// `config.changed` event: a new revision is current.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConfigChanged {
+    /// Account.
+    pub account: String,
+    /// The new revision's metadata.
+    pub revision: RevisionMeta,
+}
+
+/// `config.rejected` event: a candidate from a polled source failed validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConfigRejected {
+    /// Account.
+    pub account: String,
+    /// The source URL.
+    pub source: String,
+    /// Hash of the candidate bytes.
+    pub hash: String,
+    /// Every problem found.
+    pub errors: Vec<ErrorDetail>,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
+/// List job specs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobSpecListRequest {
+    /// Only this kind of target (`host` or `pool`); required with `target`.
+    pub kind: Option<TargetKind>,
+    /// Only this target (host id or pool id).
+    pub target: Option<String>,
+    /// Page size (default 100, at most 1000).
+    pub limit: u32,
+    /// Page cursor: only keys after this one.
+    pub after: Option<String>,
+}
+
+/// A page of job specs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobSpecListReply {
+    /// The specs, in key order.
+    pub specs: Vec<JobSpec>,
+    /// Cursor of the next page.
+    pub next_after: Option<String>,
+    /// Specs of the account (or target) in all pages.
+    pub total: u64,
+}
+
+/// Explain one job spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExplainRequest {
+    /// Spec id (32 hex digits).
+    pub id: String,
+}
+
+/// A spec and why it exists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExplainReply {
+    /// Its key in the spec store.
+    pub key: String,
+    /// The spec.
+    pub spec: JobSpec,
+    /// Why it exists, one sentence per line.
+    pub why: Vec<String>,
+}
+
+/// Ask the renderer what it is doing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RenderStatusRequest {}
+
+/// The renderer's progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RenderStatus {
+    /// Revision of the last completed render (0 = none).
+    pub rendered_revision: u64,
+    /// Revision being rendered now, if any.
+    pub rendering_revision: Option<u64>,
+    /// Writes planned by the render in progress (or the last one).
+    pub total: u64,
+    /// Writes done so far.
+    pub written: u64,
+    /// Specs in the store after the last completed render.
+    pub specs: u64,
+    /// Hosts known.
+    pub hosts: u64,
+    /// Last completed render's diff counts.
+    pub added: u64,
+    /// Changed specs of the last completed render.
+    pub changed: u64,
+    /// Removed specs of the last completed render.
+    pub removed: u64,
+    /// Last render failure, if the last render failed.
+    pub last_error: Option<String>,
+}
+
+/// Typed client of the configuration and job-spec endpoints.
+#[derive(Debug, Clone)]
+pub struct ConfigClient {
+    client: async_nats::Client,
+    subjects: Subjects,
+    timeout: Duration,
+}
+
+impl ConfigClient {
+    /// A client for the account of `subjects`, waiting up to 30 s for applies and plans.
+    #[must_use]
+    pub fn new(client: async_nats::Client, subjects: Subjects) -> Self {
+        ConfigClient { client, subjects, timeout: Duration::from_secs(30) }
+    }
+
+    /// Changes the reply timeout.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Applies a document.
+    ///
+    /// # Errors
+    /// `invalid` (with every problem in the details), `conflict`, or a transport error.
+    pub async fn apply(&self, req: &ApplyRequest) -> Result<ApplyReply, RequestError> {
+        rpc::request(&self.client, self.subjects.config_apply(), req, self.timeout).await
+    }
+
+    /// Plans a document.
+    ///
+    /// # Errors
+    /// `invalid` with every problem, or a transport error.
+    pub async fn plan(&self, req: &PlanRequest) -> Result<PlanReply, RequestError> {
+        rpc::request(&self.client, self.subjects.config_plan(), req, self.timeout).await
+    }
+
+    /// Reads a revision.
+    ///
+    /// # Errors
+    /// `not_found` when there is no such revision, or a transport error.
+    pub async fn get(&self, req: &GetRequest) -> Result<StateArchive, RequestError> {
+        rpc::request(&self.client, self.subjects.config_get(), req, self.timeout).await
+    }
+
+    /// Lists revisions.
+    ///
+    /// # Errors
+    /// `invalid` filters, or a transport error.
+    pub async fn history(&self, req: &HistoryRequest) -> Result<HistoryReply, RequestError> {
+        rpc::request(&self.client, self.subjects.config_history(), req, self.timeout).await
+    }
+
+    /// Compares two revisions.
+    ///
+    /// # Errors
+    /// `not_found` when a revision does not exist, or a transport error.
+    pub async fn diff(&self, req: &DiffRequest) -> Result<DiffReply, RequestError> {
+        rpc::request(&self.client, self.subjects.config_diff(), req, self.timeout).await
+    }
+
+    /// Re-applies an old revision.
+    ///
+    /// # Errors
+    /// `not_found`, `conflict`, or a transport error.
+    pub async fn rollback(&self, req: &RollbackRequest) -> Result<ApplyReply, RequestError> {
+        rpc::request(&self.client, self.subjects.config_rollback(), req, self.timeout).await
+    }
+
+    /// Lists job specs.
+    ///
+    /// # Errors
+    /// `invalid` target, or a transport error.
+    pub async fn jobspecs(&self, req: &JobSpecListRequest) -> Result<JobSpecListReply, RequestError> {
+        rpc::request(&self.client, self.subjects.jobspec_list(), req, self.timeout).await
+    }
+
+    /// Explains one job spec.
+    ///
+    /// # Errors
+    /// `not_found` when no such spec exists, or a transport error.
+    pub async fn explain(&self, id: &str) -> Result<ExplainReply, RequestError> {
+        let req = ExplainRequest { id: id.to_owned() };
+        rpc::request(&self.client, self.subjects.jobspec_explain(), &req, self.timeout).await
+    }
+
+    /// The renderer's progress.
+    ///
+    /// # Errors
+    /// A transport error.
+    pub async fn render_status(&self) -> Result<RenderStatus, RequestError> {
+        rpc::request(&self.client, self.subjects.jobspec_status(), &RenderStatusRequest {}, self.timeout).await
+    }
+}

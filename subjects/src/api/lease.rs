@@ -1,0 +1,249 @@
+//! Job-spec leasing: the requests and replies of the `jobspec.{lease,renew,mine,release,leases}`
+//! endpoints, the notices sent to holders, and the lease records kept in the `steward_leases`
+//! bucket.
+//!
+//! Model: every runtime has one *session* record (`<account>.rt.<runtime>`) whose expiry is
+//! pushed forward by `renew` (and by `lease`); every spec has one *lease* record
+//! (`<account>.spec.<spec>`) naming its holder and epoch. A lease is live while its holder's
+//! session is unexpired. Granting a spec bumps its epoch with a compare-and-set on the record's
+//! revision, so two hub instances never grant one spec twice; results and renewals carrying an
+//! older epoch are refused with `conflict`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::JobSpec;
+
+/// A spec id with the epoch the caller believes it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpecEpoch {
+    /// Spec id (32 hex digits).
+    pub spec: String,
+    /// Lease epoch.
+    pub epoch: u64,
+}
+
+/// A spec granted to (or held by) a runtime, with its epoch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeasedSpec {
+    /// The spec as rendered.
+    pub spec: JobSpec,
+    /// Lease epoch: results must carry it.
+    pub epoch: u64,
+}
+
+/// `jobspec.lease`: give me up to `max` unassigned specs I may run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeaseRequest {
+    /// The asking runtime (a validated token).
+    pub runtime: String,
+    /// The host the runtime runs on, when it is an edge runtime: its host specs are offered
+    /// first. Empty for a standalone (pool) runtime.
+    pub host: String,
+    /// The runtime's labels, matched against pool specs' runtime selectors.
+    pub labels: BTreeMap<String, String>,
+    /// Most specs wanted by this request (the hub also applies its batch limit and the
+    /// per-runtime cap).
+    pub max: u32,
+}
+
+/// Reply to `jobspec.lease`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeaseReply {
+    /// Newly granted specs (and specs this runtime already held that were re-adopted).
+    pub granted: Vec<LeasedSpec>,
+    /// How many specs the runtime holds now.
+    pub held: u32,
+    /// The per-runtime cap.
+    pub cap: u32,
+    /// Lease time-to-live in milliseconds: renew well within it.
+    pub ttl_ms: u64,
+    /// Whether unassigned eligible specs remain after this grant.
+    pub more: bool,
+}
+
+/// `jobspec.renew`: extend every lease I hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RenewRequest {
+    /// The renewing runtime.
+    pub runtime: String,
+    /// Its host (edge runtimes), or empty.
+    pub host: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// The specs and epochs the runtime believes it holds; stale ones are refused.
+    pub held: Vec<SpecEpoch>,
+}
+
+/// Why one spec of a renewal, release or result was refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Refusal {
+    /// Spec id.
+    pub spec: String,
+    /// The epoch the caller sent.
+    pub epoch: u64,
+    /// The current epoch (0 when the spec has no lease record or no longer exists).
+    pub current_epoch: u64,
+    /// `stale_epoch`, `not_holder` or `removed`.
+    pub reason: String,
+}
+
+/// Reply to `jobspec.renew`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RenewReply {
+    /// How many of the given leases are live and now extended.
+    pub renewed: u32,
+    /// Leases the runtime no longer holds (stop running them).
+    pub refused: Vec<Refusal>,
+    /// Lease time-to-live in milliseconds.
+    pub ttl_ms: u64,
+    /// When the session expires unless renewed again, ms since the Unix epoch (hub clock).
+    pub expires_at_ms: u64,
+}
+
+/// `jobspec.mine`: the authoritative set of specs I hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MineRequest {
+    /// The asking runtime.
+    pub runtime: String,
+}
+
+/// Reply to `jobspec.mine`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MineReply {
+    /// Every live lease of the runtime, with the current spec content.
+    pub specs: Vec<LeasedSpec>,
+    /// Lease time-to-live in milliseconds.
+    pub ttl_ms: u64,
+}
+
+/// `jobspec.release`: give these specs back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReleaseRequest {
+    /// The releasing runtime.
+    pub runtime: String,
+    /// The specs and epochs to release.
+    pub specs: Vec<SpecEpoch>,
+}
+
+/// Reply to `jobspec.release`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReleaseReply {
+    /// Specs released.
+    pub released: Vec<String>,
+    /// Specs not released (not held at that epoch).
+    pub refused: Vec<Refusal>,
+}
+
+/// `jobspec.leases`: list specs with their lease state (for operators).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeasesRequest {
+    /// Only specs held by this runtime.
+    pub runtime: Option<String>,
+    /// Only specs without a live holder.
+    pub unassigned: bool,
+    /// Most rows returned (0 = the hub's default of 1000).
+    pub limit: u32,
+}
+
+/// One spec and its lease, as listed by `jobspec.leases`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeaseRow {
+    /// Spec id.
+    pub spec: String,
+    /// `host/<id>` or `pool/<id>`.
+    pub target: String,
+    /// Executor kind.
+    pub executor: String,
+    /// Holding runtime, empty when unassigned.
+    pub holder: String,
+    /// Current epoch (0 = never leased).
+    pub epoch: u64,
+    /// Whether the holder's session is live.
+    pub live: bool,
+    /// When the holder's session expires, ms since the Unix epoch (0 when unassigned).
+    pub expires_at_ms: u64,
+}
+
+/// Reply to `jobspec.leases`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeasesReply {
+    /// Matching specs, ordered by spec id.
+    pub rows: Vec<LeaseRow>,
+    /// Matching specs in total (may exceed `rows.len()`).
+    pub total: u64,
+    /// Specs known to the hub.
+    pub specs: u64,
+    /// Live runtimes.
+    pub runtimes: u64,
+}
+
+/// Notice to a holder, on `steward.v1.<account>.jobspec.notice.<runtime>`: re-sync with `mine`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChangeNotice {
+    /// The runtime told.
+    pub runtime: String,
+    /// Specs whose content changed.
+    pub changed: Vec<String>,
+    /// Specs removed from the store.
+    pub removed: Vec<String>,
+    /// Specs the runtime lost (expired and granted to another runtime).
+    pub revoked: Vec<String>,
+}
+
+/// Broadcast on `steward.v1.<account>.jobspec.available` when unassigned specs appear (new
+/// specs, releases, expired holders), so runtimes with spare capacity lease at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AvailableNotice {
+    /// Unassigned specs known to the hub that sent it.
+    pub unassigned: u64,
+}
+
+/// A spec's lease record in the `steward_leases` bucket (`<account>.spec.<spec>`). Never
+/// deleted while the spec exists, so epochs only grow.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeaseRecord {
+    /// Spec id.
+    pub spec: String,
+    /// Holding runtime; empty when released or never granted.
+    pub holder: String,
+    /// Epoch of the current (or last) grant.
+    pub epoch: u64,
+    /// When it was granted, ms since the Unix epoch (hub clock).
+    pub granted_at_ms: u64,
+}
+
+/// A runtime's session record in the `steward_leases` bucket (`<account>.rt.<runtime>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RuntimeSession {
+    /// Runtime id.
+    pub runtime: String,
+    /// Its host, or empty.
+    pub host: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Session expiry, ms since the Unix epoch (hub clock); the runtime's leases are live until
+    /// then.
+    pub expires_at_ms: u64,
+    /// Last renewal, ms since the Unix epoch.
+    pub renewed_at_ms: u64,
+}

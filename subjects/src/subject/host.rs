@@ -1,0 +1,246 @@
+//! Host subjects: presence, registry events, the connector's API, durable commands and their
+//! replies, plus the names and permission lists derived from them (command consumer, inbox
+//! prefix, per-host authorization).
+//!
+//! | subject | who publishes | who subscribes |
+//! |---|---|---|
+//! | `steward.v1.<a>.host.heartbeat.<host>` | the host | every connector instance (plain subscription) |
+//! | `steward.v1.<a>.host.event.<host>` | the connector | `STEWARD_HOST_EVENTS` stream |
+//! | `steward.v1.<a>.host.command.<host>` | the connector (`send`) | `STEWARD_HOST_COMMANDS` stream → the host's durable consumer |
+//! | `steward.v1.<a>.host.reply.<host>` | the host | `STEWARD_HOST_COMMANDS` stream and the waiting caller |
+//! | `steward.v1.<a>.host.{status,list,send,ensure_worker,outcome,stats}` | API callers | connector micro service (queue group) |
+
+use super::{noun, verb, Subjects, ROOT, VERSION};
+use crate::token::{AccountId, HostId};
+
+/// Verbs only the host noun uses (the shared ones live in [`super::verb`]).
+pub mod host_verb {
+    /// List hosts by selector and online state.
+    pub const LIST: &str = "list";
+    /// Send a durable command to a host.
+    pub const SEND: &str = "send";
+    /// Install a worker on a host and wait until the registry shows it.
+    pub const ENSURE_WORKER: &str = "ensure_worker";
+    /// Look up the recorded reply of a command.
+    pub const OUTCOME: &str = "outcome";
+    /// Connector counters.
+    pub const STATS: &str = "stats";
+    /// A host's reply to a command.
+    pub const REPLY: &str = "reply";
+}
+
+/// The JetStream stream host commands and replies live in (mirrors
+/// [`crate::streams::HOST_COMMANDS_STREAM`]; repeated here so permission lists need no stream
+/// lookup).
+const COMMANDS_STREAM: &str = crate::streams::HOST_COMMANDS_STREAM;
+
+/// Subjects a host may publish to and subscribe to; rendered into the server-side authorization
+/// by `steward creds issue`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostPermissions {
+    /// Subjects the host may publish to.
+    pub publish: Vec<String>,
+    /// Subjects the host may subscribe to.
+    pub subscribe: Vec<String>,
+}
+
+impl Subjects {
+    /// A host's heartbeat / presence announcement (the host publishes; every connector instance
+    /// subscribes without a queue group).
+    #[must_use]
+    pub fn host_heartbeat(&self, host: &HostId) -> String {
+        self.targeted(noun::HOST, verb::HEARTBEAT, host.as_str())
+    }
+
+    /// All hosts' heartbeats (the connector subscribes here).
+    #[must_use]
+    pub fn host_heartbeat_all(&self) -> String {
+        self.targeted(noun::HOST, verb::HEARTBEAT, "*")
+    }
+
+    /// Commands for one host (durable: captured by the commands stream, read by the host's
+    /// durable consumer).
+    #[must_use]
+    pub fn host_command(&self, host: &HostId) -> String {
+        self.targeted(noun::HOST, verb::COMMAND, host.as_str())
+    }
+
+    /// A host's replies to its commands (captured by the commands stream, so a reply nobody
+    /// waited for is recorded).
+    #[must_use]
+    pub fn host_reply(&self, host: &HostId) -> String {
+        self.targeted(noun::HOST, host_verb::REPLY, host.as_str())
+    }
+
+    /// Host registry events (`online`, `offline`, `changed`) for one host.
+    #[must_use]
+    pub fn host_event(&self, host: &HostId) -> String {
+        self.targeted(noun::HOST, verb::EVENT, host.as_str())
+    }
+
+    /// Host registry events of every host of this account.
+    #[must_use]
+    pub fn host_event_all(&self) -> String {
+        self.targeted(noun::HOST, verb::EVENT, "*")
+    }
+
+    /// API: the registry record of one host (queue group: any connector answers).
+    #[must_use]
+    pub fn host_status(&self) -> String {
+        self.base(noun::HOST, verb::STATUS)
+    }
+
+    /// API: hosts matching a label selector and online state (queue group).
+    #[must_use]
+    pub fn host_list(&self) -> String {
+        self.base(noun::HOST, host_verb::LIST)
+    }
+
+    /// API: send a durable command to a host (queue group).
+    #[must_use]
+    pub fn host_send(&self) -> String {
+        self.base(noun::HOST, host_verb::SEND)
+    }
+
+    /// API: install a worker and wait until the registry shows it (queue group).
+    #[must_use]
+    pub fn host_ensure_worker(&self) -> String {
+        self.base(noun::HOST, host_verb::ENSURE_WORKER)
+    }
+
+    /// API: the recorded reply of one command (queue group).
+    #[must_use]
+    pub fn host_outcome(&self) -> String {
+        self.base(noun::HOST, host_verb::OUTCOME)
+    }
+
+    /// API: connector counters (queue group; each answer covers the instance that answered).
+    #[must_use]
+    pub fn host_stats(&self) -> String {
+        self.base(noun::HOST, host_verb::STATS)
+    }
+
+    /// Inbox prefix a host's connection uses, so its permissions can allow replies to its own
+    /// inboxes only: `_INBOX.<account>.<host>`.
+    #[must_use]
+    pub fn host_inbox_prefix(&self, host: &HostId) -> String {
+        format!("_INBOX.{}.{host}", self.account())
+    }
+
+    /// Name of a host's durable consumer on the commands stream. The account length prefix
+    /// keeps names unambiguous although tokens may contain `-`.
+    #[must_use]
+    pub fn host_command_consumer(&self, host: &HostId) -> String {
+        host_command_consumer(self.account(), host)
+    }
+
+    /// What a host's identity may publish and subscribe to: its own presence, replies, results
+    /// and job event data; its own command consumer on the commands stream (through any
+    /// JetStream domain); replies to its own inboxes; micro-service discovery and the account's
+    /// health endpoints (the agent registers a health service).
+    #[must_use]
+    pub fn host_permissions(&self, host: &HostId) -> HostPermissions {
+        let consumer = self.host_command_consumer(host);
+        let filter = self.host_command(host);
+        let mut publish =
+            vec![self.host_heartbeat(host), self.host_reply(host), self.result_put(host), self.run_event(host)];
+        for api in ["$JS.API", "$JS.*.API"] {
+            publish.push(format!("{api}.CONSUMER.CREATE.{COMMANDS_STREAM}.{consumer}.{filter}"));
+            publish.push(format!("{api}.CONSUMER.INFO.{COMMANDS_STREAM}.{consumer}"));
+            publish.push(format!("{api}.CONSUMER.MSG.NEXT.{COMMANDS_STREAM}.{consumer}"));
+        }
+        publish.push(format!("$JS.ACK.{COMMANDS_STREAM}.{consumer}.>"));
+        publish.push(format!("$JS.ACK.*.*.{COMMANDS_STREAM}.{consumer}.>"));
+        let subscribe = vec![
+            format!("{}.>", self.host_inbox_prefix(host)),
+            "$SRV.>".to_owned(),
+            self.health_status(),
+            self.targeted(noun::HEALTH, verb::STATUS, "*"),
+        ];
+        HostPermissions { publish, subscribe }
+    }
+}
+
+impl Subjects {
+    /// What a control-plane service identity of this account may publish and subscribe to:
+    /// everything of the account, micro-service discovery, replies, the JetStream, KV and
+    /// object-store APIs of its own NATS account.
+    #[must_use]
+    pub fn service_permissions(&self) -> HostPermissions {
+        let publish = vec![
+            self.all(),
+            "$SRV.>".to_owned(),
+            "_INBOX.>".to_owned(),
+            "$JS.API.>".to_owned(),
+            "$JS.ACK.>".to_owned(),
+            "$JS.FC.>".to_owned(),
+            "$KV.>".to_owned(),
+            "$O.>".to_owned(),
+        ];
+        let subscribe = vec![self.all(), "$SRV.>".to_owned(), "_INBOX.>".to_owned()];
+        HostPermissions { publish, subscribe }
+    }
+}
+
+/// Name of a host's durable consumer on the commands stream:
+/// `host-<len(account)>-<account>-<host>`.
+#[must_use]
+pub fn host_command_consumer(account: &AccountId, host: &HostId) -> String {
+    format!("host-{}-{account}-{host}", account.as_str().len())
+}
+
+/// Host replies of every account (a filter of the commands stream).
+#[must_use]
+pub fn host_replies_any_account() -> String {
+    format!("{ROOT}.{VERSION}.*.{}.{}.>", noun::HOST, host_verb::REPLY)
+}
+
+/// Key of a host in the host registry bucket: `<account>.<host>` (KV keys may contain `.`; both
+/// parts are validated tokens, so the key splits back unambiguously).
+#[must_use]
+pub fn host_registry_key(account: &AccountId, host: &HostId) -> String {
+    format!("{account}.{host}")
+}
+
+/// Key filter matching every host of `account` in the host registry bucket.
+#[must_use]
+pub fn host_registry_filter(account: &AccountId) -> String {
+    format!("{account}.*")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn s() -> Subjects {
+        Subjects::new(AccountId::parse("acme").unwrap())
+    }
+
+    #[test]
+    fn host_subjects() {
+        let h = HostId::parse("web-01").unwrap();
+        assert_eq!(s().host_reply(&h), "steward.v1.acme.host.reply.web-01");
+        assert_eq!(s().host_list(), "steward.v1.acme.host.list");
+        assert_eq!(s().host_inbox_prefix(&h), "_INBOX.acme.web-01");
+        assert_eq!(host_replies_any_account(), "steward.v1.*.host.reply.>");
+    }
+
+    #[test]
+    fn consumer_names_do_not_collide() {
+        let a = host_command_consumer(&AccountId::parse("a-b").unwrap(), &HostId::parse("c").unwrap());
+        let b = host_command_consumer(&AccountId::parse("a").unwrap(), &HostId::parse("b-c").unwrap());
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn permissions_name_only_the_own_host() {
+        let a = HostId::parse("a").unwrap();
+        let p = s().host_permissions(&a);
+        for subj in p.publish.iter().chain(&p.subscribe) {
+            assert!(!subj.contains(".b."), "{subj}");
+        }
+        assert!(p.publish.contains(&"steward.v1.acme.host.heartbeat.a".to_owned()));
+        assert!(!p.subscribe.iter().any(|s| s.starts_with("steward.v1.acme.host.command")));
+    }
+}

@@ -1,0 +1,163 @@
+//! Subjects and keys of job-spec leasing and results.
+//!
+//! Endpoints (NATS micro, queue group: any hub instance may answer, the lease state is shared
+//! through the `steward_leases` bucket with compare-and-set):
+//! `steward.v1.<account>.jobspec.{lease,renew,mine,release,leases}` and
+//! `steward.v1.<account>.result.submit`. Notices (core NATS, not stored):
+//! `steward.v1.<account>.jobspec.notice.<runtime>` (plain subscription by that runtime) and
+//! `steward.v1.<account>.jobspec.available` (plain subscription by every runtime).
+//!
+//! Keys of the `steward_leases` bucket: `<account>.spec.<spec>` (lease record) and
+//! `<account>.rt.<runtime>` (runtime session).
+
+use super::{noun, verb, Subjects};
+use crate::token::{AccountId, HostId, RuntimeId};
+
+/// Verbs of leasing and results.
+pub mod lease_verb {
+    /// Lease unassigned specs.
+    pub const LEASE: &str = "lease";
+    /// Renew held leases.
+    pub const RENEW: &str = "renew";
+    /// The authoritative set of held specs.
+    pub const MINE: &str = "mine";
+    /// Give specs back.
+    pub const RELEASE: &str = "release";
+    /// List specs with their lease state.
+    pub const LEASES: &str = "leases";
+    /// A notice to one holder.
+    pub const NOTICE: &str = "notice";
+    /// Unassigned specs appeared.
+    pub const AVAILABLE: &str = "available";
+    /// Submit results.
+    pub const SUBMIT: &str = "submit";
+}
+
+impl Subjects {
+    /// `jobspec.lease`: grant up to `max` unassigned specs to a runtime.
+    #[must_use]
+    pub fn jobspec_lease(&self) -> String {
+        self.base(noun::JOBSPEC, lease_verb::LEASE)
+    }
+
+    /// `jobspec.renew`: extend every lease a runtime holds.
+    #[must_use]
+    pub fn jobspec_renew(&self) -> String {
+        self.base(noun::JOBSPEC, lease_verb::RENEW)
+    }
+
+    /// `jobspec.mine`: the specs a runtime holds, with epochs.
+    #[must_use]
+    pub fn jobspec_mine(&self) -> String {
+        self.base(noun::JOBSPEC, lease_verb::MINE)
+    }
+
+    /// `jobspec.release`: give specs back.
+    #[must_use]
+    pub fn jobspec_release(&self) -> String {
+        self.base(noun::JOBSPEC, lease_verb::RELEASE)
+    }
+
+    /// `jobspec.leases`: list specs with their lease state.
+    #[must_use]
+    pub fn jobspec_leases(&self) -> String {
+        self.base(noun::JOBSPEC, lease_verb::LEASES)
+    }
+
+    /// Notices to one holder (spec changed, removed or revoked).
+    #[must_use]
+    pub fn jobspec_notice(&self, runtime: &RuntimeId) -> String {
+        self.targeted(noun::JOBSPEC, lease_verb::NOTICE, runtime.as_str())
+    }
+
+    /// Broadcast: unassigned specs are available.
+    #[must_use]
+    pub fn jobspec_available(&self) -> String {
+        self.base(noun::JOBSPEC, lease_verb::AVAILABLE)
+    }
+
+    /// `result.submit`: results fenced by epoch, stored once each.
+    #[must_use]
+    pub fn result_submit(&self) -> String {
+        self.base(noun::RESULT, lease_verb::SUBMIT)
+    }
+
+    /// Stream filter of every stored result of this account (`result.put.*`).
+    #[must_use]
+    pub fn result_put_all(&self) -> String {
+        self.targeted(noun::RESULT, verb::PUT, "*")
+    }
+}
+
+/// Key of a spec's lease record: `<account>.spec.<spec>` (`spec` is 32 hex digits).
+#[must_use]
+pub fn lease_spec_key(account: &AccountId, spec: &str) -> String {
+    format!("{account}.spec.{spec}")
+}
+
+/// Key of a runtime's session record: `<account>.rt.<runtime>`.
+#[must_use]
+pub fn lease_session_key(account: &AccountId, runtime: &RuntimeId) -> String {
+    format!("{account}.rt.{runtime}")
+}
+
+/// Key filter of every lease and session record of `account`: `<account>.>`.
+#[must_use]
+pub fn lease_account_filter(account: &AccountId) -> String {
+    format!("{account}.>")
+}
+
+/// What a key of the `steward_leases` bucket names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseKey<'a> {
+    /// A spec's lease record.
+    Spec(&'a str),
+    /// A runtime's session.
+    Session(&'a str),
+}
+
+/// Splits a key of the `steward_leases` bucket of `account`; `None` for keys of other accounts
+/// or of another shape.
+#[must_use]
+pub fn parse_lease_key<'a>(account: &AccountId, key: &'a str) -> Option<LeaseKey<'a>> {
+    let rest = key.strip_prefix(account.as_str())?.strip_prefix('.')?;
+    if let Some(spec) = rest.strip_prefix("spec.") {
+        return (!spec.is_empty() && !spec.contains('.')).then_some(LeaseKey::Spec(spec));
+    }
+    let rt = rest.strip_prefix("rt.")?;
+    (!rt.is_empty() && !rt.contains('.')).then_some(LeaseKey::Session(rt))
+}
+
+/// Name of a result's full output in the artifacts object store:
+/// `results/<account>/<spec>/<epoch>/<seq>`.
+#[must_use]
+pub fn result_output_object(account: &AccountId, spec: &str, epoch: u64, seq: u64) -> String {
+    format!("results/{account}/{spec}/{epoch}/{seq}")
+}
+
+/// The host token a standalone runtime's results are filed under (its runtime id).
+#[must_use]
+pub fn result_host_of(host: Option<&HostId>, runtime: &RuntimeId) -> String {
+    host.map_or_else(|| runtime.to_string(), ToString::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_keys_round_trip() {
+        let a = AccountId::parse("acme").unwrap();
+        let r = RuntimeId::parse("rt-1").unwrap();
+        let k = lease_spec_key(&a, "00ff");
+        assert_eq!(parse_lease_key(&a, &k), Some(LeaseKey::Spec("00ff")));
+        let k = lease_session_key(&a, &r);
+        assert_eq!(parse_lease_key(&a, &k), Some(LeaseKey::Session("rt-1")));
+        let other = AccountId::parse("acme2").unwrap();
+        assert_eq!(parse_lease_key(&other, &k), None);
+        assert_eq!(parse_lease_key(&a, "acme.x.y"), None);
+        let s = Subjects::new(a);
+        assert_eq!(s.jobspec_notice(&r), "steward.v1.acme.jobspec.notice.rt-1");
+        assert_eq!(s.result_submit(), "steward.v1.acme.result.submit");
+    }
+}

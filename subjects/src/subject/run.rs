@@ -1,0 +1,162 @@
+//! Run subjects and keys: the dispatcher's API, work delivery to hosts, job event data, and the
+//! keys of the run store.
+//!
+//! | subject | who publishes | who subscribes |
+//! |---|---|---|
+//! | `steward.v1.<a>.run.{dispatch,status,cancel,list}` | API callers | dispatcher micro service (queue group: any hub instance) |
+//! | `steward.v1.<a>.run.work.<host>` | the dispatcher (request) | that host's run worker (plain subscription: host-targeted) |
+//! | `steward.v1.<a>.run.stop.<host>` | the dispatcher (request) | that host's run worker (plain subscription) |
+//! | `steward.v1.<a>.run.event.<host>` | the host's run worker | `STEWARD_RUN_EVENTS` stream → dispatcher durable consumer |
+//!
+//! Work delivery: until the connector's durable host commands carry a payload, the dispatcher
+//! delivers work orders on `run.work.<host>` itself and makes delivery durable by keeping every
+//! pending host in the run store and re-delivering until the host starts or the deadline passes
+//! (the host drops duplicates by run and attempt). The intention is to switch to
+//! `host.command.<host>` once it can carry a work order.
+//!
+//! Keys of the `steward_runs` bucket (every part a validated token or a generated id):
+//! `<account>.run.<run>` (the run record), `<account>.host.<run>.<host>` (one host's run
+//! record), `<account>.idem.<digest>` (idempotency key → run id).
+
+use super::{noun, Subjects};
+use crate::token::{AccountId, HostId};
+
+/// Verbs only the run noun uses.
+pub mod run_verb {
+    /// Start a run.
+    pub const DISPATCH: &str = "dispatch";
+    /// Cancel a run.
+    pub const CANCEL: &str = "cancel";
+    /// List runs.
+    pub const LIST: &str = "list";
+    /// A work order to one host.
+    pub const WORK: &str = "work";
+    /// Stop a run on one host.
+    pub const STOP: &str = "stop";
+}
+
+impl Subjects {
+    /// API: start a run (queue group: any dispatcher instance answers).
+    #[must_use]
+    pub fn run_dispatch(&self) -> String {
+        self.base(noun::RUN, run_verb::DISPATCH)
+    }
+
+    /// API: a run's status with current job event data (queue group).
+    #[must_use]
+    pub fn run_status(&self) -> String {
+        self.base(noun::RUN, super::verb::STATUS)
+    }
+
+    /// API: cancel a run (queue group).
+    #[must_use]
+    pub fn run_cancel(&self) -> String {
+        self.base(noun::RUN, run_verb::CANCEL)
+    }
+
+    /// API: list runs (queue group).
+    #[must_use]
+    pub fn run_list(&self) -> String {
+        self.base(noun::RUN, run_verb::LIST)
+    }
+
+    /// Work orders for one host (plain subscription by that host's run worker only).
+    #[must_use]
+    pub fn run_work(&self, host: &HostId) -> String {
+        self.targeted(noun::RUN, run_verb::WORK, host.as_str())
+    }
+
+    /// Work orders of every host of this account (simulated fleets subscribe here).
+    #[must_use]
+    pub fn run_work_all(&self) -> String {
+        self.targeted(noun::RUN, run_verb::WORK, "*")
+    }
+
+    /// Stop orders for one host (plain subscription by that host's run worker only).
+    #[must_use]
+    pub fn run_stop(&self, host: &HostId) -> String {
+        self.targeted(noun::RUN, run_verb::STOP, host.as_str())
+    }
+
+    /// Job event data of every host of this account (the dispatcher's consumer filter).
+    #[must_use]
+    pub fn run_event_all(&self) -> String {
+        self.targeted(noun::RUN, super::verb::EVENT, "*")
+    }
+}
+
+/// Key of a run record: `<account>.run.<run>`.
+#[must_use]
+pub fn run_record_key(account: &AccountId, run_id: &str) -> String {
+    format!("{account}.run.{run_id}")
+}
+
+/// Key filter matching every run record of `account`.
+#[must_use]
+pub fn run_record_filter(account: &AccountId) -> String {
+    format!("{account}.run.*")
+}
+
+/// Key of one host's run record: `<account>.host.<run>.<host>`.
+#[must_use]
+pub fn run_host_key(account: &AccountId, run_id: &str, host: &HostId) -> String {
+    format!("{account}.host.{run_id}.{host}")
+}
+
+/// Key filter matching every host record of one run.
+#[must_use]
+pub fn run_host_filter(account: &AccountId, run_id: &str) -> String {
+    format!("{account}.host.{run_id}.*")
+}
+
+/// Key filter matching every host record of every run of `account` (for watchers).
+#[must_use]
+pub fn run_host_filter_all(account: &AccountId) -> String {
+    format!("{account}.host.>")
+}
+
+/// Key of an idempotency entry: `<account>.idem.<digest>` (the digest is hex).
+#[must_use]
+pub fn run_idempotency_key(account: &AccountId, digest_hex: &str) -> String {
+    format!("{account}.idem.{digest_hex}")
+}
+
+/// `Nats-Msg-Id` of one job event, unique per (account, run, host, attempt, sequence), so a
+/// resent batch is stored once within the dedupe window.
+#[must_use]
+pub fn run_event_msg_id(account: &AccountId, run_id: &str, host: &HostId, attempt: u32, seq: u64) -> String {
+    format!("{account}.{run_id}.{host}.{attempt}.{seq}")
+}
+
+/// Object name of a large artifact in the artifacts store.
+#[must_use]
+pub fn run_artifact_name(account: &AccountId, run_id: &str, host: &HostId, attempt: u32, name: &str) -> String {
+    format!("{account}/runs/{run_id}/{host}/{attempt}/{name}")
+}
+
+/// Name of the dispatcher's durable consumer on the run events stream for `account`.
+#[must_use]
+pub fn run_events_consumer(account: &AccountId) -> String {
+    format!("dispatcher-{}-{account}", account.as_str().len())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn run_subjects_and_keys() {
+        let a = AccountId::parse("acme").unwrap();
+        let s = Subjects::new(a.clone());
+        let h = HostId::parse("web-01").unwrap();
+        assert_eq!(s.run_dispatch(), "steward.v1.acme.run.dispatch");
+        assert_eq!(s.run_status(), "steward.v1.acme.run.status");
+        assert_eq!(s.run_work(&h), "steward.v1.acme.run.work.web-01");
+        assert_eq!(s.run_stop(&h), "steward.v1.acme.run.stop.web-01");
+        assert_eq!(s.run_event_all(), "steward.v1.acme.run.event.*");
+        assert_eq!(run_host_key(&a, "r1", &h), "acme.host.r1.web-01");
+        assert_eq!(run_record_key(&a, "r1"), "acme.run.r1");
+        assert_eq!(run_event_msg_id(&a, "r1", &h, 2, 7), "acme.r1.web-01.2.7");
+    }
+}
