@@ -428,6 +428,9 @@ async fn consume(
         deliver_policy: consumer::DeliverPolicy::All,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(30),
+        // A host away longer than the commands stream keeps commands loses nothing by losing
+        // its consumer; decommissioned hosts' consumers go away on their own.
+        inactive_threshold: Duration::from_secs(7 * 24 * 3600),
         ..Default::default()
     };
     let consumer: consumer::PullConsumer =

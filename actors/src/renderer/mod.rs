@@ -68,7 +68,7 @@ pub enum RendererMsg {
         /// The revision.
         revision: u64,
         /// The event to acknowledge.
-        ack: Option<jetstream::Message>,
+        ack: Option<Box<jetstream::Message>>,
     },
     /// A host record was written.
     HostUpsert(HostLabels, u64),
@@ -112,7 +112,7 @@ pub struct RendererState {
     rendering: bool,
     dirty: bool,
     scheduled: bool,
-    acks: Vec<(u64, jetstream::Message)>,
+    acks: Vec<(u64, Box<jetstream::Message>)>,
     status: Arc<Mutex<RenderStatus>>,
     written: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -250,7 +250,7 @@ impl Actor for Renderer {
                     codec::decode::<ConfigChanged>(Encoding::MsgPack, &msg.payload).map(|c| c.revision.revision);
                 match revision {
                     Ok(revision) => {
-                        if me.cast(RendererMsg::ConfigChanged { revision, ack: Some(msg) }).is_err() {
+                        if me.cast(RendererMsg::ConfigChanged { revision, ack: Some(Box::new(msg)) }).is_err() {
                             return;
                         }
                     }

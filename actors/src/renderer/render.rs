@@ -120,6 +120,9 @@ impl Rendered {
     }
 }
 
+/// One attestation's work: template index, host indexes, pool index.
+type Job<'a> = (u32, &'a [u32], Option<u32>);
+
 /// Renders every spec of `doc` for `hosts` (host order does not matter: output is sorted).
 /// Attestations that do not resolve (only possible for unvalidated documents) are skipped.
 #[must_use]
@@ -148,7 +151,7 @@ pub fn render(account: &str, doc: &ConfigDocument, hosts: &[HostLabels]) -> Rend
     }
     // Templates, and for each the targets it renders to.
     let mut templates = Vec::with_capacity(doc.attestations.len());
-    let mut jobs: Vec<(u32, &[u32], Option<u32>)> = Vec::with_capacity(doc.attestations.len());
+    let mut jobs: Vec<Job<'_>> = Vec::with_capacity(doc.attestations.len());
     for att in &doc.attestations {
         let Ok(t) = resolve_attestation(doc, att) else { continue };
         let ti = u32::try_from(templates.len()).unwrap_or(u32::MAX);
@@ -162,7 +165,7 @@ pub fn render(account: &str, doc: &ConfigDocument, hosts: &[HostLabels]) -> Rend
         }
     }
     let total: usize = jobs.iter().map(|(_, h, p)| h.len() + usize::from(p.is_some())).sum();
-    let work = |chunk: &[(u32, &[u32], Option<u32>)]| -> Vec<DesiredSpec> {
+    let work = |chunk: &[Job<'_>]| -> Vec<DesiredSpec> {
         let mut out = Vec::new();
         for (ti, host_idx, pool) in chunk {
             let t = &templates[*ti as usize];
@@ -191,7 +194,7 @@ pub fn render(account: &str, doc: &ConfigDocument, hosts: &[HostLabels]) -> Rend
     } else {
         // Split the attestations into chunks of roughly equal spec counts.
         let per = total.div_ceil(threads);
-        let mut chunks: Vec<&[(u32, &[u32], Option<u32>)]> = Vec::new();
+        let mut chunks: Vec<&[Job<'_>]> = Vec::new();
         let (mut start, mut acc) = (0, 0);
         for (i, (_, h, p)) in jobs.iter().enumerate() {
             acc += h.len() + usize::from(p.is_some());

@@ -100,8 +100,10 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
         author: "steward-up".into(),
         if_revision: None,
     };
-    let configs =
-        steward_subjects::api::config::ConfigClient::new(process.client().clone(), steward_subjects::Subjects::new(global.account.clone()));
+    let configs = steward_subjects::api::config::ConfigClient::new(
+        process.client().clone(),
+        steward_subjects::Subjects::new(global.account.clone()),
+    );
     match configs.apply(&demo).await {
         Ok(r) => info!(revision = r.revision.revision, noop = r.noop, "demo configuration applied"),
         Err(e) => tracing::warn!(error = %e, "demo configuration not applied"),
