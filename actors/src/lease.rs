@@ -352,6 +352,9 @@ impl Hub {
         let now = now_ms();
         match parse_lease_key(self.subjects.account(), key) {
             Some(LeaseKey::Spec(id)) if !deleted => {
+                if self.view().has_lease_revision(id, revision) {
+                    return;
+                }
                 if let Ok(record) = codec::decode_limited::<LeaseRecord>(Encoding::MsgPack, value, usize::MAX) {
                     self.view().apply_lease(id, &record, revision, now);
                 }

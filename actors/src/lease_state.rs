@@ -223,6 +223,14 @@ impl LeaseView {
         Some((lease.holder.clone(), lease))
     }
 
+    /// Whether the view already has revision `revision` (or a newer one) of `spec`'s lease
+    /// record: such a record (typically the echo of this process's own write) can be skipped
+    /// without decoding it.
+    #[must_use]
+    pub fn has_lease_revision(&self, spec: &str, revision: u64) -> bool {
+        self.leases.get(spec).is_some_and(|l| l.revision >= revision)
+    }
+
     /// Applies a lease record read from the bucket (watch, refresh) when it is newer than what
     /// the view has.
     pub fn apply_lease(&mut self, id: &str, record: &LeaseRecord, revision: u64, now_ms: u64) {

@@ -133,7 +133,6 @@ impl RunningProcess {
                 started,
                 board: board.clone(),
             };
-            children.push(ChildSpec::new("health", move || (HealthService, health.clone())));
             let connector = crate::connector::ConnectorArgs::new(client.clone(), subjects.clone());
             children.push(ChildSpec::new("connector", move || (crate::connector::Connector, connector.clone())));
             let config_manager = crate::config_manager::ConfigManagerArgs {
@@ -160,6 +159,9 @@ impl RunningProcess {
             };
             let dispatcher = crate::dispatcher::DispatcherArgs::new(client.clone(), subjects.clone(), signer);
             children.push(ChildSpec::new("dispatcher", move || (crate::dispatcher::Dispatcher, dispatcher.clone())));
+            // Health starts last and stops first: once `$SRV.PING` answers for the hub, every hub
+            // component before it is serving.
+            children.push(ChildSpec::new("health", move || (HealthService, health.clone())));
         }
         for edge in &config.edges {
             let args = EdgeArgs {

@@ -23,7 +23,7 @@ pub enum Topology {
 }
 
 enum Servers {
-    Single(NatsServer),
+    Single(Box<NatsServer>),
     Cluster(Cluster),
     None,
 }
@@ -65,7 +65,7 @@ impl Deployment {
                 let s = NatsServer::single(big("loadtest")).await.context("cannot start nats-server")?;
                 Deployment {
                     urls: vec![s.client_url()],
-                    servers: Servers::Single(s),
+                    servers: Servers::Single(Box::new(s)),
                     topology,
                     nats_version: version(),
                 }
