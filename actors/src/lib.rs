@@ -11,6 +11,7 @@ pub mod config_manager;
 pub mod connector;
 pub mod dispatcher;
 pub mod edge;
+pub mod enablement;
 pub mod health;
 pub mod lease;
 pub mod lease_client;

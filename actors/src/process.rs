@@ -159,6 +159,10 @@ impl RunningProcess {
             };
             let dispatcher = crate::dispatcher::DispatcherArgs::new(client.clone(), subjects.clone(), signer);
             children.push(ChildSpec::new("dispatcher", move || (crate::dispatcher::Dispatcher, dispatcher.clone())));
+            // The service-enablement loop (seed 000): after the config manager, connector and
+            // dispatcher it drives.
+            let enablement = crate::enablement::EnablementArgs::new(client.clone(), subjects.clone());
+            children.push(ChildSpec::new("enablement", move || (crate::enablement::Enablement, enablement.clone())));
             // Health starts last and stops first: once `$SRV.PING` answers for the hub, every hub
             // component before it is serving.
             children.push(ChildSpec::new("health", move || (HealthService, health.clone())));

@@ -51,11 +51,12 @@ async fn up_serves_health_and_stops_cleanly_on_ctrl_c() {
                 .await
                 .map_err(|e| e.to_string())?;
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-            let n = v.as_array().map(Vec::len).unwrap_or(0);
-            if n >= 3 {
+            let count = |name: &str| v.as_array().map_or(0, |a| a.iter().filter(|s| s["service"] == name).count());
+            let (hubs, edges) = (count("steward-hub"), count("steward-edge"));
+            if hubs == 1 && edges == 2 {
                 Ok(v)
             } else {
-                Err(format!("{n} services so far"))
+                Err(format!("{hubs} hub and {edges} edge services so far"))
             }
         }
     })
