@@ -70,6 +70,12 @@ impl Subjects {
         self.targeted(noun::JOBSPEC, lease_verb::NOTICE, runtime.as_str())
     }
 
+    /// Notices to every holder of this account (observers and load tests subscribe here).
+    #[must_use]
+    pub fn jobspec_notice_all(&self) -> String {
+        self.targeted(noun::JOBSPEC, lease_verb::NOTICE, "*")
+    }
+
     /// Broadcast: unassigned specs are available.
     #[must_use]
     pub fn jobspec_available(&self) -> String {
