@@ -166,7 +166,8 @@ struct Work {
     config: ConfigClient,
     connector_api: ConnectorClient,
     connector: Option<ConnectorHandle>,
-    parent: Option<ActorCell>,
+    /// This actor's own cell: its supervisor (the hub process's) is asked for the connector.
+    myself: ActorCell,
     runs: DispatcherClient,
     ensure_timeout: Duration,
     run_timeout: Duration,
@@ -257,7 +258,7 @@ impl Actor for Enablement {
             config: ConfigClient::new(args.client.clone(), args.subjects.clone()),
             connector_api: ConnectorClient::new(args.client.clone(), args.subjects.clone()),
             connector: args.connector.clone(),
-            parent: myself.try_get_supervisor(),
+            myself: myself.get_cell(),
             runs: DispatcherClient::new(args.client.clone(), args.subjects.clone()),
             ensure_timeout: args.ensure_timeout,
             run_timeout: args.run_timeout,
@@ -408,8 +409,8 @@ impl Work {
         if let Some(c) = &self.connector {
             return Some(c.clone());
         }
-        let parent = self.parent.as_ref()?;
-        parent
+        self.myself
+            .try_get_supervisor()?
             .get_children()
             .into_iter()
             .find(|c| c.is_message_type_of::<ConnectorMsg>() == Some(true))

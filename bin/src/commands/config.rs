@@ -131,6 +131,29 @@ async fn client(global: &Global) -> anyhow::Result<ConfigClient> {
     Ok(ConfigClient::new(nats, Subjects::new(global.account.clone())))
 }
 
+/// Host ids per applied revision, from the connector; `None` when no connector answers.
+async fn hosts_by_revision(global: &Global) -> Option<std::collections::BTreeMap<u64, Vec<String>>> {
+    let nats = steward_actors::connect(&super::connect_options(global), "steward-cli").await.ok()?;
+    let api = steward_actors::connector::ConnectorClient::new(nats, Subjects::new(global.account.clone()));
+    let list = api.list("", None).await.ok()?;
+    let mut by = std::collections::BTreeMap::<u64, Vec<String>>::new();
+    for h in list.hosts {
+        if let Some(r) = h.applied_revision {
+            by.entry(r).or_default().push(h.host_id);
+        }
+    }
+    Some(by)
+}
+
+/// At most five host ids, then a count of the rest.
+fn abbreviate(hosts: &[String]) -> String {
+    let shown = hosts.iter().take(5).cloned().collect::<Vec<_>>().join(",");
+    match hosts.len() {
+        n if n > 5 => format!("{shown} (+{})", n - 5),
+        _ => shown,
+    }
+}
+
 fn read_doc(path: &PathBuf) -> anyhow::Result<String> {
     if path.as_os_str() == "-" {
         let mut s = String::new();
@@ -340,8 +363,29 @@ pub async fn history(global: &Global, args: HistoryArgs) -> anyhow::Result<()> {
         before: args.before,
     };
     let r = client(global).await?.history(&req).await.map_err(explain_error)?;
-    let rows: Vec<Vec<String>> = r.revisions.iter().map(meta_row).collect();
-    output::print(global.output, &META_HEADERS, &rows, &r);
+    if global.output == OutputFormat::Table {
+        // Which revision each host reached (its applied revision in the host registry), as a
+        // last column; table output only, the JSON reply stays the history page as served.
+        let reached = hosts_by_revision(global).await;
+        let mut headers = META_HEADERS.to_vec();
+        headers.push("HOSTS AT");
+        let rows: Vec<Vec<String>> = r
+            .revisions
+            .iter()
+            .map(|m| {
+                let mut row = meta_row(m);
+                row.push(reached.as_ref().map_or_else(
+                    || "?".to_owned(),
+                    |by| by.get(&m.revision).map_or_else(|| "-".to_owned(), |hosts| abbreviate(hosts)),
+                ));
+                row
+            })
+            .collect();
+        print!("{}", output::table(&headers, &rows));
+    } else {
+        let rows: Vec<Vec<String>> = r.revisions.iter().map(meta_row).collect();
+        output::print(global.output, &META_HEADERS, &rows, &r);
+    }
     if global.output == OutputFormat::Table {
         if let Some(next) = r.next_before {
             println!("({} matching; next page: --before {next})", r.total);

@@ -144,10 +144,18 @@ fn row(h: &HostRecord) -> Vec<String> {
     if h.draining {
         state.push_str(",draining");
     }
-    vec![h.host_id.clone(), state, h.last_seen.clone(), labels.join(","), workers.join(","), h.agent_version.clone()]
+    vec![
+        h.host_id.clone(),
+        state,
+        h.last_seen.clone(),
+        labels.join(","),
+        workers.join(","),
+        h.agent_version.clone(),
+        h.applied_revision.map_or_else(|| "-".into(), |r| r.to_string()),
+    ]
 }
 
-const HEADERS: [&str; 6] = ["HOST", "STATE", "LAST SEEN", "LABELS", "WORKERS", "VERSION"];
+const HEADERS: [&str; 7] = ["HOST", "STATE", "LAST SEEN", "LABELS", "WORKERS", "VERSION", "APPLIED"];
 
 /// `steward hosts`: hosts by selector and online state.
 ///

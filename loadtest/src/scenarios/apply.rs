@@ -146,21 +146,25 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
     fill.finish();
 
     // Keep the leases alive while measuring.
-    let renewer = tokio::spawn({
-        let (client, subjects, hosts) = (client.clone(), subjects.clone(), hosts.clone());
-        async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(3)).await; // the renewal period, not a wait for a condition
-                let mut renewals = futures::stream::iter(hosts.clone().into_iter().map(|h| {
-                    let req = RenewRequest { runtime: h.to_string(), ..Default::default() };
-                    let (client, subjects) = (client.clone(), subjects.clone());
-                    async move { rpc::request::<_, RenewReply>(&client, subjects.jobspec_renew(), &req, TIMEOUT).await }
-                }))
-                .buffer_unordered(64);
-                while renewals.next().await.is_some() {}
+    let renewer =
+        tokio::spawn({
+            let (client, subjects, hosts) = (client.clone(), subjects.clone(), hosts.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(3)).await; // the renewal period, not a wait for a condition
+                    let mut renewals =
+                        futures::stream::iter(hosts.clone().into_iter().map(|h| {
+                            let req = RenewRequest { runtime: h.to_string(), ..Default::default() };
+                            let (client, subjects) = (client.clone(), subjects.clone());
+                            async move {
+                                rpc::request::<_, RenewReply>(&client, subjects.jobspec_renew(), &req, TIMEOUT).await
+                            }
+                        }))
+                        .buffer_unordered(64);
+                    while renewals.next().await.is_some() {}
+                }
             }
-        }
-    });
+        });
 
     // The change: every spec's content changes; count each spec's notice once.
     let mut notices = client.subscribe(subjects.jobspec_notice_all()).await?;
