@@ -122,7 +122,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         account: cli.account.clone(),
         overrides: cli.set.into_iter().collect(),
     };
-    for round in 0..cli.repeat {
+    // A failed scenario stops the run, but what was measured before it is still reported.
+    let mut failure = None;
+    'rounds: for round in 0..cli.repeat {
         // A fresh context per round: each round measures its own raw ceiling.
         let ctx = Ctx::new(deployment.clone(), options.clone());
         for def in &selected {
@@ -131,12 +133,21 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 def.name,
                 if cli.repeat > 1 { format!(" (round {})", round + 1) } else { String::new() }
             );
-            let results = (def.run)(&ctx).await.with_context(|| format!("scenario {} failed", def.name))?;
+            let results = match (def.run)(&ctx).await.with_context(|| format!("scenario {} failed", def.name)) {
+                Ok(r) => r,
+                Err(e) => {
+                    failure = Some(e);
+                    Vec::new()
+                }
+            };
             for mut r in ctx.take_extra_reports().into_iter().chain(results) {
                 if cli.repeat > 1 {
                     r.extra = merge_round(r.extra, round);
                 }
                 report.scenarios.push(r);
+            }
+            if failure.is_some() {
+                break 'rounds;
             }
         }
     }
@@ -148,6 +159,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         let json = serde_json::to_vec_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("report written to {}", path.display());
+    }
+    if let Some(e) = failure {
+        return Err(e);
     }
     Ok(report.correct())
 }

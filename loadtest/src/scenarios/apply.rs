@@ -80,7 +80,10 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
     let hosts_n = ctx.size("apply.hosts", 1_000, 40);
     let atts = ctx.size("apply.attestations", 100, 5);
     let total = hosts_n * atts;
-    let account = AccountId::parse(&format!("apply{}", std::process::id()))?;
+    // A fresh account per round: each round starts from an empty spec store and lease state.
+    static ROUND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let round = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let account = AccountId::parse(&format!("apply{}r{round}", std::process::id()))?;
     let subjects = Subjects::new(account.clone());
     let hub = HubProcess::start(&ctx.deployment, account.as_str(), &["server"]).await?;
     if let Some(pid) = hub.pid() {
