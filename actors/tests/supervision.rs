@@ -59,7 +59,7 @@ async fn health_is_discoverable_and_a_failed_child_is_restarted() {
     let info = client.request("$SRV.INFO.steward-hub", "".into()).await.unwrap();
     let info: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
     assert_eq!(info["metadata"]["account"], "acme");
-    assert!(info["endpoints"].as_array().unwrap().iter().any(|e| e["subject"] == "steward.v1.acme.health.status"));
+    assert!(info["endpoints"].as_array().unwrap().iter().any(|e| e["subject"] == subjects.health_status().as_str()));
     let stats = client.request("$SRV.STATS.steward-hub", "".into()).await.unwrap();
     let stats: serde_json::Value = serde_json::from_slice(&stats.payload).unwrap();
     assert_eq!(stats["type"], "io.nats.micro.v1.stats_response");
