@@ -198,7 +198,18 @@ async fn edge_through_a_leaf_presence_commands_and_workers() {
     wait_record(&hub.api, "web-01", "draining", |r| r.draining).await;
 
     // Events: online, changed (worker), offline, online, changed (drain), in that order.
-    let kinds: Vec<HostEventKind> = events(&hub.client, "web-01").await.iter().map(|e| e.kind).collect();
+    // The event follows the registry write it describes, so it may land a moment after the
+    // registry shows the drain: wait until five events are stored, then check their order.
+    let kinds: Vec<HostEventKind> = eventually(WAIT, POLL, || async {
+        let kinds: Vec<HostEventKind> = events(&hub.client, "web-01").await.iter().map(|e| e.kind).collect();
+        if kinds.len() >= 5 {
+            Ok(kinds)
+        } else {
+            Err(format!("{} events so far: {kinds:?}", kinds.len()))
+        }
+    })
+    .await
+    .unwrap();
     assert_eq!(
         kinds,
         vec![

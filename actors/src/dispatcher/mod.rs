@@ -112,6 +112,7 @@ impl Actor for Dispatcher {
             .client
             .service_builder()
             .description("steward dispatcher: runs on hosts")
+            .metadata(std::collections::HashMap::from([("account".to_owned(), args.subjects.account().to_string())]))
             .start(service_name("dispatcher"), STEWARD_VERSION)
             .await
             .map_err(|e| ActorProcessingErr::from(format!("cannot register dispatcher service: {e}")))?;

@@ -26,6 +26,11 @@ use crate::output;
 
 /// The demo configuration document `steward up` applies.
 pub const DEMO_CONFIG: &str = include_str!("../../../examples/demo.json");
+/// The demo service's playbook (examples/playbooks/state.yml).
+pub const DEMO_PLAYBOOK: &str = include_str!("../../../examples/playbooks/state.yml");
+/// Where the demo configuration expects the playbook on an installed hub; `steward up`
+/// replaces it with the copy it writes into its data folder.
+pub const DEMO_PLAYBOOK_PATH: &str = "/opt/steward/examples/playbooks/state.yml";
 
 /// How long each component gets to drain on shutdown.
 const DRAIN_PER_COMPONENT: Duration = Duration::from_secs(2);
@@ -64,6 +69,8 @@ struct UpSummary {
 pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
     let data = args.data.unwrap_or_else(default_state_dir);
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create data folder {}", data.display()))?;
+    // Absolute from here on: the demo configuration refers to a playbook under it.
+    let data = data.canonicalize().unwrap_or(data);
     let mut opts = ServerOptions::named("steward-up");
     opts.port = Some(args.port);
     opts.data_dir = Some(data.join("nats"));
@@ -94,8 +101,17 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
         }
     };
     // The demo configuration (examples/demo.json); re-applying it on a later `up` is a no-op.
+    let playbook = data.join("playbooks").join("state.yml");
+    let document =
+        match std::fs::create_dir_all(data.join("playbooks")).and_then(|()| std::fs::write(&playbook, DEMO_PLAYBOOK)) {
+            Ok(()) => DEMO_CONFIG.replace(DEMO_PLAYBOOK_PATH, &playbook.display().to_string()),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %playbook.display(), "demo playbook not written");
+                DEMO_CONFIG.to_owned()
+            }
+        };
     let demo = steward_subjects::api::config::ApplyRequest {
-        document: DEMO_CONFIG.to_owned(),
+        document,
         label: "demo".into(),
         author: "steward-up".into(),
         if_revision: None,
