@@ -124,6 +124,12 @@ pub struct JobSpecsArgs {
     /// Explain why the spec with this id exists.
     #[arg(long)]
     pub explain: Option<String>,
+    /// Only the specs leased by this runtime (with holder, epoch and lease state).
+    #[arg(long, conflicts_with_all = ["host", "pool", "explain"])]
+    pub runtime: Option<String>,
+    /// Only specs without a live holder (with their lease state).
+    #[arg(long, conflicts_with_all = ["host", "pool", "explain"])]
+    pub unassigned: bool,
 }
 
 async fn client(global: &Global) -> anyhow::Result<ConfigClient> {
@@ -442,6 +448,12 @@ pub fn schema() -> anyhow::Result<()> {
 /// # Errors
 /// `not_found` or NATS failures.
 pub async fn jobspecs(global: &Global, args: JobSpecsArgs) -> anyhow::Result<()> {
+    if args.runtime.is_some() || args.unassigned {
+        // The lease view answers these: it knows holders and epochs.
+        let leases =
+            super::runtime::LeasesArgs { runtime: args.runtime, unassigned: args.unassigned, limit: args.limit };
+        return super::runtime::leases(global, leases).await;
+    }
     let api = client(global).await?;
     if let Some(id) = &args.explain {
         let r = api.explain(id).await.map_err(explain_error)?;
