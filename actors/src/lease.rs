@@ -212,14 +212,7 @@ impl Actor for LeaseService {
     }
 
     async fn post_stop(&self, _myself: ActorRef<LeaseMsg>, state: &mut LeaseState) -> Result<(), ActorProcessingErr> {
-        for t in &state.tasks {
-            t.abort();
-        }
-        if let Some(service) = state.service.take() {
-            if let Err(e) = service.stop().await {
-                warn!(error = %e, "lease service did not stop cleanly");
-            }
-        }
+        crate::stop_service("lease", &state.tasks, state.service.take()).await;
         Ok(())
     }
 }

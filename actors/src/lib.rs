@@ -129,6 +129,23 @@ where
     }
 }
 
+/// Stops what a service actor owns, from its `post_stop`: aborts its background tasks, then
+/// stops its micro service (unregistering the endpoints), logging a failure to stop cleanly.
+pub(crate) async fn stop_service(
+    component: &str,
+    tasks: &[tokio::task::JoinHandle<()>],
+    service: Option<async_nats::service::Service>,
+) {
+    for t in tasks {
+        t.abort();
+    }
+    if let Some(service) = service {
+        if let Err(e) = service.stop().await {
+            tracing::warn!(component, error = %e, "service did not stop cleanly");
+        }
+    }
+}
+
 /// Current time as RFC 3339 text.
 #[must_use]
 pub fn now_rfc3339() -> String {

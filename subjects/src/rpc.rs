@@ -59,6 +59,28 @@ pub async fn respond<T: Serialize>(
     request.respond_with_headers(Ok(payload), encoding.headers()).await
 }
 
+/// Serves one micro-service request: decodes it in the encoding it arrived in, runs `handler`
+/// on it (a malformed payload gets the `invalid` reply without calling it), and answers with the
+/// envelope in that same encoding.
+///
+/// # Errors
+/// The publish error when the reply cannot be sent (the requester may be gone).
+pub async fn serve<Req, Resp, F, Fut>(
+    request: &async_nats::service::Request,
+    handler: F,
+) -> Result<(), async_nats::PublishError>
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: FnOnce(Req) -> Fut,
+    Fut: std::future::Future<Output = Result<Resp, WireError>>,
+{
+    match decode_request::<Req>(&request.message) {
+        Ok((req, enc)) => respond(request, enc, handler(req).await).await,
+        Err((e, enc)) => respond::<Resp>(request, enc, Err(e)).await,
+    }
+}
+
 /// The `traceparent` of a message, if it has one.
 #[must_use]
 pub fn traceparent_of(msg: &Message) -> Option<String> {

@@ -246,12 +246,7 @@ impl Actor for ConfigManager {
         _myself: ActorRef<ConfigManagerMsg>,
         state: &mut ConfigManagerState,
     ) -> Result<(), ActorProcessingErr> {
-        for t in &state.tasks {
-            t.abort();
-        }
-        if let Some(s) = state.service.take() {
-            let _ = s.stop().await;
-        }
+        crate::stop_service("config-manager", &state.tasks, state.service.take()).await;
         Ok(())
     }
 }

@@ -197,12 +197,7 @@ impl Actor for Dispatcher {
         _myself: ActorRef<DispatcherMsg>,
         state: &mut DispatcherState,
     ) -> Result<(), ActorProcessingErr> {
-        for t in &state.tasks {
-            t.abort();
-        }
-        if let Some(s) = state.service.take() {
-            let _ = s.stop().await;
-        }
+        crate::stop_service("dispatcher", &state.tasks, state.service.take()).await;
         Ok(())
     }
 }
@@ -275,34 +270,10 @@ impl Core {
     async fn answer(self: Arc<Self>, name: &'static str, req: async_nats::service::Request) {
         let enc = Encoding::from_headers(req.message.headers.as_ref());
         let sent = match name {
-            "dispatch" => {
-                let r = match rpc::decode_request::<RunRequest>(&req.message) {
-                    Ok((r, _)) => self.dispatch(r).await,
-                    Err((e, _)) => Err(e),
-                };
-                rpc::respond(&req, enc, r).await
-            }
-            "status" => {
-                let r = match rpc::decode_request::<RunStatusRequest>(&req.message) {
-                    Ok((r, _)) => self.status(r).await,
-                    Err((e, _)) => Err(e),
-                };
-                rpc::respond(&req, enc, r).await
-            }
-            "cancel" => {
-                let r = match rpc::decode_request::<RunCancelRequest>(&req.message) {
-                    Ok((r, _)) => self.cancel(r).await,
-                    Err((e, _)) => Err(e),
-                };
-                rpc::respond(&req, enc, r).await
-            }
-            "list" => {
-                let r = match rpc::decode_request::<RunListRequest>(&req.message) {
-                    Ok((r, _)) => self.list(r).await,
-                    Err((e, _)) => Err(e),
-                };
-                rpc::respond(&req, enc, r).await
-            }
+            "dispatch" => rpc::serve(&req, |r: RunRequest| self.dispatch(r)).await,
+            "status" => rpc::serve(&req, |r: RunStatusRequest| self.status(r)).await,
+            "cancel" => rpc::serve(&req, |r: RunCancelRequest| self.cancel(r)).await,
+            "list" => rpc::serve(&req, |r: RunListRequest| self.list(r)).await,
             other => rpc::respond::<()>(&req, enc, Err(WireError::not_found(format!("no endpoint {other}")))).await,
         };
         if let Err(e) = sent {

@@ -410,12 +410,7 @@ impl Actor for Renderer {
         _myself: ActorRef<RendererMsg>,
         state: &mut RendererState,
     ) -> Result<(), ActorProcessingErr> {
-        for t in &state.tasks {
-            t.abort();
-        }
-        if let Some(s) = state.service.take() {
-            let _ = s.stop().await;
-        }
+        crate::stop_service("renderer", &state.tasks, state.service.take()).await;
         Ok(())
     }
 }
