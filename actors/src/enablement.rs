@@ -5,7 +5,7 @@
 //! service's selector whose `applied_revision` is not N, a per-host task:
 //! 1. ensures the service's worker is installed (connector `host.ensure_worker`, with a timeout:
 //!    the seed's "install rhc-worker-playbook, poll until present in the dispatchers map");
-//! 2. dispatches the service's playbook to that host (dispatcher `run.dispatch`), labelled
+//! 2. dispatches the service's playbook, by reference, to that host (dispatcher `run.dispatch`), labelled
 //!    `revision=N` and `service=<id>`, with an idempotency key derived from (account, service,
 //!    host, revision, attempt) so replays — a restarted hub, a second hub instance, the periodic
 //!    re-check — never dispatch twice;
@@ -26,11 +26,15 @@
 //! unused key is dispatched. So each check dispatches at most once per (service, host, revision),
 //! and only after every earlier attempt ended without success.
 //!
-//! Playbooks: the service's `playbook` field is a reference. It is resolved on the hub
-//! (`file://PATH`, an absolute path, or `http(s)://URL`) and sent inline in the signed dispatch.
-//! Not done yet: hosts fetching the playbook from the config manager by reference (seed 000's
-//! "RHC Client -> Config-manager API: Fetch https://xyz"); the `Job::playbook_ref` field exists
-//! but the edge has no fetch path, so content travels in the work order instead.
+//! Playbooks (seed 000's "RHC Client -> Config-manager API: Fetch https://xyz"): the service's
+//! `playbook` field names a source (`file://PATH`, an absolute path, or `http(s)://URL`). Each
+//! refresh reads it on the hub and stores the bytes with the config manager's content-addressed
+//! playbook store ([`PlaybookStore`], the `steward_artifacts` object store), which yields the
+//! reference `sha256:<hex>`. The dispatch carries only that reference (`Job::playbook_by_ref`,
+//! content empty); the hub signs it, so the signature pins the exact bytes. The host fetches the
+//! playbook through its hub connection (`config.playbook`) and runs it only when the bytes hash
+//! to the signed reference (see `worker::job`). A source that cannot be read or stored fails the
+//! service for that check, with the reason logged, and is retried by the next check.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -50,6 +54,7 @@ use steward_subjects::streams::{CONFIG_EVENTS_STREAM, HOST_EVENTS_STREAM};
 use steward_subjects::{ErrorCode, HostId, Subjects};
 use tracing::{debug, info, warn};
 
+use crate::config_manager::playbooks::PlaybookStore;
 use crate::config_manager::source::SourceUrl;
 use crate::connector::{ConnectorClient, ConnectorHandle, ConnectorMsg};
 use crate::dispatcher::client::DispatcherClient;
@@ -132,7 +137,7 @@ pub struct PreparedService {
     pub worker: String,
     /// Hosts in scope.
     pub selector: Selector,
-    /// The playbook content, or why it could not be read.
+    /// The stored playbook's reference (`sha256:<hex>`), or why it could not be read or stored.
     pub playbook: Result<String, String>,
 }
 
@@ -169,6 +174,7 @@ struct Work {
     /// This actor's own cell: its supervisor (the hub process's) is asked for the connector.
     myself: ActorCell,
     runs: DispatcherClient,
+    playbooks: PlaybookStore,
     ensure_timeout: Duration,
     run_timeout: Duration,
     poll_every: Duration,
@@ -260,6 +266,7 @@ impl Actor for Enablement {
             connector: args.connector.clone(),
             myself: myself.get_cell(),
             runs: DispatcherClient::new(args.client.clone(), args.subjects.clone()),
+            playbooks: PlaybookStore::new(js.clone(), args.subjects.account().clone()),
             ensure_timeout: args.ensure_timeout,
             run_timeout: args.run_timeout,
             poll_every: args.poll_every,
@@ -382,7 +389,13 @@ async fn resolve_playbook(reference: &str) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| "playbook is not UTF-8 text".to_owned())
 }
 
-async fn prepare(revision: u64, doc: &ConfigDocument) -> Plan {
+/// Reads a service's playbook source and stores it; the reference it is stored under.
+async fn store_playbook(store: &PlaybookStore, source: &str) -> Result<String, String> {
+    let content = resolve_playbook(source).await?;
+    store.put(&content).await.map(|s| s.reference).map_err(|e| format!("cannot store playbook: {e}"))
+}
+
+async fn prepare(revision: u64, doc: &ConfigDocument, store: &PlaybookStore) -> Plan {
     let mut services = Vec::new();
     for s in doc.services.iter().filter(|s| s.enabled) {
         let selector = match Selector::parse(&s.selector) {
@@ -393,9 +406,13 @@ async fn prepare(revision: u64, doc: &ConfigDocument) -> Plan {
                 continue;
             }
         };
-        let playbook = resolve_playbook(&s.playbook).await;
-        if let Err(e) = &playbook {
-            warn!(revision, service = %s.id, playbook = %s.playbook, error = %e, "cannot read service playbook");
+        let playbook = store_playbook(store, &s.playbook).await;
+        match &playbook {
+            Ok(reference) => debug!(revision, service = %s.id, playbook = %s.playbook, reference = %reference,
+                "service playbook stored"),
+            Err(e) => {
+                warn!(revision, service = %s.id, playbook = %s.playbook, error = %e, "cannot read service playbook")
+            }
         }
         services.push(PreparedService { id: s.id.clone(), worker: s.worker.clone(), selector, playbook });
     }
@@ -421,7 +438,7 @@ impl Work {
     /// read is logged and left out (`None` plan: keep the previous one; no hosts: nothing to do).
     async fn refresh(&self) -> (Option<Arc<Plan>>, Vec<HostRecord>) {
         let plan = match self.config.get(&GetRequest { revision: None }).await {
-            Ok(archive) => Some(Arc::new(prepare(archive.meta.revision, &archive.document).await)),
+            Ok(archive) => Some(Arc::new(prepare(archive.meta.revision, &archive.document, &self.playbooks).await)),
             Err(e) if e.kind() == RequestErrorKind::Remote(ErrorCode::NotFound) => None,
             Err(e) => {
                 warn!(error = %e, "enablement cannot read the current configuration revision");
@@ -486,8 +503,8 @@ impl Work {
     }
 
     async fn apply_service(&self, revision: u64, service: &PreparedService, host: &HostId) -> Outcome {
-        let playbook = match &service.playbook {
-            Ok(p) => p.clone(),
+        let reference = match &service.playbook {
+            Ok(r) => r.clone(),
             Err(e) => return Outcome::Failed(format!("playbook unreadable: {e}")),
         };
         // 1. The worker (the seed's package-manager install, polled until present).
@@ -506,7 +523,7 @@ impl Work {
             }
             let req = RunRequest {
                 hosts: vec![host.to_string()],
-                job: Job::playbook(playbook.clone()),
+                job: Job::playbook_by_ref(reference.clone()),
                 labels: BTreeMap::from([
                     ("revision".to_owned(), revision.to_string()),
                     ("service".to_owned(), service.id.clone()),

@@ -6,6 +6,8 @@
 //! without the service's worker; applying a configuration that enables the service must install
 //! the worker, run the real playbook on both, and record the revision as each host's applied
 //! revision. An edge that is away for the next revision is brought up to date when it returns.
+//! The playbook travels by reference: each run's signed job carries only `sha256:<hex>` of the
+//! service playbook, which the hosts fetch from the config manager through the leaf.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
@@ -19,7 +21,7 @@ use steward_actors::signing::JobSigner;
 use steward_actors::{EdgeSpec, ProcessConfig, RestartPolicy, RunningProcess};
 use steward_deploy::wait::eventually;
 use steward_deploy::HubLeaf;
-use steward_subjects::api::config::{ApplyRequest, ConfigClient};
+use steward_subjects::api::config::{ApplyRequest, ConfigClient, PlaybookRef};
 use steward_subjects::api::host::HostRecord;
 use steward_subjects::api::run::{RunListRequest, RunStatus};
 use steward_subjects::{AccountId, HostId, Subjects};
@@ -91,6 +93,25 @@ async fn wait_applied(hosts: &ConnectorClient, host: &str, revision: u64) -> Hos
     })
     .await
     .unwrap()
+}
+
+/// The jobs of the runs labelled with `revision`: (content, reference) pairs, deduplicated.
+async fn jobs_of(runs: &DispatcherClient, revision: u64) -> Vec<(String, String)> {
+    let req = RunListRequest {
+        labels: BTreeMap::from([("revision".to_owned(), revision.to_string())]),
+        ..RunListRequest::default()
+    };
+    let mut out = Vec::new();
+    for run in runs.list(&req).await.unwrap().runs {
+        let view = runs
+            .status(&steward_subjects::api::run::RunStatusRequest { run_id: run.run_id.clone(), ..Default::default() })
+            .await
+            .unwrap();
+        out.push((view.run.job.playbook, view.run.job.playbook_ref));
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Runs labelled with `revision` and the service, per host.
@@ -173,6 +194,10 @@ async fn enabling_a_service_takes_hosts_to_the_applied_revision_and_catches_up_a
         runs_of(&runs, rev1).await,
         vec![("edge-a".to_owned(), RunStatus::Success), ("edge-b".to_owned(), RunStatus::Success)]
     );
+    // Dispatched by reference only: the content digest of the service playbook, no content.
+    let ref1 = PlaybookRef::of(&std::fs::read(&book1).unwrap()).to_string();
+    assert_eq!(jobs_of(&runs, rev1).await, vec![(String::new(), ref1.clone())]);
+    assert_eq!(config.playbook(&ref1).await.unwrap().content, std::fs::read_to_string(&book1).unwrap());
 
     // edge-b goes away; revision 2 reaches edge-a only.
     edges.remove("edge-b").unwrap().shutdown(Duration::from_secs(5)).await.unwrap();
@@ -209,6 +234,8 @@ async fn enabling_a_service_takes_hosts_to_the_applied_revision_and_catches_up_a
         runs_of(&runs, rev2).await,
         vec![("edge-a".to_owned(), RunStatus::Success), ("edge-b".to_owned(), RunStatus::Success)]
     );
+    let ref2 = PlaybookRef::of(&std::fs::read(&book2).unwrap()).to_string();
+    assert_eq!(jobs_of(&runs, rev2).await, vec![(String::new(), ref2)]);
     // Revision 1 was not dispatched again by any of the re-checks.
     assert_eq!(runs_of(&runs, rev1).await.len(), 2);
 

@@ -11,13 +11,17 @@
 //! the stream's last announcement is older (a crash between commit and announce).
 //!
 //! Endpoints (micro service `steward-config`, queue group: any hub instance may answer):
-//! `config.{apply,plan,get,history,diff,rollback}`. Source polling (`--config-source`) fetches a
+//! `config.{apply,plan,get,history,diff,rollback}`, and `config.{playbook,store_playbook}` for
+//! content-addressed playbooks ([`playbooks`]; served straight from the object store, not through
+//! the actor, so host fetches never wait behind an apply). Source polling (`--config-source`) fetches a
 //! candidate every poll interval; a valid, changed candidate becomes a revision labelled
 //! `source`, an invalid one is refused with a `config.rejected` event and an error log, and the
 //! running revision stays.
 //!
-//! Layout: this file is the actor, its handle and its endpoints; [`source`] fetches candidates.
+//! Layout: this file is the actor, its handle and its endpoints; [`source`] fetches candidates;
+//! [`playbooks`] keeps playbooks by content reference.
 
+pub mod playbooks;
 pub mod source;
 
 use std::sync::Arc;
@@ -32,7 +36,8 @@ use serde::Serialize;
 use sha2::Digest;
 use steward_subjects::api::config::{
     ApplyReply, ApplyRequest, ConfigChanged, ConfigRejected, DiffReply, DiffRequest, DocumentSummary, GetRequest,
-    HistoryReply, HistoryRequest, PlanReply, PlanRequest, RevisionMeta, RollbackRequest, SpecDiff, StateArchive,
+    HistoryReply, HistoryRequest, PlanReply, PlanRequest, PlaybookGetRequest, PlaybookStoreRequest, RevisionMeta,
+    RollbackRequest, SpecDiff, StateArchive,
 };
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::diff::diff_documents;
@@ -48,6 +53,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::{error, info, warn};
 
+use self::playbooks::PlaybookStore;
 use self::source::SourceUrl;
 use crate::renderer::render::{self, HostLabels};
 use crate::renderer::{read_archive, store};
@@ -604,7 +610,7 @@ async fn start_service(
     let service = args
         .client
         .service_builder()
-        .description("steward configuration manager: apply, plan, get, history, diff, rollback")
+        .description("steward configuration manager: apply, plan, get, history, diff, rollback, playbooks")
         .metadata([("account".to_owned(), args.subjects.account().to_string())].into())
         .start(service_name("config"), STEWARD_VERSION)
         .await
@@ -618,7 +624,10 @@ async fn start_service(
         ("history", s.config_history()),
         ("diff", s.config_diff()),
         ("rollback", s.config_rollback()),
+        ("playbook", s.config_playbook()),
+        ("store_playbook", s.config_store_playbook()),
     ];
+    let books = PlaybookStore::new(jetstream::new(args.client.clone()), s.account().clone());
     for (name, subject) in endpoints {
         let ep = service
             .endpoint_builder()
@@ -626,13 +635,19 @@ async fn start_service(
             .add(subject)
             .await
             .map_err(|e| fail("config endpoint")(e.to_string()))?;
-        let (h, me) = (h.clone(), myself.clone());
+        let (h, me, books) = (h.clone(), myself.clone(), books.clone());
         tasks.push(tokio::spawn(async move {
             let mut ep = ep;
             while let Some(req) = ep.next().await {
-                let h = h.clone();
+                let (h, books) = (h.clone(), books.clone());
                 tokio::spawn(async move {
                     match name {
+                        "playbook" => {
+                            serve(req, |r: PlaybookGetRequest| async move { books.get(&r.reference).await }).await;
+                        }
+                        "store_playbook" => {
+                            serve(req, |r: PlaybookStoreRequest| async move { books.put(&r.content).await }).await;
+                        }
                         "apply" => serve(req, |r| async move { h.apply(r).await }).await,
                         "plan" => serve(req, |r| async move { h.plan(r).await }).await,
                         "get" => serve(req, |r| async move { h.get(r).await }).await,

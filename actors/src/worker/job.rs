@@ -1,7 +1,15 @@
 //! One job on the edge, from work order to `last` event: verify the hub's signature (refuse
-//! before anything runs), emit `start`, run the command or the playbook while streaming its
-//! output as events, store large output in the artifacts object store, and end with a `last`
-//! event carrying the outcome.
+//! before anything runs), fetch a playbook given by reference, emit `start`, run the command or
+//! the playbook while streaming its output as events, store large output in the artifacts
+//! object store, and end with a `last` event carrying the outcome.
+//!
+//! Playbooks by reference (seed 000's "RHC Client -> Config-manager API: Fetch"): a job whose
+//! `playbook_ref` is `sha256:<hex>` and whose content is empty is fetched from the config
+//! manager (`config.playbook`) through the worker's hub connection — through the leaf link on
+//! an edge site; the host's credentials allow that one request. The signature covers the
+//! reference, so the reference pins the bytes: the fetched bytes must hash to it, else the job
+//! is refused before anything runs, as it is when the reference is unknown, the fetch fails,
+//! or the playbook is larger than `MAX_PLAYBOOK_BYTES`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,9 +17,12 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use sha2::{Digest, Sha256};
-use steward_subjects::api::run::{ArtifactRef, EventKind, JobKind, RunEvent, RunStatus, WorkOrder};
+use steward_subjects::api::config::{ConfigClient, PlaybookRef};
+use steward_subjects::api::run::{ArtifactRef, EventKind, JobKind, RunEvent, RunStatus, WorkOrder, MAX_PLAYBOOK_BYTES};
+use steward_subjects::rpc::RequestErrorKind;
 use steward_subjects::streams::ARTIFACTS_STORE;
 use steward_subjects::subject::run_artifact_name;
+use steward_subjects::ErrorCode;
 use steward_subjects::{HostId, Subjects};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -26,6 +37,8 @@ pub const STREAM_CAP: usize = 256 * 1024;
 pub const ARTIFACT_CAP: usize = 64 * 1024 * 1024;
 /// Largest stdout chunk in one event.
 pub const CHUNK: usize = 4096;
+/// How long a playbook fetch from the config manager may take.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The ansible stdout callback that prints one JSON line per playbook event.
 const CALLBACK_PLUGIN: &str = r#"from __future__ import annotations
@@ -185,13 +198,23 @@ async fn run_job(
     let (argv, env, playbook) = match order.job.kind {
         JobKind::Command => (order.job.command.clone(), BTreeMap::new(), false),
         JobKind::Playbook => {
-            if order.job.playbook.is_empty() {
-                return fail(format!(
-                    "playbook reference {:?} cannot be resolved: no playbook content was delivered",
-                    order.job.playbook_ref
-                ));
-            }
-            match prepare_playbook(ctx, &order.job.playbook, scratch.path()) {
+            let fetched;
+            let content = if order.job.playbook.is_empty() {
+                match fetch_playbook(ctx, &order.job.playbook_ref).await {
+                    Ok(c) => {
+                        fetched = c;
+                        &fetched
+                    }
+                    Err(reason) => {
+                        warn!(run_id = %order.run_id, playbook_ref = %order.job.playbook_ref, reason = %reason,
+                            "job refused");
+                        return fail(reason);
+                    }
+                }
+            } else {
+                &order.job.playbook
+            };
+            match prepare_playbook(ctx, content, scratch.path()) {
                 Ok((argv, env)) => (argv, env, true),
                 Err(e) => return fail(format!("cannot prepare playbook: {e}")),
             }
@@ -255,6 +278,34 @@ async fn run_job(
             }
         }
     }
+}
+
+/// Fetches the playbook `reference` names from the config manager and checks that the bytes
+/// hash to it. Errors are the job's failure reason.
+async fn fetch_playbook(ctx: &JobContext, reference: &str) -> Result<String, String> {
+    let pinned = PlaybookRef::parse(reference).map_err(|e| format!("refused: {}", e.message))?;
+    let config = ConfigClient::new(ctx.js.client(), ctx.subjects.clone()).with_timeout(FETCH_TIMEOUT);
+    let reply = match config.playbook(reference).await {
+        Ok(r) => r,
+        Err(e) if e.kind() == RequestErrorKind::Remote(ErrorCode::NotFound) => {
+            return Err(format!("refused: playbook {pinned} is unknown to the config manager"));
+        }
+        Err(e) => return Err(format!("refused: cannot fetch playbook {pinned} from the config manager: {e}")),
+    };
+    if reply.content.len() > MAX_PLAYBOOK_BYTES {
+        return Err(format!(
+            "refused: fetched playbook {pinned} is {} bytes, larger than the {MAX_PLAYBOOK_BYTES} bytes allowed",
+            reply.content.len()
+        ));
+    }
+    if !pinned.matches(reply.content.as_bytes()) {
+        return Err(format!(
+            "refused: fetched playbook does not match its signed reference {pinned} (the bytes hash to {}); \
+             nothing was run",
+            PlaybookRef::of(reply.content.as_bytes())
+        ));
+    }
+    Ok(reply.content)
 }
 
 fn prepare_playbook(

@@ -169,6 +169,97 @@ pub struct GetRequest {
     pub revision: Option<u64>,
 }
 
+/// Prefix of a playbook content reference.
+pub const PLAYBOOK_REF_PREFIX: &str = "sha256:";
+
+/// A playbook kept by the config manager, named by the SHA-256 of its bytes:
+/// `sha256:<64 lower-case hex digits>`. A signed work order carrying a reference pins the exact
+/// bytes: a host fetches them and runs them only if they hash to the reference.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PlaybookRef {
+    hex: String,
+}
+
+impl PlaybookRef {
+    /// The reference of `content`.
+    #[must_use]
+    pub fn of(content: &[u8]) -> Self {
+        use sha2::Digest;
+        PlaybookRef { hex: crate::config::spec::hex(&sha2::Sha256::digest(content)) }
+    }
+
+    /// Parses `sha256:<hex>`.
+    ///
+    /// # Errors
+    /// An `invalid` [`WireError`](crate::envelope::WireError) saying what a reference looks like.
+    pub fn parse(s: &str) -> Result<Self, crate::envelope::WireError> {
+        let hex = s.strip_prefix(PLAYBOOK_REF_PREFIX).unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(crate::envelope::WireError::invalid(format!(
+                "playbook reference {s:?} is not of the form sha256:<64 lower-case hex digits>"
+            )));
+        }
+        Ok(PlaybookRef { hex: hex.to_owned() })
+    }
+
+    /// The lower-case hex digest.
+    #[must_use]
+    pub fn hex(&self) -> &str {
+        &self.hex
+    }
+
+    /// Whether `content` hashes to this reference.
+    #[must_use]
+    pub fn matches(&self, content: &[u8]) -> bool {
+        PlaybookRef::of(content) == *self
+    }
+}
+
+impl std::fmt::Display for PlaybookRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{PLAYBOOK_REF_PREFIX}{}", self.hex)
+    }
+}
+
+/// Read a stored playbook (`config.playbook`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlaybookGetRequest {
+    /// `sha256:<hex>`.
+    pub reference: String,
+}
+
+/// A stored playbook as the store holds it. The config manager does not vouch for the bytes:
+/// whoever runs them checks them against the reference they were given (hosts do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlaybookReply {
+    /// The reference asked for.
+    pub reference: String,
+    /// The stored content.
+    pub content: String,
+}
+
+/// Store a playbook (`config.store_playbook`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlaybookStoreRequest {
+    /// Playbook YAML (at most `MAX_PLAYBOOK_BYTES`).
+    pub content: String,
+}
+
+/// Where a playbook was stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlaybookStored {
+    /// `sha256:<hex>` of the content.
+    pub reference: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Whether the same bytes were stored already (nothing written).
+    pub existed: bool,
+}
+
 /// List revisions, newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -408,6 +499,25 @@ impl ConfigClient {
     /// `not_found`, `conflict`, or a transport error.
     pub async fn rollback(&self, req: &RollbackRequest) -> Result<ApplyReply, RequestError> {
         rpc::request(&self.client, self.subjects.config_rollback(), req, self.timeout).await
+    }
+
+    /// A stored playbook by reference (`sha256:<hex>`), as stored: check it with
+    /// [`PlaybookRef::matches`] before use.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown reference, `invalid` for a malformed one, or a transport error.
+    pub async fn playbook(&self, reference: &str) -> Result<PlaybookReply, RequestError> {
+        let req = PlaybookGetRequest { reference: reference.to_owned() };
+        rpc::request(&self.client, self.subjects.config_playbook(), &req, self.timeout).await
+    }
+
+    /// Stores a playbook content-addressed and returns its reference.
+    ///
+    /// # Errors
+    /// `invalid` when it is too large, or a transport error.
+    pub async fn store_playbook(&self, content: &str) -> Result<PlaybookStored, RequestError> {
+        let req = PlaybookStoreRequest { content: content.to_owned() };
+        rpc::request(&self.client, self.subjects.config_store_playbook(), &req, self.timeout).await
     }
 
     /// Lists job specs.

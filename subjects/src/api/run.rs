@@ -154,6 +154,14 @@ impl Job {
         Job { kind: JobKind::Playbook, playbook: content.into(), ..Job::default() }
     }
 
+    /// A playbook job given by reference to a playbook the config manager keeps
+    /// (`sha256:<hex>`, see [`crate::api::config::PlaybookRef`]); hosts fetch it and check the
+    /// bytes against the (signed) reference before running them.
+    #[must_use]
+    pub fn playbook_by_ref(reference: impl Into<String>) -> Self {
+        Job { kind: JobKind::Playbook, playbook_ref: reference.into(), ..Job::default() }
+    }
+
     /// Checks that the job is runnable.
     ///
     /// # Errors
@@ -171,6 +179,12 @@ impl Job {
             JobKind::Playbook => {
                 if self.playbook.is_empty() && self.playbook_ref.is_empty() {
                     return Err(WireError::invalid("playbook job needs playbook content or a playbook_ref"));
+                }
+                if !self.playbook.is_empty() && !self.playbook_ref.is_empty() {
+                    return Err(WireError::invalid("playbook job takes playbook content or a playbook_ref, not both"));
+                }
+                if !self.playbook_ref.is_empty() {
+                    crate::api::config::PlaybookRef::parse(&self.playbook_ref)?;
                 }
                 if self.playbook.len() > MAX_PLAYBOOK_BYTES {
                     return Err(WireError::invalid(format!(
@@ -703,8 +717,30 @@ mod tests {
         assert!(bad_host.validate().unwrap_err().message.contains("host id"));
         let no_cmd = RunRequest { job: Job::command(Vec::<String>::new()), ..ok.clone() };
         assert!(no_cmd.validate().is_err());
-        let retries = RunRequest { retry: RetryPolicy { max_attempts: 99, backoff_ms: 0 }, ..ok };
+        let retries = RunRequest { retry: RetryPolicy { max_attempts: 99, backoff_ms: 0 }, ..ok.clone() };
         assert!(retries.validate().is_err());
+        let reference = crate::api::config::PlaybookRef::of(b"- hosts: all\n").to_string();
+        let by_ref = RunRequest { job: Job::playbook_by_ref(reference.clone()), ..ok.clone() };
+        assert!(by_ref.validate().is_ok());
+        let bad_ref = RunRequest { job: Job::playbook_by_ref("https://x/y.yml"), ..ok.clone() };
+        assert!(bad_ref.validate().unwrap_err().message.contains("sha256:"));
+        let mut both = Job::playbook("- hosts: all\n");
+        both.playbook_ref = reference;
+        assert!(RunRequest { job: both, ..ok }.validate().unwrap_err().message.contains("not both"));
+    }
+
+    #[test]
+    fn playbook_references() {
+        use crate::api::config::PlaybookRef;
+        let r = PlaybookRef::of(b"abc");
+        assert_eq!(r.to_string(), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(PlaybookRef::parse(&r.to_string()).unwrap(), r);
+        assert!(r.matches(b"abc") && !r.matches(b"abd"));
+        for bad in
+            ["", "sha256:", "sha1:ba78", "sha256:BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"]
+        {
+            assert!(PlaybookRef::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

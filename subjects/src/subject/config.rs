@@ -1,7 +1,7 @@
 //! Subjects and keys of the configuration manager and the job-spec renderer.
 //!
 //! Endpoints (NATS micro, queue group: any hub instance may answer):
-//! `steward.v1.<account>.config.{apply,plan,get,history,diff,rollback}` and
+//! `steward.v1.<account>.config.{apply,plan,get,history,diff,rollback,playbook,store_playbook}` and
 //! `steward.v1.<account>.jobspec.{list,explain,status}`. Events (stream
 //! `STEWARD_CONFIG_EVENTS`): `config.changed`, `config.rejected`.
 //!
@@ -28,6 +28,10 @@ pub mod config_verb {
     pub const DIFF: &str = "diff";
     /// Re-apply an old revision.
     pub const ROLLBACK: &str = "rollback";
+    /// Read a stored playbook by its content reference (hosts call this).
+    pub const PLAYBOOK: &str = "playbook";
+    /// Store a playbook and get its content reference.
+    pub const STORE_PLAYBOOK: &str = "store_playbook";
     /// A candidate from a config source was refused (event).
     pub const REJECTED: &str = "rejected";
     /// List job specs.
@@ -73,6 +77,19 @@ impl Subjects {
     #[must_use]
     pub fn config_rollback(&self) -> String {
         self.base(noun::CONFIG, config_verb::ROLLBACK)
+    }
+
+    /// `config.playbook`: a stored playbook by its content reference (`sha256:<hex>`). Hosts
+    /// request it to fetch the playbook a signed work order names.
+    #[must_use]
+    pub fn config_playbook(&self) -> String {
+        self.base(noun::CONFIG, config_verb::PLAYBOOK)
+    }
+
+    /// `config.store_playbook`: store a playbook content-addressed; the reply is its reference.
+    #[must_use]
+    pub fn config_store_playbook(&self) -> String {
+        self.base(noun::CONFIG, config_verb::STORE_PLAYBOOK)
     }
 
     /// `config.rejected` events: a polled candidate failed validation.
@@ -122,6 +139,13 @@ pub fn config_revision_filter(account: &AccountId) -> String {
 #[must_use]
 pub fn config_archive_key(account: &AccountId, n: u64) -> String {
     format!("{account}.doc.{n}")
+}
+
+/// Object name of a stored playbook in the artifacts object store, by the lower-case hex
+/// SHA-256 of its content: `<account>/playbooks/sha256/<hex>`.
+#[must_use]
+pub fn playbook_object_name(account: &AccountId, sha256_hex: &str) -> String {
+    format!("{account}/playbooks/sha256/{sha256_hex}")
 }
 
 /// Key of a job spec: `<account>.<host|pool>.<target>.<spec>`.

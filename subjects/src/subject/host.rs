@@ -137,13 +137,16 @@ impl Subjects {
     /// What a host's identity may publish and subscribe to: its own presence, replies, results
     /// and job event data; its own command consumer on the commands stream (through any
     /// JetStream domain); replies to its own inboxes; micro-service discovery and the account's
-    /// health endpoints (the agent registers a health service).
+    /// health endpoints (the agent registers a health service); and the config manager's
+    /// `config.playbook` request, to fetch the playbook a signed work order references (the
+    /// reply comes to the host's own inbox; nothing else of the config API is allowed).
     #[must_use]
     pub fn host_permissions(&self, host: &HostId) -> HostPermissions {
         let consumer = self.host_command_consumer(host);
         let filter = self.host_command(host);
         let mut publish =
             vec![self.host_heartbeat(host), self.host_reply(host), self.result_put(host), self.run_event(host)];
+        publish.push(self.config_playbook());
         for api in ["$JS.API", "$JS.*.API"] {
             publish.push(format!("{api}.CONSUMER.CREATE.{COMMANDS_STREAM}.{consumer}.{filter}"));
             publish.push(format!("{api}.CONSUMER.INFO.{COMMANDS_STREAM}.{consumer}"));
@@ -242,5 +245,8 @@ mod tests {
         }
         assert!(p.publish.contains(&"steward.v1.acme.host.heartbeat.a".to_owned()));
         assert!(!p.subscribe.iter().any(|s| s.starts_with("steward.v1.acme.host.command")));
+        // Of the config API only the playbook fetch.
+        let config: Vec<&String> = p.publish.iter().filter(|s| s.starts_with("steward.v1.acme.config.")).collect();
+        assert_eq!(config, vec!["steward.v1.acme.config.playbook"]);
     }
 }

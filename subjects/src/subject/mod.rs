@@ -16,6 +16,7 @@ mod run;
 pub use config::{
     any_account_config_rejected, config_archive_key, config_revision_filter, config_revision_key, config_verb,
     jobspec_account_filter, jobspec_key, jobspec_target_filter, jobspec_target_prefix, kv_subject,
+    playbook_object_name,
 };
 pub use host::{
     host_command_consumer, host_registry_filter, host_registry_key, host_replies_any_account, host_verb,
