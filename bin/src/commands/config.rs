@@ -355,6 +355,23 @@ pub async fn get(global: &Global, args: GetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A revision with the hosts whose applied revision it is.
+#[derive(Debug, serde::Serialize)]
+struct RevisionReached {
+    #[serde(flatten)]
+    meta: RevisionMeta,
+    /// Hosts at this revision; `None` when no connector answered.
+    hosts_at: Option<Vec<String>>,
+}
+
+/// `steward history -o json`: the history page, each revision with the hosts that reached it.
+#[derive(Debug, serde::Serialize)]
+struct HistoryPage {
+    revisions: Vec<RevisionReached>,
+    next_before: Option<u64>,
+    total: u64,
+}
+
 /// `steward history`.
 ///
 /// # Errors
@@ -369,10 +386,11 @@ pub async fn history(global: &Global, args: HistoryArgs) -> anyhow::Result<()> {
         before: args.before,
     };
     let r = client(global).await?.history(&req).await.map_err(explain_error)?;
+    // Which revision each host reached (its applied revision in the host registry): a last
+    // column in the table, `hosts_at` per revision in JSON (`null` when no connector answered).
+    let reached = hosts_by_revision(global).await;
+    let hosts_at = |m: &RevisionMeta| reached.as_ref().map(|by| by.get(&m.revision).cloned().unwrap_or_default());
     if global.output == OutputFormat::Table {
-        // Which revision each host reached (its applied revision in the host registry), as a
-        // last column; table output only, the JSON reply stays the history page as served.
-        let reached = hosts_by_revision(global).await;
         let mut headers = META_HEADERS.to_vec();
         headers.push("HOSTS AT");
         let rows: Vec<Vec<String>> = r
@@ -380,17 +398,21 @@ pub async fn history(global: &Global, args: HistoryArgs) -> anyhow::Result<()> {
             .iter()
             .map(|m| {
                 let mut row = meta_row(m);
-                row.push(reached.as_ref().map_or_else(
+                row.push(hosts_at(m).map_or_else(
                     || "?".to_owned(),
-                    |by| by.get(&m.revision).map_or_else(|| "-".to_owned(), |hosts| abbreviate(hosts)),
+                    |hosts| if hosts.is_empty() { "-".to_owned() } else { abbreviate(&hosts) },
                 ));
                 row
             })
             .collect();
         print!("{}", output::table(&headers, &rows));
     } else {
-        let rows: Vec<Vec<String>> = r.revisions.iter().map(meta_row).collect();
-        output::print(global.output, &META_HEADERS, &rows, &r);
+        let page = HistoryPage {
+            revisions: r.revisions.iter().map(|m| RevisionReached { meta: m.clone(), hosts_at: hosts_at(m) }).collect(),
+            next_before: r.next_before,
+            total: r.total,
+        };
+        output::print(global.output, &[], &[], &page);
     }
     if global.output == OutputFormat::Table {
         if let Some(next) = r.next_before {

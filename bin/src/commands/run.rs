@@ -11,7 +11,9 @@ use steward_actors::dispatcher::client::DispatcherClient;
 use steward_subjects::api::run::{
     EventKind, Job, RetryPolicy, RunEvent, RunListRequest, RunRequest, RunStatus, RunStatusRequest, RunView,
 };
-use steward_subjects::Subjects;
+use steward_subjects::rpc::RequestErrorKind;
+use steward_subjects::selector::Selector;
+use steward_subjects::{ErrorCode, Subjects};
 
 use crate::cli::{Global, OutputFormat};
 use crate::output;
@@ -24,10 +26,12 @@ pub struct RunArgs {
     /// Target hosts, comma separated.
     #[arg(long, value_delimiter = ',')]
     pub hosts: Vec<String>,
-    /// Target the connected hosts matching this label selector.
-    #[arg(long, short = 's')]
-    pub selector: Option<String>,
-    /// Run this Ansible playbook file on each host (against the host itself).
+    /// Target the connected hosts matching this label selector (`k=v,k2!=v2,k3 in (a,b)`).
+    #[arg(long, short = 's', value_parser = parse_selector)]
+    pub selector: Option<Selector>,
+    /// Run this Ansible playbook file on each host (against the host itself). The content is
+    /// sent inline in the signed work order (at most 256 KiB); service playbooks of the
+    /// enablement loop travel by `sha256:` reference instead.
     #[arg(long)]
     pub playbook: Option<PathBuf>,
     /// Run this command (program and arguments; put it last).
@@ -87,6 +91,10 @@ pub struct CancelArgs {
     pub id: String,
 }
 
+fn parse_selector(s: &str) -> Result<Selector, String> {
+    Selector::parse(s).map_err(|e| format!("bad selector: {e}"))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     steward_subjects::config::duration::parse(s)
 }
@@ -124,7 +132,7 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
     };
     let req = RunRequest {
         hosts: args.hosts.clone(),
-        selector: args.selector.clone().unwrap_or_default(),
+        selector: args.selector.as_ref().map(ToString::to_string).unwrap_or_default(),
         job,
         labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         timeout_ms: args.timeout.map_or(0, millis),
@@ -198,9 +206,16 @@ pub async fn run_status(global: &Global, args: RunStatusArgs) -> anyhow::Result<
 /// `steward cancel`.
 ///
 /// # Errors
-/// When the run does not exist, has finished already, or the dispatcher is unreachable.
+/// When the run does not exist, has already ended, or the dispatcher is unreachable.
 pub async fn cancel(global: &Global, args: CancelArgs) -> anyhow::Result<()> {
-    let result = client(global).await?.cancel(&args.id).await.context("cannot cancel")?;
+    let result = match client(global).await?.cancel(&args.id).await {
+        Ok(r) => r,
+        Err(e) if e.kind() == RequestErrorKind::Remote(ErrorCode::Conflict) => {
+            let why = e.remote().map_or_else(|| e.to_string(), |r| r.message.clone());
+            bail!("run {} has already ended; nothing to cancel ({why})", args.id)
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot cancel run {}", args.id))),
+    };
     let rows = vec![vec![
         result.run_id.clone(),
         result.status.to_string(),
