@@ -6,7 +6,9 @@
 //! secret seed as hex (mode 0600), `<dir>/steward-signing.pub` the 32-byte public key as hex.
 //! The signature covers a domain-separated SHA-256 digest of the job's content
 //! ([`job_digest`]): kind, argv, playbook content and playbook reference, each length-prefixed
-//! so no two jobs share a digest.
+//! so no two jobs share a digest. A playbook given by reference (`sha256:<hex>` of its bytes,
+//! see `worker::job`) is thereby pinned too: the signature covers the reference, and the host
+//! runs fetched bytes only if they hash to it.
 
 use std::path::{Path, PathBuf};
 
@@ -294,6 +296,21 @@ mod tests {
         assert!(matches!(verifier.verify(&job, &other.sign(&job), ""), Err(SigningError::Mismatch)));
         // argv boundaries are part of the digest
         assert_ne!(job_digest(&Job::command(["a b"])), job_digest(&Job::command(["a", "b"])));
+    }
+
+    #[test]
+    fn a_playbook_reference_is_signed() {
+        use steward_subjects::api::config::PlaybookRef;
+        let signer = JobSigner::from_seed([7; 32]);
+        let verifier = signer.verifier();
+        let job = Job::playbook_by_ref(PlaybookRef::of(b"- hosts: all\n").to_string());
+        let sig = signer.sign(&job);
+        verifier.verify(&job, &sig, signer.key_id()).unwrap();
+        // Another reference (other bytes) under the same signature is refused.
+        let swapped = Job::playbook_by_ref(PlaybookRef::of(b"- hosts: all\n# evil\n").to_string());
+        assert!(matches!(verifier.verify(&swapped, &sig, signer.key_id()), Err(SigningError::Mismatch)));
+        // Content and reference are distinct fields of the digest.
+        assert_ne!(job_digest(&Job::playbook("x")), job_digest(&Job::playbook_by_ref("x")));
     }
 
     #[test]
