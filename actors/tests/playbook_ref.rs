@@ -2,8 +2,8 @@
 //! a hub process (config manager, dispatcher with the signing key) on the hub server and an
 //! edge process on the leaf. A playbook stored with the config manager and dispatched by its
 //! `sha256:` reference is fetched by the host through the leaf and runs to success with its
-//! events; a stored object overwritten with other bytes and an unknown reference are refused
-//! before anything runs, with a clear reason. A second test checks, on a hub with rendered
+//! events; a stored object overwritten with other bytes, an unknown reference and an object
+//! over the size cap are refused before anything runs, with a clear reason. A second test checks, on a hub with rendered
 //! authorization, that a host's credentials — directly and through a leaf link carrying them —
 //! allow the playbook fetch and nothing else of the config API.
 
@@ -26,7 +26,9 @@ use steward_deploy::server::{NatsServer, ServerOptions};
 use steward_deploy::wait::eventually;
 use steward_deploy::HubLeaf;
 use steward_subjects::api::config::{ConfigClient, GetRequest, PlaybookRef};
-use steward_subjects::api::run::{EventKind, Job, RunRequest, RunStatus, RunStatusRequest, RunView};
+use steward_subjects::api::run::{
+    EventKind, Job, RunRequest, RunStatus, RunStatusRequest, RunView, MAX_PLAYBOOK_BYTES,
+};
 use steward_subjects::rpc::RequestErrorKind;
 use steward_subjects::streams::{self, Replicas, ARTIFACTS_STORE};
 use steward_subjects::{AccountId, ErrorCode, HostId, Subjects};
@@ -200,6 +202,18 @@ async fn playbooks_by_reference_run_when_intact_and_are_refused_when_tampered_or
         "{}",
         host.run.reason
     );
+    assert!(host.events.iter().all(|e| e.kind != EventKind::Start), "{:#?}", host.events);
+
+    // Too large: refused when stored, and a stored object over the cap is not run either.
+    let huge = format!("- hosts: all\n  tasks: []\n#{}\n", "x".repeat(MAX_PLAYBOOK_BYTES));
+    let e = site.config.store_playbook(&huge).await.unwrap_err();
+    assert_eq!(e.kind(), RequestErrorKind::Remote(ErrorCode::Invalid), "{e}");
+    let huge_ref = PlaybookRef::of(huge.as_bytes());
+    objects.put(site.store.object_name(&huge_ref).as_str(), &mut huge.as_bytes()).await.unwrap();
+    let view = site.run_to_end(Job::playbook_by_ref(huge_ref.to_string())).await;
+    let host = &view.hosts[0];
+    assert_eq!(view.run.status, RunStatus::Failure);
+    assert!(host.run.reason.contains("larger than"), "{}", host.run.reason);
     assert!(host.events.iter().all(|e| e.kind != EventKind::Start), "{:#?}", host.events);
 
     // A malformed reference never reaches a host.

@@ -171,6 +171,7 @@ pub async fn runs(global: &Global, args: RunsArgs) -> anyhow::Result<()> {
         .map(|r| {
             let what = match r.job.kind {
                 steward_subjects::api::run::JobKind::Command => r.job.command.join(" "),
+                _ if !r.job.playbook_ref.is_empty() => format!("playbook {}", r.job.playbook_ref),
                 _ => format!("playbook {}", r.job_digest.get(..12).unwrap_or_default()),
             };
             let labels: Vec<String> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
