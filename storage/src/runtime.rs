@@ -6,6 +6,11 @@
 //! outbox, from a per-spec counter that survives restarts: a result's idempotency key
 //! (`<spec>:<epoch>:<seq>`) is therefore never reused for a different result, and a result
 //! re-sent after a crash is recognised by the hub's dedupe window.
+//!
+//! A result whose output is too long to keep inline carries its full output next to it in the
+//! outbox (same transaction, same outbox id) and names the object it is uploaded as
+//! (`output_ref`, set here once the sequence number is known); the runtime uploads it before
+//! it sends the result, so the output survives a hub outage and a restart like the result.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,6 +30,8 @@ const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// Result sequence per spec: spec id → (epoch, last sequence used in that epoch).
 const RESULT_SEQ: TableDefinition<&str, (u64, u64)> = TableDefinition::new("result_seq");
+/// Full outputs of outbox results that name one in `output_ref`: outbox id → bytes.
+const OUTPUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("outputs");
 /// Counters: `outbox_next` → next outbox id.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
@@ -95,6 +102,7 @@ impl RuntimeStore {
         tx.open_table(CONFIG)?;
         tx.open_table(OUTBOX)?;
         tx.open_table(RESULT_SEQ)?;
+        tx.open_table(OUTPUTS)?;
         tx.open_table(COUNTERS)?;
         tx.commit()?;
         Ok(RuntimeStore { db })
@@ -193,14 +201,29 @@ impl RuntimeStore {
     /// # Errors
     /// [`StoreError`] on a failed write; nothing is stored then.
     pub fn enqueue(&self, results: Vec<ResultRecord>) -> Result<Vec<Pending>, StoreError> {
+        self.enqueue_with_outputs(results.into_iter().map(|r| (r, None)).collect(), &|_| String::new())
+    }
+
+    /// As [`Self::enqueue`], each result with its full output when that is too long to keep
+    /// inline: the output is stored under the same outbox id, and the result's `output_ref`
+    /// is set to `name(result)` once its sequence number is assigned.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed write; nothing is stored then.
+    pub fn enqueue_with_outputs(
+        &self,
+        results: Vec<(ResultRecord, Option<Vec<u8>>)>,
+        name: &dyn Fn(&ResultRecord) -> String,
+    ) -> Result<Vec<Pending>, StoreError> {
         let tx = self.db.begin_write()?;
         let mut out = Vec::with_capacity(results.len());
         {
             let mut outbox = tx.open_table(OUTBOX)?;
+            let mut outputs = tx.open_table(OUTPUTS)?;
             let mut seqs = tx.open_table(RESULT_SEQ)?;
             let mut counters = tx.open_table(COUNTERS)?;
             let mut next = counters.get(OUTBOX_NEXT)?.map_or(1, |v| v.value());
-            for mut record in results {
+            for (mut record, full) in results {
                 let last = seqs.get(record.spec.as_str())?.map(|v| v.value());
                 let seq = match last {
                     Some((epoch, seq)) if epoch == record.epoch => seq + 1,
@@ -208,6 +231,10 @@ impl RuntimeStore {
                 };
                 record.seq = seq;
                 seqs.insert(record.spec.as_str(), (record.epoch, seq))?;
+                if let Some(bytes) = full {
+                    record.output_ref = Some(name(&record));
+                    outputs.insert(next, bytes.as_slice())?;
+                }
                 outbox.insert(next, encode(&record)?.as_slice())?;
                 out.push(Pending { id: next, record });
                 next += 1;
@@ -216,6 +243,46 @@ impl RuntimeStore {
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    /// The full output stored with the outbox result `id`, if any.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed read.
+    pub fn output(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(OUTPUTS)?;
+        Ok(table.get(id)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Gives up on uploading the full output of the outbox result `id`: drops the stored
+    /// output, clears the result's `output_ref` and appends `note` to its message (the capped
+    /// inline output stays). Unknown ids are ignored.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed write or a corrupt record.
+    pub fn forget_output(&self, id: u64, note: &str) -> Result<Option<ResultRecord>, StoreError> {
+        let tx = self.db.begin_write()?;
+        let updated = {
+            let mut outbox = tx.open_table(OUTBOX)?;
+            let current = outbox.get(id)?.map(|v| decode::<ResultRecord>("outbox", v.value())).transpose()?;
+            match current {
+                Some(mut record) => {
+                    record.output_ref = None;
+                    record.message = if record.message.is_empty() {
+                        note.to_owned()
+                    } else {
+                        format!("{}; {note}", record.message)
+                    };
+                    outbox.insert(id, encode(&record)?.as_slice())?;
+                    tx.open_table(OUTPUTS)?.remove(id)?;
+                    Some(record)
+                }
+                None => None,
+            }
+        };
+        tx.commit()?;
+        Ok(updated)
     }
 
     /// Up to `limit` results from the head of the outbox, oldest first.
@@ -243,8 +310,10 @@ impl RuntimeStore {
         let tx = self.db.begin_write()?;
         {
             let mut table = tx.open_table(OUTBOX)?;
+            let mut outputs = tx.open_table(OUTPUTS)?;
             for id in ids {
                 table.remove(*id)?;
+                outputs.remove(*id)?;
             }
         }
         tx.commit()?;
@@ -299,6 +368,40 @@ mod tests {
         let keys: Vec<String> = s.pending(10).unwrap().iter().map(|p| p.record.idempotency_key()).collect();
         assert_eq!(keys, vec!["a:1:2", "b:1:1", "a:1:3", "a:2:1"]);
         assert_eq!(s.outbox_len().unwrap(), 4);
+    }
+
+    #[test]
+    fn full_outputs_travel_with_their_results_and_leave_on_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rt.redb");
+        let big = vec![b'x'; 200 * 1024];
+        let name = |r: &ResultRecord| format!("out/{}/{}/{}", r.spec, r.epoch, r.seq);
+        let ids: Vec<u64> = {
+            let s = RuntimeStore::open(&path).unwrap();
+            let p = s
+                .enqueue_with_outputs(
+                    vec![(result("a", 1), Some(big.clone())), (result("a", 1), None), (result("a", 1), Some(b"y".to_vec()))],
+                    &name,
+                )
+                .unwrap();
+            assert_eq!(p[0].record.output_ref.as_deref(), Some("out/a/1/1"));
+            assert_eq!(p[1].record.output_ref, None);
+            assert_eq!(p[2].record.output_ref.as_deref(), Some("out/a/1/3"));
+            p.iter().map(|p| p.id).collect()
+        };
+        let s = RuntimeStore::open(&path).unwrap();
+        let pending = s.pending(10).unwrap();
+        assert_eq!(pending[0].record.output_ref.as_deref(), Some("out/a/1/1"));
+        assert_eq!(s.output(ids[0]).unwrap().unwrap(), big);
+        assert_eq!(s.output(ids[1]).unwrap(), None);
+        let r = s.forget_output(ids[2], "full output not stored").unwrap().unwrap();
+        assert_eq!(r.output_ref, None);
+        assert_eq!(r.message, "full output not stored");
+        assert_eq!(s.output(ids[2]).unwrap(), None);
+        assert_eq!(s.pending(10).unwrap()[2].record, r);
+        s.ack(&ids[..1]).unwrap();
+        assert_eq!(s.output(ids[0]).unwrap(), None);
+        assert_eq!(s.outbox_len().unwrap(), 2);
     }
 
     #[test]
