@@ -22,7 +22,7 @@ pub use host::{
     HostPermissions,
 };
 pub use lease::{
-    lease_account_filter, lease_session_key, lease_spec_key, lease_verb, parse_lease_key, result_host_of,
+    lease_account_filter, lease_session_filter, lease_session_key, lease_spec_key, lease_verb, parse_lease_key, result_host_of,
     result_output_object, LeaseKey,
 };
 pub use run::{
