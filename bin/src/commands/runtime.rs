@@ -324,8 +324,6 @@ fn eligibility(spec: &JobSpec, selector: Option<&Result<Selector, String>>, s: &
             Some(Err(e)) => (false, format!("the pool's selector does not parse ({e}): no runtime may run it")),
             None => (false, "no selector".into()),
         },
-        #[allow(unreachable_patterns)]
-        _ => (false, "unknown target kind".into()),
     }
 }
 
@@ -378,7 +376,7 @@ pub async fn explain(global: &Global, id: &str) -> anyhow::Result<()> {
     // specs; for pool specs the holder's host (its runtime id when standalone).
     let filed_under = match spec.target.kind {
         TargetKind::Host => Some(spec.target.id.clone()),
-        _ => lease.as_ref().filter(|l| !l.holder.is_empty()).map(|l| {
+        TargetKind::Pool => lease.as_ref().filter(|l| !l.holder.is_empty()).map(|l| {
             session_of(&l.holder).filter(|s| !s.host.is_empty()).map_or_else(|| l.holder.clone(), |s| s.host.clone())
         }),
     };
