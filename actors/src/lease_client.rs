@@ -217,8 +217,7 @@ pub async fn lease_snapshot(
         .map_err(|e| unavailable(e.to_string()))?
         .filter(|v| !v.is_empty())
         .and_then(|v| codec::decode_limited::<LeaseRecord>(Encoding::MsgPack, &v, usize::MAX).ok());
-    let stream =
-        js.get_stream(format!("KV_{LEASES_BUCKET}")).await.map_err(|e| unavailable(e.to_string()))?;
+    let stream = js.get_stream(format!("KV_{LEASES_BUCKET}")).await.map_err(|e| unavailable(e.to_string()))?;
     let c = stream
         .create_consumer(consumer::push::OrderedConfig {
             deliver_subject: client.new_inbox(),

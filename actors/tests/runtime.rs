@@ -365,10 +365,14 @@ async fn large_output_survives_a_hub_outage_through_the_outbox() {
 
     // The hub goes away; runs with large output pile up in the outbox.
     node.stop().await;
-    let during = wait_status(&rt, Duration::from_secs(20), "large results buffered", |s| !s.online && s.outbox >= 4).await;
+    let during =
+        wait_status(&rt, Duration::from_secs(20), "large results buffered", |s| !s.online && s.outbox >= 4).await;
     assert!(during.outbox >= 4);
     node.restart().await.unwrap();
-    let after = wait_status(&rt, Duration::from_secs(30), "outbox drained", |s| s.online && s.outbox == 0 && s.runs > during.runs).await;
+    let after = wait_status(&rt, Duration::from_secs(30), "outbox drained", |s| {
+        s.online && s.outbox == 0 && s.runs > during.runs
+    })
+    .await;
     assert_eq!(after.refused, 0);
     rt.stop();
 
@@ -392,16 +396,14 @@ async fn cleanly_stopped_runtime_releases_its_pool_specs_at_once() {
     let ttl = Duration::from_secs(30);
     let _hub = start_hub(&url, ttl).await;
     let js = jetstream::new(async_nats::connect(&url).await.unwrap());
-    let specs: Vec<JobSpec> =
-        (0..10).map(|i| command_spec(TargetKind::Pool, "p", i, &["true"], 500, "h1")).collect();
+    let specs: Vec<JobSpec> = (0..10).map(|i| command_spec(TargetKind::Pool, "p", i, &["true"], 500, "h1")).collect();
     for s in &specs {
         put_spec(&js, s).await;
     }
     let host_spec = command_spec(TargetKind::Host, "web-01", 99, &["true"], 500, "h1");
     put_spec(&js, &host_spec).await;
     let dir = tempfile::tempdir().unwrap();
-    let (a, a_join) =
-        RuntimeHandle::start(runtime_args(&url, "rt-web-01", Some("web-01"), dir.path())).await.unwrap();
+    let (a, a_join) = RuntimeHandle::start(runtime_args(&url, "rt-web-01", Some("web-01"), dir.path())).await.unwrap();
     wait_status(&a, Duration::from_secs(10), "rt-web-01 holds everything", |s| s.held.len() == 11).await;
     let mut b_args = runtime_args(&url, "rt-b", None, dir.path());
     b_args.renew_every = Some(Duration::from_secs(10)); // b learns of released specs through the notice
@@ -419,7 +421,8 @@ async fn cleanly_stopped_runtime_releases_its_pool_specs_at_once() {
     assert!(s.held.values().all(|e| *e == 2), "epochs bumped: {:?}", s.held);
 
     // The stopped runtime kept its host spec (and only that) for the next start.
-    let store = steward_storage::runtime::RuntimeStore::open(&dir.path().join("rt-web-01").join("runtime.redb")).unwrap();
+    let store =
+        steward_storage::runtime::RuntimeStore::open(&dir.path().join("rt-web-01").join("runtime.redb")).unwrap();
     let cached: Vec<String> = store.specs().unwrap().into_iter().map(|c| c.spec.id).collect();
     assert_eq!(cached, vec![host_spec.id.clone()]);
     b.stop();

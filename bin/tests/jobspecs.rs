@@ -95,7 +95,10 @@ async fn jobspecs_and_results_commands_against_a_real_hub_and_runtimes() {
     js.get_key_value(HOSTS_BUCKET)
         .await
         .unwrap()
-        .put(host_registry_key(&account, &HostId::parse("web-01").unwrap()), codec::encode(Encoding::MsgPack, &rec).unwrap())
+        .put(
+            host_registry_key(&account, &HostId::parse("web-01").unwrap()),
+            codec::encode(Encoding::MsgPack, &rec).unwrap(),
+        )
         .await
         .unwrap();
     let _hub = steward(&url).arg("server").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();

@@ -269,11 +269,8 @@ impl RuntimeStore {
             match current {
                 Some(mut record) => {
                     record.output_ref = None;
-                    record.message = if record.message.is_empty() {
-                        note.to_owned()
-                    } else {
-                        format!("{}; {note}", record.message)
-                    };
+                    record.message =
+                        if record.message.is_empty() { note.to_owned() } else { format!("{}; {note}", record.message) };
                     outbox.insert(id, encode(&record)?.as_slice())?;
                     tx.open_table(OUTPUTS)?.remove(id)?;
                     Some(record)
@@ -380,7 +377,11 @@ mod tests {
             let s = RuntimeStore::open(&path).unwrap();
             let p = s
                 .enqueue_with_outputs(
-                    vec![(result("a", 1), Some(big.clone())), (result("a", 1), None), (result("a", 1), Some(b"y".to_vec()))],
+                    vec![
+                        (result("a", 1), Some(big.clone())),
+                        (result("a", 1), None),
+                        (result("a", 1), Some(b"y".to_vec())),
+                    ],
                     &name,
                 )
                 .unwrap();

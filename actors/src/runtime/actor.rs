@@ -60,8 +60,11 @@ const DRAIN_BYTES: usize = 512 * 1024;
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(20);
 /// Failed uploads of one output, while the hub answers, before its result is sent without it.
 const UPLOAD_ATTEMPTS: u32 = 5;
-/// Longest the last drain and the lease release of a clean stop may take, each.
-const STOP_BUDGET: Duration = Duration::from_secs(2);
+/// Longest the last drain of a clean stop may take (results left over stay in the outbox).
+const STOP_DRAIN_BUDGET: Duration = Duration::from_millis(1000);
+/// Longest the lease release of a clean stop may take (together with the drain, within the
+/// 2 s a supervisor gives each component to stop).
+const STOP_RELEASE_BUDGET: Duration = Duration::from_millis(800);
 /// Lease time-to-live assumed until the hub has said otherwise.
 const DEFAULT_TTL: Duration = Duration::from_secs(15);
 /// Shortest interval a spec is run at (guards against a zero interval).
@@ -416,7 +419,7 @@ impl Actor for RuntimeActor {
         }
         if state.online {
             // Last results out while their leases still hold, then hand the pool specs back.
-            if tokio::time::timeout(STOP_BUDGET, drain(drain_ctx(state))).await.is_err() {
+            if tokio::time::timeout(STOP_DRAIN_BUDGET, drain(drain_ctx(state))).await.is_err() {
                 debug!(runtime = %state.args.runtime, "last drain cut short");
             }
             release_pool_specs(state).await;
@@ -770,7 +773,7 @@ fn result_record(
     (r, full)
 }
 
-/// Releases the pool specs the runtime holds (bounded by [`STOP_BUDGET`]) and forgets the
+/// Releases the pool specs the runtime holds (bounded by [`STOP_RELEASE_BUDGET`]) and forgets the
 /// released ones locally.
 async fn release_pool_specs(state: &mut RuntimeState) {
     let specs: Vec<SpecEpoch> = state
@@ -783,7 +786,7 @@ async fn release_pool_specs(state: &mut RuntimeState) {
         return;
     }
     let req = ReleaseRequest { runtime: state.args.runtime.to_string(), specs };
-    match tokio::time::timeout(STOP_BUDGET, state.lease.release(&req)).await {
+    match tokio::time::timeout(STOP_RELEASE_BUDGET, state.lease.release(&req)).await {
         Ok(Ok(reply)) => {
             info!(runtime = %state.args.runtime, released = reply.released.len(), refused = reply.refused.len(), "leases released");
             let store = state.store.clone();

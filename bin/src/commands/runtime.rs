@@ -238,7 +238,9 @@ async fn full_output(nats: &async_nats::Client, global: &Global, key: &str) -> a
         )
     })?;
     let mut bytes = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes).await.with_context(|| format!("cannot read {name}"))?;
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
+        .await
+        .with_context(|| format!("cannot read {name}"))?;
     let mut out = std::io::stdout().lock();
     out.write_all(&bytes)?;
     out.flush()?;
@@ -468,7 +470,9 @@ fn print_explanation(e: &Explanation) -> anyhow::Result<()> {
         }
     }
     match &e.last_run {
-        Some(r) => println!("last run: {} {} ({}, by {} on {}) {}", r.ended_at, r.status, r.key, r.runtime, r.host, r.message),
+        Some(r) => {
+            println!("last run: {} {} ({}, by {} on {}) {}", r.ended_at, r.status, r.key, r.runtime, r.host, r.message)
+        }
         None => println!("last run: {}", e.last_run_note),
     }
     println!("spec:");
