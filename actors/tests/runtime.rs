@@ -427,3 +427,29 @@ async fn cleanly_stopped_runtime_releases_its_pool_specs_at_once() {
     assert_eq!(cached, vec![host_spec.id.clone()]);
     b.stop();
 }
+
+#[tokio::test]
+async fn result_is_sent_without_its_output_when_the_object_store_keeps_refusing() {
+    let node = SingleNode::start().await.unwrap();
+    let url = node.client_url();
+    let _hub = start_hub(&url, Duration::from_secs(5)).await;
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    // The hub answers, but there is no object store to upload to.
+    js.delete_object_store(streams::ARTIFACTS_STORE).await.unwrap();
+    let big = command_spec(TargetKind::Pool, "p", 1, &["sh", "-c", BIG_OUTPUT], 60_000, "h1");
+    put_spec(&js, &big).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, _) = RuntimeHandle::start(runtime_args(&url, "rt-a", None, dir.path())).await.unwrap();
+    let s = wait_status(&rt, Duration::from_secs(30), "result delivered after the upload attempts", |s| {
+        s.delivered >= 1 && s.outbox == 0
+    })
+    .await;
+    assert!(s.online, "an object store refusing does not make the hub count as away");
+    let (results, _) = stored_results(&js).await;
+    let r = results.iter().find(|r| r.spec == big.id).unwrap();
+    assert_eq!(r.output_ref, None);
+    assert_eq!(r.output.len(), MAX_INLINE_OUTPUT, "the inline head is kept");
+    assert!(r.output_truncated);
+    assert!(r.message.contains("full output not stored"), "{}", r.message);
+    rt.stop();
+}

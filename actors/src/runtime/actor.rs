@@ -885,7 +885,9 @@ async fn drain(ctx: DrainCtx) -> (bool, u64, u64) {
         // A prefix of the head that fits one request, each full output uploaded first.
         let mut ready = Vec::with_capacity(pending.len());
         let mut bytes = 0usize;
-        let mut stalled = false;
+        // `stalled`: an output could not be uploaded, stop after what is ready; `reachable`:
+        // whether the hub answered meanwhile (the object store alone may be refusing).
+        let (mut stalled, mut reachable) = (false, true);
         for mut p in pending {
             let size = approx_size(&p.record);
             if !ready.is_empty() && bytes + size > DRAIN_BYTES {
@@ -893,8 +895,9 @@ async fn drain(ctx: DrainCtx) -> (bool, u64, u64) {
             }
             if let Some(name) = p.record.output_ref.clone() {
                 if let Err(e) = upload_output(&ctx, p.id, &name).await {
+                    stalled = true;
                     if !hub_answers(&ctx).await {
-                        stalled = true;
+                        reachable = false;
                         break;
                     }
                     let attempts = {
@@ -905,17 +908,17 @@ async fn drain(ctx: DrainCtx) -> (bool, u64, u64) {
                     };
                     warn!(runtime, object = %name, attempts, error = %e, "full output not uploaded");
                     if attempts < UPLOAD_ATTEMPTS {
-                        stalled = true;
                         break;
                     }
+                    // Give up on the object rather than block every later result.
                     let s = ctx.store.clone();
                     let note = format!("full output not stored: {e}");
                     match tokio::task::spawn_blocking(move || s.forget_output(p.id, &note)).await {
-                        Ok(Ok(Some(r))) => p.record = r,
-                        _ => {
-                            stalled = true;
-                            break;
+                        Ok(Ok(Some(r))) => {
+                            stalled = false;
+                            p.record = r;
                         }
+                        _ => break,
                     }
                 }
             }
@@ -923,7 +926,7 @@ async fn drain(ctx: DrainCtx) -> (bool, u64, u64) {
             ready.push(p);
         }
         if ready.is_empty() {
-            return (!stalled, delivered, refused);
+            return (reachable, delivered, refused);
         }
         let ids: Vec<u64> = ready.iter().map(|p| p.id).collect();
         let req = SubmitRequest { results: ready.into_iter().map(|p| p.record).collect() };
@@ -963,7 +966,7 @@ async fn drain(ctx: DrainCtx) -> (bool, u64, u64) {
             return (true, delivered, refused);
         }
         if stalled {
-            return (true, delivered, refused);
+            return (reachable, delivered, refused);
         }
         if retry || reply.outcomes.len() < ids.len() {
             return (true, delivered, refused);
