@@ -37,6 +37,7 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 const CONFIG_KEY: &str = "config";
 const OUTBOX_NEXT: &str = "outbox_next";
+const OUTPUT_BYTES: &str = "output_bytes";
 
 /// A spec the runtime holds, as last confirmed by the hub.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -79,7 +80,12 @@ pub struct Pending {
 #[derive(Debug)]
 pub struct RuntimeStore {
     db: Database,
+    output_budget: u64,
 }
+
+/// Default bound on the full outputs waiting in the outbox, in bytes; beyond it new results
+/// keep only their inline head (so a long hub outage cannot fill the disk).
+pub const DEFAULT_OUTPUT_BUDGET: u64 = 256 * 1024 * 1024;
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     rmp_serde::to_vec_named(v).map_err(|e| StoreError::Encode(e.to_string()))
@@ -87,6 +93,17 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
 
 fn decode<T: for<'de> Deserialize<'de>>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt { table, reason: e.to_string() })
+}
+
+/// Lowers the count of output bytes waiting in the outbox by `freed`.
+fn release_output_bytes(tx: &redb::WriteTransaction, freed: u64) -> Result<(), StoreError> {
+    if freed == 0 {
+        return Ok(());
+    }
+    let mut counters = tx.open_table(COUNTERS)?;
+    let current = counters.get(OUTPUT_BYTES)?.map_or(0, |v| v.value());
+    counters.insert(OUTPUT_BYTES, current.saturating_sub(freed))?;
+    Ok(())
 }
 
 impl RuntimeStore {
@@ -105,7 +122,14 @@ impl RuntimeStore {
         tx.open_table(OUTPUTS)?;
         tx.open_table(COUNTERS)?;
         tx.commit()?;
-        Ok(RuntimeStore { db })
+        Ok(RuntimeStore { db, output_budget: DEFAULT_OUTPUT_BUDGET })
+    }
+
+    /// The same store with another bound on the full outputs waiting in the outbox.
+    #[must_use]
+    pub fn with_output_budget(mut self, bytes: u64) -> Self {
+        self.output_budget = bytes;
+        self
     }
 
     /// The stored configuration, if any.
@@ -206,7 +230,9 @@ impl RuntimeStore {
 
     /// As [`Self::enqueue`], each result with its full output when that is too long to keep
     /// inline: the output is stored under the same outbox id, and the result's `output_ref`
-    /// is set to `name(result)` once its sequence number is assigned.
+    /// is set to `name(result)` once its sequence number is assigned. While the outputs
+    /// already waiting exceed the output budget, a new output is not kept: its result keeps
+    /// only the inline head, with a note in its message.
     ///
     /// # Errors
     /// [`StoreError`] on a failed write; nothing is stored then.
@@ -223,6 +249,7 @@ impl RuntimeStore {
             let mut seqs = tx.open_table(RESULT_SEQ)?;
             let mut counters = tx.open_table(COUNTERS)?;
             let mut next = counters.get(OUTBOX_NEXT)?.map_or(1, |v| v.value());
+            let mut output_bytes = counters.get(OUTPUT_BYTES)?.map_or(0, |v| v.value());
             for (mut record, full) in results {
                 let last = seqs.get(record.spec.as_str())?.map(|v| v.value());
                 let seq = match last {
@@ -232,14 +259,27 @@ impl RuntimeStore {
                 record.seq = seq;
                 seqs.insert(record.spec.as_str(), (record.epoch, seq))?;
                 if let Some(bytes) = full {
-                    record.output_ref = Some(name(&record));
-                    outputs.insert(next, bytes.as_slice())?;
+                    let len = bytes.len() as u64;
+                    if output_bytes.saturating_add(len) <= self.output_budget {
+                        record.output_ref = Some(name(&record));
+                        outputs.insert(next, bytes.as_slice())?;
+                        output_bytes += len;
+                    } else {
+                        record.output_ref = None;
+                        let note = "full output not kept: the outbox holds too much output already";
+                        record.message = if record.message.is_empty() {
+                            note.to_owned()
+                        } else {
+                            format!("{}; {note}", record.message)
+                        };
+                    }
                 }
                 outbox.insert(next, encode(&record)?.as_slice())?;
                 out.push(Pending { id: next, record });
                 next += 1;
             }
             counters.insert(OUTBOX_NEXT, next)?;
+            counters.insert(OUTPUT_BYTES, output_bytes)?;
         }
         tx.commit()?;
         Ok(out)
@@ -272,7 +312,8 @@ impl RuntimeStore {
                     record.message =
                         if record.message.is_empty() { note.to_owned() } else { format!("{}; {note}", record.message) };
                     outbox.insert(id, encode(&record)?.as_slice())?;
-                    tx.open_table(OUTPUTS)?.remove(id)?;
+                    let freed = tx.open_table(OUTPUTS)?.remove(id)?.map_or(0, |v| v.value().len() as u64);
+                    release_output_bytes(&tx, freed)?;
                     Some(record)
                 }
                 None => None,
@@ -308,10 +349,13 @@ impl RuntimeStore {
         {
             let mut table = tx.open_table(OUTBOX)?;
             let mut outputs = tx.open_table(OUTPUTS)?;
+            let mut freed = 0u64;
             for id in ids {
                 table.remove(*id)?;
-                outputs.remove(*id)?;
+                freed += outputs.remove(*id)?.map_or(0, |v| v.value().len() as u64);
             }
+            drop(outputs);
+            release_output_bytes(&tx, freed)?;
         }
         tx.commit()?;
         Ok(())
@@ -403,6 +447,33 @@ mod tests {
         s.ack(&ids[..1]).unwrap();
         assert_eq!(s.output(ids[0]).unwrap(), None);
         assert_eq!(s.outbox_len().unwrap(), 2);
+    }
+
+    #[test]
+    fn outputs_beyond_the_budget_are_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RuntimeStore::open(&dir.path().join("rt.redb")).unwrap().with_output_budget(250);
+        let name = |r: &ResultRecord| format!("out/{}", r.seq);
+        let p = s
+            .enqueue_with_outputs(
+                vec![
+                    (result("a", 1), Some(vec![1; 100])),
+                    (result("a", 1), Some(vec![2; 100])),
+                    (result("a", 1), Some(vec![3; 100])),
+                ],
+                &name,
+            )
+            .unwrap();
+        assert!(p[0].record.output_ref.is_some() && p[1].record.output_ref.is_some());
+        assert_eq!(p[2].record.output_ref, None);
+        assert!(p[2].record.message.contains("full output not kept"));
+        assert_eq!(s.output(p[2].id).unwrap(), None);
+        // Acknowledged and forgotten outputs free the budget.
+        s.ack(&[p[0].id]).unwrap();
+        s.forget_output(p[1].id, "gave up").unwrap();
+        let q = s.enqueue_with_outputs(vec![(result("a", 1), Some(vec![4; 200]))], &name).unwrap();
+        assert!(q[0].record.output_ref.is_some());
+        assert_eq!(s.output(q[0].id).unwrap().unwrap(), vec![4; 200]);
     }
 
     #[test]
