@@ -1020,3 +1020,49 @@ impl RuntimeHandle {
         self.actor.kill();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::runtime::executor::Captured;
+
+    fn obs(stdout: &[u8], stderr: &[u8], truncated: bool) -> Observation {
+        Observation {
+            stdout: Captured { bytes: stdout.to_vec(), truncated, total: stdout.len() as u64 },
+            stderr: Captured { bytes: stderr.to_vec(), truncated: false, total: stderr.len() as u64 },
+            ..Observation::default()
+        }
+    }
+
+    #[test]
+    fn short_output_stays_inline_only() {
+        let (inline, cut, full) = output_of(&obs(b"out", b"err\n", false));
+        assert_eq!(inline, "out\nerr\n");
+        assert!(!cut);
+        assert_eq!(full, None);
+    }
+
+    #[test]
+    fn long_output_keeps_a_valid_inline_head_and_the_whole() {
+        // Three-byte characters: the 4096-byte cut falls inside one.
+        let text = "€".repeat(3000);
+        let (inline, cut, full) = output_of(&obs(text.as_bytes(), b"", false));
+        assert!(cut);
+        assert!(inline.len() <= MAX_INLINE_OUTPUT && inline.len() > MAX_INLINE_OUTPUT - 3);
+        assert!(text.starts_with(&inline));
+        assert_eq!(full.unwrap(), text.as_bytes());
+    }
+
+    #[test]
+    fn output_is_bounded_and_executor_truncation_is_reported() {
+        let big = vec![b'a'; MAX_STORED_OUTPUT];
+        let (_, cut, full) = output_of(&obs(&big, b"tail", false));
+        assert!(cut);
+        assert_eq!(full.unwrap().len(), MAX_STORED_OUTPUT);
+        let (_, cut, full) = output_of(&obs(b"x", b"", true));
+        assert!(cut, "the executor dropped bytes");
+        assert_eq!(full, None);
+    }
+}
