@@ -453,3 +453,23 @@ async fn result_is_sent_without_its_output_when_the_object_store_keeps_refusing(
     assert!(r.message.contains("full output not stored"), "{}", r.message);
     rt.stop();
 }
+
+#[tokio::test]
+async fn edge_behind_a_leaf_uploads_large_output_to_the_hub_domain() {
+    let topo = steward_deploy::HubLeaf::start().await.unwrap();
+    let hub_url = topo.hub().client_url();
+    let _hub = start_hub(&hub_url, Duration::from_secs(5)).await;
+    let js = jetstream::new(async_nats::connect(&hub_url).await.unwrap());
+    let check = command_spec(TargetKind::Host, "web-01", 1, &["sh", "-c", BIG_OUTPUT], 60_000, "h1");
+    put_spec(&js, &check).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = runtime_args(&topo.leaf().client_url(), "rt-web-01", Some("web-01"), dir.path());
+    args.hub_domain = Some("hub".into());
+    let (rt, _) = RuntimeHandle::start(args).await.unwrap();
+    wait_status(&rt, Duration::from_secs(20), "result delivered", |s| s.delivered >= 1 && s.outbox == 0).await;
+    let (results, _) = stored_results(&js).await;
+    let r = results.iter().find(|r| r.spec == check.id).unwrap();
+    let name = check_big_result(r);
+    assert_eq!(object_bytes(&js, &name).await, big_expected(), "the object is in the hub's store");
+    rt.stop();
+}
