@@ -43,6 +43,10 @@ pub struct RuntimeArgs {
     /// Most specs asked for per lease request.
     #[arg(long, default_value_t = 50)]
     pub batch: u32,
+    /// JetStream domain of the hub, when `--nats` is a leaf node with its own JetStream (large
+    /// outputs go to the hub's object store).
+    #[arg(long)]
+    pub hub_domain: Option<String>,
 }
 
 /// Options of `steward leases`.
@@ -120,6 +124,7 @@ pub async fn runtime(global: &Global, args: RuntimeArgs) -> anyhow::Result<()> {
     a.labels = args.labels.0;
     a.capacity = args.capacity.max(1);
     a.batch = args.batch.max(1);
+    a.hub_domain = args.hub_domain;
     let (handle, join) = RuntimeHandle::start(a).await.context("cannot start the runtime")?;
     info!(runtime = %args.id, "runtime running");
     crate::shutdown::signal().await;
