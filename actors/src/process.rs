@@ -208,6 +208,7 @@ impl RunningProcess {
             );
             runtime.host = Some(edge.host_id.clone());
             runtime.labels = edge.labels.clone();
+            runtime.hub_domain = config.hub_domain.clone();
             children.push(ChildSpec::new(format!("runtime-{}", edge.host_id), move || {
                 (crate::runtime::RuntimeActor, runtime.clone())
             }));

@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The runtime actor against a real hub: leasing and running specs, hand-over when a runtime
 //! dies, dropping changed and removed specs within a second, and offline operation with the
-//! outbox delivered exactly once after the hub comes back.
+//! outbox delivered exactly once after the hub comes back; large output in the object store
+//! (also across a hub outage); leases released at once by a clean stop.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -14,11 +15,11 @@ use steward_actors::lease::{LeaseArgs, LeaseConfig, LeaseMsg, LeaseService};
 use steward_actors::runtime::{RuntimeArgs, RuntimeHandle, RuntimeStatus};
 use steward_actors::ConnectOptions;
 use steward_deploy::{eventually, SingleNode};
-use steward_subjects::api::result::{ResultRecord, ResultStatus};
+use steward_subjects::api::result::{ResultRecord, ResultStatus, MAX_INLINE_OUTPUT};
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::{CommandExecutor, Executor, JobSpec, SpecId, SpecTarget, TargetKind};
 use steward_subjects::streams::{self, Replicas, JOBSPECS_BUCKET, RESULTS_STREAM};
-use steward_subjects::subject::jobspec_key;
+use steward_subjects::subject::{jobspec_key, result_output_object};
 use steward_subjects::{AccountId, HostId, RuntimeId, Subjects, Token, TokenKind};
 
 fn account() -> AccountId {
@@ -293,4 +294,182 @@ async fn edge_runtime_keeps_checking_through_a_30s_hub_outage_and_delivers_exact
     });
     assert_eq!(by_epoch.keys().copied().collect::<Vec<_>>(), vec![1], "one epoch throughout");
     drop(hub);
+}
+
+/// The full output a result names: the object's bytes.
+async fn object_bytes(js: &jetstream::Context, name: &str) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let os = js.get_object_store(streams::ARTIFACTS_STORE).await.unwrap();
+    let mut obj = os.get(name).await.unwrap();
+    let mut out = Vec::new();
+    obj.read_to_end(&mut out).await.unwrap();
+    out
+}
+
+/// 200 KiB of `0123456789` lines (20,480 lines of 10 bytes each: 9 digits and a newline).
+const BIG_OUTPUT: &str = "seq 100000000 100020479";
+const BIG_LEN: usize = 20_480 * 10;
+
+fn big_expected() -> Vec<u8> {
+    (100_000_000u64..100_020_480).flat_map(|n| format!("{n}\n").into_bytes()).collect()
+}
+
+fn check_big_result(r: &ResultRecord) -> String {
+    assert_eq!(r.output.len(), MAX_INLINE_OUTPUT, "inline head of {}", r.idempotency_key());
+    assert!(r.output_truncated);
+    assert!(big_expected().starts_with(r.output.as_bytes()), "inline head is the start of the output");
+    let name = r.output_ref.clone().expect("output_ref set");
+    assert_eq!(name, result_output_object(&account(), &r.spec, r.epoch, r.seq));
+    name
+}
+
+#[tokio::test]
+async fn large_output_goes_to_the_object_store_with_the_head_inline() {
+    let node = SingleNode::start().await.unwrap();
+    let url = node.client_url();
+    let _hub = start_hub(&url, Duration::from_secs(5)).await;
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let big = command_spec(TargetKind::Pool, "p", 1, &["sh", "-c", BIG_OUTPUT], 60_000, "h1");
+    let small = command_spec(TargetKind::Pool, "p", 2, &["echo", "hi"], 60_000, "h1");
+    put_spec(&js, &big).await;
+    put_spec(&js, &small).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, _) = RuntimeHandle::start(runtime_args(&url, "rt-a", None, dir.path())).await.unwrap();
+    wait_status(&rt, Duration::from_secs(15), "both results delivered", |s| s.delivered >= 2).await;
+    let (results, counts) = stored_results(&js).await;
+    assert!(counts.values().all(|n| *n == 1));
+    let r = results.iter().find(|r| r.spec == big.id).unwrap();
+    assert_eq!(r.status, ResultStatus::Pass);
+    let name = check_big_result(r);
+    let bytes = object_bytes(&js, &name).await;
+    assert_eq!(bytes.len(), BIG_LEN);
+    assert_eq!(bytes, big_expected());
+    let s = results.iter().find(|r| r.spec == small.id).unwrap();
+    assert_eq!(s.output, "hi\n");
+    assert!(!s.output_truncated);
+    assert_eq!(s.output_ref, None, "short output stays inline only");
+    rt.stop();
+}
+
+#[tokio::test]
+async fn large_output_survives_a_hub_outage_through_the_outbox() {
+    let mut node = SingleNode::start().await.unwrap();
+    let url = node.client_url();
+    let hub = start_hub(&url, Duration::from_secs(5)).await;
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let check = command_spec(TargetKind::Host, "web-01", 1, &["sh", "-c", BIG_OUTPUT], 500, "h1");
+    put_spec(&js, &check).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, _) = RuntimeHandle::start(runtime_args(&url, "rt-web-01", Some("web-01"), dir.path())).await.unwrap();
+    wait_status(&rt, Duration::from_secs(10), "spec held and online", |s| s.online && s.held.len() == 1).await;
+
+    // The hub goes away; runs with large output pile up in the outbox.
+    node.stop().await;
+    let during =
+        wait_status(&rt, Duration::from_secs(20), "large results buffered", |s| !s.online && s.outbox >= 4).await;
+    assert!(during.outbox >= 4);
+    node.restart().await.unwrap();
+    let after = wait_status(&rt, Duration::from_secs(30), "outbox drained", |s| {
+        s.online && s.outbox == 0 && s.runs > during.runs
+    })
+    .await;
+    assert_eq!(after.refused, 0);
+    rt.stop();
+
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let (results, counts) = stored_results(&js).await;
+    assert!(counts.values().all(|n| *n == 1), "a result stored twice: {counts:?}");
+    let mine: Vec<&ResultRecord> = results.iter().filter(|r| r.spec == check.id).collect();
+    assert!(mine.len() as u64 >= during.outbox, "{} stored, {} were buffered", mine.len(), during.outbox);
+    let expected = big_expected();
+    for r in mine {
+        let name = check_big_result(r);
+        assert_eq!(object_bytes(&js, &name).await, expected, "object of {}", r.idempotency_key());
+    }
+    drop(hub);
+}
+
+#[tokio::test]
+async fn cleanly_stopped_runtime_releases_its_pool_specs_at_once() {
+    let node = SingleNode::start().await.unwrap();
+    let url = node.client_url();
+    let ttl = Duration::from_secs(30);
+    let _hub = start_hub(&url, ttl).await;
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let specs: Vec<JobSpec> = (0..10).map(|i| command_spec(TargetKind::Pool, "p", i, &["true"], 500, "h1")).collect();
+    for s in &specs {
+        put_spec(&js, s).await;
+    }
+    let host_spec = command_spec(TargetKind::Host, "web-01", 99, &["true"], 500, "h1");
+    put_spec(&js, &host_spec).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, a_join) = RuntimeHandle::start(runtime_args(&url, "rt-web-01", Some("web-01"), dir.path())).await.unwrap();
+    wait_status(&a, Duration::from_secs(10), "rt-web-01 holds everything", |s| s.held.len() == 11).await;
+    let mut b_args = runtime_args(&url, "rt-b", None, dir.path());
+    b_args.renew_every = Some(Duration::from_secs(10)); // b learns of released specs through the notice
+    let (b, _) = RuntimeHandle::start(b_args).await.unwrap();
+    wait_status(&b, Duration::from_secs(10), "rt-b online", |s| s.online).await;
+    assert!(b.status().await.unwrap().held.is_empty());
+
+    let stopped = Instant::now();
+    a.stop();
+    a_join.await.unwrap();
+    let s = wait_status(&b, Duration::from_secs(5), "rt-b takes the released pool specs", |s| s.held.len() == 10).await;
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(5), "hand-over took {took:?} (TTL {ttl:?})");
+    assert!(!s.held.contains_key(&host_spec.id), "a host spec goes to no other runtime");
+    assert!(s.held.values().all(|e| *e == 2), "epochs bumped: {:?}", s.held);
+
+    // The stopped runtime kept its host spec (and only that) for the next start.
+    let store =
+        steward_storage::runtime::RuntimeStore::open(&dir.path().join("rt-web-01").join("runtime.redb")).unwrap();
+    let cached: Vec<String> = store.specs().unwrap().into_iter().map(|c| c.spec.id).collect();
+    assert_eq!(cached, vec![host_spec.id.clone()]);
+    b.stop();
+}
+
+#[tokio::test]
+async fn result_is_sent_without_its_output_when_the_object_store_keeps_refusing() {
+    let node = SingleNode::start().await.unwrap();
+    let url = node.client_url();
+    let _hub = start_hub(&url, Duration::from_secs(5)).await;
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    // The hub answers, but there is no object store to upload to.
+    js.delete_object_store(streams::ARTIFACTS_STORE).await.unwrap();
+    let big = command_spec(TargetKind::Pool, "p", 1, &["sh", "-c", BIG_OUTPUT], 60_000, "h1");
+    put_spec(&js, &big).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, _) = RuntimeHandle::start(runtime_args(&url, "rt-a", None, dir.path())).await.unwrap();
+    let s = wait_status(&rt, Duration::from_secs(30), "result delivered after the upload attempts", |s| {
+        s.delivered >= 1 && s.outbox == 0
+    })
+    .await;
+    assert!(s.online, "an object store refusing does not make the hub count as away");
+    let (results, _) = stored_results(&js).await;
+    let r = results.iter().find(|r| r.spec == big.id).unwrap();
+    assert_eq!(r.output_ref, None);
+    assert_eq!(r.output.len(), MAX_INLINE_OUTPUT, "the inline head is kept");
+    assert!(r.output_truncated);
+    assert!(r.message.contains("full output not stored"), "{}", r.message);
+    rt.stop();
+}
+
+#[tokio::test]
+async fn edge_behind_a_leaf_uploads_large_output_to_the_hub_domain() {
+    let topo = steward_deploy::HubLeaf::start().await.unwrap();
+    let hub_url = topo.hub().client_url();
+    let _hub = start_hub(&hub_url, Duration::from_secs(5)).await;
+    let js = jetstream::new(async_nats::connect(&hub_url).await.unwrap());
+    let check = command_spec(TargetKind::Host, "web-01", 1, &["sh", "-c", BIG_OUTPUT], 60_000, "h1");
+    put_spec(&js, &check).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = runtime_args(&topo.leaf().client_url(), "rt-web-01", Some("web-01"), dir.path());
+    args.hub_domain = Some("hub".into());
+    let (rt, _) = RuntimeHandle::start(args).await.unwrap();
+    wait_status(&rt, Duration::from_secs(20), "result delivered", |s| s.delivered >= 1 && s.outbox == 0).await;
+    let (results, _) = stored_results(&js).await;
+    let r = results.iter().find(|r| r.spec == check.id).unwrap();
+    let name = check_big_result(r);
+    assert_eq!(object_bytes(&js, &name).await, big_expected(), "the object is in the hub's store");
+    rt.stop();
 }

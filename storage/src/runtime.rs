@@ -6,6 +6,11 @@
 //! outbox, from a per-spec counter that survives restarts: a result's idempotency key
 //! (`<spec>:<epoch>:<seq>`) is therefore never reused for a different result, and a result
 //! re-sent after a crash is recognised by the hub's dedupe window.
+//!
+//! A result whose output is too long to keep inline carries its full output next to it in the
+//! outbox (same transaction, same outbox id) and names the object it is uploaded as
+//! (`output_ref`, set here once the sequence number is known); the runtime uploads it before
+//! it sends the result, so the output survives a hub outage and a restart like the result.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,11 +30,14 @@ const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// Result sequence per spec: spec id → (epoch, last sequence used in that epoch).
 const RESULT_SEQ: TableDefinition<&str, (u64, u64)> = TableDefinition::new("result_seq");
+/// Full outputs of outbox results that name one in `output_ref`: outbox id → bytes.
+const OUTPUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("outputs");
 /// Counters: `outbox_next` → next outbox id.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 const CONFIG_KEY: &str = "config";
 const OUTBOX_NEXT: &str = "outbox_next";
+const OUTPUT_BYTES: &str = "output_bytes";
 
 /// A spec the runtime holds, as last confirmed by the hub.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -72,7 +80,12 @@ pub struct Pending {
 #[derive(Debug)]
 pub struct RuntimeStore {
     db: Database,
+    output_budget: u64,
 }
+
+/// Default bound on the full outputs waiting in the outbox, in bytes; beyond it new results
+/// keep only their inline head (so a long hub outage cannot fill the disk).
+pub const DEFAULT_OUTPUT_BUDGET: u64 = 256 * 1024 * 1024;
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     rmp_serde::to_vec_named(v).map_err(|e| StoreError::Encode(e.to_string()))
@@ -80,6 +93,17 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
 
 fn decode<T: for<'de> Deserialize<'de>>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt { table, reason: e.to_string() })
+}
+
+/// Lowers the count of output bytes waiting in the outbox by `freed`.
+fn release_output_bytes(tx: &redb::WriteTransaction, freed: u64) -> Result<(), StoreError> {
+    if freed == 0 {
+        return Ok(());
+    }
+    let mut counters = tx.open_table(COUNTERS)?;
+    let current = counters.get(OUTPUT_BYTES)?.map_or(0, |v| v.value());
+    counters.insert(OUTPUT_BYTES, current.saturating_sub(freed))?;
+    Ok(())
 }
 
 impl RuntimeStore {
@@ -95,9 +119,17 @@ impl RuntimeStore {
         tx.open_table(CONFIG)?;
         tx.open_table(OUTBOX)?;
         tx.open_table(RESULT_SEQ)?;
+        tx.open_table(OUTPUTS)?;
         tx.open_table(COUNTERS)?;
         tx.commit()?;
-        Ok(RuntimeStore { db })
+        Ok(RuntimeStore { db, output_budget: DEFAULT_OUTPUT_BUDGET })
+    }
+
+    /// The same store with another bound on the full outputs waiting in the outbox.
+    #[must_use]
+    pub fn with_output_budget(mut self, bytes: u64) -> Self {
+        self.output_budget = bytes;
+        self
     }
 
     /// The stored configuration, if any.
@@ -193,14 +225,32 @@ impl RuntimeStore {
     /// # Errors
     /// [`StoreError`] on a failed write; nothing is stored then.
     pub fn enqueue(&self, results: Vec<ResultRecord>) -> Result<Vec<Pending>, StoreError> {
+        self.enqueue_with_outputs(results.into_iter().map(|r| (r, None)).collect(), &|_| String::new())
+    }
+
+    /// As [`Self::enqueue`], each result with its full output when that is too long to keep
+    /// inline: the output is stored under the same outbox id, and the result's `output_ref`
+    /// is set to `name(result)` once its sequence number is assigned. While the outputs
+    /// already waiting exceed the output budget, a new output is not kept: its result keeps
+    /// only the inline head, with a note in its message.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed write; nothing is stored then.
+    pub fn enqueue_with_outputs(
+        &self,
+        results: Vec<(ResultRecord, Option<Vec<u8>>)>,
+        name: &dyn Fn(&ResultRecord) -> String,
+    ) -> Result<Vec<Pending>, StoreError> {
         let tx = self.db.begin_write()?;
         let mut out = Vec::with_capacity(results.len());
         {
             let mut outbox = tx.open_table(OUTBOX)?;
+            let mut outputs = tx.open_table(OUTPUTS)?;
             let mut seqs = tx.open_table(RESULT_SEQ)?;
             let mut counters = tx.open_table(COUNTERS)?;
             let mut next = counters.get(OUTBOX_NEXT)?.map_or(1, |v| v.value());
-            for mut record in results {
+            let mut output_bytes = counters.get(OUTPUT_BYTES)?.map_or(0, |v| v.value());
+            for (mut record, full) in results {
                 let last = seqs.get(record.spec.as_str())?.map(|v| v.value());
                 let seq = match last {
                     Some((epoch, seq)) if epoch == record.epoch => seq + 1,
@@ -208,14 +258,69 @@ impl RuntimeStore {
                 };
                 record.seq = seq;
                 seqs.insert(record.spec.as_str(), (record.epoch, seq))?;
+                if let Some(bytes) = full {
+                    let len = bytes.len() as u64;
+                    if output_bytes.saturating_add(len) <= self.output_budget {
+                        record.output_ref = Some(name(&record));
+                        outputs.insert(next, bytes.as_slice())?;
+                        output_bytes += len;
+                    } else {
+                        record.output_ref = None;
+                        let note = "full output not kept: the outbox holds too much output already";
+                        record.message = if record.message.is_empty() {
+                            note.to_owned()
+                        } else {
+                            format!("{}; {note}", record.message)
+                        };
+                    }
+                }
                 outbox.insert(next, encode(&record)?.as_slice())?;
                 out.push(Pending { id: next, record });
                 next += 1;
             }
             counters.insert(OUTBOX_NEXT, next)?;
+            counters.insert(OUTPUT_BYTES, output_bytes)?;
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    /// The full output stored with the outbox result `id`, if any.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed read.
+    pub fn output(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(OUTPUTS)?;
+        Ok(table.get(id)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Gives up on uploading the full output of the outbox result `id`: drops the stored
+    /// output, clears the result's `output_ref` and appends `note` to its message (the capped
+    /// inline output stays). Unknown ids are ignored.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a failed write or a corrupt record.
+    pub fn forget_output(&self, id: u64, note: &str) -> Result<Option<ResultRecord>, StoreError> {
+        let tx = self.db.begin_write()?;
+        let updated = {
+            let mut outbox = tx.open_table(OUTBOX)?;
+            let current = outbox.get(id)?.map(|v| decode::<ResultRecord>("outbox", v.value())).transpose()?;
+            match current {
+                Some(mut record) => {
+                    record.output_ref = None;
+                    record.message =
+                        if record.message.is_empty() { note.to_owned() } else { format!("{}; {note}", record.message) };
+                    outbox.insert(id, encode(&record)?.as_slice())?;
+                    let freed = tx.open_table(OUTPUTS)?.remove(id)?.map_or(0, |v| v.value().len() as u64);
+                    release_output_bytes(&tx, freed)?;
+                    Some(record)
+                }
+                None => None,
+            }
+        };
+        tx.commit()?;
+        Ok(updated)
     }
 
     /// Up to `limit` results from the head of the outbox, oldest first.
@@ -243,9 +348,14 @@ impl RuntimeStore {
         let tx = self.db.begin_write()?;
         {
             let mut table = tx.open_table(OUTBOX)?;
+            let mut outputs = tx.open_table(OUTPUTS)?;
+            let mut freed = 0u64;
             for id in ids {
                 table.remove(*id)?;
+                freed += outputs.remove(*id)?.map_or(0, |v| v.value().len() as u64);
             }
+            drop(outputs);
+            release_output_bytes(&tx, freed)?;
         }
         tx.commit()?;
         Ok(())
@@ -299,6 +409,71 @@ mod tests {
         let keys: Vec<String> = s.pending(10).unwrap().iter().map(|p| p.record.idempotency_key()).collect();
         assert_eq!(keys, vec!["a:1:2", "b:1:1", "a:1:3", "a:2:1"]);
         assert_eq!(s.outbox_len().unwrap(), 4);
+    }
+
+    #[test]
+    fn full_outputs_travel_with_their_results_and_leave_on_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rt.redb");
+        let big = vec![b'x'; 200 * 1024];
+        let name = |r: &ResultRecord| format!("out/{}/{}/{}", r.spec, r.epoch, r.seq);
+        let ids: Vec<u64> = {
+            let s = RuntimeStore::open(&path).unwrap();
+            let p = s
+                .enqueue_with_outputs(
+                    vec![
+                        (result("a", 1), Some(big.clone())),
+                        (result("a", 1), None),
+                        (result("a", 1), Some(b"y".to_vec())),
+                    ],
+                    &name,
+                )
+                .unwrap();
+            assert_eq!(p[0].record.output_ref.as_deref(), Some("out/a/1/1"));
+            assert_eq!(p[1].record.output_ref, None);
+            assert_eq!(p[2].record.output_ref.as_deref(), Some("out/a/1/3"));
+            p.iter().map(|p| p.id).collect()
+        };
+        let s = RuntimeStore::open(&path).unwrap();
+        let pending = s.pending(10).unwrap();
+        assert_eq!(pending[0].record.output_ref.as_deref(), Some("out/a/1/1"));
+        assert_eq!(s.output(ids[0]).unwrap().unwrap(), big);
+        assert_eq!(s.output(ids[1]).unwrap(), None);
+        let r = s.forget_output(ids[2], "full output not stored").unwrap().unwrap();
+        assert_eq!(r.output_ref, None);
+        assert_eq!(r.message, "full output not stored");
+        assert_eq!(s.output(ids[2]).unwrap(), None);
+        assert_eq!(s.pending(10).unwrap()[2].record, r);
+        s.ack(&ids[..1]).unwrap();
+        assert_eq!(s.output(ids[0]).unwrap(), None);
+        assert_eq!(s.outbox_len().unwrap(), 2);
+    }
+
+    #[test]
+    fn outputs_beyond_the_budget_are_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RuntimeStore::open(&dir.path().join("rt.redb")).unwrap().with_output_budget(250);
+        let name = |r: &ResultRecord| format!("out/{}", r.seq);
+        let p = s
+            .enqueue_with_outputs(
+                vec![
+                    (result("a", 1), Some(vec![1; 100])),
+                    (result("a", 1), Some(vec![2; 100])),
+                    (result("a", 1), Some(vec![3; 100])),
+                ],
+                &name,
+            )
+            .unwrap();
+        assert!(p[0].record.output_ref.is_some() && p[1].record.output_ref.is_some());
+        assert_eq!(p[2].record.output_ref, None);
+        assert!(p[2].record.message.contains("full output not kept"));
+        assert_eq!(s.output(p[2].id).unwrap(), None);
+        // Acknowledged and forgotten outputs free the budget.
+        s.ack(&[p[0].id]).unwrap();
+        s.forget_output(p[1].id, "gave up").unwrap();
+        let q = s.enqueue_with_outputs(vec![(result("a", 1), Some(vec![4; 200]))], &name).unwrap();
+        assert!(q[0].record.output_ref.is_some());
+        assert_eq!(s.output(q[0].id).unwrap().unwrap(), vec![4; 200]);
     }
 
     #[test]

@@ -13,21 +13,37 @@
 //!   there), then a drain task submits the outbox head in order and removes what the hub
 //!   stored, found duplicate or refused; while the hub is unreachable results wait, and they
 //!   are sent in order after reconnection. The hub stores each once (`<spec>:<epoch>:<seq>`).
+//! - Large output: a run keeps up to [`MAX_STORED_OUTPUT`] bytes of output; the result carries
+//!   the first [`MAX_INLINE_OUTPUT`] bytes inline, and when there is more the whole output goes
+//!   into the outbox with it and `output_ref` names its object in the `steward_artifacts` store
+//!   (`results/<account>/<spec>/<epoch>/<seq>`). The drain task uploads it (skipped when an
+//!   object of that name and size is already there) before it submits the result; when the
+//!   object store keeps refusing while the hub answers, the result is sent without the
+//!   reference after a few attempts rather than blocking the outbox.
+//! - Clean stop: after a last bounded drain, the runtime releases the pool specs it holds so
+//!   another runtime can lease them at once instead of after the TTL, and forgets them locally.
+//!   Host specs are kept (no other runtime may run them), so a restarted edge goes on checking
+//!   them offline under the same epoch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use steward_storage::runtime::{CachedSpec, RuntimeConfigRecord, RuntimeStore};
 use steward_subjects::api::lease::{
-    AvailableNotice, ChangeNotice, LeaseRequest, LeasedSpec, MineRequest, RenewRequest, SpecEpoch,
+    AvailableNotice, ChangeNotice, LeaseRequest, LeasedSpec, LeasesRequest, MineRequest, ReleaseRequest, RenewRequest,
+    SpecEpoch,
 };
-use steward_subjects::api::result::{ResultRecord, ResultStatus, SubmitRequest, SubmitStatus, MAX_INLINE_OUTPUT};
+use steward_subjects::api::result::{
+    ResultRecord, ResultStatus, SubmitRequest, SubmitStatus, MAX_INLINE_OUTPUT, MAX_STORED_OUTPUT,
+};
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::{Comparison, JobSpec, TargetKind, Threshold};
-use steward_subjects::subject::result_host_of;
+use steward_subjects::streams::ARTIFACTS_STORE;
+use steward_subjects::subject::{result_host_of, result_output_object};
 use steward_subjects::{HostId, RuntimeId, Subjects};
 use tracing::{debug, info, warn};
 
@@ -38,6 +54,17 @@ use crate::{ActorsError, ConnectOptions};
 
 /// Results submitted per request when draining the outbox.
 const DRAIN_BATCH: usize = 256;
+/// Rough bound on the encoded size of one submit request (well under NATS' 1 MiB payload).
+const DRAIN_BYTES: usize = 512 * 1024;
+/// Longest one full-output upload may take.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(20);
+/// Failed uploads of one output, while the hub answers, before its result is sent without it.
+const UPLOAD_ATTEMPTS: u32 = 5;
+/// Longest the last drain of a clean stop may take (results left over stay in the outbox).
+const STOP_DRAIN_BUDGET: Duration = Duration::from_millis(1000);
+/// Longest the lease release of a clean stop may take (together with the drain, within the
+/// 2 s a supervisor gives each component to stop).
+const STOP_RELEASE_BUDGET: Duration = Duration::from_millis(800);
 /// Lease time-to-live assumed until the hub has said otherwise.
 const DEFAULT_TTL: Duration = Duration::from_secs(15);
 /// Shortest interval a spec is run at (guards against a zero interval).
@@ -66,6 +93,9 @@ pub struct RuntimeArgs {
     pub renew_every: Option<Duration>,
     /// Reply timeout of hub calls.
     pub call_timeout: Duration,
+    /// JetStream domain of the hub, for the artifacts object store (edges behind a leaf node);
+    /// `None` = the connected server's own JetStream.
+    pub hub_domain: Option<String>,
 }
 
 impl RuntimeArgs {
@@ -83,6 +113,7 @@ impl RuntimeArgs {
             batch: 50,
             renew_every: None,
             call_timeout: Duration::from_secs(2),
+            hub_domain: None,
         }
     }
 }
@@ -119,8 +150,8 @@ pub enum RuntimeMsg {
     Available,
     /// A sync task finished.
     SyncDone(Box<SyncOutcome>),
-    /// A run finished.
-    RunDone(Box<ResultRecord>),
+    /// A run finished: its result, and its full output when that is too long to keep inline.
+    RunDone(Box<(ResultRecord, Option<Vec<u8>>)>),
     /// A drain task finished.
     DrainDone {
         /// Whether the hub answered.
@@ -164,7 +195,9 @@ pub struct RuntimeState {
     args: RuntimeArgs,
     client: async_nats::Client,
     lease: LeaseClient,
+    js: jetstream::Context,
     store: Arc<RuntimeStore>,
+    upload_failures: Arc<std::sync::Mutex<HashMap<u64, u32>>>,
     settings: ExecSettings,
     held: BTreeMap<String, CachedSpec>,
     running: HashMap<String, Running>,
@@ -232,6 +265,10 @@ impl Actor for RuntimeActor {
         .await??;
         let client = connect_lazily(&args.connect, &format!("steward-runtime-{}", args.runtime)).await?;
         let lease = LeaseClient::new(client.clone(), args.subjects.clone()).with_timeout(args.call_timeout);
+        let js = match &args.hub_domain {
+            Some(domain) => jetstream::with_domain(client.clone(), domain),
+            None => jetstream::new(client.clone()),
+        };
         let mut tasks = Vec::new();
         // Notices to this runtime (plain subscription: only it listens on its own subject) and
         // the account-wide "specs available" broadcast.
@@ -268,7 +305,9 @@ impl Actor for RuntimeActor {
             args,
             client,
             lease,
+            js,
             store,
+            upload_failures: Arc::default(),
             settings,
             running: HashMap::new(),
             online: false,
@@ -331,10 +370,12 @@ impl Actor for RuntimeActor {
                 }
                 start_drain(state, &myself);
             }
-            RuntimeMsg::RunDone(record) => {
+            RuntimeMsg::RunDone(done) => {
                 state.status.runs += 1;
                 let store = state.store.clone();
-                match tokio::task::spawn_blocking(move || store.enqueue(vec![*record])).await {
+                let account = state.args.subjects.account().clone();
+                let name = move |r: &ResultRecord| result_output_object(&account, &r.spec, r.epoch, r.seq);
+                match tokio::task::spawn_blocking(move || store.enqueue_with_outputs(vec![*done], &name)).await {
                     Ok(Ok(_)) => start_drain(state, &myself),
                     Ok(Err(e)) => warn!(runtime = %state.args.runtime, error = %e, "result not stored in the outbox"),
                     Err(e) => warn!(runtime = %state.args.runtime, error = %e, "outbox task failed"),
@@ -375,6 +416,13 @@ impl Actor for RuntimeActor {
         state.running.clear();
         for t in &state.tasks {
             t.abort();
+        }
+        if state.online {
+            // Last results out while their leases still hold, then hand the pool specs back.
+            if tokio::time::timeout(STOP_DRAIN_BUDGET, drain(drain_ctx(state))).await.is_err() {
+                debug!(runtime = %state.args.runtime, "last drain cut short");
+            }
+            release_pool_specs(state).await;
         }
         let _ = state.client.flush().await;
         info!(runtime = %state.args.runtime, "runtime stopped");
@@ -643,17 +691,29 @@ fn cut(s: &str, max: usize) -> (String, bool) {
     (s[..end].to_owned(), true)
 }
 
-fn output_of(obs: &Observation) -> (String, bool) {
-    let mut text = obs.stdout.text();
-    let err = obs.stderr.text();
-    if !err.is_empty() {
-        if !text.is_empty() && !text.ends_with('\n') {
-            text.push('\n');
+/// The output of a run: (inline head, whether anything was cut, the whole output when it is
+/// longer than the inline head). The whole is stdout then stderr, at most
+/// [`MAX_STORED_OUTPUT`] bytes.
+fn output_of(obs: &Observation) -> (String, bool, Option<Vec<u8>>) {
+    let mut full = obs.stdout.bytes.clone();
+    if !obs.stderr.bytes.is_empty() {
+        if !full.is_empty() && !full.ends_with(b"\n") {
+            full.push(b'\n');
         }
-        text.push_str(&err);
+        full.extend_from_slice(&obs.stderr.bytes);
     }
-    let (out, cut_here) = cut(&text, MAX_INLINE_OUTPUT);
-    (out, cut_here || obs.stdout.truncated || obs.stderr.truncated)
+    let mut truncated = obs.stdout.truncated || obs.stderr.truncated;
+    if full.len() > MAX_STORED_OUTPUT {
+        full.truncate(MAX_STORED_OUTPUT);
+        truncated = true;
+    }
+    if full.len() <= MAX_INLINE_OUTPUT {
+        return (String::from_utf8_lossy(&full).into_owned(), truncated, None);
+    }
+    // The head is cut from the raw bytes first so a huge output is not converted whole.
+    let head = String::from_utf8_lossy(&full[..full.len().min(MAX_INLINE_OUTPUT + 4)]).into_owned();
+    let (inline, _) = cut(&head, MAX_INLINE_OUTPUT);
+    (inline, true, Some(full))
 }
 
 fn result_record(
@@ -662,7 +722,7 @@ fn result_record(
     epoch: u64,
     started_at_ms: u64,
     outcome: Result<Observation, ExecError>,
-) -> ResultRecord {
+) -> (ResultRecord, Option<Vec<u8>>) {
     let mut r = ResultRecord {
         spec: spec.id.clone(),
         epoch,
@@ -675,6 +735,7 @@ fn result_record(
         ended_at_ms: now_ms(),
         ..ResultRecord::default()
     };
+    let mut full = None;
     match outcome {
         Ok(obs) => {
             r.status = if obs.passed { ResultStatus::Pass } else { ResultStatus::Fail };
@@ -693,14 +754,14 @@ fn result_record(
             if !notes.is_empty() {
                 r.message = format!("{}; {}", r.message, notes.join("; "));
             }
-            (r.output, r.output_truncated) = output_of(&obs);
+            (r.output, r.output_truncated, full) = output_of(&obs);
             r.metrics = obs.metrics;
         }
         Err(ExecError::Timeout { after, partial }) => {
             r.status = ResultStatus::Timeout;
             r.error_kind = "timeout".into();
             r.message = format!("timed out after {after:?}");
-            (r.output, r.output_truncated) = output_of(&partial);
+            (r.output, r.output_truncated, full) = output_of(&partial);
             r.metrics = partial.metrics;
         }
         Err(e) => {
@@ -709,7 +770,53 @@ fn result_record(
             r.message = e.to_string();
         }
     }
-    r
+    (r, full)
+}
+
+/// Releases the pool specs the runtime holds (bounded by [`STOP_RELEASE_BUDGET`]) and forgets the
+/// released ones locally.
+async fn release_pool_specs(state: &mut RuntimeState) {
+    let specs: Vec<SpecEpoch> = state
+        .held
+        .values()
+        .filter(|c| c.spec.target.kind == TargetKind::Pool)
+        .map(|c| SpecEpoch { spec: c.spec.id.clone(), epoch: c.epoch })
+        .collect();
+    if specs.is_empty() {
+        return;
+    }
+    let req = ReleaseRequest { runtime: state.args.runtime.to_string(), specs };
+    match tokio::time::timeout(STOP_RELEASE_BUDGET, state.lease.release(&req)).await {
+        Ok(Ok(reply)) => {
+            info!(runtime = %state.args.runtime, released = reply.released.len(), refused = reply.refused.len(), "leases released");
+            let store = state.store.clone();
+            let ids = reply.released;
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.remove_specs(&ids)).await {
+                warn!(runtime = %state.args.runtime, error = %e, "spec cache not written");
+            }
+        }
+        Ok(Err(e)) => warn!(runtime = %state.args.runtime, error = %e, "leases not released"),
+        Err(_) => warn!(runtime = %state.args.runtime, "leases not released: the hub did not answer in time"),
+    }
+}
+
+/// What a drain task needs.
+struct DrainCtx {
+    store: Arc<RuntimeStore>,
+    lease: LeaseClient,
+    js: jetstream::Context,
+    runtime: String,
+    upload_failures: Arc<std::sync::Mutex<HashMap<u64, u32>>>,
+}
+
+fn drain_ctx(state: &RuntimeState) -> DrainCtx {
+    DrainCtx {
+        store: state.store.clone(),
+        lease: state.lease.clone(),
+        js: state.js.clone(),
+        runtime: state.args.runtime.to_string(),
+        upload_failures: state.upload_failures.clone(),
+    }
 }
 
 fn start_drain(state: &mut RuntimeState, myself: &ActorRef<RuntimeMsg>) {
@@ -719,20 +826,55 @@ fn start_drain(state: &mut RuntimeState, myself: &ActorRef<RuntimeMsg>) {
     }
     state.draining = true;
     state.drain_again = false;
-    let (store, lease, me) = (state.store.clone(), state.lease.clone(), myself.clone());
-    let runtime = state.args.runtime.to_string();
+    let (ctx, me) = (drain_ctx(state), myself.clone());
     tokio::spawn(async move {
-        let (online, delivered, refused) = drain(store, lease, &runtime).await;
+        let (online, delivered, refused) = drain(ctx).await;
         let _ = me.cast(RuntimeMsg::DrainDone { online, delivered, refused });
     });
 }
 
+/// Rough encoded size of a result in a submit request.
+fn approx_size(r: &ResultRecord) -> usize {
+    512 + r.output.len() + r.message.len() + r.metrics.keys().map(|k| k.len() + 16).sum::<usize>()
+}
+
+/// Uploads the full output stored with outbox result `id` as object `name`, unless an object
+/// of that name and size is already there (an earlier attempt whose result was not yet sent).
+async fn upload_output(ctx: &DrainCtx, id: u64, name: &str) -> Result<(), String> {
+    let s = ctx.store.clone();
+    let Some(bytes) = tokio::task::spawn_blocking(move || s.output(id))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(());
+    };
+    let upload = async {
+        let os = ctx.js.get_object_store(ARTIFACTS_STORE).await.map_err(|e| e.to_string())?;
+        if let Ok(info) = os.info(name).await {
+            if !info.deleted && info.size == bytes.len() {
+                return Ok(());
+            }
+        }
+        let mut reader = bytes.as_slice();
+        os.put(name, &mut reader).await.map(|_| ()).map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(UPLOAD_TIMEOUT, upload).await.map_err(|_| "upload timed out".to_owned())?
+}
+
+/// Whether the hub answers at all (told apart from the object store refusing).
+async fn hub_answers(ctx: &DrainCtx) -> bool {
+    let req = LeasesRequest { runtime: Some(ctx.runtime.clone()), unassigned: false, limit: 1 };
+    ctx.lease.leases(&req).await.is_ok()
+}
+
 /// Submits the outbox head in order until it is empty or the hub cannot be reached; returns
-/// (reachable, delivered, refused).
-async fn drain(store: Arc<RuntimeStore>, lease: LeaseClient, runtime: &str) -> (bool, u64, u64) {
+/// (reachable, delivered, refused). Full outputs are uploaded before their results are sent.
+async fn drain(ctx: DrainCtx) -> (bool, u64, u64) {
+    let runtime = ctx.runtime.as_str();
     let (mut delivered, mut refused) = (0u64, 0u64);
     loop {
-        let s = store.clone();
+        let s = ctx.store.clone();
         let pending = match tokio::task::spawn_blocking(move || s.pending(DRAIN_BATCH)).await {
             Ok(Ok(p)) => p,
             _ => return (true, delivered, refused),
@@ -740,9 +882,55 @@ async fn drain(store: Arc<RuntimeStore>, lease: LeaseClient, runtime: &str) -> (
         if pending.is_empty() {
             return (true, delivered, refused);
         }
-        let ids: Vec<u64> = pending.iter().map(|p| p.id).collect();
-        let req = SubmitRequest { results: pending.into_iter().map(|p| p.record).collect() };
-        let reply = match lease.submit(&req).await {
+        // A prefix of the head that fits one request, each full output uploaded first.
+        let mut ready = Vec::with_capacity(pending.len());
+        let mut bytes = 0usize;
+        // `stalled`: an output could not be uploaded, stop after what is ready; `reachable`:
+        // whether the hub answered meanwhile (the object store alone may be refusing).
+        let (mut stalled, mut reachable) = (false, true);
+        for mut p in pending {
+            let size = approx_size(&p.record);
+            if !ready.is_empty() && bytes + size > DRAIN_BYTES {
+                break;
+            }
+            if let Some(name) = p.record.output_ref.clone() {
+                if let Err(e) = upload_output(&ctx, p.id, &name).await {
+                    stalled = true;
+                    if !hub_answers(&ctx).await {
+                        reachable = false;
+                        break;
+                    }
+                    let attempts = {
+                        let mut f = ctx.upload_failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let n = f.entry(p.id).or_insert(0);
+                        *n += 1;
+                        *n
+                    };
+                    warn!(runtime, object = %name, attempts, error = %e, "full output not uploaded");
+                    if attempts < UPLOAD_ATTEMPTS {
+                        break;
+                    }
+                    // Give up on the object rather than block every later result.
+                    let s = ctx.store.clone();
+                    let note = format!("full output not stored: {e}");
+                    match tokio::task::spawn_blocking(move || s.forget_output(p.id, &note)).await {
+                        Ok(Ok(Some(r))) => {
+                            stalled = false;
+                            p.record = r;
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            bytes += size;
+            ready.push(p);
+        }
+        if ready.is_empty() {
+            return (reachable, delivered, refused);
+        }
+        let ids: Vec<u64> = ready.iter().map(|p| p.id).collect();
+        let req = SubmitRequest { results: ready.into_iter().map(|p| p.record).collect() };
+        let reply = match ctx.lease.submit(&req).await {
             Ok(r) => r,
             Err(e) => {
                 if !is_unreachable(&e) {
@@ -767,9 +955,18 @@ async fn drain(store: Arc<RuntimeStore>, lease: LeaseClient, runtime: &str) -> (
                 SubmitStatus::Retry => retry = true,
             }
         }
-        let s = store.clone();
+        {
+            let mut f = ctx.upload_failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for id in &done {
+                f.remove(id);
+            }
+        }
+        let s = ctx.store.clone();
         if !matches!(tokio::task::spawn_blocking(move || s.ack(&done)).await, Ok(Ok(()))) {
             return (true, delivered, refused);
+        }
+        if stalled {
+            return (reachable, delivered, refused);
         }
         if retry || reply.outcomes.len() < ids.len() {
             return (true, delivered, refused);
@@ -821,5 +1018,51 @@ impl RuntimeHandle {
     /// Kills the runtime abruptly (as a crash would): no further renewals or results.
     pub fn kill(&self) {
         self.actor.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::runtime::executor::Captured;
+
+    fn obs(stdout: &[u8], stderr: &[u8], truncated: bool) -> Observation {
+        Observation {
+            stdout: Captured { bytes: stdout.to_vec(), truncated, total: stdout.len() as u64 },
+            stderr: Captured { bytes: stderr.to_vec(), truncated: false, total: stderr.len() as u64 },
+            ..Observation::default()
+        }
+    }
+
+    #[test]
+    fn short_output_stays_inline_only() {
+        let (inline, cut, full) = output_of(&obs(b"out", b"err\n", false));
+        assert_eq!(inline, "out\nerr\n");
+        assert!(!cut);
+        assert_eq!(full, None);
+    }
+
+    #[test]
+    fn long_output_keeps_a_valid_inline_head_and_the_whole() {
+        // Three-byte characters: the 4096-byte cut falls inside one.
+        let text = "€".repeat(3000);
+        let (inline, cut, full) = output_of(&obs(text.as_bytes(), b"", false));
+        assert!(cut);
+        assert!(inline.len() <= MAX_INLINE_OUTPUT && inline.len() > MAX_INLINE_OUTPUT - 3);
+        assert!(text.starts_with(&inline));
+        assert_eq!(full.unwrap(), text.as_bytes());
+    }
+
+    #[test]
+    fn output_is_bounded_and_executor_truncation_is_reported() {
+        let big = vec![b'a'; MAX_STORED_OUTPUT];
+        let (_, cut, full) = output_of(&obs(&big, b"tail", false));
+        assert!(cut);
+        assert_eq!(full.unwrap().len(), MAX_STORED_OUTPUT);
+        let (_, cut, full) = output_of(&obs(b"x", b"", true));
+        assert!(cut, "the executor dropped bytes");
+        assert_eq!(full, None);
     }
 }

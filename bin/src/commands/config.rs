@@ -121,7 +121,8 @@ pub struct JobSpecsArgs {
     /// Page cursor: keys after this one.
     #[arg(long)]
     pub after: Option<String>,
-    /// Explain why the spec with this id exists.
+    /// Explain the spec with this id: why it exists, its target, which runtimes may run it and
+    /// why, its holder and epoch, and when it last ran.
     #[arg(long)]
     pub explain: Option<String>,
     /// Only the specs leased by this runtime (with holder, epoch and lease state).
@@ -476,21 +477,11 @@ pub async fn jobspecs(global: &Global, args: JobSpecsArgs) -> anyhow::Result<()>
             super::runtime::LeasesArgs { runtime: args.runtime, unassigned: args.unassigned, limit: args.limit };
         return super::runtime::leases(global, leases).await;
     }
-    let api = client(global).await?;
     if let Some(id) = &args.explain {
-        let r = api.explain(id).await.map_err(explain_error)?;
-        match global.output {
-            OutputFormat::Json => output::print(global.output, &[], &[], &r),
-            OutputFormat::Table => {
-                println!("spec {} ({})", r.spec.id, r.key);
-                for line in &r.why {
-                    println!("  - {line}");
-                }
-                println!("{}", serde_json::to_string_pretty(&r.spec)?);
-            }
-        }
-        return Ok(());
+        // Config (why it exists), lease state (who may run it, who does) and results.
+        return super::runtime::explain(global, id).await;
     }
+    let api = client(global).await?;
     let (kind, target) = match (args.host, args.pool) {
         (Some(h), _) => (Some(TargetKind::Host), Some(h)),
         (_, Some(p)) => (Some(TargetKind::Pool), Some(p)),

@@ -1,14 +1,21 @@
 //! `steward runtime` (a standalone assessment runtime for pool specs), `steward leases` (specs
-//! and who holds them) and `steward results` (stored results).
+//! and who holds them), `steward jobspecs --explain` (a spec, who may run it and who does) and
+//! `steward results` (stored results, and a result's full output from the object store).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
-use steward_actors::lease_client::{query_results, LeaseClient, ResultQuery};
+use steward_actors::lease_client::{lease_snapshot, query_results, LeaseClient, ResultQuery};
 use steward_actors::runtime::{RuntimeArgs as ActorArgs, RuntimeHandle};
-use steward_subjects::api::lease::LeasesRequest;
+use steward_subjects::api::config::ConfigClient;
+use steward_subjects::api::lease::{LeasesRequest, RuntimeSession};
+use steward_subjects::api::result::{ResultRecord, MAX_INLINE_OUTPUT};
+use steward_subjects::config::{JobSpec, SpecId, TargetKind};
+use steward_subjects::selector::Selector;
+use steward_subjects::streams::ARTIFACTS_STORE;
+use steward_subjects::subject::result_output_object;
 use steward_subjects::{HostId, RuntimeId, Subjects};
 use tracing::info;
 
@@ -36,6 +43,10 @@ pub struct RuntimeArgs {
     /// Most specs asked for per lease request.
     #[arg(long, default_value_t = 50)]
     pub batch: u32,
+    /// JetStream domain of the hub, when `--nats` is a leaf node with its own JetStream (large
+    /// outputs go to the hub's object store).
+    #[arg(long)]
+    pub hub_domain: Option<String>,
 }
 
 /// Options of `steward leases`.
@@ -55,8 +66,8 @@ pub struct LeasesArgs {
 /// Options of `steward results`.
 #[derive(Debug, Clone, Args)]
 pub struct ResultsArgs {
-    /// Only results of this spec id.
-    #[arg(long)]
+    /// Only results of this spec id (32 hex digits).
+    #[arg(long, value_parser = parse_spec_id)]
     pub spec: Option<String>,
     /// Only results of this host (or standalone runtime id).
     #[arg(long, value_parser = parse_host)]
@@ -67,6 +78,14 @@ pub struct ResultsArgs {
     /// Most results shown (the latest ones).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// Print the full output of one result (`<spec>:<epoch>:<seq>`, or its `output_ref`) from
+    /// the artifacts object store, raw, instead of listing results.
+    #[arg(long, value_name = "KEY", conflicts_with_all = ["spec", "host", "since"])]
+    pub full_output: Option<String>,
+}
+
+fn parse_spec_id(s: &str) -> Result<String, String> {
+    s.parse::<SpecId>().map(|id| id.to_string())
 }
 
 fn parse_runtime(s: &str) -> Result<RuntimeId, String> {
@@ -105,6 +124,7 @@ pub async fn runtime(global: &Global, args: RuntimeArgs) -> anyhow::Result<()> {
     a.labels = args.labels.0;
     a.capacity = args.capacity.max(1);
     a.batch = args.batch.max(1);
+    a.hub_domain = args.hub_domain;
     let (handle, join) = RuntimeHandle::start(a).await.context("cannot start the runtime")?;
     info!(runtime = %args.id, "runtime running");
     crate::shutdown::signal().await;
@@ -158,6 +178,9 @@ pub async fn leases(global: &Global, args: LeasesArgs) -> anyhow::Result<()> {
 /// When the results stream cannot be read or `--since` is malformed.
 pub async fn results(global: &Global, args: ResultsArgs) -> anyhow::Result<()> {
     let nats = steward_actors::connect(&super::connect_options(global), "steward-cli").await?;
+    if let Some(key) = &args.full_output {
+        return full_output(&nats, global, key).await;
+    }
     let q = ResultQuery {
         spec: args.spec,
         host: args.host,
@@ -175,10 +198,289 @@ pub async fn results(global: &Global, args: ResultsArgs) -> anyhow::Result<()> {
                 format!("{}:{}", r.epoch, r.seq),
                 r.status.as_str().to_owned(),
                 r.ended_at_ms.saturating_sub(r.started_at_ms).to_string(),
+                if r.output_ref.is_some() { "stored".into() } else { "inline".into() },
                 r.message.clone(),
             ]
         })
         .collect();
-    output::print(global.output, &["ENDED", "SPEC", "HOST", "EPOCH:SEQ", "STATUS", "MS", "MESSAGE"], &rows, &results);
+    output::print(
+        global.output,
+        &["ENDED", "SPEC", "HOST", "EPOCH:SEQ", "STATUS", "MS", "OUTPUT", "MESSAGE"],
+        &rows,
+        &results,
+    );
+    if global.output == crate::cli::OutputFormat::Table && results.iter().any(|r| r.output_ref.is_some()) {
+        println!("(full output of a `stored` result: steward results --full-output <spec>:<epoch>:<seq>)");
+    }
+    Ok(())
+}
+
+/// The object name of a result's full output: `key` is `<spec>:<epoch>:<seq>` or the name itself.
+fn output_object_name(global: &Global, key: &str) -> anyhow::Result<String> {
+    if key.contains('/') {
+        return Ok(key.to_owned());
+    }
+    let parts: Vec<&str> = key.split(':').collect();
+    let bad = || {
+        anyhow::anyhow!(
+            "--full-output {key:?}: expected <spec>:<epoch>:<seq> (the EPOCH:SEQ column of `steward results`) or an output_ref"
+        )
+    };
+    let [spec, epoch, seq] = parts.as_slice() else { return Err(bad()) };
+    let spec = parse_spec_id(spec).map_err(|e| anyhow::anyhow!("--full-output {key:?}: {e}"))?;
+    let (epoch, seq) = (epoch.parse::<u64>().map_err(|_| bad())?, seq.parse::<u64>().map_err(|_| bad())?);
+    Ok(result_output_object(&global.account, &spec, epoch, seq))
+}
+
+async fn full_output(nats: &async_nats::Client, global: &Global, key: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let name = output_object_name(global, key)?;
+    let js = async_nats::jetstream::new(nats.clone());
+    let store = js.get_object_store(ARTIFACTS_STORE).await.with_context(|| format!("cannot open {ARTIFACTS_STORE}"))?;
+    let mut object = store.get(name.as_str()).await.map_err(|e| {
+        anyhow::anyhow!(
+            "no stored output {name:?} ({e}); outputs up to {MAX_INLINE_OUTPUT} bytes are kept only inline in the result (`steward results --spec ...`)"
+        )
+    })?;
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
+        .await
+        .with_context(|| format!("cannot read {name}"))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&bytes)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// One runtime as `jobspecs --explain` sees it.
+#[derive(Debug, Serialize)]
+struct RuntimeEligibility {
+    runtime: String,
+    host: String,
+    labels: std::collections::BTreeMap<String, String>,
+    live: bool,
+    eligible: bool,
+    reason: String,
+}
+
+/// The current lease of a spec.
+#[derive(Debug, Serialize)]
+struct LeaseState {
+    holder: String,
+    epoch: u64,
+    live: bool,
+    granted_at: String,
+    expires_at: String,
+}
+
+/// The latest stored result of a spec.
+#[derive(Debug, Serialize)]
+struct LastRun {
+    key: String,
+    status: String,
+    runtime: String,
+    host: String,
+    ended_at: String,
+    message: String,
+}
+
+/// What `jobspecs --explain` prints.
+#[derive(Debug, Serialize)]
+struct Explanation {
+    key: String,
+    target: String,
+    selector: Option<String>,
+    why: Vec<String>,
+    lease: Option<LeaseState>,
+    runtimes: Vec<RuntimeEligibility>,
+    last_run: Option<LastRun>,
+    last_run_note: String,
+    spec: JobSpec,
+}
+
+fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "(none)".into();
+    }
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// Whether `s` may run `spec`, and why.
+fn eligibility(spec: &JobSpec, selector: Option<&Result<Selector, String>>, s: &RuntimeSession) -> (bool, String) {
+    match spec.target.kind {
+        TargetKind::Host => {
+            if s.host == spec.target.id {
+                (true, format!("runs on host {}, the spec's target", s.host))
+            } else if s.host.is_empty() {
+                (false, "a standalone runtime: host specs run only on their host's runtime".into())
+            } else {
+                (false, format!("runs on host {}, the spec targets host {}", s.host, spec.target.id))
+            }
+        }
+        TargetKind::Pool => match selector {
+            Some(Ok(sel)) if sel.is_empty() => (true, "the pool's selector is empty: every runtime may run it".into()),
+            Some(Ok(sel)) => {
+                let failing: Vec<String> =
+                    sel.requirements().iter().filter(|r| !r.matches(&s.labels)).map(ToString::to_string).collect();
+                if failing.is_empty() {
+                    (true, format!("labels {} match selector {:?}", labels_text(&s.labels), sel.to_string()))
+                } else {
+                    (false, format!("labels {} fail {}", labels_text(&s.labels), failing.join(", ")))
+                }
+            }
+            Some(Err(e)) => (false, format!("the pool's selector does not parse ({e}): no runtime may run it")),
+            None => (false, "no selector".into()),
+        },
+    }
+}
+
+/// `steward jobspecs --explain ID`: the spec, why it exists, its target, which runtimes may
+/// run it and why, who holds it at which epoch, and when it last ran.
+///
+/// # Errors
+/// A malformed or unknown spec id, or NATS failures.
+pub async fn explain(global: &Global, id: &str) -> anyhow::Result<()> {
+    let id = parse_spec_id(id).map_err(|e| anyhow::anyhow!("--explain: {e}"))?;
+    let nats = steward_actors::connect(&super::connect_options(global), "steward-cli").await?;
+    let subjects = Subjects::new(global.account.clone());
+    let api = ConfigClient::new(nats.clone(), subjects.clone());
+    let r = api.explain(&id).await.map_err(|e| match e.remote() {
+        Some(w) => anyhow::anyhow!("job spec {id}: {w}"),
+        None => anyhow::Error::new(e).context(format!("cannot explain job spec {id}")),
+    })?;
+    let spec = r.spec;
+    let now = steward_actors::lease::now_ms();
+    let snapshot = lease_snapshot(&nats, &subjects, &id).await.context("cannot read the lease state")?;
+    let selector = (spec.target.kind == TargetKind::Pool)
+        .then(|| Selector::parse(&spec.runtime_selector).map_err(|e| e.to_string()));
+    let session_of = |rt: &str| snapshot.sessions.iter().find(|s| s.runtime == rt);
+    let lease = snapshot.lease.as_ref().map(|l| {
+        let session = session_of(&l.holder);
+        LeaseState {
+            holder: l.holder.clone(),
+            epoch: l.epoch,
+            live: !l.holder.is_empty() && session.is_some_and(|s| s.expires_at_ms > now),
+            granted_at: ms_rfc3339(l.granted_at_ms),
+            expires_at: session.map(|s| ms_rfc3339(s.expires_at_ms)).unwrap_or_default(),
+        }
+    });
+    let runtimes: Vec<RuntimeEligibility> = snapshot
+        .sessions
+        .iter()
+        .map(|s| {
+            let (eligible, reason) = eligibility(&spec, selector.as_ref(), s);
+            RuntimeEligibility {
+                runtime: s.runtime.clone(),
+                host: s.host.clone(),
+                labels: s.labels.clone(),
+                live: s.expires_at_ms > now,
+                eligible,
+                reason,
+            }
+        })
+        .collect();
+    // Results are filed under the host of the runtime that ran them: the target host for host
+    // specs; for pool specs the holder's host (its runtime id when standalone).
+    let filed_under = match spec.target.kind {
+        TargetKind::Host => Some(spec.target.id.clone()),
+        TargetKind::Pool => lease.as_ref().filter(|l| !l.holder.is_empty()).map(|l| {
+            session_of(&l.holder).filter(|s| !s.host.is_empty()).map_or_else(|| l.holder.clone(), |s| s.host.clone())
+        }),
+    };
+    let (last_run, last_run_note) = match filed_under.as_deref().map(HostId::parse) {
+        Some(Ok(host)) => {
+            let q = ResultQuery { spec: Some(id.clone()), host: Some(host.clone()), since: None, limit: 1 };
+            match query_results(&nats, &subjects, &q).await {
+                Ok(v) => match v.last() {
+                    Some(r) => (Some(last_run(r)), String::new()),
+                    None => (None, format!("no stored result filed under {host}")),
+                },
+                Err(e) => (None, format!("results not readable: {e}")),
+            }
+        }
+        Some(Err(e)) => (None, format!("results not searched: {e}")),
+        None => (None, "unknown: the spec has no holder to search the results of".into()),
+    };
+    let out = Explanation {
+        key: r.key,
+        target: format!("{}/{}", spec.target.kind.as_str(), spec.target.id),
+        selector: (spec.target.kind == TargetKind::Pool).then(|| spec.runtime_selector.clone()),
+        why: r.why,
+        lease,
+        runtimes,
+        last_run,
+        last_run_note,
+        spec,
+    };
+    match global.output {
+        crate::cli::OutputFormat::Json => output::print(global.output, &[], &[], &out),
+        crate::cli::OutputFormat::Table => print_explanation(&out)?,
+    }
+    Ok(())
+}
+
+fn last_run(r: &ResultRecord) -> LastRun {
+    LastRun {
+        key: r.idempotency_key(),
+        status: r.status.as_str().to_owned(),
+        runtime: r.runtime.clone(),
+        host: r.host.clone(),
+        ended_at: ms_rfc3339(r.ended_at_ms),
+        message: r.message.clone(),
+    }
+}
+
+fn print_explanation(e: &Explanation) -> anyhow::Result<()> {
+    println!("spec {} ({})", e.spec.id, e.key);
+    match &e.selector {
+        Some(sel) if sel.is_empty() => println!("target: {} (runtime selector: empty, any runtime)", e.target),
+        Some(sel) => println!("target: {} (runtime selector {sel:?})", e.target),
+        None => println!("target: {} (run by that host's runtime)", e.target),
+    }
+    println!("why it exists:");
+    for line in &e.why {
+        println!("  - {line}");
+    }
+    match &e.lease {
+        Some(l) if !l.holder.is_empty() => println!(
+            "holder: {} at epoch {} ({}, granted {}{})",
+            l.holder,
+            l.epoch,
+            if l.live { "live" } else { "session expired: the spec is free for another runtime" },
+            l.granted_at,
+            if l.expires_at.is_empty() { String::new() } else { format!(", session until {}", l.expires_at) }
+        ),
+        Some(l) => println!("holder: none (released; last epoch {})", l.epoch),
+        None => println!("holder: none (never leased)"),
+    }
+    let eligible = e.runtimes.iter().filter(|r| r.eligible && r.live).count();
+    println!("runtimes: {eligible} live and eligible of {} known", e.runtimes.len());
+    let rows: Vec<Vec<String>> = e
+        .runtimes
+        .iter()
+        .map(|r| {
+            vec![
+                r.runtime.clone(),
+                if r.host.is_empty() { "-".into() } else { r.host.clone() },
+                labels_text(&r.labels),
+                if r.live { "live".into() } else { "expired".into() },
+                if r.eligible { "yes".into() } else { "no".into() },
+                r.reason.clone(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        for line in output::table(&["RUNTIME", "HOST", "LABELS", "SESSION", "ELIGIBLE", "WHY"], &rows).lines() {
+            println!("  {line}");
+        }
+    }
+    match &e.last_run {
+        Some(r) => {
+            println!("last run: {} {} ({}, by {} on {}) {}", r.ended_at, r.status, r.key, r.runtime, r.host, r.message)
+        }
+        None => println!("last run: {}", e.last_run_note),
+    }
+    println!("spec:");
+    println!("{}", serde_json::to_string_pretty(&e.spec)?);
     Ok(())
 }

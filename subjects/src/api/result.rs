@@ -42,6 +42,10 @@ impl ResultStatus {
 /// whole in the artifacts object store when the runtime can reach it).
 pub const MAX_INLINE_OUTPUT: usize = 4096;
 
+/// Largest output a runtime keeps of one run (stdout then stderr) and stores whole in the
+/// artifacts object store when it is longer than [`MAX_INLINE_OUTPUT`], in bytes.
+pub const MAX_STORED_OUTPUT: usize = 1024 * 1024;
+
 /// Largest number of results one `result.submit` request may carry.
 pub const MAX_SUBMIT_BATCH: usize = 1000;
 
@@ -82,7 +86,9 @@ pub struct ResultRecord {
     pub output: String,
     /// Whether `output` was cut.
     pub output_truncated: bool,
-    /// Name of the full output in the artifacts object store, when it was stored there.
+    /// Name of the full output (up to [`MAX_STORED_OUTPUT`] bytes) in the artifacts object
+    /// store, when it was longer than [`MAX_INLINE_OUTPUT`]; the runtime uploads it before it
+    /// submits the result.
     pub output_ref: Option<String>,
 }
 

@@ -107,6 +107,12 @@ pub fn lease_session_key(account: &AccountId, runtime: &RuntimeId) -> String {
     format!("{account}.rt.{runtime}")
 }
 
+/// Key filter of every runtime session record of `account`: `<account>.rt.*`.
+#[must_use]
+pub fn lease_session_filter(account: &AccountId) -> String {
+    format!("{account}.rt.*")
+}
+
 /// Key filter of every lease and session record of `account`: `<account>.>`.
 #[must_use]
 pub fn lease_account_filter(account: &AccountId) -> String {

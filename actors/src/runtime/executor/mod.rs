@@ -28,8 +28,10 @@ pub use http::{HttpError, HttpExecutor};
 pub use ssh::{SshError, SshExecutor};
 pub use tcp::{TcpError, TcpExecutor};
 
-/// Default cap on captured stdout and stderr, each, in bytes.
-pub const DEFAULT_OUTPUT_CAP: usize = 64 * 1024;
+/// Default cap on captured stdout and stderr, each, in bytes: as much as a result may keep of
+/// its output ([`MAX_STORED_OUTPUT`](steward_subjects::api::result::MAX_STORED_OUTPUT); the
+/// first 4 KiB inline, the whole in the artifacts object store).
+pub const DEFAULT_OUTPUT_CAP: usize = steward_subjects::api::result::MAX_STORED_OUTPUT;
 
 /// A cancel signal an execution watches; see [`cancel_pair`].
 #[derive(Debug, Clone)]
