@@ -13,6 +13,7 @@
 //! request/reply ceiling of the same run.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -42,7 +43,18 @@ pub const DEF: ScenarioDef = ScenarioDef {
     run: |ctx| run(ctx).boxed(),
 };
 
-async fn sim_fleet(client: async_nats::Client, subjects: Subjects) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+/// When the simulated fleet received the work order of each run (first attempt), for the
+/// round trip's breakdown.
+type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// The host of the round-trip runs.
+const ROUND_TRIP_HOST: &str = "sim-rt";
+
+async fn sim_fleet(
+    client: async_nats::Client,
+    subjects: Subjects,
+    arrivals: Arrivals,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut work = client.subscribe(subjects.run_work_all()).await?;
     client.flush().await?;
     let js = jetstream::new(client.clone());
@@ -50,6 +62,10 @@ async fn sim_fleet(client: async_nats::Client, subjects: Subjects) -> anyhow::Re
         while let Some(m) = work.next().await {
             let Some(reply) = m.reply.clone() else { continue };
             let Ok(order) = codec::decode::<WorkOrder>(Encoding::MsgPack, &m.payload) else { continue };
+            if order.host_id == ROUND_TRIP_HOST {
+                let now = Instant::now();
+                arrivals.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(order.run_id.clone()).or_insert(now);
+            }
             let ack = rpc::encode_reply(Encoding::MsgPack, Ok(WorkAck { accepted: true, ..WorkAck::default() }));
             let _ = client.publish_with_headers(reply, Encoding::MsgPack.headers(), ack).await;
             let Ok(host) = HostId::parse(&order.host_id) else { continue };
@@ -101,7 +117,8 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
         ctx.track_hub(pid);
     }
     let fleet_conn = ctx.deployment.connect("dispatch-fleet").await?;
-    let fleet = sim_fleet(fleet_conn, subjects.clone()).await?;
+    let arrivals = Arrivals::default();
+    let fleet = sim_fleet(fleet_conn, subjects.clone(), arrivals.clone()).await?;
     let client = ctx.deployment.connect("dispatch-client").await?;
     let js = jetstream::new(client.clone());
     let kv = js.get_key_value(RUNS_BUCKET).await.context("runs bucket missing: is the hub up?")?;
@@ -113,18 +130,22 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
     // Round trip on one host.
     let n = ctx.size("dispatch.round_trip", 2_000, 200);
     let req = RunRequest {
-        hosts: vec!["sim-rt".into()],
+        hosts: vec![ROUND_TRIP_HOST.into()],
         job: Job::command(["true"]),
         timeout_ms: 30_000,
         ..RunRequest::default()
     };
     let mut latency = Latency::new();
+    // Where the time goes: request → reply, request → work order at the host, work order at
+    // the host → host record recorded.
+    let (mut to_reply, mut to_work, mut work_to_record) = (Latency::new(), Latency::new(), Latency::new());
     let mut failed = 0u64;
     let m = ctx.begin();
     for _ in 0..n {
         let started = Instant::now();
         let accepted: RunAccepted =
             rpc::request(&client, subjects.run_dispatch(), &req, Duration::from_secs(10)).await?;
+        to_reply.record_since(started);
         loop {
             if done.get(&accepted.run_id).copied().unwrap_or(0) >= 1 {
                 break;
@@ -140,7 +161,13 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
                 Err(_) => bail!("run {} not recorded within 10 s", accepted.run_id),
             }
         }
-        latency.record_since(started);
+        let finished = Instant::now();
+        latency.record(finished - started);
+        let arrived = arrivals.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&accepted.run_id);
+        if let Some(at) = arrived {
+            to_work.record(at.saturating_duration_since(started));
+            work_to_record.record(finished.saturating_duration_since(at));
+        }
     }
     let mut r = m.finish(
         "dispatch.round_trip",
@@ -149,7 +176,15 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
         Some(&latency),
     );
     r.errors = failed;
-    r.params = json!({"runs": n, "target_p99_ms": 2.0});
+    r.params = json!({
+        "runs": n,
+        "target_p99_ms": 2.0,
+        "breakdown": {
+            "request_to_reply": to_reply.summary(),
+            "request_to_work_at_host": to_work.summary(),
+            "work_at_host_to_recorded": work_to_record.summary(),
+        },
+    });
     ctx.compare(&mut r, "raw.request_reply_serial").await?;
     out.push(r);
 
