@@ -262,14 +262,7 @@ impl CountsDelta {
     }
 
     fn apply(&self, c: &mut StatusCounts) {
-        let fields = [
-            &mut c.pending,
-            &mut c.running,
-            &mut c.success,
-            &mut c.failure,
-            &mut c.timeout,
-            &mut c.canceled,
-        ];
+        let fields = [&mut c.pending, &mut c.running, &mut c.success, &mut c.failure, &mut c.timeout, &mut c.canceled];
         for (f, d) in fields.into_iter().zip(self.0) {
             *f = f.saturating_add_signed(d);
         }
@@ -677,6 +670,18 @@ impl Core {
     /// every host ended is only declared ended once its host records confirm it (from memory
     /// when this instance knows every host ended, else read from the store).
     async fn flush(&self, run_id: &str, delta: CountsDelta) -> Result<(), StoreError> {
+        // This instance knows every host ended (terminal states never change): one write.
+        let ended_here: Option<Vec<KnownHost>> = self.active().get(run_id).and_then(|a| {
+            a.hosts.values().all(|k| k.0.status.is_terminal()).then(|| a.hosts.values().cloned().collect())
+        });
+        if let Some(hosts) = ended_here {
+            if let Some(run) = self.store.run(run_id).await? {
+                if hosts.len() as u64 >= run.hosts_total {
+                    self.settle_counted(run_id, &hosts).await?;
+                    return Ok(());
+                }
+            }
+        }
         let mut ended = false;
         let run = self
             .store
@@ -702,14 +707,7 @@ impl Core {
         if run.status.is_terminal() {
             self.forget(run_id);
         } else if ended {
-            let known: Option<Vec<KnownHost>> = self.active().get(run_id).and_then(|a| {
-                (a.hosts.len() as u64 >= run.hosts_total && a.hosts.values().all(|k| k.0.status.is_terminal()))
-                    .then(|| a.hosts.values().cloned().collect())
-            });
-            let hosts = match known {
-                Some(h) => h,
-                None => self.store.hosts_with_revisions(run_id).await?,
-            };
+            let hosts = self.store.hosts_with_revisions(run_id).await?;
             self.settle_counted(run_id, &hosts).await?;
         }
         Ok(())
@@ -877,11 +875,22 @@ impl Core {
             self.forget(run_id);
             return Ok(());
         }
+        let now = now_ms();
+        let redeliver_after = self.redeliver_after_ms;
         let known = {
             let mut active = self.active();
             let Some(a) = active.get_mut(run_id) else { return Ok(()) };
             a.cancel_requested |= run.cancel_requested;
-            (a.hosts.len() as u64 >= run.hosts_total).then(|| a.hosts.values().map(|k| k.0.clone()).collect())
+            // A pending host due for a work order may have been started through another
+            // instance: read the records afresh before sending anything.
+            let due = |h: &HostRun| {
+                h.status == RunStatus::Pending
+                    && now >= h.not_before_ms
+                    && !a.delivered.get(&h.host_id).is_some_and(|(n, at)| *n == h.attempt && at + redeliver_after > now)
+            };
+            let fresh_enough = a.hosts.len() as u64 >= run.hosts_total
+                && (run.cancel_requested || !a.hosts.values().any(|k| due(&k.0)));
+            fresh_enough.then(|| a.hosts.values().map(|k| k.0.clone()).collect())
         };
         let hosts: Vec<HostRun> = match known {
             Some(h) => h,
@@ -889,13 +898,15 @@ impl Core {
                 let hosts = self.store.hosts_with_revisions(run_id).await?;
                 if let Some(a) = self.active().get_mut(run_id) {
                     for k in &hosts {
-                        a.hosts.entry(k.0.host_id.clone()).or_insert_with(|| k.clone());
+                        let newer = a.hosts.get(&k.0.host_id).is_none_or(|c| c.1 < k.1);
+                        if newer {
+                            a.hosts.insert(k.0.host_id.clone(), k.clone());
+                        }
                     }
                 }
                 hosts.into_iter().map(|k| k.0).collect()
             }
         };
-        let now = now_ms();
         let mut next = u64::MAX;
         let mut to_deliver = Vec::new();
         let mut open = 0usize;
