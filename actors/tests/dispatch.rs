@@ -535,12 +535,12 @@ async fn two_dispatchers_share_runs_without_corrupting_them() {
         .await
         .unwrap();
         assert_eq!(view.run.status, *want, "{view:#?}");
-        assert_eq!(view.run.counts.total(), 3, "{:?}", view.run.counts);
+        assert_eq!(view.run.counts.total(), 3, "{view:#?}");
         let ended = match want {
             RunStatus::Success => view.run.counts.success,
             _ => view.run.counts.failure,
         };
-        assert_eq!(ended, 3, "{:?}", view.run.counts);
+        assert_eq!(ended, 3, "{view:#?}");
         assert!(view.run.finished_at.is_some());
         for h in &view.hosts {
             assert_eq!(h.run.status, *want, "{:?}", h.run);

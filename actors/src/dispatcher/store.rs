@@ -296,7 +296,8 @@ impl RunStore {
     /// Applies `f` to one host record with compare-and-set. With `known` (a record and its
     /// revision remembered from an earlier write) the first attempt writes without reading;
     /// when the record changed meanwhile (another writer, another hub) it is read again and `f`
-    /// applied to the fresh value. `None` when the record does not exist.
+    /// applied to the fresh value; `f` finding nothing to change on the remembered value is
+    /// also checked against a fresh read. `None` when the record does not exist.
     ///
     /// # Errors
     /// [`StoreError`].
@@ -335,6 +336,7 @@ impl RunStore {
         F: FnMut(&mut T) -> bool,
     {
         for _ in 0..CAS_TRIES {
+            let remembered = known.is_some();
             let (before, revision) = match known.take() {
                 Some(k) => k,
                 None => {
@@ -349,6 +351,11 @@ impl RunStore {
             };
             let mut value = before.clone();
             if !f(&mut value) {
+                if remembered {
+                    // "Nothing to do" judged on a remembered value may be stale (another
+                    // writer moved the record on, e.g. to the next attempt): judge it afresh.
+                    continue;
+                }
                 return Ok(Some((before, value, revision)));
             }
             match self.kv.update(key, encode(&value)?, revision).await {
