@@ -887,15 +887,21 @@ impl Core {
             }
         }
         let deltas: Vec<(String, CountsDelta)> = lock(&self.deltas).drain().collect();
-        for (run_id, delta) in deltas {
-            if delta == CountsDelta::default() {
-                continue;
-            }
-            if let Err(e) = self.flush(&run_id, delta).await {
-                warn!(run_id = %run_id, error = %e, "run counts not written; retrying");
-                lock(&self.deltas).entry(run_id).or_default().merge(delta);
-            }
-        }
+        let flushes: Vec<_> = deltas
+            .into_iter()
+            .filter(|(_, delta)| *delta != CountsDelta::default())
+            .map(|(run_id, delta)| {
+                async move {
+                    if let Err(e) = self.flush(&run_id, delta).await {
+                        warn!(run_id = %run_id, error = %e, "run counts not written; retrying");
+                        lock(&self.deltas).entry(run_id).or_default().merge(delta);
+                    }
+                }
+                .boxed()
+            })
+            .collect();
+        // Runs are independent: their records are written many at a time.
+        futures::stream::iter(flushes).buffer_unordered(64).collect::<Vec<()>>().await;
         let now = now_ms();
         let due: Vec<String> =
             self.active().iter().filter(|(_, a)| a.next_check_ms <= now).map(|(id, _)| id.clone()).collect();
