@@ -29,11 +29,11 @@
 //! Work orders do not (yet) travel as the connector's durable host commands. Measured with the
 //! `dispatch` load-test scenario (`dispatch.command_path` probe, 2-core machine shared with
 //! builds): a command published to `STEWARD_HOST_COMMANDS` reaches a host's durable consumer
-//! in p50 0.20 ms / p99 0.40 ms (request/reply: p50 0.10 ms / p99 0.31 ms in the same run), so
+//! in p50 0.19 ms / p99 0.38 ms (request/reply: p50 0.08 ms / p99 0.27 ms in the same run), so
 //! published together with the run records it would cost little latency. What stands in the
 //! way: the edge handles commands one at a time and journals each reply in its redb store
 //! before acknowledging (a disk commit per work order), and every simulated host of the fan-out
-//! needs its own durable consumer (1,000 took 0.6–1.1 s to create; 10,000 were not tried). The
+//! needs its own durable consumer (1,000 took 0.6–2.8 s to create; 10,000 were not tried). The
 //! switch — a `run` command action carrying the work order, handed by the edge's command
 //! consumer to its run worker without the journal, expiring at the run deadline — is left for
 //! a follow-up with these figures.
@@ -264,6 +264,8 @@ fn store_err(e: StoreError) -> WireError {
 #[derive(Debug, Clone, Default)]
 struct ActiveRun {
     cancel_requested: bool,
+    /// Hosts of the run.
+    hosts_total: u64,
     next_check_ms: u64,
     /// Earliest retry noted while a check was under way (the check must not push it later).
     wake_ms: Option<u64>,
@@ -356,6 +358,7 @@ impl Core {
         let cache: HashMap<String, KnownHost> = hosts.iter().map(|k| (k.0.host_id.clone(), k.clone())).collect();
         self.active().entry(run.run_id.clone()).or_insert_with(|| ActiveRun {
             cancel_requested: run.cancel_requested,
+            hosts_total: run.hosts_total,
             hosts: cache,
             ..ActiveRun::default()
         });
@@ -478,6 +481,7 @@ impl Core {
         self.active().insert(
             run_id.clone(),
             ActiveRun {
+                hosts_total: run.hosts_total,
                 next_check_ms: now + self.redeliver_after_ms.min(timeout),
                 hosts: records.iter().cloned().zip(revisions).map(|k| (k.0.host_id.clone(), k)).collect(),
                 ..ActiveRun::default()
@@ -713,15 +717,12 @@ impl Core {
     async fn flush(&self, run_id: &str, delta: CountsDelta) -> Result<(), StoreError> {
         // This instance knows every host ended (terminal states never change): one write.
         let ended_here: Option<Vec<KnownHost>> = self.active().get(run_id).and_then(|a| {
-            a.hosts.values().all(|k| k.0.status.is_terminal()).then(|| a.hosts.values().cloned().collect())
+            (a.hosts.len() as u64 >= a.hosts_total && a.hosts.values().all(|k| k.0.status.is_terminal()))
+                .then(|| a.hosts.values().cloned().collect())
         });
         if let Some(hosts) = ended_here {
-            if let Some(run) = self.store.run(run_id).await? {
-                if hosts.len() as u64 >= run.hosts_total {
-                    self.settle_counted(run_id, &hosts).await?;
-                    return Ok(());
-                }
-            }
+            self.settle_counted(run_id, &hosts).await?;
+            return Ok(());
         }
         let mut ended = false;
         let run = self
@@ -887,21 +888,17 @@ impl Core {
             }
         }
         let deltas: Vec<(String, CountsDelta)> = lock(&self.deltas).drain().collect();
-        let flushes: Vec<_> = deltas
-            .into_iter()
-            .filter(|(_, delta)| *delta != CountsDelta::default())
-            .map(|(run_id, delta)| {
-                async move {
-                    if let Err(e) = self.flush(&run_id, delta).await {
-                        warn!(run_id = %run_id, error = %e, "run counts not written; retrying");
-                        lock(&self.deltas).entry(run_id).or_default().merge(delta);
-                    }
-                }
-                .boxed()
-            })
-            .collect();
-        // Runs are independent: their records are written many at a time.
-        futures::stream::iter(flushes).buffer_unordered(64).collect::<Vec<()>>().await;
+        // One run after the other: a burst of run-record writes every tick would delay the
+        // round trips of runs in flight (measured: p99 up by half).
+        for (run_id, delta) in deltas {
+            if delta == CountsDelta::default() {
+                continue;
+            }
+            if let Err(e) = self.flush(&run_id, delta).await {
+                warn!(run_id = %run_id, error = %e, "run counts not written; retrying");
+                lock(&self.deltas).entry(run_id).or_default().merge(delta);
+            }
+        }
         let now = now_ms();
         let due: Vec<String> =
             self.active().iter().filter(|(_, a)| a.next_check_ms <= now).map(|(id, _)| id.clone()).collect();
