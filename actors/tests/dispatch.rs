@@ -443,3 +443,151 @@ async fn a_real_playbook_run_succeeds_with_its_events_in_order() {
     assert_eq!(failed.task, "boom");
     assert!(failed.detail.contains("broken on purpose"));
 }
+
+/// Two hub instances answering the same account on one server: dispatch requests land on
+/// either (micro queue group), the job events consumer is shared, so each instance applies
+/// events of runs the other dispatched (compare-and-set against records the other wrote).
+/// Every run must end with each host's record and the run's counts exact: one attempt per host
+/// (or as many as the retry policy allows), counts summing to the hosts, nothing stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatchers_share_runs_without_corrupting_them() {
+    use futures::StreamExt;
+    use steward_deploy::server::{NatsServer, ServerOptions};
+    use steward_subjects::api::run::RetryPolicy;
+
+    let server = NatsServer::start(ServerOptions::named("hub")).await.unwrap();
+    let hub = async_nats::connect(server.client_url()).await.unwrap();
+    streams::ensure(&jetstream::new(hub.clone()), Replicas::One).await.unwrap();
+    let subjects = Subjects::new(AccountId::parse("acme").unwrap());
+    let signer = JobSigner::generate().unwrap();
+    let mut dispatchers = Vec::new();
+    for _ in 0..2 {
+        let client = async_nats::connect(server.client_url()).await.unwrap();
+        let mut args = DispatcherArgs::new(client, subjects.clone(), Some(signer.clone()));
+        args.tick = Duration::from_millis(50);
+        args.redeliver_after = Duration::from_millis(500);
+        let (d, _) = Actor::spawn(None, Dispatcher, args).await.unwrap();
+        dispatchers.push(d);
+    }
+    let data = tempfile::tempdir().unwrap();
+    let hosts = ["edge-1", "edge-2", "edge-3"];
+    let mut workers = Vec::new();
+    for h in hosts {
+        let args = RunWorkerArgs {
+            connect: ConnectOptions::new(server.client_url()),
+            subjects: subjects.clone(),
+            host_id: HostId::parse(h).unwrap(),
+            verifier: Some(signer.verifier()),
+            hub_domain: None,
+            work_dir: data.path().join(h),
+            ansible_playbook: PathBuf::from("ansible-playbook"),
+        };
+        let (w, _) = Actor::spawn(None, RunWorker, args).await.unwrap();
+        workers.push(w);
+    }
+    let runs = DispatcherClient::new(hub.clone(), subjects.clone());
+    let all: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();
+
+    // Successful runs, a run retried on failure, a run with a host that never answers.
+    let mut expected = Vec::new();
+    for i in 0..24 {
+        let req = RunRequest {
+            hosts: all.clone(),
+            job: Job::command(["sh", "-c", &format!("echo run {i}")]),
+            timeout_ms: 20_000,
+            ..RunRequest::default()
+        };
+        expected.push((runs.dispatch(&req).await.unwrap().run_id, RunStatus::Success, 1));
+    }
+    let retried = RunRequest {
+        hosts: all.clone(),
+        job: Job::command(["sh", "-c", "exit 2"]),
+        timeout_ms: 20_000,
+        retry: RetryPolicy { max_attempts: 2, backoff_ms: 50 },
+        ..RunRequest::default()
+    };
+    expected.push((runs.dispatch(&retried).await.unwrap().run_id, RunStatus::Failure, 2));
+    let mut keyed = RunRequest {
+        hosts: vec!["edge-1".into(), "ghost-1".into()],
+        job: Job::command(["true"]),
+        timeout_ms: 2_000,
+        ..RunRequest::default()
+    };
+    keyed.idempotency_key = "two-hubs".into();
+    let ghost = runs.dispatch(&keyed).await.unwrap();
+    // The same key through whichever instance answers gives the same run.
+    for _ in 0..4 {
+        let again = runs.dispatch(&keyed).await.unwrap();
+        assert!(again.existing);
+        assert_eq!(again.run_id, ghost.run_id);
+    }
+
+    for (run_id, want, attempts) in &expected {
+        let view = eventually(WAIT, POLL, || async {
+            let req = RunStatusRequest { run_id: run_id.clone(), ..RunStatusRequest::default() };
+            let v = runs.status(&req).await.map_err(|e| e.to_string())?;
+            if v.run.status.is_terminal() {
+                Ok(v)
+            } else {
+                Err(format!("run {run_id} is {} ({:?})", v.run.status, v.run.counts))
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(view.run.status, *want, "{view:#?}");
+        assert_eq!(view.run.counts.total(), 3, "{view:#?}");
+        let ended = match want {
+            RunStatus::Success => view.run.counts.success,
+            _ => view.run.counts.failure,
+        };
+        assert_eq!(ended, 3, "{view:#?}");
+        assert!(view.run.finished_at.is_some());
+        for h in &view.hosts {
+            assert_eq!(h.run.status, *want, "{:?}", h.run);
+            assert_eq!(h.run.attempt, *attempts, "{:?}", h.run);
+            assert_eq!(h.run.attempts.len(), *attempts as usize, "{:?}", h.run);
+        }
+    }
+
+    // The host that never answers ends `timeout` at its deadline; the other host succeeded.
+    let view = eventually(WAIT, POLL, || async {
+        let req = RunStatusRequest { run_id: ghost.run_id.clone(), ..RunStatusRequest::default() };
+        let v = runs.status(&req).await.map_err(|e| e.to_string())?;
+        if v.run.status.is_terminal() {
+            Ok(v)
+        } else {
+            Err(format!("run is {}", v.run.status))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(view.run.status, RunStatus::Timeout);
+    assert_eq!((view.run.counts.success, view.run.counts.timeout, view.run.counts.total()), (1, 1, 2));
+    let status_of = |h: &str| view.hosts.iter().find(|x| x.run.host_id == h).unwrap().run.status;
+    assert_eq!(status_of("edge-1"), RunStatus::Success);
+    assert_eq!(status_of("ghost-1"), RunStatus::Timeout);
+
+    // Both instances answered dispatch requests.
+    let mut answered = Vec::new();
+    let inbox = hub.new_inbox();
+    let mut sub = hub.subscribe(inbox.clone()).await.unwrap();
+    hub.publish_with_reply("$SRV.STATS.steward-dispatcher", inbox, "".into()).await.unwrap();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        let dispatched = v["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "dispatch")
+            .map_or(0, |e| e["num_requests"].as_u64().unwrap_or(0));
+        answered.push(dispatched);
+    }
+    assert_eq!(answered.len(), 2, "{answered:?}");
+    assert!(answered.iter().all(|n| *n > 0), "one instance answered every dispatch: {answered:?}");
+    for w in workers {
+        w.stop(None);
+    }
+    for d in dispatchers {
+        d.stop(None);
+    }
+}

@@ -1,6 +1,7 @@
 //! The run store: run records, per-host run records and idempotency keys in the `steward_runs`
 //! KV bucket, every update a compare-and-set on the key's revision (so two hub instances never
-//! overwrite each other), plus consistent reads of many keys at once through an ordered
+//! overwrite each other; a writer that remembers a record's revision skips the read), plus
+//! consistent reads of many keys at once through an ordered
 //! consumer on the bucket's stream (last value per key), and reads of a run's job events.
 
 use std::time::Duration;
@@ -62,6 +63,19 @@ pub async fn read_latest<T: DeserializeOwned>(
     bucket: &str,
     filter: &str,
 ) -> Result<Vec<(String, T)>, StoreError> {
+    Ok(read_latest_revisions(js, bucket, filter).await?.into_iter().map(|(k, v, _)| (k, v)).collect())
+}
+
+/// [`read_latest`] with each value's revision (its stream sequence), for compare-and-set
+/// without another read.
+///
+/// # Errors
+/// [`StoreError`] when the stream cannot be read or a value does not decode.
+pub async fn read_latest_revisions<T: DeserializeOwned>(
+    js: &jetstream::Context,
+    bucket: &str,
+    filter: &str,
+) -> Result<Vec<(String, T, u64)>, StoreError> {
     let stream = js.get_stream(format!("KV_{bucket}")).await.map_err(backend)?;
     let prefix = kv_subject(bucket, "");
     let mut consumer = stream
@@ -83,7 +97,8 @@ pub async fn read_latest<T: DeserializeOwned>(
         .map_err(|_| StoreError::Backend(format!("reading {bucket} timed out")))?
     {
         let m = m.map_err(backend)?;
-        let left = m.info().map_err(backend)?.pending;
+        let info = m.info().map_err(backend)?;
+        let (left, revision) = (info.pending, info.stream_sequence);
         let deleted = m
             .headers
             .as_ref()
@@ -92,13 +107,27 @@ pub async fn read_latest<T: DeserializeOwned>(
         if !deleted {
             let key = m.subject.as_str().strip_prefix(&prefix).unwrap_or(m.subject.as_str()).to_owned();
             let value = decode(&key, &m.payload)?;
-            out.push((key, value));
+            out.push((key, value, revision));
         }
         if left == 0 {
             break;
         }
     }
     Ok(out)
+}
+
+/// One host record as stored: the value and its revision.
+pub type KnownHost = (HostRun, u64);
+
+/// A host record changed (or found unchanged) by [`RunStore::update_host`].
+#[derive(Debug, Clone)]
+pub struct HostChange {
+    /// The record before the update.
+    pub before: HostRun,
+    /// The record after it (equal to `before` when nothing changed).
+    pub after: HostRun,
+    /// Revision of `after`.
+    pub revision: u64,
 }
 
 /// The run store of one account.
@@ -196,29 +225,31 @@ impl RunStore {
             .collect())
     }
 
-    /// Creates the host records of a new run, many writes in flight at once.
+    /// Creates the host records of a new run, many writes in flight at once; returns each
+    /// record's revision, in the order given.
     ///
     /// # Errors
-    /// The first [`StoreError`].
-    pub async fn create_hosts(&self, hosts: &[HostRun]) -> Result<(), StoreError> {
+    /// The first [`StoreError`]; [`StoreError::Backend`] when a record exists already.
+    pub async fn create_hosts(&self, hosts: &[HostRun]) -> Result<Vec<u64>, StoreError> {
         let account = self.account().clone();
-        let results: Vec<Result<bool, StoreError>> = futures::stream::iter(
+        let results: Vec<Result<u64, StoreError>> = futures::stream::iter(
             hosts
                 .iter()
                 .map(|h| {
                     let account = account.clone();
                     async move {
                         let host = HostId::parse(&h.host_id).map_err(backend)?;
-                        self.create(&run_host_key(&account, &h.run_id, &host), h).await
+                        let key = run_host_key(&account, &h.run_id, &host);
+                        self.kv.create(&key, encode(h)?).await.map_err(|e| backend(format!("{key}: {e}")))
                     }
                     .boxed()
                 })
                 .collect::<Vec<_>>(),
         )
-        .buffer_unordered(512)
+        .buffered(1024)
         .collect()
         .await;
-        results.into_iter().try_for_each(|r| r.map(|_| ()))
+        results.into_iter().collect()
     }
 
     /// Every host record of a run, in host id order.
@@ -235,6 +266,21 @@ impl RunStore {
         Ok(v)
     }
 
+    /// Every host record of a run with its revision, in host id order.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn hosts_with_revisions(&self, run_id: &str) -> Result<Vec<KnownHost>, StoreError> {
+        let mut v: Vec<KnownHost> =
+            read_latest_revisions(&self.js, RUNS_BUCKET, &run_host_filter(self.account(), run_id))
+                .await?
+                .into_iter()
+                .map(|(_, v, rev)| (v, rev))
+                .collect();
+        v.sort_by(|a, b| a.0.host_id.cmp(&b.0.host_id));
+        Ok(v)
+    }
+
     /// Applies `f` to a run record with compare-and-set; `f` returns whether it changed
     /// anything. Returns the record after the update (`None` when the run does not exist).
     ///
@@ -247,8 +293,11 @@ impl RunStore {
         self.update(&run_record_key(self.account(), run_id), f).await
     }
 
-    /// Applies `f` to one host record with compare-and-set. Returns the record before and
-    /// after (`None` when it does not exist).
+    /// Applies `f` to one host record with compare-and-set. With `known` (a record and its
+    /// revision remembered from an earlier write) the first attempt writes without reading;
+    /// when the record changed meanwhile (another writer, another hub) it is read again and `f`
+    /// applied to the fresh value; `f` finding nothing to change on the remembered value is
+    /// also checked against a fresh read. `None` when the record does not exist.
     ///
     /// # Errors
     /// [`StoreError`].
@@ -256,39 +305,61 @@ impl RunStore {
         &self,
         run_id: &str,
         host: &HostId,
-        mut f: F,
-    ) -> Result<Option<(HostRun, HostRun)>, StoreError>
+        known: Option<KnownHost>,
+        f: F,
+    ) -> Result<Option<HostChange>, StoreError>
     where
         F: FnMut(&mut HostRun) -> bool,
     {
-        let mut before = None;
-        let after = self
-            .update(&run_host_key(self.account(), run_id, host), |h: &mut HostRun| {
-                before = Some(h.clone());
-                f(h)
-            })
-            .await?;
-        Ok(after.and_then(|a| before.map(|b| (b, a))))
+        Ok(self
+            .update_known(&run_host_key(self.account(), run_id, host), known, f)
+            .await?
+            .map(|(before, after, revision)| HostChange { before, after, revision }))
     }
 
-    async fn update<T, F>(&self, key: &str, mut f: F) -> Result<Option<T>, StoreError>
+    async fn update<T, F>(&self, key: &str, f: F) -> Result<Option<T>, StoreError>
     where
-        T: Serialize + DeserializeOwned,
+        T: Serialize + DeserializeOwned + Clone,
+        F: FnMut(&mut T) -> bool,
+    {
+        Ok(self.update_known(key, None, f).await?.map(|(_, after, _)| after))
+    }
+
+    async fn update_known<T, F>(
+        &self,
+        key: &str,
+        mut known: Option<(T, u64)>,
+        mut f: F,
+    ) -> Result<Option<(T, T, u64)>, StoreError>
+    where
+        T: Serialize + DeserializeOwned + Clone,
         F: FnMut(&mut T) -> bool,
     {
         for _ in 0..CAS_TRIES {
-            let Some(entry) = self.kv.entry(key).await.map_err(backend)? else {
-                return Ok(None);
+            let remembered = known.is_some();
+            let (before, revision) = match known.take() {
+                Some(k) => k,
+                None => {
+                    let Some(entry) = self.kv.entry(key).await.map_err(backend)? else {
+                        return Ok(None);
+                    };
+                    if entry.operation != kv::Operation::Put {
+                        return Ok(None);
+                    }
+                    (decode(key, &entry.value)?, entry.revision)
+                }
             };
-            if entry.operation != kv::Operation::Put {
-                return Ok(None);
-            }
-            let mut value: T = decode(key, &entry.value)?;
+            let mut value = before.clone();
             if !f(&mut value) {
-                return Ok(Some(value));
+                if remembered {
+                    // "Nothing to do" judged on a remembered value may be stale (another
+                    // writer moved the record on, e.g. to the next attempt): judge it afresh.
+                    continue;
+                }
+                return Ok(Some((before, value, revision)));
             }
-            match self.kv.update(key, encode(&value)?, entry.revision).await {
-                Ok(_) => return Ok(Some(value)),
+            match self.kv.update(key, encode(&value)?, revision).await {
+                Ok(rev) => return Ok(Some((before, value, rev))),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(backend(e)),
             }

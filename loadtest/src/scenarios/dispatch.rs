@@ -13,20 +13,22 @@
 //! request/reply ceiling of the same run.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use async_nats::jetstream;
+use async_nats::jetstream::{self, consumer};
 use async_nats::HeaderMap;
 use futures::{FutureExt, StreamExt};
 use serde_json::json;
+use steward_subjects::api::host::{CommandAction, HostCommand};
 use steward_subjects::api::run::{
     EventKind, HostRun, Job, RunAccepted, RunEvent, RunRecord, RunRequest, RunStatus, RunStatusRequest, RunView,
     WorkAck, WorkOrder,
 };
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::rpc;
-use steward_subjects::streams::RUNS_BUCKET;
+use steward_subjects::streams::{HOST_COMMANDS_STREAM, RUNS_BUCKET};
 use steward_subjects::subject::{run_event_msg_id, run_host_filter_all};
 use steward_subjects::{AccountId, HostId, Subjects};
 
@@ -42,7 +44,18 @@ pub const DEF: ScenarioDef = ScenarioDef {
     run: |ctx| run(ctx).boxed(),
 };
 
-async fn sim_fleet(client: async_nats::Client, subjects: Subjects) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+/// When the simulated fleet received the work order of each run (first attempt), for the
+/// round trip's breakdown.
+type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// The host of the round-trip runs.
+const ROUND_TRIP_HOST: &str = "sim-rt";
+
+async fn sim_fleet(
+    client: async_nats::Client,
+    subjects: Subjects,
+    arrivals: Arrivals,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut work = client.subscribe(subjects.run_work_all()).await?;
     client.flush().await?;
     let js = jetstream::new(client.clone());
@@ -50,6 +63,14 @@ async fn sim_fleet(client: async_nats::Client, subjects: Subjects) -> anyhow::Re
         while let Some(m) = work.next().await {
             let Some(reply) = m.reply.clone() else { continue };
             let Ok(order) = codec::decode::<WorkOrder>(Encoding::MsgPack, &m.payload) else { continue };
+            if order.host_id == ROUND_TRIP_HOST {
+                let now = Instant::now();
+                arrivals
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(order.run_id.clone())
+                    .or_insert(now);
+            }
             let ack = rpc::encode_reply(Encoding::MsgPack, Ok(WorkAck { accepted: true, ..WorkAck::default() }));
             let _ = client.publish_with_headers(reply, Encoding::MsgPack.headers(), ack).await;
             let Ok(host) = HostId::parse(&order.host_id) else { continue };
@@ -101,7 +122,8 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
         ctx.track_hub(pid);
     }
     let fleet_conn = ctx.deployment.connect("dispatch-fleet").await?;
-    let fleet = sim_fleet(fleet_conn, subjects.clone()).await?;
+    let arrivals = Arrivals::default();
+    let fleet = sim_fleet(fleet_conn, subjects.clone(), arrivals.clone()).await?;
     let client = ctx.deployment.connect("dispatch-client").await?;
     let js = jetstream::new(client.clone());
     let kv = js.get_key_value(RUNS_BUCKET).await.context("runs bucket missing: is the hub up?")?;
@@ -113,18 +135,22 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
     // Round trip on one host.
     let n = ctx.size("dispatch.round_trip", 2_000, 200);
     let req = RunRequest {
-        hosts: vec!["sim-rt".into()],
+        hosts: vec![ROUND_TRIP_HOST.into()],
         job: Job::command(["true"]),
         timeout_ms: 30_000,
         ..RunRequest::default()
     };
     let mut latency = Latency::new();
+    // Where the time goes: request → reply, request → work order at the host, work order at
+    // the host → host record recorded.
+    let (mut to_reply, mut to_work, mut work_to_record) = (Latency::new(), Latency::new(), Latency::new());
     let mut failed = 0u64;
     let m = ctx.begin();
     for _ in 0..n {
         let started = Instant::now();
         let accepted: RunAccepted =
             rpc::request(&client, subjects.run_dispatch(), &req, Duration::from_secs(10)).await?;
+        to_reply.record_since(started);
         loop {
             if done.get(&accepted.run_id).copied().unwrap_or(0) >= 1 {
                 break;
@@ -140,7 +166,13 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
                 Err(_) => bail!("run {} not recorded within 10 s", accepted.run_id),
             }
         }
-        latency.record_since(started);
+        let finished = Instant::now();
+        latency.record(finished - started);
+        let arrived = arrivals.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&accepted.run_id);
+        if let Some(at) = arrived {
+            to_work.record(at.saturating_duration_since(started));
+            work_to_record.record(finished.saturating_duration_since(at));
+        }
     }
     let mut r = m.finish(
         "dispatch.round_trip",
@@ -149,7 +181,15 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
         Some(&latency),
     );
     r.errors = failed;
-    r.params = json!({"runs": n, "target_p99_ms": 2.0});
+    r.params = json!({
+        "runs": n,
+        "target_p99_ms": 2.0,
+        "breakdown": {
+            "request_to_reply": to_reply.summary(),
+            "request_to_work_at_host": to_work.summary(),
+            "work_at_host_to_recorded": work_to_record.summary(),
+        },
+    });
     ctx.compare(&mut r, "raw.request_reply_serial").await?;
     out.push(r);
 
@@ -204,10 +244,109 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
     ctx.compare(&mut r, "raw.request_reply_concurrent").await?;
     out.push(r);
 
+    out.push(command_path(ctx, &client, &subjects).await?);
+
     fleet.abort();
     if let Some(pid) = hub.pid() {
         ctx.untrack_hub(pid);
     }
     drop(hub);
     Ok(out)
+}
+
+/// `dispatch.command_path`: what delivering work orders as the connector's durable host
+/// commands would cost (the dispatcher does not use it; the figures are the reason, see the
+/// dispatcher's module docs). One host's durable consumer configured like an edge's: a command
+/// published to `STEWARD_HOST_COMMANDS` (acknowledged by the stream) until the consumer holds
+/// it, and until the host's double acknowledgement returns, serially, p50/p99; plus the time
+/// to create durable consumers for many hosts (the simulated fleet would need one per host).
+async fn command_path(ctx: &Ctx, client: &async_nats::Client, subjects: &Subjects) -> anyhow::Result<ScenarioReport> {
+    let js = jetstream::new(client.clone());
+    let host = HostId::parse("sim-cmd")?;
+    let consumer_config = |host: &HostId| consumer::pull::Config {
+        durable_name: Some(subjects.host_command_consumer(host)),
+        filter_subject: subjects.host_command(host),
+        deliver_policy: consumer::DeliverPolicy::New,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        inactive_threshold: Duration::from_secs(600),
+        ..Default::default()
+    };
+    let consumer: consumer::PullConsumer =
+        js.create_consumer_on_stream(consumer_config(&host), HOST_COMMANDS_STREAM).await?;
+    let mut messages =
+        consumer.stream().heartbeat(Duration::from_secs(2)).expires(Duration::from_secs(10)).messages().await?;
+    let n = ctx.size("dispatch.command_path", 1_000, 100);
+    let (mut received, mut acked) = (Latency::new(), Latency::new());
+    let m = ctx.begin();
+    for i in 0..n {
+        let cmd = HostCommand {
+            command_id: format!("probe{i}"),
+            host_id: host.to_string(),
+            action: CommandAction::Ping,
+            ..HostCommand::default()
+        };
+        let payload = codec::encode(Encoding::MsgPack, &cmd)?;
+        let started = Instant::now();
+        js.publish(subjects.host_command(&host), payload).await?.await?;
+        let msg = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .context("command not delivered within 10 s")?
+            .context("command consumer ended")?
+            .map_err(|e| anyhow::anyhow!("command consumer: {e}"))?;
+        received.record_since(started);
+        msg.double_ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+        acked.record_since(started);
+    }
+    drop(messages);
+    let mut r = m.finish(
+        "dispatch.command_path",
+        "probe: a host command published to the commands stream until one host's durable consumer holds it (latency) and until its double ack returns",
+        n,
+        Some(&received),
+    );
+    let _ = js.delete_consumer_from_stream(subjects.host_command_consumer(&host), HOST_COMMANDS_STREAM).await;
+
+    // Durable consumers for a fleet, as the simulated hosts would need them.
+    let fleet = ctx.size("dispatch.command_path_consumers", 1_000, 100);
+    let started = Instant::now();
+    let hosts: Vec<HostId> = (0..fleet).filter_map(|i| HostId::parse(&format!("sim-c{i:05}")).ok()).collect();
+    let creates: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            let js = js.clone();
+            let config = consumer_config(h);
+            async move {
+                js.create_consumer_on_stream(config, HOST_COMMANDS_STREAM).await.map(|_: consumer::PullConsumer| ())
+            }
+            .boxed()
+        })
+        .collect();
+    futures::stream::iter(creates)
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()?;
+    let created = started.elapsed();
+    let deletes: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            let js = js.clone();
+            let name = subjects.host_command_consumer(h);
+            async move {
+                let _ = js.delete_consumer_from_stream(name, HOST_COMMANDS_STREAM).await;
+            }
+            .boxed()
+        })
+        .collect();
+    futures::stream::iter(deletes).buffer_unordered(64).collect::<Vec<()>>().await;
+    r.params = json!({
+        "commands": n,
+        "until_double_ack": acked.summary(),
+        "consumers_created": fleet,
+        "consumers_created_ms": created.as_secs_f64() * 1e3,
+    });
+    ctx.compare(&mut r, "raw.request_reply_serial").await?;
+    Ok(r)
 }
