@@ -85,6 +85,8 @@ const MSG_ID: &str = "Nats-Msg-Id";
 const KV_OPERATION: &str = "KV-Operation";
 /// How often pending notices are flushed.
 const NOTICE_FLUSH: Duration = Duration::from_millis(50);
+/// Journal entries are cut at about this size (the server's default payload limit is 1 MiB).
+const MAX_COMMIT_BYTES: usize = 384 * 1024;
 /// Longest wait for a journal append's ack before stepping down.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -350,6 +352,19 @@ struct Commit {
     entry: LeaseJournalEntry,
     replies: Vec<(async_nats::service::Request, Encoding, Out)>,
     notices: Vec<NoticeEvent>,
+    bytes: usize,
+}
+
+impl Commit {
+    /// Rough encoded size of the journal entry so far.
+    fn size_estimate(&self) -> usize {
+        self.bytes + self.entry.leases.len() * 96
+    }
+
+    fn add_session(&mut self, s: RuntimeSession) {
+        self.bytes += 128 + s.host.len() + s.labels.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>();
+        self.entry.sessions.push(s);
+    }
 }
 
 /// The state shared by the loop and the side endpoints (`leases`, `submit`).
@@ -705,38 +720,47 @@ async fn run_loop(
     let mut since_snapshot = 0u64;
     let mut last_snapshot = Instant::now();
     let snapshotting = Arc::new(AtomicBool::new(false));
-    let mut inputs = Vec::with_capacity(cfg.commit_max);
+    let mut inputs: std::collections::VecDeque<Input> = std::collections::VecDeque::with_capacity(cfg.commit_max);
+    let mut received = Vec::with_capacity(cfg.commit_max);
     loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => return Ok(()),
-            n = rx.recv_many(&mut inputs, cfg.commit_max) => {
-                if n == 0 {
-                    return Err("lease inputs closed".into());
+        if inputs.is_empty() {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Ok(()),
+                _ = sweep.tick() => {
+                    let freed = shared.view().sweep(now_ms());
+                    if freed > 0 {
+                        debug!(freed, "expired leases freed");
+                        let _ = notice_tx.send(NoticeEvent::Available);
+                    }
+                    let due = since_snapshot >= cfg.snapshot_entries
+                        || (since_snapshot > 0 && last_snapshot.elapsed() >= cfg.snapshot_every);
+                    if due && !snapshotting.load(Ordering::Acquire) {
+                        since_snapshot = 0;
+                        last_snapshot = Instant::now();
+                        snapshot(shared, guard, journal, last_seq, &snapshotting);
+                    }
+                    continue;
                 }
-            }
-            _ = sweep.tick() => {
-                let freed = shared.view().sweep(now_ms());
-                if freed > 0 {
-                    debug!(freed, "expired leases freed");
-                    let _ = notice_tx.send(NoticeEvent::Available);
+                n = rx.recv_many(&mut received, cfg.commit_max) => {
+                    if n == 0 {
+                        return Err("lease inputs closed".into());
+                    }
+                    inputs.extend(received.drain(..));
                 }
-                let due = since_snapshot >= cfg.snapshot_entries
-                    || (since_snapshot > 0 && last_snapshot.elapsed() >= cfg.snapshot_every);
-                if due && !snapshotting.load(Ordering::Acquire) {
-                    since_snapshot = 0;
-                    last_snapshot = Instant::now();
-                    snapshot(shared, guard, journal, last_seq, &snapshotting);
-                }
-                continue;
             }
         }
         let mut commit = Commit::default();
         {
             let now = now_ms();
             let mut view = shared.view();
-            for input in inputs.drain(..) {
+            // One journal entry stays well below the server's payload limit; what does not fit
+            // goes into the next commit.
+            while let Some(input) = inputs.pop_front() {
                 shared.apply(&mut view, input, now, &mut commit)?;
+                if commit.size_estimate() >= MAX_COMMIT_BYTES {
+                    break;
+                }
             }
         }
         if !commit.entry.sessions.is_empty() || !commit.entry.leases.is_empty() {
@@ -882,7 +906,7 @@ impl Shared {
         };
         let expires = record.expires_at_ms;
         view.set_session(record.clone(), now);
-        c.entry.sessions.push(record);
+        c.add_session(record);
         expires
     }
 
