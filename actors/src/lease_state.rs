@@ -463,26 +463,38 @@ impl LeaseView {
         )
     }
 
-    /// Rows for `jobspec.leases`.
+    /// Rows for `jobspec.leases`: the first `limit` matching specs by id, and how many match.
+    /// Keeps only `limit` ids while walking (a listing of one row does not sort every spec).
     #[must_use]
     pub fn rows(&self, runtime: Option<&str>, unassigned: bool, limit: usize, now_ms: u64) -> (Vec<LeaseRow>, u64) {
-        let mut ids: Vec<&String> = match runtime {
-            Some(r) => self.held.get(r).map(|s| s.iter().collect()).unwrap_or_default(),
-            None => self.specs.keys().collect(),
+        let ids: Box<dyn Iterator<Item = &String>> = match runtime {
+            Some(r) => Box::new(self.held.get(r).into_iter().flatten()),
+            None => Box::new(self.specs.keys()),
         };
-        ids.sort_unstable();
-        let mut rows = Vec::new();
         let mut total = 0u64;
+        let mut first: std::collections::BinaryHeap<&String> = std::collections::BinaryHeap::with_capacity(limit + 1);
         for id in ids {
-            let Some(spec) = self.specs.get(id) else { continue };
-            let lease = self.leases.get(id).cloned().unwrap_or_default();
-            let live = self.is_live(&lease.holder, now_ms);
-            if unassigned && live {
+            if !self.specs.contains_key(id) {
+                continue;
+            }
+            if unassigned && self.leases.get(id).is_some_and(|l| self.is_live(&l.holder, now_ms)) {
                 continue;
             }
             total += 1;
-            if rows.len() < limit {
-                rows.push(LeaseRow {
+            if first.len() < limit {
+                first.push(id);
+            } else if first.peek().is_some_and(|top| id < *top) {
+                first.pop();
+                first.push(id);
+            }
+        }
+        let rows = first
+            .into_sorted_vec()
+            .into_iter()
+            .filter_map(|id| {
+                let spec = self.specs.get(id)?;
+                let lease = self.leases.get(id).cloned().unwrap_or_default();
+                Some(LeaseRow {
                     spec: id.clone(),
                     target: format!("{}/{}", spec.kind.as_str(), spec.target),
                     executor: spec.executor.to_owned(),
@@ -491,12 +503,12 @@ impl LeaseView {
                     } else {
                         self.sessions.get(&lease.holder).map_or(0, |s| s.record.expires_at_ms)
                     },
+                    live: self.is_live(&lease.holder, now_ms),
                     holder: lease.holder,
                     epoch: lease.epoch,
-                    live,
-                });
-            }
-        }
+                })
+            })
+            .collect();
         (rows, total)
     }
 
@@ -625,6 +637,13 @@ mod tests {
         assert_eq!(v.durable_state(), w.durable_state());
         assert_eq!(w.held_by("a"), v.held_by("a"));
         assert_eq!(w.held_by("b"), v.held_by("b"));
+        let (rows, total) = w.rows(None, false, 3, 0);
+        assert_eq!(total, 20);
+        assert_eq!(rows.iter().map(|r| r.spec.as_str()).collect::<Vec<_>>(), vec!["p00", "p01", "p02"]);
+        let (rows, total) = w.rows(Some("b"), false, 100, 0);
+        assert_eq!((rows.len(), total), (5, 5));
         assert_eq!(w.grant("c", None, &BTreeMap::new(), 100, 0).len(), 9);
+        let (rows, total) = w.rows(None, true, 100, 0);
+        assert_eq!((rows.len(), total), (9, 9), "c has no session: its specs are not live");
     }
 }
