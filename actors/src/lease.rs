@@ -59,7 +59,7 @@ use async_nats::service::ServiceExt;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 use steward_subjects::api::lease::{
@@ -294,11 +294,102 @@ struct LeasedOut {
     epoch: u64,
 }
 
-struct SpecRef(Arc<JobSpec>);
+/// A spec as decoded, and as stored (MessagePack, spliced into MessagePack replies as is).
+struct SpecRef(Arc<JobSpec>, Bytes);
 
 impl Serialize for SpecRef {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)
+    }
+}
+
+/// Hand-written MessagePack of the hot reply (an `Envelope<LeaseReply>` with named fields, as
+/// `rmp_serde::to_vec_named` writes it), splicing each spec's stored bytes instead of
+/// re-serializing it.
+mod mp {
+    pub(super) fn str(b: &mut Vec<u8>, s: &str) {
+        let n = s.len();
+        if n < 32 {
+            b.push(0xa0 | n as u8);
+        } else if n < 256 {
+            b.extend_from_slice(&[0xd9, n as u8]);
+        } else if n < 65_536 {
+            b.push(0xda);
+            b.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            b.push(0xdb);
+            b.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        b.extend_from_slice(s.as_bytes());
+    }
+
+    pub(super) fn uint(b: &mut Vec<u8>, v: u64) {
+        if v < 128 {
+            b.push(v as u8);
+        } else if v < 256 {
+            b.extend_from_slice(&[0xcc, v as u8]);
+        } else if v < 65_536 {
+            b.push(0xcd);
+            b.extend_from_slice(&(v as u16).to_be_bytes());
+        } else if v < (1 << 32) {
+            b.push(0xce);
+            b.extend_from_slice(&(v as u32).to_be_bytes());
+        } else {
+            b.push(0xcf);
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+
+    pub(super) fn map(b: &mut Vec<u8>, n: usize) {
+        if n < 16 {
+            b.push(0x80 | n as u8);
+        } else {
+            b.push(0xdf);
+            b.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+    }
+
+    pub(super) fn array(b: &mut Vec<u8>, n: usize) {
+        if n < 16 {
+            b.push(0x90 | n as u8);
+        } else {
+            b.push(0xdd);
+            b.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+    }
+
+    pub(super) fn bool(b: &mut Vec<u8>, v: bool) {
+        b.push(if v { 0xc3 } else { 0xc2 });
+    }
+}
+
+impl LeaseReplyOut {
+    /// The success envelope in MessagePack.
+    fn msgpack(&self) -> Bytes {
+        let mut b = Vec::with_capacity(64 + self.granted.iter().map(|g| g.spec.1.len() + 24).sum::<usize>());
+        mp::map(&mut b, 2);
+        mp::str(&mut b, "ok");
+        mp::bool(&mut b, true);
+        mp::str(&mut b, "data");
+        mp::map(&mut b, 5);
+        mp::str(&mut b, "granted");
+        mp::array(&mut b, self.granted.len());
+        for g in &self.granted {
+            mp::map(&mut b, 2);
+            mp::str(&mut b, "spec");
+            b.extend_from_slice(&g.spec.1);
+            mp::str(&mut b, "epoch");
+            mp::uint(&mut b, g.epoch);
+        }
+        mp::str(&mut b, "held");
+        mp::uint(&mut b, u64::from(self.held));
+        mp::str(&mut b, "cap");
+        mp::uint(&mut b, u64::from(self.cap));
+        mp::str(&mut b, "ttl_ms");
+        mp::uint(&mut b, self.ttl_ms);
+        mp::str(&mut b, "more");
+        mp::bool(&mut b, self.more);
+        Bytes::from(b)
     }
 }
 
@@ -337,6 +428,7 @@ impl Out {
 
     fn encode(self, enc: Encoding) -> Bytes {
         match self {
+            Out::Lease(r) if enc == Encoding::MsgPack => r.msgpack(),
             Out::Lease(r) => rpc::encode_reply(enc, Ok(r)),
             Out::Renew(r) => rpc::encode_reply(enc, Ok(r)),
             Out::Mine(r) => rpc::encode_reply(enc, Ok(r)),
@@ -552,8 +644,9 @@ async fn lead(
         .map_err(|e| format!("cannot register lease service: {e}"))?;
     let served = serve_endpoints(&service, &shared, &tx, &guard, &mut tasks).await;
     let result = match served {
-        Ok(()) => {
-            run_loop(&shared, &guard, &journal, last_seq, &mut rx, &notice_tx, shutdown, notices_ev).await
+        Ok(endpoints) => {
+            let mut lp = Loop { shared: &shared, guard: &guard, journal: &journal, last_seq, endpoints };
+            lp.run(&mut rx, &notice_tx, shutdown, notices_ev).await
         }
         Err(e) => Err(e),
     };
@@ -622,14 +715,22 @@ enum Op {
     Submit,
 }
 
+/// The endpoints the loop polls itself (no hand-over per request), tagged with their operation.
+type LoopEndpoints = futures::stream::SelectAll<
+    futures::stream::Map<async_nats::service::endpoint::Endpoint, Box<dyn FnMut(async_nats::service::Request) -> (Op, async_nats::service::Request) + Send>>,
+>;
+
+/// Registers every endpoint: `lease`, `renew`, `mine` and `release` are returned for the loop
+/// to poll; `leases` and `submit` are served by tasks of their own beside it.
 async fn serve_endpoints(
     service: &async_nats::service::Service,
     shared: &Arc<Shared>,
     tx: &tokio::sync::mpsc::UnboundedSender<Input>,
     guard: &LeaderGuard,
     tasks: &mut Tasks,
-) -> Result<(), String> {
+) -> Result<LoopEndpoints, String> {
     let s = &shared.subjects;
+    let mut looped = futures::stream::SelectAll::new();
     for (name, subject, op) in [
         ("lease", s.jobspec_lease(), Op::Lease),
         ("renew", s.jobspec_renew(), Op::Renew),
@@ -644,6 +745,12 @@ async fn serve_endpoints(
             .add(subject)
             .await
             .map_err(|e| format!("cannot add lease endpoint {name}: {e}"))?;
+        if matches!(op, Op::Lease | Op::Renew | Op::Mine | Op::Release) {
+            let tag: Box<dyn FnMut(async_nats::service::Request) -> (Op, async_nats::service::Request) + Send> =
+                Box::new(move |r| (op, r));
+            looped.push(endpoint.map(tag));
+            continue;
+        }
         let (shared, tx, guard) = (shared.clone(), tx.clone(), guard.clone());
         tasks.0.push(tokio::spawn(async move {
             while let Some(req) = endpoint.next().await {
@@ -651,152 +758,180 @@ async fn serve_endpoints(
                     // Stepping down: stay silent (the caller retries another instance).
                     continue;
                 }
-                let input = match op {
-                    Op::Lease => decode(req, Input::Lease),
-                    Op::Renew => decode(req, Input::Renew),
-                    Op::Mine => decode(req, Input::Mine),
-                    Op::Release => decode(req, Input::Release),
-                    Op::Leases => {
-                        let shared = shared.clone();
-                        tokio::spawn(async move {
-                            let _ = rpc::serve(&req, |r: LeasesRequest| async move { shared.leases(&r) }).await;
-                        });
-                        None
-                    }
-                    Op::Submit => {
-                        let shared = shared.clone();
-                        tokio::spawn(async move {
-                            let _ = rpc::serve(&req, |r: SubmitRequest| async move { shared.submit(r).await }).await;
-                        });
-                        None
-                    }
-                };
-                if let Some(input) = input {
-                    if tx.send(input).is_err() {
-                        break;
-                    }
+                let shared = shared.clone();
+                if matches!(op, Op::Leases) {
+                    tokio::spawn(async move {
+                        let _ = rpc::serve(&req, |r: LeasesRequest| async move { shared.leases(&r) }).await;
+                    });
+                } else {
+                    tokio::spawn(async move {
+                        let _ = rpc::serve(&req, |r: SubmitRequest| async move { shared.submit(r).await }).await;
+                    });
                 }
             }
             let _ = tx.send(Input::StepDown(format!("endpoint {name} closed")));
         }));
     }
-    Ok(())
+    Ok(looped)
 }
 
-/// Decodes a request for the loop; a malformed one is answered here.
-fn decode<T: serde::de::DeserializeOwned>(
-    req: async_nats::service::Request,
-    wrap: fn(T, Encoding, async_nats::service::Request) -> Input,
-) -> Option<Input> {
-    match rpc::decode_request::<T>(&req.message) {
-        Ok((r, enc)) => Some(wrap(r, enc, req)),
-        Err((e, enc)) => {
-            tokio::spawn(async move {
-                let _ = rpc::respond::<()>(&req, enc, Err(e)).await;
-            });
-            None
+/// Decodes a request polled by the loop; a malformed one gets its error reply with the commit.
+fn decode(op: Op, req: async_nats::service::Request, c: &mut Commit) -> Option<Input> {
+    fn with<T: serde::de::DeserializeOwned>(
+        req: async_nats::service::Request,
+        c: &mut Commit,
+        wrap: fn(T, Encoding, async_nats::service::Request) -> Input,
+    ) -> Option<Input> {
+        match rpc::decode_request::<T>(&req.message) {
+            Ok((r, enc)) => Some(wrap(r, enc, req)),
+            Err((e, enc)) => {
+                c.replies.push((req, enc, Out::Error(e)));
+                None
+            }
         }
+    }
+    match op {
+        Op::Lease => with(req, c, Input::Lease),
+        Op::Renew => with(req, c, Input::Renew),
+        Op::Mine => with(req, c, Input::Mine),
+        Op::Release => with(req, c, Input::Release),
+        Op::Leases | Op::Submit => None,
     }
 }
 
 /// The loop that owns every change: drain, apply, append once, then answer.
-#[allow(clippy::too_many_arguments)]
-async fn run_loop(
-    shared: &Arc<Shared>,
-    guard: &LeaderGuard,
-    journal: &str,
-    mut last_seq: u64,
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Input>,
-    notice_tx: &tokio::sync::mpsc::UnboundedSender<NoticeEvent>,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    pending_notices: Vec<NoticeEvent>,
-) -> Result<(), String> {
-    for n in pending_notices {
-        let _ = notice_tx.send(n);
-    }
-    let cfg = &shared.config;
-    let mut sweep = tokio::time::interval(cfg.sweep);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut since_snapshot = 0u64;
-    let mut last_snapshot = Instant::now();
-    let snapshotting = Arc::new(AtomicBool::new(false));
-    let mut inputs: std::collections::VecDeque<Input> = std::collections::VecDeque::with_capacity(cfg.commit_max);
-    let mut received = Vec::with_capacity(cfg.commit_max);
-    loop {
-        if inputs.is_empty() {
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => return Ok(()),
-                _ = sweep.tick() => {
-                    let freed = shared.view().sweep(now_ms());
-                    if freed > 0 {
-                        debug!(freed, "expired leases freed");
-                        let _ = notice_tx.send(NoticeEvent::Available);
-                    }
-                    let due = since_snapshot >= cfg.snapshot_entries
-                        || (since_snapshot > 0 && last_snapshot.elapsed() >= cfg.snapshot_every);
-                    if due && !snapshotting.load(Ordering::Acquire) {
-                        since_snapshot = 0;
-                        last_snapshot = Instant::now();
-                        snapshot(shared, guard, journal, last_seq, &snapshotting);
-                    }
-                    continue;
-                }
-                n = rx.recv_many(&mut received, cfg.commit_max) => {
-                    if n == 0 {
-                        return Err("lease inputs closed".into());
-                    }
-                    inputs.extend(received.drain(..));
-                }
-            }
-        }
-        let mut commit = Commit::default();
-        {
-            let now = now_ms();
-            let mut view = shared.view();
-            // One journal entry stays well below the server's payload limit; what does not fit
-            // goes into the next commit.
-            while let Some(input) = inputs.pop_front() {
-                shared.apply(&mut view, input, now, &mut commit)?;
-                if commit.size_estimate() >= MAX_COMMIT_BYTES {
-                    break;
-                }
-            }
-        }
-        if !commit.entry.sessions.is_empty() || !commit.entry.leases.is_empty() {
-            if !guard.is_valid() {
-                return Err("leader lock about to expire".into());
-            }
-            match lease_journal::append(&shared.js, journal, last_seq, &commit.entry, APPEND_TIMEOUT).await {
-                Ok(seq) => last_seq = seq,
-                Err(e) => {
-                    let fenced = matches!(e, JournalError::Fenced(_));
-                    if !fenced {
-                        // The outcome is unknown: the callers learn it from the next leader.
-                        send_replies(
-                            commit
-                                .replies
-                                .into_iter()
-                                .map(|(r, enc, _)| (r, enc, Out::Error(WireError::unavailable(e.to_string()))))
-                                .collect(),
-                        );
-                    }
-                    return Err(format!("journal append failed: {e}"));
-                }
-            }
-            since_snapshot += 1;
-        }
-        if !guard.is_valid() {
-            return Err("leader lock about to expire".into());
-        }
-        send_replies(commit.replies);
-        for n in commit.notices {
+struct Loop<'a> {
+    shared: &'a Arc<Shared>,
+    guard: &'a LeaderGuard,
+    journal: &'a str,
+    last_seq: u64,
+    endpoints: LoopEndpoints,
+}
+
+impl Loop<'_> {
+    async fn run(
+        &mut self,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Input>,
+        notice_tx: &tokio::sync::mpsc::UnboundedSender<NoticeEvent>,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+        pending_notices: Vec<NoticeEvent>,
+    ) -> Result<(), String> {
+        for n in pending_notices {
             let _ = notice_tx.send(n);
         }
-        if since_snapshot >= cfg.snapshot_entries && !snapshotting.load(Ordering::Acquire) {
-            since_snapshot = 0;
-            last_snapshot = Instant::now();
-            snapshot(shared, guard, journal, last_seq, &snapshotting);
+        let shared = self.shared;
+        let cfg = &shared.config;
+        let mut sweep = tokio::time::interval(cfg.sweep);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut since_snapshot = 0u64;
+        let mut last_snapshot = Instant::now();
+        let snapshotting = Arc::new(AtomicBool::new(false));
+        let mut inputs: std::collections::VecDeque<Input> = std::collections::VecDeque::with_capacity(cfg.commit_max);
+        let mut received = Vec::with_capacity(cfg.commit_max);
+        let (mut commits, mut requests, mut stats_at) = (0u64, 0u64, Instant::now());
+        loop {
+            let mut commit = Commit::default();
+            if inputs.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return Ok(()),
+                    _ = sweep.tick() => {
+                        let freed = shared.view().sweep(now_ms());
+                        if freed > 0 {
+                            debug!(freed, "expired leases freed");
+                            let _ = notice_tx.send(NoticeEvent::Available);
+                        }
+                        let due = since_snapshot >= cfg.snapshot_entries
+                            || (since_snapshot > 0 && last_snapshot.elapsed() >= cfg.snapshot_every);
+                        if due && !snapshotting.load(Ordering::Acquire) {
+                            since_snapshot = 0;
+                            last_snapshot = Instant::now();
+                            snapshot(shared, self.guard, self.journal, self.last_seq, &snapshotting);
+                        }
+                        if stats_at.elapsed() >= Duration::from_secs(10) && commits > 0 {
+                            debug!(commits, requests, per_commit = requests as f64 / commits as f64, "lease group commits");
+                            (commits, requests, stats_at) = (0, 0, Instant::now());
+                        }
+                        continue;
+                    }
+                    n = rx.recv_many(&mut received, cfg.commit_max) => {
+                        if n == 0 {
+                            return Err("lease inputs closed".into());
+                        }
+                        inputs.extend(received.drain(..));
+                    }
+                    req = self.endpoints.next() => {
+                        let Some((op, req)) = req else { return Err("lease endpoints closed".into()) };
+                        if let Some(i) = decode(op, req, &mut commit) {
+                            inputs.push_back(i);
+                        }
+                    }
+                }
+                // Everything else already waiting joins this commit.
+                while inputs.len() + commit.replies.len() < cfg.commit_max {
+                    match self.endpoints.next().now_or_never() {
+                        Some(Some((op, req))) => {
+                            if let Some(i) = decode(op, req, &mut commit) {
+                                inputs.push_back(i);
+                            }
+                        }
+                        Some(None) => return Err("lease endpoints closed".into()),
+                        None => break,
+                    }
+                }
+                while let Ok(i) = rx.try_recv() {
+                    inputs.push_back(i);
+                }
+            }
+            if !self.guard.is_valid() {
+                return Err("leader lock about to expire".into());
+            }
+            {
+                let now = now_ms();
+                let mut view = shared.view();
+                // One journal entry stays well below the server's payload limit; what does not
+                // fit goes into the next commit.
+                while let Some(input) = inputs.pop_front() {
+                    shared.apply(&mut view, input, now, &mut commit)?;
+                    if commit.size_estimate() >= MAX_COMMIT_BYTES {
+                        break;
+                    }
+                }
+            }
+            commits += 1;
+            requests += commit.replies.len() as u64;
+            if !commit.entry.sessions.is_empty() || !commit.entry.leases.is_empty() {
+                if !self.guard.is_valid() {
+                    return Err("leader lock about to expire".into());
+                }
+                match lease_journal::append(&shared.js, self.journal, self.last_seq, &commit.entry, APPEND_TIMEOUT).await
+                {
+                    Ok(seq) => self.last_seq = seq,
+                    Err(e) => {
+                        if !matches!(e, JournalError::Fenced(_)) {
+                            // The outcome is unknown: the callers learn it from the next leader.
+                            let err = WireError::unavailable(e.to_string());
+                            send_replies(
+                                commit.replies.into_iter().map(|(r, enc, _)| (r, enc, Out::Error(err.clone()))).collect(),
+                            );
+                        }
+                        return Err(format!("journal append failed: {e}"));
+                    }
+                }
+                since_snapshot += 1;
+            }
+            if !self.guard.is_valid() {
+                return Err("leader lock about to expire".into());
+            }
+            send_replies(commit.replies);
+            for n in commit.notices {
+                let _ = notice_tx.send(n);
+            }
+            if since_snapshot >= cfg.snapshot_entries && !snapshotting.load(Ordering::Acquire) {
+                since_snapshot = 0;
+                last_snapshot = Instant::now();
+                snapshot(shared, self.guard, self.journal, self.last_seq, &snapshotting);
+            }
         }
     }
 }
@@ -808,7 +943,13 @@ fn send_replies(replies: Vec<(async_nats::service::Request, Encoding, Out)>) {
     tokio::spawn(async move {
         for (req, enc, out) in replies {
             let payload = out.encode(enc);
-            if let Err(e) = req.respond_with_headers(Ok(payload), enc.headers()).await {
+            // MessagePack is what a reply without a content type means (`Encoding::from_headers`),
+            // so the hot path skips the header; JSON replies say so.
+            let sent = match enc {
+                Encoding::MsgPack => req.respond(Ok(payload)).await,
+                Encoding::Json => req.respond_with_headers(Ok(payload), enc.headers()).await,
+            };
+            if let Err(e) = sent {
                 debug!(error = %e, "lease reply not sent");
             }
         }
@@ -922,7 +1063,7 @@ impl Shared {
         let mut granted = Vec::with_capacity(grants.len());
         for g in grants {
             if let Some(spec) = view.spec(&g.spec) {
-                granted.push(LeasedOut { spec: SpecRef(spec.spec.clone()), epoch: g.epoch });
+                granted.push(LeasedOut { spec: SpecRef(spec.spec.clone(), spec.raw.clone()), epoch: g.epoch });
             }
             c.entry.leases.push(JournalLease { spec: g.spec.clone(), holder: runtime.to_string(), epoch: g.epoch });
             if let Some(prev) = g.previous {
@@ -961,8 +1102,8 @@ impl Shared {
             .into_iter()
             .filter_map(|id| {
                 let lease = view.lease(&id)?;
-                let spec = view.spec(&id)?.spec.clone();
-                Some(LeasedOut { spec: SpecRef(spec), epoch: lease.epoch })
+                let spec = view.spec(&id)?;
+                Some(LeasedOut { spec: SpecRef(spec.spec.clone(), spec.raw.clone()), epoch: lease.epoch })
             })
             .collect();
         Ok(MineReplyOut { specs, ttl_ms: self.ttl_ms() })
@@ -1171,3 +1312,39 @@ async fn notices(hub: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedReceiver<
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use steward_subjects::api::lease::LeaseReply;
+    use steward_subjects::config::{SpecTarget, TargetKind};
+    use steward_subjects::Envelope;
+
+    use super::*;
+
+    #[test]
+    fn hand_written_lease_reply_decodes_like_the_serde_one() {
+        for n in [0usize, 1, 15, 16, 40] {
+            let granted: Vec<LeasedOut> = (0..n)
+                .map(|i| {
+                    let spec = JobSpec {
+                        id: format!("{i:032x}"),
+                        target: SpecTarget { kind: TargetKind::Pool, id: "p".repeat(i * 9) },
+                        content_hash: "h".repeat(i * 7),
+                        interval_ms: 1 << (i % 40),
+                        ..JobSpec::default()
+                    };
+                    let raw = codec::encode(Encoding::MsgPack, &spec).unwrap();
+                    LeasedOut { spec: SpecRef(Arc::new(spec), raw), epoch: (1u64 << (i % 64)) + i as u64 }
+                })
+                .collect();
+            let out = LeaseReplyOut { granted, held: 70_000, cap: 10_000, ttl_ms: 15_000, more: n % 2 == 0 };
+            let by_serde: Envelope<LeaseReply> =
+                codec::decode(Encoding::MsgPack, &rpc::encode_reply(Encoding::MsgPack, Ok(&out))).unwrap();
+            let by_hand: Envelope<LeaseReply> = codec::decode(Encoding::MsgPack, &out.msgpack()).unwrap();
+            assert_eq!(by_hand, by_serde);
+            assert_eq!(by_hand.data.unwrap().granted.len(), n);
+        }
+    }
+}

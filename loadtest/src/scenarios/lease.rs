@@ -135,15 +135,12 @@ struct SpecIdLite {
     id: String,
 }
 
-/// One `jobspec.lease` call with a pre-encoded request.
-async fn lease_once(
-    client: &async_nats::Client,
-    subject: &str,
-    headers: &HeaderMap,
-    payload: &bytes::Bytes,
-) -> anyhow::Result<GrantedLite> {
-    let msg = rpc::raw_request(client, subject.to_owned(), headers.clone(), payload.clone(), Duration::from_secs(10))
-        .await?;
+/// One `jobspec.lease` call with a pre-encoded request (MessagePack, which a request without a
+/// content type means, so no headers).
+async fn lease_once(client: &async_nats::Client, subject: &str, payload: &bytes::Bytes) -> anyhow::Result<GrantedLite> {
+    let msg = tokio::time::timeout(Duration::from_secs(10), client.request(subject.to_owned(), payload.clone()))
+        .await
+        .context("no lease reply within 10 s")??;
     let env: Envelope<GrantedLite> = codec::decode_limited(Encoding::MsgPack, &msg.payload, usize::MAX)?;
     match (env.data, env.error) {
         (Some(d), _) => Ok(d),
@@ -221,8 +218,6 @@ async fn measure(ctx: &Ctx, batch: u32) -> anyhow::Result<ScenarioReport> {
             let runtime = format!("lt-rt-{r}");
             let req = LeaseRequest { runtime: runtime.clone(), max: batch, ..Default::default() };
             let payload = codec::encode(Encoding::MsgPack, &req).unwrap_or_default();
-            let mut headers = HeaderMap::new();
-            headers.insert(codec::CONTENT_TYPE, codec::MSGPACK);
             let subject = subjects.jobspec_lease();
             let mut lat = Latency::new();
             let mut events = Vec::new();
@@ -230,7 +225,7 @@ async fn measure(ctx: &Ctx, batch: u32) -> anyhow::Result<ScenarioReport> {
             let mut empty = 0;
             while empty < 2 {
                 let t = Instant::now();
-                match lease_once(&client, &subject, &headers, &payload).await {
+                match lease_once(&client, &subject, &payload).await {
                     Ok(reply) => {
                         lat.record_since(t);
                         let at = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
