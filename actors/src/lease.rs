@@ -590,12 +590,8 @@ async fn lead(
             let _ = tx.send(Input::StepDown(reason));
         }));
     }
-    let mut takeover = LeaseJournalEntry {
-        instance: instance.to_owned(),
-        generation,
-        takeover: true,
-        ..LeaseJournalEntry::default()
-    };
+    let mut takeover =
+        LeaseJournalEntry { instance: instance.to_owned(), generation, takeover: true, ..LeaseJournalEntry::default() };
     let mut notices_ev = Vec::new();
     loop {
         tokio::select! {
@@ -717,7 +713,10 @@ enum Op {
 
 /// The endpoints the loop polls itself (no hand-over per request), tagged with their operation.
 type LoopEndpoints = futures::stream::SelectAll<
-    futures::stream::Map<async_nats::service::endpoint::Endpoint, Box<dyn FnMut(async_nats::service::Request) -> (Op, async_nats::service::Request) + Send>>,
+    futures::stream::Map<
+        async_nats::service::endpoint::Endpoint,
+        Box<dyn FnMut(async_nats::service::Request) -> (Op, async_nats::service::Request) + Send>,
+    >,
 >;
 
 /// Registers every endpoint: `lease`, `renew`, `mine` and `release` are returned for the loop
@@ -904,7 +903,8 @@ impl Loop<'_> {
                 if !self.guard.is_valid() {
                     return Err("leader lock about to expire".into());
                 }
-                match lease_journal::append(&shared.js, self.journal, self.last_seq, &commit.entry, APPEND_TIMEOUT).await
+                match lease_journal::append(&shared.js, self.journal, self.last_seq, &commit.entry, APPEND_TIMEOUT)
+                    .await
                 {
                     Ok(seq) => self.last_seq = seq,
                     Err(e) => {
@@ -912,7 +912,11 @@ impl Loop<'_> {
                             // The outcome is unknown: the callers learn it from the next leader.
                             let err = WireError::unavailable(e.to_string());
                             send_replies(
-                                commit.replies.into_iter().map(|(r, enc, _)| (r, enc, Out::Error(err.clone()))).collect(),
+                                commit
+                                    .replies
+                                    .into_iter()
+                                    .map(|(r, enc, _)| (r, enc, Out::Error(err.clone())))
+                                    .collect(),
                             );
                         }
                         return Err(format!("journal append failed: {e}"));
@@ -1025,8 +1029,7 @@ impl Shared {
         &self,
         view: &mut LeaseView,
         runtime: &RuntimeId,
-        host: &str,
-        labels: &BTreeMap<String, String>,
+        (host, labels): (&str, &BTreeMap<String, String>),
         now: u64,
         always: bool,
         c: &mut Commit,
@@ -1051,11 +1054,17 @@ impl Shared {
         expires
     }
 
-    fn lease(&self, view: &mut LeaseView, req: &LeaseRequest, now: u64, c: &mut Commit) -> Result<LeaseReplyOut, WireError> {
+    fn lease(
+        &self,
+        view: &mut LeaseView,
+        req: &LeaseRequest,
+        now: u64,
+        c: &mut Commit,
+    ) -> Result<LeaseReplyOut, WireError> {
         let runtime = RuntimeId::parse(&req.runtime)?;
         let host = optional_host(&req.host)?;
         valid_labels(&req.labels)?;
-        self.touch_session(view, &runtime, &req.host, &req.labels, now, false, c);
+        self.touch_session(view, &runtime, (&req.host, &req.labels), now, false, c);
         let held = u32::try_from(view.held_count(runtime.as_str())).unwrap_or(u32::MAX);
         let budget = req.max.min(self.config.max_batch).min(self.config.per_runtime_cap.saturating_sub(held));
         let host = host.as_ref().map(HostId::as_str);
@@ -1079,11 +1088,17 @@ impl Shared {
         })
     }
 
-    fn renew(&self, view: &mut LeaseView, req: &RenewRequest, now: u64, c: &mut Commit) -> Result<RenewReply, WireError> {
+    fn renew(
+        &self,
+        view: &mut LeaseView,
+        req: &RenewRequest,
+        now: u64,
+        c: &mut Commit,
+    ) -> Result<RenewReply, WireError> {
         let runtime = RuntimeId::parse(&req.runtime)?;
         optional_host(&req.host)?;
         valid_labels(&req.labels)?;
-        let expires_at_ms = self.touch_session(view, &runtime, &req.host, &req.labels, now, true, c);
+        let expires_at_ms = self.touch_session(view, &runtime, (&req.host, &req.labels), now, true, c);
         let mut renewed = 0u32;
         let mut refused = Vec::new();
         for item in &req.held {
@@ -1311,7 +1326,6 @@ async fn notices(hub: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedReceiver<
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -75,8 +75,7 @@ pub async fn append(
 /// # Errors
 /// `Unavailable` when the stream cannot be read.
 pub async fn last_sequence(js: &jetstream::Context, subject: &str) -> Result<u64, JournalError> {
-    let stream =
-        js.get_stream(LEASE_JOURNAL_STREAM).await.map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    let stream = js.get_stream(LEASE_JOURNAL_STREAM).await.map_err(|e| JournalError::Unavailable(e.to_string()))?;
     match stream.get_last_raw_message_by_subject(subject).await {
         Ok(m) => Ok(m.sequence),
         Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
@@ -89,7 +88,12 @@ pub async fn last_sequence(js: &jetstream::Context, subject: &str) -> Result<u64
 ///
 /// # Errors
 /// `Unavailable` when the stream cannot be read, `Corrupt` for an undecodable entry.
-pub async fn replay<F>(js: &jetstream::Context, subject: &str, after_seq: u64, mut apply: F) -> Result<u64, JournalError>
+pub async fn replay<F>(
+    js: &jetstream::Context,
+    subject: &str,
+    after_seq: u64,
+    mut apply: F,
+) -> Result<u64, JournalError>
 where
     F: FnMut(u64, LeaseJournalEntry),
 {
@@ -97,8 +101,7 @@ where
     if last <= after_seq {
         return Ok(after_seq.max(last));
     }
-    let stream =
-        js.get_stream(LEASE_JOURNAL_STREAM).await.map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    let stream = js.get_stream(LEASE_JOURNAL_STREAM).await.map_err(|e| JournalError::Unavailable(e.to_string()))?;
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: subject.to_owned(),

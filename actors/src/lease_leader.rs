@@ -86,7 +86,11 @@ impl LeaderLock {
         };
         let record = LeaderRecord { instance: instance.to_owned(), generation, expires_at_ms: sent_at + ms(ttl) };
         let payload = codec::encode(Encoding::MsgPack, &record).map_err(|e| e.to_string())?;
-        let written = if revision == 0 { kv.create(&key, payload).await.ok() } else { kv.update(&key, payload, revision).await.ok() };
+        let written = if revision == 0 {
+            kv.create(&key, payload).await.ok()
+        } else {
+            kv.update(&key, payload, revision).await.ok()
+        };
         let Some(revision) = written else { return Ok(None) };
         let guard = LeaderGuard::default();
         guard.valid_until_ms.store(sent_at + ms(ttl) - ms(ttl) / 3, Ordering::Release);

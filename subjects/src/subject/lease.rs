@@ -197,7 +197,7 @@ mod tests {
         let other = AccountId::parse("acme2").unwrap();
         assert_eq!(parse_lease_key(&other, &k), None);
         assert_eq!(parse_lease_key(&a, "acme.x.y"), None);
-        let s = Subjects::new(a);
+        let s = Subjects::new(a.clone());
         assert_eq!(s.jobspec_notice(&r), "steward.v1.acme.jobspec.notice.rt-1");
         assert_eq!(s.result_submit(), "steward.v1.acme.result.submit");
         assert_eq!(s.jobspec_journal(), "steward.v1.acme.jobspec.journal");
