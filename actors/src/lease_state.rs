@@ -9,13 +9,43 @@
 //! entries there are re-checked when taken, so a stale entry is dropped instead of granted.
 //! Epochs only grow: a lease entry outlives its spec (a re-added spec continues its epochs).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use steward_subjects::api::lease::{JournalLease, LeaseRow, LeaseSnapshot, RuntimeSession};
 use steward_subjects::config::{JobSpec, TargetKind};
 use steward_subjects::selector::Selector;
+
+/// A fast non-cryptographic hasher (the multiply-rotate scheme of rustc's `FxHasher`) for the
+/// maps keyed by spec id. Spec ids are derived by the hub (hex digests), never chosen by a
+/// caller, so the flooding resistance of the default SipHash buys nothing there; maps keyed by
+/// caller-chosen runtime ids keep SipHash.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SpecHasher(u64);
+
+impl Hasher for SpecHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type SpecMap<V> = HashMap<String, V, BuildHasherDefault<SpecHasher>>;
+type SpecSet = HashSet<String, BuildHasherDefault<SpecHasher>>;
 
 /// What the view knows of one spec.
 #[derive(Debug, Clone)]
@@ -101,10 +131,10 @@ pub enum NotHeld {
 /// The in-memory state.
 #[derive(Debug, Default)]
 pub struct LeaseView {
-    specs: HashMap<String, SpecEntry>,
-    leases: HashMap<String, LeaseEntry>,
+    specs: SpecMap<SpecEntry>,
+    leases: SpecMap<LeaseEntry>,
     sessions: HashMap<String, SessionEntry>,
-    held: HashMap<String, BTreeSet<String>>,
+    held: HashMap<String, SpecSet>,
     free_host: HashMap<String, BTreeSet<String>>,
     pools: BTreeMap<String, Pool>,
     selector_cache: HashMap<String, Arc<Option<Selector>>>,
@@ -150,13 +180,15 @@ impl LeaseView {
     /// Existing specs `runtime` holds (by the leases), ordered by id.
     #[must_use]
     pub fn held_by(&self, runtime: &str) -> Vec<String> {
-        self.held.get(runtime).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+        let mut v: Vec<String> = self.held.get(runtime).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        v.sort_unstable();
+        v
     }
 
     /// Number of existing specs `runtime` holds.
     #[must_use]
     pub fn held_count(&self, runtime: &str) -> usize {
-        self.held.get(runtime).map_or(0, BTreeSet::len)
+        self.held.get(runtime).map_or(0, HashSet::len)
     }
 
     fn selector(&mut self, text: &str) -> Arc<Option<Selector>> {
@@ -375,7 +407,14 @@ impl LeaseView {
             if let Some(prev) = &previous {
                 self.unhold(prev, &id);
             }
-            self.held.entry(runtime.to_owned()).or_default().insert(id.clone());
+            match self.held.get_mut(runtime) {
+                Some(set) => {
+                    set.insert(id.clone());
+                }
+                None => {
+                    self.held.insert(runtime.to_owned(), SpecSet::from_iter([id.clone()]));
+                }
+            }
             out.push(Grant { spec: id, epoch, previous });
         }
         out
