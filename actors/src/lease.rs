@@ -927,7 +927,11 @@ impl Loop<'_> {
             if !self.guard.is_valid() {
                 return Err("leader lock about to expire".into());
             }
-            send_replies(commit.replies);
+            // Answered right here: a hand-over to another task would add a scheduling hop to
+            // every request's latency (publishing only queues the reply on the connection).
+            for (req, enc, out) in commit.replies {
+                respond(&req, enc, out).await;
+            }
             for n in commit.notices {
                 let _ = notice_tx.send(n);
             }
@@ -946,18 +950,22 @@ fn send_replies(replies: Vec<(async_nats::service::Request, Encoding, Out)>) {
     }
     tokio::spawn(async move {
         for (req, enc, out) in replies {
-            let payload = out.encode(enc);
-            // MessagePack is what a reply without a content type means (`Encoding::from_headers`),
-            // so the hot path skips the header; JSON replies say so.
-            let sent = match enc {
-                Encoding::MsgPack => req.respond(Ok(payload)).await,
-                Encoding::Json => req.respond_with_headers(Ok(payload), enc.headers()).await,
-            };
-            if let Err(e) = sent {
-                debug!(error = %e, "lease reply not sent");
-            }
+            respond(&req, enc, out).await;
         }
     });
+}
+
+async fn respond(req: &async_nats::service::Request, enc: Encoding, out: Out) {
+    let payload = out.encode(enc);
+    // MessagePack is what a reply without a content type means (`Encoding::from_headers`), so
+    // the hot path skips the header; JSON replies say so.
+    let sent = match enc {
+        Encoding::MsgPack => req.respond(Ok(payload)).await,
+        Encoding::Json => req.respond_with_headers(Ok(payload), enc.headers()).await,
+    };
+    if let Err(e) = sent {
+        debug!(error = %e, "lease reply not sent");
+    }
 }
 
 /// Encodes the state at `through_seq` (the loop is between commits, so memory equals the
