@@ -126,7 +126,9 @@ impl Default for LeaseConfig {
             max_batch: 100,
             per_runtime_cap: 10_000,
             sweep: Duration::from_millis(200),
-            leader_ttl: Duration::from_secs(3),
+            // Generous: under heavy JetStream load (result ingestion at full speed) a lock
+            // refresh can take more than a second, and a needless step-down costs a reload.
+            leader_ttl: Duration::from_secs(10),
             snapshot_every: Duration::from_secs(30),
             snapshot_entries: 10_000,
             commit_max: 1024,
