@@ -1,63 +1,102 @@
 //! The lease service (hub side): leases job specs to assessment runtimes and accepts their
 //! results, as the NATS micro service `steward-lease`.
 //!
-//! Endpoints (micro endpoints, so all in the micro queue group: any hub instance answers, and
-//! instances share the lease state through the `steward_leases` bucket):
-//! `jobspec.lease`, `jobspec.renew`, `jobspec.mine`, `jobspec.release`, `jobspec.leases` and
-//! `result.submit`. Notices go out on `jobspec.notice.<runtime>` and `jobspec.available`.
+//! Endpoints: `jobspec.lease`, `jobspec.renew`, `jobspec.mine`, `jobspec.release`,
+//! `jobspec.leases` and `result.submit`. Notices go out on `jobspec.notice.<runtime>` and
+//! `jobspec.available`.
 //!
-//! Every state change is a compare-and-set write of one key of `steward_leases`
-//! (`Nats-Expected-Last-Subject-Sequence`), pipelined: a grant of ten specs is ten writes in
-//! flight at once. A write that finds another revision lost a race with another hub instance;
-//! the spec is re-read and another one offered. The service follows `steward_jobspecs` (what
-//! exists, what changed) and `steward_leases` (what other instances wrote) with ordered
-//! consumers; see [`crate::lease_state`] for the in-memory view and its rules.
+//! # One writer per account, state in memory, a group-committed journal
+//!
+//! Every hub instance runs this actor, but only the *leader* of the account serves: the holder
+//! of the lock `<account>.leader` in `steward_leases` ([`crate::lease_leader`]). The others
+//! stand by and retry taking the lock every third of its TTL. The leader:
+//!
+//! 1. loads the latest snapshot and replays the lease journal after it
+//!    ([`crate::lease_journal`]), follows `steward_jobspecs` (ordered consumer) until it has
+//!    every spec, and appends a *takeover* entry expecting the journal's last sequence — which
+//!    fences any older leader: its next append expects a sequence that is no longer last;
+//! 2. registers the micro endpoints; requests are decoded by the endpoint tasks and queued to
+//!    one loop that owns the state ([`crate::lease_state::LeaseView`]). The loop drains every
+//!    queued request (up to a bound), applies them in memory, appends ONE journal entry with all
+//!    their changes (grants with epochs, releases, sessions, removals) with
+//!    `Nats-Expected-Last-Subject-Sequence` = its previous append, waits for the ack, and only
+//!    then sends the replies. No reply ever reports a change that is not durable; `mine` is
+//!    answered from the same loop, so it never shows an undurable grant either;
+//! 3. refreshes its lock every third of its TTL. A refresh that fails, or a lock about to expire
+//!    by its own clock, or an append that fails (fenced or unconfirmed), makes it step down at
+//!    once: it stops answering, drops its whole state and becomes a candidate again (the state is
+//!    rebuilt from the journal on the next takeover, so nothing undurable survives);
+//! 4. snapshots the state every `snapshot_every` or `snapshot_entries` appends (object store +
+//!    pointer + purge, crash-safe in every order, see [`crate::lease_journal`]).
+//!
+//! Why this is sound: grants only happen in the leader's loop, one batch at a time, and become
+//! visible to runtimes only after the journal holds them; a new leader's state is the journal
+//! (every reply ever sent is in it), and its takeover append makes the old leader's appends
+//! fail, so the old leader can never make another change durable. The old leader also stops on
+//! its own clock a third of the lock TTL before a candidate may take over.
+//!
+//! Deviations from a per-key compare-and-set design, and why: session expiries are journaled
+//! (renewals and leases that move the expiry), but lease *expiries* are not — a lease whose
+//! holder's session expired is simply free, and the grant that takes it over is journaled with
+//! the higher epoch. A new leader gives every session still live at takeover a fresh TTL
+//! (runtimes could not renew while leadership moved); that only delays hand-overs, it never
+//! shortens a promise made in a reply. `jobspec.leases` (operator listing) and `result.submit`
+//! read the state under a short lock beside the loop: a listing may show a grant a few hundred
+//! microseconds before it is durable, and results are only accepted for the holder and epoch in
+//! memory, which a runtime can only know from a durable reply.
+//!
+//! Per-request work is kept lean (batch 1 is close to the machine's request/reply ceiling): the
+//! loop polls the `lease`, `renew`, `mine` and `release` endpoints itself (no hand-over per
+//! request), answers its commit's requests itself, replies in MessagePack without a content-type
+//! header (what no header means to every Steward client), and writes the `lease` reply by hand,
+//! splicing each spec's stored MessagePack instead of serializing it again (a unit test checks
+//! it decodes exactly like the serde reply). The leader does not pre-load on standby: a takeover
+//! costs the lock TTL plus loading the specs (seconds for 200,000 specs).
 //!
 //! Results are fenced: a result is stored only when its runtime holds its spec at its epoch;
 //! accepted results go to `STEWARD_RESULTS` with `Nats-Msg-Id` = `<spec>:<epoch>:<seq>`, so a
 //! result sent twice within the dedupe window is stored once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, context::PublishErrorKind};
+use async_nats::jetstream::{self, consumer};
 use async_nats::service::ServiceExt;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use steward_subjects::api::lease::{
-    AvailableNotice, ChangeNotice, LeaseRecord, LeaseReply, LeaseRequest, LeasedSpec, LeasesReply, LeasesRequest,
-    MineReply, MineRequest, Refusal, ReleaseReply, ReleaseRequest, RenewReply, RenewRequest, RuntimeSession,
+    AvailableNotice, ChangeNotice, JournalLease, LeaseJournalEntry, LeaseRequest, LeasesReply, LeasesRequest,
+    MineRequest, Refusal, ReleaseReply, ReleaseRequest, RenewReply, RenewRequest, RuntimeSession,
 };
 use steward_subjects::api::result::{SubmitOutcome, SubmitReply, SubmitRequest, SubmitStatus, MAX_SUBMIT_BATCH};
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::JobSpec;
-use steward_subjects::streams::{JOBSPECS_BUCKET, LEASES_BUCKET};
-use steward_subjects::subject::{
-    jobspec_account_filter, kv_subject, lease_account_filter, lease_session_key, lease_spec_key, parse_lease_key,
-    service_name, LeaseKey,
-};
+use steward_subjects::streams::JOBSPECS_BUCKET;
+use steward_subjects::subject::{jobspec_account_filter, kv_subject, service_name};
 use steward_subjects::token::{validate, HostId, RuntimeId, TokenKind};
 use steward_subjects::{rpc, Subjects, WireError, STEWARD_VERSION};
 use tracing::{debug, info, warn};
 
-use crate::lease_state::{LeaseView, PlannedGrant, SpecEntry};
+use crate::lease_journal::{self, JournalError};
+use crate::lease_leader::{LeaderGuard, LeaderLock};
+use crate::lease_state::{LeaseView, NotHeld, SpecEntry};
 
-/// Header JetStream checks for compare-and-set on a subject.
-const EXPECTED_LAST_SUBJECT_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
 /// Header JetStream deduplicates on.
 const MSG_ID: &str = "Nats-Msg-Id";
 /// KV operation header (`DEL`, `PURGE`).
 const KV_OPERATION: &str = "KV-Operation";
 /// How often pending notices are flushed.
 const NOTICE_FLUSH: Duration = Duration::from_millis(50);
-/// Compare-and-set attempts for a session write before giving up.
-const SESSION_ATTEMPTS: usize = 4;
+/// Journal entries are cut at about this size (the server's default payload limit is 1 MiB).
+const MAX_COMMIT_BYTES: usize = 384 * 1024;
+/// Longest wait for a journal append's ack before stepping down.
+const APPEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings of the lease service.
 #[derive(Debug, Clone)]
@@ -70,6 +109,14 @@ pub struct LeaseConfig {
     pub per_runtime_cap: u32,
     /// How often expired sessions are looked for.
     pub sweep: Duration,
+    /// TTL of the leader lock (refreshed every third of it; a standby takes over after it).
+    pub leader_ttl: Duration,
+    /// Longest time between snapshots while the journal grows.
+    pub snapshot_every: Duration,
+    /// Journal appends after which a snapshot is taken.
+    pub snapshot_entries: u64,
+    /// Most requests in one group commit.
+    pub commit_max: usize,
 }
 
 impl Default for LeaseConfig {
@@ -79,6 +126,12 @@ impl Default for LeaseConfig {
             max_batch: 100,
             per_runtime_cap: 10_000,
             sweep: Duration::from_millis(200),
+            // Generous: under heavy JetStream load (result ingestion at full speed) a lock
+            // refresh can take more than a second, and a needless step-down costs a reload.
+            leader_ttl: Duration::from_secs(10),
+            snapshot_every: Duration::from_secs(30),
+            snapshot_entries: 10_000,
+            commit_max: 1024,
         }
     }
 }
@@ -97,14 +150,26 @@ pub struct LeaseArgs {
 /// Messages of the lease service.
 #[derive(Debug)]
 pub enum LeaseMsg {
-    /// A background task (endpoint, watch) ended: restart the service.
+    /// A background task ended: restart the service.
     TaskEnded(String),
+}
+
+/// Tasks aborted when dropped (so a killed actor leaves nothing running).
+#[derive(Debug, Default)]
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
 }
 
 /// State of the lease service.
 pub struct LeaseState {
-    service: Option<async_nats::service::Service>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    candidate: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The lease service actor.
@@ -117,87 +182,13 @@ impl Actor for LeaseService {
     type Arguments = LeaseArgs;
 
     async fn pre_start(&self, myself: ActorRef<LeaseMsg>, args: LeaseArgs) -> Result<LeaseState, ActorProcessingErr> {
-        let js = jetstream::new(args.client.clone());
-        let hub = Arc::new(Hub::new(args.client.clone(), js.clone(), args.subjects.clone(), args.config.clone()));
-        let mut tasks = Vec::new();
-
-        // Follow both buckets; serve only once both snapshots are in.
-        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(2);
-        for (bucket, filter, is_specs) in [
-            (JOBSPECS_BUCKET, jobspec_account_filter(args.subjects.account()), true),
-            (LEASES_BUCKET, lease_account_filter(args.subjects.account()), false),
-        ] {
-            let stream = js
-                .get_stream(format!("KV_{bucket}"))
-                .await
-                .map_err(|e| ActorProcessingErr::from(format!("cannot open bucket {bucket}: {e}")))?;
-            let (hub, me, ready) = (hub.clone(), myself.clone(), ready_tx.clone());
-            let client = args.client.clone();
-            tasks.push(tokio::spawn(async move {
-                let r = follow(&client, &stream, bucket, &filter, ready, |key, rev, deleted, value| {
-                    if is_specs {
-                        hub.on_spec(key, deleted, value);
-                    } else {
-                        hub.on_lease_key(key, rev, deleted, value);
-                    }
-                })
-                .await;
-                let reason = match r {
-                    Ok(()) => format!("watch of {bucket} ended"),
-                    Err(e) => format!("watch of {bucket} failed: {e}"),
-                };
-                let _ = me.cast(LeaseMsg::TaskEnded(reason));
-            }));
-        }
-        drop(ready_tx);
-        for _ in 0..2 {
-            if ready_rx.recv().await.is_none() {
-                for t in &tasks {
-                    t.abort();
-                }
-                return Err(ActorProcessingErr::from("lease state could not be loaded"));
-            }
-        }
-
-        let (notice_tx, notice_rx) = tokio::sync::mpsc::unbounded_channel();
-        hub.set_notices(notice_tx);
-        tasks.push(tokio::spawn(notices(hub.clone(), notice_rx)));
-        tasks.push(tokio::spawn(sweeper(hub.clone())));
-
-        let service = args
-            .client
-            .service_builder()
-            .description("steward job-spec leases and results")
-            .metadata(HashMap::from([("account".to_owned(), args.subjects.account().to_string())]))
-            .start(service_name("lease"), STEWARD_VERSION)
-            .await
-            .map_err(|e| ActorProcessingErr::from(format!("cannot register lease service: {e}")))?;
-        let s = &args.subjects;
-        for (name, subject, op) in [
-            ("lease", s.jobspec_lease(), Op::Lease),
-            ("renew", s.jobspec_renew(), Op::Renew),
-            ("mine", s.jobspec_mine(), Op::Mine),
-            ("release", s.jobspec_release(), Op::Release),
-            ("leases", s.jobspec_leases(), Op::Leases),
-            ("submit", s.result_submit(), Op::Submit),
-        ] {
-            let mut endpoint = service
-                .endpoint_builder()
-                .name(name)
-                .add(subject)
-                .await
-                .map_err(|e| ActorProcessingErr::from(format!("cannot add lease endpoint {name}: {e}")))?;
-            let (hub, me) = (hub.clone(), myself.clone());
-            tasks.push(tokio::spawn(async move {
-                while let Some(req) = endpoint.next().await {
-                    let hub = hub.clone();
-                    tokio::spawn(async move { hub.serve(op, req).await });
-                }
-                let _ = me.cast(LeaseMsg::TaskEnded(format!("endpoint {name} closed")));
-            }));
-        }
-        info!(account = %args.subjects.account(), specs = hub.view().spec_count(), "lease service started");
-        Ok(LeaseState { service: Some(service), tasks })
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let task = tokio::spawn(async move {
+            candidate(args, instance, shutdown_rx).await;
+            let _ = myself.cast(LeaseMsg::TaskEnded("lease candidate loop ended".into()));
+        });
+        Ok(LeaseState { shutdown, candidate: Some(task) })
     }
 
     async fn handle(
@@ -212,19 +203,24 @@ impl Actor for LeaseService {
     }
 
     async fn post_stop(&self, _myself: ActorRef<LeaseMsg>, state: &mut LeaseState) -> Result<(), ActorProcessingErr> {
-        crate::stop_service("lease", &state.tasks, state.service.take()).await;
+        let _ = state.shutdown.send(true);
+        if let Some(task) = state.candidate.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(3), task).await.is_err() {
+                abort.abort();
+            }
+        }
         Ok(())
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    Lease,
-    Renew,
-    Mine,
-    Release,
-    Leases,
-    Submit,
+impl Drop for LeaseState {
+    // A killed actor (no `post_stop`) still stops leading: its state is dropped.
+    fn drop(&mut self) {
+        if let Some(task) = self.candidate.take() {
+            task.abort();
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch (the hub clock every lease time is measured on).
@@ -234,28 +230,6 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
-}
-
-enum NoticeEvent {
-    Changed(String, String),
-    Removed(String, String),
-    Revoked(String, String),
-    Available,
-}
-
-struct Hub {
-    client: async_nats::Client,
-    js: jetstream::Context,
-    subjects: Subjects,
-    config: LeaseConfig,
-    view: Mutex<LeaseView>,
-    notices: Mutex<Option<tokio::sync::mpsc::UnboundedSender<NoticeEvent>>>,
-}
-
-fn cas_headers(expected: u64) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(EXPECTED_LAST_SUBJECT_SEQ, expected.to_string().as_str());
-    h
 }
 
 fn valid_labels(labels: &BTreeMap<String, String>) -> Result<(), WireError> {
@@ -274,388 +248,920 @@ fn optional_host(host: &str) -> Result<Option<HostId>, WireError> {
     }
 }
 
-impl Hub {
-    fn new(client: async_nats::Client, js: jetstream::Context, subjects: Subjects, config: LeaseConfig) -> Self {
-        Hub { client, js, subjects, config, view: Mutex::new(LeaseView::default()), notices: Mutex::new(None) }
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Tries to become leader until shut down; leads while it can.
+async fn candidate(args: LeaseArgs, instance: String, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let js = jetstream::new(args.client.clone());
+    let poll = (args.config.leader_ttl / 3).max(Duration::from_millis(50));
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match LeaderLock::try_acquire(&js, args.subjects.account(), &instance, args.config.leader_ttl).await {
+            Ok(Some(lock)) => {
+                info!(account = %args.subjects.account(), generation = lock.generation(), "lease leader");
+                match lead(&args, &js, &instance, lock, &mut shutdown).await {
+                    Ok(()) => return,
+                    Err(e) => warn!(account = %args.subjects.account(), error = %e, "lease leader stepped down"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => debug!(error = %e, "leader lock not available"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+enum NoticeEvent {
+    Changed(String, String),
+    Removed(String, String),
+    Revoked(String, String),
+    Available,
+}
+
+/// What the loop is asked to do.
+enum Input {
+    Lease(LeaseRequest, Encoding, async_nats::service::Request),
+    Renew(RenewRequest, Encoding, async_nats::service::Request),
+    Mine(MineRequest, Encoding, async_nats::service::Request),
+    Release(ReleaseRequest, Encoding, async_nats::service::Request),
+    SpecUpsert(String, SpecEntry),
+    SpecRemoved(String),
+    StepDown(String),
+}
+
+/// A granted spec as answered: the shared decoded spec, serialized like
+/// [`steward_subjects::api::lease::LeasedSpec`].
+#[derive(Serialize)]
+struct LeasedOut {
+    spec: SpecRef,
+    epoch: u64,
+}
+
+/// A spec as decoded, and as stored (MessagePack, spliced into MessagePack replies as is).
+struct SpecRef(Arc<JobSpec>, Bytes);
+
+impl Serialize for SpecRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// Hand-written MessagePack of the hot reply (an `Envelope<LeaseReply>` with named fields, as
+/// `rmp_serde::to_vec_named` writes it), splicing each spec's stored bytes instead of
+/// re-serializing it.
+mod mp {
+    pub(super) fn str(b: &mut Vec<u8>, s: &str) {
+        let n = s.len();
+        if n < 32 {
+            b.push(0xa0 | n as u8);
+        } else if n < 256 {
+            b.extend_from_slice(&[0xd9, n as u8]);
+        } else if n < 65_536 {
+            b.push(0xda);
+            b.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            b.push(0xdb);
+            b.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        b.extend_from_slice(s.as_bytes());
     }
 
+    pub(super) fn uint(b: &mut Vec<u8>, v: u64) {
+        if v < 128 {
+            b.push(v as u8);
+        } else if v < 256 {
+            b.extend_from_slice(&[0xcc, v as u8]);
+        } else if v < 65_536 {
+            b.push(0xcd);
+            b.extend_from_slice(&(v as u16).to_be_bytes());
+        } else if v < (1 << 32) {
+            b.push(0xce);
+            b.extend_from_slice(&(v as u32).to_be_bytes());
+        } else {
+            b.push(0xcf);
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+
+    pub(super) fn map(b: &mut Vec<u8>, n: usize) {
+        if n < 16 {
+            b.push(0x80 | n as u8);
+        } else {
+            b.push(0xdf);
+            b.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+    }
+
+    pub(super) fn array(b: &mut Vec<u8>, n: usize) {
+        if n < 16 {
+            b.push(0x90 | n as u8);
+        } else {
+            b.push(0xdd);
+            b.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+    }
+
+    pub(super) fn bool(b: &mut Vec<u8>, v: bool) {
+        b.push(if v { 0xc3 } else { 0xc2 });
+    }
+}
+
+impl LeaseReplyOut {
+    /// The success envelope in MessagePack.
+    fn msgpack(&self) -> Bytes {
+        let mut b = Vec::with_capacity(64 + self.granted.iter().map(|g| g.spec.1.len() + 24).sum::<usize>());
+        mp::map(&mut b, 2);
+        mp::str(&mut b, "ok");
+        mp::bool(&mut b, true);
+        mp::str(&mut b, "data");
+        mp::map(&mut b, 5);
+        mp::str(&mut b, "granted");
+        mp::array(&mut b, self.granted.len());
+        for g in &self.granted {
+            mp::map(&mut b, 2);
+            mp::str(&mut b, "spec");
+            b.extend_from_slice(&g.spec.1);
+            mp::str(&mut b, "epoch");
+            mp::uint(&mut b, g.epoch);
+        }
+        mp::str(&mut b, "held");
+        mp::uint(&mut b, u64::from(self.held));
+        mp::str(&mut b, "cap");
+        mp::uint(&mut b, u64::from(self.cap));
+        mp::str(&mut b, "ttl_ms");
+        mp::uint(&mut b, self.ttl_ms);
+        mp::str(&mut b, "more");
+        mp::bool(&mut b, self.more);
+        Bytes::from(b)
+    }
+}
+
+/// Serialized like [`steward_subjects::api::lease::LeaseReply`].
+#[derive(Serialize)]
+struct LeaseReplyOut {
+    granted: Vec<LeasedOut>,
+    held: u32,
+    cap: u32,
+    ttl_ms: u64,
+    more: bool,
+}
+
+/// Serialized like [`steward_subjects::api::lease::MineReply`].
+#[derive(Serialize)]
+struct MineReplyOut {
+    specs: Vec<LeasedOut>,
+    ttl_ms: u64,
+}
+
+enum Out {
+    Lease(LeaseReplyOut),
+    Renew(RenewReply),
+    Mine(MineReplyOut),
+    Release(ReleaseReply),
+    Error(WireError),
+}
+
+impl Out {
+    fn of<T>(r: Result<T, WireError>, f: impl FnOnce(T) -> Out) -> Out {
+        match r {
+            Ok(v) => f(v),
+            Err(e) => Out::Error(e),
+        }
+    }
+
+    fn encode(self, enc: Encoding) -> Bytes {
+        match self {
+            Out::Lease(r) if enc == Encoding::MsgPack => r.msgpack(),
+            Out::Lease(r) => rpc::encode_reply(enc, Ok(r)),
+            Out::Renew(r) => rpc::encode_reply(enc, Ok(r)),
+            Out::Mine(r) => rpc::encode_reply(enc, Ok(r)),
+            Out::Release(r) => rpc::encode_reply(enc, Ok(r)),
+            Out::Error(e) => rpc::encode_reply::<()>(enc, Err(e)),
+        }
+    }
+}
+
+/// What one group commit collects.
+#[derive(Default)]
+struct Commit {
+    entry: LeaseJournalEntry,
+    replies: Vec<(async_nats::service::Request, Encoding, Out)>,
+    notices: Vec<NoticeEvent>,
+    bytes: usize,
+}
+
+impl Commit {
+    /// Rough encoded size of the journal entry so far.
+    fn size_estimate(&self) -> usize {
+        self.bytes + self.entry.leases.len() * 96
+    }
+
+    fn add_session(&mut self, s: RuntimeSession) {
+        self.bytes += 128 + s.host.len() + s.labels.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>();
+        self.entry.sessions.push(s);
+    }
+}
+
+/// The state shared by the loop and the side endpoints (`leases`, `submit`).
+struct Shared {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    config: LeaseConfig,
+    view: Mutex<LeaseView>,
+}
+
+impl Shared {
     fn view(&self) -> MutexGuard<'_, LeaseView> {
         // A panic while holding the lock cannot leave the view half-updated in a way that
         // matters more than losing the service, so a poisoned lock is taken over.
         self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn set_notices(&self, tx: tokio::sync::mpsc::UnboundedSender<NoticeEvent>) {
-        *self.notices.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
-    }
-
-    fn notify(&self, e: NoticeEvent) {
-        if let Some(tx) = self.notices.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
-            let _ = tx.send(e);
-        }
-    }
-
     fn ttl_ms(&self) -> u64 {
-        u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX)
+        ms(self.config.ttl)
     }
+}
 
-    // ---- following the buckets ----
+fn refusal(spec: &str, epoch: u64, why: NotHeld) -> Refusal {
+    let (current_epoch, reason) = match why {
+        NotHeld::Removed => (0, "removed"),
+        NotHeld::NotHolder(e) => (e, "not_holder"),
+        NotHeld::StaleEpoch(e) => (e, "stale_epoch"),
+    };
+    Refusal { spec: spec.to_owned(), epoch, current_epoch, reason: reason.into() }
+}
 
-    fn on_spec(&self, key: &str, deleted: bool, value: &[u8]) {
-        let Some(id) = key.rsplit('.').next().map(str::to_owned) else { return };
-        let now = now_ms();
-        if deleted {
-            let removed = self.view().remove_spec(&id);
-            if let Some((holder, lease)) = removed {
-                self.notify(NoticeEvent::Removed(holder.clone(), id.clone()));
-                // Clear the holder so the epoch survives but nobody holds a removed spec.
-                let record =
-                    LeaseRecord { spec: id.clone(), holder: String::new(), epoch: lease.epoch, granted_at_ms: now };
-                let hub_key = lease_spec_key(self.subjects.account(), &id);
-                let (js, expected) = (self.js.clone(), lease.revision);
-                tokio::spawn(async move {
-                    if let Ok(payload) = codec::encode(Encoding::MsgPack, &record) {
-                        if let Ok(ack) = js
-                            .publish_with_headers(kv_subject(LEASES_BUCKET, &hub_key), cas_headers(expected), payload)
-                            .await
-                        {
-                            let _ = ack.await;
-                        }
-                    }
-                });
-            }
-            return;
-        }
-        let spec: JobSpec = match codec::decode_limited(Encoding::MsgPack, value, usize::MAX) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(key, error = %e, "undecodable job spec skipped");
-                return;
-            }
-        };
-        let entry = SpecEntry::new(&spec, Bytes::copy_from_slice(value));
-        let holder = self.view().upsert_spec(&id, entry, now);
-        match holder {
-            Some(h) => self.notify(NoticeEvent::Changed(h, id)),
-            None => self.notify(NoticeEvent::Available),
-        }
-    }
+/// Leads until shutdown (`Ok`) or until it must step down (`Err`; the whole state is dropped).
+async fn lead(
+    args: &LeaseArgs,
+    js: &jetstream::Context,
+    instance: &str,
+    lock: LeaderLock,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let guard = lock.guard();
+    let generation = lock.generation();
+    let account = args.subjects.account().clone();
+    let journal = args.subjects.jobspec_journal();
+    let mut tasks = Tasks::default();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
 
-    fn on_lease_key(&self, key: &str, revision: u64, deleted: bool, value: &[u8]) {
-        let now = now_ms();
-        match parse_lease_key(self.subjects.account(), key) {
-            Some(LeaseKey::Spec(id)) if !deleted => {
-                if self.view().has_lease_revision(id, revision) {
+    // Keep the lock fresh from the start (loading may take longer than its TTL). The refresher
+    // owns the lock; on shutdown it gives it up so a standby takes over at once.
+    let refresher = {
+        let (tx, mut stop) = (tx.clone(), shutdown.clone());
+        let every = (args.config.leader_ttl / 3).max(Duration::from_millis(20));
+        tokio::spawn(async move {
+            let mut lock = lock;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => { lock.release().await; return; }
+                }
+                if let Err(e) = lock.refresh().await {
+                    let _ = tx.send(Input::StepDown(e));
                     return;
                 }
-                if let Ok(record) = codec::decode_limited::<LeaseRecord>(Encoding::MsgPack, value, usize::MAX) {
-                    self.view().apply_lease(id, &record, revision, now);
-                }
             }
-            Some(LeaseKey::Session(_)) if !deleted => {
-                if let Ok(record) = codec::decode_limited::<RuntimeSession>(Encoding::MsgPack, value, usize::MAX) {
-                    self.view().apply_session(record, revision, now);
-                }
-            }
-            _ => {}
+        })
+    };
+
+    // 1. Snapshot + journal replay.
+    let loaded_at = Instant::now();
+    let (snapshot, pointer_rev) = lease_journal::load_snapshot(js, &account).await.map_err(|e| e.to_string())?;
+    let mut last_seq = snapshot.as_ref().map_or(0, |s| s.through_seq);
+    let now = now_ms();
+    let mut entries = 0u64;
+    let mut view = LeaseView::default();
+    if let Some(s) = snapshot {
+        view.load_snapshot(s);
+    }
+    last_seq = lease_journal::replay(js, &journal, last_seq, |_, entry| {
+        entries += 1;
+        for s in entry.sessions {
+            view.set_session(s, now);
         }
+        for l in &entry.leases {
+            view.apply_lease(l, now);
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let shared = Arc::new(Shared {
+        client: args.client.clone(),
+        js: js.clone(),
+        subjects: args.subjects.clone(),
+        config: args.config.clone(),
+        view: Mutex::new(view),
+    });
+    // A snapshot written meanwhile (by a deposed leader) may have purged what was replayed
+    // from: start over.
+    let (_, rev) = lease_journal::read_pointer(js, &account).await.map_err(|e| e.to_string())?;
+    if rev != pointer_rev {
+        return Err("the snapshot moved while loading; loading again".into());
     }
 
-    async fn refresh_lease(&self, spec: &str) {
-        let key = lease_spec_key(self.subjects.account(), spec);
-        let Ok(kv) = self.js.get_key_value(LEASES_BUCKET).await else { return };
-        if let Ok(Some(entry)) = kv.entry(&key).await {
-            if let Ok(record) = codec::decode_limited::<LeaseRecord>(Encoding::MsgPack, &entry.value, usize::MAX) {
-                self.view().apply_lease(spec, &record, entry.revision, now_ms());
-            }
-        }
-    }
-
-    async fn refresh_session(&self, runtime: &RuntimeId) {
-        let key = lease_session_key(self.subjects.account(), runtime);
-        let Ok(kv) = self.js.get_key_value(LEASES_BUCKET).await else { return };
-        if let Ok(Some(entry)) = kv.entry(&key).await {
-            if let Ok(record) = codec::decode_limited::<RuntimeSession>(Encoding::MsgPack, &entry.value, usize::MAX) {
-                self.view().apply_session(record, entry.revision, now_ms());
-            }
-        }
-    }
-
-    // ---- serving ----
-
-    async fn serve(&self, op: Op, req: async_nats::service::Request) {
-        let r = match op {
-            Op::Lease => self.answer(&req, |r| self.lease(r)).await,
-            Op::Renew => self.answer(&req, |r| self.renew(r)).await,
-            Op::Mine => self.answer(&req, |r| async move { self.mine(&r) }).await,
-            Op::Release => self.answer(&req, |r| self.release(r)).await,
-            Op::Leases => self.answer(&req, |r| async move { self.leases(&r) }).await,
-            Op::Submit => self.answer(&req, |r| self.submit(r)).await,
-        };
-        if let Err(e) = r {
-            debug!(error = %e, "lease reply not sent");
-        }
-    }
-
-    async fn answer<Req, Resp, F, Fut>(
-        &self,
-        req: &async_nats::service::Request,
-        f: F,
-    ) -> Result<(), async_nats::PublishError>
-    where
-        Req: DeserializeOwned,
-        Resp: Serialize,
-        F: FnOnce(Req) -> Fut,
-        Fut: std::future::Future<Output = Result<Resp, WireError>>,
+    // 2. The spec feed, until every existing spec is in.
+    let stream = js
+        .get_stream(format!("KV_{JOBSPECS_BUCKET}"))
+        .await
+        .map_err(|e| format!("cannot open bucket {JOBSPECS_BUCKET}: {e}"))?;
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(1);
     {
-        match rpc::decode_request::<Req>(&req.message) {
-            Ok((r, enc)) => {
-                let result = f(r).await;
-                rpc::respond(req, enc, result).await
-            }
-            Err((e, enc)) => rpc::respond::<()>(req, enc, Err(e)).await,
-        }
-    }
-
-    /// Writes the runtime's session (expiry now + TTL) with compare-and-set, retrying after
-    /// re-reading when another instance wrote it meanwhile.
-    async fn write_session(
-        &self,
-        runtime: &RuntimeId,
-        host: Option<&HostId>,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<RuntimeSession, WireError> {
-        let key = lease_session_key(self.subjects.account(), runtime);
-        for _ in 0..SESSION_ATTEMPTS {
-            let now = now_ms();
-            let expected = self.view().session(runtime.as_str()).map_or(0, |s| s.revision);
-            let record = RuntimeSession {
-                runtime: runtime.to_string(),
-                host: host.map(ToString::to_string).unwrap_or_default(),
-                labels: labels.clone(),
-                expires_at_ms: now + self.ttl_ms(),
-                renewed_at_ms: now,
-            };
-            let payload = codec::encode(Encoding::MsgPack, &record).map_err(WireError::from)?;
-            let ack = self
-                .js
-                .publish_with_headers(kv_subject(LEASES_BUCKET, &key), cas_headers(expected), payload)
-                .await
-                .map_err(|e| WireError::unavailable(format!("cannot write session: {e}")))?;
-            match ack.await {
-                Ok(ack) => {
-                    self.view().commit_session(record.clone(), ack.sequence);
-                    return Ok(record);
+        let (tx, client) = (tx.clone(), args.client.clone());
+        let filter = jobspec_account_filter(&account);
+        tasks.0.push(tokio::spawn(async move {
+            let r = follow(&client, &stream, JOBSPECS_BUCKET, &filter, ready_tx, |key, _rev, deleted, value| {
+                let Some(id) = key.rsplit('.').next().map(str::to_owned) else { return };
+                if deleted {
+                    let _ = tx.send(Input::SpecRemoved(id));
+                    return;
                 }
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => self.refresh_session(runtime).await,
-                Err(e) => return Err(WireError::unavailable(format!("session write not acknowledged: {e}"))),
+                match codec::decode_limited::<JobSpec>(Encoding::MsgPack, value, usize::MAX) {
+                    Ok(spec) => {
+                        let _ = tx.send(Input::SpecUpsert(id, SpecEntry::new(spec, Bytes::copy_from_slice(value))));
+                    }
+                    Err(e) => warn!(key, error = %e, "undecodable job spec skipped"),
+                }
+            })
+            .await;
+            let reason = match r {
+                Ok(()) => format!("watch of {JOBSPECS_BUCKET} ended"),
+                Err(e) => format!("watch of {JOBSPECS_BUCKET} failed: {e}"),
+            };
+            let _ = tx.send(Input::StepDown(reason));
+        }));
+    }
+    let mut takeover =
+        LeaseJournalEntry { instance: instance.to_owned(), generation, takeover: true, ..LeaseJournalEntry::default() };
+    let mut notices_ev = Vec::new();
+    loop {
+        tokio::select! {
+            r = ready_rx.recv() => { if r.is_some() { break } return Err("spec feed ended while loading".into()) }
+            i = rx.recv() => {
+                let Some(i) = i else { return Err("input closed".into()) };
+                apply_feed(&shared, i, &mut takeover, &mut notices_ev, false)?;
             }
         }
-        Err(WireError::unavailable("session is being written concurrently; try again"))
+    }
+    while let Ok(i) = rx.try_recv() {
+        apply_feed(&shared, i, &mut takeover, &mut notices_ev, false)?;
+    }
+    let now = now_ms();
+    {
+        let mut view = shared.view();
+        view.rebuild(now);
+        view.extend_live_sessions(now, now + shared.ttl_ms());
     }
 
-    async fn lease(&self, req: LeaseRequest) -> Result<LeaseReply, WireError> {
+    // 3. Fence every older leader.
+    if !guard.is_valid() {
+        return Err("leader lock lost while loading".into());
+    }
+    last_seq = lease_journal::append(js, &journal, last_seq, &takeover, APPEND_TIMEOUT)
+        .await
+        .map_err(|e| format!("takeover append: {e}"))?;
+    info!(
+        account = %account,
+        specs = shared.view().spec_count(),
+        replayed = entries,
+        took_ms = loaded_at.elapsed().as_millis() as u64,
+        "lease state loaded; serving"
+    );
+
+    // 4. Notices and endpoints.
+    let (notice_tx, notice_rx) = tokio::sync::mpsc::unbounded_channel();
+    tasks.0.push(tokio::spawn(notices(shared.clone(), notice_rx)));
+    let service = args
+        .client
+        .service_builder()
+        .description("steward job-spec leases and results")
+        .metadata(HashMap::from([("account".to_owned(), account.to_string())]))
+        .start(service_name("lease"), STEWARD_VERSION)
+        .await
+        .map_err(|e| format!("cannot register lease service: {e}"))?;
+    let served = serve_endpoints(&service, &shared, &tx, &guard, &mut tasks).await;
+    let result = match served {
+        Ok(endpoints) => {
+            let mut lp = Loop { shared: &shared, guard: &guard, journal: &journal, last_seq, endpoints };
+            lp.run(&mut rx, &notice_tx, shutdown, notices_ev).await
+        }
+        Err(e) => Err(e),
+    };
+    guard.revoke();
+    if let Err(e) = service.stop().await {
+        debug!(error = %e, "lease service did not stop cleanly");
+    }
+    drop(tasks);
+    if result.is_ok() {
+        // Shutdown: let the refresher give the lock up.
+        let abort = refresher.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), refresher).await.is_err() {
+            abort.abort();
+        }
+    } else {
+        refresher.abort();
+    }
+    result
+}
+
+/// Applies a spec-feed input (loading phase); a request input cannot arrive before the
+/// endpoints exist.
+fn apply_feed(
+    shared: &Shared,
+    input: Input,
+    entry: &mut LeaseJournalEntry,
+    notices: &mut Vec<NoticeEvent>,
+    serving: bool,
+) -> Result<(), String> {
+    let now = now_ms();
+    match input {
+        Input::SpecUpsert(id, spec) => {
+            let holder = shared.view().upsert_spec(&id, spec, now, serving);
+            match holder {
+                Some(h) => notices.push(NoticeEvent::Changed(h, id)),
+                None => notices.push(NoticeEvent::Available),
+            }
+        }
+        Input::SpecRemoved(id) => {
+            if let Some((holder, cleared)) = shared.view().remove_spec(&id) {
+                entry.leases.push(cleared);
+                notices.push(NoticeEvent::Removed(holder, id));
+            }
+        }
+        Input::StepDown(reason) => return Err(reason),
+        Input::Lease(_, enc, req)
+        | Input::Renew(_, enc, req)
+        | Input::Mine(_, enc, req)
+        | Input::Release(_, enc, req) => {
+            tokio::spawn(async move {
+                let e = WireError::unavailable("the lease leader is not serving yet");
+                let _ = rpc::respond::<()>(&req, enc, Err(e)).await;
+            });
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Lease,
+    Renew,
+    Mine,
+    Release,
+    Leases,
+    Submit,
+}
+
+/// The endpoints the loop polls itself (no hand-over per request), tagged with their operation.
+type LoopEndpoints = futures::stream::SelectAll<
+    futures::stream::Map<
+        async_nats::service::endpoint::Endpoint,
+        Box<dyn FnMut(async_nats::service::Request) -> (Op, async_nats::service::Request) + Send>,
+    >,
+>;
+
+/// Registers every endpoint: `lease`, `renew`, `mine` and `release` are returned for the loop
+/// to poll; `leases` and `submit` are served by tasks of their own beside it.
+async fn serve_endpoints(
+    service: &async_nats::service::Service,
+    shared: &Arc<Shared>,
+    tx: &tokio::sync::mpsc::UnboundedSender<Input>,
+    guard: &LeaderGuard,
+    tasks: &mut Tasks,
+) -> Result<LoopEndpoints, String> {
+    let s = &shared.subjects;
+    let mut looped = futures::stream::SelectAll::new();
+    for (name, subject, op) in [
+        ("lease", s.jobspec_lease(), Op::Lease),
+        ("renew", s.jobspec_renew(), Op::Renew),
+        ("mine", s.jobspec_mine(), Op::Mine),
+        ("release", s.jobspec_release(), Op::Release),
+        ("leases", s.jobspec_leases(), Op::Leases),
+        ("submit", s.result_submit(), Op::Submit),
+    ] {
+        let mut endpoint = service
+            .endpoint_builder()
+            .name(name)
+            .add(subject)
+            .await
+            .map_err(|e| format!("cannot add lease endpoint {name}: {e}"))?;
+        if matches!(op, Op::Lease | Op::Renew | Op::Mine | Op::Release) {
+            let tag: Box<dyn FnMut(async_nats::service::Request) -> (Op, async_nats::service::Request) + Send> =
+                Box::new(move |r| (op, r));
+            looped.push(endpoint.map(tag));
+            continue;
+        }
+        let (shared, tx, guard) = (shared.clone(), tx.clone(), guard.clone());
+        tasks.0.push(tokio::spawn(async move {
+            while let Some(req) = endpoint.next().await {
+                if !guard.is_valid() {
+                    // Stepping down: stay silent (the caller retries another instance).
+                    continue;
+                }
+                let shared = shared.clone();
+                if matches!(op, Op::Leases) {
+                    tokio::spawn(async move {
+                        let _ = rpc::serve(&req, |r: LeasesRequest| async move { shared.leases(&r) }).await;
+                    });
+                } else {
+                    tokio::spawn(async move {
+                        let _ = rpc::serve(&req, |r: SubmitRequest| async move { shared.submit(r).await }).await;
+                    });
+                }
+            }
+            let _ = tx.send(Input::StepDown(format!("endpoint {name} closed")));
+        }));
+    }
+    Ok(looped)
+}
+
+/// Decodes a request polled by the loop; a malformed one gets its error reply with the commit.
+fn decode(op: Op, req: async_nats::service::Request, c: &mut Commit) -> Option<Input> {
+    fn with<T: serde::de::DeserializeOwned>(
+        req: async_nats::service::Request,
+        c: &mut Commit,
+        wrap: fn(T, Encoding, async_nats::service::Request) -> Input,
+    ) -> Option<Input> {
+        match rpc::decode_request::<T>(&req.message) {
+            Ok((r, enc)) => Some(wrap(r, enc, req)),
+            Err((e, enc)) => {
+                c.replies.push((req, enc, Out::Error(e)));
+                None
+            }
+        }
+    }
+    match op {
+        Op::Lease => with(req, c, Input::Lease),
+        Op::Renew => with(req, c, Input::Renew),
+        Op::Mine => with(req, c, Input::Mine),
+        Op::Release => with(req, c, Input::Release),
+        Op::Leases | Op::Submit => None,
+    }
+}
+
+/// The loop that owns every change: drain, apply, append once, then answer.
+struct Loop<'a> {
+    shared: &'a Arc<Shared>,
+    guard: &'a LeaderGuard,
+    journal: &'a str,
+    last_seq: u64,
+    endpoints: LoopEndpoints,
+}
+
+impl Loop<'_> {
+    async fn run(
+        &mut self,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Input>,
+        notice_tx: &tokio::sync::mpsc::UnboundedSender<NoticeEvent>,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+        pending_notices: Vec<NoticeEvent>,
+    ) -> Result<(), String> {
+        for n in pending_notices {
+            let _ = notice_tx.send(n);
+        }
+        let shared = self.shared;
+        let cfg = &shared.config;
+        let mut sweep = tokio::time::interval(cfg.sweep);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut since_snapshot = 0u64;
+        let mut last_snapshot = Instant::now();
+        let snapshotting = Arc::new(AtomicBool::new(false));
+        let mut inputs: std::collections::VecDeque<Input> = std::collections::VecDeque::with_capacity(cfg.commit_max);
+        let mut received = Vec::with_capacity(cfg.commit_max);
+        let (mut commits, mut requests, mut stats_at) = (0u64, 0u64, Instant::now());
+        loop {
+            let mut commit = Commit::default();
+            if inputs.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return Ok(()),
+                    _ = sweep.tick() => {
+                        let freed = shared.view().sweep(now_ms());
+                        if freed > 0 {
+                            debug!(freed, "expired leases freed");
+                            let _ = notice_tx.send(NoticeEvent::Available);
+                        }
+                        let due = since_snapshot >= cfg.snapshot_entries
+                            || (since_snapshot > 0 && last_snapshot.elapsed() >= cfg.snapshot_every);
+                        if due && !snapshotting.load(Ordering::Acquire) {
+                            since_snapshot = 0;
+                            last_snapshot = Instant::now();
+                            snapshot(shared, self.guard, self.journal, self.last_seq, &snapshotting);
+                        }
+                        if stats_at.elapsed() >= Duration::from_secs(10) && commits > 0 {
+                            debug!(commits, requests, per_commit = requests as f64 / commits as f64, "lease group commits");
+                            (commits, requests, stats_at) = (0, 0, Instant::now());
+                        }
+                        continue;
+                    }
+                    n = rx.recv_many(&mut received, cfg.commit_max) => {
+                        if n == 0 {
+                            return Err("lease inputs closed".into());
+                        }
+                        inputs.extend(received.drain(..));
+                    }
+                    req = self.endpoints.next() => {
+                        let Some((op, req)) = req else { return Err("lease endpoints closed".into()) };
+                        if let Some(i) = decode(op, req, &mut commit) {
+                            inputs.push_back(i);
+                        }
+                    }
+                }
+                // Everything else already waiting joins this commit.
+                while inputs.len() + commit.replies.len() < cfg.commit_max {
+                    match self.endpoints.next().now_or_never() {
+                        Some(Some((op, req))) => {
+                            if let Some(i) = decode(op, req, &mut commit) {
+                                inputs.push_back(i);
+                            }
+                        }
+                        Some(None) => return Err("lease endpoints closed".into()),
+                        None => break,
+                    }
+                }
+                while let Ok(i) = rx.try_recv() {
+                    inputs.push_back(i);
+                }
+            }
+            if !self.guard.is_valid() {
+                return Err("leader lock about to expire".into());
+            }
+            {
+                let now = now_ms();
+                let mut view = shared.view();
+                // One journal entry stays well below the server's payload limit; what does not
+                // fit goes into the next commit.
+                while let Some(input) = inputs.pop_front() {
+                    shared.apply(&mut view, input, now, &mut commit)?;
+                    if commit.size_estimate() >= MAX_COMMIT_BYTES {
+                        break;
+                    }
+                }
+            }
+            commits += 1;
+            requests += commit.replies.len() as u64;
+            if !commit.entry.sessions.is_empty() || !commit.entry.leases.is_empty() {
+                if !self.guard.is_valid() {
+                    return Err("leader lock about to expire".into());
+                }
+                match lease_journal::append(&shared.js, self.journal, self.last_seq, &commit.entry, APPEND_TIMEOUT)
+                    .await
+                {
+                    Ok(seq) => self.last_seq = seq,
+                    Err(e) => {
+                        if !matches!(e, JournalError::Fenced(_)) {
+                            // The outcome is unknown: the callers learn it from the next leader.
+                            let err = WireError::unavailable(e.to_string());
+                            send_replies(
+                                commit
+                                    .replies
+                                    .into_iter()
+                                    .map(|(r, enc, _)| (r, enc, Out::Error(err.clone())))
+                                    .collect(),
+                            );
+                        }
+                        return Err(format!("journal append failed: {e}"));
+                    }
+                }
+                since_snapshot += 1;
+            }
+            if !self.guard.is_valid() {
+                return Err("leader lock about to expire".into());
+            }
+            // Answered right here: a hand-over to another task would add a scheduling hop to
+            // every request's latency (publishing only queues the reply on the connection).
+            for (req, enc, out) in commit.replies {
+                respond(&req, enc, out).await;
+            }
+            for n in commit.notices {
+                let _ = notice_tx.send(n);
+            }
+            if since_snapshot >= cfg.snapshot_entries && !snapshotting.load(Ordering::Acquire) {
+                since_snapshot = 0;
+                last_snapshot = Instant::now();
+                snapshot(shared, self.guard, self.journal, self.last_seq, &snapshotting);
+            }
+        }
+    }
+}
+
+fn send_replies(replies: Vec<(async_nats::service::Request, Encoding, Out)>) {
+    if replies.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for (req, enc, out) in replies {
+            respond(&req, enc, out).await;
+        }
+    });
+}
+
+async fn respond(req: &async_nats::service::Request, enc: Encoding, out: Out) {
+    let payload = out.encode(enc);
+    // MessagePack is what a reply without a content type means (`Encoding::from_headers`), so
+    // the hot path skips the header; JSON replies say so.
+    let sent = match enc {
+        Encoding::MsgPack => req.respond(Ok(payload)).await,
+        Encoding::Json => req.respond_with_headers(Ok(payload), enc.headers()).await,
+    };
+    if let Err(e) = sent {
+        debug!(error = %e, "lease reply not sent");
+    }
+}
+
+/// Encodes the state at `through_seq` (the loop is between commits, so memory equals the
+/// journal) and writes it out in the background.
+fn snapshot(shared: &Arc<Shared>, guard: &LeaderGuard, journal: &str, through_seq: u64, busy: &Arc<AtomicBool>) {
+    let encoded = match codec::encode(Encoding::MsgPack, &shared.view().snapshot(through_seq)) {
+        Ok(b) => b.to_vec(),
+        Err(e) => {
+            warn!(error = %e, "lease snapshot not encoded");
+            return;
+        }
+    };
+    busy.store(true, Ordering::Release);
+    let (shared, guard, journal, busy) = (shared.clone(), guard.clone(), journal.to_owned(), busy.clone());
+    tokio::spawn(async move {
+        let r = lease_journal::write_snapshot(
+            &shared.js,
+            shared.subjects.account(),
+            &journal,
+            through_seq,
+            encoded,
+            || guard.is_valid(),
+        )
+        .await;
+        match r {
+            Ok(()) => debug!(through_seq, "lease snapshot written"),
+            Err(e) => warn!(error = %e, "lease snapshot not written"),
+        }
+        busy.store(false, Ordering::Release);
+    });
+}
+
+impl Shared {
+    /// Applies one input to the view, collecting journal changes, replies and notices.
+    fn apply(&self, view: &mut LeaseView, input: Input, now: u64, c: &mut Commit) -> Result<(), String> {
+        match input {
+            Input::Lease(r, enc, req) => {
+                let out = Out::of(self.lease(view, &r, now, c), Out::Lease);
+                c.replies.push((req, enc, out));
+            }
+            Input::Renew(r, enc, req) => {
+                let out = Out::of(self.renew(view, &r, now, c), Out::Renew);
+                c.replies.push((req, enc, out));
+            }
+            Input::Mine(r, enc, req) => {
+                let out = Out::of(self.mine(view, &r), Out::Mine);
+                c.replies.push((req, enc, out));
+            }
+            Input::Release(r, enc, req) => {
+                let out = Out::of(self.release(view, &r, now, c), Out::Release);
+                c.replies.push((req, enc, out));
+            }
+            Input::SpecUpsert(id, spec) => match view.upsert_spec(&id, spec, now, true) {
+                Some(h) => c.notices.push(NoticeEvent::Changed(h, id)),
+                None => c.notices.push(NoticeEvent::Available),
+            },
+            Input::SpecRemoved(id) => {
+                if let Some((holder, cleared)) = view.remove_spec(&id) {
+                    c.entry.leases.push(cleared);
+                    c.notices.push(NoticeEvent::Removed(holder, id));
+                }
+            }
+            Input::StepDown(reason) => return Err(reason),
+        }
+        Ok(())
+    }
+
+    fn touch_session(
+        &self,
+        view: &mut LeaseView,
+        runtime: &RuntimeId,
+        (host, labels): (&str, &BTreeMap<String, String>),
+        now: u64,
+        always: bool,
+        c: &mut Commit,
+    ) -> u64 {
+        let needs = always
+            || view.session(runtime.as_str()).is_none_or(|s| {
+                s.record.expires_at_ms < now + self.ttl_ms() / 2 || s.record.labels != *labels || s.record.host != host
+            });
+        if !needs {
+            return view.session(runtime.as_str()).map_or(0, |s| s.record.expires_at_ms);
+        }
+        let record = RuntimeSession {
+            runtime: runtime.to_string(),
+            host: host.to_owned(),
+            labels: labels.clone(),
+            expires_at_ms: now + self.ttl_ms(),
+            renewed_at_ms: now,
+        };
+        let expires = record.expires_at_ms;
+        view.set_session(record.clone(), now);
+        c.add_session(record);
+        expires
+    }
+
+    fn lease(
+        &self,
+        view: &mut LeaseView,
+        req: &LeaseRequest,
+        now: u64,
+        c: &mut Commit,
+    ) -> Result<LeaseReplyOut, WireError> {
         let runtime = RuntimeId::parse(&req.runtime)?;
         let host = optional_host(&req.host)?;
         valid_labels(&req.labels)?;
-        let now = now_ms();
-        let (needs_session, budget) = {
-            let view = self.view();
-            let s = view.session(runtime.as_str());
-            let needs = s.is_none_or(|s| {
-                s.record.expires_at_ms < now + self.ttl_ms() / 2
-                    || s.record.labels != req.labels
-                    || s.record.host != req.host
-            });
-            let held = u32::try_from(view.held_count(runtime.as_str())).unwrap_or(u32::MAX);
-            (needs, req.max.min(self.config.max_batch).min(self.config.per_runtime_cap.saturating_sub(held)))
-        };
-        if needs_session {
-            self.write_session(&runtime, host.as_ref(), &req.labels).await?;
-        }
-        let mut granted = Vec::new();
-        // A lost race (another instance granted a candidate first) is retried with other
-        // candidates a few times.
-        for _ in 0..3 {
-            let want = (budget as usize).saturating_sub(granted.len());
-            if want == 0 {
-                break;
+        self.touch_session(view, &runtime, (&req.host, &req.labels), now, false, c);
+        let held = u32::try_from(view.held_count(runtime.as_str())).unwrap_or(u32::MAX);
+        let budget = req.max.min(self.config.max_batch).min(self.config.per_runtime_cap.saturating_sub(held));
+        let host = host.as_ref().map(HostId::as_str);
+        let grants = view.grant(runtime.as_str(), host, &req.labels, budget as usize, now);
+        let mut granted = Vec::with_capacity(grants.len());
+        for g in grants {
+            if let Some(spec) = view.spec(&g.spec) {
+                granted.push(LeasedOut { spec: SpecRef(spec.spec.clone(), spec.raw.clone()), epoch: g.epoch });
             }
-            let plan = self.view().plan_grants(
-                runtime.as_str(),
-                host.as_ref().map(HostId::as_str),
-                &req.labels,
-                want,
-                now_ms(),
-            );
-            if plan.is_empty() {
-                break;
-            }
-            let lost = self.write_grants(plan, &mut granted).await;
-            if lost == 0 {
-                break;
+            c.entry.leases.push(JournalLease { spec: g.spec.clone(), holder: runtime.to_string(), epoch: g.epoch });
+            if let Some(prev) = g.previous {
+                c.notices.push(NoticeEvent::Revoked(prev, g.spec));
             }
         }
-        let view = self.view();
-        let specs: Vec<LeasedSpec> = granted
-            .iter()
-            .filter_map(|g: &PlannedGrant| {
-                let raw = view.spec(&g.spec)?.raw.clone();
-                let spec = codec::decode_limited::<JobSpec>(Encoding::MsgPack, &raw, usize::MAX).ok()?;
-                Some(LeasedSpec { spec, epoch: g.record.epoch })
-            })
-            .collect();
-        Ok(LeaseReply {
-            granted: specs,
+        Ok(LeaseReplyOut {
+            granted,
             held: u32::try_from(view.held_count(runtime.as_str())).unwrap_or(u32::MAX),
             cap: self.config.per_runtime_cap,
             ttl_ms: self.ttl_ms(),
-            more: view.has_free_for(host.as_ref().map(HostId::as_str), &req.labels),
+            more: view.has_free_for(host, &req.labels),
         })
     }
 
-    /// Writes planned grants (pipelined compare-and-set); returns how many lost a race.
-    async fn write_grants(&self, plan: Vec<PlannedGrant>, granted: &mut Vec<PlannedGrant>) -> usize {
-        let mut acks = FuturesOrdered::new();
-        let mut failed = Vec::new();
-        for g in plan {
-            let key = lease_spec_key(self.subjects.account(), &g.spec);
-            let sent = match codec::encode(Encoding::MsgPack, &g.record) {
-                Ok(payload) => self
-                    .js
-                    .publish_with_headers(kv_subject(LEASES_BUCKET, &key), cas_headers(g.expected), payload)
-                    .await
-                    .ok(),
-                Err(_) => None,
-            };
-            match sent {
-                Some(ack) => acks.push_back(async move { (g, ack.await) }),
-                None => failed.push(g.spec),
-            }
-        }
-        let mut lost = Vec::new();
-        while let Some((g, r)) = acks.next().await {
-            match r {
-                Ok(ack) => {
-                    self.view().commit_grant(&g, ack.sequence);
-                    if let Some(prev) = &g.previous {
-                        self.notify(NoticeEvent::Revoked(prev.clone(), g.spec.clone()));
-                    }
-                    granted.push(g);
-                }
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => lost.push(g.spec),
-                Err(_) => failed.push(g.spec),
-            }
-        }
-        let now = now_ms();
-        for spec in &failed {
-            self.view().abort_grant(spec, now);
-        }
-        for spec in &lost {
-            self.view().abort_grant(spec, now);
-            self.refresh_lease(spec).await;
-        }
-        lost.len()
-    }
-
-    async fn renew(&self, req: RenewRequest) -> Result<RenewReply, WireError> {
+    fn renew(
+        &self,
+        view: &mut LeaseView,
+        req: &RenewRequest,
+        now: u64,
+        c: &mut Commit,
+    ) -> Result<RenewReply, WireError> {
         let runtime = RuntimeId::parse(&req.runtime)?;
-        let host = optional_host(&req.host)?;
+        optional_host(&req.host)?;
         valid_labels(&req.labels)?;
-        let session = self.write_session(&runtime, host.as_ref(), &req.labels).await?;
-        let view = self.view();
+        let expires_at_ms = self.touch_session(view, &runtime, (&req.host, &req.labels), now, true, c);
         let mut renewed = 0u32;
         let mut refused = Vec::new();
         for item in &req.held {
-            let current = view.lease(&item.spec).cloned().unwrap_or_default();
-            if view.spec(&item.spec).is_none() {
-                refused.push(Refusal {
-                    spec: item.spec.clone(),
-                    epoch: item.epoch,
-                    current_epoch: 0,
-                    reason: "removed".into(),
-                });
-            } else if current.holder != runtime.as_str() {
-                refused.push(Refusal {
-                    spec: item.spec.clone(),
-                    epoch: item.epoch,
-                    current_epoch: current.epoch,
-                    reason: "not_holder".into(),
-                });
-            } else if current.epoch != item.epoch {
-                refused.push(Refusal {
-                    spec: item.spec.clone(),
-                    epoch: item.epoch,
-                    current_epoch: current.epoch,
-                    reason: "stale_epoch".into(),
-                });
-            } else {
-                renewed += 1;
+            match view.check_held(&item.spec, runtime.as_str(), item.epoch) {
+                Ok(()) => renewed += 1,
+                Err(why) => refused.push(refusal(&item.spec, item.epoch, why)),
             }
         }
-        Ok(RenewReply { renewed, refused, ttl_ms: self.ttl_ms(), expires_at_ms: session.expires_at_ms })
+        Ok(RenewReply { renewed, refused, ttl_ms: self.ttl_ms(), expires_at_ms })
     }
 
-    fn mine(&self, req: &MineRequest) -> Result<MineReply, WireError> {
+    fn mine(&self, view: &LeaseView, req: &MineRequest) -> Result<MineReplyOut, WireError> {
         let runtime = RuntimeId::parse(&req.runtime)?;
-        let view = self.view();
         let specs = view
             .held_by(runtime.as_str())
             .into_iter()
             .filter_map(|id| {
                 let lease = view.lease(&id)?;
-                let raw = &view.spec(&id)?.raw;
-                let spec = codec::decode_limited::<JobSpec>(Encoding::MsgPack, raw, usize::MAX).ok()?;
-                Some(LeasedSpec { spec, epoch: lease.epoch })
+                let spec = view.spec(&id)?;
+                Some(LeasedOut { spec: SpecRef(spec.spec.clone(), spec.raw.clone()), epoch: lease.epoch })
             })
             .collect();
-        Ok(MineReply { specs, ttl_ms: self.ttl_ms() })
+        Ok(MineReplyOut { specs, ttl_ms: self.ttl_ms() })
     }
 
-    async fn release(&self, req: ReleaseRequest) -> Result<ReleaseReply, WireError> {
+    fn release(
+        &self,
+        view: &mut LeaseView,
+        req: &ReleaseRequest,
+        now: u64,
+        c: &mut Commit,
+    ) -> Result<ReleaseReply, WireError> {
         let runtime = RuntimeId::parse(&req.runtime)?;
         let mut reply = ReleaseReply::default();
-        let mut acks = FuturesOrdered::new();
-        let now = now_ms();
         for item in &req.specs {
-            let expected = self.view().begin_release(&item.spec, runtime.as_str(), item.epoch);
-            let Some(expected) = expected else {
-                let current = self.view().lease(&item.spec).map_or(0, |l| l.epoch);
-                reply.refused.push(Refusal {
-                    spec: item.spec.clone(),
-                    epoch: item.epoch,
-                    current_epoch: current,
-                    reason: "not_holder".into(),
-                });
-                continue;
-            };
-            let record =
-                LeaseRecord { spec: item.spec.clone(), holder: String::new(), epoch: item.epoch, granted_at_ms: now };
-            let key = lease_spec_key(self.subjects.account(), &item.spec);
-            let payload = codec::encode(Encoding::MsgPack, &record).map_err(WireError::from)?;
-            match self.js.publish_with_headers(kv_subject(LEASES_BUCKET, &key), cas_headers(expected), payload).await {
-                Ok(ack) => {
-                    let spec = item.spec.clone();
-                    acks.push_back(async move { (spec, ack.await) });
+            match view.release(&item.spec, runtime.as_str(), item.epoch, now) {
+                Ok(cleared) => {
+                    c.entry.leases.push(cleared);
+                    reply.released.push(item.spec.clone());
                 }
-                Err(_) => self.view().abort_grant(&item.spec, now),
-            }
-        }
-        while let Some((spec, r)) = acks.next().await {
-            match r {
-                Ok(ack) => {
-                    self.view().commit_release(&spec, runtime.as_str(), ack.sequence, now_ms());
-                    reply.released.push(spec);
-                }
-                Err(_) => {
-                    self.view().abort_grant(&spec, now_ms());
-                    self.refresh_lease(&spec).await;
-                    reply.refused.push(Refusal { spec, reason: "conflict".into(), ..Refusal::default() });
-                }
+                Err(why) => reply.refused.push(refusal(&item.spec, item.epoch, why)),
             }
         }
         if !reply.released.is_empty() {
-            self.notify(NoticeEvent::Available);
+            c.notices.push(NoticeEvent::Available);
         }
         Ok(reply)
     }
@@ -795,7 +1301,7 @@ where
     Ok(())
 }
 
-async fn notices(hub: Arc<Hub>, mut rx: tokio::sync::mpsc::UnboundedReceiver<NoticeEvent>) {
+async fn notices(hub: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedReceiver<NoticeEvent>) {
     let mut pending: BTreeMap<String, ChangeNotice> = BTreeMap::new();
     let mut available = false;
     let mut tick = tokio::time::interval(NOTICE_FLUSH);
@@ -839,15 +1345,38 @@ async fn notices(hub: Arc<Hub>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Not
     }
 }
 
-async fn sweeper(hub: Arc<Hub>) {
-    let mut tick = tokio::time::interval(hub.config.sweep);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let freed = hub.view().sweep(now_ms());
-        if freed > 0 {
-            debug!(freed, "expired leases freed");
-            hub.notify(NoticeEvent::Available);
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use steward_subjects::api::lease::LeaseReply;
+    use steward_subjects::config::{SpecTarget, TargetKind};
+    use steward_subjects::Envelope;
+
+    use super::*;
+
+    #[test]
+    fn hand_written_lease_reply_decodes_like_the_serde_one() {
+        for n in [0usize, 1, 15, 16, 40] {
+            let granted: Vec<LeasedOut> = (0..n)
+                .map(|i| {
+                    let spec = JobSpec {
+                        id: format!("{i:032x}"),
+                        target: SpecTarget { kind: TargetKind::Pool, id: "p".repeat(i * 9) },
+                        content_hash: "h".repeat(i * 7),
+                        interval_ms: 1 << (i % 40),
+                        ..JobSpec::default()
+                    };
+                    let raw = codec::encode(Encoding::MsgPack, &spec).unwrap();
+                    LeasedOut { spec: SpecRef(Arc::new(spec), raw), epoch: (1u64 << (i % 64)) + i as u64 }
+                })
+                .collect();
+            let out = LeaseReplyOut { granted, held: 70_000, cap: 10_000, ttl_ms: 15_000, more: n % 2 == 0 };
+            let by_serde: Envelope<LeaseReply> =
+                codec::decode(Encoding::MsgPack, &rpc::encode_reply(Encoding::MsgPack, Ok(&out))).unwrap();
+            let by_hand: Envelope<LeaseReply> = codec::decode(Encoding::MsgPack, &out.msgpack()).unwrap();
+            assert_eq!(by_hand, by_serde);
+            assert_eq!(by_hand.data.unwrap().granted.len(), n);
         }
     }
 }

@@ -1,21 +1,51 @@
-//! The lease service's in-memory view of the `steward_jobspecs` and `steward_leases` buckets,
-//! and the decisions taken on it (which specs to offer, what is held, what expired). Pure and
-//! synchronous: the service in [`crate::lease`] does the I/O and calls in here under a short
-//! lock. The buckets stay the source of truth: every grant, renewal and release is a
-//! compare-and-set write there, and this view only chooses candidates and answers reads.
+//! The lease leader's in-memory state: what specs exist (followed from `steward_jobspecs`),
+//! who holds each spec at which epoch, and every runtime's session — and the decisions taken on
+//! it (which specs to offer, what is held, what expired). Pure and synchronous: the leader loop
+//! in [`crate::lease`] owns it, makes every change durable in the lease journal
+//! ([`crate::lease_journal`]) before it answers, and replays the journal into it on takeover.
 //!
-//! A spec is *free* when it exists, no write about it is in flight, and its lease record names
-//! no holder or a holder whose session has expired. Free specs wait in per-host sets (host
-//! specs) and per-selector sets (pool specs); entries there are re-checked when taken, so a
-//! stale entry is dropped instead of granted.
+//! A spec is *free* when it exists and its lease names no holder or a holder whose session has
+//! expired. Free specs wait in per-host sets (host specs) and per-selector sets (pool specs);
+//! entries there are re-checked when taken, so a stale entry is dropped instead of granted.
+//! Epochs only grow: a lease entry outlives its spec (a re-added spec continues its epochs).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use steward_subjects::api::lease::{LeaseRecord, LeaseRow, RuntimeSession};
+use steward_subjects::api::lease::{JournalLease, LeaseRow, LeaseSnapshot, RuntimeSession};
 use steward_subjects::config::{JobSpec, TargetKind};
 use steward_subjects::selector::Selector;
+
+/// A fast non-cryptographic hasher (the multiply-rotate scheme of rustc's `FxHasher`) for the
+/// maps keyed by spec id. Spec ids are derived by the hub (hex digests), never chosen by a
+/// caller, so the flooding resistance of the default SipHash buys nothing there; maps keyed by
+/// caller-chosen runtime ids keep SipHash.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SpecHasher(u64);
+
+impl Hasher for SpecHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type SpecMap<V> = HashMap<String, V, BuildHasherDefault<SpecHasher>>;
+type SpecSet = HashSet<String, BuildHasherDefault<SpecHasher>>;
 
 /// What the view knows of one spec.
 #[derive(Debug, Clone)]
@@ -30,14 +60,16 @@ pub struct SpecEntry {
     pub content_hash: String,
     /// Executor kind.
     pub executor: &'static str,
-    /// The spec as stored (MessagePack), decoded when granted.
+    /// The spec as stored (MessagePack).
     pub raw: Bytes,
+    /// The spec decoded (granted specs are answered from it without decoding again).
+    pub spec: Arc<JobSpec>,
 }
 
 impl SpecEntry {
     /// Builds the entry of a decoded spec with its stored bytes.
     #[must_use]
-    pub fn new(spec: &JobSpec, raw: Bytes) -> Self {
+    pub fn new(spec: JobSpec, raw: Bytes) -> Self {
         SpecEntry {
             kind: spec.target.kind,
             target: spec.target.id.clone(),
@@ -45,31 +77,26 @@ impl SpecEntry {
             content_hash: spec.content_hash.clone(),
             executor: spec.executor.kind(),
             raw,
+            spec: Arc::new(spec),
         }
     }
 }
 
-/// What the view knows of one spec's lease record.
+/// What the view knows of one spec's lease.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseEntry {
     /// Holder, empty when none.
     pub holder: String,
     /// Current epoch.
     pub epoch: u64,
-    /// KV revision of the record (0 = no record yet).
-    pub revision: u64,
-    /// A compare-and-set on this record is in flight from this process.
-    pub pending: bool,
 }
 
-/// A runtime session and its record revision.
+/// A runtime session.
 #[derive(Debug, Clone, Default)]
 pub struct SessionEntry {
     /// The record.
     pub record: RuntimeSession,
-    /// KV revision (0 = no record yet).
-    pub revision: u64,
-    /// The sweep has released this session's specs (it expired).
+    /// The sweep has put this session's specs back among the free ones (it expired).
     pub expired: bool,
 }
 
@@ -79,26 +106,35 @@ struct Pool {
     free: BTreeSet<String>,
 }
 
-/// A planned write of one spec's lease record.
+/// One grant made by [`LeaseView::grant`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedGrant {
+pub struct Grant {
     /// Spec id.
     pub spec: String,
-    /// The record to write.
-    pub record: LeaseRecord,
-    /// Revision the write must find (0 = the record must not exist).
-    pub expected: u64,
+    /// The epoch granted.
+    pub epoch: u64,
     /// The previous holder, when this takes the spec over from an expired one.
     pub previous: Option<String>,
 }
 
-/// The in-memory view.
+/// Why a release or renewal of one spec was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotHeld {
+    /// The spec no longer exists.
+    Removed,
+    /// Another runtime (or nobody) holds it.
+    NotHolder(u64),
+    /// The caller holds it at another epoch.
+    StaleEpoch(u64),
+}
+
+/// The in-memory state.
 #[derive(Debug, Default)]
 pub struct LeaseView {
-    specs: HashMap<String, SpecEntry>,
-    leases: HashMap<String, LeaseEntry>,
+    specs: SpecMap<SpecEntry>,
+    leases: SpecMap<LeaseEntry>,
     sessions: HashMap<String, SessionEntry>,
-    held: HashMap<String, BTreeSet<String>>,
+    held: HashMap<String, SpecSet>,
     free_host: HashMap<String, BTreeSet<String>>,
     pools: BTreeMap<String, Pool>,
     selector_cache: HashMap<String, Arc<Option<Selector>>>,
@@ -141,16 +177,18 @@ impl LeaseView {
         self.sessions.values().filter(|s| s.record.expires_at_ms > now_ms).count()
     }
 
-    /// Specs `runtime` holds (by the records), ordered by id.
+    /// Existing specs `runtime` holds (by the leases), ordered by id.
     #[must_use]
     pub fn held_by(&self, runtime: &str) -> Vec<String> {
-        self.held.get(runtime).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+        let mut v: Vec<String> = self.held.get(runtime).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        v.sort_unstable();
+        v
     }
 
-    /// Number of specs `runtime` holds.
+    /// Number of existing specs `runtime` holds.
     #[must_use]
     pub fn held_count(&self, runtime: &str) -> usize {
-        self.held.get(runtime).map_or(0, BTreeSet::len)
+        self.held.get(runtime).map_or(0, HashSet::len)
     }
 
     fn selector(&mut self, text: &str) -> Arc<Option<Selector>> {
@@ -189,86 +227,105 @@ impl LeaseView {
         }
         match self.leases.get(id) {
             None => true,
-            Some(l) => !l.pending && !self.is_live(&l.holder, now_ms),
+            Some(l) => !self.is_live(&l.holder, now_ms),
         }
     }
 
-    /// Sets or replaces a spec (from the spec store). Returns the live holder to notify when
-    /// the content changed.
-    pub fn upsert_spec(&mut self, id: &str, entry: SpecEntry, now_ms: u64) -> Option<String> {
-        let changed = self.specs.get(id).is_some_and(|old| old.content_hash != entry.content_hash);
-        self.specs.insert(id.to_owned(), entry);
+    fn unhold(&mut self, holder: &str, id: &str) {
+        if let Some(set) = self.held.get_mut(holder) {
+            set.remove(id);
+            if set.is_empty() {
+                self.held.remove(holder);
+            }
+        }
+    }
+
+    /// Sets or replaces a spec (from the spec store). Returns the live holder to notify when the
+    /// content changed, or when `notify_new` and a spec that did not exist comes back to a live
+    /// holder recorded before.
+    pub fn upsert_spec(&mut self, id: &str, entry: SpecEntry, now_ms: u64, notify_new: bool) -> Option<String> {
+        let changed = match self.specs.get(id) {
+            Some(old) => old.content_hash != entry.content_hash,
+            None => notify_new,
+        };
+        let existed = self.specs.insert(id.to_owned(), entry).is_some();
+        let holder = self.leases.get(id).map(|l| l.holder.clone()).filter(|h| !h.is_empty());
+        if let (false, Some(h)) = (existed, &holder) {
+            self.held.entry(h.clone()).or_default().insert(id.to_owned());
+        }
         if self.is_free(id, now_ms) {
             self.mark_free(id);
         }
-        let holder = self.leases.get(id).map(|l| l.holder.clone()).filter(|h| self.is_live(h, now_ms));
-        if changed {
-            holder
-        } else {
-            None
-        }
+        holder.filter(|h| changed && self.is_live(h, now_ms))
     }
 
-    /// Removes a spec (deleted from the spec store). Returns its lease record when it had a
-    /// holder, so the caller can release it and notify the holder.
-    pub fn remove_spec(&mut self, id: &str) -> Option<(String, LeaseEntry)> {
+    /// Removes a spec (deleted from the spec store). When it had a holder, the lease is cleared
+    /// (its epoch kept) and the holder returned with the cleared lease, to journal and notify.
+    pub fn remove_spec(&mut self, id: &str) -> Option<(String, JournalLease)> {
         self.specs.remove(id)?;
-        let lease = self.leases.get(id).cloned()?;
+        let lease = self.leases.get_mut(id)?;
         if lease.holder.is_empty() {
             return None;
         }
-        if let Some(set) = self.held.get_mut(&lease.holder) {
-            set.remove(id);
-        }
-        Some((lease.holder.clone(), lease))
+        let holder = std::mem::take(&mut lease.holder);
+        let cleared = JournalLease { spec: id.to_owned(), holder: String::new(), epoch: lease.epoch };
+        self.unhold(&holder, id);
+        Some((holder, cleared))
     }
 
-    /// Whether the view already has revision `revision` (or a newer one) of `spec`'s lease
-    /// record: such a record (typically the echo of this process's own write) can be skipped
-    /// without decoding it.
-    #[must_use]
-    pub fn has_lease_revision(&self, spec: &str, revision: u64) -> bool {
-        self.leases.get(spec).is_some_and(|l| l.revision >= revision)
-    }
-
-    /// Applies a lease record read from the bucket (watch, refresh) when it is newer than what
-    /// the view has.
-    pub fn apply_lease(&mut self, id: &str, record: &LeaseRecord, revision: u64, now_ms: u64) {
-        let current = self.leases.get(id).cloned().unwrap_or_default();
-        if revision <= current.revision {
-            return;
+    /// Applies a journaled (or snapshotted) lease.
+    pub fn apply_lease(&mut self, l: &JournalLease, now_ms: u64) {
+        let old = self.leases.insert(l.spec.clone(), LeaseEntry { holder: l.holder.clone(), epoch: l.epoch });
+        if let Some(old) = old.filter(|o| !o.holder.is_empty() && o.holder != l.holder) {
+            self.unhold(&old.holder, &l.spec);
         }
-        if !current.holder.is_empty() && current.holder != record.holder {
-            if let Some(set) = self.held.get_mut(&current.holder) {
-                set.remove(id);
-            }
+        if !l.holder.is_empty() && self.specs.contains_key(&l.spec) {
+            self.held.entry(l.holder.clone()).or_default().insert(l.spec.clone());
         }
-        if !record.holder.is_empty() && self.specs.contains_key(id) {
-            self.held.entry(record.holder.clone()).or_default().insert(id.to_owned());
-        }
-        self.leases.insert(
-            id.to_owned(),
-            LeaseEntry { holder: record.holder.clone(), epoch: record.epoch, revision, pending: current.pending },
-        );
-        if self.is_free(id, now_ms) {
-            self.mark_free(id);
+        if self.is_free(&l.spec, now_ms) {
+            self.mark_free(&l.spec);
         }
     }
 
-    /// Applies a session record read from the bucket when it is newer.
-    pub fn apply_session(&mut self, record: RuntimeSession, revision: u64, now_ms: u64) {
+    /// Sets a runtime's session (a renewal, a lease request, the journal).
+    pub fn set_session(&mut self, record: RuntimeSession, now_ms: u64) {
         let runtime = record.runtime.clone();
-        let entry = self.sessions.entry(runtime.clone()).or_default();
-        if revision <= entry.revision {
-            return;
-        }
-        entry.record = record;
-        entry.revision = revision;
-        entry.expired = entry.record.expires_at_ms <= now_ms;
-        if entry.expired {
+        let expired = record.expires_at_ms <= now_ms;
+        self.sessions.insert(runtime.clone(), SessionEntry { record, expired });
+        if expired {
             for id in self.held_by(&runtime) {
                 self.mark_free(&id);
             }
+        }
+    }
+
+    /// Gives every session still live at `now_ms` an expiry of at least `until_ms` (a new leader
+    /// does so once: runtimes could not renew while leadership moved). Only delays hand-overs.
+    pub fn extend_live_sessions(&mut self, now_ms: u64, until_ms: u64) {
+        for s in self.sessions.values_mut() {
+            if s.record.expires_at_ms > now_ms {
+                s.record.expires_at_ms = s.record.expires_at_ms.max(until_ms);
+            }
+        }
+    }
+
+    /// Rebuilds the holder index and the free sets from the specs, leases and sessions (after a
+    /// snapshot load and journal replay).
+    pub fn rebuild(&mut self, now_ms: u64) {
+        self.held.clear();
+        self.free_host.clear();
+        self.pools.clear();
+        let ids: Vec<String> = self.specs.keys().cloned().collect();
+        for id in ids {
+            if let Some(l) = self.leases.get(&id).filter(|l| !l.holder.is_empty()) {
+                self.held.entry(l.holder.clone()).or_default().insert(id.clone());
+            }
+            if self.is_free(&id, now_ms) {
+                self.mark_free(&id);
+            }
+        }
+        for s in self.sessions.values_mut() {
+            s.expired = s.record.expires_at_ms <= now_ms;
         }
     }
 
@@ -296,30 +353,31 @@ impl LeaseView {
         freed
     }
 
-    /// Picks up to `n` free specs `runtime` may run — its host's specs first, then pool specs
-    /// whose selector matches its labels — marks them pending and returns the writes to make.
-    /// Each grant bumps the epoch, except a spec whose record already names `runtime` (it
-    /// comes back after its session expired), which keeps its epoch.
-    pub fn plan_grants(
+    /// Grants up to `n` free specs `runtime` may run — its host's specs first, then pool specs
+    /// whose selector matches its labels — at once in memory (the caller journals them before
+    /// answering). Each grant bumps the epoch, except a spec whose lease already names `runtime`
+    /// (it comes back after its session expired), which keeps its epoch.
+    pub fn grant(
         &mut self,
         runtime: &str,
         host: Option<&str>,
         labels: &BTreeMap<String, String>,
         n: usize,
         now_ms: u64,
-    ) -> Vec<PlannedGrant> {
-        let mut picked: Vec<String> = Vec::with_capacity(n);
+    ) -> Vec<Grant> {
+        let mut out = Vec::with_capacity(n);
         if n == 0 {
-            return Vec::new();
+            return out;
         }
+        let mut picked: Vec<String> = Vec::with_capacity(n);
+        // Stale entries (no longer free) are dropped while picking, so a grant of `n` is not cut
+        // short by them.
         if let Some(host) = host {
-            if let Some(set) = self.free_host.get_mut(host) {
-                let mut taken = Vec::new();
-                while picked.len() + taken.len() < n {
-                    let Some(id) = set.pop_first() else { break };
-                    taken.push(id);
+            while picked.len() < n {
+                let Some(id) = self.free_host.get_mut(host).and_then(BTreeSet::pop_first) else { break };
+                if self.is_free(&id, now_ms) {
+                    picked.push(id);
                 }
-                picked.extend(taken);
             }
         }
         if picked.len() < n {
@@ -328,36 +386,36 @@ impl LeaseView {
                 if picked.len() >= n {
                     break;
                 }
-                let Some(pool) = self.pools.get_mut(&text) else { continue };
-                if !pool.selector.as_ref().is_some_and(|s| s.matches(labels)) {
+                if !self.pools.get(&text).is_some_and(|p| p.selector.as_ref().is_some_and(|s| s.matches(labels))) {
                     continue;
                 }
                 while picked.len() < n {
-                    let Some(id) = pool.free.pop_first() else { break };
-                    picked.push(id);
+                    let Some(id) = self.pools.get_mut(&text).and_then(|p| p.free.pop_first()) else { break };
+                    if self.is_free(&id, now_ms) {
+                        picked.push(id);
+                    }
                 }
             }
         }
-        let mut out = Vec::with_capacity(picked.len());
         for id in picked {
-            if !self.is_free(&id, now_ms) {
-                continue;
-            }
             let lease = self.leases.entry(id.clone()).or_default();
-            lease.pending = true;
             let same = lease.holder == runtime;
-            let previous = (!lease.holder.is_empty() && !same).then(|| lease.holder.clone());
-            out.push(PlannedGrant {
-                spec: id.clone(),
-                record: LeaseRecord {
-                    spec: id,
-                    holder: runtime.to_owned(),
-                    epoch: if same { lease.epoch.max(1) } else { lease.epoch + 1 },
-                    granted_at_ms: now_ms,
-                },
-                expected: lease.revision,
-                previous,
-            });
+            let previous = (!lease.holder.is_empty() && !same).then(|| std::mem::take(&mut lease.holder));
+            lease.epoch = if same { lease.epoch.max(1) } else { lease.epoch + 1 };
+            lease.holder = runtime.to_owned();
+            let epoch = lease.epoch;
+            if let Some(prev) = &previous {
+                self.unhold(prev, &id);
+            }
+            match self.held.get_mut(runtime) {
+                Some(set) => {
+                    set.insert(id.clone());
+                }
+                None => {
+                    self.held.insert(runtime.to_owned(), SpecSet::from_iter([id.clone()]));
+                }
+            }
+            out.push(Grant { spec: id, epoch, previous });
         }
         out
     }
@@ -370,94 +428,112 @@ impl LeaseView {
             || self.pools.values().any(|p| !p.free.is_empty() && p.selector.as_ref().is_some_and(|s| s.matches(labels)))
     }
 
-    /// Records a successful write of a planned grant at `revision`.
-    pub fn commit_grant(&mut self, grant: &PlannedGrant, revision: u64) {
-        if let Some(prev) = &grant.previous {
-            if let Some(set) = self.held.get_mut(prev) {
-                set.remove(&grant.spec);
-            }
+    /// Whether `runtime` holds `spec` at `epoch`.
+    ///
+    /// # Errors
+    /// Why not.
+    pub fn check_held(&self, spec: &str, runtime: &str, epoch: u64) -> Result<(), NotHeld> {
+        if !self.specs.contains_key(spec) {
+            return Err(NotHeld::Removed);
         }
-        let lease = self.leases.entry(grant.spec.clone()).or_default();
-        lease.pending = false;
-        if revision > lease.revision {
-            lease.holder = grant.record.holder.clone();
-            lease.epoch = grant.record.epoch;
-            lease.revision = revision;
-        }
-        if self.specs.contains_key(&grant.spec) {
-            self.held.entry(grant.record.holder.clone()).or_default().insert(grant.spec.clone());
+        let Some(l) = self.leases.get(spec) else { return Err(NotHeld::NotHolder(0)) };
+        if l.holder != runtime {
+            Err(NotHeld::NotHolder(l.epoch))
+        } else if l.epoch != epoch {
+            Err(NotHeld::StaleEpoch(l.epoch))
+        } else {
+            Ok(())
         }
     }
 
-    /// Forgets a planned grant whose write failed; the spec is free again unless the caller
-    /// learns a newer record (pass it to [`Self::apply_lease`]).
-    pub fn abort_grant(&mut self, spec: &str, now_ms: u64) {
-        if let Some(l) = self.leases.get_mut(spec) {
-            l.pending = false;
+    /// Releases `spec` when `runtime` holds it at `epoch`: clears the holder (the epoch stays)
+    /// and returns the lease to journal.
+    ///
+    /// # Errors
+    /// Why it was not released.
+    pub fn release(&mut self, spec: &str, runtime: &str, epoch: u64, now_ms: u64) -> Result<JournalLease, NotHeld> {
+        let l = self.leases.get_mut(spec).ok_or(NotHeld::NotHolder(0))?;
+        if l.holder != runtime {
+            return Err(NotHeld::NotHolder(l.epoch));
         }
+        if l.epoch != epoch {
+            return Err(NotHeld::StaleEpoch(l.epoch));
+        }
+        l.holder.clear();
+        let out = JournalLease { spec: spec.to_owned(), holder: String::new(), epoch };
+        self.unhold(runtime, spec);
         if self.is_free(spec, now_ms) {
             self.mark_free(spec);
         }
+        Ok(out)
     }
 
-    /// Marks a lease record as being written (release, removal) so it is not granted meanwhile.
-    /// Returns the expected revision, or `None` when `runtime` does not hold `spec` at `epoch`.
-    pub fn begin_release(&mut self, spec: &str, runtime: &str, epoch: u64) -> Option<u64> {
-        let l = self.leases.get_mut(spec)?;
-        if l.pending || l.holder != runtime || l.epoch != epoch {
-            return None;
-        }
-        l.pending = true;
-        Some(l.revision)
+    /// The durable part of the state (leases and sessions) at journal sequence `through_seq`.
+    #[must_use]
+    pub fn snapshot(&self, through_seq: u64) -> LeaseSnapshot {
+        let mut leases: Vec<JournalLease> = self
+            .leases
+            .iter()
+            .map(|(spec, l)| JournalLease { spec: spec.clone(), holder: l.holder.clone(), epoch: l.epoch })
+            .collect();
+        leases.sort_unstable_by(|a, b| a.spec.cmp(&b.spec));
+        let mut sessions: Vec<RuntimeSession> = self.sessions.values().map(|s| s.record.clone()).collect();
+        sessions.sort_unstable_by(|a, b| a.runtime.cmp(&b.runtime));
+        LeaseSnapshot { through_seq, leases, sessions }
     }
 
-    /// Records a successful release write.
-    pub fn commit_release(&mut self, spec: &str, runtime: &str, revision: u64, now_ms: u64) {
-        if let Some(set) = self.held.get_mut(runtime) {
-            set.remove(spec);
+    /// Loads a snapshot's leases and sessions (before replay; call [`Self::rebuild`] after).
+    pub fn load_snapshot(&mut self, snap: LeaseSnapshot) {
+        for l in snap.leases {
+            self.leases.insert(l.spec, LeaseEntry { holder: l.holder, epoch: l.epoch });
         }
-        if let Some(l) = self.leases.get_mut(spec) {
-            l.pending = false;
-            if revision > l.revision {
-                l.holder.clear();
-                l.revision = revision;
-            }
-        }
-        if self.is_free(spec, now_ms) {
-            self.mark_free(spec);
+        for s in snap.sessions {
+            self.sessions.insert(s.runtime.clone(), SessionEntry { record: s, expired: false });
         }
     }
 
-    /// Stores a session written by this process.
-    pub fn commit_session(&mut self, record: RuntimeSession, revision: u64) {
-        let entry = self.sessions.entry(record.runtime.clone()).or_default();
-        if revision > entry.revision {
-            entry.record = record;
-            entry.revision = revision;
-            entry.expired = false;
-        }
+    /// Every lease and session, comparable across views (tests: a replayed view equals the
+    /// original).
+    #[must_use]
+    pub fn durable_state(&self) -> (BTreeMap<String, LeaseEntry>, BTreeMap<String, u64>) {
+        (
+            self.leases.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            self.sessions.iter().map(|(k, v)| (k.clone(), v.record.expires_at_ms)).collect(),
+        )
     }
 
-    /// Rows for `jobspec.leases`.
+    /// Rows for `jobspec.leases`: the first `limit` matching specs by id, and how many match.
+    /// Keeps only `limit` ids while walking (a listing of one row does not sort every spec).
     #[must_use]
     pub fn rows(&self, runtime: Option<&str>, unassigned: bool, limit: usize, now_ms: u64) -> (Vec<LeaseRow>, u64) {
-        let mut ids: Vec<&String> = match runtime {
-            Some(r) => self.held.get(r).map(|s| s.iter().collect()).unwrap_or_default(),
-            None => self.specs.keys().collect(),
+        let ids: Box<dyn Iterator<Item = &String>> = match runtime {
+            Some(r) => Box::new(self.held.get(r).into_iter().flatten()),
+            None => Box::new(self.specs.keys()),
         };
-        ids.sort_unstable();
-        let mut rows = Vec::new();
         let mut total = 0u64;
+        let mut first: std::collections::BinaryHeap<&String> = std::collections::BinaryHeap::with_capacity(limit + 1);
         for id in ids {
-            let Some(spec) = self.specs.get(id) else { continue };
-            let lease = self.leases.get(id).cloned().unwrap_or_default();
-            let live = self.is_live(&lease.holder, now_ms);
-            if unassigned && live {
+            if !self.specs.contains_key(id) {
+                continue;
+            }
+            if unassigned && self.leases.get(id).is_some_and(|l| self.is_live(&l.holder, now_ms)) {
                 continue;
             }
             total += 1;
-            if rows.len() < limit {
-                rows.push(LeaseRow {
+            if first.len() < limit {
+                first.push(id);
+            } else if first.peek().is_some_and(|top| id < *top) {
+                first.pop();
+                first.push(id);
+            }
+        }
+        let rows = first
+            .into_sorted_vec()
+            .into_iter()
+            .filter_map(|id| {
+                let spec = self.specs.get(id)?;
+                let lease = self.leases.get(id).cloned().unwrap_or_default();
+                Some(LeaseRow {
                     spec: id.clone(),
                     target: format!("{}/{}", spec.kind.as_str(), spec.target),
                     executor: spec.executor.to_owned(),
@@ -466,12 +542,12 @@ impl LeaseView {
                     } else {
                         self.sessions.get(&lease.holder).map_or(0, |s| s.record.expires_at_ms)
                     },
+                    live: self.is_live(&lease.holder, now_ms),
                     holder: lease.holder,
                     epoch: lease.epoch,
-                    live,
-                });
-            }
-        }
+                })
+            })
+            .collect();
         (rows, total)
     }
 
@@ -507,11 +583,11 @@ mod tests {
             content_hash: "h1".into(),
             ..JobSpec::default()
         };
-        (id.to_owned(), SpecEntry::new(&s, Bytes::new()))
+        (id.to_owned(), SpecEntry::new(s, Bytes::new()))
     }
 
-    fn session(view: &mut LeaseView, rt: &str, expires: u64, rev: u64) {
-        view.commit_session(RuntimeSession { runtime: rt.into(), expires_at_ms: expires, ..Default::default() }, rev);
+    fn session(view: &mut LeaseView, rt: &str, expires: u64, now: u64) {
+        view.set_session(RuntimeSession { runtime: rt.into(), expires_at_ms: expires, ..Default::default() }, now);
     }
 
     #[test]
@@ -523,69 +599,90 @@ mod tests {
             spec("h1", TargetKind::Host, "host-a", ""),
             spec("h2", TargetKind::Host, "host-b", ""),
         ] {
-            v.upsert_spec(&id, e, 0);
+            v.upsert_spec(&id, e, 0, false);
         }
-        session(&mut v, "a", 1000, 1);
+        session(&mut v, "a", 1000, 0);
         let labels = BTreeMap::from([("env".to_owned(), "prod".to_owned())]);
-        let plan = v.plan_grants("a", Some("host-a"), &labels, 10, 10);
-        let ids: Vec<&str> = plan.iter().map(|p| p.spec.as_str()).collect();
+        let g = v.grant("a", Some("host-a"), &labels, 10, 10);
+        let ids: Vec<&str> = g.iter().map(|p| p.spec.as_str()).collect();
         assert_eq!(ids, vec!["h1", "p1"]);
-        assert!(plan.iter().all(|p| p.record.epoch == 1 && p.expected == 0));
-        // Pending specs are not offered twice.
-        assert!(v.plan_grants("b", Some("host-a"), &labels, 10, 10).is_empty());
-        for (i, p) in plan.iter().enumerate() {
-            v.commit_grant(p, 10 + i as u64);
-        }
+        assert!(g.iter().all(|p| p.epoch == 1));
+        // Held specs are not offered twice.
+        assert!(v.grant("b", Some("host-a"), &labels, 10, 10).is_empty());
         assert_eq!(v.held_by("a"), vec!["h1", "p1"]);
         // The session expires: the sweep frees the specs, another runtime takes over with a
         // higher epoch, and the old holder loses them.
         assert_eq!(v.sweep(2000), 2);
-        session(&mut v, "b", 5000, 2);
-        let plan = v.plan_grants("b", None, &labels, 10, 2000);
-        assert_eq!(plan.len(), 1);
-        assert_eq!(plan[0].spec, "p1");
-        assert_eq!(plan[0].record.epoch, 2);
-        assert_eq!(plan[0].previous.as_deref(), Some("a"));
-        v.commit_grant(&plan[0], 20);
+        session(&mut v, "b", 5000, 2000);
+        let g = v.grant("b", None, &labels, 10, 2000);
+        assert_eq!(g, vec![Grant { spec: "p1".into(), epoch: 2, previous: Some("a".into()) }]);
         assert_eq!(v.held_by("a"), vec!["h1"]);
         assert_eq!(v.held_by("b"), vec!["p1"]);
+        assert_eq!(v.check_held("p1", "a", 1), Err(NotHeld::NotHolder(2)));
+        assert_eq!(v.check_held("p1", "b", 1), Err(NotHeld::StaleEpoch(2)));
+        assert_eq!(v.check_held("p1", "b", 2), Ok(()));
     }
 
     #[test]
-    fn a_stale_free_entry_is_not_granted() {
+    fn release_removal_and_readdition_keep_epochs_growing() {
         let mut v = LeaseView::default();
         let (id, e) = spec("p1", TargetKind::Pool, "x", "");
-        v.upsert_spec(&id, e, 0);
-        session(&mut v, "other", 10_000, 1);
-        // Another hub granted it meanwhile: the record arrives through the watch.
-        v.apply_lease(
-            "p1",
-            &LeaseRecord { spec: "p1".into(), holder: "other".into(), epoch: 3, granted_at_ms: 0 },
-            5,
-            0,
-        );
-        assert!(v.plan_grants("me", None, &BTreeMap::new(), 5, 0).is_empty());
-        assert_eq!(v.held_by("other"), vec!["p1"]);
-    }
-
-    #[test]
-    fn release_and_removal() {
-        let mut v = LeaseView::default();
-        let (id, e) = spec("p1", TargetKind::Pool, "x", "");
-        v.upsert_spec(&id, e, 0);
-        session(&mut v, "a", 10_000, 1);
-        let plan = v.plan_grants("a", None, &BTreeMap::new(), 1, 0);
-        v.commit_grant(&plan[0], 7);
-        assert_eq!(v.begin_release("p1", "a", 2), None, "wrong epoch");
-        assert_eq!(v.begin_release("p1", "b", 1), None, "not the holder");
-        assert_eq!(v.begin_release("p1", "a", 1), Some(7));
-        v.commit_release("p1", "a", 8, 0);
+        v.upsert_spec(&id, e.clone(), 0, false);
+        session(&mut v, "a", 10_000, 0);
+        session(&mut v, "b", 10_000, 0);
+        let g = v.grant("a", None, &BTreeMap::new(), 1, 0);
+        assert_eq!(g[0].epoch, 1);
+        assert_eq!(v.release("p1", "a", 2, 0), Err(NotHeld::StaleEpoch(1)));
+        assert_eq!(v.release("p1", "b", 1, 0), Err(NotHeld::NotHolder(1)));
+        assert_eq!(v.release("p1", "a", 1, 0).unwrap().holder, "");
         assert!(v.held_by("a").is_empty());
-        let plan = v.plan_grants("b", None, &BTreeMap::new(), 1, 0);
-        assert_eq!(plan[0].record.epoch, 2);
-        v.commit_grant(&plan[0], 9);
-        let (holder, _) = v.remove_spec("p1").unwrap();
-        assert_eq!(holder, "b");
+        let g = v.grant("b", None, &BTreeMap::new(), 1, 0);
+        assert_eq!(g[0].epoch, 2);
+        let (holder, cleared) = v.remove_spec("p1").unwrap();
+        assert_eq!((holder.as_str(), cleared.epoch), ("b", 2));
         assert!(v.held_by("b").is_empty());
+        v.upsert_spec(&id, e, 0, true);
+        assert_eq!(v.grant("a", None, &BTreeMap::new(), 1, 0)[0].epoch, 3);
+    }
+
+    #[test]
+    fn snapshot_and_replay_rebuild_the_same_state() {
+        let mut v = LeaseView::default();
+        let mut journal = Vec::new();
+        for i in 0..20 {
+            let (id, e) = spec(&format!("p{i:02}"), TargetKind::Pool, "x", "");
+            v.upsert_spec(&id, e, 0, false);
+        }
+        session(&mut v, "a", 10_000, 0);
+        session(&mut v, "b", 10_000, 0);
+        for g in v.grant("a", None, &BTreeMap::new(), 7, 0) {
+            journal.push(JournalLease { spec: g.spec, holder: "a".into(), epoch: g.epoch });
+        }
+        let snap = v.snapshot(1);
+        for g in v.grant("b", None, &BTreeMap::new(), 5, 0) {
+            journal.push(JournalLease { spec: g.spec, holder: "b".into(), epoch: g.epoch });
+        }
+        journal.push(v.release("p00", "a", 1, 0).unwrap());
+        let mut w = LeaseView::default();
+        w.load_snapshot(snap);
+        for l in &journal[7..] {
+            w.apply_lease(l, 0);
+        }
+        for i in 0..20 {
+            let (id, e) = spec(&format!("p{i:02}"), TargetKind::Pool, "x", "");
+            w.upsert_spec(&id, e, 0, false);
+        }
+        w.rebuild(0);
+        assert_eq!(v.durable_state(), w.durable_state());
+        assert_eq!(w.held_by("a"), v.held_by("a"));
+        assert_eq!(w.held_by("b"), v.held_by("b"));
+        let (rows, total) = w.rows(None, false, 3, 0);
+        assert_eq!(total, 20);
+        assert_eq!(rows.iter().map(|r| r.spec.as_str()).collect::<Vec<_>>(), vec!["p00", "p01", "p02"]);
+        let (rows, total) = w.rows(Some("b"), false, 100, 0);
+        assert_eq!((rows.len(), total), (5, 5));
+        assert_eq!(w.grant("c", None, &BTreeMap::new(), 100, 0).len(), 9);
+        let (rows, total) = w.rows(None, true, 100, 0);
+        assert_eq!((rows.len(), total), (9, 9), "c has no session: its specs are not live");
     }
 }

@@ -15,6 +15,8 @@ pub mod enablement;
 pub mod health;
 pub mod lease;
 pub mod lease_client;
+pub mod lease_journal;
+pub mod lease_leader;
 pub mod lease_state;
 pub mod process;
 pub mod renderer;

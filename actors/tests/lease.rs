@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The lease service on a real nats-server: racing runtimes, two hub instances, expiry and
-//! hand-over, fencing of results and renewals, change notices, caps.
+//! hand-over, fencing of results and renewals, change notices, caps; leader failover, journal
+//! replay after a restart, snapshots.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -10,14 +11,15 @@ use futures::StreamExt;
 use ractor::{Actor, ActorRef};
 use steward_actors::lease::{LeaseArgs, LeaseConfig, LeaseMsg, LeaseService};
 use steward_actors::lease_client::LeaseClient;
+use steward_actors::lease_journal::{self, JournalError};
 use steward_deploy::{eventually, SingleNode};
 use steward_subjects::api::lease::{
-    ChangeNotice, LeaseRequest, LeasesRequest, MineRequest, ReleaseRequest, RenewRequest, SpecEpoch,
+    ChangeNotice, LeaseJournalEntry, LeaseRequest, LeasesRequest, MineRequest, ReleaseRequest, RenewRequest, SpecEpoch,
 };
 use steward_subjects::api::result::{ResultRecord, SubmitRequest, SubmitStatus};
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::{CommandExecutor, Executor, JobSpec, SpecId, SpecTarget, TargetKind};
-use steward_subjects::streams::{self, Replicas, JOBSPECS_BUCKET, RESULTS_STREAM};
+use steward_subjects::streams::{self, Replicas, JOBSPECS_BUCKET, LEASE_JOURNAL_STREAM, RESULTS_STREAM};
 use steward_subjects::subject::jobspec_key;
 use steward_subjects::{AccountId, RuntimeId, Subjects, Token, TokenKind};
 
@@ -365,4 +367,188 @@ async fn malformed_requests_get_clear_errors() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(v["ok"], true, "{v}");
+}
+
+/// Every spec with its holder and epoch, as the leader lists them.
+async fn holders(c: &LeaseClient) -> BTreeMap<String, (String, u64)> {
+    let r = c.leases(&LeasesRequest { limit: 100_000, ..Default::default() }).await.unwrap();
+    r.rows.into_iter().map(|row| (row.spec, (row.holder, row.epoch))).collect()
+}
+
+/// What `rt` holds, by `mine`.
+async fn mine(c: &LeaseClient, rt: &str) -> Vec<SpecEpoch> {
+    let mut v: Vec<SpecEpoch> = c
+        .mine(&MineRequest { runtime: rt.into() })
+        .await
+        .unwrap()
+        .specs
+        .into_iter()
+        .map(|l| SpecEpoch { spec: l.spec.id, epoch: l.epoch })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits until a lease leader answers (after a takeover).
+async fn wait_leader(c: &LeaseClient) {
+    eventually(Duration::from_secs(15), Duration::from_millis(50), || async {
+        c.leases(&LeasesRequest { limit: 1, ..Default::default() }).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn leader_failover_keeps_leases_and_fences_the_old_leader() {
+    let h = hub().await;
+    for i in 0..100 {
+        put_spec(&h.js, &spec(TargetKind::Pool, "pool-a", i, "zone=a", "h1")).await;
+    }
+    let config = LeaseConfig {
+        ttl: Duration::from_secs(20),
+        leader_ttl: Duration::from_millis(900),
+        per_runtime_cap: 1000,
+        ..LeaseConfig::default()
+    };
+    let url = h.node.client_url();
+    let a = start_service(&url, config.clone()).await;
+    let c = client(&url).await;
+    wait_specs(&c, 100).await;
+    // B stands by while A leads.
+    let _b = start_service(&url, config).await;
+    let mut held = BTreeMap::new();
+    for r in 0..4 {
+        let rt = format!("rt-{r}");
+        let reply = c.lease(&lease_req(&rt, 15)).await.unwrap();
+        assert_eq!(reply.granted.len(), 15);
+        let mut v: Vec<SpecEpoch> =
+            reply.granted.into_iter().map(|g| SpecEpoch { spec: g.spec.id, epoch: g.epoch }).collect();
+        v.sort();
+        held.insert(rt, v);
+    }
+    let journal = Subjects::new(account()).jobspec_journal();
+    let stale = lease_journal::last_sequence(&h.js, &journal).await.unwrap();
+    assert!(stale > 0);
+
+    // A crashes (killed: it does not give its lock up); B takes over after the lock's TTL.
+    a.kill();
+    wait_leader(&c).await;
+    for (rt, specs) in &held {
+        let renew = c
+            .renew(&RenewRequest {
+                runtime: rt.clone(),
+                labels: lease_req(rt, 0).labels,
+                held: specs.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(renew.renewed, 15, "{rt}: {:?}", renew.refused);
+        assert!(renew.refused.is_empty());
+        assert_eq!(&mine(&c, rt).await, specs, "{rt} keeps its specs and epochs");
+    }
+    // The old leader's next append (expecting the last sequence it wrote) is refused.
+    let err = lease_journal::append(&h.js, &journal, stale, &LeaseJournalEntry::default(), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, JournalError::Fenced(_)), "{err}");
+    // The rest goes to racing runtimes, each spec once, never one already held.
+    let grants = race(&url, 4, 5, 40).await;
+    assert_no_double(&grants, 40);
+    let before: HashSet<&str> = held.values().flatten().map(|s| s.spec.as_str()).collect();
+    assert!(grants.iter().all(|g| !before.contains(g.0.as_str())), "a held spec was granted again");
+}
+
+#[tokio::test]
+async fn journal_replay_after_a_full_restart_keeps_holders_and_epochs() {
+    let mut h = hub().await;
+    for i in 0..50 {
+        put_spec(&h.js, &spec(TargetKind::Pool, "pool-a", i, "zone=a", "h1")).await;
+    }
+    let url = h.node.client_url();
+    let config = LeaseConfig { ttl: Duration::from_secs(30), ..LeaseConfig::default() };
+    let svc = start_service(&url, config.clone()).await;
+    let c = client(&url).await;
+    wait_specs(&c, 50).await;
+    let a = c.lease(&lease_req("rt-a", 20)).await.unwrap();
+    assert_eq!(c.lease(&lease_req("rt-b", 20)).await.unwrap().granted.len(), 20);
+    // rt-a gives five back, rt-c takes them (epoch 2).
+    let back: Vec<SpecEpoch> =
+        a.granted[..5].iter().map(|g| SpecEpoch { spec: g.spec.id.clone(), epoch: g.epoch }).collect();
+    assert_eq!(c.release(&ReleaseRequest { runtime: "rt-a".into(), specs: back }).await.unwrap().released.len(), 5);
+    let c_got = c.lease(&lease_req("rt-c", 15)).await.unwrap();
+    assert_eq!(c_got.granted.len(), 15);
+    assert_eq!(c_got.granted.iter().filter(|g| g.epoch == 2).count(), 5);
+    let before = holders(&c).await;
+    let mine_before = (mine(&c, "rt-a").await, mine(&c, "rt-b").await, mine(&c, "rt-c").await);
+
+    // The whole hub goes: the lease service and the server.
+    svc.stop_and_wait(None, None).await.unwrap();
+    h.node.stop().await;
+    h.node.restart().await.unwrap();
+    let _svc = start_service(&url, config).await;
+    wait_specs(&c, 50).await;
+    assert_eq!(holders(&c).await, before);
+    assert_eq!((mine(&c, "rt-a").await, mine(&c, "rt-b").await, mine(&c, "rt-c").await), mine_before);
+    let renew = c
+        .renew(&RenewRequest {
+            runtime: "rt-c".into(),
+            labels: lease_req("rt-c", 0).labels,
+            held: mine_before.2.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(renew.renewed, 15);
+    // Nothing is left to grant; the epochs carry on after a release.
+    assert!(c.lease(&lease_req("rt-d", 10)).await.unwrap().granted.is_empty());
+}
+
+#[tokio::test]
+async fn snapshot_purge_and_replay_give_the_same_state() {
+    let h = hub().await;
+    for i in 0..40 {
+        put_spec(&h.js, &spec(TargetKind::Pool, "pool-a", i, "zone=a", "h1")).await;
+    }
+    let url = h.node.client_url();
+    let config = LeaseConfig { snapshot_entries: 4, ttl: Duration::from_secs(30), ..LeaseConfig::default() };
+    let svc = start_service(&url, config.clone()).await;
+    let c = client(&url).await;
+    wait_specs(&c, 40).await;
+    // One spec per request, one request at a time: one journal entry each.
+    for i in 0..30 {
+        assert_eq!(c.lease(&lease_req(&format!("rt-{}", i % 3), 1)).await.unwrap().granted.len(), 1);
+    }
+    let rt0 = mine(&c, "rt-0").await;
+    let rel = c.release(&ReleaseRequest { runtime: "rt-0".into(), specs: rt0[..2].to_vec() }).await.unwrap();
+    assert_eq!(rel.released.len(), 2);
+    // A snapshot was taken and the journal purged below it.
+    let journal = Subjects::new(account()).jobspec_journal();
+    let (pointer, _) = eventually(Duration::from_secs(10), Duration::from_millis(50), || async {
+        match lease_journal::read_pointer(&h.js, &account()).await {
+            Ok((Some(p), rev)) if p.through_seq >= 20 => Ok((p, rev)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    // (A later snapshot may have moved the pointer meanwhile.)
+    let (snap, _) = lease_journal::load_snapshot(&h.js, &account()).await.unwrap();
+    assert!(snap.unwrap().through_seq >= pointer.through_seq);
+    let stream = h.js.get_stream(LEASE_JOURNAL_STREAM).await.unwrap().info().await.unwrap().state.clone();
+    let last = lease_journal::last_sequence(&h.js, &journal).await.unwrap();
+    assert!(stream.first_sequence >= pointer.through_seq.min(last), "journal purged below the snapshot: {stream:?}");
+    assert!(stream.messages < last, "purged: {} entries kept of {last}", stream.messages);
+    let before = holders(&c).await;
+    let mine_before = (mine(&c, "rt-0").await, mine(&c, "rt-1").await, mine(&c, "rt-2").await);
+
+    svc.stop_and_wait(None, None).await.unwrap();
+    let _svc = start_service(&url, config).await;
+    wait_specs(&c, 40).await;
+    assert_eq!(holders(&c).await, before);
+    assert_eq!((mine(&c, "rt-0").await, mine(&c, "rt-1").await, mine(&c, "rt-2").await), mine_before);
+    // The two released specs come back at epoch 2, the never-granted ones at epoch 1.
+    let more = c.lease(&lease_req("rt-9", 100)).await.unwrap();
+    assert_eq!(more.granted.len(), 12);
+    assert_eq!(more.granted.iter().filter(|g| g.epoch == 2).count(), 2);
 }

@@ -41,6 +41,9 @@ pub const CONFIG_EVENTS_STREAM: &str = "STEWARD_CONFIG_EVENTS";
 pub const RESULTS_STREAM: &str = "STEWARD_RESULTS";
 /// Job event data of runs.
 pub const RUN_EVENTS_STREAM: &str = "STEWARD_RUN_EVENTS";
+/// The lease journal: group-committed lease changes of each account's lease leader
+/// (`steward.v1.<account>.jobspec.journal`), purged up to the latest snapshot.
+pub const LEASE_JOURNAL_STREAM: &str = "STEWARD_LEASE_JOURNAL";
 
 /// The host registry bucket.
 pub const HOSTS_BUCKET: &str = "steward_hosts";
@@ -48,8 +51,9 @@ pub const HOSTS_BUCKET: &str = "steward_hosts";
 pub const CONFIG_BUCKET: &str = "steward_config";
 /// Rendered job specs, keyed `<account>.<host|pool>.<target>.<spec>`; deletes are tombstones.
 pub const JOBSPECS_BUCKET: &str = "steward_jobspecs";
-/// Job-spec leases and runtime sessions, keyed `<account>.spec.<spec>` and `<account>.rt.<runtime>`;
-/// written with compare-and-set so several hub instances can grant safely.
+/// Lease coordination: the lease leader lock (`<account>.leader`) and the pointer to the latest
+/// lease snapshot (`<account>.snapshot`), both written with compare-and-set. (Older versions kept
+/// one record per spec and runtime here, `<account>.spec.<spec>` and `<account>.rt.<runtime>`.)
 pub const LEASES_BUCKET: &str = "steward_leases";
 /// Runs: run records, per-host run records and idempotency keys (`<account>.run.<run>`,
 /// `<account>.host.<run>.<host>`, `<account>.idem.<digest>`), updated with compare-and-set.
@@ -168,6 +172,14 @@ pub fn streams() -> Vec<StreamDef> {
             subjects: vec![any_account::run_events()],
             retention: stream::RetentionPolicy::Limits,
             max_age: 30 * DAY,
+            max_bytes: -1,
+        },
+        StreamDef {
+            name: LEASE_JOURNAL_STREAM,
+            description: "lease journal: group-committed grants, releases and sessions of the lease leader",
+            subjects: vec![crate::subject::any_account_lease_journal()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: Duration::ZERO,
             max_bytes: -1,
         },
     ]

@@ -1,13 +1,13 @@
 //! Job-spec leasing: the requests and replies of the `jobspec.{lease,renew,mine,release,leases}`
-//! endpoints, the notices sent to holders, and the lease records kept in the `steward_leases`
-//! bucket.
+//! endpoints, the notices sent to holders, and the records the lease leader keeps durable.
 //!
-//! Model: every runtime has one *session* record (`<account>.rt.<runtime>`) whose expiry is
-//! pushed forward by `renew` (and by `lease`); every spec has one *lease* record
-//! (`<account>.spec.<spec>`) naming its holder and epoch. A lease is live while its holder's
-//! session is unexpired. Granting a spec bumps its epoch with a compare-and-set on the record's
-//! revision, so two hub instances never grant one spec twice; results and renewals carrying an
-//! older epoch are refused with `conflict`.
+//! Model: every runtime has one *session* whose expiry is pushed forward by `renew` (and by
+//! `lease`); every spec has one *lease* naming its holder and epoch. A lease is live while its
+//! holder's session is unexpired. One lease leader per account (the [`LeaderRecord`] lock) owns
+//! the state in memory and makes every change durable in the lease journal
+//! ([`LeaseJournalEntry`], fenced by expected last sequence) before it answers; granting a spec
+//! bumps its epoch, and results and renewals carrying an older epoch are refused with
+//! `conflict`. [`LeaseRecord`] is the per-spec record form (listings, older versions' bucket).
 
 use std::collections::BTreeMap;
 
@@ -216,8 +216,7 @@ pub struct AvailableNotice {
     pub unassigned: u64,
 }
 
-/// A spec's lease record in the `steward_leases` bucket (`<account>.spec.<spec>`). Never
-/// deleted while the spec exists, so epochs only grow.
+/// A spec's lease record (holder, epoch, grant time). Epochs only grow.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LeaseRecord {
@@ -231,7 +230,7 @@ pub struct LeaseRecord {
     pub granted_at_ms: u64,
 }
 
-/// A runtime's session record in the `steward_leases` bucket (`<account>.rt.<runtime>`).
+/// A runtime's session record (journaled by the lease leader).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RuntimeSession {
@@ -246,4 +245,72 @@ pub struct RuntimeSession {
     pub expires_at_ms: u64,
     /// Last renewal, ms since the Unix epoch.
     pub renewed_at_ms: u64,
+}
+
+/// The lease leader lock of an account (`<account>.leader` in `steward_leases`): only the
+/// instance named here serves the lease endpoints. Created with a compare-and-set create,
+/// refreshed with compare-and-set updates; a candidate takes it over once it has expired.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeaderRecord {
+    /// The holding lease-service instance (random per start).
+    pub instance: String,
+    /// Grows by one at every takeover.
+    pub generation: u64,
+    /// The lock is void after this time, ms since the Unix epoch (hub clock).
+    pub expires_at_ms: u64,
+}
+
+/// A spec's lease as journaled and snapshotted: its holder (empty when released, removed or
+/// never granted) and its epoch (only grows).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JournalLease {
+    /// Spec id.
+    pub spec: String,
+    /// Holding runtime, or empty.
+    pub holder: String,
+    /// Epoch of the current (or last) grant.
+    pub epoch: u64,
+}
+
+/// One append to the lease journal (`steward.v1.<account>.jobspec.journal`): every lease and
+/// session change of one group commit of the lease leader, applied in order on replay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeaseJournalEntry {
+    /// The appending leader instance.
+    pub instance: String,
+    /// Its lock generation.
+    pub generation: u64,
+    /// A takeover record: the leader replayed the journal up to here and now owns it (the
+    /// append fences every older leader, whose next append finds another last sequence).
+    pub takeover: bool,
+    /// Session records written (lease with a new or near-expiry session, renewals).
+    pub sessions: Vec<RuntimeSession>,
+    /// Lease changes (grants, releases, removals), in the order they were made.
+    pub leases: Vec<JournalLease>,
+}
+
+/// The full lease state of an account at one journal sequence, stored in the artifacts object
+/// store; replay continues after `through_seq`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeaseSnapshot {
+    /// Journal sequence the state includes.
+    pub through_seq: u64,
+    /// Every lease record.
+    pub leases: Vec<JournalLease>,
+    /// Every session record.
+    pub sessions: Vec<RuntimeSession>,
+}
+
+/// Pointer to the latest lease snapshot (`<account>.snapshot` in `steward_leases`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SnapshotPointer {
+    /// Object name in the artifacts store.
+    pub object: String,
+    /// Journal sequence the snapshot includes.
+    pub through_seq: u64,
 }

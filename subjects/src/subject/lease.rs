@@ -31,6 +31,8 @@ pub mod lease_verb {
     pub const AVAILABLE: &str = "available";
     /// Submit results.
     pub const SUBMIT: &str = "submit";
+    /// The lease journal (stream-backed, written by the lease leader only).
+    pub const JOURNAL: &str = "journal";
 }
 
 impl Subjects {
@@ -88,6 +90,13 @@ impl Subjects {
         self.base(noun::RESULT, lease_verb::SUBMIT)
     }
 
+    /// The lease journal of this account (`jobspec.journal`): group-committed lease changes,
+    /// appended by the lease leader with `Nats-Expected-Last-Subject-Sequence` (fencing).
+    #[must_use]
+    pub fn jobspec_journal(&self) -> String {
+        self.base(noun::JOBSPEC, lease_verb::JOURNAL)
+    }
+
     /// Stream filter of every stored result of this account (`result.put.*`).
     #[must_use]
     pub fn result_put_all(&self) -> String {
@@ -117,6 +126,32 @@ pub fn lease_session_filter(account: &AccountId) -> String {
 #[must_use]
 pub fn lease_account_filter(account: &AccountId) -> String {
     format!("{account}.>")
+}
+
+/// Key of the lease leader lock of `account` in `steward_leases`: `<account>.leader`.
+#[must_use]
+pub fn lease_leader_key(account: &AccountId) -> String {
+    format!("{account}.leader")
+}
+
+/// Key of the pointer to the latest lease snapshot of `account` in `steward_leases`:
+/// `<account>.snapshot`.
+#[must_use]
+pub fn lease_snapshot_key(account: &AccountId) -> String {
+    format!("{account}.snapshot")
+}
+
+/// Name of a lease snapshot in the artifacts object store:
+/// `lease-snapshots/<account>/<through_seq>`.
+#[must_use]
+pub fn lease_snapshot_object(account: &AccountId, through_seq: u64) -> String {
+    format!("lease-snapshots/{account}/{through_seq}")
+}
+
+/// `jobspec.journal` of every account (stream filter of the lease journal stream).
+#[must_use]
+pub fn any_account_lease_journal() -> String {
+    format!("{}.{}.*.{}.{}", super::ROOT, super::VERSION, noun::JOBSPEC, lease_verb::JOURNAL)
 }
 
 /// What a key of the `steward_leases` bucket names.
@@ -168,8 +203,12 @@ mod tests {
         let other = AccountId::parse("acme2").unwrap();
         assert_eq!(parse_lease_key(&other, &k), None);
         assert_eq!(parse_lease_key(&a, "acme.x.y"), None);
-        let s = Subjects::new(a);
+        let s = Subjects::new(a.clone());
         assert_eq!(s.jobspec_notice(&r), "steward.v1.acme.jobspec.notice.rt-1");
         assert_eq!(s.result_submit(), "steward.v1.acme.result.submit");
+        assert_eq!(s.jobspec_journal(), "steward.v1.acme.jobspec.journal");
+        assert_eq!(any_account_lease_journal(), "steward.v1.*.jobspec.journal");
+        assert_eq!(parse_lease_key(&a, &lease_leader_key(&a)), None);
+        assert_eq!(parse_lease_key(&a, &lease_snapshot_key(&a)), None);
     }
 }

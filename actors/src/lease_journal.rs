@@ -1,0 +1,229 @@
+//! Durability of the lease leader's state: the lease journal (stream `STEWARD_LEASE_JOURNAL`,
+//! subject `steward.v1.<account>.jobspec.journal`) and its snapshots.
+//!
+//! - [`append`] writes one [`LeaseJournalEntry`] (one group commit) with
+//!   `Nats-Expected-Last-Subject-Sequence` = the sequence of the previous append. Only one
+//!   writer can extend a given last sequence, so a deposed leader's next append is refused
+//!   ([`JournalError::Fenced`]) once the new leader has appended its takeover record.
+//! - [`replay`] reads every entry after a sequence, up to the last one present when it starts.
+//! - [`write_snapshot`] stores the full state at a sequence in the artifacts object store, then
+//!   moves the pointer (`<account>.snapshot` in `steward_leases`, compare-and-set, never
+//!   backwards), then purges the journal *below* that sequence (the entry at it stays, so the
+//!   next append's expected sequence still exists), then deletes the previous snapshot object.
+//!   A crash between any two steps leaves a pointer to a complete snapshot and every entry
+//!   after it: an orphan object at worst. [`load_snapshot`] follows the pointer.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, context::PublishErrorKind};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use steward_subjects::api::lease::{LeaseJournalEntry, LeaseSnapshot, SnapshotPointer};
+use steward_subjects::codec::{self, Encoding};
+use steward_subjects::streams::{ARTIFACTS_STORE, LEASES_BUCKET, LEASE_JOURNAL_STREAM};
+use steward_subjects::subject::{lease_snapshot_key, lease_snapshot_object};
+use steward_subjects::AccountId;
+use tokio::io::AsyncReadExt;
+
+/// Header JetStream checks for compare-and-set on a subject.
+pub const EXPECTED_LAST_SUBJECT_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
+
+/// A failed journal operation.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    /// The journal's last entry is not the one expected: another leader appended.
+    #[error("journal append fenced: the last entry is not sequence {0}")]
+    Fenced(u64),
+    /// JetStream did not take or did not confirm the operation (its outcome is unknown).
+    #[error("lease journal unavailable: {0}")]
+    Unavailable(String),
+    /// A stored entry or snapshot cannot be decoded.
+    #[error("lease journal corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Appends `entry` on `subject`, expecting `expected` to be the subject's last sequence (0: no
+/// entry yet). Returns the new entry's sequence.
+///
+/// # Errors
+/// [`JournalError::Fenced`] when another writer appended since; `Unavailable` when the append
+/// was not confirmed within `timeout` (it may or may not be stored).
+pub async fn append(
+    js: &jetstream::Context,
+    subject: &str,
+    expected: u64,
+    entry: &LeaseJournalEntry,
+    timeout: Duration,
+) -> Result<u64, JournalError> {
+    let payload = codec::encode(Encoding::MsgPack, entry).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+    let mut h = HeaderMap::new();
+    h.insert(EXPECTED_LAST_SUBJECT_SEQ, expected.to_string().as_str());
+    let ack = js
+        .publish_with_headers(subject.to_owned(), h, payload)
+        .await
+        .map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    match tokio::time::timeout(timeout, ack).await {
+        Err(_) => Err(JournalError::Unavailable(format!("append not confirmed within {timeout:?}"))),
+        Ok(Ok(ack)) => Ok(ack.sequence),
+        Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => Err(JournalError::Fenced(expected)),
+        Ok(Err(e)) => Err(JournalError::Unavailable(e.to_string())),
+    }
+}
+
+/// The sequence of the last entry on `subject` (0 when there is none).
+///
+/// # Errors
+/// `Unavailable` when the stream cannot be read.
+pub async fn last_sequence(js: &jetstream::Context, subject: &str) -> Result<u64, JournalError> {
+    let stream = js.get_stream(LEASE_JOURNAL_STREAM).await.map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(m) => Ok(m.sequence),
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+        Err(e) => Err(JournalError::Unavailable(e.to_string())),
+    }
+}
+
+/// Calls `apply(sequence, entry)` for every entry on `subject` after `after_seq`, in order, up
+/// to the last one present when called. Returns that last sequence (`after_seq` when none).
+///
+/// # Errors
+/// `Unavailable` when the stream cannot be read, `Corrupt` for an undecodable entry.
+pub async fn replay<F>(
+    js: &jetstream::Context,
+    subject: &str,
+    after_seq: u64,
+    mut apply: F,
+) -> Result<u64, JournalError>
+where
+    F: FnMut(u64, LeaseJournalEntry),
+{
+    let last = last_sequence(js, subject).await?;
+    if last <= after_seq {
+        return Ok(after_seq.max(last));
+    }
+    let stream = js.get_stream(LEASE_JOURNAL_STREAM).await.map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: after_seq + 1 },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    let mut messages = consumer.messages().await.map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    let mut at = after_seq;
+    while at < last {
+        let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
+        let msg = match next {
+            Err(_) => return Err(JournalError::Unavailable(format!("journal replay stalled after {at}"))),
+            Ok(None) => return Err(JournalError::Unavailable(format!("journal replay ended at {at} of {last}"))),
+            Ok(Some(m)) => m.map_err(|e| JournalError::Unavailable(e.to_string()))?,
+        };
+        let seq = msg.info().map_err(|e| JournalError::Unavailable(e.to_string()))?.stream_sequence;
+        let entry: LeaseJournalEntry = codec::decode_limited(Encoding::MsgPack, &msg.payload, usize::MAX)
+            .map_err(|e| JournalError::Corrupt(format!("entry {seq}: {e}")))?;
+        apply(seq, entry);
+        at = seq;
+    }
+    Ok(at)
+}
+
+/// The snapshot pointer of `account` and its revision (0 when there is none).
+///
+/// # Errors
+/// `Unavailable` or `Corrupt`.
+pub async fn read_pointer(
+    js: &jetstream::Context,
+    account: &AccountId,
+) -> Result<(Option<SnapshotPointer>, u64), JournalError> {
+    let kv = js.get_key_value(LEASES_BUCKET).await.map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    let entry = kv.entry(lease_snapshot_key(account)).await.map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    match entry {
+        Some(e) if e.operation == async_nats::jetstream::kv::Operation::Put => {
+            let p: SnapshotPointer = codec::decode_limited(Encoding::MsgPack, &e.value, usize::MAX)
+                .map_err(|e| JournalError::Corrupt(format!("snapshot pointer: {e}")))?;
+            Ok((Some(p), e.revision))
+        }
+        Some(e) => Ok((None, e.revision)),
+        None => Ok((None, 0)),
+    }
+}
+
+/// Loads the latest snapshot of `account` (`None` when there is none yet) and the pointer's
+/// revision.
+///
+/// # Errors
+/// `Unavailable` when the pointer or object cannot be read, `Corrupt` when it cannot be decoded.
+pub async fn load_snapshot(
+    js: &jetstream::Context,
+    account: &AccountId,
+) -> Result<(Option<LeaseSnapshot>, u64), JournalError> {
+    let (pointer, revision) = read_pointer(js, account).await?;
+    let Some(pointer) = pointer else { return Ok((None, revision)) };
+    let store = js.get_object_store(ARTIFACTS_STORE).await.map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    let mut object = store
+        .get(&pointer.object)
+        .await
+        .map_err(|e| JournalError::Unavailable(format!("snapshot {}: {e}", pointer.object)))?;
+    let mut bytes = Vec::new();
+    object
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| JournalError::Unavailable(format!("snapshot {}: {e}", pointer.object)))?;
+    let snap: LeaseSnapshot = codec::decode_limited(Encoding::MsgPack, &bytes, usize::MAX)
+        .map_err(|e| JournalError::Corrupt(format!("snapshot {}: {e}", pointer.object)))?;
+    if snap.through_seq != pointer.through_seq {
+        return Err(JournalError::Corrupt(format!(
+            "snapshot {} holds sequence {}, its pointer says {}",
+            pointer.object, snap.through_seq, pointer.through_seq
+        )));
+    }
+    Ok((Some(snap), revision))
+}
+
+/// Stores `encoded` (an encoded [`LeaseSnapshot`] at `through_seq`), moves the pointer to it,
+/// purges the journal below `through_seq` and deletes the previous snapshot object.
+/// `still_leader` is asked before the pointer moves and before the purge.
+///
+/// # Errors
+/// The step that failed; earlier steps stay (safe: see the module docs).
+pub async fn write_snapshot<F>(
+    js: &jetstream::Context,
+    account: &AccountId,
+    subject: &str,
+    through_seq: u64,
+    encoded: Vec<u8>,
+    still_leader: F,
+) -> Result<(), JournalError>
+where
+    F: Fn() -> bool,
+{
+    let unavailable = |e: String| JournalError::Unavailable(e);
+    let store = js.get_object_store(ARTIFACTS_STORE).await.map_err(|e| unavailable(e.to_string()))?;
+    let object = lease_snapshot_object(account, through_seq);
+    store.put(object.as_str(), &mut encoded.as_slice()).await.map_err(|e| unavailable(e.to_string()))?;
+    let (old, revision) = read_pointer(js, account).await?;
+    if old.as_ref().is_some_and(|p| p.through_seq >= through_seq) || !still_leader() {
+        // A newer snapshot exists (or leadership moved): this one is not needed.
+        let _ = store.delete(object.as_str()).await;
+        return Ok(());
+    }
+    let pointer = SnapshotPointer { object: object.clone(), through_seq };
+    let payload = codec::encode(Encoding::MsgPack, &pointer).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+    let kv = js.get_key_value(LEASES_BUCKET).await.map_err(|e| unavailable(e.to_string()))?;
+    let key = lease_snapshot_key(account);
+    if revision == 0 {
+        kv.create(&key, payload).await.map_err(|e| unavailable(e.to_string()))?;
+    } else {
+        kv.update(&key, payload, revision).await.map_err(|e| unavailable(e.to_string()))?;
+    }
+    if !still_leader() {
+        return Ok(());
+    }
+    let stream = js.get_stream(LEASE_JOURNAL_STREAM).await.map_err(|e| unavailable(e.to_string()))?;
+    stream.purge().filter(subject).sequence(through_seq).await.map_err(|e| unavailable(e.to_string()))?;
+    if let Some(old) = old.filter(|o| o.object != object) {
+        let _ = store.delete(old.object.as_str()).await;
+    }
+    Ok(())
+}
