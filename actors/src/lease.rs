@@ -85,7 +85,7 @@ use tracing::{debug, info, warn};
 
 use crate::lease_journal::{self, JournalError};
 use crate::lease_leader::{LeaderGuard, LeaderLock};
-use crate::lease_state::{LeaseView, NotHeld, SpecEntry};
+use crate::lease_state::{LeaseView, NotHeld, RowFilter, SpecEntry};
 
 /// Header JetStream deduplicates on.
 const MSG_ID: &str = "Nats-Msg-Id";
@@ -1173,8 +1173,16 @@ impl Shared {
         let limit = if req.limit == 0 { 1000 } else { req.limit as usize };
         let now = now_ms();
         let view = self.view();
-        let (rows, total) = view.rows(req.runtime.as_deref(), req.unassigned, limit, now);
-        Ok(LeasesReply { rows, total, specs: view.spec_count() as u64, runtimes: view.live_runtimes(now) as u64 })
+        let filter =
+            RowFilter { runtime: req.runtime.as_deref(), spec: req.spec.as_deref(), unassigned: req.unassigned };
+        let (rows, total) = view.rows(filter, limit, now);
+        Ok(LeasesReply {
+            rows,
+            total,
+            specs: view.spec_count() as u64,
+            runtimes: view.live_runtimes(now) as u64,
+            sessions: if req.sessions { view.sessions() } else { Vec::new() },
+        })
     }
 
     async fn submit(&self, req: SubmitRequest) -> Result<SubmitReply, WireError> {

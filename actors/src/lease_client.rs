@@ -182,75 +182,27 @@ pub async fn query_results(
     Ok(out.into())
 }
 
-/// What the `steward_leases` bucket says about one spec and the runtimes (for explanations).
+/// What the lease service says about one spec and the runtimes (for explanations).
 #[derive(Debug, Clone, Default)]
 pub struct LeaseSnapshot {
-    /// The spec's lease record, when it has one.
-    pub lease: Option<steward_subjects::api::lease::LeaseRecord>,
-    /// Every runtime session record of the account (live or expired), ordered by runtime id.
+    /// The spec's lease row, when the lease service knows the spec.
+    pub lease: Option<steward_subjects::api::lease::LeaseRow>,
+    /// Every runtime session the lease service knows (live or expired), ordered by runtime id.
     pub sessions: Vec<steward_subjects::api::lease::RuntimeSession>,
 }
 
-/// Reads the lease record of `spec` and every runtime session of the account from the
-/// `steward_leases` bucket (latest values; deleted keys skipped).
+/// Asks the lease service (the leader of the account) for the lease of `spec` and every
+/// runtime session. The lease state lives in the leader's memory and journal, so this is the
+/// only authoritative view.
 ///
 /// # Errors
-/// [`ActorsError::Unavailable`](crate::ActorsError::Unavailable) when the bucket cannot be read.
+/// [`LeaseClientError`] when no lease service answers.
 pub async fn lease_snapshot(
     client: &async_nats::Client,
     subjects: &Subjects,
     spec: &str,
-) -> Result<LeaseSnapshot, crate::ActorsError> {
-    use async_nats::jetstream::{self, consumer};
-    use futures::StreamExt;
-    use steward_subjects::api::lease::{LeaseRecord, RuntimeSession};
-    use steward_subjects::codec::{self, Encoding};
-    use steward_subjects::streams::LEASES_BUCKET;
-    use steward_subjects::subject::{kv_subject, lease_session_filter, lease_spec_key};
-
-    let unavailable = |e: String| crate::ActorsError::Unavailable(format!("lease bucket ({e})"));
-    let js = jetstream::new(client.clone());
-    let kv = js.get_key_value(LEASES_BUCKET).await.map_err(|e| unavailable(e.to_string()))?;
-    let lease = kv
-        .get(lease_spec_key(subjects.account(), spec))
-        .await
-        .map_err(|e| unavailable(e.to_string()))?
-        .filter(|v| !v.is_empty())
-        .and_then(|v| codec::decode_limited::<LeaseRecord>(Encoding::MsgPack, &v, usize::MAX).ok());
-    let stream = js.get_stream(format!("KV_{LEASES_BUCKET}")).await.map_err(|e| unavailable(e.to_string()))?;
-    let c = stream
-        .create_consumer(consumer::push::OrderedConfig {
-            deliver_subject: client.new_inbox(),
-            filter_subject: kv_subject(LEASES_BUCKET, &lease_session_filter(subjects.account())),
-            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let mut pending = c.cached_info().num_pending;
-    let mut sessions = Vec::new();
-    if pending > 0 {
-        let mut messages = c.messages().await.map_err(|e| unavailable(e.to_string()))?;
-        while pending > 0 {
-            let msg = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
-                Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(e))) => return Err(unavailable(e.to_string())),
-                Ok(None) | Err(_) => break,
-            };
-            pending = msg.info().map(|i| i.pending).unwrap_or(0);
-            let deleted = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-            if deleted || msg.payload.is_empty() {
-                continue;
-            }
-            if let Ok(s) = codec::decode_limited::<RuntimeSession>(Encoding::MsgPack, &msg.payload, usize::MAX) {
-                sessions.push(s);
-            }
-        }
-    }
-    sessions.sort_by(|a, b| a.runtime.cmp(&b.runtime));
-    Ok(LeaseSnapshot { lease, sessions })
+) -> Result<LeaseSnapshot, LeaseClientError> {
+    let req = LeasesRequest { spec: Some(spec.to_owned()), sessions: true, limit: 1, ..Default::default() };
+    let reply = LeaseClient::new(client.clone(), subjects.clone()).leases(&req).await?;
+    Ok(LeaseSnapshot { lease: reply.rows.into_iter().find(|r| r.spec == spec), sessions: reply.sessions })
 }

@@ -505,15 +505,20 @@ impl LeaseView {
     /// Rows for `jobspec.leases`: the first `limit` matching specs by id, and how many match.
     /// Keeps only `limit` ids while walking (a listing of one row does not sort every spec).
     #[must_use]
-    pub fn rows(&self, runtime: Option<&str>, unassigned: bool, limit: usize, now_ms: u64) -> (Vec<LeaseRow>, u64) {
-        let ids: Box<dyn Iterator<Item = &String>> = match runtime {
-            Some(r) => Box::new(self.held.get(r).into_iter().flatten()),
-            None => Box::new(self.specs.keys()),
+    pub fn rows(&self, filter: RowFilter<'_>, limit: usize, now_ms: u64) -> (Vec<LeaseRow>, u64) {
+        let RowFilter { runtime, spec, unassigned } = filter;
+        let ids: Box<dyn Iterator<Item = &String>> = match (spec, runtime) {
+            (Some(s), _) => Box::new(self.specs.get_key_value(s).map(|(k, _)| k).into_iter()),
+            (None, Some(r)) => Box::new(self.held.get(r).into_iter().flatten()),
+            (None, None) => Box::new(self.specs.keys()),
         };
         let mut total = 0u64;
         let mut first: std::collections::BinaryHeap<&String> = std::collections::BinaryHeap::with_capacity(limit + 1);
         for id in ids {
             if !self.specs.contains_key(id) {
+                continue;
+            }
+            if runtime.is_some_and(|r| self.leases.get(id).is_none_or(|l| l.holder != r)) {
                 continue;
             }
             if unassigned && self.leases.get(id).is_some_and(|l| self.is_live(&l.holder, now_ms)) {
@@ -551,6 +556,14 @@ impl LeaseView {
         (rows, total)
     }
 
+    /// Every session record, ordered by runtime id.
+    #[must_use]
+    pub fn sessions(&self) -> Vec<RuntimeSession> {
+        let mut v: Vec<RuntimeSession> = self.sessions.values().map(|s| s.record.clone()).collect();
+        v.sort_by(|a, b| a.runtime.cmp(&b.runtime));
+        v
+    }
+
     /// Unassigned specs (no live holder); walks every spec, for listings.
     #[must_use]
     pub fn unassigned(&self, now_ms: u64) -> u64 {
@@ -565,6 +578,17 @@ impl LeaseView {
         let pools: usize = self.pools.values().map(|p| p.free.len()).sum();
         (hosts + pools) as u64
     }
+}
+
+/// Which specs [`LeaseView::rows`] lists.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RowFilter<'a> {
+    /// Only specs held by this runtime.
+    pub runtime: Option<&'a str>,
+    /// Only this spec.
+    pub spec: Option<&'a str>,
+    /// Only specs without a live holder.
+    pub unassigned: bool,
 }
 
 #[cfg(test)]
@@ -676,13 +700,20 @@ mod tests {
         assert_eq!(v.durable_state(), w.durable_state());
         assert_eq!(w.held_by("a"), v.held_by("a"));
         assert_eq!(w.held_by("b"), v.held_by("b"));
-        let (rows, total) = w.rows(None, false, 3, 0);
+        let (rows, total) = w.rows(RowFilter::default(), 3, 0);
         assert_eq!(total, 20);
         assert_eq!(rows.iter().map(|r| r.spec.as_str()).collect::<Vec<_>>(), vec!["p00", "p01", "p02"]);
-        let (rows, total) = w.rows(Some("b"), false, 100, 0);
+        let (rows, total) = w.rows(RowFilter { runtime: Some("b"), ..RowFilter::default() }, 100, 0);
         assert_eq!((rows.len(), total), (5, 5));
+        let held = rows[0].spec.clone();
+        let (rows, total) = w.rows(RowFilter { spec: Some(&held), ..RowFilter::default() }, 100, 0);
+        assert_eq!((rows.len(), total, rows[0].holder.as_str()), (1, 1, "b"));
+        let (_, total) = w.rows(RowFilter { spec: Some(&held), runtime: Some("a"), ..RowFilter::default() }, 100, 0);
+        assert_eq!(total, 0, "held by b, not a");
+        let (_, total) = w.rows(RowFilter { spec: Some("nope"), ..RowFilter::default() }, 100, 0);
+        assert_eq!(total, 0);
         assert_eq!(w.grant("c", None, &BTreeMap::new(), 100, 0).len(), 9);
-        let (rows, total) = w.rows(None, true, 100, 0);
+        let (rows, total) = w.rows(RowFilter { unassigned: true, ..RowFilter::default() }, 100, 0);
         assert_eq!((rows.len(), total), (9, 9), "c has no session: its specs are not live");
     }
 }

@@ -864,7 +864,7 @@ async fn upload_output(ctx: &DrainCtx, id: u64, name: &str) -> Result<(), String
 
 /// Whether the hub answers at all (told apart from the object store refusing).
 async fn hub_answers(ctx: &DrainCtx) -> bool {
-    let req = LeasesRequest { runtime: Some(ctx.runtime.clone()), unassigned: false, limit: 1 };
+    let req = LeasesRequest { runtime: Some(ctx.runtime.clone()), unassigned: false, limit: 1, ..Default::default() };
     ctx.lease.leases(&req).await.is_ok()
 }
 

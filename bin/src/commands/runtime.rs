@@ -148,8 +148,14 @@ struct LeasesOutput {
 pub async fn leases(global: &Global, args: LeasesArgs) -> anyhow::Result<()> {
     let nats = steward_actors::connect(&super::connect_options(global), "steward-cli").await?;
     let client = LeaseClient::new(nats, Subjects::new(global.account.clone()));
-    let reply =
-        client.leases(&LeasesRequest { runtime: args.runtime, unassigned: args.unassigned, limit: args.limit }).await?;
+    let reply = client
+        .leases(&LeasesRequest {
+            runtime: args.runtime,
+            unassigned: args.unassigned,
+            limit: args.limit,
+            ..Default::default()
+        })
+        .await?;
     let rows: Vec<Vec<String>> = reply
         .rows
         .iter()
@@ -269,7 +275,6 @@ struct LeaseState {
     holder: String,
     epoch: u64,
     live: bool,
-    granted_at: String,
     expires_at: String,
 }
 
@@ -354,15 +359,11 @@ pub async fn explain(global: &Global, id: &str) -> anyhow::Result<()> {
     let selector = (spec.target.kind == TargetKind::Pool)
         .then(|| Selector::parse(&spec.runtime_selector).map_err(|e| e.to_string()));
     let session_of = |rt: &str| snapshot.sessions.iter().find(|s| s.runtime == rt);
-    let lease = snapshot.lease.as_ref().map(|l| {
-        let session = session_of(&l.holder);
-        LeaseState {
-            holder: l.holder.clone(),
-            epoch: l.epoch,
-            live: !l.holder.is_empty() && session.is_some_and(|s| s.expires_at_ms > now),
-            granted_at: ms_rfc3339(l.granted_at_ms),
-            expires_at: session.map(|s| ms_rfc3339(s.expires_at_ms)).unwrap_or_default(),
-        }
+    let lease = snapshot.lease.as_ref().filter(|l| l.epoch > 0 || !l.holder.is_empty()).map(|l| LeaseState {
+        holder: l.holder.clone(),
+        epoch: l.epoch,
+        live: l.live,
+        expires_at: if l.expires_at_ms == 0 { String::new() } else { ms_rfc3339(l.expires_at_ms) },
     });
     let runtimes: Vec<RuntimeEligibility> = snapshot
         .sessions
@@ -443,11 +444,10 @@ fn print_explanation(e: &Explanation) -> anyhow::Result<()> {
     }
     match &e.lease {
         Some(l) if !l.holder.is_empty() => println!(
-            "holder: {} at epoch {} ({}, granted {}{})",
+            "holder: {} at epoch {} ({}{})",
             l.holder,
             l.epoch,
             if l.live { "live" } else { "session expired: the spec is free for another runtime" },
-            l.granted_at,
             if l.expires_at.is_empty() { String::new() } else { format!(", session until {}", l.expires_at) }
         ),
         Some(l) => println!("holder: none (released; last epoch {})", l.epoch),

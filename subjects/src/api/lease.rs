@@ -157,6 +157,10 @@ pub struct LeasesRequest {
     pub unassigned: bool,
     /// Most rows returned (0 = the hub's default of 1000).
     pub limit: u32,
+    /// Only this spec (for `steward jobspecs --explain`).
+    pub spec: Option<String>,
+    /// Also return every runtime session the hub knows (live or expired).
+    pub sessions: bool,
 }
 
 /// One spec and its lease, as listed by `jobspec.leases`.
@@ -191,6 +195,8 @@ pub struct LeasesReply {
     pub specs: u64,
     /// Live runtimes.
     pub runtimes: u64,
+    /// Every runtime session the hub knows, ordered by runtime id (only when asked for).
+    pub sessions: Vec<RuntimeSession>,
 }
 
 /// Notice to a holder, on `steward.v1.<account>.jobspec.notice.<runtime>`: re-sync with `mine`.
