@@ -297,6 +297,8 @@ struct Explanation {
     selector: Option<String>,
     why: Vec<String>,
     lease: Option<LeaseState>,
+    /// Why the lease state is missing (no lease service answered), empty otherwise.
+    lease_note: String,
     runtimes: Vec<RuntimeEligibility>,
     last_run: Option<LastRun>,
     last_run_note: String,
@@ -355,7 +357,13 @@ pub async fn explain(global: &Global, id: &str) -> anyhow::Result<()> {
     })?;
     let spec = r.spec;
     let now = steward_actors::lease::now_ms();
-    let snapshot = lease_snapshot(&nats, &subjects, &id).await.context("cannot read the lease state")?;
+    // The spec and why it exists come from the config manager; the lease state from the lease
+    // leader. Without a leader (a hub restarting, the lock not yet taken over) the explanation
+    // still says what it can.
+    let (snapshot, lease_note) = match lease_snapshot(&nats, &subjects, &id).await {
+        Ok(s) => (s, String::new()),
+        Err(e) => (Default::default(), format!("lease state unknown: the lease service did not answer ({e})")),
+    };
     let selector = (spec.target.kind == TargetKind::Pool)
         .then(|| Selector::parse(&spec.runtime_selector).map_err(|e| e.to_string()));
     let session_of = |rt: &str| snapshot.sessions.iter().find(|s| s.runtime == rt);
@@ -408,6 +416,7 @@ pub async fn explain(global: &Global, id: &str) -> anyhow::Result<()> {
         selector: (spec.target.kind == TargetKind::Pool).then(|| spec.runtime_selector.clone()),
         why: r.why,
         lease,
+        lease_note,
         runtimes,
         last_run,
         last_run_note,
@@ -451,6 +460,7 @@ fn print_explanation(e: &Explanation) -> anyhow::Result<()> {
             if l.expires_at.is_empty() { String::new() } else { format!(", session until {}", l.expires_at) }
         ),
         Some(l) => println!("holder: none (released; last epoch {})", l.epoch),
+        None if !e.lease_note.is_empty() => println!("holder: {}", e.lease_note),
         None => println!("holder: none (never leased)"),
     }
     let eligible = e.runtimes.iter().filter(|r| r.eligible && r.live).count();
