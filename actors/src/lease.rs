@@ -54,8 +54,8 @@
 //! costs the lock TTL plus loading the specs (seconds for 200,000 specs).
 //!
 //! Results are fenced: a result is stored only when its runtime holds its spec at its epoch;
-//! accepted results go to `STEWARD_RESULTS` with `Nats-Msg-Id` = `<spec>:<epoch>:<seq>`, so a
-//! result sent twice within the dedupe window is stored once.
+//! the accepted results of a request go to `STEWARD_RESULTS` as one segment per host
+//! ([`crate::result_store`]), so a result sent twice within the dedupe window is stored once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,9 +64,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use async_nats::service::ServiceExt;
-use async_nats::HeaderMap;
 use bytes::Bytes;
-use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
@@ -74,7 +72,9 @@ use steward_subjects::api::lease::{
     AvailableNotice, ChangeNotice, JournalLease, LeaseJournalEntry, LeaseRequest, LeasesReply, LeasesRequest,
     MineRequest, Refusal, ReleaseReply, ReleaseRequest, RenewReply, RenewRequest, RuntimeSession,
 };
-use steward_subjects::api::result::{SubmitOutcome, SubmitReply, SubmitRequest, SubmitStatus, MAX_SUBMIT_BATCH};
+use steward_subjects::api::result::{
+    ResultRecord, SubmitOutcome, SubmitReply, SubmitRequest, SubmitStatus, MAX_SUBMIT_BATCH,
+};
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::JobSpec;
 use steward_subjects::streams::JOBSPECS_BUCKET;
@@ -86,9 +86,8 @@ use tracing::{debug, info, warn};
 use crate::lease_journal::{self, JournalError};
 use crate::lease_leader::{LeaderGuard, LeaderLock};
 use crate::lease_state::{LeaseView, NotHeld, RowFilter, SpecEntry};
+use crate::result_store;
 
-/// Header JetStream deduplicates on.
-const MSG_ID: &str = "Nats-Msg-Id";
 /// KV operation header (`DEL`, `PURGE`).
 const KV_OPERATION: &str = "KV-Operation";
 /// How often pending notices are flushed.
@@ -1193,7 +1192,8 @@ impl Shared {
             )));
         }
         let mut outcomes: Vec<SubmitOutcome> = Vec::with_capacity(req.results.len());
-        let mut acks = FuturesOrdered::new();
+        // Accepted results by host, in request order: each host's become one segment.
+        let mut by_host: Vec<(HostId, Vec<(usize, &ResultRecord)>)> = Vec::new();
         for (i, r) in req.results.iter().enumerate() {
             let key = r.idempotency_key();
             let checked = (|| -> Result<HostId, (String, &'static str)> {
@@ -1216,38 +1216,26 @@ impl Shared {
                 }
                 Ok(host)
             })();
-            outcomes.push(SubmitOutcome { key: key.clone(), ..SubmitOutcome::default() });
+            outcomes.push(SubmitOutcome { key, ..SubmitOutcome::default() });
             match checked {
                 Err((reason, code)) => {
                     outcomes[i].status = SubmitStatus::Refused;
                     outcomes[i].reason = format!("{code}: {reason}");
                 }
-                Ok(host) => {
-                    let payload = match codec::encode(Encoding::MsgPack, r) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            outcomes[i].status = SubmitStatus::Refused;
-                            outcomes[i].reason = format!("invalid: {e}");
-                            continue;
-                        }
-                    };
-                    let mut h = HeaderMap::new();
-                    h.insert(MSG_ID, key.as_str());
-                    match self.js.publish_with_headers(self.subjects.result_put(&host), h, payload).await {
-                        Ok(ack) => acks.push_back(async move { (i, ack.await) }),
-                        Err(e) => outcomes[i].reason = format!("unavailable: {e}"),
-                    }
-                }
+                Ok(host) => match by_host.iter_mut().find(|(h, _)| *h == host) {
+                    Some((_, v)) => v.push((i, r)),
+                    None => by_host.push((host, vec![(i, r)])),
+                },
             }
         }
-        while let Some((i, r)) = acks.next().await {
-            match r {
-                Ok(ack) => {
-                    outcomes[i].status = if ack.duplicate { SubmitStatus::Duplicate } else { SubmitStatus::Stored };
-                    outcomes[i].stream_seq = ack.sequence;
-                }
-                Err(e) => outcomes[i].reason = format!("unavailable: {e}"),
-            }
+        let stores = by_host.into_iter().map(|(host, results)| async move {
+            result_store::store_host_results(&self.js, &self.subjects, &host, results).await
+        });
+        for stored in futures::future::join_all(stores).await.into_iter().flatten() {
+            let o = &mut outcomes[stored.index];
+            o.status = stored.status;
+            o.stream_seq = stored.stream_seq;
+            o.reason = stored.reason;
         }
         Ok(SubmitReply { outcomes })
     }

@@ -130,8 +130,6 @@ pub async fn query_results(
 ) -> Result<Vec<steward_subjects::api::result::ResultRecord>, crate::ActorsError> {
     use async_nats::jetstream::{self, consumer};
     use futures::StreamExt;
-    use steward_subjects::codec::{self, Encoding};
-
     let unavailable = |e: String| crate::ActorsError::Unavailable(format!("results stream ({e})"));
     let js = jetstream::new(client.clone());
     let stream =
@@ -164,20 +162,18 @@ pub async fn query_results(
             Ok(None) | Err(_) => break,
         };
         pending = msg.info().map(|i| i.pending).unwrap_or(0);
-        let Ok(r) = codec::decode_limited::<steward_subjects::api::result::ResultRecord>(
-            Encoding::MsgPack,
-            &msg.payload,
-            usize::MAX,
-        ) else {
+        let Ok(results) = steward_subjects::api::result::decode_stored(msg.headers.as_ref(), &msg.payload) else {
             continue;
         };
-        if q.spec.as_ref().is_some_and(|s| *s != r.spec) {
-            continue;
+        for r in results {
+            if q.spec.as_ref().is_some_and(|s| *s != r.spec) {
+                continue;
+            }
+            if out.len() == limit {
+                out.pop_front();
+            }
+            out.push_back(r);
         }
-        if out.len() == limit {
-            out.pop_front();
-        }
-        out.push_back(r);
     }
     Ok(out.into())
 }

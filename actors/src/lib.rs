@@ -5,7 +5,8 @@
 //! supervisor publishes component states on; [`health`] is the per-connection health micro
 //! service (`$SRV.*` discovery plus `health.status`); [`edge`] is the edge agent (identity in
 //! redb, heartbeats); [`process`] assembles the components a process's roles ask for and runs
-//! them until shutdown. One file per actor: its `Msg`, `Args`, `State` and actor type.
+//! them until shutdown; the lease service ([`lease`]) stores results as segments through
+//! `result_store`. One file per actor: its `Msg`, `Args`, `State` and actor type.
 
 pub mod config_manager;
 pub mod connector;
@@ -20,6 +21,7 @@ pub mod lease_leader;
 pub mod lease_state;
 pub mod process;
 pub mod renderer;
+mod result_store;
 pub mod runtime;
 pub mod signing;
 pub mod status;

@@ -16,7 +16,7 @@ use steward_deploy::{eventually, SingleNode};
 use steward_subjects::api::lease::{
     ChangeNotice, LeaseJournalEntry, LeaseRequest, LeasesRequest, MineRequest, ReleaseRequest, RenewRequest, SpecEpoch,
 };
-use steward_subjects::api::result::{ResultRecord, SubmitRequest, SubmitStatus};
+use steward_subjects::api::result::{decode_stored, ResultRecord, SubmitRequest, SubmitStatus};
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::{CommandExecutor, Executor, JobSpec, SpecId, SpecTarget, TargetKind};
 use steward_subjects::streams::{self, Replicas, JOBSPECS_BUCKET, LEASE_JOURNAL_STREAM, RESULTS_STREAM};
@@ -296,10 +296,21 @@ async fn expired_holder_hands_over_and_its_epoch_is_fenced() {
     assert!(r.outcomes[0].reason.starts_with("conflict"), "{}", r.outcomes[0].reason);
     // The new holder's result is stored; the stream holds exactly two results.
     let fresh = ResultRecord { epoch: 2, seq: 1, runtime: "rt-b".into(), host: "rt-b".into(), ..result };
-    let r = c.submit(&SubmitRequest { results: vec![fresh] }).await.unwrap();
+    let r = c.submit(&SubmitRequest { results: vec![fresh.clone()] }).await.unwrap();
     assert_eq!(r.outcomes[0].status, SubmitStatus::Stored);
-    let info = h.js.get_stream(RESULTS_STREAM).await.unwrap().info().await.unwrap().state.messages;
-    assert_eq!(info, 2);
+    assert_eq!(stored_keys(&h.js).await, vec![format!("{}:1:1", s.id), format!("{}:2:1", s.id)]);
+    // A re-send after a lost reply that carries more results (produced meanwhile): what is
+    // stored is answered duplicate, only the new ones are stored.
+    let more: Vec<ResultRecord> = (2..=4).map(|seq| ResultRecord { seq, ..fresh.clone() }).collect();
+    let resend = [vec![fresh.clone()], more.clone()].concat();
+    let r = c.submit(&SubmitRequest { results: resend.clone() }).await.unwrap();
+    let statuses: Vec<SubmitStatus> = r.outcomes.iter().map(|o| o.status).collect();
+    assert_eq!(statuses, [SubmitStatus::Duplicate, SubmitStatus::Stored, SubmitStatus::Stored, SubmitStatus::Stored]);
+    let r = c.submit(&SubmitRequest { results: resend }).await.unwrap();
+    assert!(r.outcomes.iter().all(|o| o.status == SubmitStatus::Duplicate), "{:?}", r.outcomes);
+    let keys = stored_keys(&h.js).await;
+    assert_eq!(keys.len(), 5, "{keys:?}");
+    assert_eq!(keys.iter().collect::<HashSet<_>>().len(), 5, "a result stored twice: {keys:?}");
     // Release gives it back; the next grant has epoch 3.
     let rel = c
         .release(&ReleaseRequest { runtime: "rt-b".into(), specs: vec![SpecEpoch { spec: s.id.clone(), epoch: 2 }] })
@@ -370,6 +381,18 @@ async fn malformed_requests_get_clear_errors() {
 }
 
 /// Every spec with its holder and epoch, as the leader lists them.
+/// The idempotency keys of every stored result, in stream order (segments flattened).
+async fn stored_keys(js: &jetstream::Context) -> Vec<String> {
+    let stream = js.get_stream(RESULTS_STREAM).await.unwrap();
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let mut keys = Vec::new();
+    for seq in 1..=last {
+        let Ok(m) = stream.get_raw_message(seq).await else { continue };
+        keys.extend(decode_stored(Some(&m.headers), &m.payload).unwrap().iter().map(ResultRecord::idempotency_key));
+    }
+    keys
+}
+
 async fn holders(c: &LeaseClient) -> BTreeMap<String, (String, u64)> {
     let r = c.leases(&LeasesRequest { limit: 100_000, ..Default::default() }).await.unwrap();
     r.rows.into_iter().map(|row| (row.spec, (row.holder, row.epoch))).collect()

@@ -15,7 +15,7 @@ use steward_actors::lease::{LeaseArgs, LeaseConfig, LeaseMsg, LeaseService};
 use steward_actors::runtime::{RuntimeArgs, RuntimeHandle, RuntimeStatus};
 use steward_actors::ConnectOptions;
 use steward_deploy::{eventually, SingleNode};
-use steward_subjects::api::result::{ResultRecord, ResultStatus, MAX_INLINE_OUTPUT};
+use steward_subjects::api::result::{decode_stored, ResultRecord, ResultStatus, MAX_INLINE_OUTPUT};
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::{CommandExecutor, Executor, JobSpec, SpecId, SpecTarget, TargetKind};
 use steward_subjects::streams::{self, Replicas, JOBSPECS_BUCKET, RESULTS_STREAM};
@@ -113,9 +113,10 @@ async fn stored_results(js: &jetstream::Context) -> (Vec<ResultRecord>, HashMap<
     let mut msgs = c.fetch().max_messages(usize::try_from(n).unwrap()).messages().await.unwrap();
     while let Some(m) = msgs.next().await {
         let m = m.unwrap();
-        let r: ResultRecord = codec::decode_limited(Encoding::MsgPack, &m.payload, usize::MAX).unwrap();
-        *counts.entry(r.idempotency_key()).or_insert(0) += 1;
-        out.push(r);
+        for r in decode_stored(m.headers.as_ref(), &m.payload).unwrap() {
+            *counts.entry(r.idempotency_key()).or_insert(0) += 1;
+            out.push(r);
+        }
     }
     (out, counts)
 }

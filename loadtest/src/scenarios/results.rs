@@ -1,6 +1,7 @@
 //! `results`: durable result ingestion through the hub's `result.submit` endpoint. 32 simulated
 //! runtimes each lease their specs, then submit results in batches (each result fenced by its
-//! epoch on the hub and stored on `STEWARD_RESULTS` with `Nats-Msg-Id` = `<spec>:<epoch>:<seq>`).
+//! epoch on the hub; the accepted results of a request stored on `STEWARD_RESULTS` as one
+//! segment, `Nats-Msg-Id` = the first result's `<spec>:<epoch>:<seq>`).
 //! Every runtime also re-sends its first batch at the end, as after a lost reply: those must
 //! come back `duplicate` and not be stored again. Reports results stored per second and the
 //! ratio to `raw.js_publish_async` of the same run (target: ≥ 100,000/s and ≥ 0.5× raw), and
@@ -19,8 +20,9 @@ use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 use serde_json::json;
 use steward_subjects::api::lease::{LeaseReply, LeaseRequest};
-use steward_subjects::api::result::{ResultRecord, ResultStatus, SubmitReply, SubmitRequest, SubmitStatus};
-use steward_subjects::codec::{self, Encoding};
+use steward_subjects::api::result::{
+    decode_stored, ResultRecord, ResultStatus, SubmitReply, SubmitRequest, SubmitStatus,
+};
 use steward_subjects::rpc;
 use steward_subjects::streams::{self, RESULTS_STREAM};
 use steward_subjects::{AccountId, Subjects};
@@ -188,7 +190,7 @@ async fn measure(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
     let acked = history.len() as u64;
     let mut r = m.finish(
         name,
-        &format!("{runtimes} runtimes submitting {n} results, {batch} per request, epoch-fenced, Nats-Msg-Id dedupe"),
+        &format!("{runtimes} runtimes submitting {n} results, {batch} per request, epoch-fenced, stored as segments, stored once"),
         acked,
         Some(&lat),
     );
@@ -211,9 +213,10 @@ async fn measure(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
         while pending > 0 {
             let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), msgs.next()).await else { break };
             pending = msg.info().map(|i| i.pending).unwrap_or(0);
-            let rec: ResultRecord = codec::decode_limited(Encoding::MsgPack, &msg.payload, usize::MAX)?;
-            history.push(Event::ItemStored { key: rec.idempotency_key() });
-            stored += 1;
+            for rec in decode_stored(msg.headers.as_ref(), &msg.payload)? {
+                history.push(Event::ItemStored { key: rec.idempotency_key() });
+                stored += 1;
+            }
         }
     }
     let check = checker::check(&history);

@@ -1,6 +1,17 @@
 //! Assessment results: the record a runtime produces for each run of a spec, and the
 //! `result.submit` endpoint that fences them by epoch and stores each once on the
-//! `STEWARD_RESULTS` stream (`Nats-Msg-Id` = `<spec>:<epoch>:<seq>`).
+//! `STEWARD_RESULTS` stream.
+//!
+//! # Stored form: segments
+//! The hub stores the accepted results of one request and one host as a [`ResultSegment`]: one
+//! stream message on `result.put.<host>` carrying the header [`SEGMENT_HEADER`] (its result
+//! count) and `Nats-Msg-Id` = the idempotency key (`<spec>:<epoch>:<seq>`) of its first result.
+//! One message per segment instead of one per result is what lets ingestion run faster than the
+//! stream's per-message ceiling. Exactly once holds because a runtime re-sends from the same
+//! outbox head after a lost reply: the re-sent segment has the same first key, JetStream reports
+//! it duplicate, and the hub reads the stored segment back to tell which results it already
+//! holds and stores only the rest (under the key of the first of them). Readers decode messages
+//! with [`decode_stored`], which also reads single-result messages of older hubs (no header).
 
 use std::collections::BTreeMap;
 
@@ -135,6 +146,52 @@ pub struct SubmitOutcome {
     pub stream_seq: u64,
     /// Why it was refused or must be retried.
     pub reason: String,
+}
+
+/// Header on a stored segment: how many results it holds. A message without it is one
+/// [`ResultRecord`] (as older hubs stored them).
+pub const SEGMENT_HEADER: &str = "Steward-Results";
+
+/// Segments are cut at about this encoded size (well below the server's 1 MiB payload limit).
+pub const MAX_SEGMENT_BYTES: usize = 512 * 1024;
+
+/// Results of one host stored as one message on the results stream, in production order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ResultSegment {
+    /// The results.
+    pub results: Vec<ResultRecord>,
+}
+
+/// Why a stored results message could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("stored results message not readable: {0}")]
+pub struct StoredDecodeError(String);
+
+/// Decodes a message of the results stream: a segment when it carries [`SEGMENT_HEADER`], one
+/// result otherwise.
+///
+/// # Errors
+/// [`StoredDecodeError`] when the payload is not valid MessagePack of the expected shape.
+///
+/// ```
+/// use steward_subjects::api::result::{decode_stored, ResultRecord, ResultSegment, SEGMENT_HEADER};
+/// let seg = ResultSegment { results: vec![ResultRecord { spec: "s".into(), epoch: 1, seq: 1, ..Default::default() }] };
+/// let payload = rmp_serde::to_vec_named(&seg).unwrap();
+/// let mut headers = async_nats::HeaderMap::new();
+/// headers.insert(SEGMENT_HEADER, "1");
+/// assert_eq!(decode_stored(Some(&headers), &payload).unwrap(), seg.results);
+/// ```
+pub fn decode_stored(
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+) -> Result<Vec<ResultRecord>, StoredDecodeError> {
+    let segment = headers.is_some_and(|h| h.get(SEGMENT_HEADER).is_some());
+    if segment {
+        rmp_serde::from_slice::<ResultSegment>(payload).map(|s| s.results).map_err(|e| StoredDecodeError(e.to_string()))
+    } else {
+        rmp_serde::from_slice::<ResultRecord>(payload).map(|r| vec![r]).map_err(|e| StoredDecodeError(e.to_string()))
+    }
 }
 
 /// Reply to `result.submit`.
