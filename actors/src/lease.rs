@@ -20,8 +20,12 @@
 //!    queued request (up to a bound), applies them in memory, appends ONE journal entry with all
 //!    their changes (grants with epochs, releases, sessions, removals) with
 //!    `Nats-Expected-Last-Subject-Sequence` = its previous append, waits for the ack, and only
-//!    then sends the replies. No reply ever reports a change that is not durable; `mine` is
-//!    answered from the same loop, so it never shows an undurable grant either;
+//!    then sends the replies. One append is in flight at a time; while it is, the loop already
+//!    decodes and applies the next requests, so the next append leaves the moment the ack
+//!    arrives (before the acknowledged commit's replies are written). No reply ever reports a
+//!    change that is not durable; `mine` is answered from the same loop after every change it
+//!    could show is durable, so it never shows an undurable grant either; snapshots are taken
+//!    only where memory equals the journal (nothing in flight or applied-but-unsent);
 //! 3. refreshes its lock every third of its TTL. A refresh that fails, or a lock about to expire
 //!    by its own clock, or an append that fails (fenced or unconfirmed), makes it step down at
 //!    once: it stops answering, drops its whole state and becomes a candidate again (the state is
@@ -807,7 +811,10 @@ fn decode(op: Op, req: async_nats::service::Request, c: &mut Commit) -> Option<I
     }
 }
 
-/// The loop that owns every change: drain, apply, append once, then answer.
+/// The loop that owns every change: drain, apply, append once, then answer. One append is in
+/// flight at a time (each expects the sequence the previous one got, which fences older
+/// leaders); while it is, the next commit is already decoded and applied in memory, so its
+/// append leaves the moment the previous ack arrives — before the previous commit's replies.
 struct Loop<'a> {
     shared: &'a Arc<Shared>,
     guard: &'a LeaderGuard,
@@ -816,7 +823,22 @@ struct Loop<'a> {
     endpoints: LoopEndpoints,
 }
 
+/// A journal append on its way, with the commit whose replies wait for it.
+type InFlight = (futures::future::BoxFuture<'static, Result<u64, JournalError>>, Commit);
+
+impl Commit {
+    /// Whether the commit changes anything the journal must hold.
+    fn has_changes(&self) -> bool {
+        !self.entry.sessions.is_empty() || !self.entry.leases.is_empty()
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.has_changes() && self.replies.is_empty() && self.notices.is_empty()
+    }
+}
+
 impl Loop<'_> {
+    #[allow(clippy::too_many_lines)]
     async fn run(
         &mut self,
         rx: &mut tokio::sync::mpsc::UnboundedReceiver<Input>,
@@ -833,124 +855,156 @@ impl Loop<'_> {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut since_snapshot = 0u64;
         let mut last_snapshot = Instant::now();
+        let mut snapshot_due = false;
         let snapshotting = Arc::new(AtomicBool::new(false));
+        // Decoded inputs not yet applied (what did not fit the commit being built waits here).
         let mut inputs: std::collections::VecDeque<Input> = std::collections::VecDeque::with_capacity(cfg.commit_max);
         let mut received = Vec::with_capacity(cfg.commit_max);
+        // Applied in memory, not yet sent to the journal.
+        let mut pending = Commit::default();
+        let mut inflight: Option<InFlight> = None;
+        // Durable, replies not yet sent (sent right after the next append leaves).
+        let mut acked: Option<Commit> = None;
         let (mut commits, mut requests, mut stats_at) = (0u64, 0u64, Instant::now());
         loop {
-            let mut commit = Commit::default();
-            if inputs.is_empty() {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.changed() => return Ok(()),
-                    _ = sweep.tick() => {
-                        let freed = shared.view().sweep(now_ms());
-                        if freed > 0 {
-                            debug!(freed, "expired leases freed");
-                            let _ = notice_tx.send(NoticeEvent::Available);
-                        }
-                        let due = since_snapshot >= cfg.snapshot_entries
-                            || (since_snapshot > 0 && last_snapshot.elapsed() >= cfg.snapshot_every);
-                        if due && !snapshotting.load(Ordering::Acquire) {
-                            since_snapshot = 0;
-                            last_snapshot = Instant::now();
-                            snapshot(shared, self.guard, self.journal, self.last_seq, &snapshotting);
-                        }
-                        if stats_at.elapsed() >= Duration::from_secs(10) && commits > 0 {
-                            debug!(commits, requests, per_commit = requests as f64 / commits as f64, "lease group commits");
-                            (commits, requests, stats_at) = (0, 0, Instant::now());
-                        }
-                        continue;
-                    }
-                    n = rx.recv_many(&mut received, cfg.commit_max) => {
-                        if n == 0 {
-                            return Err("lease inputs closed".into());
-                        }
-                        inputs.extend(received.drain(..));
-                    }
-                    req = self.endpoints.next() => {
-                        let Some((op, req)) = req else { return Err("lease endpoints closed".into()) };
-                        if let Some(i) = decode(op, req, &mut commit) {
-                            inputs.push_back(i);
-                        }
-                    }
-                }
-                // Everything else already waiting joins this commit.
-                while inputs.len() + commit.replies.len() < cfg.commit_max {
-                    match self.endpoints.next().now_or_never() {
-                        Some(Some((op, req))) => {
-                            if let Some(i) = decode(op, req, &mut commit) {
-                                inputs.push_back(i);
-                            }
-                        }
-                        Some(None) => return Err("lease endpoints closed".into()),
-                        None => break,
-                    }
-                }
-                while let Ok(i) = rx.try_recv() {
-                    inputs.push_back(i);
-                }
-            }
-            if !self.guard.is_valid() {
-                return Err("leader lock about to expire".into());
-            }
-            {
+            // Apply what waits, up to one commit's worth.
+            if !inputs.is_empty() {
                 let now = now_ms();
                 let mut view = shared.view();
-                // One journal entry stays well below the server's payload limit; what does not
-                // fit goes into the next commit.
-                while let Some(input) = inputs.pop_front() {
-                    shared.apply(&mut view, input, now, &mut commit)?;
-                    if commit.size_estimate() >= MAX_COMMIT_BYTES {
-                        break;
+                while pending.size_estimate() < MAX_COMMIT_BYTES && pending.replies.len() < cfg.commit_max {
+                    let Some(input) = inputs.pop_front() else { break };
+                    if let Err(e) = shared.apply(&mut view, input, now, &mut pending) {
+                        drop(view);
+                        fail(inflight.take().map(|f| f.1), acked.take(), &mut pending, &e, false);
+                        return Err(e);
                     }
                 }
             }
-            commits += 1;
-            requests += commit.replies.len() as u64;
-            if !commit.entry.sessions.is_empty() || !commit.entry.leases.is_empty() {
+            // Send the next commit as soon as nothing is in flight.
+            if inflight.is_none() {
+                if pending.has_changes() {
+                    if !self.guard.is_valid() {
+                        return Err("leader lock about to expire".into());
+                    }
+                    let mut commit = std::mem::take(&mut pending);
+                    let entry = std::mem::take(&mut commit.entry);
+                    let (js, subject, expected) = (shared.js.clone(), self.journal.to_owned(), self.last_seq);
+                    let append =
+                        async move { lease_journal::append(&js, &subject, expected, &entry, APPEND_TIMEOUT).await };
+                    commits += 1;
+                    requests += commit.replies.len() as u64;
+                    inflight = Some((append.boxed(), commit));
+                }
+            }
+            // Answer the commit that became durable (its successor's append is already out),
+            // and, with nothing in flight, a pending commit that changes nothing (memory then
+            // holds nothing undurable).
+            let quiet = (inflight.is_none() && !pending.has_changes() && !pending.is_empty())
+                .then(|| std::mem::take(&mut pending));
+            for done in [acked.take(), quiet].into_iter().flatten() {
                 if !self.guard.is_valid() {
                     return Err("leader lock about to expire".into());
                 }
-                match lease_journal::append(&shared.js, self.journal, self.last_seq, &commit.entry, APPEND_TIMEOUT)
-                    .await
-                {
-                    Ok(seq) => self.last_seq = seq,
-                    Err(e) => {
-                        if !matches!(e, JournalError::Fenced(_)) {
-                            // The outcome is unknown: the callers learn it from the next leader.
-                            let err = WireError::unavailable(e.to_string());
-                            send_replies(
-                                commit
-                                    .replies
-                                    .into_iter()
-                                    .map(|(r, enc, _)| (r, enc, Out::Error(err.clone())))
-                                    .collect(),
-                            );
+                // Answered right here: a hand-over to another task would add a scheduling hop
+                // to every request's latency (publishing only queues the reply).
+                for (req, enc, out) in done.replies {
+                    respond(&req, enc, out).await;
+                }
+                for n in done.notices {
+                    let _ = notice_tx.send(n);
+                }
+            }
+            // Snapshots are taken where memory equals the journal: nothing in flight or pending.
+            if snapshot_due && inflight.is_none() && pending.is_empty() && inputs.is_empty() {
+                snapshot_due = false;
+                if !snapshotting.load(Ordering::Acquire) {
+                    since_snapshot = 0;
+                    last_snapshot = Instant::now();
+                    snapshot(shared, self.guard, self.journal, self.last_seq, &snapshotting);
+                }
+            }
+            let accept = !snapshot_due && inputs.len() < cfg.commit_max;
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Ok(()),
+                r = async {
+                    match inflight.as_mut() {
+                        Some((append, _)) => append.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let done = inflight.take().map(|f| f.1);
+                    match r {
+                        Ok(seq) => {
+                            self.last_seq = seq;
+                            since_snapshot += 1;
+                            snapshot_due |= since_snapshot >= cfg.snapshot_entries;
+                            acked = done;
                         }
-                        return Err(format!("journal append failed: {e}"));
+                        Err(e) => {
+                            let fenced = matches!(e, JournalError::Fenced(_));
+                            let why = format!("journal append failed: {e}");
+                            fail(done, None, &mut pending, &why, fenced);
+                            return Err(why);
+                        }
                     }
                 }
-                since_snapshot += 1;
-            }
-            if !self.guard.is_valid() {
-                return Err("leader lock about to expire".into());
-            }
-            // Answered right here: a hand-over to another task would add a scheduling hop to
-            // every request's latency (publishing only queues the reply on the connection).
-            for (req, enc, out) in commit.replies {
-                respond(&req, enc, out).await;
-            }
-            for n in commit.notices {
-                let _ = notice_tx.send(n);
-            }
-            if since_snapshot >= cfg.snapshot_entries && !snapshotting.load(Ordering::Acquire) {
-                since_snapshot = 0;
-                last_snapshot = Instant::now();
-                snapshot(shared, self.guard, self.journal, self.last_seq, &snapshotting);
+                _ = sweep.tick() => {
+                    let freed = shared.view().sweep(now_ms());
+                    if freed > 0 {
+                        debug!(freed, "expired leases freed");
+                        let _ = notice_tx.send(NoticeEvent::Available);
+                    }
+                    snapshot_due |= since_snapshot >= cfg.snapshot_entries
+                        || (since_snapshot > 0 && last_snapshot.elapsed() >= cfg.snapshot_every);
+                    if stats_at.elapsed() >= Duration::from_secs(10) && commits > 0 {
+                        debug!(commits, requests, per_commit = requests as f64 / commits as f64, "lease group commits");
+                        (commits, requests, stats_at) = (0, 0, Instant::now());
+                    }
+                }
+                n = rx.recv_many(&mut received, cfg.commit_max), if accept => {
+                    if n == 0 {
+                        return Err("lease inputs closed".into());
+                    }
+                    inputs.extend(received.drain(..));
+                }
+                req = self.endpoints.next(), if accept => {
+                    let Some((op, req)) = req else { return Err("lease endpoints closed".into()) };
+                    if let Some(i) = decode(op, req, &mut pending) {
+                        inputs.push_back(i);
+                    }
+                    // Everything else already waiting joins too.
+                    while inputs.len() < cfg.commit_max {
+                        match self.endpoints.next().now_or_never() {
+                            Some(Some((op, req))) => {
+                                if let Some(i) = decode(op, req, &mut pending) {
+                                    inputs.push_back(i);
+                                }
+                            }
+                            Some(None) => return Err("lease endpoints closed".into()),
+                            None => break,
+                        }
+                    }
+                    while let Ok(i) = rx.try_recv() {
+                        inputs.push_back(i);
+                    }
+                }
             }
         }
     }
+}
+
+/// Stepping down: the callers of a commit whose outcome is unknown (in flight) or that was
+/// never sent (pending) are told `unavailable` (they learn the outcome from the next leader);
+/// after a fenced append the in-flight callers are not answered at all. A durable commit not
+/// yet answered gets its real replies.
+fn fail(inflight: Option<Commit>, acked: Option<Commit>, pending: &mut Commit, why: &str, fenced: bool) {
+    let err = WireError::unavailable(why.to_owned());
+    let mut replies = acked.map(|c| c.replies).unwrap_or_default();
+    let unknown = inflight.filter(|_| !fenced).map(|c| c.replies).unwrap_or_default();
+    let never = std::mem::take(&mut pending.replies);
+    replies.extend(unknown.into_iter().chain(never).map(|(r, enc, _)| (r, enc, Out::Error(err.clone()))));
+    send_replies(replies);
 }
 
 fn send_replies(replies: Vec<(async_nats::service::Request, Encoding, Out)>) {
