@@ -157,13 +157,26 @@ impl RunStore {
     /// # Errors
     /// [`StoreError::Backend`].
     pub async fn create_run(&self, run: &RunRecord) -> Result<bool, StoreError> {
-        self.create(&run_record_key(self.account(), &run.run_id), run).await
+        Ok(self.create_run_revision(run).await?.is_some())
+    }
+
+    /// Like [`RunStore::create_run`], answering the new record's revision (`None` when the run
+    /// exists already).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    pub async fn create_run_revision(&self, run: &RunRecord) -> Result<Option<u64>, StoreError> {
+        self.create_revision(&run_record_key(self.account(), &run.run_id), run).await
     }
 
     async fn create<T: Serialize>(&self, key: &str, v: &T) -> Result<bool, StoreError> {
+        Ok(self.create_revision(key, v).await?.is_some())
+    }
+
+    async fn create_revision<T: Serialize>(&self, key: &str, v: &T) -> Result<Option<u64>, StoreError> {
         match self.kv.create(key, encode(v)?).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Ok(rev) => Ok(Some(rev)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(backend(e)),
         }
     }
@@ -291,6 +304,27 @@ impl RunStore {
         F: FnMut(&mut RunRecord) -> bool,
     {
         self.update(&run_record_key(self.account(), run_id), f).await
+    }
+
+    /// Like [`RunStore::update_run`], writing without a read first when `known` (a record and
+    /// its revision remembered from an earlier write) is still current; answers the record
+    /// after the update and its revision.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn update_run_known<F>(
+        &self,
+        run_id: &str,
+        known: Option<(RunRecord, u64)>,
+        f: F,
+    ) -> Result<Option<(RunRecord, u64)>, StoreError>
+    where
+        F: FnMut(&mut RunRecord) -> bool,
+    {
+        Ok(self
+            .update_known(&run_record_key(self.account(), run_id), known, f)
+            .await?
+            .map(|(_, after, rev)| (after, rev)))
     }
 
     /// Applies `f` to one host record with compare-and-set. With `known` (a record and its
