@@ -881,20 +881,18 @@ impl Loop<'_> {
                 }
             }
             // Send the next commit as soon as nothing is in flight.
-            if inflight.is_none() {
-                if pending.has_changes() {
-                    if !self.guard.is_valid() {
-                        return Err("leader lock about to expire".into());
-                    }
-                    let mut commit = std::mem::take(&mut pending);
-                    let entry = std::mem::take(&mut commit.entry);
-                    let (js, subject, expected) = (shared.js.clone(), self.journal.to_owned(), self.last_seq);
-                    let append =
-                        async move { lease_journal::append(&js, &subject, expected, &entry, APPEND_TIMEOUT).await };
-                    commits += 1;
-                    requests += commit.replies.len() as u64;
-                    inflight = Some((append.boxed(), commit));
+            if inflight.is_none() && pending.has_changes() {
+                if !self.guard.is_valid() {
+                    return Err("leader lock about to expire".into());
                 }
+                let mut commit = std::mem::take(&mut pending);
+                let entry = std::mem::take(&mut commit.entry);
+                let (js, subject, expected) = (shared.js.clone(), self.journal.to_owned(), self.last_seq);
+                let append =
+                    async move { lease_journal::append(&js, &subject, expected, &entry, APPEND_TIMEOUT).await };
+                commits += 1;
+                requests += commit.replies.len() as u64;
+                inflight = Some((append.boxed(), commit));
             }
             // Answer the commit that became durable (its successor's append is already out),
             // and, with nothing in flight, a pending commit that changes nothing (memory then
