@@ -886,13 +886,20 @@ impl Loop<'_> {
                     return Err("leader lock about to expire".into());
                 }
                 let mut commit = std::mem::take(&mut pending);
-                let entry = std::mem::take(&mut commit.entry);
-                let (js, subject, expected) = (shared.js.clone(), self.journal.to_owned(), self.last_seq);
-                let append =
-                    async move { lease_journal::append(&js, &subject, expected, &entry, APPEND_TIMEOUT).await };
+                // Handed to the connection now, before the previous commit's replies.
+                let sent =
+                    lease_journal::send(&shared.js, self.journal, self.last_seq, &commit.entry, APPEND_TIMEOUT).await;
+                let ack = match sent {
+                    Ok(ack) => ack,
+                    Err(e) => {
+                        let why = format!("journal append failed: {e}");
+                        fail(None, acked.take(), &mut commit, &why, false);
+                        return Err(why);
+                    }
+                };
                 commits += 1;
                 requests += commit.replies.len() as u64;
-                inflight = Some((append.boxed(), commit));
+                inflight = Some((ack.boxed(), commit));
             }
             // Answer the commit that became durable (its successor's append is already out),
             // and, with nothing in flight, a pending commit that changes nothing (memory then

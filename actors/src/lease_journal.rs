@@ -55,6 +55,23 @@ pub async fn append(
     entry: &LeaseJournalEntry,
     timeout: Duration,
 ) -> Result<u64, JournalError> {
+    send(js, subject, expected, entry, timeout).await?.await
+}
+
+/// The first half of [`append`]: hands the entry to the connection (it is on its way when
+/// this returns) and answers the future of its confirmation, so a caller can do other work
+/// while the append travels.
+///
+/// # Errors
+/// `Corrupt` when the entry cannot be encoded, `Unavailable` when the connection refuses it;
+/// the returned future fails like [`append`].
+pub async fn send(
+    js: &jetstream::Context,
+    subject: &str,
+    expected: u64,
+    entry: &LeaseJournalEntry,
+    timeout: Duration,
+) -> Result<impl std::future::Future<Output = Result<u64, JournalError>> + Send + 'static, JournalError> {
     let payload = codec::encode(Encoding::MsgPack, entry).map_err(|e| JournalError::Corrupt(e.to_string()))?;
     let mut h = HeaderMap::new();
     h.insert(EXPECTED_LAST_SUBJECT_SEQ, expected.to_string().as_str());
@@ -62,12 +79,14 @@ pub async fn append(
         .publish_with_headers(subject.to_owned(), h, payload)
         .await
         .map_err(|e| JournalError::Unavailable(e.to_string()))?;
-    match tokio::time::timeout(timeout, ack).await {
-        Err(_) => Err(JournalError::Unavailable(format!("append not confirmed within {timeout:?}"))),
-        Ok(Ok(ack)) => Ok(ack.sequence),
-        Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => Err(JournalError::Fenced(expected)),
-        Ok(Err(e)) => Err(JournalError::Unavailable(e.to_string())),
-    }
+    Ok(async move {
+        match tokio::time::timeout(timeout, ack).await {
+            Err(_) => Err(JournalError::Unavailable(format!("append not confirmed within {timeout:?}"))),
+            Ok(Ok(ack)) => Ok(ack.sequence),
+            Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => Err(JournalError::Fenced(expected)),
+            Ok(Err(e)) => Err(JournalError::Unavailable(e.to_string())),
+        }
+    })
 }
 
 /// The sequence of the last entry on `subject` (0 when there is none).
