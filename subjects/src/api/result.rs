@@ -104,7 +104,7 @@ pub struct ResultRecord {
 }
 
 impl ResultRecord {
-    /// The idempotency key: `<spec>:<epoch>:<seq>` (the `Nats-Msg-Id` on the results stream).
+    /// The idempotency key: `<spec>:<epoch>:<seq>` (a segment's `Nats-Msg-Id` is its first result's key).
     #[must_use]
     pub fn idempotency_key(&self) -> String {
         format!("{}:{}:{}", self.spec, self.epoch, self.seq)
