@@ -11,21 +11,27 @@
 //! of the lock `<account>.leader` in `steward_leases` ([`crate::lease_leader`]). The others
 //! stand by and retry taking the lock every third of its TTL. The leader:
 //!
-//! 1. loads the latest snapshot and replays the lease journal after it
-//!    ([`crate::lease_journal`]), follows `steward_jobspecs` (ordered consumer) until it has
-//!    every spec, and appends a *takeover* entry expecting the journal's last sequence — which
-//!    fences any older leader: its next append expects a sequence that is no longer last;
+//! 1. raises the account's *fence* (`jobspec.fence`, one message, compare-and-set on its last
+//!    sequence): every journal append a leader makes expects the fence where that leader raised
+//!    it (`Nats-Expected-Last-Subject-Sequence-Subject`), so from this moment no append of an
+//!    older leader is stored, however many it had in flight. It then loads the latest snapshot
+//!    and replays the lease journal after it ([`crate::lease_journal`]), follows
+//!    `steward_jobspecs` (ordered consumer) until it has every spec, and appends a *takeover*
+//!    entry expecting the journal's last sequence (refused if its replay missed an entry);
 //! 2. registers the micro endpoints; requests are decoded by the endpoint tasks and queued to
 //!    one loop that owns the state ([`crate::lease_state::LeaseView`]). The loop drains every
 //!    queued request (up to a bound), applies them in memory, appends ONE journal entry with all
-//!    their changes (grants with epochs, releases, sessions, removals) with
-//!    `Nats-Expected-Last-Subject-Sequence` = its previous append, waits for the ack, and only
-//!    then sends the replies. One append is in flight at a time; while it is, the loop already
-//!    decodes and applies the next requests, so the next append leaves the moment the ack
-//!    arrives (before the acknowledged commit's replies are written). No reply ever reports a
-//!    change that is not durable; `mine` is answered from the same loop after every change it
-//!    could show is durable, so it never shows an undurable grant either; snapshots are taken
-//!    only where memory equals the journal (nothing in flight or applied-but-unsent);
+//!    their changes (grants with epochs, releases, sessions, removals) and sends the replies
+//!    only once that append and every earlier one are confirmed. Up to four appends are in
+//!    flight at once (they expect the fence, not each other's sequences); meanwhile the loop
+//!    decodes and applies the next requests. No reply ever reports a change that is not
+//!    durable; a `mine` (or any request that changes nothing) is answered with the newest
+//!    commit in flight, after every change it could show is durable; snapshots are taken only
+//!    where memory equals the journal (nothing in flight or applied-but-unsent). When an append
+//!    fails while later ones are in flight, those may still be stored (a gap in the journal):
+//!    none of them is ever answered, and every entry names whole assignments (spec → holder,
+//!    epoch; whole session records), so a replay without the failed entry is a state no runtime
+//!    was told otherwise of, with at most one holder per spec and epochs only rising;
 //! 3. refreshes its lock every third of its TTL. A refresh that fails, or a lock about to expire
 //!    by its own clock, or an append that fails (fenced or unconfirmed), makes it step down at
 //!    once: it stops answering, drops its whole state and becomes a candidate again (the state is
@@ -35,8 +41,11 @@
 //!
 //! Why this is sound: grants only happen in the leader's loop, one batch at a time, and become
 //! visible to runtimes only after the journal holds them; a new leader's state is the journal
-//! (every reply ever sent is in it), and its takeover append makes the old leader's appends
-//! fail, so the old leader can never make another change durable. The old leader also stops on
+//! (every reply ever sent is in it), and its fence makes the old leader's appends fail, so the
+//! old leader can never make another change durable. (A leader of a version before the fence
+//! appends expecting the journal's last sequence: the takeover append refuses those too; a
+//! pre-fence *new* leader would not fence a fenced old one, so mixed versions must not lead
+//! side by side during an upgrade — stop the old instances first.) The old leader also stops on
 //! its own clock a third of the lock TTL before a candidate may take over.
 //!
 //! Deviations from a per-key compare-and-set design, and why: session expiries are journaled
@@ -537,6 +546,12 @@ async fn lead(
         })
     };
 
+    // 0. Raise the fence: from here on no append of an older leader is stored (every append
+    // expects the fence where its leader raised it), so the replay below misses nothing.
+    let fence = lease_journal::raise_fence(js, &args.subjects.jobspec_fence(), instance, APPEND_TIMEOUT)
+        .await
+        .map_err(|e| format!("lease fence not raised: {e}"))?;
+
     // 1. Snapshot + journal replay.
     let loaded_at = Instant::now();
     let (snapshot, pointer_rev) = lease_journal::load_snapshot(js, &account).await.map_err(|e| e.to_string())?;
@@ -654,7 +669,7 @@ async fn lead(
     let served = serve_endpoints(&service, &shared, &tx, &guard, &mut tasks).await;
     let result = match served {
         Ok(endpoints) => {
-            let mut lp = Loop { shared: &shared, guard: &guard, journal: &journal, last_seq, endpoints };
+            let mut lp = Loop { shared: &shared, guard: &guard, journal: &journal, fence, last_seq, endpoints };
             lp.run(&mut rx, &notice_tx, shutdown, notices_ev).await
         }
         Err(e) => Err(e),
@@ -811,17 +826,22 @@ fn decode(op: Op, req: async_nats::service::Request, c: &mut Commit) -> Option<I
     }
 }
 
-/// The loop that owns every change: drain, apply, append once, then answer. One append is in
-/// flight at a time (each expects the sequence the previous one got, which fences older
-/// leaders); while it is, the next commit is already decoded and applied in memory, so its
-/// append leaves the moment the previous ack arrives — before the previous commit's replies.
+/// The loop that owns every change: drain, apply, append once per commit, then answer. Up to
+/// [`PIPELINE_DEPTH`] appends are in flight at once (each expects this leader's fence, not the
+/// previous append's sequence, so they need not wait for each other); meanwhile the next
+/// requests are decoded and applied in memory. A commit is answered when its own append and
+/// every earlier one are confirmed, in order.
 struct Loop<'a> {
     shared: &'a Arc<Shared>,
     guard: &'a LeaderGuard,
     journal: &'a str,
+    fence: lease_journal::Fence,
     last_seq: u64,
     endpoints: LoopEndpoints,
 }
+
+/// Most journal appends in flight at once.
+const PIPELINE_DEPTH: usize = 4;
 
 /// A journal append on its way, with the commit whose replies wait for it.
 type InFlight = (futures::future::BoxFuture<'static, Result<u64, JournalError>>, Commit);
@@ -862,8 +882,9 @@ impl Loop<'_> {
         let mut received = Vec::with_capacity(cfg.commit_max);
         // Applied in memory, not yet sent to the journal.
         let mut pending = Commit::default();
-        let mut inflight: Option<InFlight> = None;
-        // Durable, replies not yet sent (sent right after the next append leaves).
+        // Sent, oldest first.
+        let mut inflight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
+        // Durable, replies not yet sent.
         let mut acked: Option<Commit> = None;
         let (mut commits, mut requests, mut stats_at) = (0u64, 0u64, Instant::now());
         loop {
@@ -875,38 +896,51 @@ impl Loop<'_> {
                     let Some(input) = inputs.pop_front() else { break };
                     if let Err(e) = shared.apply(&mut view, input, now, &mut pending) {
                         drop(view);
-                        fail(inflight.take().map(|f| f.1), acked.take(), &mut pending, &e, false);
+                        fail(inflight, acked.take(), &mut pending, &e, false);
                         return Err(e);
                     }
                 }
             }
-            // Send the next commit as soon as nothing is in flight.
-            if inflight.is_none() && pending.has_changes() {
+            // Send the next commit when the pipeline has room.
+            if inflight.len() < PIPELINE_DEPTH && pending.has_changes() {
                 if !self.guard.is_valid() {
                     return Err("leader lock about to expire".into());
                 }
                 let mut commit = std::mem::take(&mut pending);
                 // Handed to the connection now, before the previous commit's replies.
                 let sent =
-                    lease_journal::send(&shared.js, self.journal, self.last_seq, &commit.entry, APPEND_TIMEOUT).await;
+                    lease_journal::send(&shared.js, self.journal, &self.fence, &commit.entry, APPEND_TIMEOUT).await;
                 let ack = match sent {
                     Ok(ack) => ack,
                     Err(e) => {
                         let why = format!("journal append failed: {e}");
-                        fail(None, acked.take(), &mut commit, &why, false);
+                        fail(inflight, acked.take(), &mut commit, &why, false);
                         return Err(why);
                     }
                 };
                 commits += 1;
                 requests += commit.replies.len() as u64;
-                inflight = Some((ack.boxed(), commit));
+                inflight.push_back((ack.boxed(), commit));
+            } else if !pending.has_changes() && !pending.is_empty() {
+                // Changes nothing: answered once every change it could show is durable, i.e.
+                // with the newest commit in flight, or now when none is.
+                let quiet = std::mem::take(&mut pending);
+                match inflight.back_mut() {
+                    Some((_, last)) => {
+                        last.replies.extend(quiet.replies);
+                        last.notices.extend(quiet.notices);
+                    }
+                    None => match acked.as_mut() {
+                        Some(a) => {
+                            a.replies.extend(quiet.replies);
+                            a.notices.extend(quiet.notices);
+                        }
+                        None => acked = Some(quiet),
+                    },
+                }
             }
-            // Answer the commit that became durable (its successor's append is already out),
-            // and, with nothing in flight, a pending commit that changes nothing (memory then
-            // holds nothing undurable).
-            let quiet = (inflight.is_none() && !pending.has_changes() && !pending.is_empty())
-                .then(|| std::mem::take(&mut pending));
-            for done in [acked.take(), quiet].into_iter().flatten() {
+            // Answer the commit that became durable (later appends are already out).
+            if let Some(done) = acked.take() {
                 if !self.guard.is_valid() {
                     return Err("leader lock about to expire".into());
                 }
@@ -920,7 +954,7 @@ impl Loop<'_> {
                 }
             }
             // Snapshots are taken where memory equals the journal: nothing in flight or pending.
-            if snapshot_due && inflight.is_none() && pending.is_empty() && inputs.is_empty() {
+            if snapshot_due && inflight.is_empty() && pending.is_empty() && inputs.is_empty() {
                 snapshot_due = false;
                 if !snapshotting.load(Ordering::Acquire) {
                     since_snapshot = 0;
@@ -933,12 +967,12 @@ impl Loop<'_> {
                 biased;
                 _ = shutdown.changed() => return Ok(()),
                 r = async {
-                    match inflight.as_mut() {
+                    match inflight.front_mut() {
                         Some((append, _)) => append.await,
                         None => std::future::pending().await,
                     }
                 } => {
-                    let done = inflight.take().map(|f| f.1);
+                    let done = inflight.pop_front().map(|f| f.1);
                     match r {
                         Ok(seq) => {
                             self.last_seq = seq;
@@ -947,9 +981,14 @@ impl Loop<'_> {
                             acked = done;
                         }
                         Err(e) => {
+                            // Later appends in flight may still be stored (a gap): nothing of
+                            // theirs is ever answered, and every journal entry names whole
+                            // holder/epoch assignments, so a replay without the failed one is
+                            // a state no runtime was told otherwise of.
                             let fenced = matches!(e, JournalError::Fenced(_));
                             let why = format!("journal append failed: {e}");
-                            fail(done, None, &mut pending, &why, fenced);
+                            inflight.push_front((futures::future::pending().boxed(), done.unwrap_or_default()));
+                            fail(inflight, None, &mut pending, &why, fenced);
                             return Err(why);
                         }
                     }
@@ -999,14 +1038,21 @@ impl Loop<'_> {
     }
 }
 
-/// Stepping down: the callers of a commit whose outcome is unknown (in flight) or that was
+/// Stepping down: the callers of commits whose outcome is unknown (in flight) or that were
 /// never sent (pending) are told `unavailable` (they learn the outcome from the next leader);
 /// after a fenced append the in-flight callers are not answered at all. A durable commit not
 /// yet answered gets its real replies.
-fn fail(inflight: Option<Commit>, acked: Option<Commit>, pending: &mut Commit, why: &str, fenced: bool) {
+fn fail(
+    inflight: std::collections::VecDeque<InFlight>,
+    acked: Option<Commit>,
+    pending: &mut Commit,
+    why: &str,
+    fenced: bool,
+) {
     let err = WireError::unavailable(why.to_owned());
     let mut replies = acked.map(|c| c.replies).unwrap_or_default();
-    let unknown = inflight.filter(|_| !fenced).map(|c| c.replies).unwrap_or_default();
+    let unknown: Vec<_> =
+        if fenced { Vec::new() } else { inflight.into_iter().flat_map(|(_, c)| c.replies).collect() };
     let never = std::mem::take(&mut pending.replies);
     replies.extend(unknown.into_iter().chain(never).map(|(r, enc, _)| (r, enc, Out::Error(err.clone()))));
     send_replies(replies);

@@ -1,10 +1,15 @@
 //! Durability of the lease leader's state: the lease journal (stream `STEWARD_LEASE_JOURNAL`,
 //! subject `steward.v1.<account>.jobspec.journal`) and its snapshots.
 //!
-//! - [`append`] writes one [`LeaseJournalEntry`] (one group commit) with
-//!   `Nats-Expected-Last-Subject-Sequence` = the sequence of the previous append. Only one
-//!   writer can extend a given last sequence, so a deposed leader's next append is refused
-//!   ([`JournalError::Fenced`]) once the new leader has appended its takeover record.
+//! - [`raise_fence`] is a leader's first write when it takes over: one message on
+//!   `jobspec.fence` with `Nats-Expected-Last-Subject-Sequence` = the fence's last sequence
+//!   (so two candidates cannot both raise it). [`send`] then writes each [`LeaseJournalEntry`]
+//!   (one group commit) expecting the fence at the sequence this leader raised it
+//!   (`Nats-Expected-Last-Subject-Sequence-Subject` = the fence subject): once a newer leader
+//!   raised the fence, every append of an older one is refused ([`JournalError::Fenced`]),
+//!   however many it had in flight. That is what lets a leader keep several appends in flight.
+//! - [`append`] writes one entry expecting the *journal's* last sequence: the takeover record,
+//!   which also refuses a takeover whose replay missed an entry.
 //! - [`replay`] reads every entry after a sequence, up to the last one present when it starts.
 //! - [`write_snapshot`] stores the full state at a sequence in the artifacts object store, then
 //!   moves the pointer (`<account>.snapshot` in `steward_leases`, compare-and-set, never
@@ -42,6 +47,81 @@ pub enum JournalError {
     Corrupt(String),
 }
 
+/// Header naming the subject whose last sequence [`EXPECTED_LAST_SUBJECT_SEQ`] checks.
+pub const EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+
+/// A raised fence: journal appends are accepted while the fence subject's last sequence is
+/// still `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The fence subject (`jobspec.fence` of the account).
+    pub subject: String,
+    /// The sequence of this leader's fence message.
+    pub seq: u64,
+}
+
+/// Raises the fence on `subject` for a new leader: one message (`note`, e.g. the instance)
+/// expecting the fence's current last sequence.
+///
+/// # Errors
+/// [`JournalError::Fenced`] when another candidate raised it meanwhile; `Unavailable`.
+pub async fn raise_fence(
+    js: &jetstream::Context,
+    subject: &str,
+    note: &str,
+    timeout: Duration,
+) -> Result<Fence, JournalError> {
+    let last = last_sequence(js, subject).await?;
+    let mut h = HeaderMap::new();
+    h.insert(EXPECTED_LAST_SUBJECT_SEQ, last.to_string().as_str());
+    let ack = js
+        .publish_with_headers(subject.to_owned(), h, bytes::Bytes::copy_from_slice(note.as_bytes()))
+        .await
+        .map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    let seq = confirm(ack, last, timeout).await?;
+    Ok(Fence { subject: subject.to_owned(), seq })
+}
+
+/// Hands `entry` for `subject` to the connection, to be stored only while `fence` stands, and
+/// answers the future of its confirmation (the entry is on its way when this returns, so the
+/// caller can send more before the first is confirmed).
+///
+/// # Errors
+/// `Corrupt` when the entry cannot be encoded, `Unavailable` when the connection refuses it.
+/// The future fails with [`JournalError::Fenced`] when a newer fence was raised, `Unavailable`
+/// when the store is not confirmed within `timeout`.
+pub async fn send(
+    js: &jetstream::Context,
+    subject: &str,
+    fence: &Fence,
+    entry: &LeaseJournalEntry,
+    timeout: Duration,
+) -> Result<impl std::future::Future<Output = Result<u64, JournalError>> + Send + 'static, JournalError> {
+    let payload = codec::encode(Encoding::MsgPack, entry).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+    let mut h = HeaderMap::new();
+    h.insert(EXPECTED_LAST_SUBJECT_SEQ, fence.seq.to_string().as_str());
+    h.insert(EXPECTED_LAST_SUBJECT_SEQ_SUBJECT, fence.subject.as_str());
+    let ack = js
+        .publish_with_headers(subject.to_owned(), h, payload)
+        .await
+        .map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    Ok(confirm(ack, fence.seq, timeout))
+}
+
+/// Waits for a store's acknowledgement; a wrong last sequence means fenced.
+async fn confirm(
+    ack: jetstream::context::PublishAckFuture,
+    expected: u64,
+    timeout: Duration,
+) -> Result<u64, JournalError> {
+    match tokio::time::timeout(timeout, ack).await {
+        Err(_) => Err(JournalError::Unavailable(format!("append not confirmed within {timeout:?}"))),
+        Ok(Ok(ack)) => Ok(ack.sequence),
+        Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => Err(JournalError::Fenced(expected)),
+        Ok(Err(e)) => Err(JournalError::Unavailable(e.to_string())),
+    }
+}
+
 /// Appends `entry` on `subject`, expecting `expected` to be the subject's last sequence (0: no
 /// entry yet). Returns the new entry's sequence.
 ///
@@ -55,23 +135,6 @@ pub async fn append(
     entry: &LeaseJournalEntry,
     timeout: Duration,
 ) -> Result<u64, JournalError> {
-    send(js, subject, expected, entry, timeout).await?.await
-}
-
-/// The first half of [`append`]: hands the entry to the connection (it is on its way when
-/// this returns) and answers the future of its confirmation, so a caller can do other work
-/// while the append travels.
-///
-/// # Errors
-/// `Corrupt` when the entry cannot be encoded, `Unavailable` when the connection refuses it;
-/// the returned future fails like [`append`].
-pub async fn send(
-    js: &jetstream::Context,
-    subject: &str,
-    expected: u64,
-    entry: &LeaseJournalEntry,
-    timeout: Duration,
-) -> Result<impl std::future::Future<Output = Result<u64, JournalError>> + Send + 'static, JournalError> {
     let payload = codec::encode(Encoding::MsgPack, entry).map_err(|e| JournalError::Corrupt(e.to_string()))?;
     let mut h = HeaderMap::new();
     h.insert(EXPECTED_LAST_SUBJECT_SEQ, expected.to_string().as_str());
@@ -79,14 +142,7 @@ pub async fn send(
         .publish_with_headers(subject.to_owned(), h, payload)
         .await
         .map_err(|e| JournalError::Unavailable(e.to_string()))?;
-    Ok(async move {
-        match tokio::time::timeout(timeout, ack).await {
-            Err(_) => Err(JournalError::Unavailable(format!("append not confirmed within {timeout:?}"))),
-            Ok(Ok(ack)) => Ok(ack.sequence),
-            Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => Err(JournalError::Fenced(expected)),
-            Ok(Err(e)) => Err(JournalError::Unavailable(e.to_string())),
-        }
-    })
+    confirm(ack, expected, timeout).await
 }
 
 /// The sequence of the last entry on `subject` (0 when there is none).

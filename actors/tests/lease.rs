@@ -450,8 +450,12 @@ async fn leader_failover_keeps_leases_and_fences_the_old_leader() {
         held.insert(rt, v);
     }
     let journal = Subjects::new(account()).jobspec_journal();
+    let fence_subject = Subjects::new(account()).jobspec_fence();
     let stale = lease_journal::last_sequence(&h.js, &journal).await.unwrap();
     assert!(stale > 0);
+    let stale_fence =
+        lease_journal::Fence { seq: lease_journal::last_sequence(&h.js, &fence_subject).await.unwrap(), subject: fence_subject };
+    assert!(stale_fence.seq > 0, "the leader raised its fence");
 
     // A crashes (killed: it does not give its lock up); B takes over after the lock's TTL.
     a.kill();
@@ -475,6 +479,19 @@ async fn leader_failover_keeps_leases_and_fences_the_old_leader() {
         .await
         .unwrap_err();
     assert!(matches!(err, JournalError::Fenced(_)), "{err}");
+    // So is an append of the old leader under its fence, even several in flight at once.
+    let mut in_flight = Vec::new();
+    for _ in 0..3 {
+        in_flight.push(
+            lease_journal::send(&h.js, &journal, &stale_fence, &LeaseJournalEntry::default(), Duration::from_secs(5))
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in in_flight {
+        let err = ack.await.unwrap_err();
+        assert!(matches!(err, JournalError::Fenced(_)), "{err}");
+    }
     // The rest goes to racing runtimes, each spec once, never one already held.
     let grants = race(&url, 4, 5, 40).await;
     assert_no_double(&grants, 40);

@@ -42,7 +42,8 @@ pub const RESULTS_STREAM: &str = "STEWARD_RESULTS";
 /// Job event data of runs.
 pub const RUN_EVENTS_STREAM: &str = "STEWARD_RUN_EVENTS";
 /// The lease journal: group-committed lease changes of each account's lease leader
-/// (`steward.v1.<account>.jobspec.journal`), purged up to the latest snapshot.
+/// (`steward.v1.<account>.jobspec.journal`), purged up to the latest snapshot, and the leaders'
+/// fence (`steward.v1.<account>.jobspec.fence`, one message per takeover).
 pub const LEASE_JOURNAL_STREAM: &str = "STEWARD_LEASE_JOURNAL";
 
 /// The host registry bucket.
@@ -177,7 +178,7 @@ pub fn streams() -> Vec<StreamDef> {
         StreamDef {
             name: LEASE_JOURNAL_STREAM,
             description: "lease journal: group-committed grants, releases and sessions of the lease leader",
-            subjects: vec![crate::subject::any_account_lease_journal()],
+            subjects: vec![crate::subject::any_account_lease_journal(), crate::subject::any_account_lease_fence()],
             retention: stream::RetentionPolicy::Limits,
             max_age: Duration::ZERO,
             max_bytes: -1,

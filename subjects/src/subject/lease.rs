@@ -33,6 +33,8 @@ pub mod lease_verb {
     pub const SUBMIT: &str = "submit";
     /// The lease journal (stream-backed, written by the lease leader only).
     pub const JOURNAL: &str = "journal";
+    /// The lease leaders' fence (one message per takeover, in the journal stream).
+    pub const FENCE: &str = "fence";
 }
 
 impl Subjects {
@@ -97,6 +99,15 @@ impl Subjects {
         self.base(noun::JOBSPEC, lease_verb::JOURNAL)
     }
 
+    /// The lease fence of this account (`jobspec.fence`): a leader raises it when it takes over
+    /// (one message, compare-and-set on its last sequence), and every journal append it makes
+    /// expects the fence at that sequence (`Nats-Expected-Last-Subject-Sequence-Subject`), so a
+    /// newer leader's fence refuses an older leader's appends, however many are in flight.
+    #[must_use]
+    pub fn jobspec_fence(&self) -> String {
+        self.base(noun::JOBSPEC, lease_verb::FENCE)
+    }
+
     /// Stream filter of every stored result of this account (`result.put.*`).
     #[must_use]
     pub fn result_put_all(&self) -> String {
@@ -154,6 +165,12 @@ pub fn any_account_lease_journal() -> String {
     format!("{}.{}.*.{}.{}", super::ROOT, super::VERSION, noun::JOBSPEC, lease_verb::JOURNAL)
 }
 
+/// `jobspec.fence` of every account (in the lease journal stream beside the journal).
+#[must_use]
+pub fn any_account_lease_fence() -> String {
+    format!("{}.{}.*.{}.{}", super::ROOT, super::VERSION, noun::JOBSPEC, lease_verb::FENCE)
+}
+
 /// What a key of the `steward_leases` bucket names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseKey<'a> {
@@ -208,6 +225,8 @@ mod tests {
         assert_eq!(s.result_submit(), "steward.v1.acme.result.submit");
         assert_eq!(s.jobspec_journal(), "steward.v1.acme.jobspec.journal");
         assert_eq!(any_account_lease_journal(), "steward.v1.*.jobspec.journal");
+        assert_eq!(s.jobspec_fence(), "steward.v1.acme.jobspec.fence");
+        assert_eq!(any_account_lease_fence(), "steward.v1.*.jobspec.fence");
         assert_eq!(parse_lease_key(&a, &lease_leader_key(&a)), None);
         assert_eq!(parse_lease_key(&a, &lease_snapshot_key(&a)), None);
     }

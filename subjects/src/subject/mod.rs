@@ -23,7 +23,7 @@ pub use host::{
     HostPermissions,
 };
 pub use lease::{
-    any_account_lease_journal, lease_account_filter, lease_leader_key, lease_session_filter, lease_session_key,
+    any_account_lease_fence, any_account_lease_journal, lease_account_filter, lease_leader_key, lease_session_filter, lease_session_key,
     lease_snapshot_key, lease_snapshot_object, lease_spec_key, lease_verb, parse_lease_key, result_host_of,
     result_output_object, LeaseKey,
 };
