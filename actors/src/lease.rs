@@ -1051,8 +1051,7 @@ fn fail(
 ) {
     let err = WireError::unavailable(why.to_owned());
     let mut replies = acked.map(|c| c.replies).unwrap_or_default();
-    let unknown: Vec<_> =
-        if fenced { Vec::new() } else { inflight.into_iter().flat_map(|(_, c)| c.replies).collect() };
+    let unknown: Vec<_> = if fenced { Vec::new() } else { inflight.into_iter().flat_map(|(_, c)| c.replies).collect() };
     let never = std::mem::take(&mut pending.replies);
     replies.extend(unknown.into_iter().chain(never).map(|(r, enc, _)| (r, enc, Out::Error(err.clone()))));
     send_replies(replies);

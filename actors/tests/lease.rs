@@ -453,8 +453,10 @@ async fn leader_failover_keeps_leases_and_fences_the_old_leader() {
     let fence_subject = Subjects::new(account()).jobspec_fence();
     let stale = lease_journal::last_sequence(&h.js, &journal).await.unwrap();
     assert!(stale > 0);
-    let stale_fence =
-        lease_journal::Fence { seq: lease_journal::last_sequence(&h.js, &fence_subject).await.unwrap(), subject: fence_subject };
+    let stale_fence = lease_journal::Fence {
+        seq: lease_journal::last_sequence(&h.js, &fence_subject).await.unwrap(),
+        subject: fence_subject,
+    };
     assert!(stale_fence.seq > 0, "the leader raised its fence");
 
     // A crashes (killed: it does not give its lock up); B takes over after the lock's TTL.

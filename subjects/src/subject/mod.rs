@@ -23,9 +23,9 @@ pub use host::{
     HostPermissions,
 };
 pub use lease::{
-    any_account_lease_fence, any_account_lease_journal, lease_account_filter, lease_leader_key, lease_session_filter, lease_session_key,
-    lease_snapshot_key, lease_snapshot_object, lease_spec_key, lease_verb, parse_lease_key, result_host_of,
-    result_output_object, LeaseKey,
+    any_account_lease_fence, any_account_lease_journal, lease_account_filter, lease_leader_key, lease_session_filter,
+    lease_session_key, lease_snapshot_key, lease_snapshot_object, lease_spec_key, lease_verb, parse_lease_key,
+    result_host_of, result_output_object, LeaseKey,
 };
 pub use run::{
     run_artifact_name, run_event_msg_id, run_events_consumer, run_host_filter, run_host_filter_all, run_host_key,
