@@ -99,6 +99,7 @@ use tracing::{debug, info, warn};
 use crate::lease_journal::{self, JournalError};
 use crate::lease_leader::{LeaderGuard, LeaderLock};
 use crate::lease_state::{LeaseView, NotHeld, RowFilter, SpecEntry};
+use crate::msgpack as mp;
 use crate::result_store;
 
 /// KV operation header (`DEL`, `PURGE`).
@@ -322,66 +323,6 @@ struct SpecRef(Arc<JobSpec>, Bytes);
 impl Serialize for SpecRef {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)
-    }
-}
-
-/// Hand-written MessagePack of the hot reply (an `Envelope<LeaseReply>` with named fields, as
-/// `rmp_serde::to_vec_named` writes it), splicing each spec's stored bytes instead of
-/// re-serializing it.
-mod mp {
-    pub(super) fn str(b: &mut Vec<u8>, s: &str) {
-        let n = s.len();
-        if n < 32 {
-            b.push(0xa0 | n as u8);
-        } else if n < 256 {
-            b.extend_from_slice(&[0xd9, n as u8]);
-        } else if n < 65_536 {
-            b.push(0xda);
-            b.extend_from_slice(&(n as u16).to_be_bytes());
-        } else {
-            b.push(0xdb);
-            b.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-        b.extend_from_slice(s.as_bytes());
-    }
-
-    pub(super) fn uint(b: &mut Vec<u8>, v: u64) {
-        if v < 128 {
-            b.push(v as u8);
-        } else if v < 256 {
-            b.extend_from_slice(&[0xcc, v as u8]);
-        } else if v < 65_536 {
-            b.push(0xcd);
-            b.extend_from_slice(&(v as u16).to_be_bytes());
-        } else if v < (1 << 32) {
-            b.push(0xce);
-            b.extend_from_slice(&(v as u32).to_be_bytes());
-        } else {
-            b.push(0xcf);
-            b.extend_from_slice(&v.to_be_bytes());
-        }
-    }
-
-    pub(super) fn map(b: &mut Vec<u8>, n: usize) {
-        if n < 16 {
-            b.push(0x80 | n as u8);
-        } else {
-            b.push(0xdf);
-            b.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-    }
-
-    pub(super) fn array(b: &mut Vec<u8>, n: usize) {
-        if n < 16 {
-            b.push(0x90 | n as u8);
-        } else {
-            b.push(0xdd);
-            b.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-    }
-
-    pub(super) fn bool(b: &mut Vec<u8>, v: bool) {
-        b.push(if v { 0xc3 } else { 0xc2 });
     }
 }
 

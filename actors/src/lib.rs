@@ -19,6 +19,7 @@ pub mod lease_client;
 pub mod lease_journal;
 pub mod lease_leader;
 pub mod lease_state;
+mod msgpack;
 pub mod process;
 pub mod renderer;
 mod result_store;

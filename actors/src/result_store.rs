@@ -20,6 +20,8 @@ use steward_subjects::codec::{self, Encoding};
 use steward_subjects::streams::RESULTS_STREAM;
 use steward_subjects::{HostId, Subjects};
 
+use crate::msgpack;
+
 /// Header JetStream deduplicates on.
 const MSG_ID: &str = "Nats-Msg-Id";
 
@@ -171,19 +173,9 @@ fn segment_len(items: &[Item]) -> usize {
 /// `rmp_serde::to_vec_named` writes it), from the results encoded once.
 fn segment_payload(items: &[Item]) -> Bytes {
     let mut b = Vec::with_capacity(16 + items.iter().map(|i| i.bytes.len()).sum::<usize>());
-    b.push(0x81); // map of one entry
-    b.push(0xa0 | 7); // "results"
-    b.extend_from_slice(b"results");
-    let n = items.len();
-    if n < 16 {
-        b.push(0x90 | n as u8);
-    } else if n < 65_536 {
-        b.push(0xdc);
-        b.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        b.push(0xdd);
-        b.extend_from_slice(&(n as u32).to_be_bytes());
-    }
+    msgpack::map(&mut b, 1);
+    msgpack::str(&mut b, "results");
+    msgpack::array(&mut b, items.len());
     for i in items {
         b.extend_from_slice(&i.bytes);
     }
