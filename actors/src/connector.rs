@@ -738,6 +738,7 @@ impl Api {
             worker: worker.to_owned(),
             issued_at: fmt(now),
             expires_at: ttl.map(|d| fmt(now + time::Duration::try_from(d).unwrap_or(time::Duration::MAX))),
+            work: None,
         };
         let replies = if want_reply {
             Some(

@@ -12,7 +12,9 @@
 //!   this host, delivers commands sent while the host was away when it returns. Each command is
 //!   run once: its reply is journalled in redb before the message is acknowledged, so a
 //!   redelivery is answered from the journal. Replies go to
-//!   `steward.v1.<account>.host.reply.<host>` (recorded by the stream).
+//!   `steward.v1.<account>.host.reply.<host>` (recorded by the stream). A `run` command (the
+//!   dispatcher's work order) is handed to the host's run worker instead, without journal or
+//!   reply, and acknowledged once the worker answered.
 //! - **Leaf node.** [`start_leaf`] runs a local `nats-server` as a leaf of the hub (own
 //!   JetStream domain, the host's credentials on the link); the agent then connects to it over
 //!   loopback and reaches the hub's streams through the hub's JetStream domain.
@@ -35,7 +37,9 @@ use steward_subjects::api::health::{ComponentState, ComponentStatus};
 use steward_subjects::api::host::{
     CommandAction, CommandReply, CommandStatus, Heartbeat, HostCommand, HostFacts, COMMAND_ID_HEADER,
 };
+use steward_subjects::api::run::WorkAck;
 use steward_subjects::codec::{self, Encoding};
+use steward_subjects::rpc::{self, RequestErrorKind};
 use steward_subjects::streams::HOST_COMMANDS_STREAM;
 use steward_subjects::token::{validate, Name, TokenKind};
 use steward_subjects::{HostId, Subjects, STEWARD_VERSION};
@@ -287,9 +291,8 @@ impl Actor for EdgeAgent {
     }
 }
 
-fn is_expired(cmd: &HostCommand) -> bool {
-    cmd.expires_at
-        .as_deref()
+fn is_expired(expires_at: Option<&str>) -> bool {
+    expires_at
         .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
         .is_some_and(|t| t < time::OffsetDateTime::now_utc())
 }
@@ -316,7 +319,7 @@ async fn run_command(state: &mut EdgeState, cmd: HostCommand) -> CommandReply {
         replied_at: String::new(),
     };
     let mut changed = false;
-    let (status, message) = if is_expired(&cmd) {
+    let (status, message) = if is_expired(cmd.expires_at.as_deref()) {
         state.stats.expired += 1;
         (CommandStatus::Expired, format!("command expired at {}", cmd.expires_at.as_deref().unwrap_or_default()))
     } else if cmd.action.needs_worker() && validate(TokenKind::Name, &cmd.worker).is_err() {
@@ -371,6 +374,8 @@ async fn run_command(state: &mut EdgeState, cmd: HostCommand) -> CommandReply {
                     Err(e) => (CommandStatus::Failed, format!("cannot change the drain state: {e}")),
                 }
             }
+            // Handed to the run worker by the command consumer before it gets here.
+            CommandAction::Run => (CommandStatus::Failed, "run commands go to the run worker".to_owned()),
             CommandAction::Unknown => (CommandStatus::Failed, "unknown command action".to_owned()),
         }
     };
@@ -458,6 +463,10 @@ async fn consume(
                 continue;
             }
         };
+        if cmd.action == CommandAction::Run {
+            hand_over(js, subjects, host, &msg, cmd).await?;
+            continue;
+        }
         let reply = crate::call(actor, |r| EdgeMsg::Command(Box::new(cmd), r), Duration::from_secs(30))
             .await
             .map_err(|e| e.to_string())?;
@@ -465,6 +474,57 @@ async fn consume(
         msg.double_ack().await.map_err(|e| format!("ack failed: {e}"))?;
     }
     Err("command stream ended".to_owned())
+}
+
+/// How long a work order waits before it is offered again when the host's run worker did not
+/// answer (not started yet, restarting).
+const WORKER_RETRY: Duration = Duration::from_secs(1);
+
+/// Hands a `run` command's work order to this host's run worker (a request on
+/// `run.work.<host>` over the agent's own connection: the worker is a separate actor with its
+/// own connection and may restart on its own) and acknowledges the command once the worker
+/// answered, whether it took the order or refused it (the refusal is the worker's to report).
+/// An expired or malformed order is terminated; a worker that does not answer gets it again
+/// after [`WORKER_RETRY`]. No journal entry and no command reply: the worker drops duplicates
+/// by (run, attempt), and the run's job events are the answer.
+async fn hand_over(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    host: &HostId,
+    msg: &jetstream::Message,
+    cmd: HostCommand,
+) -> Result<(), String> {
+    let order = match cmd.work {
+        Some(order) if order.host_id == host.as_str() => order,
+        _ => {
+            warn!(host_id = %host, command_id = %cmd.command_id, "run command without a work order for this host dropped");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return Ok(());
+        }
+    };
+    if is_expired(cmd.expires_at.as_deref()) {
+        info!(host_id = %host, run_id = %order.run_id, attempt = order.attempt, "work order reached the host after its deadline; not run");
+        let _ = msg.ack_with(AckKind::Term).await;
+        return Ok(());
+    }
+    let client = js.client();
+    match rpc::request::<_, WorkAck>(&client, subjects.run_work(host), &order, Duration::from_secs(5)).await {
+        Ok(ack) => {
+            if !ack.accepted {
+                info!(host_id = %host, run_id = %order.run_id, message = %ack.message, "work order refused by the run worker");
+            }
+            msg.double_ack().await.map_err(|e| format!("ack failed: {e}"))
+        }
+        Err(e) if matches!(e.kind(), RequestErrorKind::Remote(_) | RequestErrorKind::Codec) => {
+            warn!(host_id = %host, run_id = %order.run_id, error = %e, "work order rejected by the run worker");
+            let _ = msg.ack_with(AckKind::Term).await;
+            Ok(())
+        }
+        Err(e) => {
+            debug!(host_id = %host, run_id = %order.run_id, error = %e, "run worker not answering; work order offered again later");
+            msg.ack_with(AckKind::Nak(Some(WORKER_RETRY))).await.map_err(|e| format!("nak failed: {e}"))
+        }
+    }
 }
 
 async fn publish_reply(

@@ -1,5 +1,6 @@
 //! Runs end to end on real servers through a hub + leaf topology: the dispatcher on the hub,
-//! the run worker of host `edge-1` on the leaf (JetStream through the hub's domain).
+//! the edge agent and run worker of host `edge-1` on the leaf (JetStream through the hub's
+//! domain); work orders travel as durable host commands through the agent's command consumer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
@@ -10,6 +11,7 @@ use async_nats::jetstream;
 use ractor::{Actor, ActorRef};
 use steward_actors::dispatcher::client::DispatcherClient;
 use steward_actors::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg};
+use steward_actors::edge::{EdgeAgent, EdgeArgs, EdgeMsg};
 use steward_actors::signing::JobSigner;
 use steward_actors::worker::events::publish_batch;
 use steward_actors::worker::{RunWorker, RunWorkerArgs, RunWorkerMsg};
@@ -21,7 +23,8 @@ use steward_subjects::api::run::{
 };
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::rpc::{self, RequestErrorKind};
-use steward_subjects::streams::{self, Replicas, RUN_EVENTS_STREAM};
+use steward_subjects::streams::{self, Replicas, HOST_COMMANDS_STREAM, RUN_EVENTS_STREAM};
+use steward_subjects::subject::run_work_msg_id;
 use steward_subjects::{AccountId, ErrorCode, HostId, Subjects};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -34,6 +37,8 @@ struct Site {
     runs: DispatcherClient,
     dispatcher: ActorRef<DispatcherMsg>,
     worker: Option<ActorRef<RunWorkerMsg>>,
+    /// The host's edge agent: work orders reach the worker through its command consumer.
+    edge: ActorRef<EdgeMsg>,
     _data: tempfile::TempDir,
     data: PathBuf,
     signer: JobSigner,
@@ -57,6 +62,7 @@ impl Site {
         let (dispatcher, _) = Actor::spawn(None, Dispatcher, args).await.unwrap();
         let data = tempfile::tempdir().unwrap();
         let path = data.path().to_owned();
+        let edge = spawn_edge(topo.leaf().client_url(), &subjects, "edge-1", Some("hub"), &path).await;
         let mut site = Site {
             topo,
             runs: DispatcherClient::new(hub.clone(), subjects.clone()),
@@ -64,6 +70,7 @@ impl Site {
             subjects,
             dispatcher,
             worker: None,
+            edge,
             _data: data,
             data: path,
             signer,
@@ -123,6 +130,24 @@ impl Site {
         .await
         .unwrap()
     }
+}
+
+/// The edge agent of `host` (its command consumer hands work orders to the host's run worker).
+async fn spawn_edge(
+    url: String,
+    subjects: &Subjects,
+    host: &str,
+    hub_domain: Option<&str>,
+    data: &std::path::Path,
+) -> ActorRef<EdgeMsg> {
+    let mut args = EdgeArgs::new(
+        ConnectOptions::new(url),
+        subjects.clone(),
+        HostId::parse(host).unwrap(),
+        data.join(format!("edge-{host}")),
+    );
+    args.hub_domain = hub_domain.map(str::to_owned);
+    Actor::spawn(None, EdgeAgent, args).await.unwrap().0
 }
 
 fn assert_ordered(events: &[RunEvent]) {
@@ -191,6 +216,49 @@ async fn command_run_succeeds_with_ordered_events_and_same_key_gives_same_run() 
     let raw = site.hub.request(site.subjects.run_dispatch(), "\u{1}garbage".into()).await.unwrap();
     assert!(String::from_utf8_lossy(&raw.payload).contains("invalid"));
     drop(site.dispatcher);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_away_at_dispatch_gets_its_work_when_it_comes_back() {
+    let mut site = Site::start().await;
+    // The host's agent is away: nothing reads its commands.
+    site.edge.stop_and_wait(None, Some(WAIT)).await.unwrap();
+    let run = site.runs.dispatch(&site.request(Job::command(["sh", "-c", "echo back"]), 20_000)).await.unwrap();
+    // The work order is stored as the host's durable command, and the host stays pending.
+    let js = jetstream::new(site.hub.clone());
+    let host = HostId::parse("edge-1").unwrap();
+    let stored = eventually(WAIT, POLL, || async {
+        let stream = js.get_stream(HOST_COMMANDS_STREAM).await.unwrap();
+        let mut per_subject = stream.info_with_subjects(site.subjects.host_command(&host)).await.unwrap();
+        let mut n = 0;
+        while let Some(Ok((_, count))) = futures::StreamExt::next(&mut per_subject).await {
+            n += count;
+        }
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(format!("{n} stored commands, want 1"))
+        }
+    })
+    .await;
+    stored.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(site.view(&run.run_id).await.hosts[0].run.status, RunStatus::Pending);
+    // Back again (same store): it takes the order from its consumer and the run succeeds.
+    site.edge = spawn_edge(site.topo.leaf().client_url(), &site.subjects, "edge-1", Some("hub"), &site.data).await;
+    let view = site.wait_status(&run.run_id, RunStatus::Success).await;
+    assert!(view.hosts[0].events.iter().any(|e| e.stdout.contains("back")), "{:?}", view.hosts[0].events);
+    assert_ordered(&view.hosts[0].events);
+    // Published again under its id (a restarted hub does that), the order is not stored twice.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, run_work_msg_id(&run.run_id, &host, 1).as_str());
+    let ack = js
+        .publish_with_headers(site.subjects.host_command(&host), headers, "again".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(ack.duplicate);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,6 +540,7 @@ async fn two_dispatchers_share_runs_without_corrupting_them() {
     let data = tempfile::tempdir().unwrap();
     let hosts = ["edge-1", "edge-2", "edge-3"];
     let mut workers = Vec::new();
+    let mut edges = Vec::new();
     for h in hosts {
         let args = RunWorkerArgs {
             connect: ConnectOptions::new(server.client_url()),
@@ -484,6 +553,7 @@ async fn two_dispatchers_share_runs_without_corrupting_them() {
         };
         let (w, _) = Actor::spawn(None, RunWorker, args).await.unwrap();
         workers.push(w);
+        edges.push(spawn_edge(server.client_url(), &subjects, h, None, data.path()).await);
     }
     let runs = DispatcherClient::new(hub.clone(), subjects.clone());
     let all: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();

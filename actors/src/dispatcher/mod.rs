@@ -1,7 +1,7 @@
 //! The dispatcher: runs on hosts. It answers `run.dispatch`, `run.status`, `run.cancel` and
 //! `run.list` as the NATS micro service `steward-dispatcher` (queue group: any hub instance may
 //! answer), keeps runs in the `steward_runs` bucket ([`store`]), delivers work orders to hosts
-//! and re-delivers until they start, follows each host's job events through a durable consumer
+//! as durable host commands, follows each host's job events through a durable consumer
 //! on `STEWARD_RUN_EVENTS` (the seed's "upload announce"), ends hosts whose deadline passed as
 //! `timeout` ([`lifecycle`]), retries per the run's policy, and cancels on request.
 //!
@@ -18,28 +18,22 @@
 //! tick instead batched those writes and slowed the round trips in flight beside them.
 //!
 //! # Work delivery and its durability
-//! Work orders go to `run.work.<host>` as request/reply (see the run subjects module). They are
-//! not stored in a stream; durability comes from the run store: a pending host record means
-//! "not started", and the dispatcher sends the order again every
-//! [`DispatcherArgs::redeliver_after`] (2 s) until the host's first event arrives or the deadline
-//! passes (`timeout`, or the next attempt per the retry policy). A restarted hub, or another
-//! instance holding the run, picks the pending hosts up from the store and continues. The host
-//! takes an order once per (run, attempt) and acknowledges duplicates. So a host that is away
-//! gets the work within 2 s of coming back, as long as the deadline has not passed; a host
-//! away past the deadline ends `timeout` — the same outcome as a durable command expiring at
-//! the deadline.
+//! Each attempt's work order is stored as a `run` command of the connector's durable host
+//! commands (`host.command.<host>` on `STEWARD_HOST_COMMANDS`, `Nats-Msg-Id` per (run, host,
+//! attempt), expiring at the attempt's deadline): a connected host's command consumer gets it
+//! at once, a host that is away gets it when it comes back. The edge agent hands it to its run
+//! worker and acknowledges it once the worker answered; the worker takes an order once per
+//! (run, attempt). The dispatcher publishes the orders of a run all at once after the records
+//! are written and remembers which ones the stream acknowledged; an order whose publish failed
+//! is published again after [`DispatcherArgs::redeliver_after`] (2 s) while its host is pending.
+//! A restarted hub, or another instance holding the run, publishes the pending hosts' orders
+//! again (stored once within the dedupe window, dropped by the host after it). A host away
+//! past the deadline ends `timeout`, and its order expires unrun.
 //!
-//! Work orders do not (yet) travel as the connector's durable host commands. Measured with the
-//! `dispatch` load-test scenario (`dispatch.command_path` probe, 2-core machine shared with
-//! builds): a command published to `STEWARD_HOST_COMMANDS` reaches a host's durable consumer
-//! in p50 0.19 ms / p99 0.38 ms (request/reply: p50 0.08 ms / p99 0.27 ms in the same run), so
-//! published together with the run records it would cost little latency. What stands in the
-//! way: the edge handles commands one at a time and journals each reply in its redb store
-//! before acknowledging (a disk commit per work order), and every simulated host of the fan-out
-//! needs its own durable consumer (1,000 took 0.6–2.8 s to create; 10,000 were not tried). The
-//! switch — a `run` command action carrying the work order, handed by the edge's command
-//! consumer to its run worker without the journal, expiring at the run deadline — is left for
-//! a follow-up with these figures.
+//! The edge's command consumer takes work orders without the redb journal of the other
+//! commands (the worker's (run, attempt) check stands in for it) and sends no command reply
+//! (the run's job events are the answer), so a work order costs the host one local request
+//! and one acknowledgement.
 //!
 //! # Several hub instances
 //! Every update is a compare-and-set, so instances never overwrite each other. The events
@@ -64,17 +58,19 @@ use async_nats::service::ServiceExt;
 use futures::{FutureExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sha2::{Digest, Sha256};
-use steward_subjects::api::host::HostRecord;
+use steward_subjects::api::host::{CommandAction, HostCommand, HostRecord, COMMAND_ID_HEADER};
 use steward_subjects::api::run::{
     EventKind, HostRun, HostRunView, RunAccepted, RunCancelRequest, RunCancelResult, RunEvent, RunList, RunListRequest,
-    RunRecord, RunRequest, RunStatus, RunStatusRequest, RunView, StatusCounts, StopAck, StopOrder, WorkAck, WorkOrder,
+    RunRecord, RunRequest, RunStatus, RunStatusRequest, RunView, StatusCounts, StopAck, StopOrder, WorkOrder,
 };
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::envelope::WireError;
 use steward_subjects::rpc;
 use steward_subjects::selector::Selector;
 use steward_subjects::streams::{HOSTS_BUCKET, RUN_EVENTS_STREAM};
-use steward_subjects::subject::{host_registry_filter, run_events_consumer, service_name};
+use steward_subjects::subject::{
+    host_registry_filter, run_events_consumer, run_work_command_id, run_work_msg_id, service_name,
+};
 use steward_subjects::{HostId, Subjects, STEWARD_VERSION};
 use tracing::{debug, info, warn};
 
@@ -92,12 +88,13 @@ pub struct DispatcherArgs {
     pub signer: Option<JobSigner>,
     /// How often deadlines, retries and re-deliveries are checked.
     pub tick: Duration,
-    /// How long a pending host waits before its work order is sent again.
+    /// How long before a work order the commands stream did not acknowledge is published
+    /// again.
     pub redeliver_after: Duration,
 }
 
 impl DispatcherArgs {
-    /// Defaults: check every 250 ms, re-deliver after 2 s.
+    /// Defaults: check every 250 ms, publish an unstored work order again after 2 s.
     #[must_use]
     pub fn new(client: async_nats::Client, subjects: Subjects, signer: Option<JobSigner>) -> Self {
         DispatcherArgs {
@@ -272,8 +269,9 @@ struct ActiveRun {
     next_check_ms: u64,
     /// Earliest retry noted while a check was under way (the check must not push it later).
     wake_ms: Option<u64>,
-    /// Host → (attempt, when) of the last work order a host took.
-    delivered: HashMap<String, (u32, u64)>,
+    /// Host → the attempt whose work order the commands stream stored (durable from there on:
+    /// the host's command consumer delivers it, now or when the host comes back).
+    delivered: HashMap<String, u32>,
     /// Host → the last record (and its revision) this instance read or wrote: updates
     /// compare-and-set against it without reading first; another writer makes the first try
     /// fail and the record is read again.
@@ -524,17 +522,16 @@ impl Core {
         let core = self.clone();
         let id = run_id.clone();
         tokio::spawn(async move {
-            let delivered = deliver_all(core.client.clone(), core.subjects.clone(), orders).await;
+            let delivered = deliver_all(core.js.clone(), core.subjects.clone(), orders).await;
             core.mark_delivered(&id, delivered);
         });
         Ok(RunAccepted { run_id, existing: false, hosts: hosts.iter().map(ToString::to_string).collect() })
     }
 
     fn mark_delivered(&self, run_id: &str, delivered: Vec<(String, u32)>) {
-        let now = now_ms();
         if let Some(a) = self.active().get_mut(run_id) {
             for (host, attempt) in delivered {
-                a.delivered.insert(host, (attempt, now));
+                a.delivered.insert(host, attempt);
             }
         }
     }
@@ -977,18 +974,17 @@ impl Core {
             return Ok(());
         }
         let now = now_ms();
-        let redeliver_after = self.redeliver_after_ms;
         let known = {
             let mut active = self.active();
             let Some(a) = active.get_mut(run_id) else { return Ok(()) };
             a.cancel_requested |= run.cancel_requested;
             a.wake_ms = None;
-            // A pending host due for a work order may have been started through another
-            // instance: read the records afresh before sending anything.
+            // A pending host whose work order is not stored yet may have been started through
+            // another instance: read the records afresh before sending anything.
             let due = |h: &HostRun| {
                 h.status == RunStatus::Pending
                     && now >= h.not_before_ms
-                    && !a.delivered.get(&h.host_id).is_some_and(|(n, at)| *n == h.attempt && at + redeliver_after > now)
+                    && a.delivered.get(&h.host_id).is_none_or(|n| *n != h.attempt)
             };
             let fresh_enough = a.hosts.len() as u64 >= run.hosts_total
                 && (run.cancel_requested || !a.hosts.values().any(|k| due(&k.0)));
@@ -1046,21 +1042,19 @@ impl Core {
                     next = next.min(h.not_before_ms);
                     continue;
                 }
-                let last = self.active().get(run_id).and_then(|a| a.delivered.get(&h.host_id).copied());
-                match last {
-                    Some((attempt, at)) if attempt == h.attempt && at + self.redeliver_after_ms > now => {
-                        next = next.min(at + self.redeliver_after_ms);
-                    }
-                    _ => {
-                        to_deliver.push(self.order(&run, &h));
-                        next = next.min(now + self.redeliver_after_ms);
-                    }
+                let stored = self.active().get(run_id).and_then(|a| a.delivered.get(&h.host_id).copied());
+                if stored != Some(h.attempt) {
+                    // Not stored yet (a failed publish, a new attempt, or a run picked up after
+                    // a restart: publishing again is harmless, the stream and the host both
+                    // drop duplicates).
+                    to_deliver.push(self.order(&run, &h));
+                    next = next.min(now + self.redeliver_after_ms);
                 }
             }
         }
         if !to_deliver.is_empty() {
             debug!(run_id = %run_id, hosts = to_deliver.len(), "delivering work orders");
-            let delivered = deliver_all(self.client.clone(), self.subjects.clone(), to_deliver).await;
+            let delivered = deliver_all(self.js.clone(), self.subjects.clone(), to_deliver).await;
             self.mark_delivered(run_id, delivered);
         }
         if open == 0 {
@@ -1077,27 +1071,55 @@ impl Core {
     }
 }
 
-/// Sends work orders, many in flight; returns the (host, attempt) pairs a host took.
-async fn deliver_all(client: async_nats::Client, subjects: Subjects, orders: Vec<WorkOrder>) -> Vec<(String, u32)> {
-    futures::stream::iter(orders.into_iter().map(|o| {
-        let client = client.clone();
-        let subjects = subjects.clone();
-        async move {
-            let host = HostId::parse(&o.host_id).ok()?;
-            match rpc::request::<_, WorkAck>(&client, subjects.run_work(&host), &o, Duration::from_secs(2)).await {
-                Ok(ack) if ack.accepted => Some((o.host_id, o.attempt)),
-                Ok(ack) => {
-                    debug!(host_id = %o.host_id, message = %ack.message, "work order refused");
-                    None
-                }
-                Err(e) => {
-                    debug!(host_id = %o.host_id, error = %e, "work order not delivered");
-                    None
-                }
+/// Stores work orders as `run` host commands (durable delivery through the host's command
+/// consumer), all publishes in flight at once; returns the (host, attempt) pairs whose order
+/// the commands stream acknowledged. An order is stored once per (run, host, attempt) within
+/// the stream's dedupe window, however often it is published; it expires at the attempt's
+/// deadline.
+async fn deliver_all(js: jetstream::Context, subjects: Subjects, orders: Vec<WorkOrder>) -> Vec<(String, u32)> {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let issued_at = fmt(now);
+    let mut acks = Vec::with_capacity(orders.len());
+    for o in orders {
+        let Ok(host) = HostId::parse(&o.host_id) else { continue };
+        let command_id = run_work_command_id(&o.run_id, o.attempt);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, run_work_msg_id(&o.run_id, &host, o.attempt).as_str());
+        headers.insert(COMMAND_ID_HEADER, command_id.as_str());
+        let expires = now + time::Duration::milliseconds(i64::try_from(o.timeout_ms).unwrap_or(i64::MAX / 2));
+        let key = (o.host_id.clone(), o.attempt);
+        let cmd = HostCommand {
+            command_id,
+            host_id: o.host_id.clone(),
+            action: CommandAction::Run,
+            worker: String::new(),
+            issued_at: issued_at.clone(),
+            expires_at: Some(fmt(expires)),
+            work: Some(o),
+        };
+        let payload = match codec::encode(Encoding::MsgPack, &cmd) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(host_id = %key.0, error = %e, "work order not encoded");
+                continue;
+            }
+        };
+        match js.publish_with_headers(subjects.host_command(&host), headers, payload).await {
+            Ok(ack) => acks.push((key, ack)),
+            Err(e) => debug!(host_id = %key.0, error = %e, "work order not published"),
+        }
+    }
+    futures::stream::iter(acks.into_iter().map(|(key, ack)| async move {
+        match ack.await {
+            Ok(_) => Some(key),
+            Err(e) => {
+                debug!(host_id = %key.0, error = %e, "work order not stored");
+                None
             }
         }
     }))
-    .buffer_unordered(1024)
+    .buffer_unordered(4096)
     .filter_map(|x| async move { x })
     .collect()
     .await

@@ -201,6 +201,8 @@ pub enum CommandAction {
     Drain,
     /// Take new work again after a drain.
     Resume,
+    /// Hand a run's work order (carried in [`HostCommand::work`]) to the host's run worker.
+    Run,
     /// An action this peer does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -216,6 +218,7 @@ impl CommandAction {
             CommandAction::RemoveWorker => "remove_worker",
             CommandAction::Drain => "drain",
             CommandAction::Resume => "resume",
+            CommandAction::Run => "run",
             CommandAction::Unknown => "unknown",
         }
     }
@@ -244,6 +247,9 @@ pub struct HostCommand {
     pub issued_at: String,
     /// After this instant (RFC 3339) the host answers `expired` instead of running it.
     pub expires_at: Option<String>,
+    /// The work order of a [`CommandAction::Run`] command (the dispatcher's delivery).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work: Option<crate::api::run::WorkOrder>,
 }
 
 /// How a command ended on the host.
@@ -344,7 +350,8 @@ pub struct SendCommandRequest {
 }
 
 impl SendCommandRequest {
-    /// Validates the host id and the worker name (for worker actions).
+    /// Validates the host id and the worker name (for worker actions); refuses `run`, which only
+    /// the dispatcher sends.
     ///
     /// # Errors
     /// An `invalid` [`WireError`].
@@ -352,6 +359,9 @@ impl SendCommandRequest {
         let host = HostId::parse(&self.host_id)?;
         if self.action == CommandAction::Unknown {
             return Err(WireError::invalid("unknown command action"));
+        }
+        if self.action == CommandAction::Run {
+            return Err(WireError::invalid("run commands carry work orders of the dispatcher; use run.dispatch"));
         }
         if self.action.needs_worker() {
             validate(TokenKind::Name, &self.worker)?;

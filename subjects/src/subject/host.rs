@@ -65,6 +65,13 @@ impl Subjects {
         self.targeted(noun::HOST, verb::COMMAND, host.as_str())
     }
 
+    /// Commands of every host of this account (a filter of the commands stream; simulated
+    /// fleets read here).
+    #[must_use]
+    pub fn host_command_all(&self) -> String {
+        self.targeted(noun::HOST, verb::COMMAND, "*")
+    }
+
     /// A host's replies to its commands (captured by the commands stream, so a reply nobody
     /// waited for is recorded).
     #[must_use]
@@ -136,7 +143,8 @@ impl Subjects {
 
     /// What a host's identity may publish and subscribe to: its own presence, replies, results
     /// and job event data; its own command consumer on the commands stream (through any
-    /// JetStream domain); replies to its own inboxes; micro-service discovery and the account's
+    /// JetStream domain; work orders arrive there too); replies to its own inboxes; stop orders
+    /// of its own runs; micro-service discovery and the account's
     /// health endpoints (the agent registers a health service); and the config manager's
     /// `config.playbook` request, to fetch the playbook a signed work order references (the
     /// reply comes to the host's own inbox; nothing else of the config API is allowed).
@@ -156,6 +164,7 @@ impl Subjects {
         publish.push(format!("$JS.ACK.*.*.{COMMANDS_STREAM}.{consumer}.>"));
         let subscribe = vec![
             format!("{}.>", self.host_inbox_prefix(host)),
+            self.run_stop(host),
             "$SRV.>".to_owned(),
             self.health_status(),
             self.targeted(noun::HEALTH, verb::STATUS, "*"),
@@ -245,6 +254,9 @@ mod tests {
         }
         assert!(p.publish.contains(&"steward.v1.acme.host.heartbeat.a".to_owned()));
         assert!(!p.subscribe.iter().any(|s| s.starts_with("steward.v1.acme.host.command")));
+        // Stop orders of its own runs reach it; work orders come through its command consumer.
+        assert!(p.subscribe.contains(&"steward.v1.acme.run.stop.a".to_owned()));
+        assert!(!p.subscribe.iter().any(|s| s.contains(".run.work.")));
         // Of the config API only the playbook fetch.
         let config: Vec<&String> = p.publish.iter().filter(|s| s.starts_with("steward.v1.acme.config.")).collect();
         assert_eq!(config, vec!["steward.v1.acme.config.playbook"]);

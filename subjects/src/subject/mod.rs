@@ -29,7 +29,7 @@ pub use lease::{
 };
 pub use run::{
     run_artifact_name, run_event_msg_id, run_events_consumer, run_host_filter, run_host_filter_all, run_host_key,
-    run_idempotency_key, run_record_filter, run_record_key, run_verb,
+    run_idempotency_key, run_record_filter, run_record_key, run_verb, run_work_command_id, run_work_msg_id,
 };
 
 /// First token of every Steward subject.

@@ -4,15 +4,16 @@
 //! | subject | who publishes | who subscribes |
 //! |---|---|---|
 //! | `steward.v1.<a>.run.{dispatch,status,cancel,list}` | API callers | dispatcher micro service (queue group: any hub instance) |
-//! | `steward.v1.<a>.run.work.<host>` | the dispatcher (request) | that host's run worker (plain subscription: host-targeted) |
+//! | `steward.v1.<a>.host.command.<host>` | the dispatcher (a `run` command carrying the work order) | `STEWARD_HOST_COMMANDS` stream → the host's durable command consumer (edge agent) |
+//! | `steward.v1.<a>.run.work.<host>` | the host's edge agent (request, on the host's own NATS) | that host's run worker (plain subscription: host-targeted) |
 //! | `steward.v1.<a>.run.stop.<host>` | the dispatcher (request) | that host's run worker (plain subscription) |
 //! | `steward.v1.<a>.run.event.<host>` | the host's run worker | `STEWARD_RUN_EVENTS` stream → dispatcher durable consumer |
 //!
-//! Work delivery: until the connector's durable host commands carry a payload, the dispatcher
-//! delivers work orders on `run.work.<host>` itself and makes delivery durable by keeping every
-//! pending host in the run store and re-delivering until the host starts or the deadline passes
-//! (the host drops duplicates by run and attempt). The intention is to switch to
-//! `host.command.<host>` once it can carry a work order.
+//! Work delivery is durable: the dispatcher stores each attempt's work order as a `run` host
+//! command ([`run_work_command_id`], deduplicated by [`run_work_msg_id`], expiring at the
+//! attempt's deadline); the host's edge agent reads it from its durable consumer when it is
+//! connected (at once) or when it comes back, hands it to its run worker on `run.work.<host>`
+//! and acknowledges it once the worker answered. The worker drops duplicates by run and attempt.
 //!
 //! Keys of the `steward_runs` bucket (every part a validated token or a generated id):
 //! `<account>.run.<run>` (the run record), `<account>.host.<run>.<host>` (one host's run
@@ -128,6 +129,21 @@ pub fn run_event_msg_id(account: &AccountId, run_id: &str, host: &HostId, attemp
     format!("{account}.{run_id}.{host}.{attempt}.{seq}")
 }
 
+/// Command id of the durable host command that carries one attempt's work order (a name token:
+/// unique per host, which the command subject names).
+#[must_use]
+pub fn run_work_command_id(run_id: &str, attempt: u32) -> String {
+    format!("run-{run_id}-{attempt}")
+}
+
+/// `Nats-Msg-Id` of that command, unique per (run, host, attempt) in the whole commands stream,
+/// so an order published again (a retried publish, a restarted or second hub instance) is stored
+/// once within the stream's dedupe window.
+#[must_use]
+pub fn run_work_msg_id(run_id: &str, host: &HostId, attempt: u32) -> String {
+    format!("run.{run_id}.{host}.{attempt}")
+}
+
 /// Object name of a large artifact in the artifacts store.
 #[must_use]
 pub fn run_artifact_name(account: &AccountId, run_id: &str, host: &HostId, attempt: u32, name: &str) -> String {
@@ -158,5 +174,7 @@ mod tests {
         assert_eq!(run_host_key(&a, "r1", &h), "acme.host.r1.web-01");
         assert_eq!(run_record_key(&a, "r1"), "acme.run.r1");
         assert_eq!(run_event_msg_id(&a, "r1", &h, 2, 7), "acme.r1.web-01.2.7");
+        assert_eq!(run_work_command_id("r1", 2), "run-r1-2");
+        assert_eq!(run_work_msg_id("r1", &h, 2), "run.r1.web-01.2");
     }
 }
