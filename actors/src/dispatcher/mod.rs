@@ -1080,47 +1080,46 @@ async fn deliver_all(js: jetstream::Context, subjects: Subjects, orders: Vec<Wor
     let now = time::OffsetDateTime::now_utc();
     let fmt = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
     let issued_at = fmt(now);
-    let mut acks = Vec::with_capacity(orders.len());
-    for o in orders {
-        let Ok(host) = HostId::parse(&o.host_id) else { continue };
-        let command_id = run_work_command_id(&o.run_id, o.attempt);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, run_work_msg_id(&o.run_id, &host, o.attempt).as_str());
-        headers.insert(COMMAND_ID_HEADER, command_id.as_str());
+    let publish = |o: WorkOrder| {
+        let (js, subjects) = (js.clone(), subjects.clone());
         let expires = now + time::Duration::milliseconds(i64::try_from(o.timeout_ms).unwrap_or(i64::MAX / 2));
-        let key = (o.host_id.clone(), o.attempt);
-        let cmd = HostCommand {
-            command_id,
-            host_id: o.host_id.clone(),
-            action: CommandAction::Run,
-            worker: String::new(),
-            issued_at: issued_at.clone(),
-            expires_at: Some(fmt(expires)),
-            work: Some(o),
-        };
-        let payload = match codec::encode(Encoding::MsgPack, &cmd) {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(host_id = %key.0, error = %e, "work order not encoded");
-                continue;
+        let (issued_at, expires_at) = (issued_at.clone(), fmt(expires));
+        async move {
+            let host = HostId::parse(&o.host_id).ok()?;
+            let key = (o.host_id.clone(), o.attempt);
+            let command_id = run_work_command_id(&o.run_id, o.attempt);
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, run_work_msg_id(&o.run_id, &host, o.attempt).as_str());
+            headers.insert(COMMAND_ID_HEADER, command_id.as_str());
+            let cmd = HostCommand {
+                command_id,
+                host_id: o.host_id.clone(),
+                action: CommandAction::Run,
+                worker: String::new(),
+                issued_at,
+                expires_at: Some(expires_at),
+                work: Some(o),
+            };
+            let payload = codec::encode(Encoding::MsgPack, &cmd)
+                .map_err(|e| warn!(host_id = %key.0, error = %e, "work order not encoded"))
+                .ok()?;
+            let stored = match js.publish_with_headers(subjects.host_command(&host), headers, payload).await {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match stored {
+                Ok(()) => Some(key),
+                Err(e) => {
+                    debug!(host_id = %key.0, error = %e, "work order not stored");
+                    None
+                }
             }
-        };
-        match js.publish_with_headers(subjects.host_command(&host), headers, payload).await {
-            Ok(ack) => acks.push((key, ack)),
-            Err(e) => debug!(host_id = %key.0, error = %e, "work order not published"),
         }
-    }
-    futures::stream::iter(acks.into_iter().map(|(key, ack)| async move {
-        match ack.await {
-            Ok(_) => Some(key),
-            Err(e) => {
-                debug!(host_id = %key.0, error = %e, "work order not stored");
-                None
-            }
-        }
-    }))
-    .buffer_unordered(4096)
-    .filter_map(|x| async move { x })
-    .collect()
-    .await
+    };
+    // Many in flight (within the client's limit of unacknowledged publishes).
+    futures::stream::iter(orders.into_iter().map(publish))
+        .buffer_unordered(2048)
+        .filter_map(|x| async move { x })
+        .collect()
+        .await
 }

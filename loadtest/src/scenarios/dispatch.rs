@@ -6,9 +6,11 @@
 //! - `dispatch.fanout`: one run to 10,000 simulated hosts: from the request until every host's
 //!   record is `success`, and until the run record's aggregate says so.
 //!
-//! The simulated fleet is one connection subscribed to every host's work subject; each work
-//! order is acknowledged and answered at once with a `last` event published to
-//! `STEWARD_RUN_EVENTS` exactly as an edge does (with `Nats-Msg-Id`). Simulated hosts do not
+//! Work orders travel as the real ones do, as durable `run` host commands on
+//! `STEWARD_HOST_COMMANDS`. The simulated fleet is one connection with one pull consumer on the
+//! commands of every host (a real host has its own durable consumer); each work order is
+//! answered at once with a `last` event published to `STEWARD_RUN_EVENTS` exactly as an edge
+//! does (with `Nats-Msg-Id`), then acknowledged. Simulated hosts do not
 //! check signatures (the hub runs without a signing key here). Compared with the raw
 //! request/reply ceiling of the same run.
 
@@ -24,7 +26,6 @@ use serde_json::json;
 use steward_subjects::api::host::{CommandAction, HostCommand};
 use steward_subjects::api::run::{
     EventKind, HostRun, Job, RunAccepted, RunEvent, RunRecord, RunRequest, RunStatus, RunStatusRequest, RunView,
-    WorkAck, WorkOrder,
 };
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::rpc;
@@ -56,13 +57,36 @@ async fn sim_fleet(
     subjects: Subjects,
     arrivals: Arrivals,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut work = client.subscribe(subjects.run_work_all()).await?;
-    client.flush().await?;
     let js = jetstream::new(client.clone());
+    // One consumer reads the commands of every simulated host (a real host has its own durable
+    // consumer, configured like this one but filtered to its subject).
+    let config = consumer::pull::Config {
+        filter_subject: subjects.host_command_all(),
+        deliver_policy: consumer::DeliverPolicy::New,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 100_000,
+        inactive_threshold: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let consumer: consumer::PullConsumer = js.create_consumer_on_stream(config, HOST_COMMANDS_STREAM).await?;
+    let mut commands = consumer
+        .stream()
+        .max_messages_per_batch(1_000)
+        .heartbeat(Duration::from_secs(2))
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await?;
     Ok(tokio::spawn(async move {
-        while let Some(m) = work.next().await {
-            let Some(reply) = m.reply.clone() else { continue };
-            let Ok(order) = codec::decode::<WorkOrder>(Encoding::MsgPack, &m.payload) else { continue };
+        while let Some(Ok(m)) = commands.next().await {
+            let Ok(cmd) = codec::decode::<HostCommand>(Encoding::MsgPack, &m.payload) else {
+                let _ = m.ack_with(jetstream::AckKind::Term).await;
+                continue;
+            };
+            let Some(order) = cmd.work.filter(|_| cmd.action == CommandAction::Run) else {
+                let _ = m.ack().await;
+                continue;
+            };
             if order.host_id == ROUND_TRIP_HOST {
                 let now = Instant::now();
                 arrivals
@@ -71,8 +95,6 @@ async fn sim_fleet(
                     .entry(order.run_id.clone())
                     .or_insert(now);
             }
-            let ack = rpc::encode_reply(Encoding::MsgPack, Ok(WorkAck { accepted: true, ..WorkAck::default() }));
-            let _ = client.publish_with_headers(reply, Encoding::MsgPack.headers(), ack).await;
             let Ok(host) = HostId::parse(&order.host_id) else { continue };
             let ev = RunEvent {
                 run_id: order.run_id.clone(),
@@ -93,6 +115,7 @@ async fn sim_fleet(
             );
             // Acknowledgements are not awaited one by one: the fleet pipelines like many hosts.
             let _ = js.publish_with_headers(subjects.run_event(&host), headers, payload).await;
+            let _ = m.ack().await;
         }
     }))
 }
@@ -244,109 +267,10 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
     ctx.compare(&mut r, "raw.request_reply_concurrent").await?;
     out.push(r);
 
-    out.push(command_path(ctx, &client, &subjects).await?);
-
     fleet.abort();
     if let Some(pid) = hub.pid() {
         ctx.untrack_hub(pid);
     }
     drop(hub);
     Ok(out)
-}
-
-/// `dispatch.command_path`: what delivering work orders as the connector's durable host
-/// commands would cost (the dispatcher does not use it; the figures are the reason, see the
-/// dispatcher's module docs). One host's durable consumer configured like an edge's: a command
-/// published to `STEWARD_HOST_COMMANDS` (acknowledged by the stream) until the consumer holds
-/// it, and until the host's double acknowledgement returns, serially, p50/p99; plus the time
-/// to create durable consumers for many hosts (the simulated fleet would need one per host).
-async fn command_path(ctx: &Ctx, client: &async_nats::Client, subjects: &Subjects) -> anyhow::Result<ScenarioReport> {
-    let js = jetstream::new(client.clone());
-    let host = HostId::parse("sim-cmd")?;
-    let consumer_config = |host: &HostId| consumer::pull::Config {
-        durable_name: Some(subjects.host_command_consumer(host)),
-        filter_subject: subjects.host_command(host),
-        deliver_policy: consumer::DeliverPolicy::New,
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
-        inactive_threshold: Duration::from_secs(600),
-        ..Default::default()
-    };
-    let consumer: consumer::PullConsumer =
-        js.create_consumer_on_stream(consumer_config(&host), HOST_COMMANDS_STREAM).await?;
-    let mut messages =
-        consumer.stream().heartbeat(Duration::from_secs(2)).expires(Duration::from_secs(10)).messages().await?;
-    let n = ctx.size("dispatch.command_path", 1_000, 100);
-    let (mut received, mut acked) = (Latency::new(), Latency::new());
-    let m = ctx.begin();
-    for i in 0..n {
-        let cmd = HostCommand {
-            command_id: format!("probe{i}"),
-            host_id: host.to_string(),
-            action: CommandAction::Ping,
-            ..HostCommand::default()
-        };
-        let payload = codec::encode(Encoding::MsgPack, &cmd)?;
-        let started = Instant::now();
-        js.publish(subjects.host_command(&host), payload).await?.await?;
-        let msg = tokio::time::timeout(Duration::from_secs(10), messages.next())
-            .await
-            .context("command not delivered within 10 s")?
-            .context("command consumer ended")?
-            .map_err(|e| anyhow::anyhow!("command consumer: {e}"))?;
-        received.record_since(started);
-        msg.double_ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
-        acked.record_since(started);
-    }
-    drop(messages);
-    let mut r = m.finish(
-        "dispatch.command_path",
-        "probe: a host command published to the commands stream until one host's durable consumer holds it (latency) and until its double ack returns",
-        n,
-        Some(&received),
-    );
-    let _ = js.delete_consumer_from_stream(subjects.host_command_consumer(&host), HOST_COMMANDS_STREAM).await;
-
-    // Durable consumers for a fleet, as the simulated hosts would need them.
-    let fleet = ctx.size("dispatch.command_path_consumers", 1_000, 100);
-    let started = Instant::now();
-    let hosts: Vec<HostId> = (0..fleet).filter_map(|i| HostId::parse(&format!("sim-c{i:05}")).ok()).collect();
-    let creates: Vec<_> = hosts
-        .iter()
-        .map(|h| {
-            let js = js.clone();
-            let config = consumer_config(h);
-            async move {
-                js.create_consumer_on_stream(config, HOST_COMMANDS_STREAM).await.map(|_: consumer::PullConsumer| ())
-            }
-            .boxed()
-        })
-        .collect();
-    futures::stream::iter(creates)
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<()>, _>>()?;
-    let created = started.elapsed();
-    let deletes: Vec<_> = hosts
-        .iter()
-        .map(|h| {
-            let js = js.clone();
-            let name = subjects.host_command_consumer(h);
-            async move {
-                let _ = js.delete_consumer_from_stream(name, HOST_COMMANDS_STREAM).await;
-            }
-            .boxed()
-        })
-        .collect();
-    futures::stream::iter(deletes).buffer_unordered(64).collect::<Vec<()>>().await;
-    r.params = json!({
-        "commands": n,
-        "until_double_ack": acked.summary(),
-        "consumers_created": fleet,
-        "consumers_created_ms": created.as_secs_f64() * 1e3,
-    });
-    ctx.compare(&mut r, "raw.request_reply_serial").await?;
-    Ok(r)
 }
