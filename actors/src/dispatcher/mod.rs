@@ -518,13 +518,22 @@ impl Core {
         );
         info!(run_id = %run_id, hosts = hosts.len(), kind = req.job.kind.as_str(), "run dispatched");
         let orders: Vec<WorkOrder> = records.iter().map(|h| self.order(&run, h)).collect();
-        // Delivery runs on after the reply: an unreachable host must not hold up the caller.
+        // The stream's acknowledgements are awaited after the reply; a large run publishes
+        // after it too.
         let core = self.clone();
         let id = run_id.clone();
-        tokio::spawn(async move {
-            let delivered = deliver_all(core.js.clone(), core.subjects.clone(), orders).await;
-            core.mark_delivered(&id, delivered);
-        });
+        if orders.len() <= INLINE_ORDERS {
+            let acks = publish_few(&self.js, &self.subjects, orders).await;
+            tokio::spawn(async move {
+                let delivered = acks.await;
+                core.mark_delivered(&id, delivered);
+            });
+        } else {
+            tokio::spawn(async move {
+                let delivered = deliver_all(core.js.clone(), core.subjects.clone(), orders).await;
+                core.mark_delivered(&id, delivered);
+            });
+        }
         Ok(RunAccepted { run_id, existing: false, hosts: hosts.iter().map(ToString::to_string).collect() })
     }
 
@@ -1071,55 +1080,100 @@ impl Core {
     }
 }
 
+/// Work orders of at most this many hosts are published before the caller's answer, from the
+/// request's own task (one task hop less on a small run's round trip); larger runs publish on
+/// a task of their own after the answer.
+const INLINE_ORDERS: usize = 16;
+
+/// One work order as its `run` host command: the (host, attempt) it delivers, subject, headers
+/// (`Nats-Msg-Id` per run, host and attempt) and payload; it expires at the attempt's deadline.
+fn work_command(
+    subjects: &Subjects,
+    o: WorkOrder,
+    now: time::OffsetDateTime,
+) -> Option<((String, u32), String, async_nats::HeaderMap, bytes::Bytes)> {
+    let fmt = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let host = HostId::parse(&o.host_id).ok()?;
+    let key = (o.host_id.clone(), o.attempt);
+    let command_id = run_work_command_id(&o.run_id, o.attempt);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, run_work_msg_id(&o.run_id, &host, o.attempt).as_str());
+    headers.insert(COMMAND_ID_HEADER, command_id.as_str());
+    let expires = now + time::Duration::milliseconds(i64::try_from(o.timeout_ms).unwrap_or(i64::MAX / 2));
+    let cmd = HostCommand {
+        command_id,
+        host_id: o.host_id.clone(),
+        action: CommandAction::Run,
+        worker: String::new(),
+        issued_at: fmt(now),
+        expires_at: Some(fmt(expires)),
+        work: Some(o),
+    };
+    match codec::encode(Encoding::MsgPack, &cmd) {
+        Ok(payload) => Some((key, subjects.host_command(&host), headers, payload)),
+        Err(e) => {
+            warn!(host_id = %key.0, error = %e, "work order not encoded");
+            None
+        }
+    }
+}
+
+/// Waits for the commands stream's acknowledgement of one published work order.
+async fn stored(
+    key: (String, u32),
+    published: Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>,
+) -> Option<(String, u32)> {
+    let result = match published {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
+        Ok(()) => Some(key),
+        Err(e) => {
+            debug!(host_id = %key.0, error = %e, "work order not stored");
+            None
+        }
+    }
+}
+
+/// Publishes a few work orders at once without waiting for the stream; the returned future
+/// waits for the acknowledgements and answers the (host, attempt) pairs stored.
+async fn publish_few(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    orders: Vec<WorkOrder>,
+) -> impl std::future::Future<Output = Vec<(String, u32)>> + Send + 'static {
+    let now = time::OffsetDateTime::now_utc();
+    let mut pending = Vec::with_capacity(orders.len());
+    for o in orders {
+        if let Some((key, subject, headers, payload)) = work_command(subjects, o, now) {
+            pending.push((key, js.publish_with_headers(subject, headers, payload).await));
+        }
+    }
+    async move {
+        let mut out = Vec::with_capacity(pending.len());
+        for (key, published) in pending {
+            out.extend(stored(key, published).await);
+        }
+        out
+    }
+}
+
 /// Stores work orders as `run` host commands (durable delivery through the host's command
-/// consumer), all publishes in flight at once; returns the (host, attempt) pairs whose order
-/// the commands stream acknowledged. An order is stored once per (run, host, attempt) within
-/// the stream's dedupe window, however often it is published; it expires at the attempt's
-/// deadline.
+/// consumer), many publishes in flight; returns the (host, attempt) pairs whose order the
+/// commands stream acknowledged. An order is stored once per (run, host, attempt) within the
+/// stream's dedupe window, however often it is published.
 async fn deliver_all(js: jetstream::Context, subjects: Subjects, orders: Vec<WorkOrder>) -> Vec<(String, u32)> {
     let now = time::OffsetDateTime::now_utc();
-    let fmt = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-    let issued_at = fmt(now);
-    let publish = |o: WorkOrder| {
-        let (js, subjects) = (js.clone(), subjects.clone());
-        let expires = now + time::Duration::milliseconds(i64::try_from(o.timeout_ms).unwrap_or(i64::MAX / 2));
-        let (issued_at, expires_at) = (issued_at.clone(), fmt(expires));
-        async move {
-            let host = HostId::parse(&o.host_id).ok()?;
-            let key = (o.host_id.clone(), o.attempt);
-            let command_id = run_work_command_id(&o.run_id, o.attempt);
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, run_work_msg_id(&o.run_id, &host, o.attempt).as_str());
-            headers.insert(COMMAND_ID_HEADER, command_id.as_str());
-            let cmd = HostCommand {
-                command_id,
-                host_id: o.host_id.clone(),
-                action: CommandAction::Run,
-                worker: String::new(),
-                issued_at,
-                expires_at: Some(expires_at),
-                work: Some(o),
-            };
-            let payload = codec::encode(Encoding::MsgPack, &cmd)
-                .map_err(|e| warn!(host_id = %key.0, error = %e, "work order not encoded"))
-                .ok()?;
-            let stored = match js.publish_with_headers(subjects.host_command(&host), headers, payload).await {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match stored {
-                Ok(()) => Some(key),
-                Err(e) => {
-                    debug!(host_id = %key.0, error = %e, "work order not stored");
-                    None
-                }
-            }
-        }
-    };
-    // Many in flight (within the client's limit of unacknowledged publishes).
-    futures::stream::iter(orders.into_iter().map(publish))
-        .buffer_unordered(2048)
-        .filter_map(|x| async move { x })
-        .collect()
-        .await
+    // Within the client's limit of unacknowledged publishes (5,000).
+    futures::stream::iter(orders.into_iter().filter_map(|o| work_command(&subjects, o, now)).map(
+        |(key, subject, headers, payload)| {
+            let js = js.clone();
+            async move { stored(key, js.publish_with_headers(subject, headers, payload).await).await }
+        },
+    ))
+    .buffer_unordered(2048)
+    .filter_map(|x| async move { x })
+    .collect()
+    .await
 }
