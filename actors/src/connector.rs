@@ -16,7 +16,9 @@
 //!   `STEWARD_HOST_EVENTS` stream, published after the registry write it describes.
 //! - **API.** A `steward-connector` micro service; every endpoint is in the micro queue group
 //!   (any instance may answer): `host.status`, `host.list`, `host.send`, `host.ensure_worker`,
-//!   `host.outcome`, `host.stats`. [`ConnectorClient`] is the typed client.
+//!   `host.outcome`, `host.stats`. `host.applied` (a host's applied configuration revision) is
+//!   a plain subscription instead: every instance applies it to the records it keeps and
+//!   answers; the caller takes the first answer. [`ConnectorClient`] is the typed client.
 //!
 //! Registry writes and event publishes run on a writer task fed by a channel, so the actor never
 //! waits on JetStream.
@@ -32,9 +34,9 @@ use async_nats::HeaderMap;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use steward_subjects::api::host::{
-    CommandAction, CommandOutcomeRequest, CommandReply, CommandStatus, ConnectorStats, EnsureWorkerRequest,
-    EnsureWorkerResult, Heartbeat, HostCommand, HostEvent, HostEventKind, HostList, HostListRequest, HostRecord,
-    HostStatusRequest, SendCommandRequest, SendCommandResult, COMMAND_ID_HEADER,
+    AppliedRevisionRequest, AppliedRevisionResult, CommandAction, CommandOutcomeRequest, CommandReply, CommandStatus,
+    ConnectorStats, EnsureWorkerRequest, EnsureWorkerResult, Heartbeat, HostCommand, HostEvent, HostEventKind,
+    HostList, HostListRequest, HostRecord, HostStatusRequest, SendCommandRequest, SendCommandResult, COMMAND_ID_HEADER,
 };
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::rpc::{self, RequestError};
@@ -193,6 +195,42 @@ impl Actor for Connector {
                 }
             }
             let _ = me.cast(ConnectorMsg::TaskEnded("heartbeat subscription"));
+        }));
+
+        // Plain subscription too: every instance keeps the applied revision in its records, so
+        // none writes an older one back on its next refresh.
+        let mut applied = args
+            .client
+            .subscribe(args.subjects.host_applied())
+            .await
+            .map_err(|e| ActorProcessingErr::from(format!("cannot subscribe to applied revisions: {e}")))?;
+        let (me, client) = (myself.clone(), args.client.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(msg) = applied.next().await {
+                let Some(reply) = msg.reply.clone() else { continue };
+                let (result, enc) = match rpc::decode_request::<AppliedRevisionRequest>(&msg) {
+                    Ok((r, enc)) => {
+                        let result = match HostId::parse(&r.host_id) {
+                            Ok(host) => crate::call(
+                                &me,
+                                move |port| ConnectorMsg::SetAppliedRevision(host, r.revision, port),
+                                CALL_TIMEOUT,
+                            )
+                            .await
+                            .map(|recorded| AppliedRevisionResult { recorded })
+                            .map_err(unavailable),
+                            Err(e) => Err(WireError::from(e)),
+                        };
+                        (result, enc)
+                    }
+                    Err((e, enc)) => (Err(e), enc),
+                };
+                let payload = rpc::encode_reply(enc, result);
+                if let Err(e) = client.publish_with_headers(reply, enc.headers(), payload).await {
+                    debug!(error = %e, "applied-revision reply not sent");
+                }
+            }
+            let _ = me.cast(ConnectorMsg::TaskEnded("applied-revision subscription"));
         }));
 
         let service = start_api(&args, &myself, js, &mut tasks).await?;
@@ -1050,5 +1088,19 @@ impl ConnectorClient {
     /// [`RequestError`].
     pub async fn stats(&self) -> Result<ConnectorStats, RequestError> {
         rpc::request(&self.client, self.subjects.host_stats(), &(), self.timeout).await
+    }
+
+    /// Records the configuration revision a host applied, with every connector instance (the
+    /// first answer is returned; `recorded: false` when that instance does not know the host).
+    ///
+    /// # Errors
+    /// [`RequestError`]; `Remote(Invalid)` for a bad host id.
+    pub async fn set_applied_revision(
+        &self,
+        host_id: &str,
+        revision: u64,
+    ) -> Result<AppliedRevisionResult, RequestError> {
+        let req = AppliedRevisionRequest { host_id: host_id.to_owned(), revision };
+        rpc::request(&self.client, self.subjects.host_applied(), &req, self.timeout).await
     }
 }

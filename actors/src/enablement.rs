@@ -11,7 +11,8 @@
 //!    re-check — never dispatch twice;
 //! 3. polls the run's status (the seed's status polling) until the host's run ends; when every
 //!    service of the host ended `success`, records N as the host's applied-state id through the
-//!    connector (`set_applied_revision`).
+//!    connector (`host.applied`, answered by every connector instance, so the loop may run in
+//!    any hub process).
 //!
 //! A host with no enabled service in scope has nothing to apply and is recorded at N directly.
 //!
@@ -42,7 +43,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use steward_subjects::api::config::{ConfigClient, GetRequest};
 use steward_subjects::api::host::{HostEvent, HostEventKind, HostRecord};
 use steward_subjects::api::run::{Job, RunRequest, RunStatus, RunStatusRequest, MAX_PLAYBOOK_BYTES};
@@ -50,13 +51,14 @@ use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::ConfigDocument;
 use steward_subjects::rpc::RequestErrorKind;
 use steward_subjects::selector::Selector;
-use steward_subjects::streams::{CONFIG_EVENTS_STREAM, HOST_EVENTS_STREAM};
+use steward_subjects::streams::{CONFIG_EVENTS_STREAM, HOSTS_BUCKET, HOST_EVENTS_STREAM};
+use steward_subjects::subject::host_registry_filter;
 use steward_subjects::{ErrorCode, HostId, Subjects};
 use tracing::{debug, info, warn};
 
 use crate::config_manager::playbooks::PlaybookStore;
 use crate::config_manager::source::SourceUrl;
-use crate::connector::{ConnectorClient, ConnectorHandle, ConnectorMsg};
+use crate::connector::ConnectorClient;
 use crate::dispatcher::client::DispatcherClient;
 
 /// Attempts per (service, host, revision) after which the loop stops re-dispatching until the
@@ -73,9 +75,6 @@ pub struct EnablementArgs {
     pub client: async_nats::Client,
     /// Subjects of the account served.
     pub subjects: Subjects,
-    /// The connector to record applied revisions with; `None` finds the connector running under
-    /// the same supervisor (the hub process).
-    pub connector: Option<ConnectorHandle>,
     /// How long `ensure_worker` may wait for the worker to appear.
     pub ensure_timeout: Duration,
     /// Time each playbook run may take on a host.
@@ -90,13 +89,12 @@ pub struct EnablementArgs {
 
 impl EnablementArgs {
     /// Defaults: ensure-worker timeout 30 s, run timeout 10 min, poll every 500 ms, re-check
-    /// every 30 s, 256 hosts at once, connector found under the same supervisor.
+    /// every 30 s, 256 hosts at once.
     #[must_use]
     pub fn new(client: async_nats::Client, subjects: Subjects) -> Self {
         EnablementArgs {
             client,
             subjects,
-            connector: None,
             ensure_timeout: Duration::from_secs(30),
             run_timeout: Duration::from_secs(600),
             poll_every: Duration::from_millis(500),
@@ -170,9 +168,8 @@ struct Work {
     subjects: Subjects,
     config: ConfigClient,
     connector_api: ConnectorClient,
-    connector: Option<ConnectorHandle>,
-    /// This actor's own cell: its supervisor (the hub process's) is asked for the connector.
-    myself: ActorCell,
+    /// Hub JetStream (the host registry is read from its bucket: any hub process can).
+    js: jetstream::Context,
     runs: DispatcherClient,
     playbooks: PlaybookStore,
     ensure_timeout: Duration,
@@ -263,8 +260,7 @@ impl Actor for Enablement {
             subjects: args.subjects.clone(),
             config: ConfigClient::new(args.client.clone(), args.subjects.clone()),
             connector_api: ConnectorClient::new(args.client.clone(), args.subjects.clone()),
-            connector: args.connector.clone(),
-            myself: myself.get_cell(),
+            js: js.clone(),
             runs: DispatcherClient::new(args.client.clone(), args.subjects.clone()),
             playbooks: PlaybookStore::new(js.clone(), args.subjects.account().clone()),
             ensure_timeout: args.ensure_timeout,
@@ -422,18 +418,6 @@ async fn prepare(revision: u64, doc: &ConfigDocument, store: &PlaybookStore) -> 
 impl Work {
     /// The connector actor: the one given, or the connector running under the same supervisor
     /// (looked up each time, so a restarted connector is found).
-    fn connector(&self) -> Option<ConnectorHandle> {
-        if let Some(c) = &self.connector {
-            return Some(c.clone());
-        }
-        self.myself
-            .try_get_supervisor()?
-            .get_children()
-            .into_iter()
-            .find(|c| c.is_message_type_of::<ConnectorMsg>() == Some(true))
-            .map(|c| ConnectorHandle::from_ref(ActorRef::<ConnectorMsg>::from(c)))
-    }
-
     /// The current revision (with playbooks resolved) and the online hosts. A part that cannot be
     /// read is logged and left out (`None` plan: keep the previous one; no hosts: nothing to do).
     async fn refresh(&self) -> (Option<Arc<Plan>>, Vec<HostRecord>) {
@@ -445,16 +429,12 @@ impl Work {
                 None
             }
         };
-        let hosts = match self.connector() {
-            Some(c) => match c.list(Selector::everything(), Some(true)).await {
-                Ok(hosts) => hosts,
-                Err(e) => {
-                    warn!(error = %e, "enablement cannot list online hosts");
-                    Vec::new()
-                }
-            },
-            None => {
-                warn!("enablement finds no connector to list hosts from");
+        // Straight from the registry bucket: a fleet's records do not fit one reply.
+        let filter = host_registry_filter(self.subjects.account());
+        let hosts = match crate::dispatcher::store::read_latest::<HostRecord>(&self.js, HOSTS_BUCKET, &filter).await {
+            Ok(records) => records.into_iter().map(|(_, r)| r).filter(|r| r.online).collect(),
+            Err(e) => {
+                warn!(error = %e, "enablement cannot read the host registry");
                 Vec::new()
             }
         };
@@ -482,16 +462,12 @@ impl Work {
         if !all_ok {
             return false;
         }
-        let Some(connector) = self.connector() else {
-            warn!(host_id = %host, revision, "no connector to record the applied revision with");
-            return false;
-        };
-        match connector.set_applied_revision(host, revision).await {
-            Ok(true) => {
+        match self.connector_api.set_applied_revision(host.as_str(), revision).await {
+            Ok(r) if r.recorded => {
                 info!(host_id = %host, revision, "host reached revision");
                 true
             }
-            Ok(false) => {
+            Ok(_) => {
                 warn!(host_id = %host, revision, "connector does not know the host; applied revision not recorded");
                 false
             }

@@ -231,6 +231,62 @@ async fn edge_through_a_leaf_presence_commands_and_workers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_revision_reaches_every_connector_instance_over_nats() {
+    let hub = hub(false).await;
+    // A second instance that refreshes its records often: it must not write an older applied
+    // revision back.
+    let mut args = ConnectorArgs::new(hub.client.clone(), acme());
+    args.sweep_every = Duration::from_millis(25);
+    args.refresh_every = Duration::from_millis(100);
+    let (second, _) = ConnectorHandle::start(args).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (edge, _) =
+        EdgeHandle::start(edge_args(&hub.server.client_url(), "app-01", data.path(), Duration::from_millis(100)))
+            .await
+            .unwrap();
+    let host = HostId::parse("app-01").unwrap();
+    eventually(WAIT, POLL, || async {
+        let a = hub.connector.status(&host).await.unwrap().is_some_and(|r| r.online);
+        let b = second.status(&host).await.unwrap().is_some_and(|r| r.online);
+        if a && b {
+            Ok(())
+        } else {
+            Err("host not online on both instances")
+        }
+    })
+    .await
+    .unwrap();
+
+    // From another connection, as a hub process without a connector would.
+    let caller = async_nats::connect(hub.server.client_url()).await.unwrap();
+    let api = ConnectorClient::new(caller, acme());
+    assert!(api.set_applied_revision("app-01", 7).await.unwrap().recorded);
+    for c in [&hub.connector, &second] {
+        assert_eq!(c.status(&host).await.unwrap().unwrap().applied_revision, Some(7));
+    }
+    // Refreshes of both instances keep it in the registry.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let kv = jetstream::new(hub.client.clone()).get_key_value(streams::HOSTS_BUCKET).await.unwrap();
+    let stored: HostRecord = codec::decode(
+        Encoding::MsgPack,
+        &kv.get(steward_subjects::subject::host_registry_key(&AccountId::parse("acme").unwrap(), &host))
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stored.applied_revision, Some(7));
+
+    // Bad input: an unknown host is not recorded, a hostile id is refused; nothing changes.
+    assert!(!api.set_applied_revision("ghost-01", 8).await.unwrap().recorded);
+    let e = api.set_applied_revision("app-01.>", 8).await.unwrap_err();
+    assert_eq!(e.kind(), RequestErrorKind::Remote(ErrorCode::Invalid), "{e}");
+    assert_eq!(hub.api.status("app-01").await.unwrap().applied_revision, Some(7));
+    edge.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_agent_keeps_identity_labels_and_workers() {
     let hub = hub(false).await;
     let data = tempfile::tempdir().unwrap();

@@ -306,6 +306,25 @@ pub struct CommandReply {
     pub replied_at: String,
 }
 
+/// `host.applied`: record the configuration revision a host reached (the enablement loop,
+/// after the host's service runs succeeded).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppliedRevisionRequest {
+    /// The host.
+    pub host_id: String,
+    /// The revision it applied.
+    pub revision: u64,
+}
+
+/// Reply of `host.applied`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppliedRevisionResult {
+    /// `false` when the answering connector does not know the host.
+    pub recorded: bool,
+}
+
 /// `host.status`: one host's record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

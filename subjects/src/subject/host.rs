@@ -9,6 +9,7 @@
 //! | `steward.v1.<a>.host.command.<host>` | the connector (`send`) | `STEWARD_HOST_COMMANDS` stream → the host's durable consumer |
 //! | `steward.v1.<a>.host.reply.<host>` | the host | `STEWARD_HOST_COMMANDS` stream and the waiting caller |
 //! | `steward.v1.<a>.host.{status,list,send,ensure_worker,outcome,stats}` | API callers | connector micro service (queue group) |
+//! | `steward.v1.<a>.host.applied` | the enablement loop (request) | every connector instance (plain subscription) |
 
 use super::{noun, verb, Subjects, ROOT, VERSION};
 use crate::token::{AccountId, HostId};
@@ -27,6 +28,8 @@ pub mod host_verb {
     pub const STATS: &str = "stats";
     /// A host's reply to a command.
     pub const REPLY: &str = "reply";
+    /// Record the configuration revision a host applied.
+    pub const APPLIED: &str = "applied";
 }
 
 /// The JetStream stream host commands and replies live in (mirrors
@@ -125,6 +128,14 @@ impl Subjects {
     #[must_use]
     pub fn host_stats(&self) -> String {
         self.base(noun::HOST, host_verb::STATS)
+    }
+
+    /// Record a host's applied configuration revision. Not a queue-group endpoint: every
+    /// connector instance subscribes (plain subscription) and applies it to the record it
+    /// keeps, so no instance writes an older value back; the caller takes the first answer.
+    #[must_use]
+    pub fn host_applied(&self) -> String {
+        self.base(noun::HOST, host_verb::APPLIED)
     }
 
     /// Inbox prefix a host's connection uses, so its permissions can allow replies to its own
@@ -234,6 +245,7 @@ mod tests {
         let h = HostId::parse("web-01").unwrap();
         assert_eq!(s().host_reply(&h), "steward.v1.acme.host.reply.web-01");
         assert_eq!(s().host_list(), "steward.v1.acme.host.list");
+        assert_eq!(s().host_applied(), "steward.v1.acme.host.applied");
         assert_eq!(s().host_inbox_prefix(&h), "_INBOX.acme.web-01");
         assert_eq!(host_replies_any_account(), "steward.v1.*.host.reply.>");
     }
