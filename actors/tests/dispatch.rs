@@ -262,6 +262,47 @@ async fn a_host_away_at_dispatch_gets_its_work_when_it_comes_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canceling_withdraws_the_work_order_of_a_host_that_is_away() {
+    let mut site = Site::start().await;
+    site.edge.stop_and_wait(None, Some(WAIT)).await.unwrap();
+    let marker = site.data.join("ran-after-cancel");
+    let job = Job::command(["touch", marker.to_str().unwrap()]);
+    let run = site.runs.dispatch(&site.request(job, 20_000)).await.unwrap();
+    let js = jetstream::new(site.hub.clone());
+    let host = HostId::parse("edge-1").unwrap();
+    let stored = || async {
+        let stream = js.get_stream(HOST_COMMANDS_STREAM).await.unwrap();
+        let mut per_subject = stream.info_with_subjects(site.subjects.host_command(&host)).await.unwrap();
+        let mut n = 0;
+        while let Some(Ok((_, count))) = futures::StreamExt::next(&mut per_subject).await {
+            n += count;
+        }
+        n
+    };
+    eventually(WAIT, POLL, || async {
+        if stored().await == 1 {
+            Ok(())
+        } else {
+            Err("work order not stored")
+        }
+    })
+    .await
+    .unwrap();
+
+    let result = site.runs.cancel(&run.run_id).await.unwrap();
+    assert_eq!(result.canceled_pending, ["edge-1"]);
+    assert_eq!(result.status, RunStatus::Canceled);
+    assert_eq!(stored().await, 0, "the canceled run's work order is still stored");
+    // Back again: nothing to run.
+    site.edge = spawn_edge(site.topo.leaf().client_url(), &site.subjects, "edge-1", Some("hub"), &site.data).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!marker.exists(), "a canceled run ran on a host that came back");
+    let view = site.view(&run.run_id).await;
+    assert_eq!(view.hosts[0].run.status, RunStatus::Canceled);
+    assert!(view.hosts[0].events.is_empty(), "{:?}", view.hosts[0].events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_are_recorded_per_attempt() {
     let site = Site::start().await;
     let mut req = site.request(Job::command(["sh", "-c", "exit 1"]), 10_000);

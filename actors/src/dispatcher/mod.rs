@@ -28,7 +28,11 @@
 //! is published again after [`DispatcherArgs::redeliver_after`] (2 s) while its host is pending.
 //! A restarted hub, or another instance holding the run, publishes the pending hosts' orders
 //! again (stored once within the dedupe window, dropped by the host after it). A host away
-//! past the deadline ends `timeout`, and its order expires unrun.
+//! past the deadline ends `timeout`, and its order expires unrun. A cancel deletes the stored
+//! orders of hosts that have not started (by the sequence this instance remembers, or found
+//! among the host's commands by command id), so a host that is away does not run a canceled
+//! run when it comes back; a connected host also gets the stop order, which its worker
+//! remembers, refusing a late order of that run.
 //!
 //! The edge's command consumer takes work orders without the redb journal of the other
 //! commands (the worker's (run, attempt) check stands in for it) and sends no command reply
@@ -67,7 +71,7 @@ use steward_subjects::codec::{self, Encoding};
 use steward_subjects::envelope::WireError;
 use steward_subjects::rpc;
 use steward_subjects::selector::Selector;
-use steward_subjects::streams::{HOSTS_BUCKET, RUN_EVENTS_STREAM};
+use steward_subjects::streams::{HOSTS_BUCKET, HOST_COMMANDS_STREAM, RUN_EVENTS_STREAM};
 use steward_subjects::subject::{
     host_registry_filter, run_events_consumer, run_work_command_id, run_work_msg_id, service_name,
 };
@@ -270,8 +274,9 @@ struct ActiveRun {
     /// Earliest retry noted while a check was under way (the check must not push it later).
     wake_ms: Option<u64>,
     /// Host → the attempt whose work order the commands stream stored (durable from there on:
-    /// the host's command consumer delivers it, now or when the host comes back).
-    delivered: HashMap<String, u32>,
+    /// the host's command consumer delivers it, now or when the host comes back) and its
+    /// stream sequence (a cancel withdraws an order not taken yet).
+    delivered: HashMap<String, (u32, u64)>,
     /// Host → the last record (and its revision) this instance read or wrote: updates
     /// compare-and-set against it without reading first; another writer makes the first try
     /// fail and the record is read again.
@@ -537,10 +542,49 @@ impl Core {
         Ok(RunAccepted { run_id, existing: false, hosts: hosts.iter().map(ToString::to_string).collect() })
     }
 
-    fn mark_delivered(&self, run_id: &str, delivered: Vec<(String, u32)>) {
+    fn mark_delivered(&self, run_id: &str, delivered: Vec<Stored>) {
         if let Some(a) = self.active().get_mut(run_id) {
-            for (host, attempt) in delivered {
-                a.delivered.insert(host, attempt);
+            for ((host, attempt), seq) in delivered {
+                a.delivered.insert(host, (attempt, seq));
+            }
+        }
+    }
+
+    /// Deletes the stored work orders of hosts that have not started (a cancel): a host that
+    /// is away must not find them when it comes back. The sequence is known when this
+    /// instance stored the order; otherwise the host's commands are looked through for the
+    /// order's command id. An order the host already took is gone from its reach anyway (the
+    /// stop order covers it).
+    async fn withdraw_work(&self, pending: &[HostRun]) {
+        if pending.is_empty() {
+            return;
+        }
+        let stream = match self.js.get_stream(HOST_COMMANDS_STREAM).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "work orders not withdrawn: commands stream unavailable");
+                return;
+            }
+        };
+        for h in pending {
+            let Ok(host) = HostId::parse(&h.host_id) else { continue };
+            let known = self
+                .active()
+                .get(&h.run_id)
+                .and_then(|a| a.delivered.get(&h.host_id).copied())
+                .filter(|(attempt, _)| *attempt == h.attempt)
+                .map(|(_, seq)| seq);
+            let seq = match known {
+                Some(seq) => Some(seq),
+                None => find_work_command(&stream, &self.subjects.host_command(&host), &h.run_id, h.attempt).await,
+            };
+            if let Some(seq) = seq {
+                match stream.delete_message(seq).await {
+                    Ok(_) => debug!(run_id = %h.run_id, host_id = %h.host_id, seq, "work order withdrawn"),
+                    Err(e) => {
+                        debug!(run_id = %h.run_id, host_id = %h.host_id, error = %e, "work order not withdrawn (taken or gone)")
+                    }
+                }
             }
         }
     }
@@ -630,6 +674,8 @@ impl Core {
         }
         let hosts = self.store.hosts(&run.run_id).await.map_err(store_err)?;
         let open: Vec<HostRun> = hosts.into_iter().filter(|h| !h.status.is_terminal()).collect();
+        let pending: Vec<HostRun> = open.iter().filter(|h| h.status == RunStatus::Pending).cloned().collect();
+        self.withdraw_work(&pending).await;
         let stops = futures::stream::iter(
             open.into_iter()
                 .map(|h| {
@@ -993,7 +1039,7 @@ impl Core {
             let due = |h: &HostRun| {
                 h.status == RunStatus::Pending
                     && now >= h.not_before_ms
-                    && a.delivered.get(&h.host_id).is_none_or(|n| *n != h.attempt)
+                    && a.delivered.get(&h.host_id).is_none_or(|(n, _)| *n != h.attempt)
             };
             let fresh_enough = a.hosts.len() as u64 >= run.hosts_total
                 && (run.cancel_requested || !a.hosts.values().any(|k| due(&k.0)));
@@ -1051,7 +1097,7 @@ impl Core {
                     next = next.min(h.not_before_ms);
                     continue;
                 }
-                let stored = self.active().get(run_id).and_then(|a| a.delivered.get(&h.host_id).copied());
+                let stored = self.active().get(run_id).and_then(|a| a.delivered.get(&h.host_id).map(|d| d.0));
                 if stored != Some(h.attempt) {
                     // Not stored yet (a failed publish, a new attempt, or a run picked up after
                     // a restart: publishing again is harmless, the stream and the host both
@@ -1118,17 +1164,21 @@ fn work_command(
     }
 }
 
-/// Waits for the commands stream's acknowledgement of one published work order.
+/// A work order the commands stream stored: (host, attempt) and its stream sequence.
+type Stored = ((String, u32), u64);
+
+/// Waits for the commands stream's acknowledgement of one published work order (a duplicate's
+/// acknowledgement carries the sequence of the copy stored first).
 async fn stored(
     key: (String, u32),
     published: Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>,
-) -> Option<(String, u32)> {
+) -> Option<Stored> {
     let result = match published {
-        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match result {
-        Ok(()) => Some(key),
+        Ok(seq) => Some((key, seq)),
         Err(e) => {
             debug!(host_id = %key.0, error = %e, "work order not stored");
             None
@@ -1136,13 +1186,34 @@ async fn stored(
     }
 }
 
+/// The stream sequence of the work order of (run, attempt) among one host's commands, if it
+/// is still stored.
+async fn find_work_command(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    run_id: &str,
+    attempt: u32,
+) -> Option<u64> {
+    let want = run_work_command_id(run_id, attempt);
+    let mut next = 1;
+    // A host's commands of the stream's retention (a few per run at most).
+    loop {
+        let msg = stream.direct_get_next_for_subject(subject, Some(next)).await.ok()?;
+        let id = msg.headers.get(COMMAND_ID_HEADER).map(|v| v.as_str().to_owned());
+        if id.as_deref() == Some(want.as_str()) {
+            return Some(msg.sequence);
+        }
+        next = msg.sequence + 1;
+    }
+}
+
 /// Publishes a few work orders at once without waiting for the stream; the returned future
-/// waits for the acknowledgements and answers the (host, attempt) pairs stored.
+/// waits for the acknowledgements and answers the orders stored.
 async fn publish_few(
     js: &jetstream::Context,
     subjects: &Subjects,
     orders: Vec<WorkOrder>,
-) -> impl std::future::Future<Output = Vec<(String, u32)>> + Send + 'static {
+) -> impl std::future::Future<Output = Vec<Stored>> + Send + 'static {
     let now = time::OffsetDateTime::now_utc();
     let mut pending = Vec::with_capacity(orders.len());
     for o in orders {
@@ -1161,9 +1232,9 @@ async fn publish_few(
 
 /// Stores work orders as `run` host commands (durable delivery through the host's command
 /// consumer), many publishes in flight; returns the (host, attempt) pairs whose order the
-/// commands stream acknowledged. An order is stored once per (run, host, attempt) within the
+/// commands stream acknowledged, with the stream sequences. An order is stored once per (run, host, attempt) within the
 /// stream's dedupe window, however often it is published.
-async fn deliver_all(js: jetstream::Context, subjects: Subjects, orders: Vec<WorkOrder>) -> Vec<(String, u32)> {
+async fn deliver_all(js: jetstream::Context, subjects: Subjects, orders: Vec<WorkOrder>) -> Vec<Stored> {
     let now = time::OffsetDateTime::now_utc();
     // Within the client's limit of unacknowledged publishes (5,000).
     futures::stream::iter(orders.into_iter().filter_map(|o| work_command(&subjects, o, now)).map(
