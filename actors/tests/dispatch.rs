@@ -18,6 +18,7 @@ use steward_actors::worker::{RunWorker, RunWorkerArgs, RunWorkerMsg};
 use steward_actors::ConnectOptions;
 use steward_deploy::wait::eventually;
 use steward_deploy::HubLeaf;
+use steward_subjects::api::host::COMMAND_ID_HEADER;
 use steward_subjects::api::run::{
     EventKind, Job, RunEvent, RunRequest, RunStatus, RunStatusRequest, RunView, WorkAck, WorkOrder,
 };
@@ -695,6 +696,37 @@ async fn two_dispatchers_share_runs_without_corrupting_them() {
     }
     assert_eq!(answered.len(), 2, "{answered:?}");
     assert!(answered.iter().all(|n| *n > 0), "one instance answered every dispatch: {answered:?}");
+
+    // Canceled runs of a host that is away leave no work order behind, whichever instance
+    // dispatched and whichever answered the cancel (it looks the order up by command id when
+    // it did not store it itself).
+    let away = HostId::parse("away-1").unwrap();
+    for _ in 0..8 {
+        let req = RunRequest {
+            hosts: vec![away.to_string()],
+            job: Job::command(["true"]),
+            timeout_ms: 60_000,
+            ..RunRequest::default()
+        };
+        let run = runs.dispatch(&req).await.unwrap();
+        let js = jetstream::new(hub.clone());
+        eventually(WAIT, POLL, || async {
+            let stream = js.get_stream(HOST_COMMANDS_STREAM).await.unwrap();
+            match stream.direct_get_last_for_subject(subjects.host_command(&away)).await {
+                Ok(m) if m.headers.get(COMMAND_ID_HEADER).is_some_and(|v| v.as_str().contains(&run.run_id)) => Ok(()),
+                other => Err(format!("work order of {} not stored yet: {:?}", run.run_id, other.map(|m| m.sequence))),
+            }
+        })
+        .await
+        .unwrap();
+        let canceled = runs.cancel(&run.run_id).await.unwrap();
+        assert_eq!(canceled.canceled_pending, [away.to_string()]);
+    }
+    let stream = jetstream::new(hub.clone()).get_stream(HOST_COMMANDS_STREAM).await.unwrap();
+    assert!(
+        stream.direct_get_last_for_subject(subjects.host_command(&away)).await.is_err(),
+        "a canceled run's work order is still stored"
+    );
     for w in workers {
         w.stop(None);
     }
