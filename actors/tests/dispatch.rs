@@ -304,6 +304,36 @@ async fn canceling_withdraws_the_work_order_of_a_host_that_is_away() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_back_after_the_deadline_does_not_run_the_expired_order() {
+    let mut site = Site::start().await;
+    site.edge.stop_and_wait(None, Some(WAIT)).await.unwrap();
+    let marker = site.data.join("ran-after-deadline");
+    let run =
+        site.runs.dispatch(&site.request(Job::command(["touch", marker.to_str().unwrap()]), 1_500)).await.unwrap();
+    let view = site.wait_status(&run.run_id, RunStatus::Timeout).await;
+    assert_eq!(view.hosts[0].run.status, RunStatus::Timeout);
+    // Back after the deadline: the order is still stored but expired; the agent drops it.
+    site.edge = spawn_edge(site.topo.leaf().client_url(), &site.subjects, "edge-1", Some("hub"), &site.data).await;
+    let js = jetstream::new(site.hub.clone());
+    let host = HostId::parse("edge-1").unwrap();
+    let consumer = site.subjects.host_command_consumer(&host);
+    eventually(WAIT, POLL, || async {
+        let mut c: jetstream::consumer::PullConsumer =
+            js.get_consumer_from_stream(&consumer, HOST_COMMANDS_STREAM).await.map_err(|e| e.to_string())?;
+        let info = c.info().await.map_err(|e| e.to_string())?;
+        if info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0 {
+            Ok(())
+        } else {
+            Err(format!("order not handled yet: {info:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!marker.exists(), "an expired work order ran");
+    assert!(site.view(&run.run_id).await.hosts[0].events.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_are_recorded_per_attempt() {
     let site = Site::start().await;
     let mut req = site.request(Job::command(["sh", "-c", "exit 1"]), 10_000);
