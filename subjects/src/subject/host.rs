@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `steward.v1.<a>.host.heartbeat.<host>` | the host | every connector instance (plain subscription) |
 //! | `steward.v1.<a>.host.event.<host>` | the connector | `STEWARD_HOST_EVENTS` stream |
-//! | `steward.v1.<a>.host.command.<host>` | the connector (`send`) | `STEWARD_HOST_COMMANDS` stream → the host's durable consumer |
+//! | `steward.v1.<a>.host.command.<host>` | the connector (`send`), the dispatcher (`run`: work orders) | `STEWARD_HOST_COMMANDS` stream → the host's durable consumer |
 //! | `steward.v1.<a>.host.reply.<host>` | the host | `STEWARD_HOST_COMMANDS` stream and the waiting caller |
 //! | `steward.v1.<a>.host.{status,list,send,ensure_worker,outcome,stats}` | API callers | connector micro service (queue group) |
 //! | `steward.v1.<a>.host.applied` | the enablement loop (request) | every connector instance (plain subscription) |
