@@ -264,16 +264,20 @@ async fn applied_revision_reaches_every_connector_instance_over_nats() {
     for c in [&hub.connector, &second] {
         assert_eq!(c.status(&host).await.unwrap().unwrap().applied_revision, Some(7));
     }
-    // Refreshes of both instances keep it in the registry.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Refreshes of both instances (several writes after the one that set it) keep it in the
+    // registry.
     let kv = jetstream::new(hub.client.clone()).get_key_value(streams::HOSTS_BUCKET).await.unwrap();
-    let stored: HostRecord = codec::decode(
-        Encoding::MsgPack,
-        &kv.get(steward_subjects::subject::host_registry_key(&AccountId::parse("acme").unwrap(), &host))
-            .await
-            .unwrap()
-            .unwrap(),
-    )
+    let key = steward_subjects::subject::host_registry_key(&AccountId::parse("acme").unwrap(), &host);
+    let set_at = kv.entry(&key).await.unwrap().unwrap().revision;
+    let stored: HostRecord = eventually(WAIT, POLL, || async {
+        let e = kv.entry(&key).await.map_err(|e| e.to_string())?.ok_or("no record")?;
+        if e.revision >= set_at + 4 {
+            codec::decode(Encoding::MsgPack, &e.value).map_err(|e| e.to_string())
+        } else {
+            Err(format!("registry record not refreshed yet (revision {})", e.revision))
+        }
+    })
+    .await
     .unwrap();
     assert_eq!(stored.applied_revision, Some(7));
 

@@ -243,7 +243,6 @@ async fn a_host_away_at_dispatch_gets_its_work_when_it_comes_back() {
     })
     .await;
     stored.unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(site.view(&run.run_id).await.hosts[0].run.status, RunStatus::Pending);
     // Back again (same store): it takes the order from its consumer and the run succeeds.
     site.edge = spawn_edge(site.topo.leaf().client_url(), &site.subjects, "edge-1", Some("hub"), &site.data).await;
@@ -296,7 +295,10 @@ async fn canceling_withdraws_the_work_order_of_a_host_that_is_away() {
     assert_eq!(stored().await, 0, "the canceled run's work order is still stored");
     // Back again: nothing to run.
     site.edge = spawn_edge(site.topo.leaf().client_url(), &site.subjects, "edge-1", Some("hub"), &site.data).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The agent reads its commands in order: once a later run succeeded, whatever was stored
+    // before it has been handled.
+    let later = site.runs.dispatch(&site.request(Job::command(["true"]), 20_000)).await.unwrap();
+    site.wait_status(&later.run_id, RunStatus::Success).await;
     assert!(!marker.exists(), "a canceled run ran on a host that came back");
     let view = site.view(&run.run_id).await;
     assert_eq!(view.hosts[0].run.status, RunStatus::Canceled);
