@@ -20,12 +20,12 @@ use steward_deploy::wait::eventually;
 use steward_deploy::HubLeaf;
 use steward_subjects::api::host::COMMAND_ID_HEADER;
 use steward_subjects::api::run::{
-    EventKind, Job, RunEvent, RunRequest, RunStatus, RunStatusRequest, RunView, WorkAck, WorkOrder,
+    EventKind, HostRun, Job, RunEvent, RunRequest, RunStatus, RunStatusRequest, RunView, WorkAck, WorkOrder,
 };
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::rpc::{self, RequestErrorKind};
 use steward_subjects::streams::{self, Replicas, HOST_COMMANDS_STREAM, RUN_EVENTS_STREAM};
-use steward_subjects::subject::run_work_msg_id;
+use steward_subjects::subject::{run_host_key, run_work_msg_id};
 use steward_subjects::{AccountId, ErrorCode, HostId, Subjects};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -449,6 +449,76 @@ async fn a_batch_sent_twice_is_stored_once() {
         seqs.push(ev.seq);
     }
     assert_eq!(seqs, [1, 2, 3, 4, 5]);
+}
+
+/// A small run's work order is published beside its record writes, so a quick host can report
+/// before its host record exists: those events must be applied once it does, not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_ahead_of_their_host_record_are_applied_once_it_exists() {
+    let site = Site::start().await;
+    let host = HostId::parse("edge-7").unwrap();
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let last = RunEvent {
+        run_id: run_id.clone(),
+        host_id: host.to_string(),
+        attempt: 1,
+        seq: 1,
+        kind: EventKind::Last,
+        status: Some(RunStatus::Success),
+        exit_code: Some(0),
+        ..RunEvent::default()
+    };
+    let js = jetstream::new(site.hub.clone());
+    publish_batch(&js, &site.subjects, &host, &[last], Duration::from_secs(5)).await.unwrap();
+    // Longer than the dispatcher's quick looks (a few ms): the events wait for a redelivery.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kv = js.get_key_value(streams::RUNS_BUCKET).await.unwrap();
+    let key = run_host_key(site.subjects.account(), &run_id, &host);
+    let record = HostRun {
+        run_id: run_id.clone(),
+        host_id: host.to_string(),
+        status: RunStatus::Pending,
+        attempt: 1,
+        max_attempts: 1,
+        timeout_ms: 10_000,
+        deadline_ms: u64::MAX / 2,
+        ..HostRun::default()
+    };
+    kv.create(&key, codec::encode(Encoding::MsgPack, &record).unwrap()).await.unwrap();
+    let done: HostRun = eventually(WAIT, POLL, || {
+        let (kv, key) = (kv.clone(), key.clone());
+        async move {
+            let entry = kv.get(&key).await.map_err(|e| e.to_string())?.ok_or("record gone")?;
+            let h: HostRun = codec::decode(Encoding::MsgPack, &entry).map_err(|e| e.to_string())?;
+            if h.status == RunStatus::Success {
+                Ok(h)
+            } else {
+                Err(format!("host record is {}", h.status))
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(done.exit_code, Some(0));
+    assert_eq!(done.attempts.len(), 1);
+}
+
+/// A run whose records cannot be written is refused, and the work orders already published
+/// beside the record writes are taken back: no host finds an order of a run it was told failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_refused_for_lack_of_records_leaves_no_work_order() {
+    let site = Site::start().await;
+    let js = jetstream::new(site.hub.clone());
+    js.delete_stream(format!("KV_{}", streams::RUNS_BUCKET)).await.unwrap();
+    let req = RunRequest { hosts: vec!["edge-away".into()], ..site.request(Job::command(["true"]), 10_000) };
+    let err = site.runs.dispatch(&req).await.unwrap_err();
+    assert!(matches!(err.kind(), RequestErrorKind::Remote(_)), "{err}");
+    let stream = js.get_stream(HOST_COMMANDS_STREAM).await.unwrap();
+    let subject = site.subjects.host_command(&HostId::parse("edge-away").unwrap());
+    // The take-back runs before the answer; give a stray order every chance to show.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let left = stream.direct_get_last_for_subject(&subject).await;
+    assert!(left.is_err(), "a work order of the refused run is still stored: {:?}", left.map(|m| m.headers));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -486,19 +486,44 @@ impl Core {
                 ..HostRun::default()
             })
             .collect();
+        let orders: Vec<WorkOrder> = records.iter().map(|h| self.order(&run, h)).collect();
         let mut run_rev = None;
+        // The stream's acknowledgements of a small run's orders, awaited after the answer.
+        let mut acks = None;
         let revisions = match &idem {
             // Without a key nothing can collide (the run id is new): the run and host records
-            // are written together, one round trip for all.
+            // are written together, one round trip for all, and a small run's work orders are
+            // published beside them rather than after (one JetStream write less on the round
+            // trip). A host may so report before its record is written: its events are offered
+            // again until the record is there (see `follow_events`).
             None => {
-                let (created, revisions) =
-                    futures::try_join!(self.store.create_run_revision(&run), self.store.create_hosts(&records))
-                        .map_err(store_err)?;
-                let Some(rev) = created else {
-                    return Err(WireError::unavailable(format!("run id {run_id} taken; try again")));
+                let inline = orders.len() <= INLINE_ORDERS;
+                let early = if inline { orders.clone() } else { Vec::new() };
+                let (created, published) = futures::join!(
+                    async {
+                        futures::try_join!(self.store.create_run_revision(&run), self.store.create_hosts(&records))
+                    },
+                    publish_few(&self.js, &self.subjects, early),
+                );
+                let refused = match created {
+                    Ok((Some(rev), revisions)) => {
+                        run_rev = Some(rev);
+                        Ok(revisions)
+                    }
+                    Ok((None, _)) => Err(WireError::unavailable(format!("run id {run_id} taken; try again"))),
+                    Err(e) => Err(store_err(e)),
                 };
-                run_rev = Some(rev);
-                revisions
+                match refused {
+                    Ok(revisions) => {
+                        acks = inline.then_some(published);
+                        revisions
+                    }
+                    Err(e) => {
+                        // The records are not (all) there: take back the orders already sent.
+                        self.take_back(published.await).await;
+                        return Err(e);
+                    }
+                }
             }
             // With a key the key is claimed first, so a lost race leaves no host records.
             Some(d) => {
@@ -522,12 +547,16 @@ impl Core {
             },
         );
         info!(run_id = %run_id, hosts = hosts.len(), kind = req.job.kind.as_str(), "run dispatched");
-        let orders: Vec<WorkOrder> = records.iter().map(|h| self.order(&run, h)).collect();
         // The stream's acknowledgements are awaited after the reply; a large run publishes
         // after it too.
         let core = self.clone();
         let id = run_id.clone();
-        if orders.len() <= INLINE_ORDERS {
+        if let Some(acks) = acks {
+            tokio::spawn(async move {
+                let delivered = acks.await;
+                core.mark_delivered(&id, delivered);
+            });
+        } else if orders.len() <= INLINE_ORDERS {
             let acks = publish_few(&self.js, &self.subjects, orders).await;
             tokio::spawn(async move {
                 let delivered = acks.await;
@@ -586,6 +615,25 @@ impl Core {
                     }
                 }
             }
+        }
+    }
+
+    /// Deletes work orders this instance stored for a run that was not accepted after all (its
+    /// records could not be written). A host that took one meanwhile finds no record for its
+    /// events; they are dropped.
+    async fn take_back(&self, stored: Vec<Stored>) {
+        if stored.is_empty() {
+            return;
+        }
+        match self.js.get_stream(HOST_COMMANDS_STREAM).await {
+            Ok(stream) => {
+                for ((host, _), seq) in stored {
+                    if let Err(e) = stream.delete_message(seq).await {
+                        debug!(host_id = %host, seq, error = %e, "work order of a refused run not taken back");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "work orders of a refused run not taken back: commands stream unavailable"),
         }
     }
 
@@ -925,39 +973,60 @@ impl Core {
                     let matters =
                         ev.seq == 1 || matches!(ev.kind, EventKind::Start | EventKind::Last | EventKind::Artifact);
                     if matters {
-                        by_host.entry((ev.run_id.clone(), ev.host_id.clone())).or_default().push((ev, stream_seq));
+                        let key = (ev.run_id.clone(), ev.host_id.clone());
+                        by_host.entry(key.clone()).or_default().push((ev, stream_seq));
+                        acks.push((Some(key), m));
+                        continue;
                     }
                 }
-                acks.push(m);
+                acks.push((None, m));
             }
             let updates = futures::stream::iter(
                 by_host
                     .into_iter()
                     .map(|((run_id, host), evs)| {
                         async move {
-                            let Ok(host) = HostId::parse(&host) else { return };
+                            let Ok(host) = HostId::parse(&host) else { return None };
                             let now = crate::now_rfc3339();
                             let ms = now_ms();
-                            let r = self
-                                .update_host(&run_id, &host, |h| {
-                                    let mut changed = false;
-                                    for (ev, seq) in &evs {
-                                        changed |= lifecycle::apply_event(h, ev, *seq, ms, &now);
-                                    }
-                                    changed
-                                })
-                                .await;
+                            let apply = |h: &mut HostRun| {
+                                let mut changed = false;
+                                for (ev, seq) in &evs {
+                                    changed |= lifecycle::apply_event(h, ev, *seq, ms, &now);
+                                }
+                                changed
+                            };
+                            let mut r = self.update_host(&run_id, &host, apply).await;
+                            // A young run's record may be a write away (its orders went out
+                            // beside the record writes): look again a few times before the
+                            // events are offered again later.
+                            for _ in 0..RECORD_LOOKS {
+                                if !matches!(r, Ok(None)) || !dispatched_within(&run_id, RECORD_WAIT) {
+                                    break;
+                                }
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                                r = self.update_host(&run_id, &host, apply).await;
+                            }
                             match r {
                                 Ok(Some(c)) => {
                                     if c.after.status.is_terminal() {
                                         self.settle_if_ended(&run_id);
                                     }
+                                    None
+                                }
+                                Ok(None) if dispatched_within(&run_id, RECORD_WAIT) => {
+                                    // Its work order was published beside the records (see
+                                    // `dispatch`): the record is still being written.
+                                    debug!(run_id = %run_id, host_id = %host, "events before their host record; offered again");
+                                    Some((run_id, host.to_string()))
                                 }
                                 Ok(None) => {
-                                    debug!(run_id = %run_id, host_id = %host, "events of an unknown run ignored")
+                                    debug!(run_id = %run_id, host_id = %host, "events of an unknown run ignored");
+                                    None
                                 }
                                 Err(e) => {
-                                    warn!(run_id = %run_id, host_id = %host, error = %e, "run events not applied")
+                                    warn!(run_id = %run_id, host_id = %host, error = %e, "run events not applied");
+                                    None
                                 }
                             }
                         }
@@ -966,12 +1035,18 @@ impl Core {
                     .collect::<Vec<_>>(),
             )
             .buffer_unordered(256)
-            .collect::<Vec<()>>();
-            updates.await;
+            .filter_map(|again| async move { again })
+            .collect::<HashSet<(String, String)>>();
+            let again = updates.await;
             // Explicit acknowledgements: the consumer is shared by every hub instance, so one
             // instance must not acknowledge what another is still applying.
-            for m in acks {
-                if let Err(e) = m.ack().await {
+            for (key, m) in acks {
+                let result = if key.is_some_and(|k| again.contains(&k)) {
+                    m.ack_with(jetstream::AckKind::Nak(Some(RECORD_RETRY))).await
+                } else {
+                    m.ack().await
+                };
+                if let Err(e) = result {
                     warn!(error = %e, "run event not acknowledged");
                 }
             }
@@ -1126,6 +1201,28 @@ impl Core {
     }
 }
 
+/// How long after its dispatch a run's events may arrive before its host records exist (its
+/// work orders are published beside the record writes); such events are offered again.
+const RECORD_WAIT: Duration = Duration::from_secs(10);
+
+/// How often, 1 ms apart, events that arrived before their host record look for it again
+/// before they are offered again after [`RECORD_RETRY`].
+const RECORD_LOOKS: usize = 5;
+
+/// The redelivery delay of events that arrived before their host record.
+const RECORD_RETRY: Duration = Duration::from_millis(20);
+
+/// Whether `run_id` (a UUIDv7 of its dispatch time) was dispatched within `within` of now; a
+/// run id of another form never was.
+fn dispatched_within(run_id: &str, within: Duration) -> bool {
+    let Some((secs, nanos)) = uuid::Uuid::try_parse(run_id).ok().and_then(|u| u.get_timestamp()).map(|t| t.to_unix())
+    else {
+        return false;
+    };
+    let at = std::time::UNIX_EPOCH + Duration::new(secs, nanos);
+    std::time::SystemTime::now().duration_since(at).map_or(true, |age| age <= within)
+}
+
 /// Work orders of at most this many hosts are published before the caller's answer, from the
 /// request's own task (one task hop less on a small run's round trip); larger runs publish on
 /// a task of their own after the answer.
@@ -1247,4 +1344,24 @@ async fn deliver_all(js: jetstream::Context, subjects: Subjects, orders: Vec<Wor
     .filter_map(|x| async move { x })
     .collect()
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispatch_age_comes_from_the_run_id() {
+        let fresh = uuid::Uuid::now_v7().simple().to_string();
+        assert!(dispatched_within(&fresh, RECORD_WAIT));
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        let since = hour_ago.duration_since(std::time::UNIX_EPOCH).unwrap();
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
+        let old = uuid::Uuid::new_v7(ts).simple().to_string();
+        assert!(!dispatched_within(&old, RECORD_WAIT));
+        assert!(dispatched_within(&old, Duration::from_secs(7200)));
+        // Not a v7 id, or not an id at all: never young.
+        assert!(!dispatched_within(&uuid::Uuid::new_v4().simple().to_string(), RECORD_WAIT));
+        assert!(!dispatched_within("run-1", RECORD_WAIT));
+    }
 }
