@@ -499,18 +499,20 @@ impl Core {
             None => {
                 let inline = orders.len() <= INLINE_ORDERS;
                 let early = if inline { orders.clone() } else { Vec::new() };
+                // The host records go first: a quick host's events need them, not the run
+                // record (the two are written one after the other by the bucket's stream).
                 let (created, published) = futures::join!(
                     async {
-                        futures::try_join!(self.store.create_run_revision(&run), self.store.create_hosts(&records))
+                        futures::try_join!(self.store.create_hosts(&records), self.store.create_run_revision(&run))
                     },
                     publish_few(&self.js, &self.subjects, early),
                 );
                 let refused = match created {
-                    Ok((Some(rev), revisions)) => {
+                    Ok((revisions, Some(rev))) => {
                         run_rev = Some(rev);
                         Ok(revisions)
                     }
-                    Ok((None, _)) => Err(WireError::unavailable(format!("run id {run_id} taken; try again"))),
+                    Ok((_, None)) => Err(WireError::unavailable(format!("run id {run_id} taken; try again"))),
                     Err(e) => Err(store_err(e)),
                 };
                 match refused {
@@ -546,6 +548,12 @@ impl Core {
                 ..ActiveRun::new(records.iter().cloned().zip(revisions).map(|k| (k.0.host_id.clone(), k)).collect())
             },
         );
+        if lock(&self.deltas).contains_key(&run_id) {
+            // A host reported before the run was held here (its order went out beside the
+            // record writes): catch up from the store so the run settles now, not at a tick.
+            let (core, id) = (self.clone(), run_id.clone());
+            tokio::spawn(async move { core.catch_up(&id).await });
+        }
         info!(run_id = %run_id, hosts = hosts.len(), kind = req.job.kind.as_str(), "run dispatched");
         // The stream's acknowledgements are awaited after the reply; a large run publishes
         // after it too.
@@ -615,6 +623,24 @@ impl Core {
                     }
                 }
             }
+        }
+    }
+
+    /// Reads a held run's host records afresh, keeps the newer ones and settles the run when
+    /// every host ended.
+    async fn catch_up(self: &Arc<Self>, run_id: &str) {
+        match self.store.hosts_with_revisions(run_id).await {
+            Ok(hosts) => {
+                if let Some(a) = self.active().get_mut(run_id) {
+                    for k in hosts {
+                        if a.hosts.get(&k.0.host_id).is_none_or(|c| c.1 < k.1) {
+                            a.put_host(k);
+                        }
+                    }
+                }
+                self.settle_if_ended(run_id);
+            }
+            Err(e) => debug!(run_id = %run_id, error = %e, "host records not read; the run's next check settles it"),
         }
     }
 
