@@ -6,11 +6,17 @@
 //! `timeout` ([`lifecycle`]), retries per the run's policy, and cancels on request.
 //!
 //! # The round trip
-//! A run without an idempotency key writes its run record and all host records together (one
-//! round trip for all acknowledgements); with a key, the key is looked up, then claimed after
-//! the run record and before the host records, so the same key twice gives the same run. Only
-//! once JetStream acknowledged the records does the caller get its answer and do work orders
-//! leave. The dispatcher remembers each host record it wrote with its revision, so applying the
+//! A run without an idempotency key writes its host records and run record together (one
+//! round trip for all acknowledgements, host records first); a run of at most
+//! [`INLINE_ORDERS`] hosts publishes its work orders beside those writes, so the order's
+//! JetStream write is not queued behind them. A quick host may then report before its host
+//! record exists: its events are looked up again a few times 1 ms apart, then offered again
+//! after 20 ms, while the run id (a UUIDv7) is younger than 10 s; a run whose records could
+//! not be written takes its orders back (deletes them) before it answers the error. With a
+//! key, the key is looked up, then claimed after the run record and before the host records,
+//! so the same key twice gives the same run, and work orders leave only after the records.
+//! Larger runs publish after the records too. The caller gets its answer once the records are
+//! acknowledged. The dispatcher remembers each host record it wrote with its revision, so applying the
 //! host's `last` event is one compare-and-set without a read. Per run and per event nothing
 //! looks at other runs: the sweeper only visits runs this instance holds. When the event of a
 //! run's last open host is applied, the run record is settled right there with one
@@ -23,8 +29,8 @@
 //! attempt), expiring at the attempt's deadline): a connected host's command consumer gets it
 //! at once, a host that is away gets it when it comes back. The edge agent hands it to its run
 //! worker and acknowledges it once the worker answered; the worker takes an order once per
-//! (run, attempt). The dispatcher publishes the orders of a run all at once after the records
-//! are written and remembers which ones the stream acknowledged; an order whose publish failed
+//! (run, attempt). The dispatcher publishes the orders of a run all at once (see above for
+//! when) and remembers which ones the stream acknowledged; an order whose publish failed
 //! is published again after [`DispatcherArgs::redeliver_after`] (2 s) while its host is pending.
 //! A restarted hub, or another instance holding the run, publishes the pending hosts' orders
 //! again (stored once within the dedupe window, dropped by the host after it). A host away
