@@ -8,7 +8,7 @@
 //! # The round trip
 //! A run without an idempotency key writes its host records and run record together (one
 //! round trip for all acknowledgements, host records first); a run of at most
-//! [`INLINE_ORDERS`] hosts publishes its work orders beside those writes, so the order's
+//! 16 hosts publishes its work orders beside those writes, so the order's
 //! JetStream write is not queued behind them. A quick host may then report before its host
 //! record exists: its events are looked up again a few times 1 ms apart, then offered again
 //! after 20 ms, while the run id (a UUIDv7) is younger than 10 s; a run whose records could
