@@ -68,7 +68,7 @@
 //!
 //! Results are fenced: a result is stored only when its runtime holds its spec at its epoch;
 //! the accepted results of a request go to `STEWARD_RESULTS` as one segment per host
-//! ([`crate::result_store`]), so a result sent twice within the dedupe window is stored once.
+//! (the crate's `result_store` module), so a result sent twice within the dedupe window is stored once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
