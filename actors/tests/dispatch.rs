@@ -503,6 +503,61 @@ async fn events_ahead_of_their_host_record_are_applied_once_it_exists() {
     assert_eq!(done.attempts.len(), 1);
 }
 
+/// A host publishes on its own event subject only; an event on one host's subject that names
+/// another host must not change the other host's record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_naming_another_host_than_its_subject_is_ignored() {
+    let site = Site::start().await;
+    let victim = HostId::parse("edge-5").unwrap();
+    let liar = HostId::parse("edge-6").unwrap();
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let js = jetstream::new(site.hub.clone());
+    let kv = js.get_key_value(streams::RUNS_BUCKET).await.unwrap();
+    let key = run_host_key(site.subjects.account(), &run_id, &victim);
+    let record = HostRun {
+        run_id: run_id.clone(),
+        host_id: victim.to_string(),
+        status: RunStatus::Pending,
+        attempt: 1,
+        max_attempts: 1,
+        timeout_ms: 10_000,
+        deadline_ms: u64::MAX / 2,
+        ..HostRun::default()
+    };
+    kv.create(&key, codec::encode(Encoding::MsgPack, &record).unwrap()).await.unwrap();
+    let event = |seq, kind, status| RunEvent {
+        run_id: run_id.clone(),
+        host_id: victim.to_string(),
+        attempt: 1,
+        seq,
+        kind,
+        status,
+        exit_code: status.map(|_| 0),
+        ..RunEvent::default()
+    };
+    // The forged success goes first, on the liar's own subject; then the victim's real start.
+    publish_batch(&js, &site.subjects, &liar, &[event(2, EventKind::Last, Some(RunStatus::Success))], WAIT)
+        .await
+        .unwrap();
+    publish_batch(&js, &site.subjects, &victim, &[event(1, EventKind::Start, None)], WAIT).await.unwrap();
+    let seen: HostRun = eventually(WAIT, POLL, || {
+        let (kv, key) = (kv.clone(), key.clone());
+        async move {
+            let entry = kv.get(&key).await.map_err(|e| e.to_string())?.ok_or("record gone")?;
+            let h: HostRun = codec::decode(Encoding::MsgPack, &entry).map_err(|e| e.to_string())?;
+            if h.status == RunStatus::Pending {
+                Err("no event applied yet".to_owned())
+            } else {
+                Ok(h)
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen.status, RunStatus::Running, "a forged event was applied: {seen:?}");
+    assert_eq!(seen.last_event_seq, 1);
+}
+
 /// A run whose records cannot be written is refused, and the work orders already published
 /// beside the record writes are taken back: no host finds an order of a run it was told failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

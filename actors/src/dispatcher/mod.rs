@@ -1004,7 +1004,13 @@ impl Core {
                 if let Ok(ev) = codec::decode::<RunEvent>(Encoding::MsgPack, &m.payload) {
                     let matters =
                         ev.seq == 1 || matches!(ev.kind, EventKind::Start | EventKind::Last | EventKind::Artifact);
-                    if matters {
+                    // A host may publish on its own event subject only: an event naming another
+                    // host is not that host's word.
+                    let own = m.subject.as_str().rsplit('.').next() == Some(ev.host_id.as_str());
+                    if matters && !own {
+                        warn!(subject = %m.subject, run_id = %ev.run_id, host_id = %ev.host_id, "run event names another host than its subject; ignored");
+                    }
+                    if matters && own {
                         let key = (ev.run_id.clone(), ev.host_id.clone());
                         by_host.entry(key.clone()).or_default().push((ev, stream_seq));
                         acks.push((Some(key), m));
