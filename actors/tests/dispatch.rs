@@ -20,12 +20,13 @@ use steward_deploy::wait::eventually;
 use steward_deploy::HubLeaf;
 use steward_subjects::api::host::COMMAND_ID_HEADER;
 use steward_subjects::api::run::{
-    EventKind, HostRun, Job, RunEvent, RunRequest, RunStatus, RunStatusRequest, RunView, WorkAck, WorkOrder,
+    EventKind, HostRun, Job, RunEvent, RunRecord, RunRequest, RunStatus, RunStatusRequest, RunView, StatusCounts,
+    WorkAck, WorkOrder,
 };
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::rpc::{self, RequestErrorKind};
 use steward_subjects::streams::{self, Replicas, HOST_COMMANDS_STREAM, RUN_EVENTS_STREAM};
-use steward_subjects::subject::{run_host_key, run_work_msg_id};
+use steward_subjects::subject::{run_host_key, run_record_key, run_work_msg_id};
 use steward_subjects::{AccountId, ErrorCode, HostId, Subjects};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -501,6 +502,24 @@ async fn events_ahead_of_their_host_record_are_applied_once_it_exists() {
     .unwrap();
     assert_eq!(done.exit_code, Some(0));
     assert_eq!(done.attempts.len(), 1);
+
+    // The run record may come last of all (the dispatcher's ticks are 100 ms here): the count
+    // change noted for it is kept until it is there, and the run then ends.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let run = RunRecord {
+        run_id: run_id.clone(),
+        status: RunStatus::Pending,
+        hosts_total: 1,
+        counts: StatusCounts { pending: 1, ..StatusCounts::default() },
+        timeout_ms: 10_000,
+        deadline_ms: u64::MAX / 2,
+        ..RunRecord::default()
+    };
+    let run_key = run_record_key(site.subjects.account(), &run_id);
+    kv.create(&run_key, codec::encode(Encoding::MsgPack, &run).unwrap()).await.unwrap();
+    let view = site.wait_status(&run_id, RunStatus::Success).await;
+    assert_eq!(view.run.counts.success, 1);
+    assert_eq!(view.run.counts.pending, 0);
 }
 
 /// A host publishes on its own event subject only; an event on one host's subject that names

@@ -904,7 +904,13 @@ impl Core {
             })
             .await?;
         let Some(run) = run else {
-            self.active().remove(run_id);
+            if dispatched_within(run_id, RECORD_WAIT) {
+                // A host reported while the run record was still being written (its order
+                // went out beside the record writes): keep the counts for the next tick.
+                lock(&self.deltas).entry(run_id.to_owned()).or_default().merge(delta);
+            } else {
+                self.active().remove(run_id);
+            }
             return Ok(());
         };
         if run.status.is_terminal() {
