@@ -419,6 +419,14 @@ async fn command_loop(js: jetstream::Context, subjects: Subjects, host: HostId, 
     }
 }
 
+/// How long a command delivered to this host's consumer waits for its acknowledgement before
+/// it is offered again. It bounds the delay of a command that reached an agent which stopped or
+/// died before acknowledging it: the pull request of a stopped agent stays at the hub until its
+/// going away has crossed the leaf link, and a command stored in that window is delivered to
+/// it. Handling a command takes milliseconds (a redb write, a local request to the run
+/// worker); one delivered twice is answered from the journal or dropped by the worker.
+const COMMAND_ACK_WAIT: Duration = Duration::from_secs(5);
+
 async fn consume(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -432,7 +440,7 @@ async fn consume(
         filter_subject: subjects.host_command(host),
         deliver_policy: consumer::DeliverPolicy::All,
         ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
+        ack_wait: COMMAND_ACK_WAIT,
         // A host away longer than the commands stream keeps commands loses nothing by losing
         // its consumer; decommissioned hosts' consumers go away on their own.
         inactive_threshold: Duration::from_secs(7 * 24 * 3600),

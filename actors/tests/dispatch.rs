@@ -262,6 +262,30 @@ async fn a_host_away_at_dispatch_gets_its_work_when_it_comes_back() {
     assert!(ack.duplicate);
 }
 
+/// An agent that took a work order and died before acknowledging it (here: a pull that holds
+/// the order and never answers) does not keep the order from the host for long: it is offered
+/// again after the commands' acknowledgement wait, and the restarted agent runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_order_taken_by_an_agent_that_died_is_offered_again() {
+    let mut site = Site::start().await;
+    site.edge.stop_and_wait(None, Some(WAIT)).await.unwrap();
+    let js = jetstream::new(site.hub.clone());
+    let host = HostId::parse("edge-1").unwrap();
+    let consumer: jetstream::consumer::PullConsumer =
+        js.get_consumer_from_stream(site.subjects.host_command_consumer(&host), HOST_COMMANDS_STREAM).await.unwrap();
+    let mut holder = consumer.fetch().max_messages(1).expires(Duration::from_secs(60)).messages().await.unwrap();
+    let run = site.runs.dispatch(&site.request(Job::command(["sh", "-c", "echo late"]), 30_000)).await.unwrap();
+    let held = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut holder)).await.unwrap().unwrap().unwrap();
+    assert!(held.subject.as_str().ends_with(".edge-1"), "{}", held.subject);
+    // The agent comes back; the order it "took" before dying reaches it again.
+    let back = Instant::now();
+    site.edge = spawn_edge(site.topo.leaf().client_url(), &site.subjects, "edge-1", Some("hub"), &site.data).await;
+    let view = site.wait_status(&run.run_id, RunStatus::Success).await;
+    assert!(view.hosts[0].events.iter().any(|e| e.stdout.contains("late")));
+    assert!(back.elapsed() < Duration::from_secs(15), "took {:?}", back.elapsed());
+    drop(holder);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canceling_withdraws_the_work_order_of_a_host_that_is_away() {
     let mut site = Site::start().await;

@@ -1086,7 +1086,11 @@ impl Core {
             // instance must not acknowledge what another is still applying.
             for (key, m) in acks {
                 let result = if key.is_some_and(|k| again.contains(&k)) {
-                    m.ack_with(jetstream::AckKind::Nak(Some(RECORD_RETRY))).await
+                    // Backing off per delivery: a record that never comes (a refused run whose
+                    // order a host took anyway) costs a few redeliveries, not hundreds.
+                    let delivered = m.info().map(|i| i.delivered).unwrap_or(1).clamp(1, 7);
+                    let delay = RECORD_RETRY * 2u32.pow(u32::try_from(delivered - 1).unwrap_or(0));
+                    m.ack_with(jetstream::AckKind::Nak(Some(delay))).await
                 } else {
                     m.ack().await
                 };
@@ -1253,7 +1257,8 @@ const RECORD_WAIT: Duration = Duration::from_secs(10);
 /// before they are offered again after [`RECORD_RETRY`].
 const RECORD_LOOKS: usize = 5;
 
-/// The redelivery delay of events that arrived before their host record.
+/// The first redelivery delay of events that arrived before their host record (doubling per
+/// delivery, up to 64 × this).
 const RECORD_RETRY: Duration = Duration::from_millis(20);
 
 /// Whether `run_id` (a UUIDv7 of its dispatch time) was dispatched within `within` of now; a
