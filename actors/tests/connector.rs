@@ -314,6 +314,8 @@ async fn restarted_agent_keeps_identity_labels_and_workers() {
     assert_eq!(last.kind, HostEventKind::Changed);
     assert!(last.reason.starts_with("agent restarted"), "{}", last.reason);
     edge.stop().await;
+    // The agent's leaving heartbeat is recorded before the hub goes.
+    wait_record(&hub.api, "db-01", "offline after stop", |r| !r.online).await;
 
     // A new connector (hub restart) loads the registry and keeps the record.
     hub.connector.stop().await;
