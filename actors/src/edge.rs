@@ -13,8 +13,9 @@
 //!   run once: its reply is journalled in redb before the message is acknowledged, so a
 //!   redelivery is answered from the journal. Replies go to
 //!   `steward.v1.<account>.host.reply.<host>` (recorded by the stream). A `run` command (the
-//!   dispatcher's work order) is handed to the host's run worker instead, without journal or
-//!   reply, and acknowledged once the worker answered.
+//!   dispatcher's work order) is handed to the host's run worker instead, without a command
+//!   reply; an order the worker took is journalled before it is acknowledged, so a redelivery
+//!   after a restart of the agent (or of the whole host) does not run it again.
 //! - **Leaf node.** [`start_leaf`] runs a local `nats-server` as a leaf of the hub (own
 //!   JetStream domain, the host's credentials on the link); the agent then connects to it over
 //!   loopback and reaches the hub's streams through the hub's JetStream domain.
@@ -23,7 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, AckKind};
@@ -238,7 +239,10 @@ impl Actor for EdgeAgent {
             Some(domain) => jetstream::with_domain(client.clone(), domain),
             None => jetstream::new(client.clone()),
         };
-        let consumer = tokio::spawn(command_loop(js, args.subjects.clone(), host.clone(), myself.clone()));
+        // The loop holds the store weakly: a killed agent's store (and its file lock) goes with
+        // the agent's state, and the loop ends.
+        let consumer =
+            tokio::spawn(command_loop(js, args.subjects.clone(), host.clone(), myself.clone(), Arc::downgrade(&store)));
         let ticker = myself.send_interval(args.heartbeat, || EdgeMsg::Heartbeat);
         info!(host_id = %host, starts = identity.starts, draining = identity.draining, "edge agent started");
         let mut state = EdgeState {
@@ -404,10 +408,20 @@ async fn run_command(state: &mut EdgeState, cmd: HostCommand) -> CommandReply {
 
 /// Reads this host's commands from its durable consumer, hands each to the actor, publishes
 /// the reply and acknowledges; reconnects with back-off whenever the hub is out of reach.
-async fn command_loop(js: jetstream::Context, subjects: Subjects, host: HostId, actor: ActorRef<EdgeMsg>) {
+async fn command_loop(
+    js: jetstream::Context,
+    subjects: Subjects,
+    host: HostId,
+    actor: ActorRef<EdgeMsg>,
+    store: Weak<EdgeStore>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match consume(&js, &subjects, &host, &actor).await {
+        if store.strong_count() == 0 {
+            debug!(host_id = %host, "agent gone; command consumer ends");
+            return;
+        }
+        match consume(&js, &subjects, &host, &actor, &store).await {
             Ok(()) => return,
             Err(e) => {
                 debug!(host_id = %host, error = %e, backoff_ms = backoff.as_millis() as u64, "command consumer interrupted, retrying");
@@ -432,6 +446,7 @@ async fn consume(
     subjects: &Subjects,
     host: &HostId,
     actor: &ActorRef<EdgeMsg>,
+    store: &Weak<EdgeStore>,
 ) -> Result<(), String> {
     let name = subjects.host_command_consumer(host);
     let config = consumer::pull::Config {
@@ -472,7 +487,7 @@ async fn consume(
             }
         };
         if cmd.action == CommandAction::Run {
-            hand_over(js, subjects, host, &msg, cmd).await?;
+            hand_over(js, subjects, host, &msg, cmd, store).await?;
             continue;
         }
         let reply = crate::call(actor, |r| EdgeMsg::Command(Box::new(cmd), r), Duration::from_secs(30))
@@ -493,14 +508,18 @@ const WORKER_RETRY: Duration = Duration::from_secs(1);
 /// own connection and may restart on its own) and acknowledges the command once the worker
 /// answered, whether it took the order or refused it (the refusal is the worker's to report).
 /// An expired or malformed order is terminated; a worker that does not answer gets it again
-/// after [`WORKER_RETRY`]. No journal entry and no command reply: the worker drops duplicates
-/// by (run, attempt), and the run's job events are the answer.
+/// after [`WORKER_RETRY`]. An order the worker took is journalled (its command id) before the
+/// acknowledgement, and a journalled order is acknowledged without being handed over again: the
+/// worker's own (run, attempt) memory does not survive its restart. No command reply: the
+/// run's job events are the answer. A restart between the worker's answer and the journal
+/// write can still run an order twice.
 async fn hand_over(
     js: &jetstream::Context,
     subjects: &Subjects,
     host: &HostId,
     msg: &jetstream::Message,
     cmd: HostCommand,
+    store: &Weak<EdgeStore>,
 ) -> Result<(), String> {
     let order = match cmd.work {
         Some(order) if order.host_id == host.as_str() => order,
@@ -515,10 +534,39 @@ async fn hand_over(
         let _ = msg.ack_with(AckKind::Term).await;
         return Ok(());
     }
+    let st = store.upgrade().ok_or("agent stopped")?;
+    let id = cmd.command_id.clone();
+    if let Ok(Some(_)) = blocking(move || st.command_reply(&id)).await {
+        // Handed over before (the agent, or the host, restarted before acknowledging it): the
+        // worker may have restarted too and forgotten it, so it is not offered again.
+        debug!(host_id = %host, run_id = %order.run_id, attempt = order.attempt, "work order already handed to the run worker");
+        return msg.double_ack().await.map_err(|e| format!("ack failed: {e}"));
+    }
     let client = js.client();
     match rpc::request::<_, WorkAck>(&client, subjects.run_work(host), &order, Duration::from_secs(5)).await {
         Ok(ack) => {
-            if !ack.accepted {
+            if ack.accepted {
+                // Journalled while the job already runs (off its path), before the acknowledgement.
+                let reply = CommandReply {
+                    command_id: cmd.command_id.clone(),
+                    host_id: host.to_string(),
+                    action: CommandAction::Run,
+                    status: CommandStatus::Ok,
+                    message: format!("handed to the run worker (run {}, attempt {})", order.run_id, order.attempt),
+                    replied_at: crate::now_rfc3339(),
+                    ..CommandReply::default()
+                };
+                match codec::encode(Encoding::MsgPack, &reply) {
+                    Ok(bytes) => {
+                        let st = store.upgrade().ok_or("agent stopped")?;
+                        let id = cmd.command_id.clone();
+                        if let Err(e) = blocking(move || st.record_command(&id, &bytes)).await {
+                            warn!(host_id = %host, command_id = %cmd.command_id, error = %e, "work order hand-over not journalled");
+                        }
+                    }
+                    Err(e) => warn!(host_id = %host, error = %e, "work order hand-over not encoded"),
+                }
+            } else {
                 info!(host_id = %host, run_id = %order.run_id, message = %ack.message, "work order refused by the run worker");
             }
             msg.double_ack().await.map_err(|e| format!("ack failed: {e}"))

@@ -286,6 +286,41 @@ async fn a_work_order_taken_by_an_agent_that_died_is_offered_again() {
     drop(holder);
 }
 
+/// A work order offered again after the host restarted (here: stored a second time, with the
+/// run worker restarted so its memory of the order is gone) is not run twice: the agent
+/// journalled the hand-over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_order_offered_again_after_a_restart_runs_once() {
+    let mut site = Site::start().await;
+    let marks = site.data.join("marks");
+    let append = |tag: &str| Job::command(["sh", "-c", &format!("echo {tag} >> {}", marks.display())]);
+    let first = site.runs.dispatch(&site.request(append("first"), 20_000)).await.unwrap();
+    site.wait_status(&first.run_id, RunStatus::Success).await;
+    // The worker restarts and forgets which orders it took.
+    site.worker.take().unwrap().stop_and_wait(None, Some(WAIT)).await.unwrap();
+    site.start_worker(Some(site.signer.verifier())).await;
+    // The same order is offered again (as after a restart before the acknowledgement).
+    let js = jetstream::new(site.hub.clone());
+    let stream = js.get_stream(HOST_COMMANDS_STREAM).await.unwrap();
+    let host = HostId::parse("edge-1").unwrap();
+    let stored = stream.direct_get_last_for_subject(site.subjects.host_command(&host)).await.unwrap();
+    assert_eq!(
+        stored.headers.get(COMMAND_ID_HEADER).map(|v| v.as_str().to_owned()),
+        Some(format!("run-{}-1", first.run_id))
+    );
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(COMMAND_ID_HEADER, format!("run-{}-1", first.run_id).as_str());
+    js.publish_with_headers(site.subjects.host_command(&host), headers, stored.payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // A later run to the same host succeeds after the agent handled the repeat (in order).
+    let second = site.runs.dispatch(&site.request(append("second"), 20_000)).await.unwrap();
+    site.wait_status(&second.run_id, RunStatus::Success).await;
+    assert_eq!(std::fs::read_to_string(&marks).unwrap(), "first\nsecond\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canceling_withdraws_the_work_order_of_a_host_that_is_away() {
     let mut site = Site::start().await;

@@ -40,10 +40,10 @@
 //! run when it comes back; a connected host also gets the stop order, which its worker
 //! remembers, refusing a late order of that run.
 //!
-//! The edge's command consumer takes work orders without the redb journal of the other
-//! commands (the worker's (run, attempt) check stands in for it) and sends no command reply
-//! (the run's job events are the answer), so a work order costs the host one local request
-//! and one acknowledgement.
+//! The edge's command consumer hands work orders to its run worker with one local request,
+//! journals the ones the worker took (redb, while the job already runs) so a redelivery after
+//! a restart does not run them again, and sends no command reply (the run's job events are
+//! the answer).
 //!
 //! # Several hub instances
 //! Every update is a compare-and-set, so instances never overwrite each other. The events
