@@ -152,6 +152,34 @@ async fn spawn_edge(
     Actor::spawn(None, EdgeAgent, args).await.unwrap().0
 }
 
+/// Writes a pending first-attempt host record of `run_id` as the dispatcher would; its key.
+async fn create_pending_host_record(
+    kv: &jetstream::kv::Store,
+    subjects: &Subjects,
+    run_id: &str,
+    host: &HostId,
+) -> String {
+    let key = run_host_key(subjects.account(), run_id, host);
+    let record = HostRun {
+        run_id: run_id.to_owned(),
+        host_id: host.to_string(),
+        status: RunStatus::Pending,
+        attempt: 1,
+        max_attempts: 1,
+        timeout_ms: 10_000,
+        deadline_ms: u64::MAX / 2,
+        ..HostRun::default()
+    };
+    kv.create(&key, codec::encode(Encoding::MsgPack, &record).unwrap()).await.unwrap();
+    key
+}
+
+/// The host record under `key`.
+async fn read_host_record(kv: &jetstream::kv::Store, key: &str) -> Result<HostRun, String> {
+    let entry = kv.get(key).await.map_err(|e| e.to_string())?.ok_or("record gone")?;
+    codec::decode(Encoding::MsgPack, &entry).map_err(|e| e.to_string())
+}
+
 fn assert_ordered(events: &[RunEvent]) {
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     let expected: Vec<u64> = (1..=events.len() as u64).collect();
@@ -533,23 +561,11 @@ async fn events_ahead_of_their_host_record_are_applied_once_it_exists() {
     // Longer than the dispatcher's quick looks (a few ms): the events wait for a redelivery.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let kv = js.get_key_value(streams::RUNS_BUCKET).await.unwrap();
-    let key = run_host_key(site.subjects.account(), &run_id, &host);
-    let record = HostRun {
-        run_id: run_id.clone(),
-        host_id: host.to_string(),
-        status: RunStatus::Pending,
-        attempt: 1,
-        max_attempts: 1,
-        timeout_ms: 10_000,
-        deadline_ms: u64::MAX / 2,
-        ..HostRun::default()
-    };
-    kv.create(&key, codec::encode(Encoding::MsgPack, &record).unwrap()).await.unwrap();
+    let key = create_pending_host_record(&kv, &site.subjects, &run_id, &host).await;
     let done: HostRun = eventually(WAIT, POLL, || {
         let (kv, key) = (kv.clone(), key.clone());
         async move {
-            let entry = kv.get(&key).await.map_err(|e| e.to_string())?.ok_or("record gone")?;
-            let h: HostRun = codec::decode(Encoding::MsgPack, &entry).map_err(|e| e.to_string())?;
+            let h = read_host_record(&kv, &key).await?;
             if h.status == RunStatus::Success {
                 Ok(h)
             } else {
@@ -591,18 +607,7 @@ async fn an_event_naming_another_host_than_its_subject_is_ignored() {
     let run_id = uuid::Uuid::now_v7().simple().to_string();
     let js = jetstream::new(site.hub.clone());
     let kv = js.get_key_value(streams::RUNS_BUCKET).await.unwrap();
-    let key = run_host_key(site.subjects.account(), &run_id, &victim);
-    let record = HostRun {
-        run_id: run_id.clone(),
-        host_id: victim.to_string(),
-        status: RunStatus::Pending,
-        attempt: 1,
-        max_attempts: 1,
-        timeout_ms: 10_000,
-        deadline_ms: u64::MAX / 2,
-        ..HostRun::default()
-    };
-    kv.create(&key, codec::encode(Encoding::MsgPack, &record).unwrap()).await.unwrap();
+    let key = create_pending_host_record(&kv, &site.subjects, &run_id, &victim).await;
     let event = |seq, kind, status| RunEvent {
         run_id: run_id.clone(),
         host_id: victim.to_string(),
@@ -621,8 +626,7 @@ async fn an_event_naming_another_host_than_its_subject_is_ignored() {
     let seen: HostRun = eventually(WAIT, POLL, || {
         let (kv, key) = (kv.clone(), key.clone());
         async move {
-            let entry = kv.get(&key).await.map_err(|e| e.to_string())?.ok_or("record gone")?;
-            let h: HostRun = codec::decode(Encoding::MsgPack, &entry).map_err(|e| e.to_string())?;
+            let h = read_host_record(&kv, &key).await?;
             if h.status == RunStatus::Pending {
                 Err("no event applied yet".to_owned())
             } else {
