@@ -13,7 +13,9 @@
 //!   not one per heartbeat. On start the connector loads the account's records; hosts recorded
 //!   online get a fresh grace period instead of being declared offline at once.
 //! - **Events.** Every transition is an event (`online`, `offline`, `changed`) on the
-//!   `STEWARD_HOST_EVENTS` stream, published after the registry write it describes.
+//!   `STEWARD_HOST_EVENTS` stream, published after the registry write it describes. Its
+//!   message id is made of what caused it (host, incarnation, heartbeat sequence, kind), so
+//!   the transition every instance judges alike is stored once, not once per instance.
 //! - **API.** A `steward-connector` micro service; every endpoint is in the micro queue group
 //!   (any instance may answer): `host.status`, `host.list`, `host.send`, `host.ensure_worker`,
 //!   `host.outcome`, `host.stats`. `host.applied` (a host's applied configuration revision) is
@@ -128,11 +130,14 @@ struct Tracked {
     last_seen: Instant,
     last_write: Instant,
     interval: Duration,
+    /// Sequence number of the last heartbeat seen (0: none since this instance loaded it).
+    last_seq: u64,
 }
 
 enum Write {
     Put(HostRecord),
-    Event(HostEvent),
+    /// An event and what identifies it (its `Nats-Msg-Id` without the account).
+    Event(HostEvent, String),
 }
 
 /// State of the connector.
@@ -339,7 +344,12 @@ impl ConnectorState {
         let _ = self.writer.send(Write::Put(record));
     }
 
-    fn event(&mut self, kind: HostEventKind, reason: &str, record: &HostRecord) {
+    /// Publishes a transition caused by heartbeat `seq` of the record's incarnation (for
+    /// missed heartbeats: the last one seen). Every connector instance sees every heartbeat and
+    /// judges the same transition, so its message id is made of what caused it, not of this
+    /// instance: the events stream stores it once however many instances publish it.
+    fn event(&mut self, kind: HostEventKind, reason: &str, record: &HostRecord, seq: u64) {
+        let id = format!("{}.{}.{seq}.{}", record.host_id, record.incarnation, kind.as_str());
         let event = HostEvent {
             kind,
             host_id: record.host_id.clone(),
@@ -348,7 +358,7 @@ impl ConnectorState {
             record: record.clone(),
         };
         info!(host_id = %record.host_id, event = kind.as_str(), reason, "host event");
-        let _ = self.writer.send(Write::Event(event));
+        let _ = self.writer.send(Write::Event(event, id));
     }
 
     fn heartbeat(&mut self, hb: Heartbeat, host: HostId) {
@@ -379,18 +389,19 @@ impl ConnectorState {
             let record = fresh(&hb, None);
             self.hosts.insert(
                 host.to_string(),
-                Tracked { record: record.clone(), last_seen: now, last_write: now, interval },
+                Tracked { record: record.clone(), last_seen: now, last_write: now, interval, last_seq: hb.seq },
             );
             self.put(record.clone());
             if hb.leaving {
-                self.event(HostEventKind::Offline, "clean shutdown", &record);
+                self.event(HostEventKind::Offline, "clean shutdown", &record, hb.seq);
             } else {
-                self.event(HostEventKind::Online, "first heartbeat", &record);
+                self.event(HostEventKind::Online, "first heartbeat", &record, hb.seq);
             }
             return;
         };
         t.last_seen = now;
         t.interval = interval;
+        t.last_seq = hb.seq;
         let was_online = t.record.online;
         if hb.leaving {
             if !was_online {
@@ -401,7 +412,7 @@ impl ConnectorState {
             t.record = record.clone();
             t.last_write = now;
             self.put(record.clone());
-            self.event(HostEventKind::Offline, "clean shutdown", &record);
+            self.event(HostEventKind::Offline, "clean shutdown", &record, hb.seq);
             return;
         }
         if !was_online {
@@ -413,7 +424,7 @@ impl ConnectorState {
             t.record = record.clone();
             t.last_write = now;
             self.put(record.clone());
-            self.event(HostEventKind::Online, &reason, &record);
+            self.event(HostEventKind::Online, &reason, &record, hb.seq);
             return;
         }
         let old = &t.record;
@@ -466,7 +477,7 @@ impl ConnectorState {
             format!("{} changed", changed.join(", "))
         };
         self.put(record.clone());
-        self.event(HostEventKind::Changed, &reason, &record);
+        self.event(HostEventKind::Changed, &reason, &record, hb.seq);
     }
 
     fn sweep(&mut self) {
@@ -480,12 +491,12 @@ impl ConnectorState {
                 t.record.last_seen = last_seen;
                 t.record.offline_reason = Some("missed heartbeats".to_owned());
                 t.last_write = now;
-                gone.push(t.record.clone());
+                gone.push((t.record.clone(), t.last_seq));
             }
         }
-        for record in gone {
+        for (record, seq) in gone {
             self.put(record.clone());
-            self.event(HostEventKind::Offline, "missed heartbeats", &record);
+            self.event(HostEventKind::Offline, "missed heartbeats", &record, seq);
         }
     }
 }
@@ -527,7 +538,10 @@ async fn load_registry(kv: &kv::Store, subjects: &Subjects) -> Result<HashMap<St
                     0 => DEFAULT_INTERVAL,
                     ms => Duration::from_millis(ms).clamp(MIN_INTERVAL, MAX_INTERVAL),
                 };
-                hosts.insert(host.to_string(), Tracked { record, last_seen: now, last_write: now, interval });
+                hosts.insert(
+                    host.to_string(),
+                    Tracked { record, last_seen: now, last_write: now, interval, last_seq: 0 },
+                );
             }
             Err(e) => warn!(key = %key, error = %e, "unreadable host record skipped"),
         }
@@ -553,7 +567,7 @@ async fn write_loop(
                 Write::Put(r) => {
                     puts.insert(r.host_id.clone(), r);
                 }
-                Write::Event(e) => events.push(e),
+                Write::Event(e, id) => events.push((e, id)),
             }
         }
         let writes = futures::stream::iter(puts.into_values())
@@ -580,11 +594,12 @@ async fn write_loop(
             };
         }
         let mut acks = Vec::with_capacity(events.len());
-        for e in events {
+        for (e, id) in events {
             let Ok(host) = HostId::parse(&e.host_id) else { continue };
             let Ok(payload) = codec::encode(Encoding::MsgPack, &e) else { continue };
             let mut headers = HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, uuid::Uuid::now_v7().simple().to_string().as_str());
+            let id = format!("host-event.{}.{id}", subjects.account());
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
             match js.publish_with_headers(subjects.host_event(&host), headers, payload).await {
                 Ok(ack) => acks.push(ack),
                 Err(err) => warn!(host_id = %host, error = %err, "host event not published"),

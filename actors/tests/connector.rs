@@ -403,3 +403,54 @@ async fn malformed_heartbeats_are_dropped_and_counted_and_hostile_input_refused(
     // The connector survived all of it.
     assert!(hub.connector.stats().await.is_ok());
 }
+
+/// Every connector instance sees every heartbeat and judges the same transitions; the events
+/// stream must hold each transition once, not once per instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_connector_instances_record_each_host_event_once() {
+    let hub = hub(false).await;
+    let mut args = ConnectorArgs::new(hub.client.clone(), acme());
+    args.sweep_every = Duration::from_millis(25);
+    let (second, _) = ConnectorHandle::start(args).await.unwrap();
+    let host = HostId::parse("web-02").unwrap();
+    let on_both = |online: bool| {
+        let (first, second, host) = (hub.connector.clone(), second.clone(), host.clone());
+        async move {
+            eventually(WAIT, POLL, || async {
+                let a = first.status(&host).await.unwrap().is_some_and(|r| r.online == online);
+                let b = second.status(&host).await.unwrap().is_some_and(|r| r.online == online);
+                if a && b {
+                    Ok(())
+                } else {
+                    Err(format!("not online={online} on both instances yet"))
+                }
+            })
+            .await
+            .unwrap();
+        }
+    };
+    let data = tempfile::tempdir().unwrap();
+    let url = hub.server.client_url();
+    let interval = Duration::from_millis(100);
+    // Online, then a clean shutdown.
+    let (edge, _) = EdgeHandle::start(edge_args(&url, "web-02", data.path(), interval)).await.unwrap();
+    on_both(true).await;
+    edge.stop().await;
+    on_both(false).await;
+    // Back (a new incarnation), then gone without a word: both instances time it out.
+    let (edge, _) = EdgeHandle::start(edge_args(&url, "web-02", data.path(), interval)).await.unwrap();
+    on_both(true).await;
+    edge.kill().await;
+    on_both(false).await;
+    // Both instances have published what they saw by now (offline is written before it is
+    // answered); give their writers a moment to reach the stream.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kinds: Vec<HostEventKind> = events(&hub.client, "web-02").await.into_iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [HostEventKind::Online, HostEventKind::Offline, HostEventKind::Online, HostEventKind::Offline],
+        "each transition once"
+    );
+    second.stop().await;
+    hub.connector.stop().await;
+}
