@@ -310,6 +310,13 @@ impl ActiveRun {
         }
     }
 
+    /// Remembers `k` unless a newer revision of its record is remembered already.
+    fn put_newer(&mut self, k: KnownHost) {
+        if self.hosts.get(&k.0.host_id).is_none_or(|c| c.1 < k.1) {
+            self.put_host(k);
+        }
+    }
+
     /// Whether every host of the run is known here and ended.
     fn all_ended(&self) -> bool {
         self.hosts.len() as u64 >= self.hosts_total && self.ended >= self.hosts.len()
@@ -638,11 +645,7 @@ impl Core {
         match self.store.hosts_with_revisions(run_id).await {
             Ok(hosts) => {
                 if let Some(a) = self.active().get_mut(run_id) {
-                    for k in hosts {
-                        if a.hosts.get(&k.0.host_id).is_none_or(|c| c.1 < k.1) {
-                            a.put_host(k);
-                        }
-                    }
+                    hosts.into_iter().for_each(|k| a.put_newer(k));
                 }
                 self.settle_if_ended(run_id);
             }
@@ -854,10 +857,7 @@ impl Core {
             let mut active = self.active();
             match active.get_mut(run_id) {
                 Some(a) => {
-                    let newer = a.hosts.get(&after.host_id).is_none_or(|k| k.1 < c.revision);
-                    if newer {
-                        a.put_host((after.clone(), c.revision));
-                    }
+                    a.put_newer((after.clone(), c.revision));
                     let retry = after.status == RunStatus::Pending
                         && (before.status != RunStatus::Pending || before.attempt != after.attempt);
                     if retry {
@@ -1173,12 +1173,7 @@ impl Core {
             None => {
                 let hosts = self.store.hosts_with_revisions(run_id).await?;
                 if let Some(a) = self.active().get_mut(run_id) {
-                    for k in &hosts {
-                        let newer = a.hosts.get(&k.0.host_id).is_none_or(|c| c.1 < k.1);
-                        if newer {
-                            a.put_host(k.clone());
-                        }
-                    }
+                    hosts.iter().for_each(|k| a.put_newer(k.clone()));
                 }
                 hosts.into_iter().map(|k| k.0).collect()
             }
