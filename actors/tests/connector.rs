@@ -442,9 +442,18 @@ async fn two_connector_instances_record_each_host_event_once() {
     on_both(true).await;
     edge.kill().await;
     on_both(false).await;
-    // Both instances have published what they saw by now (offline is written before it is
-    // answered); give their writers a moment to reach the stream.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each instance stored its four events (a duplicate's acknowledgement counts too).
+    eventually(WAIT, POLL, || async {
+        let a = hub.connector.stats().await.map_err(|e| e.to_string())?.events;
+        let b = second.stats().await.map_err(|e| e.to_string())?.events;
+        if a >= 4 && b >= 4 {
+            Ok(())
+        } else {
+            Err(format!("events stored by the instances so far: {a} and {b}"))
+        }
+    })
+    .await
+    .unwrap();
     let kinds: Vec<HostEventKind> = events(&hub.client, "web-02").await.into_iter().map(|e| e.kind).collect();
     assert_eq!(
         kinds,

@@ -26,7 +26,7 @@ use steward_subjects::api::run::{
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::rpc::{self, RequestErrorKind};
 use steward_subjects::streams::{self, Replicas, HOST_COMMANDS_STREAM, RUN_EVENTS_STREAM};
-use steward_subjects::subject::{run_host_key, run_record_key, run_work_msg_id};
+use steward_subjects::subject::{run_events_consumer, run_host_key, run_record_key, run_work_msg_id};
 use steward_subjects::{AccountId, ErrorCode, HostId, Subjects};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -109,6 +109,15 @@ impl Site {
         })
         .await
         .unwrap();
+    }
+
+    /// Returns once the dispatcher swept at least once from now: a probe run to a host that
+    /// does not exist, with a 1 ms timeout, ends `timeout` only in a sweep (which writes the
+    /// noted count changes before it checks deadlines).
+    async fn wait_for_a_tick(&self) {
+        let probe = RunRequest { hosts: vec!["edge-nowhere".into()], ..self.request(Job::command(["true"]), 1) };
+        let probe = self.runs.dispatch(&probe).await.unwrap();
+        self.wait_status(&probe.run_id, RunStatus::Timeout).await;
     }
 
     fn request(&self, job: Job, timeout_ms: u64) -> RunRequest {
@@ -558,8 +567,22 @@ async fn events_ahead_of_their_host_record_are_applied_once_it_exists() {
     };
     let js = jetstream::new(site.hub.clone());
     publish_batch(&js, &site.subjects, &host, &[last], Duration::from_secs(5)).await.unwrap();
-    // Longer than the dispatcher's quick looks (a few ms): the events wait for a redelivery.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The record is written only once the events were offered again (past the dispatcher's
+    // quick looks of a few ms).
+    let stream = js.get_stream(RUN_EVENTS_STREAM).await.unwrap();
+    let durable = run_events_consumer(site.subjects.account());
+    eventually(WAIT, POLL, || async {
+        let mut c: jetstream::consumer::PullConsumer =
+            stream.get_consumer(&durable).await.map_err(|e| e.to_string())?;
+        let info = c.info().await.map_err(|e| e.to_string())?;
+        if info.num_redelivered > 0 {
+            Ok(())
+        } else {
+            Err("the events were not offered again yet".to_owned())
+        }
+    })
+    .await
+    .unwrap();
     let kv = js.get_key_value(streams::RUNS_BUCKET).await.unwrap();
     let key = create_pending_host_record(&kv, &site.subjects, &run_id, &host).await;
     let done: HostRun = eventually(WAIT, POLL, || {
@@ -578,9 +601,9 @@ async fn events_ahead_of_their_host_record_are_applied_once_it_exists() {
     assert_eq!(done.exit_code, Some(0));
     assert_eq!(done.attempts.len(), 1);
 
-    // The run record may come last of all (the dispatcher's ticks are 100 ms here): the count
-    // change noted for it is kept until it is there, and the run then ends.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The run record may come last of all: the count change noted for it is kept through the
+    // dispatcher's ticks until it is there, and the run then ends.
+    site.wait_for_a_tick().await;
     let run = RunRecord {
         run_id: run_id.clone(),
         status: RunStatus::Pending,
