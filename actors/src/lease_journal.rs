@@ -25,10 +25,9 @@ use async_nats::HeaderMap;
 use futures::StreamExt;
 use steward_subjects::api::lease::{LeaseJournalEntry, LeaseSnapshot, SnapshotPointer};
 use steward_subjects::codec::{self, Encoding};
-use steward_subjects::streams::{ARTIFACTS_STORE, LEASES_BUCKET, LEASE_JOURNAL_STREAM};
+use steward_subjects::streams::{self, ObjectReadError, ARTIFACTS_STORE, LEASES_BUCKET, LEASE_JOURNAL_STREAM};
 use steward_subjects::subject::{lease_snapshot_key, lease_snapshot_object};
 use steward_subjects::AccountId;
-use tokio::io::AsyncReadExt;
 
 /// Header JetStream checks for compare-and-set on a subject.
 pub const EXPECTED_LAST_SUBJECT_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
@@ -227,24 +226,46 @@ pub async fn read_pointer(
 /// Loads the latest snapshot of `account` (`None` when there is none yet) and the pointer's
 /// revision.
 ///
+/// A leader writing a newer snapshot meanwhile deletes the object the pointer named when it was
+/// read; the pointer is then read again and the newer object loaded (a few times at most).
+///
 /// # Errors
 /// `Unavailable` when the pointer or object cannot be read, `Corrupt` when it cannot be decoded.
 pub async fn load_snapshot(
     js: &jetstream::Context,
     account: &AccountId,
 ) -> Result<(Option<LeaseSnapshot>, u64), JournalError> {
-    let (pointer, revision) = read_pointer(js, account).await?;
-    let Some(pointer) = pointer else { return Ok((None, revision)) };
+    /// How many times a pointer that moved under the read is followed again.
+    const POINTER_MOVES: usize = 8;
     let store = js.get_object_store(ARTIFACTS_STORE).await.map_err(|e| JournalError::Unavailable(e.to_string()))?;
-    let mut object = store
-        .get(&pointer.object)
-        .await
-        .map_err(|e| JournalError::Unavailable(format!("snapshot {}: {e}", pointer.object)))?;
-    let mut bytes = Vec::new();
-    object
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| JournalError::Unavailable(format!("snapshot {}: {e}", pointer.object)))?;
+    let (mut pointer, mut revision) = read_pointer(js, account).await?;
+    let mut moves = 0;
+    loop {
+        let Some(p) = pointer else { return Ok((None, revision)) };
+        match read_snapshot_object(&store, &p).await {
+            Ok(snap) => return Ok((Some(snap), revision)),
+            Err(JournalError::Unavailable(e)) => {
+                let (now, now_revision) = read_pointer(js, account).await?;
+                if now_revision == revision || moves == POINTER_MOVES {
+                    return Err(JournalError::Unavailable(e));
+                }
+                moves += 1;
+                (pointer, revision) = (now, now_revision);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads and checks the snapshot object `pointer` names.
+async fn read_snapshot_object(
+    store: &jetstream::object_store::ObjectStore,
+    pointer: &SnapshotPointer,
+) -> Result<LeaseSnapshot, JournalError> {
+    let bytes = streams::read_object(store, &pointer.object, usize::MAX).await.map_err(|e| match e {
+        ObjectReadError::TooLarge { .. } => JournalError::Corrupt(format!("snapshot: {e}")),
+        e => JournalError::Unavailable(format!("snapshot: {e}")),
+    })?;
     let snap: LeaseSnapshot = codec::decode_limited(Encoding::MsgPack, &bytes, usize::MAX)
         .map_err(|e| JournalError::Corrupt(format!("snapshot {}: {e}", pointer.object)))?;
     if snap.through_seq != pointer.through_seq {
@@ -253,7 +274,7 @@ pub async fn load_snapshot(
             pointer.object, snap.through_seq, pointer.through_seq
         )));
     }
-    Ok((Some(snap), revision))
+    Ok(snap)
 }
 
 /// Stores `encoded` (an encoded [`LeaseSnapshot`] at `through_seq`), moves the pointer to it,

@@ -14,7 +14,8 @@ use steward_actors::lease_client::LeaseClient;
 use steward_actors::lease_journal::{self, JournalError};
 use steward_deploy::{eventually, SingleNode};
 use steward_subjects::api::lease::{
-    ChangeNotice, LeaseJournalEntry, LeaseRequest, LeasesRequest, MineRequest, ReleaseRequest, RenewRequest, SpecEpoch,
+    ChangeNotice, LeaseJournalEntry, LeaseRequest, LeaseSnapshot, LeasesRequest, MineRequest, ReleaseRequest,
+    RenewRequest, SpecEpoch,
 };
 use steward_subjects::api::result::{decode_stored, ResultRecord, SubmitRequest, SubmitStatus};
 use steward_subjects::codec::{self, Encoding};
@@ -599,4 +600,33 @@ async fn snapshot_purge_and_replay_give_the_same_state() {
     let more = c.lease(&lease_req("rt-9", 100)).await.unwrap();
     assert_eq!(more.granted.len(), 12);
     assert_eq!(more.granted.iter().filter(|g| g.epoch == 2).count(), 2);
+}
+
+#[tokio::test]
+async fn a_snapshot_read_while_a_newer_one_is_written_follows_the_pointer() {
+    let h = hub().await;
+    let journal = Subjects::new(account()).jobspec_journal();
+    let js = h.js.clone();
+    // Each write moves the pointer and deletes the object it named before.
+    let writer = tokio::spawn(async move {
+        for seq in 1..=60u64 {
+            let snap = LeaseSnapshot { through_seq: seq, ..LeaseSnapshot::default() };
+            let encoded = codec::encode(Encoding::MsgPack, &snap).unwrap();
+            lease_journal::write_snapshot(&js, &account(), &journal, seq, encoded.to_vec(), || true).await.unwrap();
+        }
+    });
+    let mut loaded = 0;
+    let mut last_seen = 0;
+    while !writer.is_finished() {
+        let (snap, _) = lease_journal::load_snapshot(&h.js, &account()).await.unwrap();
+        if let Some(snap) = snap {
+            assert!(snap.through_seq >= last_seen, "snapshots went backwards: {} after {last_seen}", snap.through_seq);
+            last_seen = snap.through_seq;
+            loaded += 1;
+        }
+    }
+    writer.await.unwrap();
+    assert!(loaded > 0, "no snapshot was read while they were written");
+    let (snap, _) = lease_journal::load_snapshot(&h.js, &account()).await.unwrap();
+    assert_eq!(snap.unwrap().through_seq, 60);
 }

@@ -278,3 +278,81 @@ pub async fn ensure(js: &jetstream::Context, replicas: Replicas) -> Result<Ensur
     }
     Ok(report)
 }
+
+/// How long [`read_object`] waits for the next chunk of an object before it gives up.
+pub const OBJECT_READ_IDLE: Duration = Duration::from_secs(2);
+
+/// Why [`read_object`] returned no bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectReadError {
+    /// Nothing is stored under the name (or it was deleted).
+    #[error("object {0} not found")]
+    NotFound(String),
+    /// The object is larger than the caller accepts.
+    #[error("object {name} holds {size} bytes, more than the {limit} accepted")]
+    TooLarge {
+        /// Object name.
+        name: String,
+        /// Its size.
+        size: u64,
+        /// The caller's limit.
+        limit: usize,
+    },
+    /// No chunk arrived for [`OBJECT_READ_IDLE`]: the object was deleted or replaced while it
+    /// was read (its chunks are gone), or the server stopped answering.
+    #[error("object {0}: no data for {OBJECT_READ_IDLE:?} (deleted or replaced while read?)")]
+    Stalled(String),
+    /// The server refused or the read failed.
+    #[error("object {name}: {reason}")]
+    Unavailable {
+        /// Object name.
+        name: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Reads the whole object `name` of `store`, at most `limit` bytes.
+///
+/// Use this instead of reading an [`object_store::Object`] to its end: an object deleted or
+/// replaced between its info and its chunks leaves that read waiting for chunks that never
+/// come. Here a read that gets no chunk for [`OBJECT_READ_IDLE`] ends as
+/// [`ObjectReadError::Stalled`]; the caller can look the name up again.
+///
+/// # Errors
+/// See [`ObjectReadError`].
+pub async fn read_object(
+    store: &object_store::ObjectStore,
+    name: &str,
+    limit: usize,
+) -> Result<Vec<u8>, ObjectReadError> {
+    use tokio::io::AsyncReadExt;
+    let unavailable =
+        |e: &dyn std::fmt::Display| ObjectReadError::Unavailable { name: name.to_owned(), reason: e.to_string() };
+    let mut object = match store.get(name).await {
+        Ok(o) => o,
+        Err(e) if e.kind() == object_store::GetErrorKind::NotFound => {
+            return Err(ObjectReadError::NotFound(name.to_owned()))
+        }
+        Err(e) => return Err(unavailable(&e)),
+    };
+    let size = object.info().size as u64;
+    if size > limit as u64 {
+        return Err(ObjectReadError::TooLarge { name: name.to_owned(), size, limit });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::time::timeout(OBJECT_READ_IDLE, object.read(&mut chunk))
+            .await
+            .map_err(|_| ObjectReadError::Stalled(name.to_owned()))?
+            .map_err(|e| unavailable(&e))?;
+        if n == 0 {
+            return Ok(bytes);
+        }
+        if bytes.len() + n > limit {
+            return Err(ObjectReadError::TooLarge { name: name.to_owned(), size: (bytes.len() + n) as u64, limit });
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+    }
+}

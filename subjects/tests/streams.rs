@@ -42,3 +42,33 @@ async fn ensure_creates_r3_streams_on_a_cluster() {
         assert_eq!(stream.info().await.unwrap().config.num_replicas, 3, "{}", def.name);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_object_reads_whole_objects_and_does_not_wait_forever_for_lost_chunks() {
+    let server = NatsServer::single(ServerOptions::named("objects")).await.unwrap();
+    let client = async_nats::connect(server.client_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    streams::ensure(&js, Replicas::One).await.unwrap();
+    let store = js.get_object_store(streams::ARTIFACTS_STORE).await.unwrap();
+    // Several chunks' worth of bytes come back whole.
+    let big: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    store.put("acme/big", &mut big.as_slice()).await.unwrap();
+    assert_eq!(streams::read_object(&store, "acme/big", usize::MAX).await.unwrap(), big);
+    assert!(matches!(
+        streams::read_object(&store, "acme/big", 1000).await,
+        Err(streams::ObjectReadError::TooLarge { size: 600_000, limit: 1000, .. })
+    ));
+    assert!(matches!(
+        streams::read_object(&store, "acme/none", usize::MAX).await,
+        Err(streams::ObjectReadError::NotFound(_))
+    ));
+    // An object whose chunks are gone under its info (what a delete or replace racing a read
+    // leaves): the read ends instead of waiting for them.
+    let info = store.info("acme/big").await.unwrap();
+    let stream = js.get_stream(format!("OBJ_{}", streams::ARTIFACTS_STORE)).await.unwrap();
+    stream.purge().filter(format!("$O.{}.C.{}", streams::ARTIFACTS_STORE, info.nuid)).await.unwrap();
+    assert!(matches!(
+        streams::read_object(&store, "acme/big", usize::MAX).await,
+        Err(streams::ObjectReadError::Stalled(_))
+    ));
+}

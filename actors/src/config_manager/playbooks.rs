@@ -11,10 +11,9 @@
 use async_nats::jetstream::{self, object_store};
 use steward_subjects::api::config::{PlaybookRef, PlaybookReply, PlaybookStored};
 use steward_subjects::api::run::MAX_PLAYBOOK_BYTES;
-use steward_subjects::streams::ARTIFACTS_STORE;
+use steward_subjects::streams::{self, ObjectReadError, ARTIFACTS_STORE};
 use steward_subjects::subject::playbook_object_name;
 use steward_subjects::{AccountId, WireError};
-use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
 /// The playbooks of one account in the artifacts object store.
@@ -57,21 +56,12 @@ impl PlaybookStore {
         reference: &PlaybookRef,
     ) -> Result<Option<Vec<u8>>, WireError> {
         let name = self.object_name(reference);
-        let mut object = match store.get(name.as_str()).await {
-            Ok(o) => o,
-            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(unavailable(e)),
-        };
-        let size = object.info().size as u64;
-        if size > MAX_PLAYBOOK_BYTES as u64 {
-            return Err(too_large(size));
+        match streams::read_object(store, &name, MAX_PLAYBOOK_BYTES).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(ObjectReadError::NotFound(_)) => Ok(None),
+            Err(ObjectReadError::TooLarge { size, .. }) => Err(too_large(size)),
+            Err(e) => Err(unavailable(e)),
         }
-        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-        object.read_to_end(&mut bytes).await.map_err(unavailable)?;
-        if bytes.len() > MAX_PLAYBOOK_BYTES {
-            return Err(too_large(bytes.len() as u64));
-        }
-        Ok(Some(bytes))
     }
 
     /// Stores `content` under its reference. Bytes already stored intact are not written again;

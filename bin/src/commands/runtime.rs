@@ -243,15 +243,12 @@ async fn full_output(nats: &async_nats::Client, global: &Global, key: &str) -> a
     let name = output_object_name(global, key)?;
     let js = async_nats::jetstream::new(nats.clone());
     let store = js.get_object_store(ARTIFACTS_STORE).await.with_context(|| format!("cannot open {ARTIFACTS_STORE}"))?;
-    let mut object = store.get(name.as_str()).await.map_err(|e| {
-        anyhow::anyhow!(
-            "no stored output {name:?} ({e}); outputs up to {MAX_INLINE_OUTPUT} bytes are kept only inline in the result (`steward results --spec ...`)"
-        )
+    let bytes = steward_subjects::streams::read_object(&store, &name, usize::MAX).await.map_err(|e| match e {
+        steward_subjects::streams::ObjectReadError::NotFound(_) => anyhow::anyhow!(
+            "no stored output {name:?}; outputs up to {MAX_INLINE_OUTPUT} bytes are kept only inline in the result (`steward results --spec ...`)"
+        ),
+        e => anyhow::anyhow!("cannot read {name}: {e}"),
     })?;
-    let mut bytes = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
-        .await
-        .with_context(|| format!("cannot read {name}"))?;
     let mut out = std::io::stdout().lock();
     out.write_all(&bytes)?;
     out.flush()?;
