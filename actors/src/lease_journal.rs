@@ -237,8 +237,12 @@ pub async fn load_snapshot(
 ) -> Result<(Option<LeaseSnapshot>, u64), JournalError> {
     /// How many times a pointer that moved under the read is followed again.
     const POINTER_MOVES: usize = 8;
-    let store = js.get_object_store(ARTIFACTS_STORE).await.map_err(|e| JournalError::Unavailable(e.to_string()))?;
     let (mut pointer, mut revision) = read_pointer(js, account).await?;
+    if pointer.is_none() {
+        // No snapshot yet: nothing to read, and the store is not needed.
+        return Ok((None, revision));
+    }
+    let store = js.get_object_store(ARTIFACTS_STORE).await.map_err(|e| JournalError::Unavailable(e.to_string()))?;
     let mut moves = 0;
     loop {
         let Some(p) = pointer else { return Ok((None, revision)) };
