@@ -310,7 +310,9 @@ async fn a_work_order_taken_by_an_agent_that_died_is_offered_again() {
     let host = HostId::parse("edge-1").unwrap();
     let consumer: jetstream::consumer::PullConsumer =
         js.get_consumer_from_stream(site.subjects.host_command_consumer(&host), HOST_COMMANDS_STREAM).await.unwrap();
-    let mut holder = consumer.fetch().max_messages(1).expires(Duration::from_secs(60)).messages().await.unwrap();
+    // A waiting pull (`fetch` would answer "no messages" at once when nothing is pending, e.g.
+    // while the stopped agent's last pull, not yet gone from the hub, holds the order).
+    let mut holder = consumer.batch().max_messages(1).expires(Duration::from_secs(60)).messages().await.unwrap();
     let run = site.runs.dispatch(&site.request(Job::command(["sh", "-c", "echo late"]), 30_000)).await.unwrap();
     let held = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut holder)).await.unwrap().unwrap().unwrap();
     assert!(held.subject.as_str().ends_with(".edge-1"), "{}", held.subject);
