@@ -677,8 +677,10 @@ async fn a_run_refused_for_lack_of_records_leaves_no_work_order() {
     assert!(matches!(err.kind(), RequestErrorKind::Remote(_)), "{err}");
     let stream = js.get_stream(HOST_COMMANDS_STREAM).await.unwrap();
     let subject = site.subjects.host_command(&HostId::parse("edge-away").unwrap());
-    // The take-back runs before the answer; give a stray order every chance to show.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The take-back ends before the answer. A stray order the dispatcher sent before answering
+    // is ahead of this probe in the stream's queue: once the probe is stored, so is any stray.
+    let probe = site.subjects.host_command(&HostId::parse("edge-probe").unwrap());
+    js.publish(probe, "probe".into()).await.unwrap().await.unwrap();
     let left = stream.direct_get_last_for_subject(&subject).await;
     assert!(left.is_err(), "a work order of the refused run is still stored: {:?}", left.map(|m| m.headers));
 }

@@ -340,7 +340,8 @@ pub async fn read_object(
     if size > limit as u64 {
         return Err(ObjectReadError::TooLarge { name: name.to_owned(), size, limit });
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    // The size is the writer's word: reserve at most 1 MiB up front, grow with what arrives.
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 20));
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         let n = tokio::time::timeout(OBJECT_READ_IDLE, object.read(&mut chunk))
