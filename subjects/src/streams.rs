@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, object_store, stream};
 
-use crate::subject::any_account;
+use crate::subject::AnyAccount;
 
 /// How many copies JetStream keeps of each stream and bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -138,7 +138,7 @@ pub fn streams() -> Vec<StreamDef> {
         StreamDef {
             name: HOST_EVENTS_STREAM,
             description: "host registry events: online, offline, changed",
-            subjects: vec![any_account::host_events()],
+            subjects: vec![AnyAccount::host_events()],
             retention: stream::RetentionPolicy::Limits,
             max_age: 7 * DAY,
             max_bytes: -1,
@@ -146,7 +146,7 @@ pub fn streams() -> Vec<StreamDef> {
         StreamDef {
             name: HOST_COMMANDS_STREAM,
             description: "commands to hosts and their replies, kept until delivered or expired",
-            subjects: vec![any_account::host_commands(), crate::subject::host_replies_any_account()],
+            subjects: vec![AnyAccount::host_commands(), AnyAccount::host_replies()],
             retention: stream::RetentionPolicy::Limits,
             max_age: 7 * DAY,
             max_bytes: -1,
@@ -154,7 +154,7 @@ pub fn streams() -> Vec<StreamDef> {
         StreamDef {
             name: CONFIG_EVENTS_STREAM,
             description: "configuration change notices and rejected candidates",
-            subjects: vec![any_account::config_changed(), crate::subject::any_account_config_rejected()],
+            subjects: vec![AnyAccount::config_changed(), AnyAccount::config_rejected()],
             retention: stream::RetentionPolicy::Limits,
             max_age: Duration::ZERO,
             max_bytes: -1,
@@ -162,7 +162,7 @@ pub fn streams() -> Vec<StreamDef> {
         StreamDef {
             name: RESULTS_STREAM,
             description: "assessment results, each stored once",
-            subjects: vec![any_account::results()],
+            subjects: vec![AnyAccount::results()],
             retention: stream::RetentionPolicy::Limits,
             max_age: 30 * DAY,
             max_bytes: -1,
@@ -170,7 +170,7 @@ pub fn streams() -> Vec<StreamDef> {
         StreamDef {
             name: RUN_EVENTS_STREAM,
             description: "job event data of runs, each event stored once",
-            subjects: vec![any_account::run_events()],
+            subjects: vec![AnyAccount::run_events()],
             retention: stream::RetentionPolicy::Limits,
             max_age: 30 * DAY,
             max_bytes: -1,
@@ -178,7 +178,7 @@ pub fn streams() -> Vec<StreamDef> {
         StreamDef {
             name: LEASE_JOURNAL_STREAM,
             description: "lease journal: group-committed grants, releases and sessions of the lease leader",
-            subjects: vec![crate::subject::any_account_lease_journal(), crate::subject::any_account_lease_fence()],
+            subjects: vec![AnyAccount::lease_journal(), AnyAccount::lease_fence()],
             retention: stream::RetentionPolicy::Limits,
             max_age: Duration::ZERO,
             max_bytes: -1,

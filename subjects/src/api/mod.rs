@@ -5,6 +5,7 @@
 pub mod config;
 pub mod health;
 pub mod host;
+pub mod jobspec;
 pub mod lease;
 pub mod result;
 pub mod run;

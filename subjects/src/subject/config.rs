@@ -1,18 +1,15 @@
-//! Subjects and keys of the configuration manager and the job-spec renderer.
+//! Configuration subjects and keys: the config manager's endpoints and events, the revision
+//! keys of the `steward_config` bucket, and stored playbooks.
 //!
 //! Endpoints (NATS micro, queue group: any hub instance may answer):
-//! `steward.v1.<account>.config.{apply,plan,get,history,diff,rollback,playbook,store_playbook}` and
-//! `steward.v1.<account>.jobspec.{list,explain,status}`. Events (stream
-//! `STEWARD_CONFIG_EVENTS`): `config.changed`, `config.rejected`.
+//! `steward.v1.<account>.config.{apply,plan,get,history,diff,rollback,playbook,store_playbook}`.
+//! Events (stream `STEWARD_CONFIG_EVENTS`): `config.changed`, `config.rejected`.
 //!
-//! Keys: the `steward_config` bucket holds `<account>.rev.<N>` (revision metadata, the commit
-//! point, created once) and `<account>.doc.<N>` (the state archive); the `steward_jobspecs`
-//! bucket holds `<account>.<host|pool>.<target>.<spec>`, so one target's specs are a key-filtered
-//! list or watch (`<account>.host.<host>.*`) and never need a scan of every spec.
+//! Keys of the `steward_config` bucket: `<account>.rev.<N>` (revision metadata, the commit
+//! point, created once) and `<account>.doc.<N>` (the state archive).
 
-use super::{noun, Subjects, ROOT, VERSION};
-use crate::config::spec::{SpecId, TargetKind};
-use crate::token::{AccountId, Token};
+use super::{account_rest, noun, verb, AnyAccount, Subjects};
+use crate::token::AccountId;
 
 /// Verbs of the configuration endpoints and events.
 pub mod config_verb {
@@ -34,12 +31,6 @@ pub mod config_verb {
     pub const STORE_PLAYBOOK: &str = "store_playbook";
     /// A candidate from a config source was refused (event).
     pub const REJECTED: &str = "rejected";
-    /// List job specs.
-    pub const LIST: &str = "list";
-    /// Explain one job spec.
-    pub const EXPLAIN: &str = "explain";
-    /// Renderer progress.
-    pub const STATUS: &str = "status";
 }
 
 impl Subjects {
@@ -92,35 +83,31 @@ impl Subjects {
         self.base(noun::CONFIG, config_verb::STORE_PLAYBOOK)
     }
 
+    /// Configuration change notices (`config.changed`).
+    #[must_use]
+    pub fn config_changed(&self) -> String {
+        self.base(noun::CONFIG, verb::CHANGED)
+    }
+
     /// `config.rejected` events: a polled candidate failed validation.
     #[must_use]
     pub fn config_rejected(&self) -> String {
         self.base(noun::CONFIG, config_verb::REJECTED)
     }
-
-    /// `jobspec.list`: specs of the account, optionally of one target.
-    #[must_use]
-    pub fn jobspec_list(&self) -> String {
-        self.base(noun::JOBSPEC, config_verb::LIST)
-    }
-
-    /// `jobspec.explain`: one spec and why it exists.
-    #[must_use]
-    pub fn jobspec_explain(&self) -> String {
-        self.base(noun::JOBSPEC, config_verb::EXPLAIN)
-    }
-
-    /// `jobspec.status`: what the renderer last rendered and how far its writes are.
-    #[must_use]
-    pub fn jobspec_status(&self) -> String {
-        self.base(noun::JOBSPEC, config_verb::STATUS)
-    }
 }
 
-/// `config.rejected` of every account (stream filter).
-#[must_use]
-pub fn any_account_config_rejected() -> String {
-    format!("{ROOT}.{VERSION}.*.{}.{}", noun::CONFIG, config_verb::REJECTED)
+impl AnyAccount {
+    /// Config change notices of every account (stream filter).
+    #[must_use]
+    pub fn config_changed() -> String {
+        Self::plain(noun::CONFIG, verb::CHANGED)
+    }
+
+    /// `config.rejected` of every account (stream filter).
+    #[must_use]
+    pub fn config_rejected() -> String {
+        Self::plain(noun::CONFIG, config_verb::REJECTED)
+    }
 }
 
 /// Key of revision `n`'s metadata in the config bucket: `<account>.rev.<n>`.
@@ -133,6 +120,13 @@ pub fn config_revision_key(account: &AccountId, n: u64) -> String {
 #[must_use]
 pub fn config_revision_filter(account: &AccountId) -> String {
     format!("{account}.rev.*")
+}
+
+/// The revision number a key of the config bucket names, when it is a revision-metadata key of
+/// `account` (`<account>.rev.<n>`).
+#[must_use]
+pub fn parse_revision_key(account: &AccountId, key: &str) -> Option<u64> {
+    account_rest(account, key)?.strip_prefix("rev.")?.parse().ok()
 }
 
 /// Key of revision `n`'s state archive (the document): `<account>.doc.<n>`.
@@ -148,34 +142,22 @@ pub fn playbook_object_name(account: &AccountId, sha256_hex: &str) -> String {
     format!("{account}/playbooks/sha256/{sha256_hex}")
 }
 
-/// Key of a job spec: `<account>.<host|pool>.<target>.<spec>`.
-#[must_use]
-pub fn jobspec_key(account: &AccountId, kind: TargetKind, target: &Token, spec: &SpecId) -> String {
-    format!("{account}.{}.{target}.{spec}", kind.as_str())
-}
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
 
-/// The key prefix of one target's specs: `<account>.<host|pool>.<target>` (append `.<spec>`
-/// for a key or `.*` for a filter).
-#[must_use]
-pub fn jobspec_target_prefix(account: &AccountId, kind: TargetKind, target: &Token) -> String {
-    format!("{account}.{}.{target}", kind.as_str())
-}
-
-/// Key filter of one target's specs: `<account>.<host|pool>.<target>.*`.
-#[must_use]
-pub fn jobspec_target_filter(account: &AccountId, kind: TargetKind, target: &Token) -> String {
-    format!("{account}.{}.{target}.*", kind.as_str())
-}
-
-/// Key filter of every spec of `account`: `<account>.>`.
-#[must_use]
-pub fn jobspec_account_filter(account: &AccountId) -> String {
-    format!("{account}.>")
-}
-
-/// The stream subject under which a KV `key` of `bucket` is stored: `$KV.<bucket>.<key>`
-/// (the renderer publishes spec writes there directly to pipeline them and attach headers).
-#[must_use]
-pub fn kv_subject(bucket: &str, key: &str) -> String {
-    format!("$KV.{bucket}.{key}")
+    #[test]
+    fn config_subjects_and_keys() {
+        let a = AccountId::parse("acme").unwrap();
+        let s = Subjects::new(a.clone());
+        assert_eq!(s.config_apply(), "steward.v1.acme.config.apply");
+        assert_eq!(s.config_changed(), "steward.v1.acme.config.changed");
+        assert_eq!(AnyAccount::config_changed(), "steward.v1.*.config.changed");
+        assert_eq!(AnyAccount::config_rejected(), "steward.v1.*.config.rejected");
+        assert_eq!(parse_revision_key(&a, &config_revision_key(&a, 42)), Some(42));
+        assert_eq!(parse_revision_key(&a, &config_archive_key(&a, 42)), None);
+        assert_eq!(parse_revision_key(&a, "acme.rev.x"), None);
+        assert_eq!(parse_revision_key(&AccountId::parse("acme2").unwrap(), "acme.rev.1"), None);
+    }
 }

@@ -11,7 +11,7 @@
 //! | `steward.v1.<a>.host.{status,list,send,ensure_worker,outcome,stats}` | API callers | connector micro service (queue group) |
 //! | `steward.v1.<a>.host.applied` | the enablement loop (request) | every connector instance (plain subscription) |
 
-use super::{noun, verb, Subjects, ROOT, VERSION};
+use super::{account_rest, noun, verb, AnyAccount, Subjects};
 use crate::token::{AccountId, HostId};
 
 /// Verbs only the host noun uses (the shared ones live in [`super::verb`]).
@@ -149,7 +149,7 @@ impl Subjects {
     /// keeps names unambiguous although tokens may contain `-`.
     #[must_use]
     pub fn host_command_consumer(&self, host: &HostId) -> String {
-        host_command_consumer(self.account(), host)
+        format!("host-{}-{}-{host}", self.account().as_str().len(), self.account())
     }
 
     /// What a host's identity may publish and subscribe to: its own presence, replies, results
@@ -178,7 +178,7 @@ impl Subjects {
             self.run_stop(host),
             "$SRV.>".to_owned(),
             self.health_status(),
-            self.targeted(noun::HEALTH, verb::STATUS, "*"),
+            self.health_status_all(),
         ];
         HostPermissions { publish, subscribe }
     }
@@ -205,17 +205,24 @@ impl Subjects {
     }
 }
 
-/// Name of a host's durable consumer on the commands stream:
-/// `host-<len(account)>-<account>-<host>`.
-#[must_use]
-pub fn host_command_consumer(account: &AccountId, host: &HostId) -> String {
-    format!("host-{}-{account}-{host}", account.as_str().len())
-}
+impl AnyAccount {
+    /// Host registry events of every account (the host events stream's filter).
+    #[must_use]
+    pub fn host_events() -> String {
+        Self::targeted(noun::HOST, verb::EVENT)
+    }
 
-/// Host replies of every account (a filter of the commands stream).
-#[must_use]
-pub fn host_replies_any_account() -> String {
-    format!("{ROOT}.{VERSION}.*.{}.{}.>", noun::HOST, host_verb::REPLY)
+    /// Host commands of every account (a filter of the commands stream).
+    #[must_use]
+    pub fn host_commands() -> String {
+        Self::targeted(noun::HOST, verb::COMMAND)
+    }
+
+    /// Host replies of every account (a filter of the commands stream).
+    #[must_use]
+    pub fn host_replies() -> String {
+        Self::targeted(noun::HOST, host_verb::REPLY)
+    }
 }
 
 /// Key of a host in the host registry bucket: `<account>.<host>` (KV keys may contain `.`; both
@@ -223,6 +230,13 @@ pub fn host_replies_any_account() -> String {
 #[must_use]
 pub fn host_registry_key(account: &AccountId, host: &HostId) -> String {
     format!("{account}.{host}")
+}
+
+/// The host a key of the host registry bucket names, when it is a key of `account` (the
+/// inverse of [`host_registry_key`]).
+#[must_use]
+pub fn parse_registry_key(account: &AccountId, key: &str) -> Option<HostId> {
+    HostId::parse(account_rest(account, key)?).ok()
 }
 
 /// Key filter matching every host of `account` in the host registry bucket.
@@ -247,13 +261,18 @@ mod tests {
         assert_eq!(s().host_list(), "steward.v1.acme.host.list");
         assert_eq!(s().host_applied(), "steward.v1.acme.host.applied");
         assert_eq!(s().host_inbox_prefix(&h), "_INBOX.acme.web-01");
-        assert_eq!(host_replies_any_account(), "steward.v1.*.host.reply.>");
+        assert_eq!(AnyAccount::host_replies(), "steward.v1.*.host.reply.>");
+        assert_eq!(AnyAccount::host_events(), "steward.v1.*.host.event.>");
+        let a = AccountId::parse("acme").unwrap();
+        assert_eq!(parse_registry_key(&a, &host_registry_key(&a, &h)), Some(h));
+        assert_eq!(parse_registry_key(&a, "acme.bad host"), None);
+        assert_eq!(parse_registry_key(&AccountId::parse("acme2").unwrap(), "acme.web-01"), None);
     }
 
     #[test]
     fn consumer_names_do_not_collide() {
-        let a = host_command_consumer(&AccountId::parse("a-b").unwrap(), &HostId::parse("c").unwrap());
-        let b = host_command_consumer(&AccountId::parse("a").unwrap(), &HostId::parse("b-c").unwrap());
+        let a = Subjects::new(AccountId::parse("a-b").unwrap()).host_command_consumer(&HostId::parse("c").unwrap());
+        let b = Subjects::new(AccountId::parse("a").unwrap()).host_command_consumer(&HostId::parse("b-c").unwrap());
         assert_ne!(a, b);
     }
 

@@ -1,19 +1,19 @@
-//! Subjects and keys of job-spec leasing and results.
+//! Subjects and keys of job-spec leasing.
 //!
-//! Endpoints (NATS micro, queue group: any hub instance may answer, the lease state is shared
-//! through the `steward_leases` bucket with compare-and-set):
-//! `steward.v1.<account>.jobspec.{lease,renew,mine,release,leases}` and
-//! `steward.v1.<account>.result.submit`. Notices (core NATS, not stored):
+//! Endpoints (NATS micro, queue group; only the account's lease leader serves them):
+//! `steward.v1.<account>.jobspec.{lease,renew,mine,release,leases}`. Notices (core NATS, not stored):
 //! `steward.v1.<account>.jobspec.notice.<runtime>` (plain subscription by that runtime) and
 //! `steward.v1.<account>.jobspec.available` (plain subscription by every runtime).
 //!
-//! Keys of the `steward_leases` bucket: `<account>.spec.<spec>` (lease record) and
-//! `<account>.rt.<runtime>` (runtime session).
+//! Durable state: the lease journal and fence (`jobspec.journal`, `jobspec.fence`, stream
+//! `STEWARD_LEASE_JOURNAL`); in the `steward_leases` bucket the leader lock `<account>.leader`
+//! and the snapshot pointer `<account>.snapshot`, plus the record keys `<account>.spec.<spec>`
+//! and `<account>.rt.<runtime>`; snapshots in the artifacts object store.
 
-use super::{noun, verb, Subjects};
-use crate::token::{AccountId, HostId, RuntimeId};
+use super::{account_rest, noun, AnyAccount, Subjects};
+use crate::token::{AccountId, RuntimeId};
 
-/// Verbs of leasing and results.
+/// Verbs of leasing.
 pub mod lease_verb {
     /// Lease unassigned specs.
     pub const LEASE: &str = "lease";
@@ -29,8 +29,6 @@ pub mod lease_verb {
     pub const NOTICE: &str = "notice";
     /// Unassigned specs appeared.
     pub const AVAILABLE: &str = "available";
-    /// Submit results.
-    pub const SUBMIT: &str = "submit";
     /// The lease journal (stream-backed, written by the lease leader only).
     pub const JOURNAL: &str = "journal";
     /// The lease leaders' fence (one message per takeover, in the journal stream).
@@ -86,12 +84,6 @@ impl Subjects {
         self.base(noun::JOBSPEC, lease_verb::AVAILABLE)
     }
 
-    /// `result.submit`: results fenced by epoch, stored once each.
-    #[must_use]
-    pub fn result_submit(&self) -> String {
-        self.base(noun::RESULT, lease_verb::SUBMIT)
-    }
-
     /// The lease journal of this account (`jobspec.journal`): group-committed lease changes,
     /// appended by the lease leader with `Nats-Expected-Last-Subject-Sequence` (fencing).
     #[must_use]
@@ -106,12 +98,6 @@ impl Subjects {
     #[must_use]
     pub fn jobspec_fence(&self) -> String {
         self.base(noun::JOBSPEC, lease_verb::FENCE)
-    }
-
-    /// Stream filter of every stored result of this account (`result.put.*`).
-    #[must_use]
-    pub fn result_put_all(&self) -> String {
-        self.targeted(noun::RESULT, verb::PUT, "*")
     }
 }
 
@@ -159,16 +145,18 @@ pub fn lease_snapshot_object(account: &AccountId, through_seq: u64) -> String {
     format!("lease-snapshots/{account}/{through_seq}")
 }
 
-/// `jobspec.journal` of every account (stream filter of the lease journal stream).
-#[must_use]
-pub fn any_account_lease_journal() -> String {
-    format!("{}.{}.*.{}.{}", super::ROOT, super::VERSION, noun::JOBSPEC, lease_verb::JOURNAL)
-}
+impl AnyAccount {
+    /// `jobspec.journal` of every account (stream filter of the lease journal stream).
+    #[must_use]
+    pub fn lease_journal() -> String {
+        Self::plain(noun::JOBSPEC, lease_verb::JOURNAL)
+    }
 
-/// `jobspec.fence` of every account (in the lease journal stream beside the journal).
-#[must_use]
-pub fn any_account_lease_fence() -> String {
-    format!("{}.{}.*.{}.{}", super::ROOT, super::VERSION, noun::JOBSPEC, lease_verb::FENCE)
+    /// `jobspec.fence` of every account (in the lease journal stream beside the journal).
+    #[must_use]
+    pub fn lease_fence() -> String {
+        Self::plain(noun::JOBSPEC, lease_verb::FENCE)
+    }
 }
 
 /// What a key of the `steward_leases` bucket names.
@@ -184,25 +172,12 @@ pub enum LeaseKey<'a> {
 /// or of another shape.
 #[must_use]
 pub fn parse_lease_key<'a>(account: &AccountId, key: &'a str) -> Option<LeaseKey<'a>> {
-    let rest = key.strip_prefix(account.as_str())?.strip_prefix('.')?;
+    let rest = account_rest(account, key)?;
     if let Some(spec) = rest.strip_prefix("spec.") {
         return (!spec.is_empty() && !spec.contains('.')).then_some(LeaseKey::Spec(spec));
     }
     let rt = rest.strip_prefix("rt.")?;
     (!rt.is_empty() && !rt.contains('.')).then_some(LeaseKey::Session(rt))
-}
-
-/// Name of a result's full output in the artifacts object store:
-/// `results/<account>/<spec>/<epoch>/<seq>`.
-#[must_use]
-pub fn result_output_object(account: &AccountId, spec: &str, epoch: u64, seq: u64) -> String {
-    format!("results/{account}/{spec}/{epoch}/{seq}")
-}
-
-/// The host token a standalone runtime's results are filed under (its runtime id).
-#[must_use]
-pub fn result_host_of(host: Option<&HostId>, runtime: &RuntimeId) -> String {
-    host.map_or_else(|| runtime.to_string(), ToString::to_string)
 }
 
 #[cfg(test)]
@@ -222,11 +197,10 @@ mod tests {
         assert_eq!(parse_lease_key(&a, "acme.x.y"), None);
         let s = Subjects::new(a.clone());
         assert_eq!(s.jobspec_notice(&r), "steward.v1.acme.jobspec.notice.rt-1");
-        assert_eq!(s.result_submit(), "steward.v1.acme.result.submit");
         assert_eq!(s.jobspec_journal(), "steward.v1.acme.jobspec.journal");
-        assert_eq!(any_account_lease_journal(), "steward.v1.*.jobspec.journal");
+        assert_eq!(AnyAccount::lease_journal(), "steward.v1.*.jobspec.journal");
         assert_eq!(s.jobspec_fence(), "steward.v1.acme.jobspec.fence");
-        assert_eq!(any_account_lease_fence(), "steward.v1.*.jobspec.fence");
+        assert_eq!(AnyAccount::lease_fence(), "steward.v1.*.jobspec.fence");
         assert_eq!(parse_lease_key(&a, &lease_leader_key(&a)), None);
         assert_eq!(parse_lease_key(&a, &lease_snapshot_key(&a)), None);
     }

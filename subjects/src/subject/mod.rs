@@ -1,35 +1,46 @@
-//! The subject grammar: `steward.v1.<account>.<noun>.<verb>[.<target>]`.
+//! The subject grammar: `steward.v1.<account>.<noun>.<verb>[.<target>]`, and the keys and
+//! names derived from it.
 //!
-//! This module is the only place in the workspace that formats or parses a Steward subject.
-//! Each subject has one documented constructor on [`Subjects`]; handlers parse what they receive
-//! with [`ParsedSubject::parse`] and `match` on the noun and verb.
+//! This module is the only place in the workspace that formats or parses a Steward subject or a
+//! bucket key. [`Subjects`] builds the subjects of one account, [`AnyAccount`] the stream filters
+//! spanning every account; handlers parse what they receive with [`ParsedSubject::parse`] or the
+//! `parse_*` function next to the key's formatter.
+//!
+//! Layout: one file per noun, mirroring `crate::api`: [`health`], [`host`], [`config`],
+//! [`jobspec`] (rendered specs), [`lease`] (leasing specs), [`result`] and [`run`]. Each holds
+//! that noun's verbs, its `impl Subjects` and `impl AnyAccount` blocks, and its keys with their
+//! parsers. This file holds the grammar itself and the key helpers every bucket shares.
 
 use std::fmt;
 
-use crate::token::{AccountId, HostId, Token, TokenError, TokenKind};
+use crate::token::{AccountId, Token, TokenError, TokenKind};
 
-mod config;
-mod host;
-mod lease;
-mod run;
+pub mod config;
+pub mod health;
+pub mod host;
+pub mod jobspec;
+pub mod lease;
+pub mod result;
+pub mod run;
 
 pub use config::{
-    any_account_config_rejected, config_archive_key, config_revision_filter, config_revision_key, config_verb,
-    jobspec_account_filter, jobspec_key, jobspec_target_filter, jobspec_target_prefix, kv_subject,
+    config_archive_key, config_revision_filter, config_revision_key, config_verb, parse_revision_key,
     playbook_object_name,
 };
-pub use host::{
-    host_command_consumer, host_registry_filter, host_registry_key, host_replies_any_account, host_verb,
-    HostPermissions,
+pub use host::{host_registry_filter, host_registry_key, host_verb, parse_registry_key, HostPermissions};
+pub use jobspec::{
+    jobspec_account_filter, jobspec_key, jobspec_target_filter, jobspec_target_prefix, jobspec_verb, parse_jobspec_key,
+    JobSpecKey,
 };
 pub use lease::{
-    any_account_lease_fence, any_account_lease_journal, lease_account_filter, lease_leader_key, lease_session_filter,
-    lease_session_key, lease_snapshot_key, lease_snapshot_object, lease_spec_key, lease_verb, parse_lease_key,
-    result_host_of, result_output_object, LeaseKey,
+    lease_account_filter, lease_leader_key, lease_session_filter, lease_session_key, lease_snapshot_key,
+    lease_snapshot_object, lease_spec_key, lease_verb, parse_lease_key, LeaseKey,
 };
+pub use result::{result_host_of, result_output_object, result_verb};
 pub use run::{
-    run_artifact_name, run_event_msg_id, run_events_consumer, run_host_filter, run_host_filter_all, run_host_key,
-    run_idempotency_key, run_record_filter, run_record_key, run_verb, run_work_command_id, run_work_msg_id,
+    run_artifact_name, run_event_host, run_event_msg_id, run_events_consumer, run_host_filter, run_host_filter_all,
+    run_host_key, run_idempotency_key, run_record_filter, run_record_key, run_verb, run_work_command_id,
+    run_work_msg_id,
 };
 
 /// First token of every Steward subject.
@@ -128,84 +139,44 @@ impl Subjects {
     pub fn all(&self) -> String {
         format!("{ROOT}.{VERSION}.{}.>", self.account)
     }
-
-    /// Health of any process serving this account (queue group: any instance may answer).
-    #[must_use]
-    pub fn health_status(&self) -> String {
-        self.base(noun::HEALTH, verb::STATUS)
-    }
-
-    /// Health of one named instance (plain subscription: only that instance answers).
-    #[must_use]
-    pub fn health_status_of(&self, instance: &Token) -> String {
-        self.targeted(noun::HEALTH, verb::STATUS, instance.as_str())
-    }
-
-    /// Configuration change notices.
-    #[must_use]
-    pub fn config_changed(&self) -> String {
-        self.base(noun::CONFIG, verb::CHANGED)
-    }
-
-    /// Results published by one host.
-    #[must_use]
-    pub fn result_put(&self, host: &HostId) -> String {
-        self.targeted(noun::RESULT, verb::PUT, host.as_str())
-    }
-
-    /// Job event data published by one host for its runs.
-    #[must_use]
-    pub fn run_event(&self, host: &HostId) -> String {
-        self.targeted(noun::RUN, verb::EVENT, host.as_str())
-    }
 }
 
-/// Stream filter subjects spanning every account (one stream serves all accounts of a NATS
-/// account; tenant isolation is done by NATS accounts and permissions).
-pub mod any_account {
-    use super::{noun, verb, ROOT, VERSION};
+/// Stream filter subjects spanning every account: one stream serves all accounts of a NATS
+/// account, and tenants are kept apart by NATS accounts and permissions. Each noun's file adds
+/// its filters in an `impl AnyAccount` block.
+#[derive(Debug, Clone, Copy)]
+pub struct AnyAccount;
 
+impl AnyAccount {
     /// `steward.v1.*.<noun>.<verb>.>`
-    #[must_use]
-    pub fn targeted(noun: &str, verb: &str) -> String {
+    fn targeted(noun: &str, verb: &str) -> String {
         format!("{ROOT}.{VERSION}.*.{noun}.{verb}.>")
     }
 
     /// `steward.v1.*.<noun>.<verb>`
-    #[must_use]
-    pub fn plain(noun: &str, verb: &str) -> String {
+    fn plain(noun: &str, verb: &str) -> String {
         format!("{ROOT}.{VERSION}.*.{noun}.{verb}")
     }
+}
 
-    /// Host registry events of every account.
-    #[must_use]
-    pub fn host_events() -> String {
-        targeted(noun::HOST, verb::EVENT)
-    }
+/// The stream subject under which a KV `key` of `bucket` is stored: `$KV.<bucket>.<key>`
+/// (the renderer publishes spec writes there directly to pipeline them and attach headers).
+#[must_use]
+pub fn kv_subject(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
+}
 
-    /// Host commands of every account.
-    #[must_use]
-    pub fn host_commands() -> String {
-        targeted(noun::HOST, verb::COMMAND)
-    }
+/// The key a KV stream `subject` of `bucket` stores (the inverse of [`kv_subject`]); `None` for
+/// a subject of another bucket or with an empty key.
+#[must_use]
+pub fn parse_kv_subject<'a>(bucket: &str, subject: &'a str) -> Option<&'a str> {
+    let key = subject.strip_prefix("$KV.")?.strip_prefix(bucket)?.strip_prefix('.')?;
+    (!key.is_empty()).then_some(key)
+}
 
-    /// Config change notices of every account.
-    #[must_use]
-    pub fn config_changed() -> String {
-        plain(noun::CONFIG, verb::CHANGED)
-    }
-
-    /// Results of every account.
-    #[must_use]
-    pub fn results() -> String {
-        targeted(noun::RESULT, verb::PUT)
-    }
-
-    /// Job event data of every account.
-    #[must_use]
-    pub fn run_events() -> String {
-        targeted(noun::RUN, verb::EVENT)
-    }
+/// The part of a bucket `key` after `<account>.`; `None` for a key of another account.
+fn account_rest<'a>(account: &AccountId, key: &'a str) -> Option<&'a str> {
+    key.strip_prefix(account.as_str())?.strip_prefix('.')
 }
 
 /// A received Steward subject split into its tokens.
@@ -260,4 +231,23 @@ pub const SERVICE_PREFIX: &str = "steward";
 #[must_use]
 pub fn service_name(component: &str) -> String {
     format!("{SERVICE_PREFIX}-{component}")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn kv_subjects_round_trip() {
+        let s = kv_subject("steward_jobspecs", "acme.host.web.00ff");
+        assert_eq!(s, "$KV.steward_jobspecs.acme.host.web.00ff");
+        assert_eq!(parse_kv_subject("steward_jobspecs", &s), Some("acme.host.web.00ff"));
+        assert_eq!(parse_kv_subject("steward_jobspec", &s), None);
+        assert_eq!(parse_kv_subject("steward_jobspecs", "$KV.steward_jobspecs."), None);
+        assert_eq!(parse_kv_subject("steward_jobspecs", "steward.v1.acme.host.status"), None);
+        let a = AccountId::parse("acme").unwrap();
+        assert_eq!(account_rest(&a, "acme.x.y"), Some("x.y"));
+        assert_eq!(account_rest(&a, "acme2.x.y"), None);
+    }
 }

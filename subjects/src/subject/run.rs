@@ -19,7 +19,7 @@
 //! `<account>.run.<run>` (the run record), `<account>.host.<run>.<host>` (one host's run
 //! record), `<account>.idem.<digest>` (idempotency key → run id).
 
-use super::{noun, Subjects};
+use super::{noun, verb, AnyAccount, Subjects};
 use crate::token::{AccountId, HostId};
 
 /// Verbs only the run noun uses.
@@ -46,7 +46,7 @@ impl Subjects {
     /// API: a run's status with current job event data (queue group).
     #[must_use]
     pub fn run_status(&self) -> String {
-        self.base(noun::RUN, super::verb::STATUS)
+        self.base(noun::RUN, verb::STATUS)
     }
 
     /// API: cancel a run (queue group).
@@ -67,23 +67,39 @@ impl Subjects {
         self.targeted(noun::RUN, run_verb::WORK, host.as_str())
     }
 
-    /// Work orders of every host of this account (simulated fleets subscribe here).
-    #[must_use]
-    pub fn run_work_all(&self) -> String {
-        self.targeted(noun::RUN, run_verb::WORK, "*")
-    }
-
     /// Stop orders for one host (plain subscription by that host's run worker only).
     #[must_use]
     pub fn run_stop(&self, host: &HostId) -> String {
         self.targeted(noun::RUN, run_verb::STOP, host.as_str())
     }
 
+    /// Job event data published by one host for its runs.
+    #[must_use]
+    pub fn run_event(&self, host: &HostId) -> String {
+        self.targeted(noun::RUN, verb::EVENT, host.as_str())
+    }
+
     /// Job event data of every host of this account (the dispatcher's consumer filter).
     #[must_use]
     pub fn run_event_all(&self) -> String {
-        self.targeted(noun::RUN, super::verb::EVENT, "*")
+        self.targeted(noun::RUN, verb::EVENT, "*")
     }
+}
+
+impl AnyAccount {
+    /// Job event data of every account (the run events stream's filter).
+    #[must_use]
+    pub fn run_events() -> String {
+        Self::targeted(noun::RUN, verb::EVENT)
+    }
+}
+
+/// The host token of a run event subject (`steward.v1.<a>.run.event.<host>`), without
+/// validating the rest (the subject came from the stream's filter); `None` for another shape.
+#[must_use]
+pub fn run_event_host(subject: &str) -> Option<&str> {
+    let (head, host) = subject.rsplit_once('.')?;
+    head.ends_with(".run.event").then_some(host).filter(|h| !h.is_empty())
 }
 
 /// Key of a run record: `<account>.run.<run>`.
@@ -171,6 +187,9 @@ mod tests {
         assert_eq!(s.run_work(&h), "steward.v1.acme.run.work.web-01");
         assert_eq!(s.run_stop(&h), "steward.v1.acme.run.stop.web-01");
         assert_eq!(s.run_event_all(), "steward.v1.acme.run.event.*");
+        assert_eq!(run_event_host(&s.run_event(&h)), Some("web-01"));
+        assert_eq!(run_event_host(&s.run_stop(&h)), None);
+        assert_eq!(AnyAccount::run_events(), "steward.v1.*.run.event.>");
         assert_eq!(run_host_key(&a, "r1", &h), "acme.host.r1.web-01");
         assert_eq!(run_record_key(&a, "r1"), "acme.run.r1");
         assert_eq!(run_event_msg_id(&a, "r1", &h, 2, 7), "acme.r1.web-01.2.7");
