@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
-use steward_actors::lease_client::{lease_snapshot, query_results, LeaseClient, ResultQuery};
+use steward_actors::lease::client::{lease_snapshot, query_results, LeaseClient, ResultQuery};
 use steward_actors::runtime::{RuntimeArgs as ActorArgs, RuntimeHandle};
 use steward_subjects::api::config::ConfigClient;
 use steward_subjects::api::lease::{LeasesRequest, RuntimeSession};

@@ -8,18 +8,18 @@
 //! # One writer per account, state in memory, a group-committed journal
 //!
 //! Every hub instance runs this actor, but only the *leader* of the account serves: the holder
-//! of the lock `<account>.leader` in `steward_leases` ([`crate::lease_leader`]). The others
+//! of the lock `<account>.leader` in `steward_leases` ([`crate::lease::leader`]). The others
 //! stand by and retry taking the lock every third of its TTL. The leader:
 //!
 //! 1. raises the account's *fence* (`jobspec.fence`, one message, compare-and-set on its last
 //!    sequence): every journal append a leader makes expects the fence where that leader raised
 //!    it (`Nats-Expected-Last-Subject-Sequence-Subject`), so from this moment no append of an
 //!    older leader is stored, however many it had in flight. It then loads the latest snapshot
-//!    and replays the lease journal after it ([`crate::lease_journal`]), follows
+//!    and replays the lease journal after it ([`crate::lease::journal`]), follows
 //!    `steward_jobspecs` (ordered consumer) until it has every spec, and appends a *takeover*
 //!    entry expecting the journal's last sequence (refused if its replay missed an entry);
 //! 2. registers the micro endpoints; requests are decoded by the endpoint tasks and queued to
-//!    one loop that owns the state ([`crate::lease_state::LeaseView`]). The loop drains every
+//!    one loop that owns the state ([`crate::lease::state::LeaseView`]). The loop drains every
 //!    queued request (up to a bound), applies them in memory, appends ONE journal entry with all
 //!    their changes (grants with epochs, releases, sessions, removals) and sends the replies
 //!    only once that append and every earlier one are confirmed. Up to four appends are in
@@ -37,7 +37,7 @@
 //!    once: it stops answering, drops its whole state and becomes a candidate again (the state is
 //!    rebuilt from the journal on the next takeover, so nothing undurable survives);
 //! 4. snapshots the state every `snapshot_every` or `snapshot_entries` appends (object store +
-//!    pointer + purge, crash-safe in every order, see [`crate::lease_journal`]).
+//!    pointer + purge, crash-safe in every order, see [`crate::lease::journal`]).
 //!
 //! Why this is sound: grants only happen in the leader's loop, one batch at a time, and become
 //! visible to runtimes only after the journal holds them; a new leader's state is the journal
@@ -96,11 +96,17 @@ use steward_subjects::token::{validate, HostId, RuntimeId, TokenKind};
 use steward_subjects::{rpc, Subjects, WireError, STEWARD_VERSION};
 use tracing::{debug, info, warn};
 
-use crate::lease_journal::{self, JournalError};
-use crate::lease_leader::{LeaderGuard, LeaderLock};
-use crate::lease_state::{LeaseView, NotHeld, RowFilter, SpecEntry};
-use crate::msgpack as mp;
-use crate::result_store;
+use crate::results::store;
+use journal::JournalError;
+use leader::{LeaderGuard, LeaderLock};
+use msgpack as mp;
+use state::{LeaseView, NotHeld, RowFilter, SpecEntry};
+
+pub mod client;
+pub mod journal;
+pub mod leader;
+pub(crate) mod msgpack;
+pub mod state;
 
 /// KV operation header (`DEL`, `PURGE`).
 const KV_OPERATION: &str = "KV-Operation";
@@ -489,13 +495,13 @@ async fn lead(
 
     // 0. Raise the fence: from here on no append of an older leader is stored (every append
     // expects the fence where its leader raised it), so the replay below misses nothing.
-    let fence = lease_journal::raise_fence(js, &args.subjects.jobspec_fence(), instance, APPEND_TIMEOUT)
+    let fence = journal::raise_fence(js, &args.subjects.jobspec_fence(), instance, APPEND_TIMEOUT)
         .await
         .map_err(|e| format!("lease fence not raised: {e}"))?;
 
     // 1. Snapshot + journal replay.
     let loaded_at = Instant::now();
-    let (snapshot, pointer_rev) = lease_journal::load_snapshot(js, &account).await.map_err(|e| e.to_string())?;
+    let (snapshot, pointer_rev) = journal::load_snapshot(js, &account).await.map_err(|e| e.to_string())?;
     let mut last_seq = snapshot.as_ref().map_or(0, |s| s.through_seq);
     let now = now_ms();
     let mut entries = 0u64;
@@ -503,7 +509,7 @@ async fn lead(
     if let Some(s) = snapshot {
         view.load_snapshot(s);
     }
-    last_seq = lease_journal::replay(js, &journal, last_seq, |_, entry| {
+    last_seq = journal::replay(js, &journal, last_seq, |_, entry| {
         entries += 1;
         for s in entry.sessions {
             view.set_session(s, now);
@@ -523,7 +529,7 @@ async fn lead(
     });
     // A snapshot written meanwhile (by a deposed leader) may have purged what was replayed
     // from: start over.
-    let (_, rev) = lease_journal::read_pointer(js, &account).await.map_err(|e| e.to_string())?;
+    let (_, rev) = journal::read_pointer(js, &account).await.map_err(|e| e.to_string())?;
     if rev != pointer_rev {
         return Err("the snapshot moved while loading; loading again".into());
     }
@@ -585,7 +591,7 @@ async fn lead(
     if !guard.is_valid() {
         return Err("leader lock lost while loading".into());
     }
-    last_seq = lease_journal::append(js, &journal, last_seq, &takeover, APPEND_TIMEOUT)
+    last_seq = journal::append(js, &journal, last_seq, &takeover, APPEND_TIMEOUT)
         .await
         .map_err(|e| format!("takeover append: {e}"))?;
     info!(
@@ -776,7 +782,7 @@ struct Loop<'a> {
     shared: &'a Arc<Shared>,
     guard: &'a LeaderGuard,
     journal: &'a str,
-    fence: lease_journal::Fence,
+    fence: journal::Fence,
     last_seq: u64,
     endpoints: LoopEndpoints,
 }
@@ -849,8 +855,7 @@ impl Loop<'_> {
                 }
                 let mut commit = std::mem::take(&mut pending);
                 // Handed to the connection now, before the previous commit's replies.
-                let sent =
-                    lease_journal::send(&shared.js, self.journal, &self.fence, &commit.entry, APPEND_TIMEOUT).await;
+                let sent = journal::send(&shared.js, self.journal, &self.fence, &commit.entry, APPEND_TIMEOUT).await;
                 let ack = match sent {
                     Ok(ack) => ack,
                     Err(e) => {
@@ -1035,14 +1040,9 @@ fn snapshot(shared: &Arc<Shared>, guard: &LeaderGuard, journal: &str, through_se
     busy.store(true, Ordering::Release);
     let (shared, guard, journal, busy) = (shared.clone(), guard.clone(), journal.to_owned(), busy.clone());
     tokio::spawn(async move {
-        let r = lease_journal::write_snapshot(
-            &shared.js,
-            shared.subjects.account(),
-            &journal,
-            through_seq,
-            encoded,
-            || guard.is_valid(),
-        )
+        let r = journal::write_snapshot(&shared.js, shared.subjects.account(), &journal, through_seq, encoded, || {
+            guard.is_valid()
+        })
         .await;
         match r {
             Ok(()) => debug!(through_seq, "lease snapshot written"),
@@ -1274,7 +1274,7 @@ impl Shared {
             }
         }
         let stores = by_host.into_iter().map(|(host, results)| async move {
-            result_store::store_host_results(&self.js, &self.subjects, &host, results).await
+            store::store_host_results(&self.js, &self.subjects, &host, results).await
         });
         for stored in futures::future::join_all(stores).await.into_iter().flatten() {
             let o = &mut outcomes[stored.index];

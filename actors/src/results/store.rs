@@ -20,7 +20,7 @@ use steward_subjects::codec::{self, Encoding};
 use steward_subjects::streams::RESULTS_STREAM;
 use steward_subjects::{HostId, Subjects};
 
-use crate::msgpack;
+use crate::lease::msgpack;
 
 /// Header JetStream deduplicates on.
 const MSG_ID: &str = "Nats-Msg-Id";

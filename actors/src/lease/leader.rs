@@ -20,7 +20,7 @@ use steward_subjects::streams::LEASES_BUCKET;
 use steward_subjects::subject::lease_leader_key;
 use steward_subjects::AccountId;
 
-use crate::lease::now_ms;
+use super::now_ms;
 
 /// Whether this instance may still act as leader (cheap to clone and ask).
 #[derive(Debug, Clone, Default)]

@@ -1,0 +1,2 @@
+//! Results.
+pub(crate) mod store;
