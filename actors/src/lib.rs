@@ -5,8 +5,9 @@
 //! supervisor publishes component states on; [`health`] is the per-connection health micro
 //! service (`$SRV.*` discovery plus `health.status`); [`edge`] is the edge agent (identity in
 //! redb, heartbeats); [`process`] assembles the components a process's roles ask for and runs
-//! them until shutdown; the lease service ([`lease`]) stores results as segments through
-//! `result_store`. One file per actor: its `Msg`, `Args`, `State` and actor type.
+//! them until shutdown; [`lease`] is the lease service (leader election, journal, group commit,
+//! its endpoints and typed client); [`results`] stores accepted results as segments and reads
+//! them back. One file (or folder) per actor: its `Msg`, `Args`, `State` and actor type.
 
 pub mod config_manager;
 pub mod connector;
@@ -15,14 +16,9 @@ pub mod edge;
 pub mod enablement;
 pub mod health;
 pub mod lease;
-pub mod lease_client;
-pub mod lease_journal;
-pub mod lease_leader;
-pub mod lease_state;
-mod msgpack;
 pub mod process;
 pub mod renderer;
-mod result_store;
+pub mod results;
 pub mod runtime;
 pub mod signing;
 pub mod status;

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use futures::StreamExt;
 use ractor::{Actor, ActorRef};
+use steward_actors::lease::client::LeaseClient;
+use steward_actors::lease::journal::{self as lease_journal, JournalError};
 use steward_actors::lease::{LeaseArgs, LeaseConfig, LeaseMsg, LeaseService};
-use steward_actors::lease_client::LeaseClient;
-use steward_actors::lease_journal::{self, JournalError};
 use steward_deploy::{eventually, SingleNode};
 use steward_subjects::api::lease::{
     ChangeNotice, LeaseJournalEntry, LeaseRequest, LeaseSnapshot, LeasesRequest, MineRequest, ReleaseRequest,

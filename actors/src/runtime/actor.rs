@@ -48,8 +48,8 @@ use steward_subjects::{HostId, RuntimeId, Subjects};
 use tracing::{debug, info, warn};
 
 use super::executor::{self, cancel_pair, CancelHandle, ExecError, ExecSettings, Observation, RunContext};
+use crate::lease::client::{is_unreachable, LeaseClient};
 use crate::lease::now_ms;
-use crate::lease_client::{is_unreachable, LeaseClient};
 use crate::{ActorsError, ConnectOptions};
 
 /// Results submitted per request when draining the outbox.

@@ -20,7 +20,24 @@ use steward_subjects::streams::LEASES_BUCKET;
 use steward_subjects::subject::lease_leader_key;
 use steward_subjects::AccountId;
 
-use crate::lease::now_ms;
+use super::now_ms;
+
+/// A failed operation on the leader lock.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LeaderError {
+    /// The bucket could not be read or written.
+    #[error("{0}")]
+    Store(String),
+    /// The stored record cannot be decoded.
+    #[error("leader record: {0}")]
+    Record(String),
+    /// A refresh found another revision: another instance took the lock.
+    #[error("leader lock refresh refused: {0}")]
+    Refused(String),
+    /// A refresh was not confirmed in time.
+    #[error("leader lock refresh timed out")]
+    TimedOut,
+}
 
 /// Whether this instance may still act as leader (cheap to clone and ask).
 #[derive(Debug, Clone, Default)]
@@ -61,21 +78,22 @@ impl LeaderLock {
     /// another live instance holds it.
     ///
     /// # Errors
-    /// The bucket cannot be read or written (not a lost race, which is `Ok(None)`).
+    /// [`LeaderError::Store`] when the bucket cannot be read or written (a lost race is
+    /// `Ok(None)`), [`LeaderError::Record`] when the stored record cannot be decoded.
     pub async fn try_acquire(
         js: &jetstream::Context,
         account: &AccountId,
         instance: &str,
         ttl: Duration,
-    ) -> Result<Option<LeaderLock>, String> {
-        let kv = js.get_key_value(LEASES_BUCKET).await.map_err(|e| e.to_string())?;
+    ) -> Result<Option<LeaderLock>, LeaderError> {
+        let kv = js.get_key_value(LEASES_BUCKET).await.map_err(|e| LeaderError::Store(e.to_string()))?;
         let key = lease_leader_key(account);
-        let current = kv.entry(&key).await.map_err(|e| e.to_string())?;
+        let current = kv.entry(&key).await.map_err(|e| LeaderError::Store(e.to_string()))?;
         let sent_at = now_ms();
         let (generation, revision) = match &current {
             Some(e) if e.operation == kv::Operation::Put => {
                 let old: LeaderRecord = codec::decode_limited(Encoding::MsgPack, &e.value, usize::MAX)
-                    .map_err(|e| format!("leader record: {e}"))?;
+                    .map_err(|e| LeaderError::Record(e.to_string()))?;
                 if old.expires_at_ms > sent_at && old.instance != instance {
                     return Ok(None);
                 }
@@ -85,7 +103,7 @@ impl LeaderLock {
             None => (1, 0),
         };
         let record = LeaderRecord { instance: instance.to_owned(), generation, expires_at_ms: sent_at + ms(ttl) };
-        let payload = codec::encode(Encoding::MsgPack, &record).map_err(|e| e.to_string())?;
+        let payload = codec::encode(Encoding::MsgPack, &record).map_err(|e| LeaderError::Store(e.to_string()))?;
         let written = if revision == 0 {
             kv.create(&key, payload).await.ok()
         } else {
@@ -112,11 +130,12 @@ impl LeaderLock {
     /// Pushes the expiry forward.
     ///
     /// # Errors
-    /// The write failed or found another revision: leadership is lost (the guard is revoked).
-    pub async fn refresh(&mut self) -> Result<(), String> {
+    /// [`LeaderError::Refused`] or [`LeaderError::TimedOut`]: leadership is lost (the guard is
+    /// revoked); [`LeaderError::Store`] when the record cannot be encoded.
+    pub async fn refresh(&mut self) -> Result<(), LeaderError> {
         let sent_at = now_ms();
         let record = LeaderRecord { expires_at_ms: sent_at + ms(self.ttl), ..self.record.clone() };
-        let payload = codec::encode(Encoding::MsgPack, &record).map_err(|e| e.to_string())?;
+        let payload = codec::encode(Encoding::MsgPack, &record).map_err(|e| LeaderError::Store(e.to_string()))?;
         match tokio::time::timeout(self.ttl / 3, self.kv.update(&self.key, payload, self.revision)).await {
             Ok(Ok(revision)) => {
                 self.revision = revision;
@@ -126,11 +145,11 @@ impl LeaderLock {
             }
             Ok(Err(e)) => {
                 self.guard.revoke();
-                Err(format!("leader lock refresh refused: {e}"))
+                Err(LeaderError::Refused(e.to_string()))
             }
             Err(_) => {
                 self.guard.revoke();
-                Err("leader lock refresh timed out".to_owned())
+                Err(LeaderError::TimedOut)
             }
         }
     }

@@ -1,22 +1,17 @@
 //! Durability of the lease leader's state: the lease journal (stream `STEWARD_LEASE_JOURNAL`,
 //! subject `steward.v1.<account>.jobspec.journal`) and its snapshots.
 //!
-//! - [`raise_fence`] is a leader's first write when it takes over: one message on
-//!   `jobspec.fence` with `Nats-Expected-Last-Subject-Sequence` = the fence's last sequence
-//!   (so two candidates cannot both raise it). [`send`] then writes each [`LeaseJournalEntry`]
-//!   (one group commit) expecting the fence at the sequence this leader raised it
-//!   (`Nats-Expected-Last-Subject-Sequence-Subject` = the fence subject): once a newer leader
-//!   raised the fence, every append of an older one is refused ([`JournalError::Fenced`]),
-//!   however many it had in flight. That is what lets a leader keep several appends in flight.
-//! - [`append`] writes one entry expecting the *journal's* last sequence: the takeover record,
-//!   which also refuses a takeover whose replay missed an entry.
-//! - [`replay`] reads every entry after a sequence, up to the last one present when it starts.
-//! - [`write_snapshot`] stores the full state at a sequence in the artifacts object store, then
-//!   moves the pointer (`<account>.snapshot` in `steward_leases`, compare-and-set, never
-//!   backwards), then purges the journal *below* that sequence (the entry at it stays, so the
-//!   next append's expected sequence still exists), then deletes the previous snapshot object.
-//!   A crash between any two steps leaves a pointer to a complete snapshot and every entry
-//!   after it: an orphan object at worst. [`load_snapshot`] follows the pointer.
+//! - [`raise_fence`] is a new leader's first write: one message on `jobspec.fence` expecting the
+//!   fence's last sequence (so two candidates cannot both raise it). [`send`] writes each group
+//!   commit expecting the fence where this leader raised it: once a newer leader raised it, every
+//!   append of an older one is refused ([`JournalError::Fenced`]), however many are in flight.
+//! - [`append`] writes one entry expecting the *journal's* last sequence (the takeover entry,
+//!   which also refuses a takeover whose replay missed an entry); [`replay`] reads the entries
+//!   after a sequence, up to the last one present when it starts.
+//! - [`write_snapshot`] stores the state at a sequence, then moves the pointer (compare-and-set,
+//!   never backwards), then purges the journal *below* it, then deletes the previous snapshot:
+//!   a crash between any two steps leaves a complete snapshot and every entry after it (an
+//!   orphan object at worst). [`load_snapshot`] follows the pointer.
 
 use std::time::Duration;
 

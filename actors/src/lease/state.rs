@@ -2,7 +2,7 @@
 //! who holds each spec at which epoch, and every runtime's session — and the decisions taken on
 //! it (which specs to offer, what is held, what expired). Pure and synchronous: the leader loop
 //! in [`crate::lease`] owns it, makes every change durable in the lease journal
-//! ([`crate::lease_journal`]) before it answers, and replays the journal into it on takeover.
+//! ([`crate::lease::journal`]) before it answers, and replays the journal into it on takeover.
 //!
 //! A spec is *free* when it exists and its lease names no holder or a holder whose session has
 //! expired. Free specs wait in per-host sets (host specs) and per-selector sets (pool specs);

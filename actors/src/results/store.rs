@@ -1,5 +1,5 @@
 //! Writing accepted results to `STEWARD_RESULTS` as segments (see
-//! [`steward_subjects::api::result`] for the stored form).
+//! [`steward_subjects::api::result`] for the stored form), behind the lease service's fence.
 //!
 //! [`store_host_results`] takes the fenced results of one host from one `result.submit`
 //! request, in request order, and stores them as few messages as fit below
@@ -15,12 +15,28 @@ use std::collections::{HashMap, HashSet};
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use steward_subjects::api::result::{decode_stored, ResultRecord, SubmitStatus, MAX_SEGMENT_BYTES, SEGMENT_HEADER};
+use steward_subjects::api::result::{
+    decode_stored, ResultRecord, StoredDecodeError, SubmitStatus, MAX_SEGMENT_BYTES, SEGMENT_HEADER,
+};
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::streams::RESULTS_STREAM;
 use steward_subjects::{HostId, Subjects};
 
-use crate::msgpack;
+use crate::lease::msgpack;
+
+/// Why a segment could not be stored or read back (its results are answered `retry`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// JetStream did not take or confirm the segment.
+    #[error(transparent)]
+    Publish(#[from] jetstream::context::PublishError),
+    /// The stored segment a duplicate names could not be read.
+    #[error("{0}")]
+    ReadBack(String),
+    /// The stored segment a duplicate names cannot be decoded.
+    #[error(transparent)]
+    Corrupt(#[from] StoredDecodeError),
+}
 
 /// Header JetStream deduplicates on.
 const MSG_ID: &str = "Nats-Msg-Id";
@@ -100,8 +116,8 @@ async fn store_items(
         headers.insert(MSG_ID, todo[0].key.as_str());
         headers.insert(SEGMENT_HEADER, cut.to_string().as_str());
         let ack = match js.publish_with_headers(subject.clone(), headers, payload).await {
-            Ok(f) => f.await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(f) => f.await.map_err(StoreError::from),
+            Err(e) => Err(StoreError::from(e)),
         };
         let ack = match ack {
             Ok(a) => a,
@@ -183,10 +199,10 @@ fn segment_payload(items: &[Item]) -> Bytes {
 }
 
 /// The idempotency keys of the results stored at `seq`.
-async fn stored_keys(js: &jetstream::Context, seq: u64) -> Result<HashSet<String>, String> {
-    let stream = js.get_stream(RESULTS_STREAM).await.map_err(|e| e.to_string())?;
-    let msg = stream.get_raw_message(seq).await.map_err(|e| e.to_string())?;
-    let results = decode_stored(Some(&msg.headers), &msg.payload).map_err(|e| e.to_string())?;
+async fn stored_keys(js: &jetstream::Context, seq: u64) -> Result<HashSet<String>, StoreError> {
+    let stream = js.get_stream(RESULTS_STREAM).await.map_err(|e| StoreError::ReadBack(e.to_string()))?;
+    let msg = stream.get_raw_message(seq).await.map_err(|e| StoreError::ReadBack(e.to_string()))?;
+    let results = decode_stored(Some(&msg.headers), &msg.payload)?;
     Ok(results.iter().map(ResultRecord::idempotency_key).collect())
 }
 
@@ -212,8 +228,11 @@ mod tests {
             let want: Vec<ResultRecord> =
                 items.iter().map(|i| codec::decode(Encoding::MsgPack, &i.bytes).unwrap()).collect();
             assert_eq!(got, want);
-            let serde = codec::encode(Encoding::MsgPack, &ResultSegment { results: want }).unwrap();
+            let serde = codec::encode(Encoding::MsgPack, &ResultSegment { results: want.clone() }).unwrap();
             assert_eq!(payload, serde, "{n} results");
+            // Byte for byte as rmp_serde writes the real type: a field added to
+            // `ResultSegment` and not to `segment_payload` fails here.
+            assert_eq!(payload.to_vec(), rmp_serde::to_vec_named(&ResultSegment { results: want }).unwrap());
         }
     }
 

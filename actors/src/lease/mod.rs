@@ -1,0 +1,304 @@
+//! The lease service (hub side): leases job specs to assessment runtimes and accepts their
+//! results, as the NATS micro service `steward-lease` (endpoints in `api`, typed client in
+//! [`client`]).
+//!
+//! One writer per account: every hub instance runs this actor, but only the holder of the
+//! account's leader lock ([`leader`]) serves; the others retry taking it every third of its TTL.
+//! A new leader raises the account's *fence* (so no append of an older leader is stored any
+//! more), loads the latest snapshot, replays the journal after it ([`journal`]), follows every
+//! job spec, and appends a takeover entry. It then keeps the state in memory ([`state`]) and
+//! *group-commits* (`commit`): it applies a batch of requests, appends one journal entry with
+//! all their changes, and answers only once that append is durable, so no reply reports a change
+//! the next leader could miss. A failed lock refresh or append makes it *step down* at once: it
+//! stops answering and drops its state (rebuilt from the journal on the next takeover). It
+//! snapshots where memory equals the journal. Results are fenced: one is stored ([`crate::results`])
+//! only when its runtime holds its spec at its epoch.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::{debug, info, warn};
+
+use steward_subjects::Subjects;
+
+use crate::ActorsError;
+use journal::JournalError;
+use leader::{LeaderError, LeaderLock};
+
+mod api;
+pub mod client;
+mod commit;
+mod feed;
+pub mod journal;
+mod lead;
+pub mod leader;
+pub(crate) mod msgpack;
+mod notices;
+mod requests;
+pub mod state;
+
+/// Settings of the lease service.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// Lease time-to-live: a runtime that does not renew within it loses its specs.
+    pub ttl: Duration,
+    /// Most specs granted by one `lease` request.
+    pub max_batch: u32,
+    /// Most specs one runtime may hold.
+    pub per_runtime_cap: u32,
+    /// How often expired sessions are looked for.
+    pub sweep: Duration,
+    /// TTL of the leader lock (refreshed every third of it; a standby takes over after it).
+    pub leader_ttl: Duration,
+    /// Longest time between snapshots while the journal grows.
+    pub snapshot_every: Duration,
+    /// Journal appends after which a snapshot is taken.
+    pub snapshot_entries: u64,
+    /// Most requests in one group commit.
+    pub commit_max: usize,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            ttl: Duration::from_secs(15),
+            max_batch: 100,
+            per_runtime_cap: 10_000,
+            sweep: Duration::from_millis(200),
+            // Generous: under heavy JetStream load (result ingestion at full speed) a lock
+            // refresh can take more than a second, and a needless step-down costs a reload.
+            leader_ttl: Duration::from_secs(10),
+            snapshot_every: Duration::from_secs(30),
+            snapshot_entries: 10_000,
+            commit_max: 1024,
+        }
+    }
+}
+
+/// Arguments of the lease service.
+#[derive(Debug, Clone)]
+pub struct LeaseArgs {
+    /// Hub connection.
+    pub client: async_nats::Client,
+    /// Subjects of the account served.
+    pub subjects: Subjects,
+    /// Settings.
+    pub config: LeaseConfig,
+}
+
+/// Messages of the lease service.
+#[derive(Debug)]
+pub enum LeaseMsg {
+    /// A background task ended: restart the service.
+    TaskEnded(String),
+}
+
+/// Tasks aborted when dropped (so a killed actor leaves nothing running).
+#[derive(Debug, Default)]
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// State of the lease service.
+pub struct LeaseState {
+    shutdown: tokio::sync::watch::Sender<bool>,
+    candidate: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The lease service actor.
+#[derive(Debug, Default)]
+pub struct LeaseService;
+
+impl Actor for LeaseService {
+    type Msg = LeaseMsg;
+    type State = LeaseState;
+    type Arguments = LeaseArgs;
+
+    async fn pre_start(&self, myself: ActorRef<LeaseMsg>, args: LeaseArgs) -> Result<LeaseState, ActorProcessingErr> {
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let task = tokio::spawn(async move {
+            candidate(args, instance, shutdown_rx).await;
+            let _ = myself.cast(LeaseMsg::TaskEnded("lease candidate loop ended".into()));
+        });
+        Ok(LeaseState { shutdown, candidate: Some(task) })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<LeaseMsg>,
+        msg: LeaseMsg,
+        _state: &mut LeaseState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            LeaseMsg::TaskEnded(reason) => Err(ActorProcessingErr::from(reason)),
+        }
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<LeaseMsg>, state: &mut LeaseState) -> Result<(), ActorProcessingErr> {
+        let _ = state.shutdown.send(true);
+        if let Some(task) = state.candidate.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(3), task).await.is_err() {
+                abort.abort();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LeaseState {
+    // A killed actor (no `post_stop`) still stops leading: its state is dropped.
+    fn drop(&mut self) {
+        if let Some(task) = self.candidate.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (the hub clock every lease time is measured on).
+#[must_use]
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Typed handle in front of a lease service started unsupervised (the process supervisor
+/// spawns [`LeaseService`] itself).
+#[derive(Debug, Clone)]
+pub struct LeaseHandle {
+    actor: ActorRef<LeaseMsg>,
+}
+
+impl LeaseHandle {
+    /// Starts a lease service: it competes for the account's leadership at once.
+    ///
+    /// # Errors
+    /// [`ActorsError::Spawn`] when the actor cannot be spawned.
+    pub async fn start(args: LeaseArgs) -> Result<(Self, tokio::task::JoinHandle<()>), ActorsError> {
+        let (actor, join) =
+            Actor::spawn(None, LeaseService, args).await.map_err(|e| ActorsError::Spawn(e.to_string()))?;
+        Ok((LeaseHandle { actor }, join))
+    }
+
+    /// Wraps a running lease service.
+    #[must_use]
+    pub fn from_ref(actor: ActorRef<LeaseMsg>) -> Self {
+        LeaseHandle { actor }
+    }
+
+    /// The actor (to link or kill it).
+    #[must_use]
+    pub fn actor(&self) -> &ActorRef<LeaseMsg> {
+        &self.actor
+    }
+
+    /// Stops the service: a leader gives its lock up so a standby takes over at once.
+    pub fn stop(&self) {
+        self.actor.stop(None);
+    }
+}
+
+/// Why a leader stepped down (or could not take over). Each ends the leadership; the
+/// candidate loop logs it and tries again.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LeaseError {
+    /// The fence could not be raised (another candidate raised it, or JetStream failed).
+    #[error("lease fence not raised: {0}")]
+    Fence(JournalError),
+    /// The snapshot or the journal could not be read.
+    #[error(transparent)]
+    Load(JournalError),
+    /// A deposed leader wrote a snapshot while this one loaded.
+    #[error("the snapshot moved while loading; loading again")]
+    SnapshotMoved,
+    /// A bucket could not be opened.
+    #[error("cannot open bucket {bucket}: {reason}")]
+    Bucket {
+        /// The bucket.
+        bucket: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The watch of a bucket ended.
+    #[error("watch of {bucket} ended")]
+    WatchEnded {
+        /// The bucket.
+        bucket: &'static str,
+    },
+    /// The watch of a bucket failed.
+    #[error("watch of {bucket} failed: {reason}")]
+    Watch {
+        /// The bucket.
+        bucket: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The spec feed ended before every existing spec was in.
+    #[error("spec feed ended while loading")]
+    FeedEnded,
+    /// The leader lock expired (by this process's clock) while loading.
+    #[error("leader lock lost while loading")]
+    LockLost,
+    /// The leader lock is about to expire (by this process's clock).
+    #[error("leader lock about to expire")]
+    LockExpiring,
+    /// The leader lock could not be refreshed.
+    #[error(transparent)]
+    Leader(#[from] LeaderError),
+    /// The takeover entry was not appended (another leader appended, or the replay missed one).
+    #[error("takeover append: {0}")]
+    Takeover(JournalError),
+    /// A group commit's journal append failed ([`JournalError::Fenced`]: a newer leader).
+    #[error("journal append failed: {0}")]
+    Append(JournalError),
+    /// The micro service could not be registered.
+    #[error("cannot register lease service: {0}")]
+    Register(String),
+    /// An endpoint could not be added.
+    #[error("cannot add lease endpoint {name}: {reason}")]
+    Endpoint {
+        /// The endpoint.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// An input of the leader (channel or endpoint) closed.
+    #[error("{0} closed")]
+    Closed(String),
+}
+
+/// Tries to become leader until shut down; leads while it can.
+async fn candidate(args: LeaseArgs, instance: String, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let js = jetstream::new(args.client.clone());
+    let poll = (args.config.leader_ttl / 3).max(Duration::from_millis(50));
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match LeaderLock::try_acquire(&js, args.subjects.account(), &instance, args.config.leader_ttl).await {
+            Ok(Some(lock)) => {
+                info!(account = %args.subjects.account(), generation = lock.generation(), "lease leader");
+                match lead::lead(&args, &js, &instance, lock, &mut shutdown).await {
+                    Ok(()) => return,
+                    Err(e) => warn!(account = %args.subjects.account(), error = %e, "lease leader stepped down"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => debug!(error = %e, "leader lock not available"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}

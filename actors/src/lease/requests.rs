@@ -1,0 +1,339 @@
+//! What each request does to the leader's state. The loop applies `lease`, `renew`, `mine` and
+//! `release` (and spec changes) to the view it owns, collecting each change for the journal
+//! entry of the commit; `leases` (operator listing) and `submit` (results) read the view under
+//! a short lock beside the loop. A result is accepted only for the holder and epoch in memory,
+//! which a runtime can only know from a durable reply; accepted results are stored per host as
+//! segments ([`crate::results`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use steward_subjects::api::lease::{
+    JournalLease, LeaseRequest, LeasesReply, LeasesRequest, MineRequest, Refusal, ReleaseReply, ReleaseRequest,
+    RenewReply, RenewRequest, RuntimeSession,
+};
+use steward_subjects::api::result::{
+    ResultRecord, SubmitOutcome, SubmitReply, SubmitRequest, SubmitStatus, MAX_SUBMIT_BATCH,
+};
+use steward_subjects::codec::Encoding;
+use steward_subjects::token::{validate, HostId, RuntimeId, TokenError, TokenKind};
+use steward_subjects::{Subjects, WireError};
+
+use super::api::{LeaseReplyOut, LeasedOut, MineReplyOut, Out, SpecRef};
+use super::commit::Commit;
+use super::notices::NoticeEvent;
+use super::state::{LeaseView, NotHeld, RowFilter, SpecEntry};
+use super::{now_ms, LeaseConfig, LeaseError};
+use crate::results::store::store_host_results;
+
+/// What the loop is asked to do.
+pub(super) enum Input {
+    Lease(LeaseRequest, Encoding, async_nats::service::Request),
+    Renew(RenewRequest, Encoding, async_nats::service::Request),
+    Mine(MineRequest, Encoding, async_nats::service::Request),
+    Release(ReleaseRequest, Encoding, async_nats::service::Request),
+    SpecUpsert(String, SpecEntry),
+    SpecRemoved(String),
+    StepDown(LeaseError),
+}
+
+/// The state shared by the loop and the side endpoints (`leases`, `submit`).
+pub(super) struct Shared {
+    pub(super) client: async_nats::Client,
+    pub(super) js: jetstream::Context,
+    pub(super) subjects: Subjects,
+    pub(super) config: LeaseConfig,
+    pub(super) view: Mutex<LeaseView>,
+}
+
+impl Shared {
+    pub(super) fn view(&self) -> MutexGuard<'_, LeaseView> {
+        // A panic while holding the lock cannot leave the view half-updated in a way that
+        // matters more than losing the service, so a poisoned lock is taken over.
+        self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(super) fn ttl_ms(&self) -> u64 {
+        ms(self.config.ttl)
+    }
+}
+
+fn refusal(spec: &str, epoch: u64, why: NotHeld) -> Refusal {
+    let (current_epoch, reason) = match why {
+        NotHeld::Removed => (0, "removed"),
+        NotHeld::NotHolder(e) => (e, "not_holder"),
+        NotHeld::StaleEpoch(e) => (e, "stale_epoch"),
+    };
+    Refusal { spec: spec.to_owned(), epoch, current_epoch, reason: reason.into() }
+}
+
+fn valid_labels(labels: &BTreeMap<String, String>) -> Result<(), WireError> {
+    for (k, v) in labels {
+        validate(TokenKind::LabelKey, k)?;
+        validate(TokenKind::LabelValue, v)?;
+    }
+    Ok(())
+}
+
+fn optional_host(host: &str) -> Result<Option<HostId>, WireError> {
+    if host.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(HostId::parse(host)?))
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Shared {
+    /// Applies one input to the view, collecting journal changes, replies and notices.
+    pub(super) fn apply(&self, view: &mut LeaseView, input: Input, now: u64, c: &mut Commit) -> Result<(), LeaseError> {
+        match input {
+            Input::Lease(r, enc, req) => {
+                let out = Out::of(self.lease(view, &r, now, c), Out::Lease);
+                c.replies.push((req, enc, out));
+            }
+            Input::Renew(r, enc, req) => {
+                let out = Out::of(self.renew(view, &r, now, c), Out::Renew);
+                c.replies.push((req, enc, out));
+            }
+            Input::Mine(r, enc, req) => {
+                let out = Out::of(self.mine(view, &r), Out::Mine);
+                c.replies.push((req, enc, out));
+            }
+            Input::Release(r, enc, req) => {
+                let out = Out::of(self.release(view, &r, now, c), Out::Release);
+                c.replies.push((req, enc, out));
+            }
+            Input::SpecUpsert(id, spec) => match view.upsert_spec(&id, spec, now, true) {
+                Some(h) => c.notices.push(NoticeEvent::Changed(h, id)),
+                None => c.notices.push(NoticeEvent::Available),
+            },
+            Input::SpecRemoved(id) => {
+                if let Some((holder, cleared)) = view.remove_spec(&id) {
+                    c.entry.leases.push(cleared);
+                    c.notices.push(NoticeEvent::Removed(holder, id));
+                }
+            }
+            Input::StepDown(reason) => return Err(reason),
+        }
+        Ok(())
+    }
+
+    fn touch_session(
+        &self,
+        view: &mut LeaseView,
+        runtime: &RuntimeId,
+        (host, labels): (&str, &BTreeMap<String, String>),
+        now: u64,
+        always: bool,
+        c: &mut Commit,
+    ) -> u64 {
+        let needs = always
+            || view.session(runtime.as_str()).is_none_or(|s| {
+                s.record.expires_at_ms < now + self.ttl_ms() / 2 || s.record.labels != *labels || s.record.host != host
+            });
+        if !needs {
+            return view.session(runtime.as_str()).map_or(0, |s| s.record.expires_at_ms);
+        }
+        let record = RuntimeSession {
+            runtime: runtime.to_string(),
+            host: host.to_owned(),
+            labels: labels.clone(),
+            expires_at_ms: now + self.ttl_ms(),
+            renewed_at_ms: now,
+        };
+        let expires = record.expires_at_ms;
+        view.set_session(record.clone(), now);
+        c.add_session(record);
+        expires
+    }
+
+    fn lease(
+        &self,
+        view: &mut LeaseView,
+        req: &LeaseRequest,
+        now: u64,
+        c: &mut Commit,
+    ) -> Result<LeaseReplyOut, WireError> {
+        let runtime = RuntimeId::parse(&req.runtime)?;
+        let host = optional_host(&req.host)?;
+        valid_labels(&req.labels)?;
+        self.touch_session(view, &runtime, (&req.host, &req.labels), now, false, c);
+        let held = u32::try_from(view.held_count(runtime.as_str())).unwrap_or(u32::MAX);
+        let budget = req.max.min(self.config.max_batch).min(self.config.per_runtime_cap.saturating_sub(held));
+        let host = host.as_ref().map(HostId::as_str);
+        let grants = view.grant(runtime.as_str(), host, &req.labels, budget as usize, now);
+        let mut granted = Vec::with_capacity(grants.len());
+        for g in grants {
+            if let Some(spec) = view.spec(&g.spec) {
+                granted.push(LeasedOut { spec: SpecRef(spec.spec.clone(), spec.raw.clone()), epoch: g.epoch });
+            }
+            c.entry.leases.push(JournalLease { spec: g.spec.clone(), holder: runtime.to_string(), epoch: g.epoch });
+            if let Some(prev) = g.previous {
+                c.notices.push(NoticeEvent::Revoked(prev, g.spec));
+            }
+        }
+        Ok(LeaseReplyOut {
+            granted,
+            held: u32::try_from(view.held_count(runtime.as_str())).unwrap_or(u32::MAX),
+            cap: self.config.per_runtime_cap,
+            ttl_ms: self.ttl_ms(),
+            more: view.has_free_for(host, &req.labels),
+        })
+    }
+
+    fn renew(
+        &self,
+        view: &mut LeaseView,
+        req: &RenewRequest,
+        now: u64,
+        c: &mut Commit,
+    ) -> Result<RenewReply, WireError> {
+        let runtime = RuntimeId::parse(&req.runtime)?;
+        optional_host(&req.host)?;
+        valid_labels(&req.labels)?;
+        let expires_at_ms = self.touch_session(view, &runtime, (&req.host, &req.labels), now, true, c);
+        let mut renewed = 0u32;
+        let mut refused = Vec::new();
+        for item in &req.held {
+            match view.check_held(&item.spec, runtime.as_str(), item.epoch) {
+                Ok(()) => renewed += 1,
+                Err(why) => refused.push(refusal(&item.spec, item.epoch, why)),
+            }
+        }
+        Ok(RenewReply { renewed, refused, ttl_ms: self.ttl_ms(), expires_at_ms })
+    }
+
+    fn mine(&self, view: &LeaseView, req: &MineRequest) -> Result<MineReplyOut, WireError> {
+        let runtime = RuntimeId::parse(&req.runtime)?;
+        let specs = view
+            .held_by(runtime.as_str())
+            .into_iter()
+            .filter_map(|id| {
+                let lease = view.lease(&id)?;
+                let spec = view.spec(&id)?;
+                Some(LeasedOut { spec: SpecRef(spec.spec.clone(), spec.raw.clone()), epoch: lease.epoch })
+            })
+            .collect();
+        Ok(MineReplyOut { specs, ttl_ms: self.ttl_ms() })
+    }
+
+    fn release(
+        &self,
+        view: &mut LeaseView,
+        req: &ReleaseRequest,
+        now: u64,
+        c: &mut Commit,
+    ) -> Result<ReleaseReply, WireError> {
+        let runtime = RuntimeId::parse(&req.runtime)?;
+        let mut reply = ReleaseReply::default();
+        for item in &req.specs {
+            match view.release(&item.spec, runtime.as_str(), item.epoch, now) {
+                Ok(cleared) => {
+                    c.entry.leases.push(cleared);
+                    reply.released.push(item.spec.clone());
+                }
+                Err(why) => reply.refused.push(refusal(&item.spec, item.epoch, why)),
+            }
+        }
+        if !reply.released.is_empty() {
+            c.notices.push(NoticeEvent::Available);
+        }
+        Ok(reply)
+    }
+
+    pub(super) fn leases(&self, req: &LeasesRequest) -> Result<LeasesReply, WireError> {
+        if let Some(r) = &req.runtime {
+            validate(TokenKind::RuntimeId, r)?;
+        }
+        let limit = if req.limit == 0 { 1000 } else { req.limit as usize };
+        let now = now_ms();
+        let view = self.view();
+        let filter =
+            RowFilter { runtime: req.runtime.as_deref(), spec: req.spec.as_deref(), unassigned: req.unassigned };
+        let (rows, total) = view.rows(filter, limit, now);
+        Ok(LeasesReply {
+            rows,
+            total,
+            specs: view.spec_count() as u64,
+            runtimes: view.live_runtimes(now) as u64,
+            sessions: if req.sessions { view.sessions() } else { Vec::new() },
+        })
+    }
+
+    pub(super) async fn submit(&self, req: SubmitRequest) -> Result<SubmitReply, WireError> {
+        if req.results.len() > MAX_SUBMIT_BATCH {
+            return Err(WireError::invalid(format!(
+                "{} results in one request, at most {MAX_SUBMIT_BATCH} allowed",
+                req.results.len()
+            )));
+        }
+        let mut outcomes: Vec<SubmitOutcome> = Vec::with_capacity(req.results.len());
+        // Accepted results by host, in request order: each host's become one segment.
+        let mut by_host: Vec<(HostId, Vec<(usize, &ResultRecord)>)> = Vec::new();
+        for (i, r) in req.results.iter().enumerate() {
+            let key = r.idempotency_key();
+            let checked = self.fenced(r);
+            outcomes.push(SubmitOutcome { key, ..SubmitOutcome::default() });
+            match checked {
+                Err(refused) => {
+                    outcomes[i].status = SubmitStatus::Refused;
+                    outcomes[i].reason = refused.to_string();
+                }
+                Ok(host) => match by_host.iter_mut().find(|(h, _)| *h == host) {
+                    Some((_, v)) => v.push((i, r)),
+                    None => by_host.push((host, vec![(i, r)])),
+                },
+            }
+        }
+        let stores = by_host
+            .into_iter()
+            .map(|(host, results)| async move { store_host_results(&self.js, &self.subjects, &host, results).await });
+        for stored in futures::future::join_all(stores).await.into_iter().flatten() {
+            let o = &mut outcomes[stored.index];
+            o.status = stored.status;
+            o.stream_seq = stored.stream_seq;
+            o.reason = stored.reason;
+        }
+        Ok(SubmitReply { outcomes })
+    }
+}
+
+/// Why a submitted result is refused (answered as `<code>: <why>` in its outcome).
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    /// A malformed result.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The runtime does not hold the spec at the result's epoch.
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+impl Shared {
+    /// The host a result is filed under, when it is well formed and its runtime holds its spec
+    /// at its epoch.
+    fn fenced(&self, r: &ResultRecord) -> Result<HostId, Refused> {
+        let invalid = |e: TokenError| Refused::Invalid(e.to_string());
+        validate(TokenKind::Name, &r.spec).map_err(invalid)?;
+        validate(TokenKind::RuntimeId, &r.runtime).map_err(invalid)?;
+        let host = HostId::parse(&r.host).map_err(invalid)?;
+        if r.seq == 0 || r.epoch == 0 {
+            return Err(Refused::Invalid("epoch and seq must be positive".into()));
+        }
+        let view = self.view();
+        let lease = view.lease(&r.spec).cloned().unwrap_or_default();
+        if lease.holder != r.runtime || lease.epoch != r.epoch {
+            return Err(Refused::Conflict(format!(
+                "stale epoch: spec {} is at epoch {} held by {:?}, result carries epoch {} from {}",
+                r.spec, lease.epoch, lease.holder, r.epoch, r.runtime
+            )));
+        }
+        Ok(host)
+    }
+}
