@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::spec::{escape, resolve_attestation};
-use super::{duration, subst, Comparison, ConfigDocument, Executor, DOCUMENT_VERSION};
+use super::{duration, subst, Assessment, Comparison, ConfigDocument, Executor, DOCUMENT_VERSION};
 use crate::envelope::ErrorDetail;
 use crate::selector::Selector;
 use crate::token::{validate as validate_token, TokenKind};
@@ -314,7 +314,21 @@ fn check(doc: &ConfigDocument, known: &KnownIds, p: &mut Problems) {
     ids("assessments", doc.assessments.iter().map(|x| x.id.as_str()), p);
     ids("attestations", doc.attestations.iter().map(|x| x.id.as_str()), p);
     ids("pools", doc.pools.iter().map(|x| x.id.as_str()), p);
+    services(doc, p);
+    controls(doc, p);
+    let component_controls: HashMap<&str, &Vec<String>> =
+        doc.components.iter().map(|c| (c.id.as_str(), &c.controls)).collect();
+    components(doc, known, p);
+    for (i, a) in doc.assessments.iter().enumerate() {
+        assessment(i, a, p);
+    }
+    attestations(doc, known, &component_controls, p);
+    for (i, pool) in doc.pools.iter().enumerate() {
+        selector(format!("/pools/{i}/selector"), &pool.selector, p);
+    }
+}
 
+fn services(doc: &ConfigDocument, p: &mut Problems) {
     for (i, s) in doc.services.iter().enumerate() {
         if let Err(e) = validate_token(TokenKind::Name, &s.worker) {
             p.add(format!("/services/{i}/worker"), e.to_string());
@@ -326,6 +340,9 @@ fn check(doc: &ConfigDocument, known: &KnownIds, p: &mut Problems) {
         text(&format!("/services/{i}/playbook"), &s.playbook, p);
         selector(format!("/services/{i}/selector"), &s.selector, p);
     }
+}
+
+fn controls(doc: &ConfigDocument, p: &mut Problems) {
     for (i, c) in doc.controls.iter().enumerate() {
         if c.parameters.len() > MAX_PARAMETERS {
             p.add(
@@ -341,8 +358,9 @@ fn check(doc: &ConfigDocument, known: &KnownIds, p: &mut Problems) {
             text(&ptr, &v.render(), p);
         }
     }
-    let component_controls: HashMap<&str, &Vec<String>> =
-        doc.components.iter().map(|c| (c.id.as_str(), &c.controls)).collect();
+}
+
+fn components(doc: &ConfigDocument, known: &KnownIds, p: &mut Problems) {
     for (i, c) in doc.components.iter().enumerate() {
         selector(format!("/components/{i}/selector"), &c.selector, p);
         let mut seen = BTreeSet::new();
@@ -356,51 +374,60 @@ fn check(doc: &ConfigDocument, known: &KnownIds, p: &mut Problems) {
             }
         }
     }
-    for (i, a) in doc.assessments.iter().enumerate() {
-        executor(&format!("/assessments/{i}/executor"), &a.executor, p);
-        let interval = duration::parse(&a.interval);
-        let timeout = duration::parse(&a.timeout);
-        match &interval {
-            Err(e) => p.add(format!("/assessments/{i}/interval"), e.clone()),
-            Ok(d) if (d.as_millis() as u64) < MIN_INTERVAL_MS => {
-                p.add(format!("/assessments/{i}/interval"), format!("must be at least {MIN_INTERVAL_MS}ms"))
-            }
-            Ok(_) => {}
+}
+
+fn assessment(i: usize, a: &Assessment, p: &mut Problems) {
+    executor(&format!("/assessments/{i}/executor"), &a.executor, p);
+    let interval = duration::parse(&a.interval);
+    let timeout = duration::parse(&a.timeout);
+    match &interval {
+        Err(e) => p.add(format!("/assessments/{i}/interval"), e.clone()),
+        Ok(d) if (d.as_millis() as u64) < MIN_INTERVAL_MS => {
+            p.add(format!("/assessments/{i}/interval"), format!("must be at least {MIN_INTERVAL_MS}ms"))
         }
-        match (&timeout, &interval) {
-            (Err(e), _) => p.add(format!("/assessments/{i}/timeout"), e.clone()),
-            (Ok(t), _) if t.is_zero() => p.add(format!("/assessments/{i}/timeout"), "must be greater than zero"),
-            (Ok(t), Ok(iv)) if t > iv => p.add(
-                format!("/assessments/{i}/timeout"),
-                format!("{} is longer than the interval {}", a.timeout, a.interval),
-            ),
+        Ok(_) => {}
+    }
+    match (&timeout, &interval) {
+        (Err(e), _) => p.add(format!("/assessments/{i}/timeout"), e.clone()),
+        (Ok(t), _) if t.is_zero() => p.add(format!("/assessments/{i}/timeout"), "must be greater than zero"),
+        (Ok(t), Ok(iv)) if t > iv => p.add(
+            format!("/assessments/{i}/timeout"),
+            format!("{} is longer than the interval {}", a.timeout, a.interval),
+        ),
+        _ => {}
+    }
+    for (j, t) in a.thresholds.iter().enumerate() {
+        let ptr = format!("/assessments/{i}/thresholds/{j}");
+        if let Err(e) = validate_token(TokenKind::Name, &t.metric) {
+            p.add(format!("{ptr}/metric"), e.to_string());
+        }
+        match (t.warn, t.fail) {
+            (None, None) => p.add(&ptr, "needs a warn or a fail limit"),
+            (Some(w), Some(f)) => {
+                let bad = match t.op {
+                    Comparison::Gt | Comparison::Ge => w > f,
+                    Comparison::Lt | Comparison::Le => w < f,
+                };
+                if bad {
+                    p.add(&ptr, format!("warn limit {w} is past the fail limit {f}"));
+                }
+            }
             _ => {}
         }
-        for (j, t) in a.thresholds.iter().enumerate() {
-            let ptr = format!("/assessments/{i}/thresholds/{j}");
-            if let Err(e) = validate_token(TokenKind::Name, &t.metric) {
-                p.add(format!("{ptr}/metric"), e.to_string());
-            }
-            match (t.warn, t.fail) {
-                (None, None) => p.add(&ptr, "needs a warn or a fail limit"),
-                (Some(w), Some(f)) => {
-                    let bad = match t.op {
-                        Comparison::Gt | Comparison::Ge => w > f,
-                        Comparison::Lt | Comparison::Le => w < f,
-                    };
-                    if bad {
-                        p.add(&ptr, format!("warn limit {w} is past the fail limit {f}"));
-                    }
-                }
-                _ => {}
-            }
-            for v in [t.warn, t.fail].into_iter().flatten() {
-                if !v.is_finite() {
-                    p.add(&ptr, "limits must be finite numbers");
-                }
+        for v in [t.warn, t.fail].into_iter().flatten() {
+            if !v.is_finite() {
+                p.add(&ptr, "limits must be finite numbers");
             }
         }
     }
+}
+
+fn attestations(
+    doc: &ConfigDocument,
+    known: &KnownIds,
+    component_controls: &HashMap<&str, &Vec<String>>,
+    p: &mut Problems,
+) {
     let assessment_index: HashMap<&str, usize> =
         doc.assessments.iter().enumerate().map(|(i, a)| (a.id.as_str(), i)).collect();
     for (i, a) in doc.attestations.iter().enumerate() {
@@ -441,8 +468,5 @@ fn check(doc: &ConfigDocument, known: &KnownIds, p: &mut Problems) {
                 }
             }
         }
-    }
-    for (i, pool) in doc.pools.iter().enumerate() {
-        selector(format!("/pools/{i}/selector"), &pool.selector, p);
     }
 }
