@@ -14,6 +14,7 @@ pub mod dispatcher;
 pub mod edge;
 pub mod enablement;
 pub mod health;
+pub mod kv;
 pub mod lease;
 pub mod lease_client;
 pub mod lease_journal;

@@ -85,7 +85,7 @@ use steward_subjects::{HostId, Subjects, STEWARD_VERSION};
 use tracing::{debug, info, warn};
 
 use crate::signing::{hex, job_digest, JobSigner};
-use store::{HostChange, KnownHost, RunStore, StoreError};
+use store::{HostChange, KnownHost, RunStore, RunStoreError};
 
 /// Arguments of the dispatcher.
 #[derive(Debug, Clone)]
@@ -261,9 +261,9 @@ fn now_ms() -> u64 {
     u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
-fn store_err(e: StoreError) -> WireError {
+fn store_err(e: RunStoreError) -> WireError {
     match e {
-        StoreError::Contended(_) => WireError::conflict(e.to_string()),
+        RunStoreError::Contended(_) => WireError::conflict(e.to_string()),
         _ => WireError::unavailable(e.to_string()),
     }
 }
@@ -383,7 +383,7 @@ impl Core {
         lock(&self.active)
     }
 
-    async fn load_active(&self) -> Result<(), StoreError> {
+    async fn load_active(&self) -> Result<(), RunStoreError> {
         let runs = self.store.runs().await?;
         let mut n = 0;
         for run in runs.into_iter().filter(|r| !r.status.is_terminal()) {
@@ -399,7 +399,7 @@ impl Core {
     /// Takes a run this instance did not dispatch (on start, or adopted): reads its hosts,
     /// checks it at once, and recounts it from its host records (count changes of a stopped
     /// instance may have been lost).
-    async fn hold(&self, run: &RunRecord) -> Result<(), StoreError> {
+    async fn hold(&self, run: &RunRecord) -> Result<(), RunStoreError> {
         let hosts = self.store.hosts_with_revisions(&run.run_id).await?;
         let cache: HashMap<String, KnownHost> = hosts.iter().map(|k| (k.0.host_id.clone(), k.clone())).collect();
         self.active().entry(run.run_id.clone()).or_insert_with(|| ActiveRun {
@@ -836,7 +836,7 @@ impl Core {
     /// Updates one host record (compare-and-set against the remembered record when there is
     /// one) and notes the transition: the remembered record, the count change for the run
     /// record, an earlier check for a retry, adoption of a run this instance does not hold.
-    async fn update_host<F>(&self, run_id: &str, host: &HostId, f: F) -> Result<Option<HostChange>, StoreError>
+    async fn update_host<F>(&self, run_id: &str, host: &HostId, f: F) -> Result<Option<HostChange>, RunStoreError>
     where
         F: FnMut(&mut HostRun) -> bool,
     {
@@ -877,7 +877,7 @@ impl Core {
     /// Writes the count changes noted for a run into its run record. A run whose counts say
     /// every host ended is only declared ended once its host records confirm it (from memory
     /// when this instance knows every host ended, else read from the store).
-    async fn flush(&self, run_id: &str, delta: CountsDelta) -> Result<(), StoreError> {
+    async fn flush(&self, run_id: &str, delta: CountsDelta) -> Result<(), RunStoreError> {
         // This instance knows every host ended (terminal states never change): one write.
         let ended_here: Option<Vec<KnownHost>> =
             self.active().get(run_id).and_then(|a| a.all_ended().then(|| a.hosts.values().cloned().collect()));
@@ -941,7 +941,7 @@ impl Core {
         });
     }
 
-    async fn settle_counted(&self, run_id: &str, hosts: &[KnownHost]) -> Result<Option<RunRecord>, StoreError> {
+    async fn settle_counted(&self, run_id: &str, hosts: &[KnownHost]) -> Result<Option<RunRecord>, RunStoreError> {
         let mut counts = StatusCounts::default();
         for (h, _) in hosts {
             counts.add(h.status);
@@ -1142,7 +1142,7 @@ impl Core {
     }
 
     /// Deadlines, retries and re-deliveries of one run.
-    async fn check(&self, run_id: &str) -> Result<(), StoreError> {
+    async fn check(&self, run_id: &str) -> Result<(), RunStoreError> {
         let Some(run) = self.store.run(run_id).await? else {
             self.forget(run_id);
             return Ok(());

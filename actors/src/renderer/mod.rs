@@ -44,7 +44,7 @@ use steward_subjects::{rpc, AccountId, Subjects, Token, TokenKind, WireError, ST
 use tracing::{debug, info, warn};
 
 use self::render::{HostLabels, SpecIndex};
-use self::store::StoreError;
+use self::store::SpecStoreError;
 use crate::ActorsError;
 
 /// Delay that coalesces bursts of host changes into one render.
@@ -136,26 +136,26 @@ fn host_from(key: &str, account: &AccountId, value: &[u8]) -> Option<HostLabels>
 /// Reads revision `n`'s state archive.
 ///
 /// # Errors
-/// [`StoreError`] when it is missing or cannot be decoded.
-pub async fn read_archive(config_kv: &kv::Store, account: &AccountId, n: u64) -> Result<StateArchive, StoreError> {
+/// [`SpecStoreError`] when it is missing or cannot be decoded.
+pub async fn read_archive(config_kv: &kv::Store, account: &AccountId, n: u64) -> Result<StateArchive, SpecStoreError> {
     let bytes = config_kv
         .get(config_archive_key(account, n))
         .await
-        .map_err(|e| StoreError { what: "cannot read state archive", reason: e.to_string() })?
-        .ok_or_else(|| StoreError { what: "state archive missing", reason: format!("revision {n}") })?;
+        .map_err(|e| SpecStoreError { what: "cannot read state archive", reason: e.to_string() })?
+        .ok_or_else(|| SpecStoreError { what: "state archive missing", reason: format!("revision {n}") })?;
     codec::decode_limited(Encoding::MsgPack, &bytes, usize::MAX)
-        .map_err(|e| StoreError { what: "cannot decode state archive", reason: e.to_string() })
+        .map_err(|e| SpecStoreError { what: "cannot decode state archive", reason: e.to_string() })
 }
 
 /// The highest committed revision of `account` (0 when none), from the revision keys.
 ///
 /// # Errors
-/// [`StoreError`] when the scan fails.
+/// [`SpecStoreError`] when the scan fails.
 pub async fn head_revision(
     client: &async_nats::Client,
     config_kv: &kv::Store,
     account: &AccountId,
-) -> Result<u64, StoreError> {
+) -> Result<u64, SpecStoreError> {
     let latest = store::scan_latest(client, config_kv, &config_revision_filter(account), true).await?;
     Ok(latest
         .iter()
