@@ -2,19 +2,16 @@
 //! job specs in the spec store (KV bucket `steward_jobspecs`).
 //!
 //! It consumes `config.changed` through a durable consumer (acknowledged once the revision is
-//! fully written) and watches the host registry (`steward_hosts`, keys `<account>.<host>`); a
-//! host joining, leaving or changing labels re-renders. Renders are level-triggered: desired =
-//! render(current revision, current hosts), diffed against what the store holds (loaded header-only
-//! at start), and only added, changed and removed specs are written (removals as KV delete
-//! markers, which watchers see as tombstones). After a `kill -9` mid-render, the restarted renderer
-//! reloads the store's index and converges to exactly the same spec set: ids are deterministic and
-//! each key holds one spec. Rendering runs on a blocking thread; writes run in a task; the actor
-//! only keeps state.
+//! fully written) and watches the host registry; a host joining, leaving or changing labels
+//! re-renders. Renders are level-triggered: desired = render(current revision, current hosts),
+//! diffed against what the store holds (loaded header-only at start), and only added, changed
+//! and removed specs are written (removals as KV delete markers). After a `kill -9` mid-render
+//! the restarted renderer reloads the store's index and converges to the same spec set: ids
+//! are deterministic and each key holds one spec. Rendering runs on a blocking thread, writes
+//! in a task; the actor only keeps state.
 //!
-//! Endpoints (micro service `steward-jobspec`, queue group: any instance may answer):
-//! `jobspec.list`, `jobspec.explain`, `jobspec.status`.
-//!
-//! Layout: [`render`] is the pure render and diff, [`store`] the KV I/O, [`api`] the endpoints.
+//! Layout: [`render`] is the pure render and diff, [`store`] the KV I/O, [`api`] the endpoints
+//! (`jobspec.list`, `jobspec.explain`, `jobspec.status`).
 
 pub mod api;
 pub mod render;
