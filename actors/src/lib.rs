@@ -15,6 +15,7 @@ pub mod dispatcher;
 pub mod edge;
 pub mod enablement;
 pub mod health;
+pub mod kv;
 pub mod lease;
 pub mod process;
 pub mod renderer;

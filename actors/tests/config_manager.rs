@@ -372,3 +372,44 @@ async fn source_polling_valid_invalid_valid() {
     assert_eq!(h.total, 2);
     hub.stop();
 }
+
+/// The shared key reader (`steward_actors::kv`): a scan gives the latest message of each key in
+/// stream order (a deleted key as its marker); a follower gives that snapshot, then later puts,
+/// deletes and purges.
+#[tokio::test]
+async fn kv_scan_and_follow_tell_puts_from_deletes() {
+    use steward_actors::kv;
+    let server = NatsServer::single(ServerOptions::named("kv-follow")).await.unwrap();
+    let client = async_nats::connect(server.client_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let bucket = "t_follow";
+    let store = js
+        .create_key_value(async_nats::jetstream::kv::Config { bucket: bucket.into(), ..Default::default() })
+        .await
+        .unwrap();
+    store.put("a.one", "1".into()).await.unwrap();
+    store.put("a.two", "2".into()).await.unwrap();
+    store.put("b.three", "3".into()).await.unwrap();
+    store.delete("a.one").await.unwrap();
+
+    let scanned = kv::scan(&client, &store.stream, bucket, "a.>", false, WAIT).await.unwrap();
+    let seen: Vec<(&str, bool)> = scanned.iter().map(|k| (k.key.as_str(), k.deleted)).collect();
+    assert_eq!(seen, vec![("a.two", false), ("a.one", true)]);
+    assert_eq!(scanned[0].value.as_ref(), b"2");
+    let headers_only = kv::scan(&client, &store.stream, bucket, "a.>", true, WAIT).await.unwrap();
+    assert!(headers_only[0].value.is_empty());
+    assert!(kv::scan(&client, &store.stream, bucket, "c.>", false, WAIT).await.unwrap().is_empty());
+
+    let mut keys = kv::follow(&client, &store.stream, bucket, "a.>", false).await.unwrap();
+    assert_eq!(keys.snapshot_len(), 2);
+    for _ in 0..2 {
+        tokio::time::timeout(WAIT, keys.next()).await.unwrap().unwrap().unwrap();
+    }
+    store.put("a.four", "4".into()).await.unwrap();
+    store.purge("a.two").await.unwrap();
+    let put = tokio::time::timeout(WAIT, keys.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!((put.key.as_str(), put.deleted, put.value.as_ref()), ("a.four", false, &b"4"[..]));
+    let purged = tokio::time::timeout(WAIT, keys.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!((purged.key.as_str(), purged.deleted), ("a.two", true));
+    assert!(purged.revision > put.revision);
+}

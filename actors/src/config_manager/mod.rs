@@ -1,26 +1,19 @@
 //! The configuration manager: per-account configuration documents as immutable revisions
-//! (state archives) in JetStream, with apply, plan, get, history, diff, rollback and source
-//! polling.
+//! (state archives) in the `steward_config` bucket, with apply, plan, get, history, diff,
+//! rollback and source polling.
 //!
-//! Storage (KV bucket `steward_config`): `<account>.doc.<N>` holds revision N's state archive and
-//! is written first; `<account>.rev.<N>` holds its metadata and is created with KV `create`, the
-//! atomic commit point — two hub instances racing for revision N cannot both win, and a crash
-//! between the two writes leaves only an uncommitted archive that the next apply overwrites.
-//! After a commit, `config.changed` goes to `STEWARD_CONFIG_EVENTS` with a `Nats-Msg-Id`, so a
-//! retried announcement is stored once; on start the manager re-announces the head revision if
-//! the stream's last announcement is older (a crash between commit and announce).
+//! `<account>.doc.<N>` (revision N's archive) is written first; `<account>.rev.<N>` (its
+//! metadata) is created with KV `create`, the commit point: two hub instances racing for
+//! revision N cannot both win, and a crash between the writes leaves only an uncommitted
+//! archive the next apply overwrites. A commit is announced as `config.changed` with a
+//! `Nats-Msg-Id` (stored once); on start the head revision is announced again if the last
+//! announcement is older. Source polling turns a valid, changed candidate into a revision
+//! labelled `source` and refuses an invalid one with `config.rejected`.
 //!
-//! Endpoints (micro service `steward-config`, queue group: any hub instance may answer):
-//! `config.{apply,plan,get,history,diff,rollback}`, and `config.{playbook,store_playbook}` for
-//! content-addressed playbooks ([`playbooks`]; served straight from the object store, not through
-//! the actor, so host fetches never wait behind an apply). Source polling (`--config-source`) fetches a
-//! candidate every poll interval; a valid, changed candidate becomes a revision labelled
-//! `source`, an invalid one is refused with a `config.rejected` event and an error log, and the
-//! running revision stays.
-//!
-//! Layout: this file is the actor, its handle and its endpoints; [`source`] fetches candidates;
-//! [`playbooks`] keeps playbooks by content reference.
+//! Layout: this file is the actor and its handle; [`api`] its endpoints; [`source`] fetches
+//! candidates; [`playbooks`] keeps playbooks by content reference.
 
+pub mod api;
 pub mod playbooks;
 pub mod source;
 
@@ -28,16 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use async_nats::service::ServiceExt;
-use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use sha2::Digest;
 use steward_subjects::api::config::{
     ApplyReply, ApplyRequest, ConfigChanged, ConfigRejected, DiffReply, DiffRequest, DocumentSummary, GetRequest,
-    HistoryReply, HistoryRequest, PlanReply, PlanRequest, PlaybookGetRequest, PlaybookStoreRequest, RevisionMeta,
-    RollbackRequest, SpecDiff, StateArchive,
+    HistoryReply, HistoryRequest, PlanReply, PlanRequest, RevisionMeta, RollbackRequest, SpecDiff, StateArchive,
 };
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::diff::diff_documents;
@@ -46,14 +34,13 @@ use steward_subjects::config::{parse_document, ConfigDocument};
 use steward_subjects::envelope::ErrorDetail;
 use steward_subjects::streams::{CONFIG_BUCKET, CONFIG_EVENTS_STREAM, HOSTS_BUCKET};
 use steward_subjects::subject::{
-    config_archive_key, config_revision_filter, config_revision_key, host_registry_filter, service_name,
+    config_archive_key, config_revision_filter, config_revision_key, host_registry_filter,
 };
-use steward_subjects::{rpc, AccountId, Subjects, WireError, STEWARD_VERSION};
+use steward_subjects::{AccountId, Subjects, WireError};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::{error, info, warn};
 
-use self::playbooks::PlaybookStore;
 use self::source::SourceUrl;
 use crate::renderer::render::{self, HostLabels};
 use crate::renderer::{read_archive, store};
@@ -208,7 +195,7 @@ impl Actor for ConfigManager {
             }));
             info!(source = %src.url, poll_ms = poll.as_millis() as u64, "polling configuration source");
         }
-        state.service = Some(start_service(&args, &myself, &mut state.tasks).await?);
+        state.service = Some(api::start_service(&args, &myself, &mut state.tasks).await?);
         info!(account = %account, revision = state.revisions.last().map_or(0, |m| m.revision), "config manager ready");
         Ok(state)
     }
@@ -599,83 +586,6 @@ async fn poll_source(state: &mut ConfigManagerState) {
                 }
             }
         }
-    }
-}
-
-async fn start_service(
-    args: &ConfigManagerArgs,
-    myself: &ActorRef<ConfigManagerMsg>,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Result<async_nats::service::Service, ActorProcessingErr> {
-    let service = args
-        .client
-        .service_builder()
-        .description("steward configuration manager: apply, plan, get, history, diff, rollback, playbooks")
-        .metadata([("account".to_owned(), args.subjects.account().to_string())].into())
-        .start(service_name("config"), STEWARD_VERSION)
-        .await
-        .map_err(|e| fail("cannot register config service")(e.to_string()))?;
-    let h = ConfigManagerHandle { actor: myself.clone() };
-    let s = &args.subjects;
-    let endpoints = [
-        ("apply", s.config_apply()),
-        ("plan", s.config_plan()),
-        ("get", s.config_get()),
-        ("history", s.config_history()),
-        ("diff", s.config_diff()),
-        ("rollback", s.config_rollback()),
-        ("playbook", s.config_playbook()),
-        ("store_playbook", s.config_store_playbook()),
-    ];
-    let books = PlaybookStore::new(jetstream::new(args.client.clone()), s.account().clone());
-    for (name, subject) in endpoints {
-        let ep = service
-            .endpoint_builder()
-            .name(name)
-            .add(subject)
-            .await
-            .map_err(|e| fail("config endpoint")(e.to_string()))?;
-        let (h, me, books) = (h.clone(), myself.clone(), books.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut ep = ep;
-            while let Some(req) = ep.next().await {
-                let (h, books) = (h.clone(), books.clone());
-                tokio::spawn(async move {
-                    match name {
-                        "playbook" => {
-                            serve(req, |r: PlaybookGetRequest| async move { books.get(&r.reference).await }).await;
-                        }
-                        "store_playbook" => {
-                            serve(req, |r: PlaybookStoreRequest| async move { books.put(&r.content).await }).await;
-                        }
-                        "apply" => serve(req, |r| async move { h.apply(r).await }).await,
-                        "plan" => serve(req, |r| async move { h.plan(r).await }).await,
-                        "get" => serve(req, |r| async move { h.get(r).await }).await,
-                        "history" => serve(req, |r| async move { h.history(r).await }).await,
-                        "diff" => serve(req, |r| async move { h.diff(r).await }).await,
-                        _ => serve(req, |r| async move { h.rollback(r).await }).await,
-                    }
-                });
-            }
-            let _ = me.cast(ConfigManagerMsg::TaskEnded("endpoint"));
-        }));
-    }
-    Ok(service)
-}
-
-async fn serve<Req, Resp, F, Fut>(req: async_nats::service::Request, f: F)
-where
-    Req: DeserializeOwned,
-    Resp: Serialize,
-    F: FnOnce(Req) -> Fut,
-    Fut: std::future::Future<Output = Result<Resp, WireError>>,
-{
-    let (result, enc) = match rpc::decode_request::<Req>(&req.message) {
-        Ok((r, enc)) => (f(r).await, enc),
-        Err((e, enc)) => (Err(e), enc),
-    };
-    if let Err(e) = rpc::respond(&req, enc, result).await {
-        warn!(error = %e, "config reply not sent");
     }
 }
 

@@ -1,8 +1,8 @@
 //! The run store: run records, per-host run records and idempotency keys in the `steward_runs`
 //! KV bucket, every update a compare-and-set on the key's revision (so two hub instances never
 //! overwrite each other; a writer that remembers a record's revision skips the read), plus
-//! consistent reads of many keys at once through an ordered
-//! consumer on the bucket's stream (last value per key), and reads of a run's job events.
+//! consistent reads of many keys at once ([`crate::kv::scan`]: last value per key) and reads
+//! of a run's job events.
 
 use std::time::Duration;
 
@@ -14,16 +14,19 @@ use steward_subjects::api::run::{HostRun, RunEvent, RunRecord};
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::streams::{RUNS_BUCKET, RUN_EVENTS_STREAM};
 use steward_subjects::subject::{
-    kv_subject, run_host_filter, run_host_key, run_idempotency_key, run_record_filter, run_record_key,
+    run_host_filter, run_host_key, run_idempotency_key, run_record_filter, run_record_key,
 };
 use steward_subjects::{AccountId, HostId, Subjects};
 
 /// Compare-and-set attempts before an update gives up.
 const CAS_TRIES: usize = 16;
 
+/// How long a scan of many keys waits for its next message before it fails.
+const SCAN_IDLE: Duration = Duration::from_secs(10);
+
 /// Errors of the run store.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
+pub enum RunStoreError {
     /// JetStream refused or failed.
     #[error("run store: {0}")]
     Backend(String),
@@ -40,29 +43,29 @@ pub enum StoreError {
     Contended(String),
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn backend(e: impl std::fmt::Display) -> RunStoreError {
+    RunStoreError::Backend(e.to_string())
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<bytes::Bytes, StoreError> {
+fn encode<T: Serialize>(v: &T) -> Result<bytes::Bytes, RunStoreError> {
     codec::encode(Encoding::MsgPack, v).map_err(backend)
 }
 
-fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, RunStoreError> {
     codec::decode_limited(Encoding::MsgPack, bytes, usize::MAX)
-        .map_err(|e| StoreError::Corrupt { key: key.to_owned(), reason: e.to_string() })
+        .map_err(|e| RunStoreError::Corrupt { key: key.to_owned(), reason: e.to_string() })
 }
 
 /// Reads the latest value of every key of `bucket` matching `filter` (KV key wildcards), in one
 /// pass of an ordered consumer; deleted keys are left out.
 ///
 /// # Errors
-/// [`StoreError`] when the stream cannot be read or a value does not decode.
+/// [`RunStoreError`] when the stream cannot be read or a value does not decode.
 pub async fn read_latest<T: DeserializeOwned>(
     js: &jetstream::Context,
     bucket: &str,
     filter: &str,
-) -> Result<Vec<(String, T)>, StoreError> {
+) -> Result<Vec<(String, T)>, RunStoreError> {
     Ok(read_latest_revisions(js, bucket, filter).await?.into_iter().map(|(k, v, _)| (k, v)).collect())
 }
 
@@ -70,48 +73,18 @@ pub async fn read_latest<T: DeserializeOwned>(
 /// without another read.
 ///
 /// # Errors
-/// [`StoreError`] when the stream cannot be read or a value does not decode.
+/// [`RunStoreError`] when the stream cannot be read or a value does not decode.
 pub async fn read_latest_revisions<T: DeserializeOwned>(
     js: &jetstream::Context,
     bucket: &str,
     filter: &str,
-) -> Result<Vec<(String, T, u64)>, StoreError> {
+) -> Result<Vec<(String, T, u64)>, RunStoreError> {
     let stream = js.get_stream(format!("KV_{bucket}")).await.map_err(backend)?;
-    let prefix = kv_subject(bucket, "");
-    let mut consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: kv_subject(bucket, filter),
-            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        })
-        .await
-        .map_err(backend)?;
-    let pending = consumer.info().await.map_err(backend)?.num_pending;
-    let mut out = Vec::with_capacity(usize::try_from(pending).unwrap_or(0));
-    if pending == 0 {
-        return Ok(out);
-    }
-    let mut messages = consumer.messages().await.map_err(backend)?;
-    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), messages.next())
-        .await
-        .map_err(|_| StoreError::Backend(format!("reading {bucket} timed out")))?
-    {
-        let m = m.map_err(backend)?;
-        let info = m.info().map_err(backend)?;
-        let (left, revision) = (info.pending, info.stream_sequence);
-        let deleted = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("KV-Operation"))
-            .is_some_and(|v| v.as_str() == "DEL" || v.as_str() == "PURGE");
-        if !deleted {
-            let key = m.subject.as_str().strip_prefix(&prefix).unwrap_or(m.subject.as_str()).to_owned();
-            let value = decode(&key, &m.payload)?;
-            out.push((key, value, revision));
-        }
-        if left == 0 {
-            break;
-        }
+    let latest = crate::kv::scan(&js.client(), &stream, bucket, filter, false, SCAN_IDLE).await.map_err(backend)?;
+    let mut out = Vec::with_capacity(latest.len());
+    for k in latest.into_iter().filter(|k| !k.deleted) {
+        let value = decode(&k.key, &k.value)?;
+        out.push((k.key, value, k.revision));
     }
     Ok(out)
 }
@@ -142,8 +115,8 @@ impl RunStore {
     /// Opens the `steward_runs` bucket (it must have been ensured).
     ///
     /// # Errors
-    /// [`StoreError::Backend`] when the bucket does not exist.
-    pub async fn open(js: jetstream::Context, subjects: Subjects) -> Result<Self, StoreError> {
+    /// [`RunStoreError::Backend`] when the bucket does not exist.
+    pub async fn open(js: jetstream::Context, subjects: Subjects) -> Result<Self, RunStoreError> {
         let kv = js.get_key_value(RUNS_BUCKET).await.map_err(backend)?;
         Ok(RunStore { js, kv, subjects })
     }
@@ -155,8 +128,8 @@ impl RunStore {
     /// Creates a run record; `false` when it exists already.
     ///
     /// # Errors
-    /// [`StoreError::Backend`].
-    pub async fn create_run(&self, run: &RunRecord) -> Result<bool, StoreError> {
+    /// [`RunStoreError::Backend`].
+    pub async fn create_run(&self, run: &RunRecord) -> Result<bool, RunStoreError> {
         Ok(self.create_run_revision(run).await?.is_some())
     }
 
@@ -164,16 +137,16 @@ impl RunStore {
     /// exists already).
     ///
     /// # Errors
-    /// [`StoreError::Backend`].
-    pub async fn create_run_revision(&self, run: &RunRecord) -> Result<Option<u64>, StoreError> {
+    /// [`RunStoreError::Backend`].
+    pub async fn create_run_revision(&self, run: &RunRecord) -> Result<Option<u64>, RunStoreError> {
         self.create_revision(&run_record_key(self.account(), &run.run_id), run).await
     }
 
-    async fn create<T: Serialize>(&self, key: &str, v: &T) -> Result<bool, StoreError> {
+    async fn create<T: Serialize>(&self, key: &str, v: &T) -> Result<bool, RunStoreError> {
         Ok(self.create_revision(key, v).await?.is_some())
     }
 
-    async fn create_revision<T: Serialize>(&self, key: &str, v: &T) -> Result<Option<u64>, StoreError> {
+    async fn create_revision<T: Serialize>(&self, key: &str, v: &T) -> Result<Option<u64>, RunStoreError> {
         match self.kv.create(key, encode(v)?).await {
             Ok(rev) => Ok(Some(rev)),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
@@ -184,8 +157,8 @@ impl RunStore {
     /// Deletes a run record that was never used (lost an idempotency race).
     ///
     /// # Errors
-    /// [`StoreError::Backend`].
-    pub async fn delete_run(&self, run_id: &str) -> Result<(), StoreError> {
+    /// [`RunStoreError::Backend`].
+    pub async fn delete_run(&self, run_id: &str) -> Result<(), RunStoreError> {
         self.kv.purge(run_record_key(self.account(), run_id)).await.map_err(backend)
     }
 
@@ -193,8 +166,8 @@ impl RunStore {
     /// any.
     ///
     /// # Errors
-    /// [`StoreError::Backend`].
-    pub async fn claim_idempotency(&self, digest: &str, run_id: &str) -> Result<Option<String>, StoreError> {
+    /// [`RunStoreError::Backend`].
+    pub async fn claim_idempotency(&self, digest: &str, run_id: &str) -> Result<Option<String>, RunStoreError> {
         let key = run_idempotency_key(self.account(), digest);
         if self.create(&key, &run_id.to_owned()).await? {
             return Ok(None);
@@ -205,8 +178,8 @@ impl RunStore {
     /// The run an idempotency digest is bound to.
     ///
     /// # Errors
-    /// [`StoreError`].
-    pub async fn lookup_idempotency(&self, digest: &str) -> Result<Option<String>, StoreError> {
+    /// [`RunStoreError`].
+    pub async fn lookup_idempotency(&self, digest: &str) -> Result<Option<String>, RunStoreError> {
         let key = run_idempotency_key(self.account(), digest);
         match self.kv.get(&key).await.map_err(backend)? {
             Some(b) => Ok(Some(decode(&key, &b)?)),
@@ -217,8 +190,8 @@ impl RunStore {
     /// A run record.
     ///
     /// # Errors
-    /// [`StoreError`].
-    pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+    /// [`RunStoreError`].
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, RunStoreError> {
         let key = run_record_key(self.account(), run_id);
         match self.kv.get(&key).await.map_err(backend)? {
             Some(b) => Ok(Some(decode(&key, &b)?)),
@@ -229,8 +202,8 @@ impl RunStore {
     /// Every run record of the account.
     ///
     /// # Errors
-    /// [`StoreError`].
-    pub async fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+    /// [`RunStoreError`].
+    pub async fn runs(&self) -> Result<Vec<RunRecord>, RunStoreError> {
         Ok(read_latest(&self.js, RUNS_BUCKET, &run_record_filter(self.account()))
             .await?
             .into_iter()
@@ -242,10 +215,10 @@ impl RunStore {
     /// record's revision, in the order given.
     ///
     /// # Errors
-    /// The first [`StoreError`]; [`StoreError::Backend`] when a record exists already.
-    pub async fn create_hosts(&self, hosts: &[HostRun]) -> Result<Vec<u64>, StoreError> {
+    /// The first [`RunStoreError`]; [`RunStoreError::Backend`] when a record exists already.
+    pub async fn create_hosts(&self, hosts: &[HostRun]) -> Result<Vec<u64>, RunStoreError> {
         let account = self.account().clone();
-        let results: Vec<Result<u64, StoreError>> = futures::stream::iter(
+        let results: Vec<Result<u64, RunStoreError>> = futures::stream::iter(
             hosts
                 .iter()
                 .map(|h| {
@@ -268,8 +241,8 @@ impl RunStore {
     /// Every host record of a run, in host id order.
     ///
     /// # Errors
-    /// [`StoreError`].
-    pub async fn hosts(&self, run_id: &str) -> Result<Vec<HostRun>, StoreError> {
+    /// [`RunStoreError`].
+    pub async fn hosts(&self, run_id: &str) -> Result<Vec<HostRun>, RunStoreError> {
         let mut v: Vec<HostRun> = read_latest(&self.js, RUNS_BUCKET, &run_host_filter(self.account(), run_id))
             .await?
             .into_iter()
@@ -282,8 +255,8 @@ impl RunStore {
     /// Every host record of a run with its revision, in host id order.
     ///
     /// # Errors
-    /// [`StoreError`].
-    pub async fn hosts_with_revisions(&self, run_id: &str) -> Result<Vec<KnownHost>, StoreError> {
+    /// [`RunStoreError`].
+    pub async fn hosts_with_revisions(&self, run_id: &str) -> Result<Vec<KnownHost>, RunStoreError> {
         let mut v: Vec<KnownHost> =
             read_latest_revisions(&self.js, RUNS_BUCKET, &run_host_filter(self.account(), run_id))
                 .await?
@@ -298,8 +271,8 @@ impl RunStore {
     /// anything. Returns the record after the update (`None` when the run does not exist).
     ///
     /// # Errors
-    /// [`StoreError`].
-    pub async fn update_run<F>(&self, run_id: &str, f: F) -> Result<Option<RunRecord>, StoreError>
+    /// [`RunStoreError`].
+    pub async fn update_run<F>(&self, run_id: &str, f: F) -> Result<Option<RunRecord>, RunStoreError>
     where
         F: FnMut(&mut RunRecord) -> bool,
     {
@@ -311,13 +284,13 @@ impl RunStore {
     /// after the update and its revision.
     ///
     /// # Errors
-    /// [`StoreError`].
+    /// [`RunStoreError`].
     pub async fn update_run_known<F>(
         &self,
         run_id: &str,
         known: Option<(RunRecord, u64)>,
         f: F,
-    ) -> Result<Option<(RunRecord, u64)>, StoreError>
+    ) -> Result<Option<(RunRecord, u64)>, RunStoreError>
     where
         F: FnMut(&mut RunRecord) -> bool,
     {
@@ -334,14 +307,14 @@ impl RunStore {
     /// also checked against a fresh read. `None` when the record does not exist.
     ///
     /// # Errors
-    /// [`StoreError`].
+    /// [`RunStoreError`].
     pub async fn update_host<F>(
         &self,
         run_id: &str,
         host: &HostId,
         known: Option<KnownHost>,
         f: F,
-    ) -> Result<Option<HostChange>, StoreError>
+    ) -> Result<Option<HostChange>, RunStoreError>
     where
         F: FnMut(&mut HostRun) -> bool,
     {
@@ -351,7 +324,7 @@ impl RunStore {
             .map(|(before, after, revision)| HostChange { before, after, revision }))
     }
 
-    async fn update<T, F>(&self, key: &str, f: F) -> Result<Option<T>, StoreError>
+    async fn update<T, F>(&self, key: &str, f: F) -> Result<Option<T>, RunStoreError>
     where
         T: Serialize + DeserializeOwned + Clone,
         F: FnMut(&mut T) -> bool,
@@ -364,7 +337,7 @@ impl RunStore {
         key: &str,
         mut known: Option<(T, u64)>,
         mut f: F,
-    ) -> Result<Option<(T, T, u64)>, StoreError>
+    ) -> Result<Option<(T, T, u64)>, RunStoreError>
     where
         T: Serialize + DeserializeOwned + Clone,
         F: FnMut(&mut T) -> bool,
@@ -398,14 +371,14 @@ impl RunStore {
                 Err(e) => return Err(backend(e)),
             }
         }
-        Err(StoreError::Contended(key.to_owned()))
+        Err(RunStoreError::Contended(key.to_owned()))
     }
 
     /// The job events of one host's attempt, from stream sequence `from_stream_seq` on, with
     /// sequence numbers above `after_seq`, at most `max`; stops at the attempt's `last` event.
     ///
     /// # Errors
-    /// [`StoreError::Backend`].
+    /// [`RunStoreError::Backend`].
     pub async fn events(
         &self,
         host: &HostId,
@@ -414,7 +387,7 @@ impl RunStore {
         from_stream_seq: u64,
         after_seq: u64,
         max: usize,
-    ) -> Result<Vec<RunEvent>, StoreError> {
+    ) -> Result<Vec<RunEvent>, RunStoreError> {
         let mut out = Vec::new();
         if from_stream_seq == 0 || max == 0 {
             return Ok(out);

@@ -2,20 +2,18 @@
 //! job specs in the spec store (KV bucket `steward_jobspecs`).
 //!
 //! It consumes `config.changed` through a durable consumer (acknowledged once the revision is
-//! fully written) and watches the host registry (`steward_hosts`, keys `<account>.<host>`); a
-//! host joining, leaving or changing labels re-renders. Renders are level-triggered: desired =
-//! render(current revision, current hosts), diffed against what the store holds (loaded header-only
-//! at start), and only added, changed and removed specs are written (removals as KV delete
-//! markers, which watchers see as tombstones). After a `kill -9` mid-render, the restarted renderer
-//! reloads the store's index and converges to exactly the same spec set: ids are deterministic and
-//! each key holds one spec. Rendering runs on a blocking thread; writes run in a task; the actor
-//! only keeps state.
+//! fully written) and watches the host registry; a host joining, leaving or changing labels
+//! re-renders. Renders are level-triggered: desired = render(current revision, current hosts),
+//! diffed against what the store holds (loaded header-only at start), and only added, changed
+//! and removed specs are written (removals as KV delete markers). After a `kill -9` mid-render
+//! the restarted renderer reloads the store's index and converges to the same spec set: ids
+//! are deterministic and each key holds one spec. Rendering runs on a blocking thread, writes
+//! in a task; the actor only keeps state.
 //!
-//! Endpoints (micro service `steward-jobspec`, queue group: any instance may answer):
-//! `jobspec.list`, `jobspec.explain`, `jobspec.status`.
-//!
-//! Layout: [`render`] is the pure render and diff, [`store`] the KV I/O.
+//! Layout: [`render`] is the pure render and diff, [`store`] the KV I/O, [`api`] the endpoints
+//! (`jobspec.list`, `jobspec.explain`, `jobspec.status`).
 
+pub mod api;
 pub mod render;
 pub mod store;
 
@@ -25,26 +23,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv};
-use async_nats::service::ServiceExt;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use steward_subjects::api::config::{
-    ConfigChanged, ExplainReply, ExplainRequest, JobSpecListReply, JobSpecListRequest, RenderStatus,
-    RenderStatusRequest, StateArchive,
-};
+use steward_subjects::api::config::{ConfigChanged, RenderStatus, StateArchive};
 use steward_subjects::api::host::HostRecord;
 use steward_subjects::codec::{self, Encoding};
-use steward_subjects::config::{ConfigDocument, JobSpec, SpecId, TargetKind};
+use steward_subjects::config::{ConfigDocument, SpecId};
 use steward_subjects::streams::{CONFIG_BUCKET, CONFIG_EVENTS_STREAM, HOSTS_BUCKET, JOBSPECS_BUCKET};
-use steward_subjects::subject::{
-    config_archive_key, config_revision_filter, host_registry_filter, jobspec_account_filter, jobspec_target_filter,
-    service_name,
-};
-use steward_subjects::{rpc, AccountId, Subjects, Token, TokenKind, WireError, STEWARD_VERSION};
+use steward_subjects::subject::{config_archive_key, config_revision_filter, host_registry_filter};
+use steward_subjects::{AccountId, Subjects, Token, TokenKind};
 use tracing::{debug, info, warn};
 
 use self::render::{HostLabels, SpecIndex};
-use self::store::StoreError;
+use self::store::SpecStoreError;
 use crate::ActorsError;
 
 /// Delay that coalesces bursts of host changes into one render.
@@ -77,11 +68,22 @@ pub enum RendererMsg {
     /// Render now (if nothing is rendering).
     RenderDue,
     /// A render finished.
-    RenderDone(Result<RenderOutcome, String>),
+    RenderDone(Result<RenderOutcome, RenderError>),
     /// Where the spec with this id is stored.
     Locate(SpecId, RpcReplyPort<Option<String>>),
     /// A background task ended (its subscription closed).
     TaskEnded(&'static str),
+}
+
+/// Why a render failed (the next render reloads the spec index and tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The spec store could not be read or written.
+    #[error(transparent)]
+    Store(#[from] SpecStoreError),
+    /// The blocking render task panicked or was canceled.
+    #[error("render task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// What a finished render did.
@@ -136,26 +138,26 @@ fn host_from(key: &str, account: &AccountId, value: &[u8]) -> Option<HostLabels>
 /// Reads revision `n`'s state archive.
 ///
 /// # Errors
-/// [`StoreError`] when it is missing or cannot be decoded.
-pub async fn read_archive(config_kv: &kv::Store, account: &AccountId, n: u64) -> Result<StateArchive, StoreError> {
+/// [`SpecStoreError`] when it is missing or cannot be decoded.
+pub async fn read_archive(config_kv: &kv::Store, account: &AccountId, n: u64) -> Result<StateArchive, SpecStoreError> {
     let bytes = config_kv
         .get(config_archive_key(account, n))
         .await
-        .map_err(|e| StoreError { what: "cannot read state archive", reason: e.to_string() })?
-        .ok_or_else(|| StoreError { what: "state archive missing", reason: format!("revision {n}") })?;
+        .map_err(|e| SpecStoreError { what: "cannot read state archive", reason: e.to_string() })?
+        .ok_or_else(|| SpecStoreError { what: "state archive missing", reason: format!("revision {n}") })?;
     codec::decode_limited(Encoding::MsgPack, &bytes, usize::MAX)
-        .map_err(|e| StoreError { what: "cannot decode state archive", reason: e.to_string() })
+        .map_err(|e| SpecStoreError { what: "cannot decode state archive", reason: e.to_string() })
 }
 
 /// The highest committed revision of `account` (0 when none), from the revision keys.
 ///
 /// # Errors
-/// [`StoreError`] when the scan fails.
+/// [`SpecStoreError`] when the scan fails.
 pub async fn head_revision(
     client: &async_nats::Client,
     config_kv: &kv::Store,
     account: &AccountId,
-) -> Result<u64, StoreError> {
+) -> Result<u64, SpecStoreError> {
     let latest = store::scan_latest(client, config_kv, &config_revision_filter(account), true).await?;
     Ok(latest
         .iter()
@@ -185,83 +187,8 @@ impl Actor for Renderer {
             (get(CONFIG_BUCKET).await?, get(JOBSPECS_BUCKET).await?, get(HOSTS_BUCKET).await?);
         let mut tasks = Vec::new();
 
-        // Host registry: watch new changes first, then read the current state, so nothing falls
-        // in between (older watch events are ignored by revision).
-        let filter = host_registry_filter(&account);
-        let mut watch = hosts_kv.watch(&filter).await.map_err(|e| fail("cannot watch hosts")(e.to_string()))?;
-        let me = myself.clone();
-        let acct = account.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some(Ok(entry)) = watch.next().await {
-                let msg = match entry.operation {
-                    kv::Operation::Put => {
-                        host_from(&entry.key, &acct, &entry.value).map(|h| RendererMsg::HostUpsert(h, entry.revision))
-                    }
-                    kv::Operation::Delete | kv::Operation::Purge => entry
-                        .key
-                        .strip_prefix(acct.as_str())
-                        .and_then(|k| k.strip_prefix('.'))
-                        .map(|id| RendererMsg::HostRemoved(id.to_owned(), entry.revision)),
-                };
-                if let Some(m) = msg {
-                    if me.cast(m).is_err() {
-                        return;
-                    }
-                }
-            }
-            let _ = me.cast(RendererMsg::TaskEnded("host watch"));
-        }));
-        let mut hosts = BTreeMap::new();
-        for l in store::scan_latest(&args.client, &hosts_kv, &filter, false)
-            .await
-            .map_err(|e| fail("hosts")(e.to_string()))?
-        {
-            if l.deleted {
-                continue;
-            }
-            if let Some(h) = host_from(&l.key, &account, &l.value) {
-                hosts.insert(h.id, (l.revision, h.labels));
-            }
-        }
-
-        // Durable consumer of config.changed: events that arrive while this renderer is down are
-        // delivered when it comes back; each is acknowledged once its revision is written.
-        let stream = js.get_stream(CONFIG_EVENTS_STREAM).await.map_err(|e| fail("config events")(e.to_string()))?;
-        let durable = format!("renderer-{account}");
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                &durable,
-                consumer::pull::Config {
-                    durable_name: Some(durable.clone()),
-                    filter_subject: args.subjects.config_changed(),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(300),
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| fail("config events consumer")(e.to_string()))?;
-        let mut events = consumer.messages().await.map_err(|e| fail("config events")(e.to_string()))?;
-        let me = myself.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some(Ok(msg)) = events.next().await {
-                let revision =
-                    codec::decode::<ConfigChanged>(Encoding::MsgPack, &msg.payload).map(|c| c.revision.revision);
-                match revision {
-                    Ok(revision) => {
-                        if me.cast(RendererMsg::ConfigChanged { revision, ack: Some(Box::new(msg)) }).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "undecodable config.changed event, dropping it");
-                        let _ = msg.ack().await;
-                    }
-                }
-            }
-            let _ = me.cast(RendererMsg::TaskEnded("config events"));
-        }));
+        let hosts = watch_hosts(&args.client, &hosts_kv, &account, &myself, &mut tasks).await?;
+        tasks.push(follow_config_events(&js, &args.subjects, &myself).await?);
 
         // Current revision and what the store holds.
         let head =
@@ -282,7 +209,7 @@ impl Actor for Renderer {
         }));
         info!(account = %account, revision = head, hosts = hosts.len(), specs = index.len(), "renderer loaded");
 
-        let service = start_service(&args, &myself, &specs_kv, &status, &mut tasks).await?;
+        let service = api::start_service(&args, &myself, &specs_kv, &status, &mut tasks).await?;
         let _ = myself.cast(RendererMsg::RenderDue);
         Ok(RendererState {
             client: args.client.clone(),
@@ -383,7 +310,7 @@ impl Actor for Renderer {
                         warn!(error = %e, "render failed, reloading the spec index and retrying");
                         if let Ok(mut s) = state.status.lock() {
                             s.rendering_revision = None;
-                            s.last_error = Some(e);
+                            s.last_error = Some(e.to_string());
                         }
                         state.index = None;
                         schedule(&myself, state, RETRY_DELAY);
@@ -413,6 +340,99 @@ impl Actor for Renderer {
         crate::stop_service("renderer", &state.tasks, state.service.take()).await;
         Ok(())
     }
+}
+
+/// Follows the host registry of `account` (a task pushed to `tasks` casts each change to the
+/// actor) and answers the hosts it holds now.
+async fn watch_hosts(
+    client: &async_nats::Client,
+    hosts_kv: &kv::Store,
+    account: &AccountId,
+    myself: &ActorRef<RendererMsg>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<BTreeMap<String, (u64, BTreeMap<String, String>)>, ActorProcessingErr> {
+    // Host registry: watch new changes first, then read the current state, so nothing falls
+    // in between (older watch events are ignored by revision).
+    let filter = host_registry_filter(account);
+    let mut watch = hosts_kv.watch(&filter).await.map_err(|e| fail("cannot watch hosts")(e.to_string()))?;
+    let me = myself.clone();
+    let acct = account.clone();
+    tasks.push(tokio::spawn(async move {
+        while let Some(Ok(entry)) = watch.next().await {
+            let msg = match entry.operation {
+                kv::Operation::Put => {
+                    host_from(&entry.key, &acct, &entry.value).map(|h| RendererMsg::HostUpsert(h, entry.revision))
+                }
+                kv::Operation::Delete | kv::Operation::Purge => entry
+                    .key
+                    .strip_prefix(acct.as_str())
+                    .and_then(|k| k.strip_prefix('.'))
+                    .map(|id| RendererMsg::HostRemoved(id.to_owned(), entry.revision)),
+            };
+            if let Some(m) = msg {
+                if me.cast(m).is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = me.cast(RendererMsg::TaskEnded("host watch"));
+    }));
+    let mut hosts = BTreeMap::new();
+    for l in store::scan_latest(client, hosts_kv, &filter, false).await.map_err(|e| fail("hosts")(e.to_string()))? {
+        if l.deleted {
+            continue;
+        }
+        if let Some(h) = host_from(&l.key, account, &l.value) {
+            hosts.insert(h.id, (l.revision, h.labels));
+        }
+    }
+    Ok(hosts)
+}
+
+/// Follows `config.changed` of the account on a task that casts each announced revision to the
+/// actor.
+async fn follow_config_events(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    myself: &ActorRef<RendererMsg>,
+) -> Result<tokio::task::JoinHandle<()>, ActorProcessingErr> {
+    // Durable consumer of config.changed: events that arrive while this renderer is down are
+    // delivered when it comes back; each is acknowledged once its revision is written.
+    let stream = js.get_stream(CONFIG_EVENTS_STREAM).await.map_err(|e| fail("config events")(e.to_string()))?;
+    let durable = format!("renderer-{}", subjects.account());
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &durable,
+            consumer::pull::Config {
+                durable_name: Some(durable.clone()),
+                filter_subject: subjects.config_changed(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(300),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| fail("config events consumer")(e.to_string()))?;
+    let mut events = consumer.messages().await.map_err(|e| fail("config events")(e.to_string()))?;
+    let me = myself.clone();
+    Ok(tokio::spawn(async move {
+        while let Some(Ok(msg)) = events.next().await {
+            let revision = codec::decode::<ConfigChanged>(Encoding::MsgPack, &msg.payload).map(|c| c.revision.revision);
+            match revision {
+                Ok(revision) => {
+                    if me.cast(RendererMsg::ConfigChanged { revision, ack: Some(Box::new(msg)) }).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "undecodable config.changed event, dropping it");
+                    let _ = msg.ack().await;
+                }
+            }
+        }
+        let _ = me.cast(RendererMsg::TaskEnded("config events"));
+    }))
 }
 
 fn schedule(myself: &ActorRef<RendererMsg>, state: &mut RendererState, delay: Duration) {
@@ -462,10 +482,10 @@ fn start_render(myself: &ActorRef<RendererMsg>, state: &mut RendererState) {
         (state.client.clone(), state.js.clone(), state.specs_kv.clone(), state.subjects.account().clone());
     let (written, status, me) = (state.written.clone(), state.status.clone(), myself.clone());
     tokio::spawn(async move {
-        let result = async {
+        let result: Result<RenderOutcome, RenderError> = async {
             let stored = match stored {
                 Some(s) => s,
-                None => Arc::new(store::load_index(&client, &specs_kv, &account).await.map_err(|e| e.to_string())?),
+                None => Arc::new(store::load_index(&client, &specs_kv, &account).await?),
             };
             let acct = account.to_string();
             let (desired, diff, stored) = tokio::task::spawn_blocking(move || {
@@ -473,8 +493,7 @@ fn start_render(myself: &ActorRef<RendererMsg>, state: &mut RendererState) {
                 let diff = render::diff(&desired, &stored);
                 (desired, diff, stored)
             })
-            .await
-            .map_err(|e| format!("render task failed: {e}"))?;
+            .await?;
             written.store(0, Ordering::Relaxed);
             if let Ok(mut s) = status.lock() {
                 s.total = diff.changes.len() as u64;
@@ -495,7 +514,7 @@ fn start_render(myself: &ActorRef<RendererMsg>, state: &mut RendererState) {
             if let Ok(mut s) = status.lock() {
                 s.written = written.load(Ordering::Relaxed);
             }
-            r.map_err(|e| e.to_string())?;
+            r?;
             let mut out =
                 RenderOutcome { revision, index: Arc::new(desired.to_index()), added: 0, changed: 0, removed: 0 };
             for c in &diff.changes {
@@ -510,181 +529,6 @@ fn start_render(myself: &ActorRef<RendererMsg>, state: &mut RendererState) {
         .await;
         let _ = me.cast(RendererMsg::RenderDone(result));
     });
-}
-
-async fn start_service(
-    args: &RendererArgs,
-    myself: &ActorRef<RendererMsg>,
-    specs_kv: &kv::Store,
-    status: &Arc<Mutex<RenderStatus>>,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Result<async_nats::service::Service, ActorProcessingErr> {
-    let service = args
-        .client
-        .service_builder()
-        .description("steward job-spec renderer: list, explain, status")
-        .metadata([("account".to_owned(), args.subjects.account().to_string())].into())
-        .start(service_name("jobspec"), STEWARD_VERSION)
-        .await
-        .map_err(|e| fail("cannot register jobspec service")(e.to_string()))?;
-    let add = |name: &'static str, subject: String| {
-        let service = &service;
-        async move {
-            service
-                .endpoint_builder()
-                .name(name)
-                .add(subject)
-                .await
-                .map_err(|e| fail("jobspec endpoint")(e.to_string()))
-        }
-    };
-    let list = add("list", args.subjects.jobspec_list()).await?;
-    let explain = add("explain", args.subjects.jobspec_explain()).await?;
-    let stat = add("status", args.subjects.jobspec_status()).await?;
-    let ctx = Arc::new(ServeCtx {
-        client: args.client.clone(),
-        account: args.subjects.account().clone(),
-        specs_kv: specs_kv.clone(),
-        handle: RendererHandle { actor: myself.clone() },
-        status: status.clone(),
-    });
-    let c = ctx.clone();
-    tasks.push(tokio::spawn(async move {
-        let mut list = list;
-        while let Some(req) = list.next().await {
-            let c = c.clone();
-            tokio::spawn(async move { c.list(req).await });
-        }
-    }));
-    let c = ctx.clone();
-    tasks.push(tokio::spawn(async move {
-        let mut explain = explain;
-        while let Some(req) = explain.next().await {
-            c.explain(req).await;
-        }
-    }));
-    let c = ctx;
-    tasks.push(tokio::spawn(async move {
-        let mut stat = stat;
-        while let Some(req) = stat.next().await {
-            c.status(req).await;
-        }
-    }));
-    Ok(service)
-}
-
-struct ServeCtx {
-    client: async_nats::Client,
-    account: AccountId,
-    specs_kv: kv::Store,
-    handle: RendererHandle,
-    status: Arc<Mutex<RenderStatus>>,
-}
-
-fn decode_spec(bytes: &[u8]) -> Result<JobSpec, WireError> {
-    codec::decode_limited(Encoding::MsgPack, bytes, usize::MAX)
-        .map_err(|e| WireError::internal(format!("stored spec: {e}")))
-}
-
-impl ServeCtx {
-    async fn list(&self, req: async_nats::service::Request) {
-        let (r, enc) = match rpc::decode_request::<JobSpecListRequest>(&req.message) {
-            Ok((r, enc)) => (self.list_specs(r).await, enc),
-            Err((e, enc)) => (Err(e), enc),
-        };
-        let _ = rpc::respond(&req, enc, r).await;
-    }
-
-    async fn list_specs(&self, r: JobSpecListRequest) -> Result<JobSpecListReply, WireError> {
-        let limit = match r.limit {
-            0 => 100,
-            n => n.min(1000),
-        } as usize;
-        let filter = match (&r.kind, &r.target) {
-            (Some(kind), Some(t)) => jobspec_target_filter(&self.account, *kind, &Token::parse(TokenKind::Name, t)?),
-            (None, Some(t)) => {
-                jobspec_target_filter(&self.account, TargetKind::Host, &Token::parse(TokenKind::Name, t)?)
-            }
-            (_, None) => jobspec_account_filter(&self.account),
-        };
-        let latest = store::scan_latest(&self.client, &self.specs_kv, &filter, true)
-            .await
-            .map_err(|e| WireError::unavailable(e.to_string()))?;
-        let mut keys: Vec<String> = latest.into_iter().filter(|l| !l.deleted).map(|l| l.key).collect();
-        keys.sort();
-        let total = keys.len() as u64;
-        let start = match &r.after {
-            Some(a) => keys.partition_point(|k| k <= a),
-            None => 0,
-        };
-        let page: Vec<String> = keys[start..].iter().take(limit).cloned().collect();
-        let next_after = if start + page.len() < keys.len() { page.last().cloned() } else { None };
-        let mut specs = Vec::with_capacity(page.len());
-        for k in &page {
-            if let Some(v) = self.specs_kv.get(k).await.map_err(|e| WireError::unavailable(e.to_string()))? {
-                specs.push(decode_spec(&v)?);
-            }
-        }
-        Ok(JobSpecListReply { specs, next_after, total })
-    }
-
-    async fn explain(&self, req: async_nats::service::Request) {
-        let (r, enc) = match rpc::decode_request::<ExplainRequest>(&req.message) {
-            Ok((r, enc)) => (self.explain_spec(&r.id).await, enc),
-            Err((e, enc)) => (Err(e), enc),
-        };
-        let _ = rpc::respond(&req, enc, r).await;
-    }
-
-    async fn explain_spec(&self, id: &str) -> Result<ExplainReply, WireError> {
-        let sid: SpecId = id.parse().map_err(WireError::invalid)?;
-        let key = self
-            .handle
-            .locate(sid)
-            .await
-            .map_err(|e| WireError::unavailable(e.to_string()))?
-            .ok_or_else(|| WireError::not_found(format!("no job spec {id}")))?;
-        let bytes = self
-            .specs_kv
-            .get(&key)
-            .await
-            .map_err(|e| WireError::unavailable(e.to_string()))?
-            .ok_or_else(|| WireError::not_found(format!("no job spec {id}")))?;
-        let spec = decode_spec(&bytes)?;
-        let p = &spec.provenance;
-        let mut why = vec![format!(
-            "attestation {:?} runs assessment {:?} ({}) to attest controls [{}] of component {:?}",
-            p.attestation,
-            p.assessment,
-            spec.executor.kind(),
-            p.controls.join(", "),
-            p.component
-        )];
-        match spec.target.kind {
-            TargetKind::Host => why.push(format!(
-                "host {:?} is in the host registry and matches the component's selector {:?}",
-                spec.target.id,
-                if p.component_selector.is_empty() { "(every host)" } else { &p.component_selector }
-            )),
-            TargetKind::Pool => why.push(format!(
-                "the attestation targets pool {:?}: any runtime matching {:?} may run it",
-                spec.target.id,
-                if spec.runtime_selector.is_empty() { "(any runtime)" } else { &spec.runtime_selector }
-            )),
-        }
-        why.push(format!("last written by configuration revision {} (content hash {})", p.revision, spec.content_hash));
-        Ok(ExplainReply { key, spec, why })
-    }
-
-    async fn status(&self, req: async_nats::service::Request) {
-        let (r, enc) = match rpc::decode_request::<RenderStatusRequest>(&req.message) {
-            Ok((_, enc)) => {
-                (self.status.lock().map(|s| s.clone()).map_err(|_| WireError::internal("status lock poisoned")), enc)
-            }
-            Err((e, enc)) => (Err(e), enc),
-        };
-        let _ = rpc::respond(&req, enc, r).await;
-    }
 }
 
 /// Typed handle in front of the renderer.

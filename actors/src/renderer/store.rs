@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, kv};
+use async_nats::jetstream::{self, kv};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
@@ -22,90 +22,48 @@ use super::render::{Change, Rendered, SpecIndex};
 /// Header carrying a spec's content hash on its KV message (read back header-only on start).
 pub const SPEC_HASH_HEADER: &str = "Steward-Spec-Hash";
 /// The KV operation header (`DEL` marks a tombstone).
-pub const KV_OPERATION: &str = "KV-Operation";
+pub use crate::kv::KV_OPERATION;
 /// Writes in flight before the writer waits for acknowledgements.
 pub const WRITE_WINDOW: usize = 1024;
 
 /// A spec-store or KV failure.
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {reason}")]
-pub struct StoreError {
+pub struct SpecStoreError {
     /// What was being done.
     pub what: &'static str,
     /// Why it failed.
     pub reason: String,
 }
 
-fn err(what: &'static str) -> impl Fn(String) -> StoreError {
-    move |reason| StoreError { what, reason }
+fn err(what: &'static str) -> impl Fn(String) -> SpecStoreError {
+    move |reason| SpecStoreError { what, reason }
 }
 
-/// One key's latest message.
-#[derive(Debug, Clone)]
-pub struct Latest {
-    /// The KV key.
-    pub key: String,
-    /// Stream sequence (the KV revision).
-    pub revision: u64,
-    /// `true` for a delete or purge marker.
-    pub deleted: bool,
-    /// Headers.
-    pub headers: Option<HeaderMap>,
-    /// Payload (empty when scanned headers-only).
-    pub value: Bytes,
-}
+/// One key's latest message (see [`crate::kv::KeyChange`]).
+pub type Latest = crate::kv::KeyChange;
 
-/// The latest message of every key of `store` matching `key_filter`, in stream order, by an
-/// ordered consumer (`LastPerSubject`). With `headers_only` the values are not transferred.
+/// How long a scan waits for its next message before it fails.
+const SCAN_IDLE: Duration = Duration::from_secs(30);
+
+/// The latest message of every key of `store` matching `key_filter`, in stream order (see
+/// [`crate::kv::scan`]). With `headers_only` the values are not transferred.
 ///
 /// # Errors
-/// [`StoreError`] when the consumer cannot be created or fails.
+/// [`SpecStoreError`] when the consumer cannot be created or fails.
 pub async fn scan_latest(
     client: &async_nats::Client,
     store: &kv::Store,
     key_filter: &str,
     headers_only: bool,
-) -> Result<Vec<Latest>, StoreError> {
-    let filter = kv_subject(&store.name, key_filter);
-    let consumer = store
-        .stream
-        .create_consumer(consumer::push::OrderedConfig {
-            deliver_subject: client.new_inbox(),
-            filter_subject: filter,
-            headers_only,
-            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-            replay_policy: consumer::ReplayPolicy::Instant,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| err("cannot scan keys")(e.to_string()))?;
-    let mut pending = consumer.cached_info().num_pending;
-    let mut out = Vec::with_capacity(usize::try_from(pending).unwrap_or(0));
-    if pending == 0 {
-        return Ok(out);
-    }
-    let prefix = format!("$KV.{}.", store.name);
-    let mut messages = consumer.messages().await.map_err(|e| err("cannot scan keys")(e.to_string()))?;
-    while pending > 0 {
-        let msg = match tokio::time::timeout(Duration::from_secs(30), messages.next()).await {
-            Ok(Some(Ok(m))) => m,
-            Ok(Some(Err(e))) => return Err(err("key scan failed")(e.to_string())),
-            Ok(None) => break,
-            Err(_) => return Err(err("key scan failed")("no message within 30s".into())),
+) -> Result<Vec<Latest>, SpecStoreError> {
+    crate::kv::scan(client, &store.stream, &store.name, key_filter, headers_only, SCAN_IDLE).await.map_err(|e| {
+        let what = match e {
+            crate::kv::KvReadError::Bucket { .. } | crate::kv::KvReadError::Consumer { .. } => "cannot scan keys",
+            _ => "key scan failed",
         };
-        let info = msg.info().map_err(|e| err("key scan failed")(e.to_string()))?;
-        pending = info.pending;
-        let revision = info.stream_sequence;
-        let key = msg.subject.as_str().strip_prefix(prefix.as_str()).unwrap_or_default().to_owned();
-        let deleted = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(KV_OPERATION))
-            .is_some_and(|v| matches!(v.as_str(), "DEL" | "PURGE"));
-        let m = msg.message;
-        out.push(Latest { key, revision, deleted, headers: m.headers, value: m.payload });
-    }
-    Ok(out)
+        SpecStoreError { what, reason: e.to_string() }
+    })
 }
 
 /// Splits a spec key `<account>.<kind>.<target>.<spec>`.
@@ -127,12 +85,12 @@ pub fn parse_spec_key(key: &str) -> Option<(TargetKind, String, SpecId)> {
 /// Loads what the spec store holds for `account` (headers only: ids, targets, content hashes).
 ///
 /// # Errors
-/// [`StoreError`] when the scan fails.
+/// [`SpecStoreError`] when the scan fails.
 pub async fn load_index(
     client: &async_nats::Client,
     specs: &kv::Store,
     account: &AccountId,
-) -> Result<SpecIndex, StoreError> {
+) -> Result<SpecIndex, SpecStoreError> {
     let latest = scan_latest(client, specs, &jobspec_account_filter(account), true).await?;
     let entries = latest
         .into_iter()
@@ -156,7 +114,7 @@ pub async fn load_index(
 /// [`WRITE_WINDOW`] publishes are in flight; `written` counts acknowledged writes.
 ///
 /// # Errors
-/// [`StoreError`] on the first refused or unacknowledged write (the caller reloads the index
+/// [`SpecStoreError`] on the first refused or unacknowledged write (the caller reloads the index
 /// from the store and renders again, so partial writes converge).
 pub async fn write_changes(
     js: &jetstream::Context,
@@ -166,7 +124,7 @@ pub async fn write_changes(
     stored: &SpecIndex,
     changes: &[Change],
     written: &Arc<AtomicU64>,
-) -> Result<(), StoreError> {
+) -> Result<(), SpecStoreError> {
     let tokens = |targets: &[SpecTarget]| -> Vec<Option<Token>> {
         targets.iter().map(|t| Token::parse(TokenKind::Name, &t.id).ok()).collect()
     };

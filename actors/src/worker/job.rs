@@ -3,13 +3,12 @@
 //! the playbook while streaming its output as events, store large output in the artifacts
 //! object store, and end with a `last` event carrying the outcome.
 //!
-//! Playbooks by reference (seed 000's "RHC Client -> Config-manager API: Fetch"): a job whose
-//! `playbook_ref` is `sha256:<hex>` and whose content is empty is fetched from the config
-//! manager (`config.playbook`) through the worker's hub connection — through the leaf link on
-//! an edge site; the host's credentials allow that one request. The signature covers the
-//! reference, so the reference pins the bytes: the fetched bytes must hash to it, else the job
-//! is refused before anything runs, as it is when the reference is unknown, the fetch fails,
-//! or the playbook is larger than `MAX_PLAYBOOK_BYTES`.
+//! A playbook job whose `playbook_ref` is `sha256:<hex>` and whose content is empty is fetched
+//! from the config manager (`config.playbook`) through the worker's hub connection (through the
+//! leaf link on an edge site; the host's credentials allow that one request). The signature
+//! covers the reference, so the reference pins the bytes: the fetched bytes must hash to it,
+//! else the job is refused before anything runs, as it is when the reference is unknown, the
+//! fetch fails, or the playbook is larger than `MAX_PLAYBOOK_BYTES`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -208,7 +207,7 @@ async fn run_job(
                     Err(reason) => {
                         warn!(run_id = %order.run_id, playbook_ref = %order.job.playbook_ref, reason = %reason,
                             "job refused");
-                        return fail(reason);
+                        return fail(reason.to_string());
                     }
                 }
             } else {
@@ -280,30 +279,69 @@ async fn run_job(
     }
 }
 
+/// Why a playbook given by reference was refused; the text is the job's failure reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaybookFetchError {
+    /// The reference is not `sha256:<hex>`.
+    #[error("refused: {0}")]
+    BadReference(String),
+    /// The config manager does not know the reference.
+    #[error("refused: playbook {reference} is unknown to the config manager")]
+    Unknown {
+        /// The reference.
+        reference: String,
+    },
+    /// The config manager could not be asked.
+    #[error("refused: cannot fetch playbook {reference} from the config manager: {reason}")]
+    Fetch {
+        /// The reference.
+        reference: String,
+        /// Why.
+        reason: String,
+    },
+    /// The fetched playbook is larger than `MAX_PLAYBOOK_BYTES`.
+    #[error(
+        "refused: fetched playbook {reference} is {size} bytes, larger than the {MAX_PLAYBOOK_BYTES} bytes allowed"
+    )]
+    TooLarge {
+        /// The reference.
+        reference: String,
+        /// Its size in bytes.
+        size: usize,
+    },
+    /// The fetched bytes do not hash to the signed reference.
+    #[error(
+        "refused: fetched playbook does not match its signed reference {reference} (the bytes hash to {actual}); \
+         nothing was run"
+    )]
+    Mismatch {
+        /// The signed reference.
+        reference: String,
+        /// The reference of the bytes fetched.
+        actual: String,
+    },
+}
+
 /// Fetches the playbook `reference` names from the config manager and checks that the bytes
-/// hash to it. Errors are the job's failure reason.
-async fn fetch_playbook(ctx: &JobContext, reference: &str) -> Result<String, String> {
-    let pinned = PlaybookRef::parse(reference).map_err(|e| format!("refused: {}", e.message))?;
+/// hash to it.
+async fn fetch_playbook(ctx: &JobContext, reference: &str) -> Result<String, PlaybookFetchError> {
+    let pinned = PlaybookRef::parse(reference).map_err(|e| PlaybookFetchError::BadReference(e.message))?;
     let config = ConfigClient::new(ctx.js.client(), ctx.subjects.clone()).with_timeout(FETCH_TIMEOUT);
     let reply = match config.playbook(reference).await {
         Ok(r) => r,
         Err(e) if e.kind() == RequestErrorKind::Remote(ErrorCode::NotFound) => {
-            return Err(format!("refused: playbook {pinned} is unknown to the config manager"));
+            return Err(PlaybookFetchError::Unknown { reference: pinned.to_string() });
         }
-        Err(e) => return Err(format!("refused: cannot fetch playbook {pinned} from the config manager: {e}")),
+        Err(e) => return Err(PlaybookFetchError::Fetch { reference: pinned.to_string(), reason: e.to_string() }),
     };
     if reply.content.len() > MAX_PLAYBOOK_BYTES {
-        return Err(format!(
-            "refused: fetched playbook {pinned} is {} bytes, larger than the {MAX_PLAYBOOK_BYTES} bytes allowed",
-            reply.content.len()
-        ));
+        return Err(PlaybookFetchError::TooLarge { reference: pinned.to_string(), size: reply.content.len() });
     }
     if !pinned.matches(reply.content.as_bytes()) {
-        return Err(format!(
-            "refused: fetched playbook does not match its signed reference {pinned} (the bytes hash to {}); \
-             nothing was run",
-            PlaybookRef::of(reply.content.as_bytes())
-        ));
+        return Err(PlaybookFetchError::Mismatch {
+            reference: pinned.to_string(),
+            actual: PlaybookRef::of(reply.content.as_bytes()).to_string(),
+        });
     }
     Ok(reply.content)
 }
@@ -347,11 +385,23 @@ fn prepare_playbook(
     Ok((argv, env))
 }
 
-async fn store_artifact(ctx: &JobContext, order: &WorkOrder, bytes: &[u8]) -> Result<ArtifactRef, String> {
-    let store = ctx.js.get_object_store(ARTIFACTS_STORE).await.map_err(|e| e.to_string())?;
+/// Why a job's output was not stored as an artifact.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// The artifacts object store could not be opened.
+    #[error("artifacts store unavailable: {0}")]
+    Store(#[from] async_nats::jetstream::context::ObjectStoreError),
+    /// The output could not be written.
+    #[error("cannot write the output artifact: {0}")]
+    Put(#[from] async_nats::jetstream::object_store::PutError),
+}
+
+/// Stores a job's whole output in the artifacts object store.
+async fn store_artifact(ctx: &JobContext, order: &WorkOrder, bytes: &[u8]) -> Result<ArtifactRef, ArtifactError> {
+    let store = ctx.js.get_object_store(ARTIFACTS_STORE).await?;
     let name = run_artifact_name(ctx.subjects.account(), &order.run_id, &ctx.host, order.attempt, "output");
     let mut reader = bytes;
-    store.put(name.as_str(), &mut reader).await.map_err(|e| e.to_string())?;
+    store.put(name.as_str(), &mut reader).await?;
     Ok(ArtifactRef {
         store: ARTIFACTS_STORE.to_owned(),
         name,
