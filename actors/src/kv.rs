@@ -12,7 +12,7 @@ use async_nats::jetstream::{consumer, stream::Stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
-use steward_subjects::subject::kv_subject;
+use steward_subjects::subject::{kv_subject, parse_kv_subject};
 
 /// The KV operation header (`DEL` or `PURGE` mark a removed key; absent on a put).
 pub const KV_OPERATION: &str = "KV-Operation";
@@ -68,13 +68,13 @@ pub struct KeyChange {
 /// The keys of a bucket under a filter: the snapshot, then every change (see [`follow`]).
 pub struct KeyFollower {
     messages: consumer::push::Ordered,
-    prefix: String,
+    bucket: String,
     snapshot: u64,
 }
 
 impl std::fmt::Debug for KeyFollower {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyFollower").field("prefix", &self.prefix).field("snapshot", &self.snapshot).finish()
+        f.debug_struct("KeyFollower").field("bucket", &self.bucket).field("snapshot", &self.snapshot).finish()
     }
 }
 
@@ -125,7 +125,7 @@ impl KeyFollower {
             .messages()
             .await
             .map_err(|e| KvReadError::Consumer { bucket: bucket.to_owned(), reason: e.to_string() })?;
-        Ok(KeyFollower { messages, prefix: kv_subject(bucket, ""), snapshot })
+        Ok(KeyFollower { messages, bucket: bucket.to_owned(), snapshot })
     }
 
     /// Messages in the snapshot when the consumer was created (0: the filter matched no key).
@@ -145,7 +145,7 @@ impl KeyFollower {
             Ok(info) => (info.stream_sequence, info.pending),
             Err(e) => return Some(Err(KvReadError::NoMetadata(e.to_string()))),
         };
-        let key = msg.subject.as_str().strip_prefix(self.prefix.as_str()).unwrap_or_default().to_owned();
+        let key = parse_kv_subject(&self.bucket, msg.subject.as_str()).unwrap_or_default().to_owned();
         let deleted = msg
             .headers
             .as_ref()

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use steward_actors::renderer::render::{render, HostLabels};
-use steward_actors::renderer::store::{parse_spec_key, scan_latest, SPEC_HASH_HEADER};
+use steward_actors::renderer::store::{scan_latest, SPEC_HASH_HEADER};
 use steward_deploy::server::{NatsServer, ServerOptions};
 use steward_deploy::wait::eventually;
 use steward_subjects::api::config::ConfigClient;
@@ -17,6 +17,7 @@ use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::parse_document;
 use steward_subjects::streams::{self, Replicas, HOSTS_BUCKET, JOBSPECS_BUCKET};
 use steward_subjects::subject::host_registry_key;
+use steward_subjects::subject::parse_jobspec_key;
 use steward_subjects::{AccountId, HostId, Subjects};
 
 const STEWARD: &str = env!("CARGO_BIN_EXE_steward");
@@ -59,13 +60,14 @@ fn server_cmd(url: &str) -> tokio::process::Command {
 
 async fn stored(client: &async_nats::Client) -> BTreeMap<String, String> {
     let kv = async_nats::jetstream::new(client.clone()).get_key_value(JOBSPECS_BUCKET).await.unwrap();
+    let acme = steward_subjects::AccountId::parse("acme").unwrap();
     scan_latest(client, &kv, "acme.>", true)
         .await
         .unwrap()
         .into_iter()
         .filter(|l| !l.deleted)
         .map(|l| {
-            let (_, _, id) = parse_spec_key(&l.key).unwrap();
+            let id = parse_jobspec_key(&acme, &l.key).unwrap().spec;
             let hash = l.headers.as_ref().and_then(|h| h.get(SPEC_HASH_HEADER)).unwrap().as_str().to_owned();
             (id.to_string(), hash)
         })

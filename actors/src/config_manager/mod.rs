@@ -34,7 +34,7 @@ use steward_subjects::config::{parse_document, ConfigDocument};
 use steward_subjects::envelope::ErrorDetail;
 use steward_subjects::streams::{CONFIG_BUCKET, CONFIG_EVENTS_STREAM, HOSTS_BUCKET};
 use steward_subjects::subject::{
-    config_archive_key, config_revision_filter, config_revision_key, host_registry_filter,
+    config_archive_key, config_revision_filter, config_revision_key, host_registry_filter, parse_registry_key,
 };
 use steward_subjects::{AccountId, Subjects, WireError};
 use time::format_description::well_known::Rfc3339;
@@ -253,9 +253,9 @@ async fn hosts(state: &ConfigManagerState) -> Result<Vec<HostLabels>, WireError>
         .iter()
         .filter(|l| !l.deleted)
         .filter_map(|l| {
-            let id = l.key.strip_prefix(account.as_str())?.strip_prefix('.')?;
+            let id = parse_registry_key(account, &l.key)?;
             let rec = codec::decode::<steward_subjects::api::host::HostRecord>(Encoding::MsgPack, &l.value).ok()?;
-            Some(HostLabels { id: id.to_owned(), labels: rec.labels })
+            Some(HostLabels { id: id.to_string(), labels: rec.labels })
         })
         .collect())
 }

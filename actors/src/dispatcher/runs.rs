@@ -16,6 +16,7 @@ use steward_subjects::api::run::{
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::rpc;
 use steward_subjects::streams::HOST_COMMANDS_STREAM;
+use steward_subjects::subject::run_event_host;
 use steward_subjects::{HostId, Subjects};
 use tracing::{debug, info, warn};
 
@@ -685,7 +686,7 @@ fn sort_events(
             let matters = ev.seq == 1 || matches!(ev.kind, EventKind::Start | EventKind::Last | EventKind::Artifact);
             // A host may publish on its own event subject only: an event naming another
             // host is not that host's word.
-            let own = m.subject.as_str().rsplit('.').next() == Some(ev.host_id.as_str());
+            let own = run_event_host(m.subject.as_str()) == Some(ev.host_id.as_str());
             if matters && !own {
                 warn!(subject = %m.subject, run_id = %ev.run_id, host_id = %ev.host_id, "run event names another host than its subject; ignored");
             }

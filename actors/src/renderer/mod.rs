@@ -30,7 +30,9 @@ use steward_subjects::api::host::HostRecord;
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::{ConfigDocument, SpecId};
 use steward_subjects::streams::{CONFIG_BUCKET, CONFIG_EVENTS_STREAM, HOSTS_BUCKET, JOBSPECS_BUCKET};
-use steward_subjects::subject::{config_archive_key, config_revision_filter, host_registry_filter};
+use steward_subjects::subject::{
+    config_archive_key, config_revision_filter, host_registry_filter, parse_registry_key, parse_revision_key,
+};
 use steward_subjects::{AccountId, Subjects, Token, TokenKind};
 use tracing::{debug, info, warn};
 
@@ -130,9 +132,9 @@ fn fail(what: &str) -> impl Fn(String) -> ActorProcessingErr + '_ {
 }
 
 fn host_from(key: &str, account: &AccountId, value: &[u8]) -> Option<HostLabels> {
-    let id = key.strip_prefix(account.as_str())?.strip_prefix('.')?;
+    let id = parse_registry_key(account, key)?;
     let labels = codec::decode::<HostRecord>(Encoding::MsgPack, value).map(|r| r.labels).unwrap_or_default();
-    Some(HostLabels { id: id.to_owned(), labels })
+    Some(HostLabels { id: id.to_string(), labels })
 }
 
 /// Reads revision `n`'s state archive.
@@ -159,12 +161,7 @@ pub async fn head_revision(
     account: &AccountId,
 ) -> Result<u64, SpecStoreError> {
     let latest = store::scan_latest(client, config_kv, &config_revision_filter(account), true).await?;
-    Ok(latest
-        .iter()
-        .filter(|l| !l.deleted)
-        .filter_map(|l| l.key.rsplit('.').next().and_then(|n| n.parse::<u64>().ok()))
-        .max()
-        .unwrap_or(0))
+    Ok(latest.iter().filter(|l| !l.deleted).filter_map(|l| parse_revision_key(account, &l.key)).max().unwrap_or(0))
 }
 
 impl Actor for Renderer {
@@ -363,11 +360,8 @@ async fn watch_hosts(
                 kv::Operation::Put => {
                     host_from(&entry.key, &acct, &entry.value).map(|h| RendererMsg::HostUpsert(h, entry.revision))
                 }
-                kv::Operation::Delete | kv::Operation::Purge => entry
-                    .key
-                    .strip_prefix(acct.as_str())
-                    .and_then(|k| k.strip_prefix('.'))
-                    .map(|id| RendererMsg::HostRemoved(id.to_owned(), entry.revision)),
+                kv::Operation::Delete | kv::Operation::Purge => parse_registry_key(&acct, &entry.key)
+                    .map(|id| RendererMsg::HostRemoved(id.to_string(), entry.revision)),
             };
             if let Some(m) = msg {
                 if me.cast(m).is_err() {

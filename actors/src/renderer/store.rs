@@ -12,9 +12,9 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::spec::ContentHash;
-use steward_subjects::config::{SpecId, SpecTarget, TargetKind};
+use steward_subjects::config::SpecTarget;
 use steward_subjects::streams::JOBSPECS_BUCKET;
-use steward_subjects::subject::{jobspec_account_filter, jobspec_key, kv_subject};
+use steward_subjects::subject::{jobspec_account_filter, jobspec_key, kv_subject, parse_jobspec_key, JobSpecKey};
 use steward_subjects::{AccountId, Token, TokenKind};
 
 use super::render::{Change, Rendered, SpecIndex};
@@ -66,22 +66,6 @@ pub async fn scan_latest(
     })
 }
 
-/// Splits a spec key `<account>.<kind>.<target>.<spec>`.
-#[must_use]
-pub fn parse_spec_key(key: &str) -> Option<(TargetKind, String, SpecId)> {
-    let mut parts = key.split('.');
-    let (_account, kind, target, spec) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let kind = match kind {
-        "host" => TargetKind::Host,
-        "pool" => TargetKind::Pool,
-        _ => return None,
-    };
-    Some((kind, target.to_owned(), spec.parse().ok()?))
-}
-
 /// Loads what the spec store holds for `account` (headers only: ids, targets, content hashes).
 ///
 /// # Errors
@@ -96,14 +80,14 @@ pub async fn load_index(
         .into_iter()
         .filter(|l| !l.deleted)
         .filter_map(|l| {
-            let (kind, target, id) = parse_spec_key(&l.key)?;
+            let JobSpecKey { kind, target, spec: id } = parse_jobspec_key(account, &l.key)?;
             let hash = l
                 .headers
                 .as_ref()
                 .and_then(|h| h.get(SPEC_HASH_HEADER))
                 .and_then(|v| v.as_str().parse::<ContentHash>().ok())
                 .unwrap_or_default();
-            Some((id, hash, SpecTarget { kind, id: target }))
+            Some((id, hash, SpecTarget { kind, id: target.to_owned() }))
         })
         .collect();
     Ok(SpecIndex::from_entries(entries))
