@@ -1,4 +1,4 @@
-//! Layout: [`env`] starts the NATS deployment a run measures (a single node or a 3-node R3
+//! Layout: [`env`](mod@env) starts the NATS deployment a run measures (a single node or a 3-node R3
 //! cluster through `steward_deploy`, or an existing one with `--nats`) and the hub processes;
 //! [`procstat`] samples CPU seconds and resident memory of those processes from `/proc`;
 //! [`measure`] holds the latency histogram and throughput helpers; [`report`] the JSON report
