@@ -88,6 +88,13 @@ pub fn rate(ops: u64, elapsed: Duration) -> f64 {
     }
 }
 
+/// The share of `total` operations that worker `i` of `workers` performs (the first
+/// `total % workers` workers take one more), so the shares add up to `total`.
+#[must_use]
+pub fn share(total: u64, workers: u64, i: u64) -> u64 {
+    total / workers + u64::from(i < total % workers)
+}
+
 /// Median of a list of figures (for repeated runs).
 #[must_use]
 pub fn median(mut xs: Vec<f64>) -> Option<f64> {
@@ -114,6 +121,9 @@ mod tests {
         assert!((s.p99_us - 990.0).abs() < 5.0, "{s:?}");
         assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!((0..7).map(|i| share(100, 7, i)).sum::<u64>(), 100);
+        assert_eq!(share(10, 4, 1), 3);
+        assert_eq!(share(10, 4, 2), 2);
         assert!((rate(100, Duration::from_secs(2)) - 50.0).abs() < f64::EPSILON);
     }
 }

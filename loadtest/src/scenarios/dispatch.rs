@@ -3,16 +3,15 @@
 //! - `dispatch.round_trip`: one trivial command on one host, serially: from the `run.dispatch`
 //!   request until the host's run record shows `success` (dispatch → work order → host reply →
 //!   `last` event stored → dispatcher consumer → compare-and-set of the host record), p50/p99.
-//! - `dispatch.fanout`: one run to 10,000 simulated hosts: from the request until every host's
+//! - `dispatch.fanout`: one run to many simulated hosts: from the request until every host's
 //!   record is `success`, and until the run record's aggregate says so.
 //!
 //! Work orders travel as the real ones do, as durable `run` host commands on
 //! `STEWARD_HOST_COMMANDS`. The simulated fleet is one connection with one pull consumer on the
-//! commands of every host (a real host has its own durable consumer); each work order is
-//! answered at once with a `last` event published to `STEWARD_RUN_EVENTS` exactly as an edge
-//! does (with `Nats-Msg-Id`), then acknowledged. Simulated hosts do not
-//! check signatures (the hub runs without a signing key here). Compared with the raw
-//! request/reply ceiling of the same run.
+//! commands of every host; each work order is answered at once with a `last` event published to
+//! `STEWARD_RUN_EVENTS` exactly as an edge does (with `Nats-Msg-Id`), then acknowledged.
+//! Simulated hosts do not check signatures (the hub runs without a signing key here). Compared
+//! with the raw request/reply ceiling of the same run.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -138,6 +137,7 @@ async fn next_done(
 }
 
 async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
+    // Set-up: a hub, the simulated fleet, and a watch on the host run records.
     let account = AccountId::parse(&ctx.options.account)?;
     let subjects = Subjects::new(account.clone());
     let hub = HubProcess::start(&ctx.deployment, account.as_str(), &["server"]).await?;
@@ -150,12 +150,46 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
     let client = ctx.deployment.connect("dispatch-client").await?;
     let js = jetstream::new(client.clone());
     let kv = js.get_key_value(RUNS_BUCKET).await.context("runs bucket missing: is the hub up?")?;
-    let mut watch = kv.watch(run_host_filter_all(&account)).await?;
-    // Terminal host records seen, per run.
-    let mut done: HashMap<String, u64> = HashMap::new();
+    let mut records = Records { watch: kv.watch(run_host_filter_all(&account)).await?, done: HashMap::new() };
     let mut out = Vec::new();
 
-    // Round trip on one host.
+    let mut r = round_trip(ctx, &client, &subjects, &mut records, &arrivals).await?;
+    ctx.compare(&mut r, "raw.request_reply_serial").await?;
+    out.push(r);
+
+    let mut r = fanout(ctx, &client, &subjects, &mut records).await?;
+    ctx.compare(&mut r, "raw.request_reply_concurrent").await?;
+    out.push(r);
+
+    fleet.abort();
+    if let Some(pid) = hub.pid() {
+        ctx.untrack_hub(pid);
+    }
+    drop(hub);
+    Ok(out)
+}
+
+/// The watch on host run records and the terminal ones seen so far, per run.
+struct Records {
+    watch: jetstream::kv::Watch,
+    done: HashMap<String, u64>,
+}
+
+impl Records {
+    /// Terminal host records seen for `run_id`.
+    fn done(&self, run_id: &str) -> u64 {
+        self.done.get(run_id).copied().unwrap_or(0)
+    }
+}
+
+/// Round trip on one host, serially, with the breakdown of where the time goes.
+async fn round_trip(
+    ctx: &Ctx,
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    records: &mut Records,
+    arrivals: &Arrivals,
+) -> anyhow::Result<ScenarioReport> {
     let n = ctx.size("dispatch.round_trip", 2_000, 200);
     let req = RunRequest {
         hosts: vec![ROUND_TRIP_HOST.into()],
@@ -172,13 +206,14 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
     for _ in 0..n {
         let started = Instant::now();
         let accepted: RunAccepted =
-            rpc::request(&client, subjects.run_dispatch(), &req, Duration::from_secs(10)).await?;
+            rpc::request(client, subjects.run_dispatch(), &req, Duration::from_secs(10)).await?;
         to_reply.record_since(started);
         loop {
-            if done.get(&accepted.run_id).copied().unwrap_or(0) >= 1 {
+            if records.done(&accepted.run_id) >= 1 {
                 break;
             }
-            match tokio::time::timeout(Duration::from_secs(10), next_done(&mut watch, &mut done)).await {
+            match tokio::time::timeout(Duration::from_secs(10), next_done(&mut records.watch, &mut records.done)).await
+            {
                 Ok(Ok(Some(h))) if h.run_id == accepted.run_id && h.status != RunStatus::Success => {
                     failed += 1;
                     break;
@@ -213,10 +248,17 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
             "work_at_host_to_recorded": work_to_record.summary(),
         },
     });
-    ctx.compare(&mut r, "raw.request_reply_serial").await?;
-    out.push(r);
+    Ok(r)
+}
 
-    // Fan-out to many hosts.
+/// One run fanned out to many hosts: until every host record is terminal, then until the run
+/// record's aggregate is.
+async fn fanout(
+    ctx: &Ctx,
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    records: &mut Records,
+) -> anyhow::Result<ScenarioReport> {
     let hosts = ctx.size("dispatch.fanout", 10_000, 1_000);
     let req = RunRequest {
         hosts: (0..hosts).map(|i| format!("sim-{i:05}")).collect(),
@@ -226,23 +268,20 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
     };
     let m = ctx.begin();
     let started = Instant::now();
-    let accepted: RunAccepted = rpc::request(&client, subjects.run_dispatch(), &req, Duration::from_secs(60)).await?;
+    let accepted: RunAccepted = rpc::request(client, subjects.run_dispatch(), &req, Duration::from_secs(60)).await?;
     let accepted_after = started.elapsed();
-    while done.get(&accepted.run_id).copied().unwrap_or(0) < hosts {
-        match tokio::time::timeout(Duration::from_secs(30), next_done(&mut watch, &mut done)).await {
+    while records.done(&accepted.run_id) < hosts {
+        match tokio::time::timeout(Duration::from_secs(30), next_done(&mut records.watch, &mut records.done)).await {
             Ok(Ok(Some(_))) => {}
             Ok(Ok(None)) => bail!("host record watch ended"),
             Ok(Err(e)) => return Err(e),
-            Err(_) => bail!(
-                "fan-out stalled: {} of {hosts} host runs recorded",
-                done.get(&accepted.run_id).copied().unwrap_or(0)
-            ),
+            Err(_) => bail!("fan-out stalled: {} of {hosts} host runs recorded", records.done(&accepted.run_id)),
         }
     }
     let all_recorded = started.elapsed();
     let status_req = RunStatusRequest { run_id: accepted.run_id.clone(), host_limit: 1, ..RunStatusRequest::default() };
     let run: RunRecord = loop {
-        let view: RunView = rpc::request(&client, subjects.run_status(), &status_req, Duration::from_secs(10)).await?;
+        let view: RunView = rpc::request(client, subjects.run_status(), &status_req, Duration::from_secs(10)).await?;
         if view.run.status.is_terminal() || started.elapsed() > Duration::from_secs(60) {
             break view.run;
         }
@@ -264,13 +303,5 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
         "aggregate_success_ms": aggregate.as_secs_f64() * 1e3,
         "aggregate_status": run.status.as_str(),
     });
-    ctx.compare(&mut r, "raw.request_reply_concurrent").await?;
-    out.push(r);
-
-    fleet.abort();
-    if let Some(pid) = hub.pid() {
-        ctx.untrack_hub(pid);
-    }
-    drop(hub);
-    Ok(out)
+    Ok(r)
 }

@@ -1,19 +1,17 @@
-//! `lease`: 32 simulated runtimes leasing 200,000 pool specs from one hub (`steward server`,
-//! its lease service), at batch 10 and at batch 1. The hub's lease leader grants in memory and
+//! `lease`: simulated runtimes leasing pool specs from one hub (`steward server`, its lease
+//! service), at batch 10 and at batch 1. The hub's lease leader grants in memory and
 //! group-commits every batch of requests into the lease journal before answering. Reports specs
-//! granted per second and the ratio to `raw.js_pull_consume_ack` of the same run (targets:
-//! ≥ 70,000 specs/s at batch 10, ≥ 30,000 at batch 1), and checks the grant history — what the
-//! runtimes were granted, with epochs, not what the hub says — with [`crate::checker`]: zero
-//! double assignments (no spec granted twice, no epoch granted to two runtimes) and every spec
-//! granted.
+//! granted per second and the ratio to `raw.js_pull_consume_ack` of the same run, and checks
+//! the grant history (what the runtimes were granted, with epochs, not what the hub says) with
+//! [`crate::checker`]: no spec granted twice, no epoch granted to two runtimes, every spec granted.
 //!
 //! The runtimes' client side is kept lean (the request is encoded once, replies are decoded
 //! into the few fields the check needs), so the figure measures the hub, not the generator.
-//!
 //! Specs are written straight into the spec store (as the renderer would) under an account of
 //! their own per measurement, before the hub starts; the hub loads them, then the clock starts.
-//! Sizes (`--set`): `lease.specs` (200,000; quick 5,000), `lease.runtimes` (32),
-//! `lease.connections` (4 shared; one per runtime with `--conn-per-host`).
+//!
+//! Sizes (`--set`): `lease.specs`, `lease.runtimes`, `lease.connections` (shared; one per
+//! runtime with `--conn-per-host`).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -34,7 +32,8 @@ use steward_subjects::streams::{self, JOBSPECS_BUCKET, LEASES_BUCKET, LEASE_JOUR
 use steward_subjects::subject::{jobspec_account_filter, jobspec_key, kv_subject, lease_account_filter};
 use steward_subjects::{AccountId, Envelope, Subjects, Token, TokenKind};
 
-use crate::checker::{self, Event};
+use super::{connect_clients, unique};
+use crate::checker::{self, CheckReport, Event};
 use crate::env::HubProcess;
 use crate::measure::Latency;
 use crate::progress::Progress;
@@ -47,13 +46,6 @@ pub const DEF: ScenarioDef = ScenarioDef {
     about: "32 runtimes leasing 200,000 job specs (batch 10 and batch 1): specs/s, zero double assignments",
     run: |ctx| run(ctx).boxed(),
 };
-
-/// A name part unique within this machine's runs.
-fn unique() -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!("{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
 
 /// Writes `n` small pool specs for `account` into the spec store (pipelined), as the renderer
 /// would; returns their ids.
@@ -188,6 +180,7 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
 }
 
 async fn measure(ctx: &Ctx, batch: u32) -> anyhow::Result<ScenarioReport> {
+    // Set-up (not measured): specs in the store and a hub that has loaded them.
     let name = format!("lease.batch{batch}");
     let n = ctx.size("lease.specs", 200_000, 5_000);
     let runtimes = ctx.size("lease.runtimes", 32, 32).max(1);
@@ -202,56 +195,16 @@ async fn measure(ctx: &Ctx, batch: u32) -> anyhow::Result<ScenarioReport> {
     let hub = start_hub(ctx, &account, n).await?;
     let hub_pid = hub.pid().context("hub process has no pid")?;
     ctx.track_hub(hub_pid);
+    let clients = connect_clients(ctx, "lease-rt", conns).await?;
 
-    let mut clients = Vec::new();
-    for c in 0..conns {
-        clients.push(ctx.deployment.connect(&format!("lease-rt-{c}")).await?);
-    }
+    // Load: every runtime leases until the pool is empty.
     let progress = Progress::start(&name, n);
     let t0 = Instant::now();
     let m = ctx.begin();
     let mut tasks = Vec::new();
     for r in 0..runtimes {
         let client = clients[usize::try_from(r % conns).unwrap_or(0)].clone();
-        let (subjects, progress) = (subjects.clone(), progress.clone());
-        tasks.push(tokio::spawn(async move {
-            let runtime = format!("lt-rt-{r}");
-            let req = LeaseRequest { runtime: runtime.clone(), max: batch, ..Default::default() };
-            let payload = codec::encode(Encoding::MsgPack, &req).unwrap_or_default();
-            let subject = subjects.jobspec_lease();
-            let mut lat = Latency::new();
-            let mut events = Vec::new();
-            let mut errors = 0u64;
-            let mut empty = 0;
-            while empty < 2 {
-                let t = Instant::now();
-                match lease_once(&client, &subject, &payload).await {
-                    Ok(reply) => {
-                        lat.record_since(t);
-                        let at = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                        if reply.granted.is_empty() {
-                            empty += if reply.more { 0 } else { 1 };
-                        } else {
-                            empty = 0;
-                        }
-                        progress.add(reply.granted.len() as u64);
-                        events.extend(reply.granted.into_iter().map(|g| Event::LeaseGranted {
-                            spec: g.spec.id,
-                            holder: runtime.clone(),
-                            epoch: g.epoch,
-                            at,
-                        }));
-                    }
-                    Err(_) => {
-                        errors += 1;
-                        if errors > 100 {
-                            break;
-                        }
-                    }
-                }
-            }
-            (lat, events, errors)
-        }));
+        tasks.push(tokio::spawn(lease_until_empty(client, subjects.clone(), progress.clone(), r, batch, t0)));
     }
     let mut lat = Latency::new();
     let mut history = Vec::new();
@@ -272,17 +225,11 @@ async fn measure(ctx: &Ctx, batch: u32) -> anyhow::Result<ScenarioReport> {
     );
     ctx.untrack_hub(hub_pid);
     drop(hub);
-    let check = checker::check(&history);
-    let distinct: HashSet<&str> = history
-        .iter()
-        .filter_map(|e| match e {
-            Event::LeaseGranted { spec, .. } => Some(spec.as_str()),
-            _ => None,
-        })
-        .collect();
-    let never: u64 = ids.iter().filter(|id| !distinct.contains(id.as_str())).count() as u64;
+
+    // Verify the grant history and report.
+    let (check, distinct, never) = check_grants(&history, &ids);
     r.errors = errors;
-    r.duplicates = check.double_leases + granted.saturating_sub(distinct.len() as u64);
+    r.duplicates = check.double_leases + granted.saturating_sub(distinct);
     r.lost = never;
     r.params = json!({"specs": n, "runtimes": runtimes, "batch": batch, "connections": conns});
     r.extra = json!({
@@ -296,4 +243,68 @@ async fn measure(ctx: &Ctx, batch: u32) -> anyhow::Result<ScenarioReport> {
         bail!("{name}: {} double assignments: {:?}", r.duplicates, check.examples);
     }
     Ok(r)
+}
+
+/// One runtime: leases `batch` specs per request until two replies in a row grant nothing and
+/// say there is no more (or after too many errors). Returns its latencies, its grants as
+/// history events (`at` in ns since `t0`) and its error count.
+async fn lease_until_empty(
+    client: async_nats::Client,
+    subjects: Subjects,
+    progress: Progress,
+    r: u64,
+    batch: u32,
+    t0: Instant,
+) -> (Latency, Vec<Event>, u64) {
+    let runtime = format!("lt-rt-{r}");
+    let req = LeaseRequest { runtime: runtime.clone(), max: batch, ..Default::default() };
+    let payload = codec::encode(Encoding::MsgPack, &req).unwrap_or_default();
+    let subject = subjects.jobspec_lease();
+    let mut lat = Latency::new();
+    let mut events = Vec::new();
+    let mut errors = 0u64;
+    let mut empty = 0;
+    while empty < 2 {
+        let t = Instant::now();
+        match lease_once(&client, &subject, &payload).await {
+            Ok(reply) => {
+                lat.record_since(t);
+                let at = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                if reply.granted.is_empty() {
+                    empty += if reply.more { 0 } else { 1 };
+                } else {
+                    empty = 0;
+                }
+                progress.add(reply.granted.len() as u64);
+                events.extend(reply.granted.into_iter().map(|g| Event::LeaseGranted {
+                    spec: g.spec.id,
+                    holder: runtime.clone(),
+                    epoch: g.epoch,
+                    at,
+                }));
+            }
+            Err(_) => {
+                errors += 1;
+                if errors > 100 {
+                    break;
+                }
+            }
+        }
+    }
+    (lat, events, errors)
+}
+
+/// Checks the grant history: the checker's report, how many distinct specs were granted, and
+/// how many of `ids` were never granted.
+fn check_grants(history: &[Event], ids: &[String]) -> (CheckReport, u64, u64) {
+    let check = checker::check(history);
+    let distinct: HashSet<&str> = history
+        .iter()
+        .filter_map(|e| match e {
+            Event::LeaseGranted { spec, .. } => Some(spec.as_str()),
+            _ => None,
+        })
+        .collect();
+    let never: u64 = ids.iter().filter(|id| !distinct.contains(id.as_str())).count() as u64;
+    (check, distinct.len() as u64, never)
 }

@@ -5,6 +5,7 @@
 //! These use their own `loadtest.raw.*` subjects and throw-away streams and buckets, not
 //! Steward's, and delete them afterwards.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +17,8 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use serde_json::json;
 
-use crate::measure::Latency;
+use super::unique;
+use crate::measure::{share, Latency};
 use crate::progress::Progress;
 use crate::report::ScenarioReport;
 use crate::scenario::{Ctx, ScenarioDef};
@@ -46,11 +48,22 @@ fn payload() -> Bytes {
     Bytes::from(vec![b'x'; PAYLOAD_SIZE])
 }
 
-/// A name part unique within this machine's runs (process id and a counter).
-fn unique() -> String {
-    use std::sync::atomic::AtomicUsize;
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!("{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+/// Spawns `workers` tasks, worker `w` doing its [`share`] of `n` operations as `worker(w, count)`
+/// builds them, and merges the latencies they return.
+async fn run_workers<F, Fut>(n: u64, workers: u64, worker: F) -> anyhow::Result<Latency>
+where
+    F: Fn(u64, u64) -> Fut,
+    Fut: Future<Output = Latency> + Send + 'static,
+{
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        tasks.push(tokio::spawn(worker(w, share(n, workers, w))));
+    }
+    let mut lat = Latency::new();
+    for t in tasks {
+        lat.merge(&t.await?);
+    }
+    Ok(lat)
 }
 
 async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
@@ -138,11 +151,9 @@ async fn request_reply(ctx: &Ctx, concurrent: bool) -> anyhow::Result<ScenarioRe
     let progress = Progress::start(name, n);
     let errors = Arc::new(AtomicU64::new(0));
     let m = ctx.begin();
-    let mut tasks = Vec::new();
-    for w in 0..workers {
+    let lat = run_workers(n, workers, |_, count| {
         let (client, subject, errors, progress) = (client.clone(), subject.clone(), errors.clone(), progress.clone());
-        let count = n / workers + u64::from(w < n % workers);
-        tasks.push(tokio::spawn(async move {
+        async move {
             let mut lat = Latency::new();
             let p = payload();
             for _ in 0..count {
@@ -156,12 +167,9 @@ async fn request_reply(ctx: &Ctx, concurrent: bool) -> anyhow::Result<ScenarioRe
                 progress.add(1);
             }
             lat
-        }));
-    }
-    let mut lat = Latency::new();
-    for t in tasks {
-        lat.merge(&t.await?);
-    }
+        }
+    })
+    .await?;
     progress.finish();
     responder.abort();
     let desc = if concurrent {
@@ -359,11 +367,9 @@ async fn kv_ops(ctx: &Ctx, cas: bool) -> anyhow::Result<ScenarioReport> {
     let progress = Progress::start(name, n);
     let errors = Arc::new(AtomicU64::new(0));
     let m = ctx.begin();
-    let mut tasks = Vec::new();
-    for w in 0..workers {
+    let lat = run_workers(n, workers, |w, count| {
         let (store, errors, progress) = (store.clone(), errors.clone(), progress.clone());
-        let count = n / workers + u64::from(w < n % workers);
-        tasks.push(tokio::spawn(async move {
+        async move {
             let mut lat = Latency::new();
             let key = format!("k{w}");
             let mut revision = 0u64;
@@ -391,12 +397,9 @@ async fn kv_ops(ctx: &Ctx, cas: bool) -> anyhow::Result<ScenarioReport> {
                 progress.add(1);
             }
             lat
-        }));
-    }
-    let mut lat = Latency::new();
-    for t in tasks {
-        lat.merge(&t.await?);
-    }
+        }
+    })
+    .await?;
     progress.finish();
     let desc = if cas {
         "KV compare-and-set (update at the last revision), 32 writers each on its own key"
