@@ -217,23 +217,11 @@ pub struct RuntimeState {
 #[derive(Debug, Default)]
 pub struct RuntimeActor;
 
+/// Connects through [`crate::connect_with`] (so a JWT credentials file and a bare nkey seed
+/// file both work) without waiting for the hub: the runtime works offline and the connection
+/// comes up, and comes back, on its own.
 async fn connect_lazily(opts: &ConnectOptions, name: &str) -> Result<async_nats::Client, ActorsError> {
-    let err = |reason: String| ActorsError::Connect { url: opts.url.clone(), reason };
-    let mut o = match &opts.creds {
-        Some(path) => async_nats::ConnectOptions::with_credentials_file(path.clone())
-            .await
-            .map_err(|e| err(format!("cannot read credentials {}: {e}", path.display())))?,
-        None => async_nats::ConnectOptions::new(),
-    };
-    // Start even when the hub is down: the runtime works offline and connects when it can.
-    o = o.name(name).retry_on_initial_connect().max_reconnects(None);
-    let addrs: Vec<async_nats::ServerAddr> = opts
-        .url
-        .split(',')
-        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(format!("bad url: {e}")))?;
-    o.connect(addrs).await.map_err(|e| err(e.to_string()))
+    crate::connect_with(opts, name, |o| o.retry_on_initial_connect().max_reconnects(None)).await
 }
 
 impl Actor for RuntimeActor {
