@@ -58,7 +58,7 @@ use tracing::{debug, info, warn};
 
 use crate::config_manager::playbooks::PlaybookStore;
 use crate::config_manager::source::SourceUrl;
-use crate::connector::ConnectorClient;
+use crate::connector::client::ConnectorClient;
 use crate::dispatcher::client::DispatcherClient;
 
 /// Attempts per (service, host, revision) after which the loop stops re-dispatching until the
