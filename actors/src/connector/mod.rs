@@ -349,28 +349,7 @@ impl ConnectorState {
             return;
         }
         let old = &t.record;
-        let mut changed = Vec::new();
-        if old.labels != hb.labels {
-            changed.push("labels");
-        }
-        if old.workers != hb.workers {
-            changed.push("workers");
-        }
-        if old.available_workers != hb.available_workers {
-            changed.push("available workers");
-        }
-        if old.facts != hb.facts {
-            changed.push("facts");
-        }
-        if old.agent_version != hb.agent_version {
-            changed.push("agent version");
-        }
-        if old.draining != hb.draining {
-            changed.push("drain state");
-        }
-        if old.interval_ms != u64::try_from(interval.as_millis()).unwrap_or(u64::MAX) {
-            changed.push("heartbeat interval");
-        }
+        let changed = what_changed(old, &hb, interval);
         let restarted = old.incarnation != hb.incarnation;
         if changed.is_empty() && !restarted {
             if now.duration_since(t.last_write) >= self.refresh_every {
@@ -420,6 +399,33 @@ impl ConnectorState {
             self.event(HostEventKind::Offline, "missed heartbeats", &record, seq);
         }
     }
+}
+
+/// The fields of a host's record a heartbeat changes, named for the `changed` event's reason.
+fn what_changed(old: &HostRecord, hb: &Heartbeat, interval: Duration) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.labels != hb.labels {
+        changed.push("labels");
+    }
+    if old.workers != hb.workers {
+        changed.push("workers");
+    }
+    if old.available_workers != hb.available_workers {
+        changed.push("available workers");
+    }
+    if old.facts != hb.facts {
+        changed.push("facts");
+    }
+    if old.agent_version != hb.agent_version {
+        changed.push("agent version");
+    }
+    if old.draining != hb.draining {
+        changed.push("drain state");
+    }
+    if old.interval_ms != u64::try_from(interval.as_millis()).unwrap_or(u64::MAX) {
+        changed.push("heartbeat interval");
+    }
+    changed
 }
 
 /// `last_seen` as RFC 3339, from the instant of the last heartbeat.

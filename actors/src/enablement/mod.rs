@@ -1,72 +1,48 @@
-//! The service-enablement loop (seed 000): keeps every connected host at the current
-//! configuration revision's enabled services.
+//! The service-enablement loop: keeps every connected host at the current configuration
+//! revision's enabled services.
 //!
 //! For the current revision N, for every enabled service and every online host matching the
-//! service's selector whose `applied_revision` is not N, a per-host task:
-//! 1. ensures the service's worker is installed (connector `host.ensure_worker`, with a timeout:
-//!    the seed's "install rhc-worker-playbook, poll until present in the dispatchers map");
-//! 2. dispatches the service's playbook, by reference, to that host (dispatcher `run.dispatch`), labelled
-//!    `revision=N` and `service=<id>`, with an idempotency key derived from (account, service,
-//!    host, revision, attempt) so replays — a restarted hub, a second hub instance, the periodic
-//!    re-check — never dispatch twice;
-//! 3. polls the run's status (the seed's status polling) until the host's run ends; when every
-//!    service of the host ended `success`, records N as the host's applied-state id through the
-//!    connector (`host.applied`, answered by every connector instance, so the loop may run in
-//!    any hub process).
-//!
-//! A host with no enabled service in scope has nothing to apply and is recorded at N directly.
+//! service's selector whose `applied_revision` is not N, a per-host task ensures the service's
+//! worker is installed, dispatches the service's playbook to the host, waits for the run, and
+//! when every service of the host ended `success` records N as the host's applied revision
+//! through the connector (`host.applied`). A host with no enabled service in scope is recorded
+//! at N directly.
 //!
 //! Triggers: `config.changed` (re-read the current revision), host `online` and `changed` events
 //! (check that one host), and a periodic re-check ([`EnablementArgs::recheck_every`]) that
-//! re-reads everything, so failures (ensure-worker timeout, failed run, unreadable playbook) are
-//! retried without an event. Failures are logged with structured fields and never stop the actor.
+//! re-reads everything, so failures are retried without an event. Failures are logged with
+//! structured fields and never stop the actor.
 //!
-//! Retries and idempotency: attempt `k` of (service, host, revision) has its own idempotency key.
-//! Each check walks the attempts from 1: an existing successful run is taken as done, an existing
-//! run still going is waited for, an existing run that failed moves on to `k + 1`, and the first
-//! unused key is dispatched. So each check dispatches at most once per (service, host, revision),
-//! and only after every earlier attempt ended without success.
-//!
-//! Playbooks (seed 000's "RHC Client -> Config-manager API: Fetch https://xyz"): the service's
-//! `playbook` field names a source (`file://PATH`, an absolute path, or `http(s)://URL`). Each
-//! refresh reads it on the hub and stores the bytes with the config manager's content-addressed
-//! playbook store ([`PlaybookStore`], the `steward_artifacts` object store), which yields the
-//! reference `sha256:<hex>`. The dispatch carries only that reference (`Job::playbook_by_ref`,
-//! content empty); the hub signs it, so the signature pins the exact bytes. The host fetches the
-//! playbook through its hub connection (`config.playbook`) and runs it only when the bytes hash
-//! to the signed reference (see `worker::job`). A source that cannot be read or stored fails the
-//! service for that check, with the reason logged, and is retried by the next check.
+//! Layout: this file is the actor; `plan` reads the revision and stores its playbooks; `apply`
+//! brings one host up to date.
 
-use std::collections::{BTreeMap, HashMap};
+mod apply;
+mod plan;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use steward_subjects::api::config::{ConfigClient, GetRequest};
+use steward_subjects::api::config::ConfigClient;
 use steward_subjects::api::host::{HostEvent, HostEventKind, HostRecord};
-use steward_subjects::api::run::{Job, RunRequest, RunStatus, RunStatusRequest, MAX_PLAYBOOK_BYTES};
 use steward_subjects::codec::{self, Encoding};
-use steward_subjects::config::ConfigDocument;
-use steward_subjects::rpc::RequestErrorKind;
-use steward_subjects::selector::Selector;
-use steward_subjects::streams::{CONFIG_EVENTS_STREAM, HOSTS_BUCKET, HOST_EVENTS_STREAM};
-use steward_subjects::subject::host_registry_filter;
-use steward_subjects::{ErrorCode, HostId, Subjects};
-use tracing::{debug, info, warn};
+use steward_subjects::streams::{CONFIG_EVENTS_STREAM, HOST_EVENTS_STREAM};
+use steward_subjects::{HostId, Subjects};
+use tracing::{debug, info};
 
+pub use self::apply::RunStatusError;
+use self::apply::Work;
+pub use self::plan::{Plan, PlaybookError, PreparedService};
 use crate::config_manager::playbooks::PlaybookStore;
-use crate::config_manager::source::SourceUrl;
 use crate::connector::client::ConnectorClient;
 use crate::dispatcher::client::DispatcherClient;
 
 /// Attempts per (service, host, revision) after which the loop stops re-dispatching until the
 /// revision changes (each attempt is a run that ended without success).
 pub const MAX_ATTEMPTS: u32 = 20;
-
-/// Failed status polls in a row after which a host's task gives up until the next check.
-const MAX_POLL_ERRORS: u32 = 20;
 
 /// Arguments of the enablement actor.
 #[derive(Debug, Clone)]
@@ -126,28 +102,6 @@ pub enum EnablementMsg {
     TaskEnded(&'static str),
 }
 
-/// One enabled service of the current revision, with its playbook resolved.
-#[derive(Debug)]
-pub struct PreparedService {
-    /// Service id.
-    pub id: String,
-    /// Worker the service needs.
-    pub worker: String,
-    /// Hosts in scope.
-    pub selector: Selector,
-    /// The stored playbook's reference (`sha256:<hex>`), or why it could not be read or stored.
-    pub playbook: Result<String, String>,
-}
-
-/// The current revision and what it asks of hosts.
-#[derive(Debug)]
-pub struct Plan {
-    /// Revision number.
-    pub revision: u64,
-    /// Enabled services.
-    pub services: Vec<PreparedService>,
-}
-
 /// State of the enablement actor.
 pub struct EnablementState {
     work: Arc<Work>,
@@ -162,21 +116,6 @@ pub struct EnablementState {
 /// The enablement actor.
 #[derive(Debug, Default)]
 pub struct Enablement;
-
-/// What the per-host tasks share.
-struct Work {
-    subjects: Subjects,
-    config: ConfigClient,
-    connector_api: ConnectorClient,
-    /// Hub JetStream (the host registry is read from its bucket: any hub process can).
-    js: jetstream::Context,
-    runs: DispatcherClient,
-    playbooks: PlaybookStore,
-    ensure_timeout: Duration,
-    run_timeout: Duration,
-    poll_every: Duration,
-    permits: Arc<tokio::sync::Semaphore>,
-}
 
 impl Actor for Enablement {
     type Msg = EnablementMsg;
@@ -361,200 +300,5 @@ impl EnablementState {
             let applied = work.bring_up_to_date(&plan, &host_id, &host.labels).await;
             let _ = me.cast(EnablementMsg::HostDone { host: host_id.to_string(), revision, applied });
         });
-    }
-}
-
-/// How one service ended on one host.
-enum Outcome {
-    Success,
-    Failed(String),
-}
-
-/// The idempotency key of attempt `attempt` of `service` at `revision` on `host`.
-fn idempotency_key(subjects: &Subjects, service: &str, host: &HostId, revision: u64, attempt: u32) -> String {
-    format!("enablement/{}/{service}/{host}/{revision}/{attempt}", subjects.account())
-}
-
-/// Reads a playbook reference on the hub: `file://PATH`, an absolute path or `http(s)://URL`.
-async fn resolve_playbook(reference: &str) -> Result<String, String> {
-    let url = if reference.starts_with('/') { format!("file://{reference}") } else { reference.to_owned() };
-    let bytes = SourceUrl::parse(&url)?.fetch().await?;
-    if bytes.len() > MAX_PLAYBOOK_BYTES {
-        return Err(format!("playbook of {} bytes is larger than the {MAX_PLAYBOOK_BYTES} bytes allowed", bytes.len()));
-    }
-    String::from_utf8(bytes).map_err(|_| "playbook is not UTF-8 text".to_owned())
-}
-
-/// Reads a service's playbook source and stores it; the reference it is stored under.
-async fn store_playbook(store: &PlaybookStore, source: &str) -> Result<String, String> {
-    let content = resolve_playbook(source).await?;
-    store.put(&content).await.map(|s| s.reference).map_err(|e| format!("cannot store playbook: {e}"))
-}
-
-async fn prepare(revision: u64, doc: &ConfigDocument, store: &PlaybookStore) -> Plan {
-    let mut services = Vec::new();
-    for s in doc.services.iter().filter(|s| s.enabled) {
-        let selector = match Selector::parse(&s.selector) {
-            Ok(sel) => sel,
-            Err(e) => {
-                // Validation refuses bad selectors; a stored one that no longer parses is skipped.
-                warn!(revision, service = %s.id, error = %e, "service selector does not parse, skipping service");
-                continue;
-            }
-        };
-        let playbook = store_playbook(store, &s.playbook).await;
-        match &playbook {
-            Ok(reference) => debug!(revision, service = %s.id, playbook = %s.playbook, reference = %reference,
-                "service playbook stored"),
-            Err(e) => {
-                warn!(revision, service = %s.id, playbook = %s.playbook, error = %e, "cannot read service playbook")
-            }
-        }
-        services.push(PreparedService { id: s.id.clone(), worker: s.worker.clone(), selector, playbook });
-    }
-    Plan { revision, services }
-}
-
-impl Work {
-    /// The connector actor: the one given, or the connector running under the same supervisor
-    /// (looked up each time, so a restarted connector is found).
-    /// The current revision (with playbooks resolved) and the online hosts. A part that cannot be
-    /// read is logged and left out (`None` plan: keep the previous one; no hosts: nothing to do).
-    async fn refresh(&self) -> (Option<Arc<Plan>>, Vec<HostRecord>) {
-        let plan = match self.config.get(&GetRequest { revision: None }).await {
-            Ok(archive) => Some(Arc::new(prepare(archive.meta.revision, &archive.document, &self.playbooks).await)),
-            Err(e) if e.kind() == RequestErrorKind::Remote(ErrorCode::NotFound) => None,
-            Err(e) => {
-                warn!(error = %e, "enablement cannot read the current configuration revision");
-                None
-            }
-        };
-        // Straight from the registry bucket: a fleet's records do not fit one reply.
-        let filter = host_registry_filter(self.subjects.account());
-        let hosts = match crate::dispatcher::store::read_latest::<HostRecord>(&self.js, HOSTS_BUCKET, &filter).await {
-            Ok(records) => records.into_iter().map(|(_, r)| r).filter(|r| r.online).collect(),
-            Err(e) => {
-                warn!(error = %e, "enablement cannot read the host registry");
-                Vec::new()
-            }
-        };
-        (plan, hosts)
-    }
-
-    /// Every enabled service in scope of `host`, then the applied revision. Returns whether the
-    /// host was recorded at `plan.revision`.
-    async fn bring_up_to_date(&self, plan: &Plan, host: &HostId, labels: &BTreeMap<String, String>) -> bool {
-        let Ok(_permit) = self.permits.acquire().await else { return false };
-        let revision = plan.revision;
-        let mut all_ok = true;
-        for service in plan.services.iter().filter(|s| s.selector.matches(labels)) {
-            match self.apply_service(revision, service, host).await {
-                Outcome::Success => {
-                    info!(host_id = %host, service = %service.id, revision, "service applied on host");
-                }
-                Outcome::Failed(reason) => {
-                    warn!(host_id = %host, service = %service.id, revision, reason = %reason,
-                        "service not applied on host; retried on the next event or re-check");
-                    all_ok = false;
-                }
-            }
-        }
-        if !all_ok {
-            return false;
-        }
-        match self.connector_api.set_applied_revision(host.as_str(), revision).await {
-            Ok(r) if r.recorded => {
-                info!(host_id = %host, revision, "host reached revision");
-                true
-            }
-            Ok(_) => {
-                warn!(host_id = %host, revision, "connector does not know the host; applied revision not recorded");
-                false
-            }
-            Err(e) => {
-                warn!(host_id = %host, revision, error = %e, "applied revision not recorded");
-                false
-            }
-        }
-    }
-
-    async fn apply_service(&self, revision: u64, service: &PreparedService, host: &HostId) -> Outcome {
-        let reference = match &service.playbook {
-            Ok(r) => r.clone(),
-            Err(e) => return Outcome::Failed(format!("playbook unreadable: {e}")),
-        };
-        // 1. The worker (the seed's package-manager install, polled until present).
-        match self.connector_api.ensure_worker(host.as_str(), &service.worker, self.ensure_timeout).await {
-            Ok(r) if !r.already_present => {
-                info!(host_id = %host, worker = %service.worker, waited_ms = r.waited_ms, "worker installed");
-            }
-            Ok(_) => {}
-            Err(e) => return Outcome::Failed(format!("ensure worker {:?}: {e}", service.worker)),
-        }
-        // 2. Dispatch: walk the attempts until one is unused, running, or succeeded.
-        let mut attempt = 1;
-        let run_id = loop {
-            if attempt > MAX_ATTEMPTS {
-                return Outcome::Failed(format!("{MAX_ATTEMPTS} attempts failed; waiting for a new revision"));
-            }
-            let req = RunRequest {
-                hosts: vec![host.to_string()],
-                job: Job::playbook_by_ref(reference.clone()),
-                labels: BTreeMap::from([
-                    ("revision".to_owned(), revision.to_string()),
-                    ("service".to_owned(), service.id.clone()),
-                ]),
-                timeout_ms: u64::try_from(self.run_timeout.as_millis()).unwrap_or(u64::MAX),
-                idempotency_key: idempotency_key(&self.subjects, &service.id, host, revision, attempt),
-                ..RunRequest::default()
-            };
-            let accepted = match self.runs.dispatch(&req).await {
-                Ok(a) => a,
-                Err(e) => return Outcome::Failed(format!("dispatch: {e}")),
-            };
-            if !accepted.existing {
-                info!(host_id = %host, service = %service.id, revision, attempt, run_id = %accepted.run_id,
-                    "service playbook dispatched");
-                break accepted.run_id;
-            }
-            match self.host_status(&accepted.run_id, host).await {
-                Ok(RunStatus::Success) => return Outcome::Success,
-                Ok(s) if s.is_terminal() => attempt += 1,
-                Ok(_) => break accepted.run_id,
-                Err(e) => return Outcome::Failed(e),
-            }
-        };
-        // 3. Poll the run until the host's outcome is known.
-        // The run has a deadline, so this ends; a dispatcher that stays unreachable for
-        // `MAX_POLL_ERRORS` polls in a row ends it too (the next check picks the run up again).
-        let mut tick = tokio::time::interval(self.poll_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut errors = 0;
-        loop {
-            tick.tick().await;
-            match self.host_status(&run_id, host).await {
-                Ok(RunStatus::Success) => return Outcome::Success,
-                Ok(s) if s.is_terminal() => return Outcome::Failed(format!("run {run_id} ended {s}")),
-                Ok(_) => errors = 0,
-                Err(e) => {
-                    errors += 1;
-                    if errors >= MAX_POLL_ERRORS {
-                        return Outcome::Failed(e);
-                    }
-                    debug!(host_id = %host, run_id = %run_id, error = %e, "run status not read, polling on");
-                }
-            }
-        }
-    }
-
-    /// The status of `host`'s part of a run.
-    async fn host_status(&self, run_id: &str, host: &HostId) -> Result<RunStatus, String> {
-        let req = RunStatusRequest { run_id: run_id.to_owned(), ..RunStatusRequest::default() };
-        let view = self.runs.status(&req).await.map_err(|e| format!("run {run_id} status: {e}"))?;
-        view.hosts
-            .iter()
-            .find(|h| h.run.host_id == host.as_str())
-            .map(|h| h.run.status)
-            .ok_or_else(|| format!("run {run_id} has no record for host {host}"))
     }
 }
