@@ -86,7 +86,7 @@ pub enum UploadError {
     /// The object store refused the object.
     #[error("cannot store the object: {0}")]
     Put(#[from] jetstream::object_store::PutError),
-    /// The upload took longer than [`UPLOAD_TIMEOUT`].
+    /// The upload took longer than `UPLOAD_TIMEOUT`.
     #[error("upload timed out")]
     TimedOut,
 }
