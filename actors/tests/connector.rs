@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use steward_actors::connector::{ConnectorArgs, ConnectorClient, ConnectorHandle};
+use steward_actors::connector::client::ConnectorClient;
+use steward_actors::connector::{ConnectorArgs, ConnectorHandle};
 use steward_actors::edge::{start_leaf, EdgeArgs, EdgeHandle, LeafConfig};
 use steward_actors::ConnectOptions;
 use steward_deploy::server::{NatsServer, ServerOptions};

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use steward_actors::connector::ConnectorClient;
+use steward_actors::connector::client::ConnectorClient;
 use steward_actors::dispatcher::client::DispatcherClient;
 use steward_actors::signing::JobSigner;
 use steward_actors::{EdgeSpec, ProcessConfig, RestartPolicy, RunningProcess};

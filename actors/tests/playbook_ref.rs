@@ -100,7 +100,7 @@ impl Site {
         let config = ConfigClient::new(client.clone(), subjects.clone());
         let runs = DispatcherClient::new(client.clone(), subjects.clone());
         let store = PlaybookStore::new(jetstream::new(client.clone()), account());
-        let hosts = steward_actors::connector::ConnectorClient::new(client, subjects);
+        let hosts = steward_actors::connector::client::ConnectorClient::new(client, subjects);
         eventually(WAIT, POLL, || async {
             match hosts.status(HOST).await {
                 Ok(r) if r.online => Ok(()),

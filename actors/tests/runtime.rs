@@ -474,3 +474,56 @@ async fn edge_behind_a_leaf_uploads_large_output_to_the_hub_domain() {
     assert_eq!(object_bytes(&js, &name).await, big_expected(), "the object is in the hub's store");
     rt.stop();
 }
+
+/// A standalone runtime given a file holding only an nkey user seed (what `steward creds issue`
+/// writes, and what `steward runtime --creds` passes on) connects to a hub that requires nkey
+/// authorization, leases its spec and delivers results.
+#[tokio::test]
+async fn runtime_connects_with_an_nkey_seed_file() {
+    use steward_deploy::auth::{read_seed, AuthDir, IdentityKind};
+    use steward_deploy::server::{NatsServer, ServerOptions};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let auth = AuthDir::new(tmp.path().join("auth"));
+    let subjects = Subjects::new(account());
+    let p = subjects.service_permissions();
+    let svc = auth.issue("acme", IdentityKind::Service, "hub", p.publish.clone(), p.subscribe.clone()).unwrap();
+    let rt_creds = auth.issue("acme", IdentityKind::Service, "runtime", p.publish, p.subscribe).unwrap();
+    let hub_dir = tmp.path().join("hub");
+    std::fs::create_dir_all(&hub_dir).unwrap();
+    std::fs::copy(auth.authorization_file(), hub_dir.join("authorization.conf")).unwrap();
+    let hub = NatsServer::start(ServerOptions {
+        data_dir: Some(hub_dir),
+        extra_config: "include \"authorization.conf\"".into(),
+        ..ServerOptions::named("nkey-hub")
+    })
+    .await
+    .unwrap();
+    let url = hub.client_url();
+    assert!(async_nats::connect(&url).await.is_err(), "the hub must refuse a client without credentials");
+
+    let seed = read_seed(&svc.seed_file).unwrap().unwrap();
+    let client = async_nats::ConnectOptions::with_nkey(seed).connect(&url).await.unwrap();
+    let js = jetstream::new(client.clone());
+    streams::ensure(&js, Replicas::One).await.unwrap();
+    let args = LeaseArgs {
+        client,
+        subjects: subjects.clone(),
+        config: LeaseConfig { ttl: Duration::from_secs(5), ..LeaseConfig::default() },
+    };
+    let _lease = Actor::spawn(None, LeaseService, args).await.unwrap().0;
+    let spec = command_spec(TargetKind::Pool, "p", 1, &["sh", "-c", "echo ok"], 200, "h1");
+    put_spec(&js, &spec).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = runtime_args(&url, "rt-nkey", None, dir.path());
+    a.connect = ConnectOptions { url: url.clone(), creds: Some(rt_creds.seed_file.clone()) };
+    let (rt, _) = RuntimeHandle::start(a).await.expect("a runtime with an nkey seed file starts");
+    let s =
+        wait_status(&rt, Duration::from_secs(10), "spec leased and results delivered over the nkey connection", |s| {
+            s.online && s.held.len() == 1 && s.delivered >= 1
+        })
+        .await;
+    assert!(s.held.contains_key(&spec.id));
+    rt.stop();
+}

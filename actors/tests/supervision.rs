@@ -1,5 +1,6 @@
 //! The supervised runtime against a real nats-server: health discovery through `$SRV.*`, JSON
-//! requests, malformed input, a failing child restarted and serving again, clean shutdown.
+//! requests, malformed input, a failing child restarted and serving again, clean shutdown; and
+//! the supervisor's restart counters with a child defined here that fails on request.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
@@ -7,8 +8,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use steward_actors::health::HealthMsg;
-use steward_actors::{EdgeSpec, ProcessConfig, RestartPolicy, RunningProcess};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use steward_actors::supervisor::SupervisorArgs;
+use steward_actors::{
+    ChildSpec, EdgeSpec, ProcessConfig, RestartPolicy, RunningProcess, StatusBoard, SupervisorHandle,
+};
 use steward_deploy::server::{NatsServer, ServerOptions};
 use steward_deploy::wait::eventually;
 use steward_subjects::api::health::{ComponentState, HealthStatus};
@@ -20,8 +24,14 @@ use steward_subjects::{AccountId, ErrorCode, HostId, Subjects};
 const WAIT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
 
+/// The id of the instance answering `$SRV.PING` for `service`. A ping caught by an instance that
+/// is stopping goes unanswered, so each waits at most a second (the callers retry).
 async fn ping_id(client: &async_nats::Client, service: &str) -> Result<String, String> {
-    let msg = client.request(format!("$SRV.PING.{service}"), "".into()).await.map_err(|e| e.to_string())?;
+    let ping = client.request(format!("$SRV.PING.{service}"), "".into());
+    let msg = tokio::time::timeout(Duration::from_secs(1), ping)
+        .await
+        .map_err(|_| "ping unanswered".to_owned())?
+        .map_err(|e| e.to_string())?;
     let v: serde_json::Value = serde_json::from_slice(&msg.payload).map_err(|e| e.to_string())?;
     v["id"].as_str().map(str::to_owned).ok_or_else(|| "no id".to_owned())
 }
@@ -97,9 +107,10 @@ async fn health_is_discoverable_and_a_failed_child_is_restarted() {
     let env: steward_subjects::Envelope<HealthStatus> = codec::decode(Encoding::MsgPack, &bad.payload).unwrap();
     assert_eq!(env.into_result().unwrap_err().code, ErrorCode::Invalid);
 
-    // Make the health child fail: the supervisor restarts it and it serves again.
+    // Make the health child end (stopped from outside with a reason, as the production type has
+    // no fault hook): the supervisor restarts it and it serves again.
     let cell = process.supervisor().child("health").await.unwrap().expect("health running");
-    cell.send_message(HealthMsg::InjectFault("test".into())).unwrap();
+    cell.stop(Some("injected fault: test".into()));
     let second_id = eventually(WAIT, POLL, || {
         let client = client.clone();
         let first_id = first_id.clone();
@@ -169,4 +180,60 @@ async fn edge_identity_survives_restart() {
             }
         }
     }
+}
+
+/// A child that fails whenever it is told to.
+struct Faulty;
+
+enum FaultyMsg {
+    Fail(String),
+}
+
+impl Actor for Faulty {
+    type Msg = FaultyMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _myself: ActorRef<FaultyMsg>, _args: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<FaultyMsg>,
+        msg: FaultyMsg,
+        _state: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            FaultyMsg::Fail(reason) => Err(ActorProcessingErr::from(format!("injected fault: {reason}"))),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_child_is_restarted_and_counted() {
+    let board = StatusBoard::new();
+    let policy = RestartPolicy { initial_backoff: Duration::from_millis(50), ..RestartPolicy::default() };
+    let children = vec![ChildSpec::new("faulty", || (Faulty, ()))];
+    let (supervisor, _join) = SupervisorHandle::start(SupervisorArgs { children, policy, board }).await.unwrap();
+    let first = supervisor.child("faulty").await.unwrap().expect("faulty running");
+    first.send_message(FaultyMsg::Fail("test".into())).unwrap();
+    let status = eventually(WAIT, POLL, || {
+        let supervisor = supervisor.clone();
+        let first_id = first.get_id();
+        async move {
+            let cell = supervisor.child("faulty").await.map_err(|e| e.to_string())?.ok_or("restarting")?;
+            if cell.get_id() == first_id {
+                return Err("the failed child still runs".to_owned());
+            }
+            let all = supervisor.status().await.map_err(|e| e.to_string())?;
+            all.into_iter().find(|c| c.name == "faulty").ok_or_else(|| "no status".to_owned())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.restarts, 1);
+    assert_eq!(status.state, ComponentState::Running);
+    assert!(status.last_error.as_deref().unwrap_or("").contains("injected fault"));
+    supervisor.shutdown(Duration::from_secs(1)).await.unwrap();
 }

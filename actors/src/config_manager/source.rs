@@ -76,18 +76,6 @@ pub enum FetchError {
 }
 
 // Callers that still report errors as text (the enablement service) use `?` into `String`.
-impl From<SourceError> for String {
-    fn from(e: SourceError) -> Self {
-        e.to_string()
-    }
-}
-
-impl From<FetchError> for String {
-    fn from(e: FetchError) -> Self {
-        e.to_string()
-    }
-}
-
 /// Where configuration candidates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceUrl {

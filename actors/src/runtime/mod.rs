@@ -1,10 +1,436 @@
 //! The assessment runtime: it runs in every edge agent and standalone as `steward runtime`.
+//! It holds leased job specs, runs each on its interval with its executor, and delivers the
+//! results through a durable outbox.
 //!
-//! Layout: [`executor`] runs one check (command, http, tcp, ssh); [`actor`] is the runtime
-//! actor — leases, schedules, runs, and delivers results through its outbox — with its typed
-//! [`RuntimeHandle`]; its local store lives in `steward_storage::runtime`.
+//! On start it loads the last-known specs from its redb store (`steward_storage::runtime`) and
+//! runs them at once, whether or not the hub answers: host specs always, pool specs only while
+//! their lease was confirmed within the TTL, since another runtime may take them over.
+//!
+//! Layout: this file is the actor (`RuntimeMsg`, `RuntimeArgs`, `RuntimeState`, [`RuntimeActor`],
+//! the typed [`RuntimeHandle`]); `sync` renews, leases and releases specs with the hub;
+//! `schedule` runs each held spec on its interval; `result` turns an observation into a
+//! result record; `outbox` delivers results in order; [`executor`] runs one check (command,
+//! http, tcp, ssh).
 
-pub mod actor;
 pub mod executor;
+mod outbox;
+mod result;
+mod schedule;
+mod sync;
 
-pub use actor::{RuntimeActor, RuntimeArgs, RuntimeHandle, RuntimeMsg, RuntimeStatus};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use steward_storage::runtime::{CachedSpec, RuntimeConfigRecord, RuntimeStore};
+use steward_subjects::api::lease::{AvailableNotice, ChangeNotice};
+use steward_subjects::api::result::ResultRecord;
+use steward_subjects::codec::{self, Encoding};
+use steward_subjects::subject::result_output_object;
+use steward_subjects::{HostId, RuntimeId, Subjects};
+use tracing::{debug, info, warn};
+
+use self::executor::ExecSettings;
+use self::outbox::{drain, drain_ctx, start_drain};
+use self::schedule::{reschedule, Running};
+pub use self::sync::SyncOutcome;
+use self::sync::{apply_sync, drop_specs, release_pool_specs, start_sync};
+use crate::lease::client::LeaseClient;
+use crate::{ActorsError, ConnectOptions};
+
+/// Longest the last drain of a clean stop may take (results left over stay in the outbox).
+const STOP_DRAIN_BUDGET: Duration = Duration::from_millis(1000);
+/// Lease time-to-live assumed until the hub has said otherwise.
+const DEFAULT_TTL: Duration = Duration::from_secs(15);
+
+/// Arguments of a runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeArgs {
+    /// How to reach NATS (the runtime keeps working while it cannot).
+    pub connect: ConnectOptions,
+    /// Account subjects.
+    pub subjects: Subjects,
+    /// Runtime id.
+    pub runtime: RuntimeId,
+    /// Host it runs on (edge runtimes); `None` for a standalone pool runtime.
+    pub host: Option<HostId>,
+    /// Labels matched against pool specs' runtime selectors.
+    pub labels: BTreeMap<String, String>,
+    /// Folder of the runtime's redb store and ssh `known_hosts`.
+    pub data_dir: PathBuf,
+    /// Most specs held.
+    pub capacity: u32,
+    /// Most specs asked for per lease request.
+    pub batch: u32,
+    /// Renew interval; `None` = a third of the hub's TTL.
+    pub renew_every: Option<Duration>,
+    /// Reply timeout of hub calls.
+    pub call_timeout: Duration,
+    /// JetStream domain of the hub, for the artifacts object store (edges behind a leaf node);
+    /// `None` = the connected server's own JetStream.
+    pub hub_domain: Option<String>,
+}
+
+impl RuntimeArgs {
+    /// Defaults for `runtime` with its store in `data_dir`.
+    #[must_use]
+    pub fn new(connect: ConnectOptions, subjects: Subjects, runtime: RuntimeId, data_dir: PathBuf) -> Self {
+        RuntimeArgs {
+            connect,
+            subjects,
+            runtime,
+            host: None,
+            labels: BTreeMap::new(),
+            data_dir,
+            capacity: 1000,
+            batch: 50,
+            renew_every: None,
+            call_timeout: Duration::from_secs(2),
+            hub_domain: None,
+        }
+    }
+}
+
+/// What a runtime reports about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeStatus {
+    /// Specs held, id → epoch.
+    pub held: BTreeMap<String, u64>,
+    /// Content hash of each held spec, id → hash.
+    pub content: BTreeMap<String, String>,
+    /// Specs currently scheduled (running on their interval).
+    pub scheduled: Vec<String>,
+    /// Whether the last hub call succeeded.
+    pub online: bool,
+    /// Results waiting in the outbox.
+    pub outbox: u64,
+    /// Runs finished since start.
+    pub runs: u64,
+    /// Results the hub stored (new or duplicate) since start.
+    pub delivered: u64,
+    /// Results the hub refused since start.
+    pub refused: u64,
+}
+
+/// Messages of the runtime.
+#[derive(Debug)]
+pub enum RuntimeMsg {
+    /// Time to renew and lease.
+    Tick,
+    /// A change notice from the hub.
+    Notice(ChangeNotice),
+    /// Unassigned specs appeared.
+    Available,
+    /// A sync task finished.
+    SyncDone(Box<SyncOutcome>),
+    /// A run finished: its result, and its full output when that is too long to keep inline.
+    RunDone(Box<(ResultRecord, Option<Vec<u8>>)>),
+    /// A drain task finished.
+    DrainDone {
+        /// Whether the hub answered.
+        online: bool,
+        /// Results the hub took (stored or duplicate).
+        delivered: u64,
+        /// Results it refused.
+        refused: u64,
+    },
+    /// Report the status.
+    Status(RpcReplyPort<RuntimeStatus>),
+}
+
+/// State of a runtime.
+pub struct RuntimeState {
+    args: RuntimeArgs,
+    client: async_nats::Client,
+    lease: LeaseClient,
+    js: jetstream::Context,
+    store: Arc<RuntimeStore>,
+    upload_failures: Arc<std::sync::Mutex<HashMap<u64, u32>>>,
+    settings: ExecSettings,
+    held: BTreeMap<String, CachedSpec>,
+    running: HashMap<String, Running>,
+    online: bool,
+    was_offline: bool,
+    resync: bool,
+    syncing: bool,
+    draining: bool,
+    drain_again: bool,
+    ttl_ms: u64,
+    confirmed_at_ms: u64,
+    status: RuntimeStatus,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The runtime actor.
+#[derive(Debug, Default)]
+pub struct RuntimeActor;
+
+/// Connects through [`crate::connect_with`] (so a JWT credentials file and a bare nkey seed
+/// file both work) without waiting for the hub: the runtime works offline and the connection
+/// comes up, and comes back, on its own.
+async fn connect_lazily(opts: &ConnectOptions, name: &str) -> Result<async_nats::Client, ActorsError> {
+    crate::connect_with(opts, name, |o| o.retry_on_initial_connect().max_reconnects(None)).await
+}
+
+impl Actor for RuntimeActor {
+    type Msg = RuntimeMsg;
+    type State = RuntimeState;
+    type Arguments = RuntimeArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RuntimeMsg>,
+        args: RuntimeArgs,
+    ) -> Result<RuntimeState, ActorProcessingErr> {
+        std::fs::create_dir_all(&args.data_dir)
+            .map_err(|e| ActorProcessingErr::from(format!("cannot create {}: {e}", args.data_dir.display())))?;
+        let path = args.data_dir.join("runtime.redb");
+        let record = RuntimeConfigRecord {
+            runtime: args.runtime.to_string(),
+            host: args.host.as_ref().map(ToString::to_string).unwrap_or_default(),
+            labels: args.labels.clone(),
+            capacity: args.capacity,
+            starts: 0,
+        };
+        let (store, specs, config) = tokio::task::spawn_blocking(move || -> Result<_, steward_storage::StoreError> {
+            let store = RuntimeStore::open(&path)?;
+            let config = store.start(record)?;
+            let specs = store.specs()?;
+            Ok((Arc::new(store), specs, config))
+        })
+        .await??;
+        let client = connect_lazily(&args.connect, &format!("steward-runtime-{}", args.runtime)).await?;
+        let lease = LeaseClient::new(client.clone(), args.subjects.clone()).with_timeout(args.call_timeout);
+        let js = match &args.hub_domain {
+            Some(domain) => jetstream::with_domain(client.clone(), domain),
+            None => jetstream::new(client.clone()),
+        };
+        let tasks = subscribe_notices(&client, &args, &myself).await?;
+        let settings = ExecSettings::in_dir(&args.data_dir);
+        let confirmed_at_ms = specs.iter().map(|s| s.confirmed_at_ms).max().unwrap_or(0);
+        let mut state = RuntimeState {
+            held: specs.into_iter().map(|s| (s.spec.id.clone(), s)).collect(),
+            args,
+            client,
+            lease,
+            js,
+            store,
+            upload_failures: Arc::default(),
+            settings,
+            running: HashMap::new(),
+            online: false,
+            was_offline: true,
+            resync: true,
+            syncing: false,
+            draining: false,
+            drain_again: false,
+            ttl_ms: u64::try_from(DEFAULT_TTL.as_millis()).unwrap_or(15_000),
+            confirmed_at_ms,
+            status: RuntimeStatus::default(),
+            tasks,
+        };
+        // Run what we held last time, before the hub has said anything.
+        reschedule(&mut state, &myself);
+        info!(runtime = %state.args.runtime, specs = state.held.len(), starts = config.starts, "runtime started");
+        let _ = myself.cast(RuntimeMsg::Tick);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RuntimeMsg>,
+        msg: RuntimeMsg,
+        state: &mut RuntimeState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RuntimeMsg::Tick => {
+                start_sync(state, &myself);
+                start_drain(state, &myself);
+                // Pool specs stop when their lease can no longer be trusted.
+                reschedule(state, &myself);
+                let every = state.args.renew_every.unwrap_or(Duration::from_millis((state.ttl_ms / 3).max(100)));
+                let me = myself.clone();
+                state.tasks.retain(|t| !t.is_finished());
+                state.tasks.push(tokio::spawn(async move {
+                    tokio::time::sleep(every).await;
+                    let _ = me.cast(RuntimeMsg::Tick);
+                }));
+            }
+            RuntimeMsg::Notice(n) => {
+                debug!(runtime = %state.args.runtime, changed = n.changed.len(), removed = n.removed.len(), revoked = n.revoked.len(), "change notice");
+                // Stop removed and revoked specs now; `mine` brings the rest up to date.
+                let gone: Vec<String> = n.removed.iter().chain(n.revoked.iter()).cloned().collect();
+                drop_specs(state, &gone).await;
+                state.resync = true;
+                start_sync(state, &myself);
+            }
+            RuntimeMsg::Available => {
+                if state.held.len() < state.args.capacity as usize {
+                    start_sync(state, &myself);
+                }
+            }
+            RuntimeMsg::SyncDone(outcome) => {
+                state.syncing = false;
+                let again = apply_sync(state, *outcome).await;
+                reschedule(state, &myself);
+                if again {
+                    start_sync(state, &myself);
+                }
+                start_drain(state, &myself);
+            }
+            RuntimeMsg::RunDone(done) => {
+                state.status.runs += 1;
+                let store = state.store.clone();
+                let account = state.args.subjects.account().clone();
+                let name = move |r: &ResultRecord| result_output_object(&account, &r.spec, r.epoch, r.seq);
+                match tokio::task::spawn_blocking(move || store.enqueue_with_outputs(vec![*done], &name)).await {
+                    Ok(Ok(_)) => start_drain(state, &myself),
+                    Ok(Err(e)) => warn!(runtime = %state.args.runtime, error = %e, "result not stored in the outbox"),
+                    Err(e) => warn!(runtime = %state.args.runtime, error = %e, "outbox task failed"),
+                }
+            }
+            RuntimeMsg::DrainDone { online, delivered, refused } => {
+                state.draining = false;
+                state.status.delivered += delivered;
+                state.status.refused += refused;
+                if !online {
+                    set_online(state, false);
+                }
+                if state.drain_again && online {
+                    start_drain(state, &myself);
+                }
+            }
+            RuntimeMsg::Status(reply) => {
+                let store = state.store.clone();
+                let outbox = tokio::task::spawn_blocking(move || store.outbox_len()).await.ok().and_then(Result::ok);
+                let mut s = state.status.clone();
+                s.held = state.held.iter().map(|(k, v)| (k.clone(), v.epoch)).collect();
+                s.content = state.held.iter().map(|(k, v)| (k.clone(), v.spec.content_hash.clone())).collect();
+                s.scheduled = state.running.keys().cloned().collect();
+                s.scheduled.sort();
+                s.online = state.online;
+                s.outbox = outbox.unwrap_or(0);
+                let _ = reply.send(s);
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<RuntimeMsg>,
+        state: &mut RuntimeState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.running.clear();
+        for t in &state.tasks {
+            t.abort();
+        }
+        if state.online {
+            // Last results out while their leases still hold, then hand the pool specs back.
+            if tokio::time::timeout(STOP_DRAIN_BUDGET, drain(drain_ctx(state))).await.is_err() {
+                debug!(runtime = %state.args.runtime, "last drain cut short");
+            }
+            release_pool_specs(state).await;
+        }
+        let _ = state.client.flush().await;
+        info!(runtime = %state.args.runtime, "runtime stopped");
+        Ok(())
+    }
+}
+
+/// Subscribes to the notices addressed to this runtime (plain subscription: only it listens on
+/// its own subject) and to the account-wide "specs available" broadcast.
+async fn subscribe_notices(
+    client: &async_nats::Client,
+    args: &RuntimeArgs,
+    myself: &ActorRef<RuntimeMsg>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, ActorProcessingErr> {
+    let mut tasks = Vec::new();
+    for (subject, available) in
+        [(args.subjects.jobspec_notice(&args.runtime), false), (args.subjects.jobspec_available(), true)]
+    {
+        let mut sub = client
+            .subscribe(subject)
+            .await
+            .map_err(|e| ActorProcessingErr::from(format!("cannot subscribe to notices: {e}")))?;
+        let me = myself.clone();
+        tasks.push(tokio::spawn(async move {
+            use futures::StreamExt;
+            while let Some(msg) = sub.next().await {
+                let m = if available {
+                    codec::decode::<AvailableNotice>(Encoding::MsgPack, &msg.payload)
+                        .ok()
+                        .map(|_| RuntimeMsg::Available)
+                } else {
+                    codec::decode::<ChangeNotice>(Encoding::MsgPack, &msg.payload).ok().map(RuntimeMsg::Notice)
+                };
+                if let Some(m) = m {
+                    if me.cast(m).is_err() {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    Ok(tasks)
+}
+
+fn set_online(state: &mut RuntimeState, online: bool) {
+    if state.online != online {
+        info!(runtime = %state.args.runtime, online, "hub connectivity changed");
+    }
+    if !online {
+        state.was_offline = true;
+    }
+    state.online = online;
+}
+
+/// Typed handle of a runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeHandle {
+    actor: ActorRef<RuntimeMsg>,
+}
+
+impl RuntimeHandle {
+    /// Starts a runtime (not linked to a supervisor).
+    ///
+    /// # Errors
+    /// [`ActorsError::Spawn`] when the store cannot be opened or the actor cannot start.
+    pub async fn start(args: RuntimeArgs) -> Result<(Self, tokio::task::JoinHandle<()>), ActorsError> {
+        let (actor, join) =
+            Actor::spawn(None, RuntimeActor, args).await.map_err(|e| ActorsError::Spawn(e.to_string()))?;
+        Ok((
+            RuntimeHandle { actor },
+            tokio::spawn(async move {
+                let _ = join.await;
+            }),
+        ))
+    }
+
+    /// Wraps a running runtime actor.
+    #[must_use]
+    pub fn from_ref(actor: ActorRef<RuntimeMsg>) -> Self {
+        RuntimeHandle { actor }
+    }
+
+    /// The runtime's status.
+    ///
+    /// # Errors
+    /// [`ActorsError::Unavailable`] when the actor is gone.
+    pub async fn status(&self) -> Result<RuntimeStatus, ActorsError> {
+        crate::call(&self.actor, RuntimeMsg::Status, Duration::from_secs(5)).await
+    }
+
+    /// Stops the runtime: its runs are canceled (process groups killed).
+    pub fn stop(&self) {
+        self.actor.stop(None);
+    }
+
+    /// Kills the runtime abruptly (as a crash would): no further renewals or results.
+    pub fn kill(&self) {
+        self.actor.kill();
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use steward_actors::connector::ConnectorClient;
+use steward_actors::connector::client::ConnectorClient;
 use steward_subjects::api::host::{CommandAction, HostRecord, SendCommandRequest, SendCommandResult};
 use steward_subjects::rpc::{RequestError, RequestErrorKind};
 use steward_subjects::selector::Selector;

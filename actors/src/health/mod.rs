@@ -46,9 +46,6 @@ pub struct HealthArgs {
 pub enum HealthMsg {
     /// An endpoint's subscription ended (connection closed or service stopped underneath).
     EndpointClosed,
-    /// Fault injection: fail with this reason so the supervisor restarts the service. Used by
-    /// the supervision tests and the fault-injection suite.
-    InjectFault(String),
 }
 
 /// State of the health service.
@@ -119,7 +116,6 @@ impl Actor for HealthService {
             HealthMsg::EndpointClosed => {
                 Err(ActorProcessingErr::from(format!("health endpoints of {} closed", state.instance)))
             }
-            HealthMsg::InjectFault(reason) => Err(ActorProcessingErr::from(format!("injected fault: {reason}"))),
         }
     }
 

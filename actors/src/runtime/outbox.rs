@@ -1,0 +1,236 @@
+//! Result delivery. Every run's result goes into the outbox first (its sequence number is
+//! assigned there); a drain task then submits the outbox head in order and removes what the hub
+//! stored, found duplicate or refused. While the hub is unreachable results wait, and they are
+//! sent in order after reconnection; the hub stores each once (`<spec>:<epoch>:<seq>`).
+//!
+//! A result whose whole output is longer than its inline head names an object in the
+//! `steward_artifacts` store (`results/<account>/<spec>/<epoch>/<seq>`). The drain uploads it
+//! (skipped when an object of that name and size is already there) before it submits the
+//! result; when the object store keeps refusing while the hub answers, the result is sent
+//! without the reference after a few attempts rather than blocking the outbox.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use ractor::ActorRef;
+use steward_storage::runtime::{Pending, RuntimeStore};
+use steward_subjects::api::lease::LeasesRequest;
+use steward_subjects::api::result::{ResultRecord, SubmitRequest, SubmitStatus};
+use steward_subjects::streams::ARTIFACTS_STORE;
+use tracing::{debug, warn};
+
+use super::{RuntimeMsg, RuntimeState};
+use crate::lease::client::{is_unreachable, LeaseClient};
+
+/// Results submitted per request when draining the outbox.
+const DRAIN_BATCH: usize = 256;
+/// Rough bound on the encoded size of one submit request (well under NATS' 1 MiB payload).
+const DRAIN_BYTES: usize = 512 * 1024;
+/// Longest one full-output upload may take.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(20);
+/// Failed uploads of one output, while the hub answers, before its result is sent without it.
+const UPLOAD_ATTEMPTS: u32 = 5;
+
+/// What a drain task needs.
+pub(super) struct DrainCtx {
+    store: Arc<RuntimeStore>,
+    lease: LeaseClient,
+    js: jetstream::Context,
+    runtime: String,
+    upload_failures: Arc<std::sync::Mutex<HashMap<u64, u32>>>,
+}
+
+pub(super) fn drain_ctx(state: &RuntimeState) -> DrainCtx {
+    DrainCtx {
+        store: state.store.clone(),
+        lease: state.lease.clone(),
+        js: state.js.clone(),
+        runtime: state.args.runtime.to_string(),
+        upload_failures: state.upload_failures.clone(),
+    }
+}
+
+pub(super) fn start_drain(state: &mut RuntimeState, myself: &ActorRef<RuntimeMsg>) {
+    if state.draining {
+        state.drain_again = true;
+        return;
+    }
+    state.draining = true;
+    state.drain_again = false;
+    let (ctx, me) = (drain_ctx(state), myself.clone());
+    tokio::spawn(async move {
+        let (online, delivered, refused) = drain(ctx).await;
+        let _ = me.cast(RuntimeMsg::DrainDone { online, delivered, refused });
+    });
+}
+
+/// Rough encoded size of a result in a submit request.
+fn approx_size(r: &ResultRecord) -> usize {
+    512 + r.output.len() + r.message.len() + r.metrics.keys().map(|k| k.len() + 16).sum::<usize>()
+}
+
+/// Why a full output could not be uploaded.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The outbox could not be read.
+    #[error("cannot read the output from the outbox: {0}")]
+    Store(#[from] steward_storage::StoreError),
+    /// The blocking outbox task failed.
+    #[error("outbox task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The artifacts object store could not be opened.
+    #[error("cannot open the artifacts store: {0}")]
+    Open(#[from] jetstream::context::ObjectStoreError),
+    /// The object store refused the object.
+    #[error("cannot store the object: {0}")]
+    Put(#[from] jetstream::object_store::PutError),
+    /// The upload took longer than `UPLOAD_TIMEOUT`.
+    #[error("upload timed out")]
+    TimedOut,
+}
+
+/// Uploads the full output stored with outbox result `id` as object `name`, unless an object
+/// of that name and size is already there (an earlier attempt whose result was not yet sent).
+async fn upload_output(ctx: &DrainCtx, id: u64, name: &str) -> Result<(), UploadError> {
+    let s = ctx.store.clone();
+    let Some(bytes) = tokio::task::spawn_blocking(move || s.output(id)).await?? else {
+        return Ok(());
+    };
+    let upload = async {
+        let os = ctx.js.get_object_store(ARTIFACTS_STORE).await?;
+        if let Ok(info) = os.info(name).await {
+            if !info.deleted && info.size == bytes.len() {
+                return Ok(());
+            }
+        }
+        let mut reader = bytes.as_slice();
+        os.put(name, &mut reader).await?;
+        Ok(())
+    };
+    tokio::time::timeout(UPLOAD_TIMEOUT, upload).await.map_err(|_| UploadError::TimedOut)?
+}
+
+/// Whether the hub answers at all (told apart from the object store refusing).
+async fn hub_answers(ctx: &DrainCtx) -> bool {
+    let req = LeasesRequest { runtime: Some(ctx.runtime.clone()), unassigned: false, limit: 1, ..Default::default() };
+    ctx.lease.leases(&req).await.is_ok()
+}
+
+/// The prefix of the outbox head that fits one submit request, each full output uploaded first.
+struct Ready {
+    results: Vec<Pending>,
+    /// An output could not be uploaded: stop after what is ready.
+    stalled: bool,
+    /// Whether the hub answered meanwhile (the object store alone may be refusing).
+    reachable: bool,
+}
+
+async fn ready_prefix(ctx: &DrainCtx, pending: Vec<Pending>) -> Ready {
+    let runtime = ctx.runtime.as_str();
+    let mut out = Ready { results: Vec::with_capacity(pending.len()), stalled: false, reachable: true };
+    let mut bytes = 0usize;
+    for mut p in pending {
+        let size = approx_size(&p.record);
+        if !out.results.is_empty() && bytes + size > DRAIN_BYTES {
+            break;
+        }
+        if let Some(name) = p.record.output_ref.clone() {
+            if let Err(e) = upload_output(ctx, p.id, &name).await {
+                out.stalled = true;
+                if !hub_answers(ctx).await {
+                    out.reachable = false;
+                    break;
+                }
+                let attempts = {
+                    let mut f = ctx.upload_failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let n = f.entry(p.id).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                warn!(runtime, object = %name, attempts, error = %e, "full output not uploaded");
+                if attempts < UPLOAD_ATTEMPTS {
+                    break;
+                }
+                // Give up on the object rather than block every later result.
+                let s = ctx.store.clone();
+                let note = format!("full output not stored: {e}");
+                match tokio::task::spawn_blocking(move || s.forget_output(p.id, &note)).await {
+                    Ok(Ok(Some(r))) => {
+                        out.stalled = false;
+                        p.record = r;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        bytes += size;
+        out.results.push(p);
+    }
+    out
+}
+
+/// Submits the outbox head in order until it is empty or the hub cannot be reached; returns
+/// (reachable, delivered, refused). Full outputs are uploaded before their results are sent.
+pub(super) async fn drain(ctx: DrainCtx) -> (bool, u64, u64) {
+    let runtime = ctx.runtime.as_str();
+    let (mut delivered, mut refused) = (0u64, 0u64);
+    loop {
+        let s = ctx.store.clone();
+        let pending = match tokio::task::spawn_blocking(move || s.pending(DRAIN_BATCH)).await {
+            Ok(Ok(p)) => p,
+            _ => return (true, delivered, refused),
+        };
+        if pending.is_empty() {
+            return (true, delivered, refused);
+        }
+        let Ready { results: ready, stalled, reachable } = ready_prefix(&ctx, pending).await;
+        if ready.is_empty() {
+            return (reachable, delivered, refused);
+        }
+        let ids: Vec<u64> = ready.iter().map(|p| p.id).collect();
+        let req = SubmitRequest { results: ready.into_iter().map(|p| p.record).collect() };
+        let reply = match ctx.lease.submit(&req).await {
+            Ok(r) => r,
+            Err(e) => {
+                if !is_unreachable(&e) {
+                    warn!(runtime, error = %e, "results refused as a whole");
+                }
+                return (false, delivered, refused);
+            }
+        };
+        let mut done = Vec::with_capacity(ids.len());
+        let mut retry = false;
+        for (id, o) in ids.iter().zip(&reply.outcomes) {
+            match o.status {
+                SubmitStatus::Stored | SubmitStatus::Duplicate => {
+                    delivered += 1;
+                    done.push(*id);
+                }
+                SubmitStatus::Refused => {
+                    refused += 1;
+                    debug!(runtime, key = %o.key, reason = %o.reason, "result refused");
+                    done.push(*id);
+                }
+                SubmitStatus::Retry => retry = true,
+            }
+        }
+        {
+            let mut f = ctx.upload_failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for id in &done {
+                f.remove(id);
+            }
+        }
+        let s = ctx.store.clone();
+        if !matches!(tokio::task::spawn_blocking(move || s.ack(&done)).await, Ok(Ok(()))) {
+            return (true, delivered, refused);
+        }
+        if stalled {
+            return (reachable, delivered, refused);
+        }
+        if retry || reply.outcomes.len() < ids.len() {
+            return (true, delivered, refused);
+        }
+    }
+}

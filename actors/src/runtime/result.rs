@@ -1,0 +1,159 @@
+//! Turns a run's observation into its result record: pass/fail from the executor and the
+//! thresholds, and the output. A run keeps up to [`MAX_STORED_OUTPUT`] bytes of output; the
+//! result carries the first [`MAX_INLINE_OUTPUT`] bytes inline, and the whole output, when
+//! longer, travels beside it to the outbox (which names its object in `output_ref`).
+
+use steward_subjects::api::result::{ResultRecord, ResultStatus, MAX_INLINE_OUTPUT, MAX_STORED_OUTPUT};
+use steward_subjects::config::{Comparison, JobSpec, Threshold};
+
+use super::executor::{ExecError, Observation};
+use super::schedule::SpecCtx;
+use crate::lease::now_ms;
+
+fn breached(t: &Threshold, value: f64, limit: f64) -> bool {
+    match t.op {
+        Comparison::Gt => value > limit,
+        Comparison::Ge => value >= limit,
+        Comparison::Lt => value < limit,
+        Comparison::Le => value <= limit,
+    }
+}
+
+fn cut(s: &str, max: usize) -> (String, bool) {
+    if s.len() <= max {
+        return (s.to_owned(), false);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    (s[..end].to_owned(), true)
+}
+
+/// The output of a run: (inline head, whether anything was cut, the whole output when it is
+/// longer than the inline head). The whole is stdout then stderr, at most
+/// [`MAX_STORED_OUTPUT`] bytes.
+fn output_of(obs: &Observation) -> (String, bool, Option<Vec<u8>>) {
+    let mut full = obs.stdout.bytes.clone();
+    if !obs.stderr.bytes.is_empty() {
+        if !full.is_empty() && !full.ends_with(b"\n") {
+            full.push(b'\n');
+        }
+        full.extend_from_slice(&obs.stderr.bytes);
+    }
+    let mut truncated = obs.stdout.truncated || obs.stderr.truncated;
+    if full.len() > MAX_STORED_OUTPUT {
+        full.truncate(MAX_STORED_OUTPUT);
+        truncated = true;
+    }
+    if full.len() <= MAX_INLINE_OUTPUT {
+        return (String::from_utf8_lossy(&full).into_owned(), truncated, None);
+    }
+    // The head is cut from the raw bytes first so a huge output is not converted whole.
+    let head = String::from_utf8_lossy(&full[..full.len().min(MAX_INLINE_OUTPUT + 4)]).into_owned();
+    let (inline, _) = cut(&head, MAX_INLINE_OUTPUT);
+    (inline, true, Some(full))
+}
+
+pub(super) fn result_record(
+    ctx: &SpecCtx,
+    spec: &JobSpec,
+    epoch: u64,
+    started_at_ms: u64,
+    outcome: Result<Observation, ExecError>,
+) -> (ResultRecord, Option<Vec<u8>>) {
+    let mut r = ResultRecord {
+        spec: spec.id.clone(),
+        epoch,
+        seq: 0,
+        runtime: ctx.runtime.clone(),
+        host: ctx.host.clone(),
+        content_hash: spec.content_hash.clone(),
+        executor: spec.executor.kind().to_owned(),
+        started_at_ms,
+        ended_at_ms: now_ms(),
+        ..ResultRecord::default()
+    };
+    let mut full = None;
+    match outcome {
+        Ok(obs) => {
+            r.status = if obs.passed { ResultStatus::Pass } else { ResultStatus::Fail };
+            r.message = obs.message.clone();
+            r.exit_code = obs.exit_code;
+            let mut notes = Vec::new();
+            for t in &spec.thresholds {
+                let Some(v) = obs.metrics.get(&t.metric).copied() else { continue };
+                if t.fail.is_some_and(|l| breached(t, v, l)) {
+                    r.status = ResultStatus::Fail;
+                    notes.push(format!("{} = {v} breaches fail limit", t.metric));
+                } else if t.warn.is_some_and(|l| breached(t, v, l)) {
+                    notes.push(format!("{} = {v} breaches warn limit", t.metric));
+                }
+            }
+            if !notes.is_empty() {
+                r.message = format!("{}; {}", r.message, notes.join("; "));
+            }
+            (r.output, r.output_truncated, full) = output_of(&obs);
+            r.metrics = obs.metrics;
+        }
+        Err(ExecError::Timeout { after, partial }) => {
+            r.status = ResultStatus::Timeout;
+            r.error_kind = "timeout".into();
+            r.message = format!("timed out after {after:?}");
+            (r.output, r.output_truncated, full) = output_of(&partial);
+            r.metrics = partial.metrics;
+        }
+        Err(e) => {
+            r.status = ResultStatus::Error;
+            r.error_kind = e.kind().to_owned();
+            r.message = e.to_string();
+        }
+    }
+    (r, full)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::runtime::executor::Captured;
+
+    fn obs(stdout: &[u8], stderr: &[u8], truncated: bool) -> Observation {
+        Observation {
+            stdout: Captured { bytes: stdout.to_vec(), truncated, total: stdout.len() as u64 },
+            stderr: Captured { bytes: stderr.to_vec(), truncated: false, total: stderr.len() as u64 },
+            ..Observation::default()
+        }
+    }
+
+    #[test]
+    fn short_output_stays_inline_only() {
+        let (inline, cut, full) = output_of(&obs(b"out", b"err\n", false));
+        assert_eq!(inline, "out\nerr\n");
+        assert!(!cut);
+        assert_eq!(full, None);
+    }
+
+    #[test]
+    fn long_output_keeps_a_valid_inline_head_and_the_whole() {
+        // Three-byte characters: the 4096-byte cut falls inside one.
+        let text = "€".repeat(3000);
+        let (inline, cut, full) = output_of(&obs(text.as_bytes(), b"", false));
+        assert!(cut);
+        assert!(inline.len() <= MAX_INLINE_OUTPUT && inline.len() > MAX_INLINE_OUTPUT - 3);
+        assert!(text.starts_with(&inline));
+        assert_eq!(full.unwrap(), text.as_bytes());
+    }
+
+    #[test]
+    fn output_is_bounded_and_executor_truncation_is_reported() {
+        let big = vec![b'a'; MAX_STORED_OUTPUT];
+        let (_, cut, full) = output_of(&obs(&big, b"tail", false));
+        assert!(cut);
+        assert_eq!(full.unwrap().len(), MAX_STORED_OUTPUT);
+        let (_, cut, full) = output_of(&obs(b"x", b"", true));
+        assert!(cut, "the executor dropped bytes");
+        assert_eq!(full, None);
+    }
+}
