@@ -75,7 +75,6 @@ pub enum FetchError {
     },
 }
 
-// Callers that still report errors as text (the enablement service) use `?` into `String`.
 /// Where configuration candidates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceUrl {

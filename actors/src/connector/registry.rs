@@ -20,7 +20,7 @@ use futures::StreamExt;
 use ractor::ActorProcessingErr;
 use steward_subjects::api::host::{HostEvent, HostRecord};
 use steward_subjects::codec::{self, Encoding};
-use steward_subjects::subject::host_registry_key;
+use steward_subjects::subject::{host_registry_key, parse_registry_key};
 use steward_subjects::{HostId, Subjects};
 use tracing::warn;
 
@@ -35,14 +35,12 @@ pub(super) enum Write {
 
 /// Loads the account's host records.
 pub(super) async fn load(kv: &kv::Store, subjects: &Subjects) -> Result<HashMap<String, Tracked>, ActorProcessingErr> {
-    let prefix = format!("{}.", subjects.account());
     let mut keys = kv.keys().await.map_err(|e| ActorProcessingErr::from(format!("cannot list host registry: {e}")))?;
     let mut hosts = HashMap::new();
     let now = Instant::now();
     while let Some(key) = keys.next().await {
         let key = key.map_err(|e| ActorProcessingErr::from(format!("cannot list host registry: {e}")))?;
-        let Some(host) = key.strip_prefix(&prefix) else { continue };
-        let Ok(host) = HostId::parse(host) else { continue };
+        let Some(host) = parse_registry_key(subjects.account(), &key) else { continue };
         let Some(bytes) = kv.get(key.as_str()).await.map_err(|e| ActorProcessingErr::from(e.to_string()))? else {
             continue;
         };
