@@ -179,7 +179,7 @@ pub struct EdgeState {
 pub struct EdgeAgent;
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, steward_storage::StoreError> + Send + 'static,
+    f: impl FnOnce() -> Result<T, steward_storage::Error> + Send + 'static,
 ) -> Result<T, String> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(|e| e.to_string()),
@@ -198,14 +198,13 @@ impl Actor for EdgeAgent {
         let path = args.data_dir.join("edge.redb");
         let (host_id, labels) = (args.host_id.to_string(), args.labels.clone());
         let now = crate::now_rfc3339();
-        let (store, identity, workers) =
-            tokio::task::spawn_blocking(move || -> Result<_, steward_storage::StoreError> {
-                let store = EdgeStore::open(&path)?;
-                let identity = store.start(&host_id, &labels, &now)?;
-                let workers = store.workers()?;
-                Ok((Arc::new(store), identity, workers))
-            })
-            .await??;
+        let (store, identity, workers) = tokio::task::spawn_blocking(move || -> Result<_, steward_storage::Error> {
+            let store = EdgeStore::open(&path)?;
+            let identity = store.start(&host_id, &labels, &now)?;
+            let workers = store.workers()?;
+            Ok((Arc::new(store), identity, workers))
+        })
+        .await??;
         let host = HostId::parse(&identity.host_id)?;
         let inbox = args.subjects.host_inbox_prefix(&host);
         let client =
