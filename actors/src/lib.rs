@@ -21,6 +21,7 @@ pub mod lease_leader;
 pub mod lease_state;
 mod msgpack;
 pub mod process;
+pub mod process_group;
 pub mod renderer;
 mod result_store;
 pub mod runtime;
