@@ -93,7 +93,7 @@ fn parse_since(s: &str) -> anyhow::Result<time::OffsetDateTime> {
     if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
         return Ok(t);
     }
-    let d = steward_subjects::config::duration::parse(s).map_err(|e| anyhow::anyhow!("--since {s:?}: {e}"))?;
+    let d = crate::args::parse_duration(s).map_err(|e| anyhow::anyhow!("--since {s:?}: {e}"))?;
     Ok(time::OffsetDateTime::now_utc() - d)
 }
 
