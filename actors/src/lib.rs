@@ -18,6 +18,7 @@ pub mod health;
 pub mod kv;
 pub mod lease;
 pub mod process;
+pub mod process_group;
 pub mod renderer;
 pub mod results;
 pub mod runtime;

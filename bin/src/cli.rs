@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use steward_actors::{ActorsError, ConnectOptions};
 use steward_subjects::{AccountId, HostId};
+
+use crate::args::{parse_account, parse_duration, parse_host, parse_labels, Labels};
 
 /// Steward keeps a fleet of hosts configured, checked and remediated, over NATS.
 #[derive(Debug, Parser)]
@@ -35,6 +38,22 @@ pub struct Global {
     /// Log format (the filter comes from STEWARD_LOG or RUST_LOG, default `info`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+impl Global {
+    /// How to reach NATS: `--nats` and `--creds`.
+    #[must_use]
+    pub fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions { url: self.nats.clone(), creds: self.creds.clone() }
+    }
+
+    /// A NATS connection for a CLI command (client name `steward-cli`).
+    ///
+    /// # Errors
+    /// When NATS cannot be reached or the credentials are refused.
+    pub async fn connect(&self) -> Result<async_nats::Client, ActorsError> {
+        steward_actors::connect(&self.connect_options(), "steward-cli").await
+    }
 }
 
 /// How results are printed.
@@ -141,13 +160,9 @@ pub struct ServerArgs {
     /// The job signing key file (`steward keys init`); without it hosts refuse every job.
     #[arg(long, env = "STEWARD_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
-    /// Poll interval of `--config-source` (`500ms`, `30s`, `5m`).
+    /// Poll interval of `--config-source` (`500ms`, `30s`, `5m`, `1h`; a unit is required).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub poll: std::time::Duration,
-}
-
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    steward_subjects::config::duration::parse(s)
 }
 
 /// Options of `steward edge`.
@@ -184,34 +199,4 @@ pub struct HealthArgs {
     /// How long to collect `$SRV.PING` answers, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub wait_ms: u64,
-}
-
-/// Parsed `k=v` labels.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Labels(pub std::collections::BTreeMap<String, String>);
-
-fn parse_account(s: &str) -> Result<AccountId, String> {
-    AccountId::parse(s).map_err(|e| e.to_string())
-}
-
-fn parse_host(s: &str) -> Result<HostId, String> {
-    HostId::parse(s).map_err(|e| e.to_string())
-}
-
-/// Parses `k=v,k2=v2`; every key and value must be a valid token.
-///
-/// # Errors
-/// A message naming the bad pair or token.
-pub fn parse_labels(s: &str) -> Result<Labels, String> {
-    use steward_subjects::token::{validate, TokenKind};
-    let mut out = std::collections::BTreeMap::new();
-    for pair in s.split(',').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').ok_or_else(|| format!("label {pair:?} is not of the form key=value"))?;
-        validate(TokenKind::LabelKey, k).map_err(|e| e.to_string())?;
-        validate(TokenKind::LabelValue, v).map_err(|e| e.to_string())?;
-        if out.insert(k.to_owned(), v.to_owned()).is_some() {
-            return Err(format!("label key {k:?} given twice"));
-        }
-    }
-    Ok(Labels(out))
 }

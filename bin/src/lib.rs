@@ -1,10 +1,12 @@
 //! The `steward` binary's library half.
 //!
-//! Layout: [`cli`] is the clap-derive command line; [`telemetry`] sets up tracing (env filter,
+//! Layout: [`cli`] is the clap-derive command line and [`args`] its value parsers (durations,
+//! ids, selectors, labels); [`telemetry`] sets up tracing (env filter,
 //! text or JSON); [`commands`] holds one function per subcommand (`up`, `server`, `edge`,
 //! `health`, `version`); [`output`] prints tables or JSON; [`shutdown`] waits for Ctrl-C or
 //! SIGTERM. `main.rs` only parses, sets up tracing and calls [`run`].
 
+pub mod args;
 pub mod cli;
 pub mod commands;
 pub mod output;

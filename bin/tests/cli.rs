@@ -1,11 +1,14 @@
 //! The `steward` binary end to end: `up` in the background, `health -o json` lists its services,
 //! Ctrl-C exits 0 and leaves no nats-server behind; hostile tokens are refused before anything
-//! is published.
+//! is published; `run -- PROG ARGS` and durations parse as documented.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use clap::Parser;
+use steward::cli::{Cli, Command as Sub, OutputFormat};
 
 use steward_deploy::server::{free_ports, NatsServer, ServerOptions};
 use steward_deploy::wait::eventually;
@@ -128,4 +131,78 @@ fn version_prints() {
     let out = Command::new(STEWARD).args(["version", "-o", "json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+}
+
+fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(std::iter::once("steward").chain(args.iter().copied()))
+}
+
+fn run_args(args: &[&str]) -> steward::commands::run::RunArgs {
+    match parse(args).unwrap().command {
+        Sub::Run(r) => r,
+        other => panic!("not a run: {other:?}"),
+    }
+}
+
+#[test]
+fn run_after_double_dash_keeps_later_words_for_the_program() {
+    let cli = parse(&["run", "--hosts", "h1", "--wait", "-o", "json", "--", "ls", "-l", "--wait", "-o", "x"]).unwrap();
+    assert_eq!(cli.global.output, OutputFormat::Json);
+    let Sub::Run(r) = cli.command else { panic!("not a run") };
+    assert!(r.wait);
+    assert_eq!(r.argv, ["ls", "-l", "--wait", "-o", "x"]);
+    assert!(r.command.is_empty());
+    let job = r.job().unwrap();
+    assert_eq!(job.command, ["ls", "-l", "--wait", "-o", "x"]);
+}
+
+#[test]
+fn run_command_flag_still_takes_the_rest() {
+    let r = run_args(&["run", "--hosts", "h1", "--command", "echo", "hello", "--wait"]);
+    assert_eq!(r.command, ["echo", "hello", "--wait"]);
+    assert!(!r.wait, "--command takes every later word, as documented");
+    assert_eq!(r.job().unwrap().command, ["echo", "hello", "--wait"]);
+}
+
+#[test]
+fn run_refuses_two_jobs_and_no_job() {
+    let err = parse(&["run", "--hosts", "h1", "--playbook", "x.yml", "--", "true"]).unwrap_err();
+    assert!(err.to_string().contains("cannot be used with"), "{err}");
+    let err = parse(&["run", "--hosts", "h1"]).unwrap_err();
+    assert!(err.to_string().contains("--playbook"), "{err}");
+}
+
+#[test]
+fn run_program_with_a_space_gets_a_hint_to_split_it() {
+    let err = run_args(&["run", "--hosts", "h1", "--", "ls -l", "/tmp"]).job().unwrap_err().to_string();
+    assert_eq!(err, r#"program "ls -l" contains a space; pass its arguments separately: -- ls -l /tmp"#);
+    let err = run_args(&["run", "--hosts", "h1", "--command", "ls -l"]).job().unwrap_err().to_string();
+    assert!(err.contains("pass its arguments separately: -- ls -l"), "{err}");
+    // Refused before connecting: no server needed.
+    let out = Command::new(STEWARD)
+        .args(["--nats", "nats://127.0.0.1:1", "run", "--hosts", "h1", "--", "ls -l"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-- ls -l"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn durations_need_a_unit_on_every_flag() {
+    let r = run_args(&["run", "--hosts", "h1", "--timeout", "90s", "--backoff", "250ms", "--", "true"]);
+    assert_eq!(r.timeout, Some(Duration::from_secs(90)));
+    assert_eq!(r.backoff, Duration::from_millis(250));
+    for args in [
+        &["run", "--hosts", "h1", "--timeout", "30", "--", "true"][..],
+        &["run", "--hosts", "h1", "--backoff", "5", "--", "true"][..],
+        &["ensure-worker", "h1", "w", "--timeout", "30"][..],
+        &["server", "--poll", "30"][..],
+    ] {
+        let err = parse(args).unwrap_err().to_string();
+        assert!(err.contains("add a unit"), "{args:?}: {err}");
+    }
+    let Sub::EnsureWorker(e) = parse(&["ensure-worker", "h1", "w", "--timeout", "2m"]).unwrap().command else {
+        panic!("not ensure-worker")
+    };
+    assert_eq!(e.timeout, Duration::from_secs(120));
 }

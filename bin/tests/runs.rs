@@ -146,6 +146,13 @@ async fn run_runs_run_status_cancel_hosts_and_history_from_the_command_line() {
     let table = text(&steward(&url, &["run-status", &id]).await).0;
     assert!(table.contains(HOST) && table.contains("success") && table.contains("hello-run"), "{table}");
 
+    // The `--` form: options before `--` are steward's, everything after is the program's.
+    let dashed =
+        json(&steward(&url, &["run", "--hosts", HOST, "--wait", "-o", "json", "--", "echo", "-o", "--wait"]).await);
+    assert_eq!(dashed["run"]["status"], "success", "{dashed:#}");
+    let events = dashed["hosts"][0]["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["stdout"].as_str().unwrap_or_default().contains("-o --wait")), "{events:#?}");
+
     // cancel a running `sleep 600`: it ends canceled; cancelling again says it already ended.
     let started = json(&steward(&url, &["-o", "json", "run", "--hosts", HOST, "--command", "sleep", "600"]).await);
     let sleep_id = started["run_id"].as_str().unwrap().to_owned();
@@ -198,6 +205,8 @@ async fn run_runs_run_status_cancel_hosts_and_history_from_the_command_line() {
         (vec!["run", "--selector", "env in (a", "--command", "true"], "bad selector"),
         (vec!["run", "--hosts", "a.b", "--command", "true"], "host"),
         (vec!["run", "--hosts", HOST], "--playbook"),
+        (vec!["run", "--hosts", HOST, "--", "ls -l"], "pass its arguments separately: -- ls -l"),
+        (vec!["run", "--hosts", HOST, "--playbook", book_s, "--", "true"], "cannot be used with"),
         (vec!["run-status", "no-such-run"], "no-such-run"),
     ] {
         let out = steward(&url, &args).await;

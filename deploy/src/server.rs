@@ -179,8 +179,9 @@ pub struct NatsServer {
     pid: Option<u32>,
     /// Where the current process's output starts in the log file.
     log_offset: u64,
-    /// Declared last so the folder is removed after the process is gone.
-    temp: Option<TempDir>,
+    /// Held only for its `Drop`, which removes a temporary folder; declared last so the folder
+    /// is removed after the process is gone.
+    _temp: Option<TempDir>,
 }
 
 impl NatsServer {
@@ -225,8 +226,16 @@ impl NatsServer {
             }
         };
 
-        let mut server =
-            Self { ports: resolve_ports(&opts)?, opts, binary, dir, child: None, pid: None, log_offset: 0, temp };
+        let mut server = Self {
+            ports: resolve_ports(&opts)?,
+            opts,
+            binary,
+            dir,
+            child: None,
+            pid: None,
+            log_offset: 0,
+            _temp: temp,
+        };
         let mut attempt = 0;
         loop {
             match server.spawn_and_wait().await {
@@ -474,12 +483,6 @@ impl NatsServer {
     #[must_use]
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// Whether the folder is temporary (removed on drop) rather than a persistent `data_dir`.
-    #[must_use]
-    pub fn is_temporary(&self) -> bool {
-        self.temp.is_some()
     }
 
     /// The configured JetStream `store_dir` (nats-server keeps its data in `jetstream/` below it).

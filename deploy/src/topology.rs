@@ -43,12 +43,6 @@ impl SingleNode {
     pub async fn start_with(opts: ServerOptions) -> Result<Self, DeployError> {
         Ok(Self { server: NatsServer::single(opts).await? })
     }
-
-    /// Gives up the topology wrapper.
-    #[must_use]
-    pub fn into_server(self) -> NatsServer {
-        self.server
-    }
 }
 
 impl Deref for SingleNode {
@@ -261,14 +255,6 @@ impl Cluster {
     #[must_use]
     pub fn server_addrs(&self) -> Vec<String> {
         self.nodes.iter().map(NatsServer::client_url).collect()
-    }
-
-    /// Client URLs of all nodes joined with commas (`nats://a,nats://b,...`), the form the
-    /// `nats --server` CLI flag takes. async-nats' `connect` does not split a comma-separated
-    /// string; give it [`Cluster::server_addrs`] instead.
-    #[must_use]
-    pub fn client_urls(&self) -> String {
-        self.server_addrs().join(",")
     }
 
     /// Stops node `i` (SIGTERM, then SIGKILL after 5 s).

@@ -8,7 +8,7 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::StoreError;
+use crate::Error;
 
 /// Single-row table holding the agent's identity under the key `identity`.
 const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
@@ -50,10 +50,9 @@ impl EdgeStore {
     /// Opens (or creates) the store at `path`.
     ///
     /// # Errors
-    /// [`StoreError::Open`] when the file cannot be opened or is not a redb database.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)
-            .map_err(|e| StoreError::Open { path: path.display().to_string(), reason: e.to_string() })?;
+    /// [`Error::Open`] when the file cannot be opened or is not a redb database.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let db = Database::create(path).map_err(|source| Error::Open { path: path.display().to_string(), source })?;
         let tx = db.begin_write()?;
         tx.open_table(IDENTITY)?;
         tx.open_table(WORKERS)?;
@@ -66,24 +65,24 @@ impl EdgeStore {
     /// The stored identity, if any.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed read or a corrupt record.
-    pub fn identity(&self) -> Result<Option<EdgeIdentity>, StoreError> {
+    /// [`Error`] on a failed read or a corrupt record.
+    pub fn identity(&self) -> Result<Option<EdgeIdentity>, Error> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(IDENTITY)?;
         match table.get(IDENTITY_KEY)? {
             None => Ok(None),
             Some(v) => rmp_serde::from_slice(v.value())
                 .map(Some)
-                .map_err(|e| StoreError::Corrupt { table: "identity", reason: e.to_string() }),
+                .map_err(|source| Error::Corrupt { table: "identity", source }),
         }
     }
 
     /// Stores the identity, replacing any previous one.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed write.
-    pub fn put_identity(&self, identity: &EdgeIdentity) -> Result<(), StoreError> {
-        let bytes = rmp_serde::to_vec_named(identity).map_err(|e| StoreError::Encode(e.to_string()))?;
+    /// [`Error`] on a failed write.
+    pub fn put_identity(&self, identity: &EdgeIdentity) -> Result<(), Error> {
+        let bytes = rmp_serde::to_vec_named(identity).map_err(Error::Encode)?;
         let tx = self.db.begin_write()?;
         {
             let mut table = tx.open_table(IDENTITY)?;
@@ -98,13 +97,8 @@ impl EdgeStore {
     /// non-empty.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed read or write.
-    pub fn start(
-        &self,
-        host_id: &str,
-        labels: &BTreeMap<String, String>,
-        now: &str,
-    ) -> Result<EdgeIdentity, StoreError> {
+    /// [`Error`] on a failed read or write.
+    pub fn start(&self, host_id: &str, labels: &BTreeMap<String, String>, now: &str) -> Result<EdgeIdentity, Error> {
         let mut id = self.identity()?.unwrap_or_else(|| EdgeIdentity {
             host_id: host_id.to_owned(),
             labels: labels.clone(),
@@ -123,8 +117,8 @@ impl EdgeStore {
     /// Enabled workers with their versions.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed read.
-    pub fn workers(&self) -> Result<BTreeMap<String, String>, StoreError> {
+    /// [`Error`] on a failed read.
+    pub fn workers(&self) -> Result<BTreeMap<String, String>, Error> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(WORKERS)?;
         let mut out = BTreeMap::new();
@@ -138,8 +132,8 @@ impl EdgeStore {
     /// Enables a worker at `version`.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed write.
-    pub fn enable_worker(&self, name: &str, version: &str) -> Result<(), StoreError> {
+    /// [`Error`] on a failed write.
+    pub fn enable_worker(&self, name: &str, version: &str) -> Result<(), Error> {
         let tx = self.db.begin_write()?;
         {
             let mut table = tx.open_table(WORKERS)?;
@@ -154,8 +148,8 @@ impl EdgeStore {
     /// Disables a worker; returns whether it was enabled.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed write.
-    pub fn disable_worker(&self, name: &str) -> Result<bool, StoreError> {
+    /// [`Error`] on a failed write.
+    pub fn disable_worker(&self, name: &str) -> Result<bool, Error> {
         let tx = self.db.begin_write()?;
         let was = {
             let mut table = tx.open_table(WORKERS)?;
@@ -169,11 +163,9 @@ impl EdgeStore {
     /// Sets the drain flag and returns the updated identity.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed read or write, or when the store has no identity yet.
-    pub fn set_draining(&self, draining: bool) -> Result<EdgeIdentity, StoreError> {
-        let mut id = self
-            .identity()?
-            .ok_or_else(|| StoreError::Transaction("the store has no identity yet (start it first)".to_owned()))?;
+    /// [`Error`] on a failed read or write, or when the store has no identity yet.
+    pub fn set_draining(&self, draining: bool) -> Result<EdgeIdentity, Error> {
+        let mut id = self.identity()?.ok_or(Error::NoIdentity)?;
         id.draining = draining;
         self.put_identity(&id)?;
         Ok(id)
@@ -182,8 +174,8 @@ impl EdgeStore {
     /// The reply recorded for a handled command, if it was handled.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed read.
-    pub fn command_reply(&self, command_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    /// [`Error`] on a failed read.
+    pub fn command_reply(&self, command_id: &str) -> Result<Option<Vec<u8>>, Error> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(COMMANDS)?;
         Ok(table.get(command_id)?.map(|v| v.value().1.to_vec()))
@@ -194,8 +186,8 @@ impl EdgeStore {
     /// twice keeps the first reply.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed write.
-    pub fn record_command(&self, command_id: &str, reply: &[u8]) -> Result<(), StoreError> {
+    /// [`Error`] on a failed write.
+    pub fn record_command(&self, command_id: &str, reply: &[u8]) -> Result<(), Error> {
         let tx = self.db.begin_write()?;
         {
             let mut commands = tx.open_table(COMMANDS)?;
@@ -225,8 +217,8 @@ impl EdgeStore {
     /// Number of commands in the journal.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed read.
-    pub fn journal_len(&self) -> Result<u64, StoreError> {
+    /// [`Error`] on a failed read.
+    pub fn journal_len(&self) -> Result<u64, Error> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(COMMAND_ORDER)?;
         Ok(table.len()?)
@@ -326,5 +318,14 @@ mod tests {
         std::fs::write(&path, b"not a database at all, just text").unwrap();
         let err = EdgeStore::open(&path).unwrap_err();
         assert!(err.to_string().contains("cannot open store"), "{err}");
+        assert!(matches!(err, crate::Error::Open { .. }), "{err:?}");
+        assert!(std::error::Error::source(&err).is_some_and(|s| s.is::<redb::DatabaseError>()), "{err:?}");
+    }
+
+    #[test]
+    fn draining_before_start_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EdgeStore::open(&dir.path().join("edge.redb")).unwrap();
+        assert!(matches!(store.set_draining(true), Err(crate::Error::NoIdentity)));
     }
 }

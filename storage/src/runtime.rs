@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use steward_subjects::api::result::ResultRecord;
 use steward_subjects::config::JobSpec;
 
-use crate::StoreError;
+use crate::Error;
 
 /// Held specs: spec id → [`CachedSpec`] (MessagePack).
 const SPECS: TableDefinition<&str, &[u8]> = TableDefinition::new("specs");
@@ -87,16 +87,16 @@ pub struct RuntimeStore {
 /// keep only their inline head (so a long hub outage cannot fill the disk).
 pub const DEFAULT_OUTPUT_BUDGET: u64 = 256 * 1024 * 1024;
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    rmp_serde::to_vec_named(v).map_err(|e| StoreError::Encode(e.to_string()))
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {
+    rmp_serde::to_vec_named(v).map_err(Error::Encode)
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt { table, reason: e.to_string() })
+fn decode<T: for<'de> Deserialize<'de>>(table: &'static str, bytes: &[u8]) -> Result<T, Error> {
+    rmp_serde::from_slice(bytes).map_err(|source| Error::Corrupt { table, source })
 }
 
 /// Lowers the count of output bytes waiting in the outbox by `freed`.
-fn release_output_bytes(tx: &redb::WriteTransaction, freed: u64) -> Result<(), StoreError> {
+fn release_output_bytes(tx: &redb::WriteTransaction, freed: u64) -> Result<(), Error> {
     if freed == 0 {
         return Ok(());
     }
@@ -110,10 +110,9 @@ impl RuntimeStore {
     /// Opens (or creates) the store at `path`.
     ///
     /// # Errors
-    /// [`StoreError::Open`] when the file cannot be opened or is not a redb database.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)
-            .map_err(|e| StoreError::Open { path: path.display().to_string(), reason: e.to_string() })?;
+    /// [`Error::Open`] when the file cannot be opened or is not a redb database.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let db = Database::create(path).map_err(|source| Error::Open { path: path.display().to_string(), source })?;
         let tx = db.begin_write()?;
         tx.open_table(SPECS)?;
         tx.open_table(CONFIG)?;
@@ -135,8 +134,8 @@ impl RuntimeStore {
     /// The stored configuration, if any.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed read or a corrupt record.
-    pub fn config(&self) -> Result<Option<RuntimeConfigRecord>, StoreError> {
+    /// [`Error`] on a failed read or a corrupt record.
+    pub fn config(&self) -> Result<Option<RuntimeConfigRecord>, Error> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(CONFIG)?;
         table.get(CONFIG_KEY)?.map(|v| decode("config", v.value())).transpose()
@@ -145,8 +144,8 @@ impl RuntimeStore {
     /// Records a start with `config`: the stored start count is carried over and incremented.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed read or write.
-    pub fn start(&self, mut config: RuntimeConfigRecord) -> Result<RuntimeConfigRecord, StoreError> {
+    /// [`Error`] on a failed read or write.
+    pub fn start(&self, mut config: RuntimeConfigRecord) -> Result<RuntimeConfigRecord, Error> {
         config.starts = self.config()?.map_or(0, |c| c.starts) + 1;
         let bytes = encode(&config)?;
         let tx = self.db.begin_write()?;
@@ -158,20 +157,20 @@ impl RuntimeStore {
     /// Every held spec, ordered by spec id.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed read or a corrupt record.
-    pub fn specs(&self) -> Result<Vec<CachedSpec>, StoreError> {
+    /// [`Error`] on a failed read or a corrupt record.
+    pub fn specs(&self) -> Result<Vec<CachedSpec>, Error> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(SPECS)?;
-        table.iter()?.map(|r| r.map_err(StoreError::from).and_then(|(_, v)| decode("specs", v.value()))).collect()
+        table.iter()?.map(|r| r.map_err(Error::from).and_then(|(_, v)| decode("specs", v.value()))).collect()
     }
 
     /// Adds or replaces held specs.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed write.
-    pub fn put_specs(&self, specs: &[CachedSpec]) -> Result<(), StoreError> {
+    /// [`Error`] on a failed write.
+    pub fn put_specs(&self, specs: &[CachedSpec]) -> Result<(), Error> {
         let encoded: Vec<(String, Vec<u8>)> =
-            specs.iter().map(|s| Ok((s.spec.id.clone(), encode(s)?))).collect::<Result<_, StoreError>>()?;
+            specs.iter().map(|s| Ok((s.spec.id.clone(), encode(s)?))).collect::<Result<_, Error>>()?;
         let tx = self.db.begin_write()?;
         {
             let mut table = tx.open_table(SPECS)?;
@@ -186,8 +185,8 @@ impl RuntimeStore {
     /// Removes held specs (unknown ids are ignored).
     ///
     /// # Errors
-    /// [`StoreError`] on a failed write.
-    pub fn remove_specs(&self, ids: &[String]) -> Result<(), StoreError> {
+    /// [`Error`] on a failed write.
+    pub fn remove_specs(&self, ids: &[String]) -> Result<(), Error> {
         let tx = self.db.begin_write()?;
         {
             let mut table = tx.open_table(SPECS)?;
@@ -202,10 +201,10 @@ impl RuntimeStore {
     /// Replaces the whole held set with `specs` (the hub's authoritative answer to `mine`).
     ///
     /// # Errors
-    /// [`StoreError`] on a failed write.
-    pub fn replace_specs(&self, specs: &[CachedSpec]) -> Result<(), StoreError> {
+    /// [`Error`] on a failed write.
+    pub fn replace_specs(&self, specs: &[CachedSpec]) -> Result<(), Error> {
         let encoded: Vec<(String, Vec<u8>)> =
-            specs.iter().map(|s| Ok((s.spec.id.clone(), encode(s)?))).collect::<Result<_, StoreError>>()?;
+            specs.iter().map(|s| Ok((s.spec.id.clone(), encode(s)?))).collect::<Result<_, Error>>()?;
         let tx = self.db.begin_write()?;
         {
             let mut table = tx.open_table(SPECS)?;
@@ -223,8 +222,8 @@ impl RuntimeStore {
     /// their outbox ids.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed write; nothing is stored then.
-    pub fn enqueue(&self, results: Vec<ResultRecord>) -> Result<Vec<Pending>, StoreError> {
+    /// [`Error`] on a failed write; nothing is stored then.
+    pub fn enqueue(&self, results: Vec<ResultRecord>) -> Result<Vec<Pending>, Error> {
         self.enqueue_with_outputs(results.into_iter().map(|r| (r, None)).collect(), &|_| String::new())
     }
 
@@ -235,12 +234,12 @@ impl RuntimeStore {
     /// only the inline head, with a note in its message.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed write; nothing is stored then.
+    /// [`Error`] on a failed write; nothing is stored then.
     pub fn enqueue_with_outputs(
         &self,
         results: Vec<(ResultRecord, Option<Vec<u8>>)>,
         name: &dyn Fn(&ResultRecord) -> String,
-    ) -> Result<Vec<Pending>, StoreError> {
+    ) -> Result<Vec<Pending>, Error> {
         let tx = self.db.begin_write()?;
         let mut out = Vec::with_capacity(results.len());
         {
@@ -288,8 +287,8 @@ impl RuntimeStore {
     /// The full output stored with the outbox result `id`, if any.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed read.
-    pub fn output(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    /// [`Error`] on a failed read.
+    pub fn output(&self, id: u64) -> Result<Option<Vec<u8>>, Error> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(OUTPUTS)?;
         Ok(table.get(id)?.map(|v| v.value().to_vec()))
@@ -300,8 +299,8 @@ impl RuntimeStore {
     /// inline output stays). Unknown ids are ignored.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed write or a corrupt record.
-    pub fn forget_output(&self, id: u64, note: &str) -> Result<Option<ResultRecord>, StoreError> {
+    /// [`Error`] on a failed write or a corrupt record.
+    pub fn forget_output(&self, id: u64, note: &str) -> Result<Option<ResultRecord>, Error> {
         let tx = self.db.begin_write()?;
         let updated = {
             let mut outbox = tx.open_table(OUTBOX)?;
@@ -326,8 +325,8 @@ impl RuntimeStore {
     /// Up to `limit` results from the head of the outbox, oldest first.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed read or a corrupt record.
-    pub fn pending(&self, limit: usize) -> Result<Vec<Pending>, StoreError> {
+    /// [`Error`] on a failed read or a corrupt record.
+    pub fn pending(&self, limit: usize) -> Result<Vec<Pending>, Error> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(OUTBOX)?;
         table
@@ -343,8 +342,8 @@ impl RuntimeStore {
     /// Removes acknowledged results from the outbox.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed write.
-    pub fn ack(&self, ids: &[u64]) -> Result<(), StoreError> {
+    /// [`Error`] on a failed write.
+    pub fn ack(&self, ids: &[u64]) -> Result<(), Error> {
         let tx = self.db.begin_write()?;
         {
             let mut table = tx.open_table(OUTBOX)?;
@@ -364,8 +363,8 @@ impl RuntimeStore {
     /// Results waiting in the outbox.
     ///
     /// # Errors
-    /// [`StoreError`] on a failed read.
-    pub fn outbox_len(&self) -> Result<u64, StoreError> {
+    /// [`Error`] on a failed read.
+    pub fn outbox_len(&self) -> Result<u64, Error> {
         let tx = self.db.begin_read()?;
         Ok(tx.open_table(OUTBOX)?.len()?)
     }

@@ -130,7 +130,7 @@ pub struct EdgeAgent;
 pub enum StoreTaskError {
     /// The store refused the operation.
     #[error(transparent)]
-    Store(#[from] steward_storage::StoreError),
+    Store(#[from] steward_storage::Error),
     /// The blocking task failed.
     #[error("store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -138,7 +138,7 @@ pub enum StoreTaskError {
 
 /// Runs a store operation off the actor task.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, steward_storage::StoreError> + Send + 'static,
+    f: impl FnOnce() -> Result<T, steward_storage::Error> + Send + 'static,
 ) -> Result<T, StoreTaskError> {
     Ok(tokio::task::spawn_blocking(f).await??)
 }
@@ -154,14 +154,13 @@ impl Actor for EdgeAgent {
         let path = args.data_dir.join("edge.redb");
         let (host_id, labels) = (args.host_id.to_string(), args.labels.clone());
         let now = crate::now_rfc3339();
-        let (store, identity, workers) =
-            tokio::task::spawn_blocking(move || -> Result<_, steward_storage::StoreError> {
-                let store = EdgeStore::open(&path)?;
-                let identity = store.start(&host_id, &labels, &now)?;
-                let workers = store.workers()?;
-                Ok((Arc::new(store), identity, workers))
-            })
-            .await??;
+        let (store, identity, workers) = tokio::task::spawn_blocking(move || -> Result<_, steward_storage::Error> {
+            let store = EdgeStore::open(&path)?;
+            let identity = store.start(&host_id, &labels, &now)?;
+            let workers = store.workers()?;
+            Ok((Arc::new(store), identity, workers))
+        })
+        .await??;
         let host = HostId::parse(&identity.host_id)?;
         let inbox = args.subjects.host_inbox_prefix(&host);
         let client =

@@ -26,7 +26,7 @@ use crate::lease::msgpack;
 
 /// Why a segment could not be stored or read back (its results are answered `retry`).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum StoreError {
+pub(crate) enum ResultStoreError {
     /// JetStream did not take or confirm the segment.
     #[error(transparent)]
     Publish(#[from] jetstream::context::PublishError),
@@ -116,8 +116,8 @@ async fn store_items(
         headers.insert(MSG_ID, todo[0].key.as_str());
         headers.insert(SEGMENT_HEADER, cut.to_string().as_str());
         let ack = match js.publish_with_headers(subject.clone(), headers, payload).await {
-            Ok(f) => f.await.map_err(StoreError::from),
-            Err(e) => Err(StoreError::from(e)),
+            Ok(f) => f.await.map_err(ResultStoreError::from),
+            Err(e) => Err(ResultStoreError::from(e)),
         };
         let ack = match ack {
             Ok(a) => a,
@@ -199,9 +199,9 @@ fn segment_payload(items: &[Item]) -> Bytes {
 }
 
 /// The idempotency keys of the results stored at `seq`.
-async fn stored_keys(js: &jetstream::Context, seq: u64) -> Result<HashSet<String>, StoreError> {
-    let stream = js.get_stream(RESULTS_STREAM).await.map_err(|e| StoreError::ReadBack(e.to_string()))?;
-    let msg = stream.get_raw_message(seq).await.map_err(|e| StoreError::ReadBack(e.to_string()))?;
+async fn stored_keys(js: &jetstream::Context, seq: u64) -> Result<HashSet<String>, ResultStoreError> {
+    let stream = js.get_stream(RESULTS_STREAM).await.map_err(|e| ResultStoreError::ReadBack(e.to_string()))?;
+    let msg = stream.get_raw_message(seq).await.map_err(|e| ResultStoreError::ReadBack(e.to_string()))?;
     let results = decode_stored(Some(&msg.headers), &msg.payload)?;
     Ok(results.iter().map(ResultRecord::idempotency_key).collect())
 }

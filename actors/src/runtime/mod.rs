@@ -195,7 +195,7 @@ impl Actor for RuntimeActor {
             capacity: args.capacity,
             starts: 0,
         };
-        let (store, specs, config) = tokio::task::spawn_blocking(move || -> Result<_, steward_storage::StoreError> {
+        let (store, specs, config) = tokio::task::spawn_blocking(move || -> Result<_, steward_storage::Error> {
             let store = RuntimeStore::open(&path)?;
             let config = store.start(record)?;
             let specs = store.specs()?;

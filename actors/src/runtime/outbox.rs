@@ -76,7 +76,7 @@ fn approx_size(r: &ResultRecord) -> usize {
 pub enum UploadError {
     /// The outbox could not be read.
     #[error("cannot read the output from the outbox: {0}")]
-    Store(#[from] steward_storage::StoreError),
+    Store(#[from] steward_storage::Error),
     /// The blocking outbox task failed.
     #[error("outbox task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::events::EventSink;
-use super::process::{self, Chunk, End, Stream};
+use crate::process_group::{self, Chunk, End, GroupSpec, Stream};
 use crate::signing::JobVerifier;
 
 /// Output streamed as events, per job; the rest only goes to the artifact.
@@ -223,22 +223,24 @@ async fn run_job(
     sink.emit(RunEvent { kind: EventKind::Start, event: order.job.kind.as_str().to_owned(), ..RunEvent::default() })
         .await;
 
-    // A stop given as the reason to end is remembered for the outcome.
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // A stop given as the reason to end is remembered for the outcome; a stop handle dropped
+    // without a stop never ends the run.
     let mut stop_watch = stop.clone();
-    let stop_bridge = tokio::spawn(async move {
+    let stopped = async move {
         loop {
             if stop_watch.borrow_and_update().is_some() {
-                let _ = stop_tx.send(true);
                 return;
             }
             if stop_watch.changed().await.is_err() {
-                return;
+                std::future::pending::<()>().await;
             }
         }
-    });
+    };
     let (out_tx, mut out_rx) = mpsc::channel::<Chunk>(64);
-    let run = process::run(&argv, &env, Some(scratch.path()), timeout, stop_rx, out_tx);
+    let spec = GroupSpec { argv: &argv, env: &env, cwd: Some(scratch.path()) };
+    let run = process_group::run(&spec, timeout, stopped, move |stream, pipe| {
+        process_group::forward(pipe, stream, out_tx.clone())
+    });
     let mut output = OutputState::new(playbook);
     let consume = async {
         while let Some(chunk) = out_rx.recv().await {
@@ -246,7 +248,6 @@ async fn run_job(
         }
     };
     let (end, ()) = tokio::join!(run, consume);
-    stop_bridge.abort();
     output.flush(sink).await;
     if output.total > STREAM_CAP {
         match store_artifact(ctx, order, &output.all).await {
@@ -254,15 +255,18 @@ async fn run_job(
             Err(e) => warn!(run_id = %order.run_id, error = %e, "output artifact not stored"),
         }
     }
-    match end {
+    use std::os::unix::process::ExitStatusExt;
+    match end.map(|done| done.end) {
         Err(e) => fail(format!("cannot run {:?}: {e}", argv.first().cloned().unwrap_or_default())),
-        Ok(End::Exited(0)) => JobOutcome { status: RunStatus::Success, reason: "exit 0".into(), exit_code: Some(0) },
-        Ok(End::Exited(code)) => JobOutcome {
-            status: RunStatus::Failure,
-            reason: if playbook { format!("ansible-playbook exit {code}") } else { format!("exit {code}") },
-            exit_code: Some(code),
+        Ok(End::Exited(status)) => match status.code() {
+            Some(0) => JobOutcome { status: RunStatus::Success, reason: "exit 0".into(), exit_code: Some(0) },
+            Some(code) => JobOutcome {
+                status: RunStatus::Failure,
+                reason: if playbook { format!("ansible-playbook exit {code}") } else { format!("exit {code}") },
+                exit_code: Some(code),
+            },
+            None => fail(format!("killed by signal {}", status.signal().unwrap_or_default())),
         },
-        Ok(End::Signaled(sig)) => fail(format!("killed by signal {sig}")),
         Ok(End::TimedOut) => JobOutcome {
             status: RunStatus::Timeout,
             reason: format!("stopped at the deadline after {timeout:?}"),

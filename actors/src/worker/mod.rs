@@ -1,6 +1,6 @@
 //! The edge's run worker: takes work orders for its host on `run.work.<host>` and stop orders on
 //! `run.stop.<host>` (plain subscriptions: host-targeted), runs each job ([`job`]) with its own
-//! process group ([`process`]) and streams job event data ([`events`]) to the hub.
+//! process group ([`crate::process_group`]) and streams job event data ([`events`]) to the hub.
 //!
 //! Work orders are taken once per (run, attempt): a redelivered order is acknowledged as a
 //! duplicate and not run again. A stop kills the job's process group and is answered once no
@@ -9,7 +9,6 @@
 
 pub mod events;
 pub mod job;
-pub mod process;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;

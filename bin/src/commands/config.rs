@@ -134,13 +134,13 @@ pub struct JobSpecsArgs {
 }
 
 async fn client(global: &Global) -> anyhow::Result<ConfigClient> {
-    let nats = steward_actors::connect(&super::connect_options(global), "steward-cli").await?;
+    let nats = global.connect().await?;
     Ok(ConfigClient::new(nats, Subjects::new(global.account.clone())))
 }
 
 /// Host ids per applied revision, from the connector; `None` when no connector answers.
 async fn hosts_by_revision(global: &Global) -> Option<std::collections::BTreeMap<u64, Vec<String>>> {
-    let nats = steward_actors::connect(&super::connect_options(global), "steward-cli").await.ok()?;
+    let nats = global.connect().await.ok()?;
     let api = steward_actors::connector::client::ConnectorClient::new(nats, Subjects::new(global.account.clone()));
     let list = api.list("", None).await.ok()?;
     let mut by = std::collections::BTreeMap::<u64, Vec<String>>::new();

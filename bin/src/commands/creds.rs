@@ -13,6 +13,7 @@ use steward_deploy::auth::{AuthDir, IdentityKind};
 use steward_subjects::token::Name;
 use steward_subjects::{HostId, Subjects};
 
+use crate::args::{parse_host, parse_name};
 use crate::cli::{Global, OutputFormat};
 use crate::output;
 
@@ -44,14 +45,6 @@ pub struct IssueArgs {
     /// Folder of issued identities (default: `<state>/auth`).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-}
-
-fn parse_host(s: &str) -> Result<HostId, String> {
-    HostId::parse(s).map_err(|e| e.to_string())
-}
-
-fn parse_name(s: &str) -> Result<Name, String> {
-    Name::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Serialize)]

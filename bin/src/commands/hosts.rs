@@ -13,6 +13,7 @@ use steward_subjects::selector::Selector;
 use steward_subjects::token::Name;
 use steward_subjects::{HostId, Subjects};
 
+use crate::args::{parse_duration, parse_host, parse_name, parse_selector};
 use crate::cli::{Global, OutputFormat};
 use crate::output;
 
@@ -86,44 +87,14 @@ pub struct EnsureWorkerArgs {
     /// Worker name.
     #[arg(value_parser = parse_name)]
     pub name: Name,
-    /// How long to wait for the registry to show the worker (`500ms`, `30s`, `2m`).
+    /// How long to wait for the registry to show the worker (`500ms`, `30s`, `2m`; a unit is
+    /// required).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
 }
 
-fn parse_selector(s: &str) -> Result<Selector, String> {
-    Selector::parse(s).map_err(|e| e.to_string())
-}
-
-fn parse_host(s: &str) -> Result<HostId, String> {
-    HostId::parse(s).map_err(|e| e.to_string())
-}
-
-fn parse_name(s: &str) -> Result<Name, String> {
-    Name::parse(s).map_err(|e| e.to_string())
-}
-
-/// Parses `250ms`, `30s`, `2m` or a plain number of seconds.
-///
-/// # Errors
-/// A message naming the accepted forms.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {s:?} (use e.g. 500ms, 30s, 2m)");
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        _ => Err(bad()),
-    }
-}
-
 async fn api(global: &Global) -> anyhow::Result<ConnectorClient> {
-    let client = steward_actors::connect(&super::connect_options(global), "steward-cli").await?;
+    let client = global.connect().await?;
     Ok(ConnectorClient::new(client, Subjects::new(global.account.clone())))
 }
 
@@ -290,19 +261,4 @@ pub async fn ensure_worker(global: &Global, args: EnsureWorkerArgs) -> anyhow::R
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        assert!(parse_duration("x").is_err() && parse_duration("5h").is_err() && parse_duration("").is_err());
-    }
 }

@@ -35,10 +35,6 @@ pub const DEMO_PLAYBOOK_PATH: &str = "/opt/steward/examples/playbooks/state.yml"
 /// How long each component gets to drain on shutdown.
 const DRAIN_PER_COMPONENT: Duration = Duration::from_secs(2);
 
-pub(crate) fn connect_options(global: &Global) -> ConnectOptions {
-    ConnectOptions { url: global.nats.clone(), creds: global.creds.clone() }
-}
-
 /// The per-user state folder: `$XDG_STATE_HOME/steward`, else `~/.local/state/steward`.
 #[must_use]
 pub fn default_state_dir() -> PathBuf {
@@ -161,7 +157,7 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
 /// When NATS cannot be reached or a component cannot start.
 pub async fn server(global: &Global, args: ServerArgs) -> anyhow::Result<()> {
     let config = ProcessConfig {
-        connect: connect_options(global),
+        connect: global.connect_options(),
         roles: vec![Role::Hub],
         replicas: if args.replicas >= 3 { Replicas::Three } else { Replicas::One },
         config_source: args
@@ -183,7 +179,7 @@ pub async fn server(global: &Global, args: ServerArgs) -> anyhow::Result<()> {
 /// When NATS cannot be reached or the local store cannot be opened.
 pub async fn edge(global: &Global, args: EdgeArgs) -> anyhow::Result<()> {
     let data = args.data.unwrap_or_else(|| default_state_dir().join("edges").join(args.host_id.as_str()));
-    let mut connect = connect_options(global);
+    let mut connect = global.connect_options();
     let mut hub_domain = None;
     let mut leaf = None;
     if let Some(remote) = &args.leaf_remote {
@@ -242,7 +238,7 @@ pub struct ServiceHealth {
 /// # Errors
 /// When NATS cannot be reached.
 pub async fn health(global: &Global, args: HealthArgs) -> anyhow::Result<()> {
-    let client = steward_actors::connect(&connect_options(global), "steward-cli").await?;
+    let client = global.connect().await?;
     let services = discover(&client, Duration::from_millis(args.wait_ms)).await?;
     let rows: Vec<Vec<String>> = services
         .iter()

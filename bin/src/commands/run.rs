@@ -15,13 +15,14 @@ use steward_subjects::rpc::RequestErrorKind;
 use steward_subjects::selector::Selector;
 use steward_subjects::{ErrorCode, Subjects};
 
+use crate::args::{parse_duration, parse_label, parse_selector};
 use crate::cli::{Global, OutputFormat};
 use crate::output;
 
 /// Options of `steward run`.
 #[derive(Debug, Clone, Args)]
 #[command(group = clap::ArgGroup::new("target").required(true).args(["hosts", "selector"]))]
-#[command(group = clap::ArgGroup::new("job").required(true).args(["playbook", "command"]))]
+#[command(group = clap::ArgGroup::new("job").required(true).args(["playbook", "command", "argv"]))]
 pub struct RunArgs {
     /// Target hosts, comma separated.
     #[arg(long, value_delimiter = ',')]
@@ -34,10 +35,14 @@ pub struct RunArgs {
     /// enablement loop travel by `sha256:` reference instead.
     #[arg(long)]
     pub playbook: Option<PathBuf>,
-    /// Run this command (program and arguments; put it last).
-    #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+    /// Run this command: program and arguments. It takes every word after it, options
+    /// included, so put it last; `-- PROG ARGS...` is the form that cannot swallow options.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PROG ARGS")]
     pub command: Vec<String>,
-    /// Time each attempt may take (`30s`, `10m`); default 10 minutes.
+    /// The command to run, after `--`: `steward run --hosts h --wait -- ls -l /tmp`.
+    #[arg(last = true, value_name = "PROG ARGS")]
+    pub argv: Vec<String>,
+    /// Time each attempt may take (`30s`, `10m`; a unit is required); default 10 minutes.
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// Run labels, `k=v` (repeatable).
@@ -49,12 +54,33 @@ pub struct RunArgs {
     /// Attempts in all for failed or timed-out hosts.
     #[arg(long, default_value_t = 1)]
     pub attempts: u32,
-    /// Wait between attempts (`5s`).
+    /// Wait between attempts (`500ms`, `5s`; a unit is required).
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     pub backoff: Duration,
     /// Wait until the run ends and show its status; exits non-zero unless it succeeded.
     #[arg(long)]
     pub wait: bool,
+}
+
+impl RunArgs {
+    /// The job to run: the playbook's content, or the command from `--command` or after `--`.
+    ///
+    /// # Errors
+    /// When the playbook cannot be read, or the program name contains a space (its arguments
+    /// were passed as one word: `-- "ls -l"`); the message shows how to split them.
+    pub fn job(&self) -> anyhow::Result<Job> {
+        if let Some(path) = &self.playbook {
+            let content =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read playbook {}", path.display()))?;
+            return Ok(Job::playbook(content));
+        }
+        let argv = if self.argv.is_empty() { &self.command } else { &self.argv };
+        if let Some(program) = argv.first().filter(|p| p.contains(' ')) {
+            let split: Vec<&str> = program.split_whitespace().chain(argv[1..].iter().map(String::as_str)).collect();
+            bail!("program {program:?} contains a space; pass its arguments separately: -- {}", split.join(" "));
+        }
+        Ok(Job::command(argv.clone()))
+    }
 }
 
 /// Options of `steward runs`.
@@ -91,26 +117,12 @@ pub struct CancelArgs {
     pub id: String,
 }
 
-fn parse_selector(s: &str) -> Result<Selector, String> {
-    Selector::parse(s).map_err(|e| format!("bad selector: {e}"))
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    steward_subjects::config::duration::parse(s)
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("label {s:?} is not k=v"))?;
-    Ok((k.trim().to_owned(), v.trim().to_owned()))
-}
-
 fn parse_status(s: &str) -> Result<RunStatus, String> {
     RunStatus::parse(s)
 }
 
 async fn client(global: &Global) -> anyhow::Result<DispatcherClient> {
-    let opts = steward_actors::ConnectOptions { url: global.nats.clone(), creds: global.creds.clone() };
-    let nats = steward_actors::connect(&opts, "steward-cli").await?;
+    let nats = global.connect().await?;
     Ok(DispatcherClient::new(nats, Subjects::new(global.account.clone())))
 }
 
@@ -124,12 +136,7 @@ fn millis(d: Duration) -> u64 {
 /// When the request is refused, the dispatcher is unreachable, or (with `--wait`) the run does
 /// not succeed.
 pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
-    let job = match &args.playbook {
-        Some(path) => Job::playbook(
-            std::fs::read_to_string(path).with_context(|| format!("cannot read playbook {}", path.display()))?,
-        ),
-        None => Job::command(args.command.clone()),
-    };
+    let job = args.job()?;
     let req = RunRequest {
         hosts: args.hosts.clone(),
         selector: args.selector.as_ref().map(ToString::to_string).unwrap_or_default(),

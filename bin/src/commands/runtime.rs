@@ -20,7 +20,8 @@ use steward_subjects::subject::result_output_object;
 use steward_subjects::{HostId, RuntimeId, Subjects};
 use tracing::info;
 
-use crate::cli::{parse_labels, Global, Labels};
+use crate::args::{parse_host, parse_labels, parse_runtime, Labels};
+use crate::cli::Global;
 use crate::output;
 
 /// Options of `steward runtime`.
@@ -89,19 +90,11 @@ fn parse_spec_id(s: &str) -> Result<String, String> {
     s.parse::<SpecId>().map(|id| id.to_string())
 }
 
-fn parse_runtime(s: &str) -> Result<RuntimeId, String> {
-    RuntimeId::parse(s).map_err(|e| e.to_string())
-}
-
-fn parse_host(s: &str) -> Result<HostId, String> {
-    HostId::parse(s).map_err(|e| e.to_string())
-}
-
 fn parse_since(s: &str) -> anyhow::Result<time::OffsetDateTime> {
     if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
         return Ok(t);
     }
-    let d = steward_subjects::config::duration::parse(s).map_err(|e| anyhow::anyhow!("--since {s:?}: {e}"))?;
+    let d = crate::args::parse_duration(s).map_err(|e| anyhow::anyhow!("--since {s:?}: {e}"))?;
     Ok(time::OffsetDateTime::now_utc() - d)
 }
 
@@ -119,8 +112,7 @@ fn ms_rfc3339(ms: u64) -> String {
 /// When the local store cannot be opened.
 pub async fn runtime(global: &Global, args: RuntimeArgs) -> anyhow::Result<()> {
     let data = args.data.unwrap_or_else(|| super::default_state_dir().join("runtimes").join(args.id.as_str()));
-    let mut a =
-        ActorArgs::new(super::connect_options(global), Subjects::new(global.account.clone()), args.id.clone(), data);
+    let mut a = ActorArgs::new(global.connect_options(), Subjects::new(global.account.clone()), args.id.clone(), data);
     a.host = args.host;
     a.labels = args.labels.0;
     a.capacity = args.capacity.max(1);
@@ -147,7 +139,7 @@ struct LeasesOutput {
 /// # Errors
 /// When no hub answers or the request is refused.
 pub async fn leases(global: &Global, args: LeasesArgs) -> anyhow::Result<()> {
-    let nats = steward_actors::connect(&super::connect_options(global), "steward-cli").await?;
+    let nats = global.connect().await?;
     let client = LeaseClient::new(nats, Subjects::new(global.account.clone()));
     let reply = client
         .leases(&LeasesRequest {
@@ -184,7 +176,7 @@ pub async fn leases(global: &Global, args: LeasesArgs) -> anyhow::Result<()> {
 /// # Errors
 /// When the results stream cannot be read or `--since` is malformed.
 pub async fn results(global: &Global, args: ResultsArgs) -> anyhow::Result<()> {
-    let nats = steward_actors::connect(&super::connect_options(global), "steward-cli").await?;
+    let nats = global.connect().await?;
     if let Some(key) = &args.full_output {
         return full_output(&nats, global, key).await;
     }
@@ -346,7 +338,7 @@ fn eligibility(spec: &JobSpec, selector: Option<&Result<Selector, String>>, s: &
 /// A malformed or unknown spec id, or NATS failures.
 pub async fn explain(global: &Global, id: &str) -> anyhow::Result<()> {
     let id = parse_spec_id(id).map_err(|e| anyhow::anyhow!("--explain: {e}"))?;
-    let nats = steward_actors::connect(&super::connect_options(global), "steward-cli").await?;
+    let nats = global.connect().await?;
     let subjects = Subjects::new(global.account.clone());
     let api = ConfigClient::new(nats.clone(), subjects.clone());
     let r = api.explain(&id).await.map_err(|e| match e.remote() {

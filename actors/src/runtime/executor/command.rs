@@ -9,8 +9,8 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use steward_subjects::config::CommandExecutor as CommandSpec;
 
-use super::process::{self, ProcessEnd, ProcessSpec};
-use super::{metrics_from_output, millis, ExecError, Executor, Observation, RunContext};
+use super::{run_process, ExecError, Executor, Observation, RunContext};
+use crate::process_group::{End, GroupSpec};
 
 /// Why a command could not run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,9 +106,8 @@ impl CommandExecutor {
                 return Err(CommandError::BadCwd { cwd: cwd.display().to_string() }.into());
             }
         }
-        let spec =
-            ProcessSpec { argv: &self.argv, env: &self.env, cwd: self.cwd.as_deref(), output_cap: self.output_cap };
-        let run = process::run(&spec, ctx).await.map_err(|e| {
+        let spec = GroupSpec { argv: &self.argv, env: &self.env, cwd: self.cwd.as_deref() };
+        let (end, mut obs) = run_process(&spec, self.output_cap, ctx).await.map_err(|e| {
             let program = self.program();
             match e.kind() {
                 std::io::ErrorKind::NotFound => CommandError::NotFound { program },
@@ -116,15 +115,8 @@ impl CommandExecutor {
                 _ => CommandError::Spawn { program, reason: e.to_string() },
             }
         })?;
-        let mut obs = Observation {
-            metrics: metrics_from_output(&run.stdout.bytes),
-            stdout: run.stdout,
-            stderr: run.stderr,
-            ..Observation::default()
-        };
-        obs.metrics.insert("duration_ms".into(), millis(run.elapsed));
-        match run.end {
-            ProcessEnd::Exited(status) => {
+        match end {
+            End::Exited(status) => {
                 use std::os::unix::process::ExitStatusExt;
                 match status.code() {
                     Some(code) => {
@@ -140,11 +132,11 @@ impl CommandExecutor {
                     .into()),
                 }
             }
-            ProcessEnd::TimedOut => {
+            End::TimedOut => {
                 obs.message = format!("killed after {timeout:?}");
                 Err(ExecError::Timeout { after: timeout, partial: Box::new(obs) })
             }
-            ProcessEnd::Canceled => Err(ExecError::Canceled),
+            End::Stopped => Err(ExecError::Canceled),
         }
     }
 }

@@ -4,14 +4,13 @@
 //! canceled, or could not run — each executor has its own error enum with a stable
 //! [`kind`](ExecError::kind)).
 //!
-//! Layout: [`process`] runs a child in its own process group and kills the whole group on
-//! timeout, cancel or drop (shared by [`command`] and [`ssh`]); [`command`] runs a local
-//! program; [`http`] makes one HTTP(S) request; [`tcp`] opens one TCP connection; [`ssh`] runs a
+//! Layout: [`command`] runs a local program and [`ssh`] the system `ssh` client, both through
+//! [`crate::process_group`] (the whole process group is killed on timeout, cancel or drop) with
+//! output kept up to a cap ([`Captured::read_from`]); [`http`] makes one HTTP(S) request; [`tcp`] opens one TCP connection; [`ssh`] runs a
 //! command on a remote host with the system `ssh` client and a key.
 
 pub mod command;
 pub mod http;
-pub mod process;
 pub mod ssh;
 pub mod tcp;
 
@@ -100,6 +99,39 @@ pub struct Captured {
 }
 
 impl Captured {
+    /// Reads `pipe` to its end, keeping the first `cap` bytes and counting all of them.
+    pub async fn read_from(mut pipe: crate::process_group::Pipe, cap: usize) -> Captured {
+        use tokio::io::AsyncReadExt;
+        let mut out = Captured::default();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match pipe.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.total += n as u64;
+                    let room = cap.saturating_sub(out.bytes.len());
+                    out.bytes.extend_from_slice(&buf[..n.min(room)]);
+                    if n > room {
+                        out.truncated = true;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// What a reader left: nothing when there was no pipe, marked truncated when the reader
+    /// was cut off after the process group was killed.
+    #[must_use]
+    pub fn from_drained(d: crate::process_group::Drained<Captured>) -> Captured {
+        use crate::process_group::Drained;
+        match d {
+            Drained::Read(c) => c,
+            Drained::Missing => Captured::default(),
+            Drained::Cut => Captured { truncated: true, ..Captured::default() },
+        }
+    }
+
     /// The captured bytes as text (invalid UTF-8 replaced).
     #[must_use]
     pub fn text(&self) -> String {
@@ -238,6 +270,35 @@ pub fn metrics_from_output(stdout: &[u8]) -> BTreeMap<String, f64> {
             _ => None,
         })
         .collect()
+}
+
+/// Runs `spec` in its own process group until it exits, `ctx`'s timeout passes or its cancel
+/// fires, keeping each output stream up to `output_cap`. The observation carries the output,
+/// the metrics its stdout gives and `duration_ms`; the caller judges the [`End`].
+///
+/// # Errors
+/// The spawn error (program missing, not executable, bad working directory).
+///
+/// [`End`]: crate::process_group::End
+pub async fn run_process(
+    spec: &crate::process_group::GroupSpec<'_>,
+    output_cap: usize,
+    ctx: RunContext,
+) -> Result<(crate::process_group::End, Observation), std::io::Error> {
+    let mut cancel = ctx.cancel;
+    let run = crate::process_group::run(spec, ctx.timeout, cancel.cancelled(), |_, pipe| {
+        Captured::read_from(pipe, output_cap)
+    })
+    .await?;
+    let stdout = Captured::from_drained(run.stdout);
+    let mut obs = Observation {
+        metrics: metrics_from_output(&stdout.bytes),
+        stdout,
+        stderr: Captured::from_drained(run.stderr),
+        ..Observation::default()
+    };
+    obs.metrics.insert("duration_ms".into(), millis(run.elapsed));
+    Ok((run.end, obs))
 }
 
 /// Milliseconds of `d` as a metric value.

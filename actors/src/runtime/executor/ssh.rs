@@ -11,8 +11,8 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use steward_subjects::config::SshExecutor as SshSpec;
 
-use super::process::{self, ProcessEnd, ProcessSpec};
-use super::{metrics_from_output, millis, ExecError, ExecSettings, Executor, Observation, RunContext};
+use super::{run_process, ExecError, ExecSettings, Executor, Observation, RunContext};
+use crate::process_group::{End, GroupSpec};
 
 /// Exit code the OpenSSH client uses for its own errors.
 const SSH_CLIENT_ERROR: i32 = 255;
@@ -149,17 +149,11 @@ impl SshExecutor {
         }
         let timeout = ctx.timeout;
         let env = BTreeMap::new();
-        let spec = ProcessSpec { argv: &self.argv, env: &env, cwd: None, output_cap: self.output_cap };
-        let run = process::run(&spec, ctx).await.map_err(|e| SshError::Spawn(e.to_string()))?;
-        let mut obs = Observation {
-            metrics: metrics_from_output(&run.stdout.bytes),
-            stdout: run.stdout,
-            stderr: run.stderr,
-            ..Observation::default()
-        };
-        obs.metrics.insert("duration_ms".into(), millis(run.elapsed));
-        match run.end {
-            ProcessEnd::Exited(status) => match status.code() {
+        let spec = GroupSpec { argv: &self.argv, env: &env, cwd: None };
+        let (end, mut obs) =
+            run_process(&spec, self.output_cap, ctx).await.map_err(|e| SshError::Spawn(e.to_string()))?;
+        match end {
+            End::Exited(status) => match status.code() {
                 Some(SSH_CLIENT_ERROR) => Err(SshError::classify(&obs.stderr.text()).into()),
                 Some(code) => {
                     obs.exit_code = Some(code);
@@ -169,11 +163,11 @@ impl SshExecutor {
                 }
                 None => Err(SshError::Other("ssh client killed by a signal".into()).into()),
             },
-            ProcessEnd::TimedOut => {
+            End::TimedOut => {
                 obs.message = format!("killed after {timeout:?}");
                 Err(ExecError::Timeout { after: timeout, partial: Box::new(obs) })
             }
-            ProcessEnd::Canceled => Err(ExecError::Canceled),
+            End::Stopped => Err(ExecError::Canceled),
         }
     }
 }
