@@ -25,6 +25,7 @@ pub mod runtime;
 pub mod signing;
 pub mod status;
 pub mod supervisor;
+mod tasks;
 pub mod worker;
 
 use std::path::PathBuf;

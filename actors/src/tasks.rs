@@ -1,0 +1,71 @@
+//! [`TaskSet`]: the background tokio tasks one actor owns.
+//!
+//! Several actors keep their NATS loops (endpoint servers, consumers, watches) on tokio tasks
+//! beside the actor rather than in its mailbox, so a request is served without a hop through
+//! the actor. Each such task must tell its actor when it ends (the actor then fails and its
+//! supervisor restarts it with fresh subscriptions), and all of them must stop with the actor.
+//! `TaskSet` is that shell, written once: `spawn` a named task, get the actor's "task ended"
+//! message when it returns, abort everything on `stop` or drop.
+
+use std::future::Future;
+
+use ractor::ActorRef;
+use tokio::task::JoinHandle;
+
+/// The background tasks of one actor (see the module docs).
+pub(crate) struct TaskSet<M: ractor::Message> {
+    actor: ActorRef<M>,
+    ended: fn(&'static str) -> M,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl<M: ractor::Message> TaskSet<M> {
+    /// An empty set whose tasks report their end to `actor` as `ended(name)`.
+    pub(crate) fn new(actor: ActorRef<M>, ended: fn(&'static str) -> M) -> Self {
+        TaskSet { actor, ended, handles: Vec::new() }
+    }
+
+    /// Runs `task`; when it returns, the actor is sent `ended(name)` (ignored if the actor is
+    /// already gone).
+    pub(crate) fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let (actor, ended) = (self.actor.clone(), self.ended);
+        self.handles.push(tokio::spawn(async move {
+            task.await;
+            let _ = actor.cast(ended(name));
+        }));
+    }
+
+    /// Runs `task` without reporting its end (work whose end is normal, such as a one-off job).
+    pub(crate) fn spawn_detached(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.handles.push(tokio::spawn(task));
+    }
+
+    /// Keeps an already spawned task, to abort it with the others.
+    pub(crate) fn adopt(&mut self, handle: JoinHandle<()>) {
+        self.handles.push(handle);
+    }
+
+    /// Aborts every task.
+    pub(crate) fn abort_all(&mut self) {
+        for h in self.handles.drain(..) {
+            h.abort();
+        }
+    }
+
+    /// Aborts every task, then stops the actor's micro service (unregistering its endpoints),
+    /// logging a failure to stop cleanly; called from the actor's `post_stop`.
+    pub(crate) async fn stop(&mut self, component: &str, service: Option<async_nats::service::Service>) {
+        self.abort_all();
+        if let Some(service) = service {
+            if let Err(e) = service.stop().await {
+                tracing::warn!(component, error = %e, "service did not stop cleanly");
+            }
+        }
+    }
+}
+
+impl<M: ractor::Message> Drop for TaskSet<M> {
+    fn drop(&mut self) {
+        self.abort_all();
+    }
+}
