@@ -9,15 +9,17 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use ractor::{Actor, ActorRef};
+use steward_actors::config_manager::client::ConfigClient;
 use steward_actors::config_manager::{ConfigManager, ConfigManagerArgs, ConfigManagerMsg, ConfigSource};
+use steward_actors::renderer::client::JobSpecClient;
 use steward_actors::renderer::{Renderer, RendererArgs, RendererMsg};
 use steward_deploy::server::{NatsServer, ServerOptions};
 use steward_deploy::wait::eventually;
 use steward_subjects::api::config::{
-    ApplyRequest, ConfigClient, ConfigRejected, DiffRequest, GetRequest, HistoryRequest, JobSpecListRequest,
-    PlanRequest, RollbackRequest,
+    ApplyRequest, ConfigRejected, DiffRequest, GetRequest, HistoryRequest, PlanRequest, RollbackRequest,
 };
 use steward_subjects::api::host::HostRecord;
+use steward_subjects::api::jobspec::JobSpecListRequest;
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::TargetKind;
 use steward_subjects::rpc::RequestErrorKind;
@@ -33,6 +35,7 @@ struct Hub {
     client: async_nats::Client,
     subjects: Subjects,
     api: ConfigClient,
+    specs: JobSpecClient,
     manager: ActorRef<ConfigManagerMsg>,
     renderer: ActorRef<RendererMsg>,
 }
@@ -55,7 +58,8 @@ impl Hub {
                 .await
                 .unwrap();
         let api = ConfigClient::new(client.clone(), subjects.clone());
-        Hub { _server: server, client, subjects, api, manager, renderer }
+        let specs = JobSpecClient::new(client.clone(), subjects.clone());
+        Hub { _server: server, client, subjects, api, specs, manager, renderer }
     }
 
     async fn put_host(&self, id: &str, labels: &[(&str, &str)]) {
@@ -80,13 +84,13 @@ impl Hub {
     /// Spec count per target once the renderer has caught up with `revision`.
     async fn specs_settled(&self, revision: u64, expect: usize) -> Vec<steward_subjects::config::JobSpec> {
         eventually(WAIT, POLL, || async {
-            let st = self.api.render_status().await.map_err(|e| e.to_string())?;
+            let st = self.specs.status().await.map_err(|e| e.to_string())?;
             if st.rendered_revision < revision || st.rendering_revision.is_some() {
                 return Err(format!("rendered {} of {revision}", st.rendered_revision));
             }
             let list = self
-                .api
-                .jobspecs(&JobSpecListRequest { limit: 1000, ..Default::default() })
+                .specs
+                .list(&JobSpecListRequest { limit: 1000, ..Default::default() })
                 .await
                 .map_err(|e| e.to_string())?;
             if list.specs.len() == expect {
@@ -201,15 +205,15 @@ async fn apply_noop_conflict_invalid_history_diff_rollback_and_specs() {
     let specs = hub.specs_settled(2, 5).await;
     let unchanged_pool = specs.iter().find(|s| s.target.kind == TargetKind::Pool).unwrap();
     assert_eq!(unchanged_pool.provenance.revision, 1, "an unchanged spec is not rewritten");
-    let st = hub.api.render_status().await.unwrap();
+    let st = hub.specs.status().await.unwrap();
     assert_eq!((st.added, st.changed, st.removed), (2, 2, 0));
 
     // Explain says why a spec exists.
-    let ex = hub.api.explain(&host_spec.id).await.unwrap();
+    let ex = hub.specs.explain(&host_spec.id).await.unwrap();
     assert_eq!(ex.spec.target.id, "web-1");
     assert!(ex.why.iter().any(|l| l.contains("ssh-sessions")), "{:?}", ex.why);
     assert!(ex.why.iter().any(|l| l.contains("role=web")), "{:?}", ex.why);
-    let e = hub.api.explain("00000000000000000000000000000000").await.unwrap_err();
+    let e = hub.specs.explain("00000000000000000000000000000000").await.unwrap_err();
     assert_eq!(e.kind(), RequestErrorKind::Remote(ErrorCode::NotFound));
 
     // A third revision by alice, then history filters and paging.
@@ -286,8 +290,8 @@ async fn apply_noop_conflict_invalid_history_diff_rollback_and_specs() {
     js.get_key_value(HOSTS_BUCKET).await.unwrap().delete("acme.web-1").await.unwrap();
     let specs = eventually(WAIT, POLL, || async {
         let l = hub
-            .api
-            .jobspecs(&JobSpecListRequest { limit: 1000, ..Default::default() })
+            .specs
+            .list(&JobSpecListRequest { limit: 1000, ..Default::default() })
             .await
             .map_err(|e| e.to_string())?;
         let hosts: Vec<&str> =
@@ -302,12 +306,8 @@ async fn apply_noop_conflict_invalid_history_diff_rollback_and_specs() {
     .unwrap();
     assert_eq!(specs.len(), 3);
     let only_db = hub
-        .api
-        .jobspecs(&JobSpecListRequest {
-            kind: Some(TargetKind::Host),
-            target: Some("db-1".into()),
-            ..Default::default()
-        })
+        .specs
+        .list(&JobSpecListRequest { kind: Some(TargetKind::Host), target: Some("db-1".into()), ..Default::default() })
         .await
         .unwrap();
     assert_eq!(only_db.specs.len(), 1);

@@ -15,13 +15,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use steward_actors::config_manager::client::ConfigClient;
 use steward_actors::connector::client::ConnectorClient;
 use steward_actors::dispatcher::client::DispatcherClient;
 use steward_actors::signing::JobSigner;
 use steward_actors::{EdgeSpec, ProcessConfig, RestartPolicy, RunningProcess};
 use steward_deploy::wait::eventually;
 use steward_deploy::HubLeaf;
-use steward_subjects::api::config::{ApplyRequest, ConfigClient, PlaybookRef};
+use steward_subjects::api::config::{ApplyRequest, PlaybookRef};
 use steward_subjects::api::host::HostRecord;
 use steward_subjects::api::run::{RunListRequest, RunStatus};
 use steward_subjects::{AccountId, HostId, Subjects};

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use ractor::Actor;
+use steward_actors::config_manager::client::ConfigClient;
 use steward_actors::config_manager::playbooks::PlaybookStore;
 use steward_actors::config_manager::{ConfigManager, ConfigManagerArgs};
 use steward_actors::dispatcher::client::DispatcherClient;
@@ -25,7 +26,7 @@ use steward_deploy::auth::{read_seed, AuthDir, IdentityKind};
 use steward_deploy::server::{NatsServer, ServerOptions};
 use steward_deploy::wait::eventually;
 use steward_deploy::HubLeaf;
-use steward_subjects::api::config::{ConfigClient, GetRequest, PlaybookRef};
+use steward_subjects::api::config::{GetRequest, PlaybookRef};
 use steward_subjects::api::run::{
     EventKind, Job, RunRequest, RunStatus, RunStatusRequest, RunView, MAX_PLAYBOOK_BYTES,
 };

@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::time::Duration;
 
+use steward_actors::renderer::client::JobSpecClient;
 use steward_actors::renderer::render::{render, HostLabels};
 use steward_actors::renderer::store::{scan_latest, SPEC_HASH_HEADER};
 use steward_deploy::server::{NatsServer, ServerOptions};
 use steward_deploy::wait::eventually;
-use steward_subjects::api::config::ConfigClient;
 use steward_subjects::api::host::HostRecord;
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::parse_document;
@@ -110,9 +110,9 @@ async fn renderer_converges_after_kill_9_mid_render() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("doc.json");
     std::fs::write(&file, &doc_text).unwrap();
-    let api = ConfigClient::new(client.clone(), Subjects::new(account.clone()));
+    let api = JobSpecClient::new(client.clone(), Subjects::new(account.clone()));
     eventually(Duration::from_secs(30), Duration::from_millis(100), || async {
-        api.render_status().await.map(|_| ()).map_err(|e| e.to_string())
+        api.status().await.map(|_| ()).map_err(|e| e.to_string())
     })
     .await
     .unwrap();
@@ -146,7 +146,7 @@ async fn renderer_converges_after_kill_9_mid_render() {
     // Restart: the renderer resumes and converges to exactly the expected set.
     let _second = server_cmd(&url).spawn().unwrap();
     eventually(Duration::from_secs(120), Duration::from_millis(200), || async {
-        let st = api.render_status().await.map_err(|e| e.to_string())?;
+        let st = api.status().await.map_err(|e| e.to_string())?;
         if st.rendered_revision == 1 && st.rendering_revision.is_none() {
             Ok(())
         } else {

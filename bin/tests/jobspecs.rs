@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use steward_actors::renderer::client::JobSpecClient;
 use steward_deploy::server::{NatsServer, ServerOptions};
 use steward_deploy::wait::eventually;
-use steward_subjects::api::config::ConfigClient;
 use steward_subjects::api::host::HostRecord;
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::streams::{self, Replicas, HOSTS_BUCKET};
@@ -102,9 +102,9 @@ async fn jobspecs_and_results_commands_against_a_real_hub_and_runtimes() {
         .await
         .unwrap();
     let _hub = steward(&url).arg("server").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let api = ConfigClient::new(client.clone(), Subjects::new(account.clone()));
+    let api = JobSpecClient::new(client.clone(), Subjects::new(account.clone()));
     eventually(Duration::from_secs(30), Duration::from_millis(100), || async {
-        api.render_status().await.map(|_| ()).map_err(|e| e.to_string())
+        api.status().await.map(|_| ()).map_err(|e| e.to_string())
     })
     .await
     .unwrap();

@@ -14,6 +14,7 @@
 //! candidates; [`playbooks`] keeps playbooks by content reference.
 
 pub mod api;
+pub mod client;
 pub mod playbooks;
 pub mod source;
 

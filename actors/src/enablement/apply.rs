@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config_manager::client::ConfigClient;
 use async_nats::jetstream;
-use steward_subjects::api::config::{ConfigClient, GetRequest};
+use steward_subjects::api::config::GetRequest;
 use steward_subjects::api::host::HostRecord;
 use steward_subjects::api::run::{Job, RunRequest, RunStatus, RunStatusRequest};
 use steward_subjects::rpc::{RequestError, RequestErrorKind};

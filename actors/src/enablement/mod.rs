@@ -23,10 +23,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config_manager::client::ConfigClient;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use steward_subjects::api::config::ConfigClient;
 use steward_subjects::api::host::{HostEvent, HostEventKind, HostRecord};
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::streams::{CONFIG_EVENTS_STREAM, HOST_EVENTS_STREAM};

@@ -9,7 +9,7 @@ use async_nats::jetstream::kv;
 use async_nats::service::ServiceExt;
 use futures::StreamExt;
 use ractor::{ActorProcessingErr, ActorRef};
-use steward_subjects::api::config::{
+use steward_subjects::api::jobspec::{
     ExplainReply, ExplainRequest, JobSpecListReply, JobSpecListRequest, RenderStatus, RenderStatusRequest,
 };
 use steward_subjects::codec::{self, Encoding};

@@ -14,6 +14,7 @@
 //! (`jobspec.list`, `jobspec.explain`, `jobspec.status`).
 
 pub mod api;
+pub mod client;
 pub mod render;
 pub mod store;
 
@@ -25,8 +26,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, kv};
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use steward_subjects::api::config::{ConfigChanged, RenderStatus, StateArchive};
+use steward_subjects::api::config::{ConfigChanged, StateArchive};
 use steward_subjects::api::host::HostRecord;
+use steward_subjects::api::jobspec::RenderStatus;
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::{ConfigDocument, SpecId};
 use steward_subjects::streams::{CONFIG_BUCKET, CONFIG_EVENTS_STREAM, HOSTS_BUCKET, JOBSPECS_BUCKET};

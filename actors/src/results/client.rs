@@ -1,11 +1,12 @@
-//! Reading stored results: [`query_results`] reads `STEWARD_RESULTS` (segments or single
-//! results) with an ordered consumer, for the CLI and for explanations.
+//! Typed client for reading stored results: [`ResultsClient::query`] reads `STEWARD_RESULTS`
+//! (segments or single results) with an ordered consumer, for the CLI and for explanations.
+//! Results are written only by the lease leader after the epoch check (`results::store`).
 
 use std::time::Duration;
 
 use steward_subjects::Subjects;
 
-/// Which stored results [`query_results`] returns.
+/// Which stored results [`ResultsClient::query`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct ResultQuery {
     /// Only results of this spec.
@@ -19,12 +20,35 @@ pub struct ResultQuery {
     pub limit: usize,
 }
 
-/// Reads stored results from the `STEWARD_RESULTS` stream with an ordered consumer (filtered
-/// by host subject and start time on the server, by spec here), oldest first.
-///
-/// # Errors
-/// [`ActorsError::Unavailable`](crate::ActorsError::Unavailable) when the stream cannot be read.
-pub async fn query_results(
+/// Reads the stored results of one account.
+#[derive(Debug, Clone)]
+pub struct ResultsClient {
+    client: async_nats::Client,
+    subjects: Subjects,
+}
+
+impl ResultsClient {
+    /// A client for the account of `subjects`.
+    #[must_use]
+    pub fn new(client: async_nats::Client, subjects: Subjects) -> Self {
+        ResultsClient { client, subjects }
+    }
+
+    /// Reads stored results from the `STEWARD_RESULTS` stream with an ordered consumer
+    /// (filtered by host subject and start time on the server, by spec here), oldest first.
+    ///
+    /// # Errors
+    /// [`ActorsError::Unavailable`](crate::ActorsError::Unavailable) when the stream cannot be
+    /// read.
+    pub async fn query(
+        &self,
+        q: &ResultQuery,
+    ) -> Result<Vec<steward_subjects::api::result::ResultRecord>, crate::ActorsError> {
+        query(&self.client, &self.subjects, q).await
+    }
+}
+
+async fn query(
     client: &async_nats::Client,
     subjects: &Subjects,
     q: &ResultQuery,

@@ -14,9 +14,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config_manager::client::ConfigClient;
 use async_nats::jetstream;
 use sha2::{Digest, Sha256};
-use steward_subjects::api::config::{ConfigClient, PlaybookRef};
+use steward_subjects::api::config::PlaybookRef;
 use steward_subjects::api::run::{ArtifactRef, EventKind, JobKind, RunEvent, RunStatus, WorkOrder, MAX_PLAYBOOK_BYTES};
 use steward_subjects::rpc::RequestErrorKind;
 use steward_subjects::streams::ARTIFACTS_STORE;

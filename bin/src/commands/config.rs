@@ -7,10 +7,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use steward_actors::config_manager::client::ConfigClient;
+use steward_actors::renderer::client::JobSpecClient;
 use steward_subjects::api::config::{
-    ApplyReply, ApplyRequest, ConfigClient, DiffRequest, GetRequest, HistoryRequest, JobSpecListRequest, PlanRequest,
-    RevisionMeta, RollbackRequest, SpecDiff,
+    ApplyReply, ApplyRequest, DiffRequest, GetRequest, HistoryRequest, PlanRequest, RevisionMeta, RollbackRequest,
+    SpecDiff,
 };
+use steward_subjects::api::jobspec::JobSpecListRequest;
 use steward_subjects::config::diff::DocumentChange;
 use steward_subjects::config::TargetKind;
 use steward_subjects::rpc::RequestError;
@@ -236,12 +239,12 @@ fn print_doc_changes(changes: &[DocumentChange]) {
     print!("{}", output::table(&["CHANGE", "SECTION", "ID", "FIELDS"], &rows));
 }
 
-async fn wait_for_render(api: &ConfigClient, revision: u64, wait: Duration) -> anyhow::Result<()> {
+async fn wait_for_render(api: &JobSpecClient, revision: u64, wait: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut last_line = String::new();
     loop {
-        let st = match api.render_status().await {
+        let st = match api.status().await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("warning: cannot follow the renderer: {e}");
@@ -316,7 +319,8 @@ pub async fn apply(global: &Global, args: ApplyArgs) -> anyhow::Result<()> {
     let req = ApplyRequest { document, label: args.label, author: author(args.author), if_revision: args.if_revision };
     let r = api.apply(&req).await.map_err(explain_error)?;
     if !r.noop && !args.no_wait {
-        wait_for_render(&api, r.revision.revision, Duration::from_secs(args.wait_secs)).await?;
+        let specs = JobSpecClient::new(api.nats().clone(), Subjects::new(global.account.clone()));
+        wait_for_render(&specs, r.revision.revision, Duration::from_secs(args.wait_secs)).await?;
     }
     print_apply(global, &r);
     Ok(())
@@ -481,14 +485,14 @@ pub async fn jobspecs(global: &Global, args: JobSpecsArgs) -> anyhow::Result<()>
         // Config (why it exists), lease state (who may run it, who does) and results.
         return super::runtime::explain(global, id).await;
     }
-    let api = client(global).await?;
+    let api = JobSpecClient::new(global.connect().await?, Subjects::new(global.account.clone()));
     let (kind, target) = match (args.host, args.pool) {
         (Some(h), _) => (Some(TargetKind::Host), Some(h)),
         (_, Some(p)) => (Some(TargetKind::Pool), Some(p)),
         _ => (None, None),
     };
     let r = api
-        .jobspecs(&JobSpecListRequest { kind, target, limit: args.limit, after: args.after })
+        .list(&JobSpecListRequest { kind, target, limit: args.limit, after: args.after })
         .await
         .map_err(explain_error)?;
     let rows: Vec<Vec<String>> = r

@@ -112,7 +112,7 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
         author: "steward-up".into(),
         if_revision: None,
     };
-    let configs = steward_subjects::api::config::ConfigClient::new(
+    let configs = steward_actors::config_manager::client::ConfigClient::new(
         process.client().clone(),
         steward_subjects::Subjects::new(global.account.clone()),
     );

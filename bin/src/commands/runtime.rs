@@ -8,9 +8,9 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 use steward_actors::lease::client::{lease_snapshot, LeaseClient};
-use steward_actors::results::client::{query_results, ResultQuery};
+use steward_actors::renderer::client::JobSpecClient;
+use steward_actors::results::client::{ResultQuery, ResultsClient};
 use steward_actors::runtime::{RuntimeArgs as ActorArgs, RuntimeHandle};
-use steward_subjects::api::config::ConfigClient;
 use steward_subjects::api::lease::{LeasesRequest, RuntimeSession};
 use steward_subjects::api::result::{ResultRecord, MAX_INLINE_OUTPUT};
 use steward_subjects::config::{JobSpec, SpecId, TargetKind};
@@ -186,7 +186,7 @@ pub async fn results(global: &Global, args: ResultsArgs) -> anyhow::Result<()> {
         since: args.since.as_deref().map(parse_since).transpose()?,
         limit: args.limit,
     };
-    let results = query_results(&nats, &Subjects::new(global.account.clone()), &q).await?;
+    let results = ResultsClient::new(nats.clone(), Subjects::new(global.account.clone())).query(&q).await?;
     let rows: Vec<Vec<String>> = results
         .iter()
         .map(|r| {
@@ -340,7 +340,7 @@ pub async fn explain(global: &Global, id: &str) -> anyhow::Result<()> {
     let id = parse_spec_id(id).map_err(|e| anyhow::anyhow!("--explain: {e}"))?;
     let nats = global.connect().await?;
     let subjects = Subjects::new(global.account.clone());
-    let api = ConfigClient::new(nats.clone(), subjects.clone());
+    let api = JobSpecClient::new(nats.clone(), subjects.clone());
     let r = api.explain(&id).await.map_err(|e| match e.remote() {
         Some(w) => anyhow::anyhow!("job spec {id}: {w}"),
         None => anyhow::Error::new(e).context(format!("cannot explain job spec {id}")),
@@ -389,7 +389,7 @@ pub async fn explain(global: &Global, id: &str) -> anyhow::Result<()> {
     let (last_run, last_run_note) = match filed_under.as_deref().map(HostId::parse) {
         Some(Ok(host)) => {
             let q = ResultQuery { spec: Some(id.clone()), host: Some(host.clone()), since: None, limit: 1 };
-            match query_results(&nats, &subjects, &q).await {
+            match ResultsClient::new(nats.clone(), subjects.clone()).query(&q).await {
                 Ok(v) => match v.last() {
                     Some(r) => (Some(last_run(r)), String::new()),
                     None => (None, format!("no stored result filed under {host}")),

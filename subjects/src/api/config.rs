@@ -1,15 +1,11 @@
-//! Configuration manager and job-spec renderer: request, reply and event types, and the typed
-//! client [`ConfigClient`] the CLI and other components use.
-
-use std::time::Duration;
+//! Configuration manager: request, reply and event types of the `config.*` endpoints and events
+//! (its typed client is `steward_actors::config_manager::client::ConfigClient`).
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::diff::DocumentChange;
 use crate::config::{ConfigDocument, SpecTarget};
 use crate::envelope::ErrorDetail;
-use crate::rpc::{self, RequestError};
-use crate::Subjects;
 
 /// Counts of a document's sections.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,118 +355,3 @@ pub struct ConfigRejected {
 pub use super::jobspec::{
     ExplainReply, ExplainRequest, JobSpecListReply, JobSpecListRequest, RenderStatus, RenderStatusRequest,
 };
-
-/// Typed client of the configuration and job-spec endpoints.
-#[derive(Debug, Clone)]
-pub struct ConfigClient {
-    client: async_nats::Client,
-    subjects: Subjects,
-    timeout: Duration,
-}
-
-impl ConfigClient {
-    /// A client for the account of `subjects`, waiting up to 30 s for applies and plans.
-    #[must_use]
-    pub fn new(client: async_nats::Client, subjects: Subjects) -> Self {
-        ConfigClient { client, subjects, timeout: Duration::from_secs(30) }
-    }
-
-    /// Changes the reply timeout.
-    #[must_use]
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Applies a document.
-    ///
-    /// # Errors
-    /// `invalid` (with every problem in the details), `conflict`, or a transport error.
-    pub async fn apply(&self, req: &ApplyRequest) -> Result<ApplyReply, RequestError> {
-        rpc::request(&self.client, self.subjects.config_apply(), req, self.timeout).await
-    }
-
-    /// Plans a document.
-    ///
-    /// # Errors
-    /// `invalid` with every problem, or a transport error.
-    pub async fn plan(&self, req: &PlanRequest) -> Result<PlanReply, RequestError> {
-        rpc::request(&self.client, self.subjects.config_plan(), req, self.timeout).await
-    }
-
-    /// Reads a revision.
-    ///
-    /// # Errors
-    /// `not_found` when there is no such revision, or a transport error.
-    pub async fn get(&self, req: &GetRequest) -> Result<StateArchive, RequestError> {
-        rpc::request(&self.client, self.subjects.config_get(), req, self.timeout).await
-    }
-
-    /// Lists revisions.
-    ///
-    /// # Errors
-    /// `invalid` filters, or a transport error.
-    pub async fn history(&self, req: &HistoryRequest) -> Result<HistoryReply, RequestError> {
-        rpc::request(&self.client, self.subjects.config_history(), req, self.timeout).await
-    }
-
-    /// Compares two revisions.
-    ///
-    /// # Errors
-    /// `not_found` when a revision does not exist, or a transport error.
-    pub async fn diff(&self, req: &DiffRequest) -> Result<DiffReply, RequestError> {
-        rpc::request(&self.client, self.subjects.config_diff(), req, self.timeout).await
-    }
-
-    /// Re-applies an old revision.
-    ///
-    /// # Errors
-    /// `not_found`, `conflict`, or a transport error.
-    pub async fn rollback(&self, req: &RollbackRequest) -> Result<ApplyReply, RequestError> {
-        rpc::request(&self.client, self.subjects.config_rollback(), req, self.timeout).await
-    }
-
-    /// A stored playbook by reference (`sha256:<hex>`), as stored: check it with
-    /// [`PlaybookRef::matches`] before use.
-    ///
-    /// # Errors
-    /// `not_found` for an unknown reference, `invalid` for a malformed one, or a transport error.
-    pub async fn playbook(&self, reference: &str) -> Result<PlaybookReply, RequestError> {
-        let req = PlaybookGetRequest { reference: reference.to_owned() };
-        rpc::request(&self.client, self.subjects.config_playbook(), &req, self.timeout).await
-    }
-
-    /// Stores a playbook content-addressed and returns its reference.
-    ///
-    /// # Errors
-    /// `invalid` when it is too large, or a transport error.
-    pub async fn store_playbook(&self, content: &str) -> Result<PlaybookStored, RequestError> {
-        let req = PlaybookStoreRequest { content: content.to_owned() };
-        rpc::request(&self.client, self.subjects.config_store_playbook(), &req, self.timeout).await
-    }
-
-    /// Lists job specs.
-    ///
-    /// # Errors
-    /// `invalid` target, or a transport error.
-    pub async fn jobspecs(&self, req: &JobSpecListRequest) -> Result<JobSpecListReply, RequestError> {
-        rpc::request(&self.client, self.subjects.jobspec_list(), req, self.timeout).await
-    }
-
-    /// Explains one job spec.
-    ///
-    /// # Errors
-    /// `not_found` when no such spec exists, or a transport error.
-    pub async fn explain(&self, id: &str) -> Result<ExplainReply, RequestError> {
-        let req = ExplainRequest { id: id.to_owned() };
-        rpc::request(&self.client, self.subjects.jobspec_explain(), &req, self.timeout).await
-    }
-
-    /// The renderer's progress.
-    ///
-    /// # Errors
-    /// A transport error.
-    pub async fn render_status(&self) -> Result<RenderStatus, RequestError> {
-        rpc::request(&self.client, self.subjects.jobspec_status(), &RenderStatusRequest {}, self.timeout).await
-    }
-}
