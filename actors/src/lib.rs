@@ -1,13 +1,18 @@
 //! Steward's supervised components.
 //!
-//! Layout: [`supervisor`] is the root supervisor (linked children, restart with back-off and
-//! counters, ordered shutdown) with its typed [`SupervisorHandle`]; [`status`] is the board the
-//! supervisor publishes component states on; [`health`] is the per-connection health micro
-//! service (`$SRV.*` discovery plus `health.status`); [`edge`] is the edge agent (identity in
-//! redb, heartbeats); [`process`] assembles the components a process's roles ask for and runs
-//! them until shutdown; [`lease`] is the lease service (leader election, journal, group commit,
-//! its endpoints and typed client); [`results`] stores accepted results as segments and reads
-//! them back. One file (or folder) per actor: its `Msg`, `Args`, `State` and actor type.
+//! Layout: one folder per component, each with the same rooms (`mod.rs` the actor and its typed
+//! handle, `api.rs` its endpoints, `client.rs` its typed client, `store.rs` its JetStream state):
+//! [`config_manager`] (revisions, playbooks, config sources), [`renderer`] (configuration → job
+//! specs), [`lease`] (one leader per account leases specs and fences results), [`results`]
+//! (results stored behind the fence and read back), [`runtime`] (leases and runs checks),
+//! [`connector`] (host presence, registry, durable commands), [`dispatcher`] (runs),
+//! [`edge`] (the host side), [`worker`] (the host's run worker), [`enablement`] (hosts kept at
+//! the revision's services), [`health`] (per-connection health service). Around them:
+//! [`supervisor`] (linked children, restarts with back-off and counters, ordered shutdown),
+//! [`status`] (the board the supervisor publishes component states on), [`process`] (the
+//! components a process's roles ask for), and shared helpers: `tasks` (an actor's background
+//! tasks), [`kv`] (scanning and following a KV bucket), [`process_group`] (child processes in
+//! their own group), [`signing`] (ed25519 job signatures).
 
 pub mod config_manager;
 pub mod connector;

@@ -1,6 +1,6 @@
 //! The dispatcher: runs on hosts. It answers `run.dispatch`, `run.status`, `run.cancel` and
 //! `run.list` ([`api`]), keeps runs in the `steward_runs` bucket ([`store`]), stores each
-//! attempt's work order as a durable host command ([`delivery`]), follows the hosts' job events
+//! attempt's work order as a durable host command (`delivery`), follows the hosts' job events
 //! through a durable consumer shared by every hub instance, ends hosts whose deadline passed as
 //! `timeout` ([`lifecycle`]), retries per the run's policy, and cancels on request.
 //!
@@ -9,7 +9,7 @@
 //! again for a while. Every update is a compare-and-set against the revision this instance
 //! remembers, so instances never overwrite each other; an instance applying an event of a run
 //! it does not hold adopts it, so deadlines and retries are enforced wherever events land
-//! ([`runs`]). A cancel deletes stored orders of hosts that have not started and sends the
+//! (`runs`). A cancel deletes stored orders of hosts that have not started and sends the
 //! others a stop order.
 
 pub mod api;
