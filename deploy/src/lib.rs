@@ -24,7 +24,7 @@ pub use binary::{
     check_nats_server, find_nats_server, find_nats_server_in, nats_server_version, NatsServerVersion, SearchInputs,
     PINNED_NATS_SERVER_VERSION,
 };
-pub use error::DeployError;
+pub use error::{DeployError, NotReady};
 pub use server::{ClusterOptions, LeafRemote, NatsServer, ResolvedPorts, ServerOptions};
 pub use topology::{Cluster, HubLeaf, SingleNode};
 pub use wait::eventually;

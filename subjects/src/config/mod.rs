@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use spec::{JobSpec, Provenance, SpecId, SpecTarget, TargetKind};
+pub use spec::{HexIdError, JobSpec, Provenance, SpecId, SpecTarget, TargetKind};
 pub use validate::{parse_document, validate_document};
 
 /// The document format version this build understands.
