@@ -159,7 +159,7 @@ impl RunningProcess {
             };
             let dispatcher = crate::dispatcher::DispatcherArgs::new(client.clone(), subjects.clone(), signer);
             children.push(ChildSpec::new("dispatcher", move || (crate::dispatcher::Dispatcher, dispatcher.clone())));
-            // The service-enablement loop (seed 000): after the config manager, connector and
+            // The service-enablement loop starts after the config manager, connector and
             // dispatcher it drives.
             let enablement = crate::enablement::EnablementArgs::new(client.clone(), subjects.clone());
             children.push(ChildSpec::new("enablement", move || (crate::enablement::Enablement, enablement.clone())));

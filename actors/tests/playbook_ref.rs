@@ -1,4 +1,4 @@
-//! Playbooks by reference end to end (seed 000's "RHC Client -> Config-manager API: Fetch"):
+//! Playbooks by reference end to end (the host fetches a playbook from the config manager):
 //! a hub process (config manager, dispatcher with the signing key) on the hub server and an
 //! edge process on the leaf. A playbook stored with the config manager and dispatched by its
 //! `sha256:` reference is fetched by the host through the leaf and runs to success with its

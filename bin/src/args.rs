@@ -34,7 +34,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
         return Err(format!("duration {t:?} has no unit; add a unit: {t}s (or ms, m, h)"));
     }
-    steward_subjects::config::duration::parse(s)
+    steward_subjects::config::duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// Parses an account id (letters, digits, '-' and '_').

@@ -1,10 +1,11 @@
 //! The `steward` binary's library half.
 //!
 //! Layout: [`cli`] is the clap-derive command line and [`args`] its value parsers (durations,
-//! ids, selectors, labels); [`telemetry`] sets up tracing (env filter,
-//! text or JSON); [`commands`] holds one function per subcommand (`up`, `server`, `edge`,
-//! `health`, `version`); [`output`] prints tables or JSON; [`shutdown`] waits for Ctrl-C or
-//! SIGTERM. `main.rs` only parses, sets up tracing and calls [`run`].
+//! ids, selectors, labels); [`telemetry`] sets up tracing (env filter, text or JSON);
+//! [`commands`] runs the subcommands (`up`, `server`, `edge`, `health` and `version` itself,
+//! the rest in one module per area: `config`, `creds`, `hosts`, `keys`, `run`, `runtime`);
+//! [`output`] prints tables or JSON; [`shutdown`] waits for Ctrl-C or SIGTERM. `main.rs` only
+//! parses, sets up tracing and calls [`run`].
 
 pub mod args;
 pub mod cli;

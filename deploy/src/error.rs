@@ -5,6 +5,30 @@ use std::time::Duration;
 
 use crate::binary::INSTALL_HINT;
 
+/// Why one readiness check of a starting server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    /// The client port does not accept TCP connections yet.
+    #[error("client port {port} not accepting: {source}")]
+    ClientPort {
+        /// The client port.
+        port: u16,
+        /// The connect error.
+        source: std::io::Error,
+    },
+    /// The health endpoint could not be asked.
+    #[error(transparent)]
+    Monitor(Box<DeployError>),
+    /// The health endpoint answered with a status other than 200.
+    #[error("healthz answered {status}: {body}")]
+    Unhealthy {
+        /// The HTTP status.
+        status: u16,
+        /// The response body, trimmed.
+        body: String,
+    },
+}
+
 /// Everything that can go wrong while finding, configuring, starting or stopping `nats-server`.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -78,7 +102,7 @@ pub enum DeployError {
         /// How long was waited.
         timeout: Duration,
         /// The last readiness check that failed.
-        reason: String,
+        reason: NotReady,
         /// The last lines of the server log.
         log_tail: String,
     },

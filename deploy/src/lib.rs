@@ -1,8 +1,8 @@
 //! NATS topologies as code: find, configure, start and stop `nats-server` for Steward.
 //!
-//! Layout: [`auth`] issues nkey identities and renders the accounts/permissions configuration; [`binary`] finds the `nats-server` executable (`STEWARD_NATS_SERVER`, `PATH`, the
-//! project's `.tools/bin`) and checks its version; [`config`] renders a server configuration
-//! file; [`server`] runs one server process ([`ServerOptions`], [`NatsServer`]) with readiness
+//! Layout: [`auth`] issues nkey identities and renders the accounts/permissions configuration;
+//! [`binary`] finds the `nats-server` executable (`STEWARD_NATS_SERVER`, `PATH`, the project's
+//! `.tools/bin`) and checks its version; [`config`] renders a server configuration file; [`server`] runs one server process ([`ServerOptions`], [`NatsServer`]) with readiness
 //! checks, stop, restart and cleanup on drop; [`topology`] builds the shapes Steward runs on
 //! ([`SingleNode`], [`Cluster`], [`HubLeaf`]); [`monitor`] is a tiny HTTP client for the
 //! monitoring endpoints; [`wait`] holds the [`eventually`] polling helper; [`error`] the
@@ -24,7 +24,7 @@ pub use binary::{
     check_nats_server, find_nats_server, find_nats_server_in, nats_server_version, NatsServerVersion, SearchInputs,
     PINNED_NATS_SERVER_VERSION,
 };
-pub use error::DeployError;
+pub use error::{DeployError, NotReady};
 pub use server::{ClusterOptions, LeafRemote, NatsServer, ResolvedPorts, ServerOptions};
 pub use topology::{Cluster, HubLeaf, SingleNode};
 pub use wait::eventually;

@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 
 use crate::binary::{check_nats_server, find_nats_server};
 use crate::monitor::{self, HttpResponse};
-use crate::{config, DeployError};
+use crate::{config, DeployError, NotReady};
 
 /// How long [`NatsServer::stop`] waits after SIGTERM before it sends SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -339,17 +339,17 @@ impl NatsServer {
         }
     }
 
-    async fn check_ready(&self) -> Result<(), String> {
+    async fn check_ready(&self) -> Result<(), NotReady> {
         TcpStream::connect(("127.0.0.1", self.ports.client))
             .await
-            .map_err(|err| format!("client port {} not accepting: {err}", self.ports.client))?;
+            .map_err(|source| NotReady::ClientPort { port: self.ports.client, source })?;
         let health = monitor::http_get(self.ports.monitor, "/healthz?js-enabled-only=true")
             .await
-            .map_err(|err| err.to_string())?;
+            .map_err(|err| NotReady::Monitor(Box::new(err)))?;
         if health.status == 200 {
             Ok(())
         } else {
-            Err(format!("healthz answered {}: {}", health.status, health.body.trim()))
+            Err(NotReady::Unhealthy { status: health.status, body: health.body.trim().to_owned() })
         }
     }
 

@@ -1,3 +1,6 @@
+//! The Steward load-test harness: a fast run must also be a correct one, so every scenario
+//! reports correctness counters next to its throughput and latency.
+//!
 //! Layout: [`env`](mod@env) starts the NATS deployment a run measures (a single node or a 3-node R3
 //! cluster through `steward_deploy`, or an existing one with `--nats`) and the hub processes;
 //! [`procstat`] samples CPU seconds and resident memory of those processes from `/proc`;
@@ -10,9 +13,6 @@
 //! [`scenarios::dispatch`], [`scenarios::lease`], [`scenarios::results`] and
 //! [`scenarios::apply`]. The binary (`main.rs`) parses the command line, runs the selected
 //! scenarios and writes the report.
-//!
-//! This is the Steward load-test harness: a fast run must also be a correct one, so every
-//! scenario reports correctness counters next to its throughput and latency.
 
 pub mod checker;
 pub mod env;

@@ -2,10 +2,11 @@
 //!
 //! Layout: [`edge`] is the edge agent's store — its identity (host id, labels, first start) and
 //! its enabled workers — so a restarted agent comes back as the same host; [`runtime`] is the
-//! assessment runtime's store — last-known specs and configuration, and the result outbox. Each store declares
-//! its tables as `const TableDefinition`s at the top of its module; values are MessagePack with
-//! named fields so records can grow fields. redb transactions are blocking: callers on an async
-//! task run them through `spawn_blocking`.
+//! assessment runtime's store — last-known specs and configuration, and the result outbox.
+//!
+//! Each store declares its tables as `const TableDefinition`s at the top of its module; values
+//! are MessagePack with named fields so records can grow fields. redb transactions are blocking:
+//! callers on an async task run them through `spawn_blocking`.
 
 pub mod edge;
 pub mod runtime;

@@ -4,9 +4,10 @@
 //! that formats or parses `steward.v1.<account>.<noun>.<verb>[.<target>]`; [`envelope`] is the
 //! one reply shape with stable error codes; [`codec`] encodes payloads as MessagePack with named
 //! fields (JSON when a request says `Content-Type: application/json`); [`rpc`] decodes requests,
-//! answers them and offers a typed client call; [`selector`] parses and matches label selectors; [`streams`] defines the JetStream streams,
-//! buckets and object stores with an idempotent `ensure`; [`api`] holds the request and reply
-//! types of the endpoints.
+//! answers them and offers a typed client call; [`selector`] parses and matches label selectors;
+//! [`streams`] defines the JetStream streams, buckets and object stores with an idempotent
+//! `ensure`; [`api`] holds the request and reply types of the endpoints; [`config`] is the
+//! configuration document, its validation and the job specs it renders into.
 
 pub mod api;
 pub mod codec;

@@ -12,15 +12,6 @@
 //! | `k notin (a,b)` | label `k` is missing or neither `a` nor `b` |
 //! | `k` | label `k` exists |
 //! | `!k` | label `k` does not exist |
-//!
-//! ```
-//! use std::collections::BTreeMap;
-//! use steward_subjects::selector::Selector;
-//! let sel: Selector = "env=prod,zone in (a,b),tier!=db".parse().unwrap();
-//! let labels = BTreeMap::from([("env".to_owned(), "prod".to_owned()), ("zone".to_owned(), "a".to_owned())]);
-//! assert!(sel.matches(&labels));
-//! assert!("env=pr.od".parse::<Selector>().is_err());
-//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -92,6 +83,15 @@ impl fmt::Display for Requirement {
 }
 
 /// A parsed label selector; all requirements must hold.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use steward_subjects::selector::Selector;
+/// let sel: Selector = "env=prod,zone in (a,b),tier!=db".parse().unwrap();
+/// let labels = BTreeMap::from([("env".to_owned(), "prod".to_owned()), ("zone".to_owned(), "a".to_owned())]);
+/// assert!(sel.matches(&labels));
+/// assert!("env=pr.od".parse::<Selector>().is_err());
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Selector {
     requirements: Vec<Requirement>,

@@ -481,8 +481,8 @@ pub enum HeartbeatError {
     #[error(transparent)]
     Decode(#[from] steward_subjects::codec::CodecError),
     /// The heartbeat's fields are invalid or its host id does not match the subject.
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] steward_subjects::api::host::HeartbeatFieldError),
 }
 
 /// Decodes and validates a heartbeat.
@@ -494,7 +494,7 @@ fn decode_heartbeat(msg: &async_nats::Message) -> Result<(Heartbeat, HostId), He
     let target = parsed.target.ok_or(HeartbeatError::NoHost)?;
     let enc = Encoding::from_headers(msg.headers.as_ref());
     let hb: Heartbeat = codec::decode_limited(enc, &msg.payload, 64 * 1024)?;
-    let host = hb.validate(target.as_str()).map_err(HeartbeatError::Invalid)?;
+    let host = hb.validate(target.as_str())?;
     Ok((hb, host))
 }
 

@@ -1,20 +1,16 @@
 //! The service-enablement loop: keeps every connected host at the current configuration
 //! revision's enabled services.
 //!
-//! For the current revision N, for every enabled service and every online host matching the
-//! service's selector whose `applied_revision` is not N, a per-host task ensures the service's
-//! worker is installed, dispatches the service's playbook to the host, waits for the run, and
-//! when every service of the host ended `success` records N as the host's applied revision
-//! through the connector (`host.applied`). A host with no enabled service in scope is recorded
-//! at N directly.
+//! For the current revision N, each online host in scope of an enabled service whose
+//! `applied_revision` is not N gets a task that installs the service's worker, runs the
+//! service's playbook there and, once every service of the host ended `success`, records N as
+//! the host's applied revision through the connector (`host.applied`); a host with no service
+//! in scope is recorded at N directly.
 //!
-//! Triggers: `config.changed` (re-read the current revision), host `online` and `changed` events
-//! (check that one host), and a periodic re-check ([`EnablementArgs::recheck_every`]) that
-//! re-reads everything, so failures are retried without an event. Failures are logged with
-//! structured fields and never stop the actor.
-//!
-//! Layout: this file is the actor; `plan` reads the revision and stores its playbooks; `apply`
-//! brings one host up to date.
+//! Triggers: `config.changed`, host `online`/`changed` events (that one host), and a periodic
+//! re-check ([`EnablementArgs::recheck_every`]) that retries failures without an event.
+//! Failures are logged and never stop the actor. Layout: this file is the actor; `plan` reads
+//! the revision and stores its playbooks; `apply` brings one host up to date.
 
 mod apply;
 mod plan;

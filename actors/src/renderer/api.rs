@@ -145,7 +145,8 @@ impl ServeCtx {
     }
 
     async fn explain_spec(&self, id: &str) -> Result<ExplainReply, WireError> {
-        let sid: SpecId = id.parse().map_err(WireError::invalid)?;
+        let sid: SpecId =
+            id.parse().map_err(|e: steward_subjects::config::HexIdError| WireError::invalid(e.to_string()))?;
         let key = self
             .handle
             .locate(sid)

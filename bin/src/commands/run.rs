@@ -118,7 +118,7 @@ pub struct CancelArgs {
 }
 
 fn parse_status(s: &str) -> Result<RunStatus, String> {
-    RunStatus::parse(s)
+    RunStatus::parse(s).map_err(|e| e.to_string())
 }
 
 async fn client(global: &Global) -> anyhow::Result<DispatcherClient> {

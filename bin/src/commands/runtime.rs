@@ -87,7 +87,7 @@ pub struct ResultsArgs {
 }
 
 fn parse_spec_id(s: &str) -> Result<String, String> {
-    s.parse::<SpecId>().map(|id| id.to_string())
+    s.parse::<SpecId>().map(|id| id.to_string()).map_err(|e| e.to_string())
 }
 
 fn parse_since(s: &str) -> anyhow::Result<time::OffsetDateTime> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::WireError;
-use crate::token::{validate, HostId, TokenKind};
+use crate::token::{validate, HostId, TokenError, TokenKind};
 
 /// Header carrying a command's id on commands and replies (also used as `Nats-Msg-Id` so
 /// JetStream stores each command and each reply once).
@@ -64,24 +64,24 @@ impl Heartbeat {
     /// bounded.
     ///
     /// # Errors
-    /// A message naming the first problem.
-    pub fn validate(&self, subject_host: &str) -> Result<HostId, String> {
-        let host = HostId::parse(&self.host_id).map_err(|e| e.to_string())?;
+    /// [`HeartbeatFieldError`] naming the first problem.
+    pub fn validate(&self, subject_host: &str) -> Result<HostId, HeartbeatFieldError> {
+        let host = HostId::parse(&self.host_id)?;
         if host.as_str() != subject_host {
-            return Err(format!(
-                "heartbeat for host {:?} arrived on the subject of host {subject_host:?}",
-                self.host_id
-            ));
+            return Err(HeartbeatFieldError::WrongHost {
+                host: self.host_id.clone(),
+                subject_host: subject_host.to_owned(),
+            });
         }
         validate_labels(&self.labels)?;
         for (what, map) in [("workers", &self.workers), ("available workers", &self.available_workers)] {
             if map.len() > MAX_WORKERS {
-                return Err(format!("{} {what}, at most {MAX_WORKERS} allowed", map.len()));
+                return Err(HeartbeatFieldError::TooManyWorkers { what, count: map.len() });
             }
             for (name, version) in map {
-                validate(TokenKind::Name, name).map_err(|e| e.to_string())?;
+                validate(TokenKind::Name, name)?;
                 if version.len() > 64 {
-                    return Err(format!("worker {name:?} version is longer than 64 bytes"));
+                    return Err(HeartbeatFieldError::VersionTooLong { worker: name.clone() });
                 }
             }
         }
@@ -89,19 +89,66 @@ impl Heartbeat {
     }
 }
 
+/// Why a heartbeat is refused by [`Heartbeat::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeartbeatFieldError {
+    /// The host id or a worker name is not a valid token.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The host id is not the host named by the subject it arrived on.
+    #[error("heartbeat for host {host:?} arrived on the subject of host {subject_host:?}")]
+    WrongHost {
+        /// The host id in the heartbeat.
+        host: String,
+        /// The host token of the subject.
+        subject_host: String,
+    },
+    /// The labels are invalid.
+    #[error(transparent)]
+    Labels(#[from] LabelsError),
+    /// More than [`MAX_WORKERS`] entries in `workers` or `available_workers`.
+    #[error("{count} {what}, at most {MAX_WORKERS} allowed")]
+    TooManyWorkers {
+        /// Which map: `"workers"` or `"available workers"`.
+        what: &'static str,
+        /// How many entries it has.
+        count: usize,
+    },
+    /// A worker version longer than 64 bytes.
+    #[error("worker {worker:?} version is longer than 64 bytes")]
+    VersionTooLong {
+        /// The worker name.
+        worker: String,
+    },
+}
+
 /// Checks a label map: every key and value a valid token, at most [`MAX_LABELS`] labels.
 ///
 /// # Errors
-/// A message naming the first bad key or value.
-pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+/// [`LabelsError`] naming the first bad key or value.
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), LabelsError> {
     if labels.len() > MAX_LABELS {
-        return Err(format!("{} labels, at most {MAX_LABELS} allowed", labels.len()));
+        return Err(LabelsError::TooMany { count: labels.len() });
     }
     for (k, v) in labels {
-        validate(TokenKind::LabelKey, k).map_err(|e| e.to_string())?;
-        validate(TokenKind::LabelValue, v).map_err(|e| e.to_string())?;
+        validate(TokenKind::LabelKey, k)?;
+        validate(TokenKind::LabelValue, v)?;
     }
     Ok(())
+}
+
+/// Why a label map is refused by [`validate_labels`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelsError {
+    /// More than [`MAX_LABELS`] labels.
+    #[error("{count} labels, at most {MAX_LABELS} allowed")]
+    TooMany {
+        /// How many labels there are.
+        count: usize,
+    },
+    /// A key or value is not a valid token.
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 /// A host's entry in the host registry (KV bucket `steward_hosts`, key from
@@ -468,7 +515,8 @@ mod tests {
     fn heartbeat_validation_refuses_hostile_tokens() {
         let ok = Heartbeat { host_id: "web-01".into(), ..Heartbeat::default() };
         assert!(ok.validate("web-01").is_ok());
-        assert!(ok.validate("web-02").unwrap_err().contains("subject of host"));
+        assert!(ok.validate("web-02").unwrap_err().to_string().contains("subject of host"));
+        assert!(matches!(ok.validate("web-02"), Err(HeartbeatFieldError::WrongHost { .. })));
         for bad in ["web.01", "web*", ">", "a b", ""] {
             let hb = Heartbeat { host_id: bad.into(), ..Heartbeat::default() };
             assert!(hb.validate(bad).is_err(), "{bad:?}");

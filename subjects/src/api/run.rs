@@ -74,8 +74,8 @@ impl RunStatus {
     /// Parses a wire name.
     ///
     /// # Errors
-    /// A message listing the accepted names.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    /// [`UnknownRunStatus`], whose message lists the accepted names.
+    pub fn parse(s: &str) -> Result<Self, UnknownRunStatus> {
         match s {
             "pending" => Ok(RunStatus::Pending),
             "running" => Ok(RunStatus::Running),
@@ -83,11 +83,17 @@ impl RunStatus {
             "failure" => Ok(RunStatus::Failure),
             "timeout" => Ok(RunStatus::Timeout),
             "canceled" => Ok(RunStatus::Canceled),
-            other => {
-                Err(format!("unknown run status {other:?} (pending, running, success, failure, timeout, canceled)"))
-            }
+            other => Err(UnknownRunStatus { text: other.to_owned() }),
         }
     }
+}
+
+/// A run status name [`RunStatus::parse`] does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown run status {text:?} (pending, running, success, failure, timeout, canceled)")]
+pub struct UnknownRunStatus {
+    /// The text given.
+    pub text: String,
 }
 
 impl std::fmt::Display for RunStatus {
@@ -258,7 +264,7 @@ impl RunRequest {
                 hosts.push(host);
             }
         }
-        validate_labels(&self.labels).map_err(WireError::invalid)?;
+        validate_labels(&self.labels).map_err(|e| WireError::invalid(e.to_string()))?;
         self.job.validate()?;
         if self.timeout_ms > MAX_TIMEOUT_MS {
             return Err(WireError::invalid(format!(

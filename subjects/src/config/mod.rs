@@ -7,13 +7,10 @@
 //! problem at once with its JSON pointer; [`spec`] is the rendered job spec, its deterministic id
 //! and content hash; [`diff`] compares two documents; [`schema`] prints the JSON Schema.
 //!
-//! The model follows the configuration-manager seeds: `services` enable workers and state
-//! playbooks per account; `controls` (with parameters) are implemented by `components` (hosts
-//! chosen by a label selector); `assessments` say how to check (an executor: command, http, tcp
-//! or ssh; interval, timeout, thresholds); `attestations` say which assessment attests which
-//! controls for which component, and render into one job spec per matching host, or one per
-//! `pool` when the attestation names a pool (any runtime whose labels match the pool's
-//! selector may run it).
+//! `services` enable workers and state playbooks; `controls` (with parameters) are implemented
+//! by `components` (hosts chosen by a label selector); `assessments` say how to check (executor,
+//! interval, timeout, thresholds); `attestations` tie an assessment, controls and a component,
+//! and render into one job spec per matching host, or one per `pool` when they name one.
 
 pub mod diff;
 pub mod duration;
@@ -27,7 +24,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use spec::{JobSpec, Provenance, SpecId, SpecTarget, TargetKind};
+pub use spec::{HexIdError, JobSpec, Provenance, SpecId, SpecTarget, TargetKind};
 pub use validate::{parse_document, validate_document};
 
 /// The document format version this build understands.

@@ -12,7 +12,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{duration, subst, Attestation, ConfigDocument, Executor, Threshold};
+use super::subst::{self, SubstError};
+use super::{duration, Attestation, ConfigDocument, Executor, Threshold};
 
 /// Lower-case hex of `bytes`.
 #[must_use]
@@ -107,15 +108,32 @@ impl fmt::Display for SpecId {
 }
 
 impl FromStr for SpecId {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = HexIdError;
+    fn from_str(s: &str) -> Result<Self, HexIdError> {
         let mut id = [0u8; 16];
         if unhex(s, &mut id) {
             Ok(SpecId(id))
         } else {
-            Err(format!("invalid spec id {s:?}: expected 32 hex digits"))
+            Err(HexIdError::SpecId { text: s.to_owned() })
         }
     }
+}
+
+/// Why a [`SpecId`] or [`ContentHash`] text does not parse (both are 32 hex digits).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HexIdError {
+    /// Not a spec id.
+    #[error("invalid spec id {text:?}: expected 32 hex digits")]
+    SpecId {
+        /// The text.
+        text: String,
+    },
+    /// Not a content hash.
+    #[error("invalid content hash {text:?}")]
+    ContentHash {
+        /// The text.
+        text: String,
+    },
 }
 
 /// A 128-bit content hash.
@@ -129,13 +147,13 @@ impl fmt::Display for ContentHash {
 }
 
 impl FromStr for ContentHash {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = HexIdError;
+    fn from_str(s: &str) -> Result<Self, HexIdError> {
         let mut h = [0u8; 16];
         if unhex(s, &mut h) {
             Ok(ContentHash(h))
         } else {
-            Err(format!("invalid content hash {s:?}"))
+            Err(HexIdError::ContentHash { text: s.to_owned() })
         }
     }
 }
@@ -271,30 +289,31 @@ fn control_params<'a>(
         .collect()
 }
 
-fn lookup(params: &[(&str, &BTreeMap<String, super::ParamValue>)], r: &subst::Reference<'_>) -> Result<String, String> {
+fn lookup(
+    params: &[(&str, &BTreeMap<String, super::ParamValue>)],
+    r: &subst::Reference<'_>,
+) -> Result<String, SubstError> {
     match r.control {
         Some(id) => {
             let (_, p) = params
                 .iter()
                 .find(|(c, _)| *c == id)
-                .ok_or_else(|| format!("control {id:?} is not attested by this attestation"))?;
+                .ok_or_else(|| SubstError::NotAttested { control: id.to_owned() })?;
             p.get(r.name)
                 .map(super::ParamValue::render)
-                .ok_or_else(|| format!("control {id:?} has no parameter {:?}", r.name))
+                .ok_or_else(|| SubstError::NoParameter { control: id.to_owned(), name: r.name.to_owned() })
         }
         None => {
             let mut found: Vec<(&str, String)> =
                 params.iter().filter_map(|(c, p)| p.get(r.name).map(|v| (*c, v.render()))).collect();
             found.dedup_by(|a, b| a.1 == b.1);
             match found.as_slice() {
-                [] => Err(format!("no attested control defines parameter {:?}", r.name)),
+                [] => Err(SubstError::Undefined { name: r.name.to_owned() }),
                 [(_, v)] => Ok(v.clone()),
-                many => Err(format!(
-                    "parameter {:?} is ambiguous (controls {}); write {{{{control.ID.{}}}}}",
-                    r.name,
-                    many.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", "),
-                    r.name
-                )),
+                many => Err(SubstError::Ambiguous {
+                    name: r.name.to_owned(),
+                    controls: many.iter().map(|(c, _)| (*c).to_owned()).collect(),
+                }),
             }
         }
     }
@@ -308,7 +327,7 @@ fn resolve_executor(
     let mut r = |ptr: String, s: &str| match subst::resolve(s, |reference| lookup(params, reference)) {
         Ok(v) => v,
         Err(e) => {
-            problems.push((ptr, e));
+            problems.push((ptr, e.to_string()));
             s.to_owned()
         }
     };
@@ -374,7 +393,7 @@ pub fn resolve_attestation(doc: &ConfigDocument, att: &Attestation) -> Result<Sp
     let ms = |s: &str| duration::parse(s).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let (interval_ms, timeout_ms) = match (ms(&assessment.interval), ms(&assessment.timeout)) {
         (Ok(i), Ok(t)) => (i, t),
-        (Err(e), _) | (_, Err(e)) => return Err(vec![(String::new(), e)]),
+        (Err(e), _) | (_, Err(e)) => return Err(vec![(String::new(), e.to_string())]),
     };
     let runtime_selector = match &att.pool {
         Some(p) => doc.pools.iter().find(|x| &x.id == p).map(|x| x.selector.clone()).unwrap_or_default(),

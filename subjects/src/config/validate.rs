@@ -223,7 +223,7 @@ fn text(ptr: &str, s: &str, p: &mut Problems) {
 fn template(ptr: String, s: &str, p: &mut Problems) {
     text(&ptr, s, p);
     if let Err(e) = subst::resolve(s, |_| Ok(String::new())) {
-        p.add(ptr, e);
+        p.add(ptr, e.to_string());
     }
 }
 
@@ -381,14 +381,14 @@ fn assessment(i: usize, a: &Assessment, p: &mut Problems) {
     let interval = duration::parse(&a.interval);
     let timeout = duration::parse(&a.timeout);
     match &interval {
-        Err(e) => p.add(format!("/assessments/{i}/interval"), e.clone()),
+        Err(e) => p.add(format!("/assessments/{i}/interval"), e.to_string()),
         Ok(d) if (d.as_millis() as u64) < MIN_INTERVAL_MS => {
             p.add(format!("/assessments/{i}/interval"), format!("must be at least {MIN_INTERVAL_MS}ms"))
         }
         Ok(_) => {}
     }
     match (&timeout, &interval) {
-        (Err(e), _) => p.add(format!("/assessments/{i}/timeout"), e.clone()),
+        (Err(e), _) => p.add(format!("/assessments/{i}/timeout"), e.to_string()),
         (Ok(t), _) if t.is_zero() => p.add(format!("/assessments/{i}/timeout"), "must be greater than zero"),
         (Ok(t), Ok(iv)) if t > iv => p.add(
             format!("/assessments/{i}/timeout"),

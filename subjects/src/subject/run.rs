@@ -1,5 +1,5 @@
 //! Run subjects and keys: the dispatcher's API, work delivery to hosts, job event data, and the
-//! keys of the run store.
+//! keys of the `steward_runs` bucket (built from validated tokens and generated ids only).
 //!
 //! | subject | who publishes | who subscribes |
 //! |---|---|---|
@@ -9,15 +9,10 @@
 //! | `steward.v1.<a>.run.stop.<host>` | the dispatcher (request) | that host's run worker (plain subscription) |
 //! | `steward.v1.<a>.run.event.<host>` | the host's run worker | `STEWARD_RUN_EVENTS` stream → dispatcher durable consumer |
 //!
-//! Work delivery is durable: the dispatcher stores each attempt's work order as a `run` host
-//! command ([`run_work_command_id`], deduplicated by [`run_work_msg_id`], expiring at the
-//! attempt's deadline); the host's edge agent reads it from its durable consumer when it is
-//! connected (at once) or when it comes back, hands it to its run worker on `run.work.<host>`
-//! and acknowledges it once the worker answered. The worker drops duplicates by run and attempt.
-//!
-//! Keys of the `steward_runs` bucket (every part a validated token or a generated id):
-//! `<account>.run.<run>` (the run record), `<account>.host.<run>.<host>` (one host's run
-//! record), `<account>.idem.<digest>` (idempotency key → run id).
+//! Work delivery is durable: each attempt's work order is a `run` host command
+//! ([`run_work_command_id`], deduplicated by [`run_work_msg_id`], expiring at the attempt's
+//! deadline); the edge agent reads it from its durable consumer while connected, hands it to its
+//! run worker on `run.work.<host>` and acks once answered; the worker drops duplicate attempts.
 
 use super::{noun, verb, AnyAccount, Subjects};
 use crate::token::{AccountId, HostId};
