@@ -133,21 +133,18 @@ where
     }
 }
 
-/// Stops what a service actor owns, from its `post_stop`: aborts its background tasks, then
-/// stops its micro service (unregistering the endpoints), logging a failure to stop cleanly.
-pub(crate) async fn stop_service(
-    component: &str,
-    tasks: &[tokio::task::JoinHandle<()>],
-    service: Option<async_nats::service::Service>,
-) {
-    for t in tasks {
-        t.abort();
-    }
-    if let Some(service) = service {
-        if let Err(e) = service.stop().await {
-            tracing::warn!(component, error = %e, "service did not stop cleanly");
-        }
-    }
+/// Milliseconds since the Unix epoch (the hub clock every lease and run time is measured on).
+#[must_use]
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(duration_ms)
+        .unwrap_or(0)
+}
+
+/// `d` in whole milliseconds, saturating at `u64::MAX`.
+pub(crate) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Current time as RFC 3339 text.

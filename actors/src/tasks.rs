@@ -8,6 +8,7 @@
 //! message when it returns, abort everything on `stop` or drop.
 
 use std::future::Future;
+use std::time::Duration;
 
 use ractor::ActorRef;
 use tokio::task::JoinHandle;
@@ -23,6 +24,11 @@ impl<M: ractor::Message> TaskSet<M> {
     /// An empty set whose tasks report their end to `actor` as `ended(name)`.
     pub(crate) fn new(actor: ActorRef<M>, ended: fn(&'static str) -> M) -> Self {
         TaskSet { actor, ended, handles: Vec::new() }
+    }
+
+    /// The actor these tasks belong to.
+    pub(crate) fn actor(&self) -> &ActorRef<M> {
+        &self.actor
     }
 
     /// Runs `task`; when it returns, the actor is sent `ended(name)` (ignored if the actor is
@@ -43,6 +49,18 @@ impl<M: ractor::Message> TaskSet<M> {
     /// Keeps an already spawned task, to abort it with the others.
     pub(crate) fn adopt(&mut self, handle: JoinHandle<()>) {
         self.handles.push(handle);
+    }
+
+    /// Waits up to `within` for every task to return, then aborts those still running (for
+    /// tasks told to wind down, such as a leader giving its lock up).
+    pub(crate) async fn wait(&mut self, within: Duration) {
+        let handles: Vec<JoinHandle<()>> = self.handles.drain(..).collect();
+        let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout(within, futures::future::join_all(handles)).await.is_err() {
+            for a in aborts {
+                a.abort();
+            }
+        }
     }
 
     /// Aborts every task.

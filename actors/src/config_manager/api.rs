@@ -15,13 +15,14 @@ use steward_subjects::{rpc, WireError, STEWARD_VERSION};
 use tracing::warn;
 
 use super::playbooks::PlaybookStore;
+use crate::tasks::TaskSet;
 use super::{fail, ConfigManagerArgs, ConfigManagerHandle, ConfigManagerMsg};
 
-/// Registers the service and serves each endpoint on a task pushed to `tasks`.
+/// Registers the service and serves each endpoint on a task of `tasks`.
 pub(super) async fn start_service(
     args: &ConfigManagerArgs,
     myself: &ActorRef<ConfigManagerMsg>,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    tasks: &mut TaskSet<ConfigManagerMsg>,
 ) -> Result<async_nats::service::Service, ActorProcessingErr> {
     let service = args
         .client
@@ -51,8 +52,8 @@ pub(super) async fn start_service(
             .add(subject)
             .await
             .map_err(|e| fail("config endpoint")(e.to_string()))?;
-        let (h, me, books) = (h.clone(), myself.clone(), books.clone());
-        tasks.push(tokio::spawn(async move {
+        let (h, books) = (h.clone(), books.clone());
+        tasks.spawn("endpoint", async move {
             let mut ep = ep;
             while let Some(req) = ep.next().await {
                 let (h, books) = (h.clone(), books.clone());
@@ -73,8 +74,7 @@ pub(super) async fn start_service(
                     }
                 });
             }
-            let _ = me.cast(ConfigManagerMsg::TaskEnded("endpoint"));
-        }));
+        });
     }
     Ok(service)
 }

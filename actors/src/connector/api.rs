@@ -11,7 +11,7 @@ use async_nats::jetstream;
 use async_nats::service::ServiceExt;
 use async_nats::HeaderMap;
 use futures::StreamExt;
-use ractor::{ActorProcessingErr, ActorRef};
+use ractor::ActorProcessingErr;
 use steward_subjects::api::host::{
     AppliedRevisionRequest, AppliedRevisionResult, CommandAction, CommandOutcomeRequest, CommandReply, CommandStatus,
     EnsureWorkerRequest, EnsureWorkerResult, HostCommand, HostList, HostListRequest, HostRecord, HostStatusRequest,
@@ -30,21 +30,22 @@ use super::{
     ConnectorArgs, ConnectorHandle, ConnectorMsg, CALL_TIMEOUT, DEFAULT_ENSURE_TIMEOUT, MAX_ENSURE_TIMEOUT,
     MAX_SEND_WAIT,
 };
+use crate::tasks::TaskSet;
 use crate::ActorsError;
 
 /// Answers `host.applied` (plain subscription too: every instance keeps the applied revision
 /// in its records, so none writes an older one back on its next refresh).
 pub(super) async fn subscribe_applied(
     args: &ConnectorArgs,
-    myself: &ActorRef<ConnectorMsg>,
-) -> Result<tokio::task::JoinHandle<()>, ActorProcessingErr> {
+    tasks: &mut TaskSet<ConnectorMsg>,
+) -> Result<(), ActorProcessingErr> {
     let mut applied = args
         .client
         .subscribe(args.subjects.host_applied())
         .await
         .map_err(|e| ActorProcessingErr::from(format!("cannot subscribe to applied revisions: {e}")))?;
-    let (me, client) = (myself.clone(), args.client.clone());
-    Ok(tokio::spawn(async move {
+    let (me, client) = (tasks.actor().clone(), args.client.clone());
+    tasks.spawn("applied-revision subscription", async move {
         while let Some(msg) = applied.next().await {
             let Some(reply) = msg.reply.clone() else { continue };
             let (result, enc) = match rpc::decode_request::<AppliedRevisionRequest>(&msg) {
@@ -69,8 +70,8 @@ pub(super) async fn subscribe_applied(
                 debug!(error = %e, "applied-revision reply not sent");
             }
         }
-        let _ = me.cast(ConnectorMsg::TaskEnded("applied-revision subscription"));
-    }))
+    });
+    Ok(())
 }
 
 #[derive(Clone, Copy)]
@@ -83,12 +84,11 @@ enum Endpoint {
     Stats,
 }
 
-/// Registers the service and serves its endpoints on a task pushed to `tasks`.
+/// Registers the service and serves its endpoints on a task of `tasks`.
 pub(super) async fn start(
     args: &ConnectorArgs,
-    myself: &ActorRef<ConnectorMsg>,
     js: jetstream::Context,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    tasks: &mut TaskSet<ConnectorMsg>,
 ) -> Result<async_nats::service::Service, ActorProcessingErr> {
     let s = &args.subjects;
     let service = args
@@ -118,21 +118,19 @@ pub(super) async fn start(
         streams.push(ep.map(move |r| (kind, r)).boxed());
     }
     let api = Api {
-        handle: ConnectorHandle { actor: myself.clone() },
+        handle: ConnectorHandle { actor: tasks.actor().clone() },
         client: args.client.clone(),
         js,
         subjects: args.subjects.clone(),
     };
-    let me = myself.clone();
-    tasks.push(tokio::spawn(async move {
+    tasks.spawn("api service", async move {
         let mut requests = futures::stream::select_all(streams);
         while let Some((kind, req)) = requests.next().await {
             let api = api.clone();
             // One task per request: ensure-worker and send may wait for seconds.
             tokio::spawn(async move { api.answer(kind, req).await });
         }
-        let _ = me.cast(ConnectorMsg::TaskEnded("api service"));
-    }));
+    });
     Ok(service)
 }
 

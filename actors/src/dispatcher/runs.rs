@@ -22,7 +22,8 @@ use tracing::{debug, info, warn};
 
 use super::delivery::{deliver_all, find_work_command, Stored};
 use super::store::{HostChange, KnownHost, RunStore, RunStoreError};
-use super::{lifecycle, now_ms};
+use super::lifecycle;
+use crate::now_ms;
 use crate::signing::JobSigner;
 
 /// What the dispatcher keeps in memory about a run that has not ended (rebuilt from the store

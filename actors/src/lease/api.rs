@@ -25,7 +25,8 @@ use super::commit::Commit;
 use super::leader::LeaderGuard;
 use super::msgpack as mp;
 use super::requests::{Input, Shared};
-use super::{LeaseError, Tasks};
+use super::{LeaseError, LeaseMsg};
+use crate::tasks::TaskSet;
 
 /// A granted spec as answered: the shared decoded spec, serialized like
 /// [`steward_subjects::api::lease::LeasedSpec`].
@@ -162,7 +163,7 @@ pub(super) async fn serve_endpoints(
     shared: &Arc<Shared>,
     tx: &tokio::sync::mpsc::UnboundedSender<Input>,
     guard: &LeaderGuard,
-    tasks: &mut Tasks,
+    tasks: &mut TaskSet<LeaseMsg>,
 ) -> Result<LoopEndpoints, LeaseError> {
     let s = &shared.subjects;
     let mut looped = futures::stream::SelectAll::new();
@@ -187,7 +188,7 @@ pub(super) async fn serve_endpoints(
             continue;
         }
         let (shared, tx, guard) = (shared.clone(), tx.clone(), guard.clone());
-        tasks.0.push(tokio::spawn(async move {
+        tasks.spawn_detached(async move {
             while let Some(req) = endpoint.next().await {
                 if !guard.is_valid() {
                     // Stepping down: stay silent (the caller retries another instance).
@@ -205,7 +206,7 @@ pub(super) async fn serve_endpoints(
                 }
             }
             let _ = tx.send(Input::StepDown(LeaseError::Closed(format!("endpoint {name}"))));
-        }));
+        });
     }
     Ok(looped)
 }

@@ -18,14 +18,15 @@ use steward_subjects::subject::{jobspec_account_filter, jobspec_target_filter, s
 use steward_subjects::{rpc, AccountId, Token, TokenKind, WireError, STEWARD_VERSION};
 
 use super::{fail, store, RendererArgs, RendererHandle, RendererMsg};
+use crate::tasks::TaskSet;
 
-/// Registers the service and serves its endpoints on tasks pushed to `tasks`.
+/// Registers the service and serves its endpoints on tasks of `tasks`.
 pub(super) async fn start_service(
     args: &RendererArgs,
     myself: &ActorRef<RendererMsg>,
     specs_kv: &kv::Store,
     status: &Arc<Mutex<RenderStatus>>,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    tasks: &mut TaskSet<RendererMsg>,
 ) -> Result<async_nats::service::Service, ActorProcessingErr> {
     let service = args
         .client
@@ -57,27 +58,27 @@ pub(super) async fn start_service(
         status: status.clone(),
     });
     let c = ctx.clone();
-    tasks.push(tokio::spawn(async move {
+    tasks.spawn_detached(async move {
         let mut list = list;
         while let Some(req) = list.next().await {
             let c = c.clone();
             tokio::spawn(async move { c.list(req).await });
         }
-    }));
+    });
     let c = ctx.clone();
-    tasks.push(tokio::spawn(async move {
+    tasks.spawn_detached(async move {
         let mut explain = explain;
         while let Some(req) = explain.next().await {
             c.explain(req).await;
         }
-    }));
+    });
     let c = ctx;
-    tasks.push(tokio::spawn(async move {
+    tasks.spawn_detached(async move {
         let mut stat = stat;
         while let Some(req) = stat.next().await {
             c.status(req).await;
         }
-    }));
+    });
     Ok(service)
 }
 
