@@ -136,10 +136,7 @@ where
 /// Milliseconds since the Unix epoch (the hub clock every lease and run time is measured on).
 #[must_use]
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(duration_ms)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(duration_ms).unwrap_or(0)
 }
 
 /// `d` in whole milliseconds, saturating at `u64::MAX`.

@@ -16,14 +16,20 @@ use tokio::task::JoinHandle;
 /// The background tasks of one actor (see the module docs).
 pub(crate) struct TaskSet<M: ractor::Message> {
     actor: ActorRef<M>,
-    ended: fn(&'static str) -> M,
+    ended: Option<fn(&'static str) -> M>,
     handles: Vec<JoinHandle<()>>,
 }
 
 impl<M: ractor::Message> TaskSet<M> {
     /// An empty set whose tasks report their end to `actor` as `ended(name)`.
     pub(crate) fn new(actor: ActorRef<M>, ended: fn(&'static str) -> M) -> Self {
-        TaskSet { actor, ended, handles: Vec::new() }
+        TaskSet { actor, ended: Some(ended), handles: Vec::new() }
+    }
+
+    /// An empty set for an actor none of whose tasks reports its end (they stop with the actor
+    /// or end normally): use [`TaskSet::spawn_detached`] and [`TaskSet::adopt`] on it.
+    pub(crate) fn unreported(actor: ActorRef<M>) -> Self {
+        TaskSet { actor, ended: None, handles: Vec::new() }
     }
 
     /// The actor these tasks belong to.
@@ -32,22 +38,27 @@ impl<M: ractor::Message> TaskSet<M> {
     }
 
     /// Runs `task`; when it returns, the actor is sent `ended(name)` (ignored if the actor is
-    /// already gone).
+    /// already gone). On an [`unreported`](TaskSet::unreported) set nothing is sent.
     pub(crate) fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        debug_assert!(self.ended.is_some(), "task {name} spawned on an unreported task set");
         let (actor, ended) = (self.actor.clone(), self.ended);
-        self.handles.push(tokio::spawn(async move {
+        self.adopt(tokio::spawn(async move {
             task.await;
-            let _ = actor.cast(ended(name));
+            if let Some(ended) = ended {
+                let _ = actor.cast(ended(name));
+            }
         }));
     }
 
     /// Runs `task` without reporting its end (work whose end is normal, such as a one-off job).
     pub(crate) fn spawn_detached(&mut self, task: impl Future<Output = ()> + Send + 'static) {
-        self.handles.push(tokio::spawn(task));
+        self.adopt(tokio::spawn(task));
     }
 
-    /// Keeps an already spawned task, to abort it with the others.
+    /// Keeps an already spawned task, to abort it with the others (and forgets tasks that
+    /// have finished, so an actor spawning one per tick does not grow the set).
     pub(crate) fn adopt(&mut self, handle: JoinHandle<()>) {
+        self.handles.retain(|h| !h.is_finished());
         self.handles.push(handle);
     }
 

@@ -15,8 +15,8 @@ use steward_subjects::{rpc, WireError, STEWARD_VERSION};
 use tracing::warn;
 
 use super::playbooks::PlaybookStore;
-use crate::tasks::TaskSet;
 use super::{fail, ConfigManagerArgs, ConfigManagerHandle, ConfigManagerMsg};
+use crate::tasks::TaskSet;
 
 /// Registers the service and serves each endpoint on a task of `tasks`.
 pub(super) async fn start_service(

@@ -156,7 +156,8 @@ impl Actor for Connector {
 
         let counters = Arc::new(Counters::default());
         let (writer, rx) = tokio::sync::mpsc::unbounded_channel();
-        let write_loop = tokio::spawn(registry::write_loop(kv, js.clone(), args.subjects.clone(), rx, counters.clone()));
+        let write_loop =
+            tokio::spawn(registry::write_loop(kv, js.clone(), args.subjects.clone(), rx, counters.clone()));
         let mut tasks = TaskSet::new(myself.clone(), ConnectorMsg::TaskEnded);
         subscribe_heartbeats(&args, &mut tasks, counters.clone()).await?;
         api::subscribe_applied(&args, &mut tasks).await?;

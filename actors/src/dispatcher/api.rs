@@ -28,8 +28,8 @@ use super::runs::{lock, ActiveRun, Core};
 use super::store::{self, RunStoreError};
 use super::{lifecycle, DispatcherArgs, DispatcherMsg};
 use crate::now_ms;
-use crate::tasks::TaskSet;
 use crate::signing::{hex, job_digest};
+use crate::tasks::TaskSet;
 
 /// Registers the service and answers its requests on a task of `tasks` (named "service", so the
 /// actor learns when the endpoints' subscriptions end).

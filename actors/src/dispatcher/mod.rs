@@ -166,4 +166,3 @@ impl Actor for Dispatcher {
         Ok(())
     }
 }
-

@@ -21,8 +21,8 @@ use steward_subjects::{HostId, Subjects};
 use tracing::{debug, info, warn};
 
 use super::delivery::{deliver_all, find_work_command, Stored};
-use super::store::{HostChange, KnownHost, RunStore, RunStoreError};
 use super::lifecycle;
+use super::store::{HostChange, KnownHost, RunStore, RunStoreError};
 use crate::now_ms;
 use crate::signing::JobSigner;
 

@@ -13,8 +13,8 @@ use tracing::warn;
 use super::requests::Input;
 use super::state::SpecEntry;
 use super::{LeaseError, LeaseMsg};
-use crate::tasks::TaskSet;
 use crate::kv::{self, KvReadError};
+use crate::tasks::TaskSet;
 
 /// Starts following the specs of `account`: every change becomes an input on `tx`, `ready` gets
 /// a message once every existing spec was sent, and the end of the feed becomes a step-down.

@@ -38,8 +38,8 @@ pub(super) async fn lead(
     // The term's tasks report their end on `tx` (a step-down), not to the actor; every early
     // return below drops both sets, which aborts them (the refresher too, so a failed load
     // keeps no lock alive).
-    let mut tasks = TaskSet::new(owner.clone(), LeaseMsg::TaskEnded);
-    let mut refresher = TaskSet::new(owner.clone(), LeaseMsg::TaskEnded);
+    let mut tasks = TaskSet::unreported(owner.clone());
+    let mut refresher = TaskSet::unreported(owner.clone());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
     // Keep the lock fresh from the start (loading may take longer than its TTL).
     refresher.spawn_detached(refresh(lock, args.config.leader_ttl, tx.clone(), shutdown.clone()));

@@ -98,7 +98,8 @@ impl LeaderLock {
             Some(e) => (1, e.revision),
             None => (1, 0),
         };
-        let record = LeaderRecord { instance: instance.to_owned(), generation, expires_at_ms: sent_at + duration_ms(ttl) };
+        let record =
+            LeaderRecord { instance: instance.to_owned(), generation, expires_at_ms: sent_at + duration_ms(ttl) };
         let payload = codec::encode(Encoding::MsgPack, &record).map_err(|e| LeaderError::Store(e.to_string()))?;
         let written = if revision == 0 {
             kv.create(&key, payload).await.ok()
@@ -136,7 +137,9 @@ impl LeaderLock {
             Ok(Ok(revision)) => {
                 self.revision = revision;
                 self.record = record;
-                self.guard.valid_until_ms.store(sent_at + duration_ms(self.ttl) - duration_ms(self.ttl) / 3, Ordering::Release);
+                self.guard
+                    .valid_until_ms
+                    .store(sent_at + duration_ms(self.ttl) - duration_ms(self.ttl) / 3, Ordering::Release);
                 Ok(())
             }
             Ok(Err(e)) => {

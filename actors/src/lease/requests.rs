@@ -25,8 +25,8 @@ use super::commit::Commit;
 use super::notices::NoticeEvent;
 use super::state::{LeaseView, NotHeld, RowFilter, SpecEntry};
 use super::{LeaseConfig, LeaseError};
-use crate::{duration_ms, now_ms};
 use crate::results::store::store_host_results;
+use crate::{duration_ms, now_ms};
 
 /// What the loop is asked to do.
 pub(super) enum Input {
