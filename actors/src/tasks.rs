@@ -93,8 +93,102 @@ impl<M: ractor::Message> TaskSet<M> {
     }
 }
 
+/// The error an actor returns when its task `name` ended ("`owner` `name` ended"), so its
+/// supervisor restarts it.
+pub(crate) fn ended(owner: &str, name: &str) -> ractor::ActorProcessingErr {
+    ractor::ActorProcessingErr::from(format!("{owner} {name} ended"))
+}
+
 impl<M: ractor::Message> Drop for TaskSet<M> {
     fn drop(&mut self) {
         self.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+    use super::*;
+
+    /// Forwards the names of ended tasks to a channel.
+    struct Recorder;
+
+    impl Actor for Recorder {
+        type Msg = &'static str;
+        type State = tokio::sync::mpsc::UnboundedSender<&'static str>;
+        type Arguments = tokio::sync::mpsc::UnboundedSender<&'static str>;
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<Self::Msg>,
+            tx: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(tx)
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<Self::Msg>,
+            name: &'static str,
+            tx: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            let _ = tx.send(name);
+            Ok(())
+        }
+    }
+
+    async fn recorder() -> (ActorRef<&'static str>, tokio::sync::mpsc::UnboundedReceiver<&'static str>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (actor, _) = Actor::spawn(None, Recorder, tx).await.unwrap();
+        (actor, rx)
+    }
+
+    /// A task that sets `done` only if it runs for `after`.
+    fn sleeper(after: Duration, done: &Arc<AtomicBool>) -> impl Future<Output = ()> + Send + 'static {
+        let done = done.clone();
+        async move {
+            tokio::time::sleep(after).await;
+            done.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_named_task_reports_its_end_to_the_actor() {
+        let (actor, mut rx) = recorder().await;
+        let mut tasks = TaskSet::new(actor.clone(), |name| name);
+        tasks.spawn("watch", async {});
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap(), Some("watch"));
+        actor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_set_aborts_its_tasks() {
+        // What a lease term relies on when loading fails early: its refresher goes with it.
+        let (actor, _rx) = recorder().await;
+        let done = Arc::new(AtomicBool::new(false));
+        let mut tasks = TaskSet::unreported(actor.clone());
+        tasks.spawn_detached(sleeper(Duration::from_millis(50), &done));
+        drop(tasks);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!done.load(Ordering::SeqCst));
+        actor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn wait_lets_quick_tasks_finish_and_aborts_slow_ones() {
+        let (actor, _rx) = recorder().await;
+        let (quick, slow) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let mut tasks = TaskSet::unreported(actor.clone());
+        tasks.spawn_detached(sleeper(Duration::from_millis(10), &quick));
+        tasks.spawn_detached(sleeper(Duration::from_millis(400), &slow));
+        tasks.wait(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(quick.load(Ordering::SeqCst));
+        assert!(!slow.load(Ordering::SeqCst));
+        actor.stop(None);
     }
 }

@@ -228,9 +228,7 @@ impl Actor for ConfigManager {
                 let _ = reply.send(rollback(state, req).await);
             }
             ConfigManagerMsg::PollSource => poll_source(state).await,
-            ConfigManagerMsg::TaskEnded(what) => {
-                return Err(ActorProcessingErr::from(format!("config manager {what} ended")));
-            }
+            ConfigManagerMsg::TaskEnded(what) => return Err(crate::tasks::ended("config manager", what)),
         }
         Ok(())
     }

@@ -148,46 +148,15 @@ fn unavailable(e: ActorsError) -> WireError {
 
 impl Api {
     async fn answer(&self, kind: Endpoint, req: async_nats::service::Request) {
-        let enc = Encoding::from_headers(req.message.headers.as_ref());
         let sent = match kind {
-            Endpoint::Status => {
-                let r = match rpc::decode_request::<HostStatusRequest>(&req.message) {
-                    Ok((r, _)) => self.status(r).await,
-                    Err((e, _)) => Err(e),
-                };
-                rpc::respond(&req, enc, r).await
-            }
-            Endpoint::List => {
-                let r = match rpc::decode_request::<HostListRequest>(&req.message) {
-                    Ok((r, _)) => self.list(r).await,
-                    Err((e, _)) => Err(e),
-                };
-                rpc::respond(&req, enc, r).await
-            }
-            Endpoint::Send => {
-                let r = match rpc::decode_request::<SendCommandRequest>(&req.message) {
-                    Ok((r, _)) => self.send(r).await,
-                    Err((e, _)) => Err(e),
-                };
-                rpc::respond(&req, enc, r).await
-            }
-            Endpoint::EnsureWorker => {
-                let r = match rpc::decode_request::<EnsureWorkerRequest>(&req.message) {
-                    Ok((r, _)) => self.ensure_worker(r).await,
-                    Err((e, _)) => Err(e),
-                };
-                rpc::respond(&req, enc, r).await
-            }
-            Endpoint::Outcome => {
-                let r = match rpc::decode_request::<CommandOutcomeRequest>(&req.message) {
-                    Ok((r, _)) => self.outcome(r).await,
-                    Err((e, _)) => Err(e),
-                };
-                rpc::respond(&req, enc, r).await
-            }
+            Endpoint::Status => rpc::serve(&req, |r: HostStatusRequest| self.status(r)).await,
+            Endpoint::List => rpc::serve(&req, |r: HostListRequest| self.list(r)).await,
+            Endpoint::Send => rpc::serve(&req, |r: SendCommandRequest| self.send(r)).await,
+            Endpoint::EnsureWorker => rpc::serve(&req, |r: EnsureWorkerRequest| self.ensure_worker(r)).await,
+            Endpoint::Outcome => rpc::serve(&req, |r: CommandOutcomeRequest| self.outcome(r)).await,
             Endpoint::Stats => {
                 let r = self.handle.stats().await.map_err(unavailable);
-                rpc::respond(&req, enc, r).await
+                rpc::respond(&req, Encoding::from_headers(req.message.headers.as_ref()), r).await
             }
         };
         if let Err(e) = sent {

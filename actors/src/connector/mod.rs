@@ -221,7 +221,7 @@ impl Actor for Connector {
                 };
                 let _ = reply.send(found);
             }
-            ConnectorMsg::TaskEnded(what) => return Err(ActorProcessingErr::from(format!("connector {what} ended"))),
+            ConnectorMsg::TaskEnded(what) => return Err(crate::tasks::ended("connector", what)),
         }
         Ok(())
     }

@@ -78,7 +78,9 @@ pub struct DispatcherState {
     service: Option<async_nats::service::Service>,
 }
 
-/// The dispatcher actor.
+/// The dispatcher actor. Its work runs on spawned tasks sharing the `Arc`'d run state, for
+/// latency: a request is served without a hop through the actor's mailbox; the actor only owns
+/// the tasks and restarts (through its supervisor) when one ends.
 #[derive(Debug, Default)]
 pub struct Dispatcher;
 
@@ -153,7 +155,7 @@ impl Actor for Dispatcher {
         _state: &mut DispatcherState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            DispatcherMsg::TaskEnded(name) => Err(ActorProcessingErr::from(format!("dispatcher task {name} ended"))),
+            DispatcherMsg::TaskEnded(name) => Err(crate::tasks::ended("dispatcher task", name)),
         }
     }
 

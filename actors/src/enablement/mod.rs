@@ -244,9 +244,7 @@ impl Actor for Enablement {
                     let _ = myself.cast(EnablementMsg::Refresh("revision moved on"));
                 }
             }
-            EnablementMsg::TaskEnded(what) => {
-                return Err(ActorProcessingErr::from(format!("enablement task {what} ended")));
-            }
+            EnablementMsg::TaskEnded(what) => return Err(crate::tasks::ended("enablement task", what)),
         }
         Ok(())
     }

@@ -103,7 +103,9 @@ pub struct LeaseState {
     tasks: TaskSet<LeaseMsg>,
 }
 
-/// The lease service actor.
+/// The lease service actor. Its work runs on spawned tasks sharing the `Arc`'d lease state, for
+/// latency: a request is served without a hop through the actor's mailbox; the actor only owns
+/// the candidate loop and restarts (through its supervisor) when it ends.
 #[derive(Debug, Default)]
 pub struct LeaseService;
 
@@ -116,7 +118,7 @@ impl Actor for LeaseService {
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let instance = uuid::Uuid::new_v4().simple().to_string();
         let mut tasks = TaskSet::new(myself.clone(), LeaseMsg::TaskEnded);
-        tasks.spawn("lease candidate loop", candidate(args, instance, shutdown_rx, myself));
+        tasks.spawn("candidate loop", candidate(args, instance, shutdown_rx, myself));
         Ok(LeaseState { shutdown, tasks })
     }
 
@@ -127,7 +129,7 @@ impl Actor for LeaseService {
         _state: &mut LeaseState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            LeaseMsg::TaskEnded(name) => Err(ActorProcessingErr::from(format!("{name} ended"))),
+            LeaseMsg::TaskEnded(name) => Err(crate::tasks::ended("lease", name)),
         }
     }
 

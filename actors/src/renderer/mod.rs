@@ -323,9 +323,7 @@ impl Actor for Renderer {
                 });
                 let _ = reply.send(key);
             }
-            RendererMsg::TaskEnded(what) => {
-                return Err(ActorProcessingErr::from(format!("renderer {what} ended")));
-            }
+            RendererMsg::TaskEnded(what) => return Err(crate::tasks::ended("renderer", what)),
         }
         Ok(())
     }
