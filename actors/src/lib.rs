@@ -133,6 +133,26 @@ where
     }
 }
 
+/// Registers `account`'s micro service `kind` (named by [`service_name`], the account in its
+/// metadata), the way every hub component registers its own.
+///
+/// # Errors
+/// The async-nats error when the service cannot be registered.
+pub(crate) async fn start_account_service(
+    client: &async_nats::Client,
+    account: &steward_subjects::AccountId,
+    kind: &str,
+    description: &str,
+) -> Result<async_nats::service::Service, async_nats::Error> {
+    use async_nats::service::ServiceExt;
+    client
+        .service_builder()
+        .description(description)
+        .metadata(std::collections::HashMap::from([("account".to_owned(), account.to_string())]))
+        .start(steward_subjects::subject::service_name(kind), steward_subjects::STEWARD_VERSION)
+        .await
+}
+
 /// Milliseconds since the Unix epoch (the hub clock every lease and run time is measured on).
 #[must_use]
 pub fn now_ms() -> u64 {

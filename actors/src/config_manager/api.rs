@@ -4,14 +4,12 @@
 //! Endpoints subscribe in the service's queue group: any hub instance may answer.
 
 use async_nats::jetstream;
-use async_nats::service::ServiceExt;
 use futures::StreamExt;
 use ractor::{ActorProcessingErr, ActorRef};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use steward_subjects::api::config::{PlaybookGetRequest, PlaybookStoreRequest};
-use steward_subjects::subject::service_name;
-use steward_subjects::{rpc, WireError, STEWARD_VERSION};
+use steward_subjects::{rpc, WireError};
 use tracing::warn;
 
 use super::playbooks::PlaybookStore;
@@ -24,12 +22,8 @@ pub(super) async fn start_service(
     myself: &ActorRef<ConfigManagerMsg>,
     tasks: &mut TaskSet<ConfigManagerMsg>,
 ) -> Result<async_nats::service::Service, ActorProcessingErr> {
-    let service = args
-        .client
-        .service_builder()
-        .description("steward configuration manager: apply, plan, get, history, diff, rollback, playbooks")
-        .metadata([("account".to_owned(), args.subjects.account().to_string())].into())
-        .start(service_name("config"), STEWARD_VERSION)
+    let description = "steward configuration manager: apply, plan, get, history, diff, rollback, playbooks";
+    let service = crate::start_account_service(&args.client, args.subjects.account(), "config", description)
         .await
         .map_err(|e| fail("cannot register config service")(e.to_string()))?;
     let h = ConfigManagerHandle::new(myself.clone());

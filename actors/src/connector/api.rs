@@ -4,11 +4,9 @@
 //! plain subscription instead: every instance applies it to the records it keeps and answers;
 //! the caller takes the first answer.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use async_nats::service::ServiceExt;
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use ractor::ActorProcessingErr;
@@ -21,9 +19,8 @@ use steward_subjects::codec::{self, Encoding};
 use steward_subjects::rpc;
 use steward_subjects::selector::Selector;
 use steward_subjects::streams::HOST_COMMANDS_STREAM;
-use steward_subjects::subject::service_name;
 use steward_subjects::token::{validate, TokenKind};
-use steward_subjects::{ErrorCode, HostId, Subjects, WireError, STEWARD_VERSION};
+use steward_subjects::{ErrorCode, HostId, Subjects, WireError};
 use tracing::{debug, info};
 
 use super::{
@@ -91,12 +88,8 @@ pub(super) async fn start(
     tasks: &mut TaskSet<ConnectorMsg>,
 ) -> Result<async_nats::service::Service, ActorProcessingErr> {
     let s = &args.subjects;
-    let service = args
-        .client
-        .service_builder()
-        .description("steward host registry, presence and host commands")
-        .metadata(HashMap::from([("account".to_owned(), s.account().to_string())]))
-        .start(service_name("connector"), STEWARD_VERSION)
+    let description = "steward host registry, presence and host commands";
+    let service = crate::start_account_service(&args.client, s.account(), "connector", description)
         .await
         .map_err(|e| ActorProcessingErr::from(format!("cannot register connector service: {e}")))?;
     // Every endpoint is in the micro queue group: any connector instance may answer.

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::service::ServiceExt;
 use futures::{FutureExt, StreamExt};
 use ractor::ActorProcessingErr;
 use sha2::{Digest, Sha256};
@@ -19,8 +18,8 @@ use steward_subjects::envelope::WireError;
 use steward_subjects::rpc;
 use steward_subjects::selector::Selector;
 use steward_subjects::streams::HOSTS_BUCKET;
-use steward_subjects::subject::{host_registry_filter, service_name};
-use steward_subjects::{HostId, STEWARD_VERSION};
+use steward_subjects::subject::host_registry_filter;
+use steward_subjects::HostId;
 use tracing::{debug, info, warn};
 
 use super::delivery::{deliver_all, publish_few, Stored, INLINE_ORDERS};
@@ -38,12 +37,8 @@ pub(super) async fn serve(
     core: Arc<Core>,
     tasks: &mut TaskSet<DispatcherMsg>,
 ) -> Result<async_nats::service::Service, ActorProcessingErr> {
-    let service = args
-        .client
-        .service_builder()
-        .description("steward dispatcher: runs on hosts")
-        .metadata(std::collections::HashMap::from([("account".to_owned(), args.subjects.account().to_string())]))
-        .start(service_name("dispatcher"), STEWARD_VERSION)
+    let description = "steward dispatcher: runs on hosts";
+    let service = crate::start_account_service(&args.client, args.subjects.account(), "dispatcher", description)
         .await
         .map_err(|e| ActorProcessingErr::from(format!("cannot register dispatcher service: {e}")))?;
     let mut endpoints = Vec::new();

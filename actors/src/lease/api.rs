@@ -6,10 +6,8 @@
 //! MessagePack ones go without a content-type header (what no header means), and the `lease`
 //! reply is written by hand, splicing each spec's stored MessagePack instead of re-encoding it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_nats::service::ServiceExt;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
@@ -17,8 +15,7 @@ use steward_subjects::api::lease::{LeasesRequest, ReleaseReply, RenewReply};
 use steward_subjects::api::result::SubmitRequest;
 use steward_subjects::codec::Encoding;
 use steward_subjects::config::JobSpec;
-use steward_subjects::subject::service_name;
-use steward_subjects::{rpc, AccountId, WireError, STEWARD_VERSION};
+use steward_subjects::{rpc, AccountId, WireError};
 use tracing::debug;
 
 use super::commit::Commit;
@@ -129,11 +126,7 @@ pub(super) async fn start_service(
     client: &async_nats::Client,
     account: &AccountId,
 ) -> Result<async_nats::service::Service, LeaseError> {
-    client
-        .service_builder()
-        .description("steward job-spec leases and results")
-        .metadata(HashMap::from([("account".to_owned(), account.to_string())]))
-        .start(service_name("lease"), STEWARD_VERSION)
+    crate::start_account_service(client, account, "lease", "steward job-spec leases and results")
         .await
         .map_err(|e| LeaseError::Register(e.to_string()))
 }

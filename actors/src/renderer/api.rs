@@ -6,7 +6,6 @@
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::kv;
-use async_nats::service::ServiceExt;
 use futures::StreamExt;
 use ractor::{ActorProcessingErr, ActorRef};
 use steward_subjects::api::config::{
@@ -14,8 +13,8 @@ use steward_subjects::api::config::{
 };
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::{JobSpec, SpecId, TargetKind};
-use steward_subjects::subject::{jobspec_account_filter, jobspec_target_filter, service_name};
-use steward_subjects::{rpc, AccountId, Token, TokenKind, WireError, STEWARD_VERSION};
+use steward_subjects::subject::{jobspec_account_filter, jobspec_target_filter};
+use steward_subjects::{rpc, AccountId, Token, TokenKind, WireError};
 
 use super::{fail, store, RendererArgs, RendererHandle, RendererMsg};
 use crate::tasks::TaskSet;
@@ -28,12 +27,8 @@ pub(super) async fn start_service(
     status: &Arc<Mutex<RenderStatus>>,
     tasks: &mut TaskSet<RendererMsg>,
 ) -> Result<async_nats::service::Service, ActorProcessingErr> {
-    let service = args
-        .client
-        .service_builder()
-        .description("steward job-spec renderer: list, explain, status")
-        .metadata([("account".to_owned(), args.subjects.account().to_string())].into())
-        .start(service_name("jobspec"), STEWARD_VERSION)
+    let description = "steward job-spec renderer: list, explain, status";
+    let service = crate::start_account_service(&args.client, args.subjects.account(), "jobspec", description)
         .await
         .map_err(|e| fail("cannot register jobspec service")(e.to_string()))?;
     let add = |name: &'static str, subject: String| {
