@@ -138,21 +138,35 @@ where
     }
 }
 
-/// Stops what a service actor owns, from its `post_stop`: aborts its background tasks, then
-/// stops its micro service (unregistering the endpoints), logging a failure to stop cleanly.
-pub(crate) async fn stop_service(
-    component: &str,
-    tasks: &[tokio::task::JoinHandle<()>],
-    service: Option<async_nats::service::Service>,
-) {
-    for t in tasks {
-        t.abort();
-    }
-    if let Some(service) = service {
-        if let Err(e) = service.stop().await {
-            tracing::warn!(component, error = %e, "service did not stop cleanly");
-        }
-    }
+/// Registers `account`'s micro service `kind` (named by [`service_name`], the account in its
+/// metadata), the way every hub component registers its own.
+///
+/// # Errors
+/// The async-nats error when the service cannot be registered.
+pub(crate) async fn start_account_service(
+    client: &async_nats::Client,
+    account: &steward_subjects::AccountId,
+    kind: &str,
+    description: &str,
+) -> Result<async_nats::service::Service, async_nats::Error> {
+    use async_nats::service::ServiceExt;
+    client
+        .service_builder()
+        .description(description)
+        .metadata(std::collections::HashMap::from([("account".to_owned(), account.to_string())]))
+        .start(steward_subjects::subject::service_name(kind), steward_subjects::STEWARD_VERSION)
+        .await
+}
+
+/// Milliseconds since the Unix epoch (the hub clock every lease and run time is measured on).
+#[must_use]
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(duration_ms).unwrap_or(0)
+}
+
+/// `d` in whole milliseconds, saturating at `u64::MAX`.
+pub(crate) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Current time as RFC 3339 text.

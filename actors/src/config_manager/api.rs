@@ -4,31 +4,26 @@
 //! Endpoints subscribe in the service's queue group: any hub instance may answer.
 
 use async_nats::jetstream;
-use async_nats::service::ServiceExt;
 use futures::StreamExt;
 use ractor::{ActorProcessingErr, ActorRef};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use steward_subjects::api::config::{PlaybookGetRequest, PlaybookStoreRequest};
-use steward_subjects::subject::service_name;
-use steward_subjects::{rpc, WireError, STEWARD_VERSION};
+use steward_subjects::{rpc, WireError};
 use tracing::warn;
 
 use super::playbooks::PlaybookStore;
 use super::{fail, ConfigManagerArgs, ConfigManagerHandle, ConfigManagerMsg};
+use crate::tasks::TaskSet;
 
-/// Registers the service and serves each endpoint on a task pushed to `tasks`.
+/// Registers the service and serves each endpoint on a task of `tasks`.
 pub(super) async fn start_service(
     args: &ConfigManagerArgs,
     myself: &ActorRef<ConfigManagerMsg>,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    tasks: &mut TaskSet<ConfigManagerMsg>,
 ) -> Result<async_nats::service::Service, ActorProcessingErr> {
-    let service = args
-        .client
-        .service_builder()
-        .description("steward configuration manager: apply, plan, get, history, diff, rollback, playbooks")
-        .metadata([("account".to_owned(), args.subjects.account().to_string())].into())
-        .start(service_name("config"), STEWARD_VERSION)
+    let description = "steward configuration manager: apply, plan, get, history, diff, rollback, playbooks";
+    let service = crate::start_account_service(&args.client, args.subjects.account(), "config", description)
         .await
         .map_err(|e| fail("cannot register config service")(e.to_string()))?;
     let h = ConfigManagerHandle::new(myself.clone());
@@ -51,8 +46,8 @@ pub(super) async fn start_service(
             .add(subject)
             .await
             .map_err(|e| fail("config endpoint")(e.to_string()))?;
-        let (h, me, books) = (h.clone(), myself.clone(), books.clone());
-        tasks.push(tokio::spawn(async move {
+        let (h, books) = (h.clone(), books.clone());
+        tasks.spawn("endpoint", async move {
             let mut ep = ep;
             while let Some(req) = ep.next().await {
                 let (h, books) = (h.clone(), books.clone());
@@ -73,8 +68,7 @@ pub(super) async fn start_service(
                     }
                 });
             }
-            let _ = me.cast(ConfigManagerMsg::TaskEnded("endpoint"));
-        }));
+        });
     }
     Ok(service)
 }

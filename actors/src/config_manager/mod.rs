@@ -45,6 +45,7 @@ use tracing::{error, info, warn};
 use self::source::SourceUrl;
 use crate::renderer::render::{self, HostLabels};
 use crate::renderer::{read_archive, store};
+use crate::tasks::TaskSet;
 use crate::ActorsError;
 
 /// Targets listed per plan or diff reply (the rest are counted in `targets_omitted`).
@@ -105,7 +106,7 @@ pub struct ConfigManagerState {
     current: Option<Arc<ConfigDocument>>,
     source: Option<(SourceUrl, String)>,
     last_candidate: Option<String>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: TaskSet<ConfigManagerMsg>,
     service: Option<async_nats::service::Service>,
 }
 
@@ -176,7 +177,7 @@ impl Actor for ConfigManager {
             current,
             source: None,
             last_candidate: None,
-            tasks: Vec::new(),
+            tasks: TaskSet::new(myself.clone(), ConfigManagerMsg::TaskEnded),
             service: None,
         };
         reannounce_head(&state).await;
@@ -184,7 +185,7 @@ impl Actor for ConfigManager {
             let url = SourceUrl::parse(&src.url).map_err(ActorProcessingErr::from)?;
             state.source = Some((url, src.url.clone()));
             let (me, poll) = (myself.clone(), src.poll.max(Duration::from_millis(100)));
-            state.tasks.push(tokio::spawn(async move {
+            state.tasks.spawn_detached(async move {
                 let mut tick = tokio::time::interval(poll);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -193,7 +194,7 @@ impl Actor for ConfigManager {
                         return;
                     }
                 }
-            }));
+            });
             info!(source = %src.url, poll_ms = poll.as_millis() as u64, "polling configuration source");
         }
         state.service = Some(api::start_service(&args, &myself, &mut state.tasks).await?);
@@ -228,9 +229,7 @@ impl Actor for ConfigManager {
                 let _ = reply.send(rollback(state, req).await);
             }
             ConfigManagerMsg::PollSource => poll_source(state).await,
-            ConfigManagerMsg::TaskEnded(what) => {
-                return Err(ActorProcessingErr::from(format!("config manager {what} ended")));
-            }
+            ConfigManagerMsg::TaskEnded(what) => return Err(crate::tasks::ended("config manager", what)),
         }
         Ok(())
     }
@@ -240,7 +239,7 @@ impl Actor for ConfigManager {
         _myself: ActorRef<ConfigManagerMsg>,
         state: &mut ConfigManagerState,
     ) -> Result<(), ActorProcessingErr> {
-        crate::stop_service("config-manager", &state.tasks, state.service.take()).await;
+        state.tasks.stop("config-manager", state.service.take()).await;
         Ok(())
     }
 }

@@ -4,14 +4,12 @@
 //! plain subscription instead: every instance applies it to the records it keeps and answers;
 //! the caller takes the first answer.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use async_nats::service::ServiceExt;
 use async_nats::HeaderMap;
 use futures::StreamExt;
-use ractor::{ActorProcessingErr, ActorRef};
+use ractor::ActorProcessingErr;
 use steward_subjects::api::host::{
     AppliedRevisionRequest, AppliedRevisionResult, CommandAction, CommandOutcomeRequest, CommandReply, CommandStatus,
     EnsureWorkerRequest, EnsureWorkerResult, HostCommand, HostList, HostListRequest, HostRecord, HostStatusRequest,
@@ -21,30 +19,30 @@ use steward_subjects::codec::{self, Encoding};
 use steward_subjects::rpc;
 use steward_subjects::selector::Selector;
 use steward_subjects::streams::HOST_COMMANDS_STREAM;
-use steward_subjects::subject::service_name;
 use steward_subjects::token::{validate, TokenKind};
-use steward_subjects::{ErrorCode, HostId, Subjects, WireError, STEWARD_VERSION};
+use steward_subjects::{ErrorCode, HostId, Subjects, WireError};
 use tracing::{debug, info};
 
 use super::{
     ConnectorArgs, ConnectorHandle, ConnectorMsg, CALL_TIMEOUT, DEFAULT_ENSURE_TIMEOUT, MAX_ENSURE_TIMEOUT,
     MAX_SEND_WAIT,
 };
+use crate::tasks::TaskSet;
 use crate::ActorsError;
 
 /// Answers `host.applied` (plain subscription too: every instance keeps the applied revision
 /// in its records, so none writes an older one back on its next refresh).
 pub(super) async fn subscribe_applied(
     args: &ConnectorArgs,
-    myself: &ActorRef<ConnectorMsg>,
-) -> Result<tokio::task::JoinHandle<()>, ActorProcessingErr> {
+    tasks: &mut TaskSet<ConnectorMsg>,
+) -> Result<(), ActorProcessingErr> {
     let mut applied = args
         .client
         .subscribe(args.subjects.host_applied())
         .await
         .map_err(|e| ActorProcessingErr::from(format!("cannot subscribe to applied revisions: {e}")))?;
-    let (me, client) = (myself.clone(), args.client.clone());
-    Ok(tokio::spawn(async move {
+    let (me, client) = (tasks.actor().clone(), args.client.clone());
+    tasks.spawn("applied-revision subscription", async move {
         while let Some(msg) = applied.next().await {
             let Some(reply) = msg.reply.clone() else { continue };
             let (result, enc) = match rpc::decode_request::<AppliedRevisionRequest>(&msg) {
@@ -69,8 +67,8 @@ pub(super) async fn subscribe_applied(
                 debug!(error = %e, "applied-revision reply not sent");
             }
         }
-        let _ = me.cast(ConnectorMsg::TaskEnded("applied-revision subscription"));
-    }))
+    });
+    Ok(())
 }
 
 #[derive(Clone, Copy)]
@@ -83,20 +81,15 @@ enum Endpoint {
     Stats,
 }
 
-/// Registers the service and serves its endpoints on a task pushed to `tasks`.
+/// Registers the service and serves its endpoints on a task of `tasks`.
 pub(super) async fn start(
     args: &ConnectorArgs,
-    myself: &ActorRef<ConnectorMsg>,
     js: jetstream::Context,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    tasks: &mut TaskSet<ConnectorMsg>,
 ) -> Result<async_nats::service::Service, ActorProcessingErr> {
     let s = &args.subjects;
-    let service = args
-        .client
-        .service_builder()
-        .description("steward host registry, presence and host commands")
-        .metadata(HashMap::from([("account".to_owned(), s.account().to_string())]))
-        .start(service_name("connector"), STEWARD_VERSION)
+    let description = "steward host registry, presence and host commands";
+    let service = crate::start_account_service(&args.client, s.account(), "connector", description)
         .await
         .map_err(|e| ActorProcessingErr::from(format!("cannot register connector service: {e}")))?;
     // Every endpoint is in the micro queue group: any connector instance may answer.
@@ -118,21 +111,19 @@ pub(super) async fn start(
         streams.push(ep.map(move |r| (kind, r)).boxed());
     }
     let api = Api {
-        handle: ConnectorHandle { actor: myself.clone() },
+        handle: ConnectorHandle { actor: tasks.actor().clone() },
         client: args.client.clone(),
         js,
         subjects: args.subjects.clone(),
     };
-    let me = myself.clone();
-    tasks.push(tokio::spawn(async move {
+    tasks.spawn("api service", async move {
         let mut requests = futures::stream::select_all(streams);
         while let Some((kind, req)) = requests.next().await {
             let api = api.clone();
             // One task per request: ensure-worker and send may wait for seconds.
             tokio::spawn(async move { api.answer(kind, req).await });
         }
-        let _ = me.cast(ConnectorMsg::TaskEnded("api service"));
-    }));
+    });
     Ok(service)
 }
 
@@ -150,46 +141,15 @@ fn unavailable(e: ActorsError) -> WireError {
 
 impl Api {
     async fn answer(&self, kind: Endpoint, req: async_nats::service::Request) {
-        let enc = Encoding::from_headers(req.message.headers.as_ref());
         let sent = match kind {
-            Endpoint::Status => {
-                let r = match rpc::decode_request::<HostStatusRequest>(&req.message) {
-                    Ok((r, _)) => self.status(r).await,
-                    Err((e, _)) => Err(e),
-                };
-                rpc::respond(&req, enc, r).await
-            }
-            Endpoint::List => {
-                let r = match rpc::decode_request::<HostListRequest>(&req.message) {
-                    Ok((r, _)) => self.list(r).await,
-                    Err((e, _)) => Err(e),
-                };
-                rpc::respond(&req, enc, r).await
-            }
-            Endpoint::Send => {
-                let r = match rpc::decode_request::<SendCommandRequest>(&req.message) {
-                    Ok((r, _)) => self.send(r).await,
-                    Err((e, _)) => Err(e),
-                };
-                rpc::respond(&req, enc, r).await
-            }
-            Endpoint::EnsureWorker => {
-                let r = match rpc::decode_request::<EnsureWorkerRequest>(&req.message) {
-                    Ok((r, _)) => self.ensure_worker(r).await,
-                    Err((e, _)) => Err(e),
-                };
-                rpc::respond(&req, enc, r).await
-            }
-            Endpoint::Outcome => {
-                let r = match rpc::decode_request::<CommandOutcomeRequest>(&req.message) {
-                    Ok((r, _)) => self.outcome(r).await,
-                    Err((e, _)) => Err(e),
-                };
-                rpc::respond(&req, enc, r).await
-            }
+            Endpoint::Status => rpc::serve(&req, |r: HostStatusRequest| self.status(r)).await,
+            Endpoint::List => rpc::serve(&req, |r: HostListRequest| self.list(r)).await,
+            Endpoint::Send => rpc::serve(&req, |r: SendCommandRequest| self.send(r)).await,
+            Endpoint::EnsureWorker => rpc::serve(&req, |r: EnsureWorkerRequest| self.ensure_worker(r)).await,
+            Endpoint::Outcome => rpc::serve(&req, |r: CommandOutcomeRequest| self.outcome(r)).await,
             Endpoint::Stats => {
                 let r = self.handle.stats().await.map_err(unavailable);
-                rpc::respond(&req, enc, r).await
+                rpc::respond(&req, Encoding::from_headers(req.message.headers.as_ref()), r).await
             }
         };
         if let Err(e) = sent {

@@ -34,6 +34,7 @@ use steward_subjects::{HostId, Subjects};
 use tracing::{debug, info};
 
 use self::registry::Write;
+use crate::tasks::TaskSet;
 use crate::ActorsError;
 
 /// Shortest heartbeat interval the connector honours (shorter announcements are raised to it).
@@ -125,8 +126,9 @@ pub struct ConnectorState {
     writer: tokio::sync::mpsc::UnboundedSender<Write>,
     counters: Arc<Counters>,
     refresh_every: Duration,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    ticker: Option<tokio::task::JoinHandle<()>>,
+    tasks: TaskSet<ConnectorMsg>,
+    /// The registry writer: drained on stop (not aborted), so queued writes reach the bucket.
+    write_loop: Option<tokio::task::JoinHandle<()>>,
     service: Option<async_nats::service::Service>,
 }
 
@@ -154,20 +156,20 @@ impl Actor for Connector {
 
         let counters = Arc::new(Counters::default());
         let (writer, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut tasks =
-            vec![tokio::spawn(registry::write_loop(kv, js.clone(), args.subjects.clone(), rx, counters.clone()))];
-
-        tasks.push(subscribe_heartbeats(&args, &myself, counters.clone()).await?);
-        tasks.push(api::subscribe_applied(&args, &myself).await?);
-        let service = api::start(&args, &myself, js, &mut tasks).await?;
-        let ticker = myself.send_interval(args.sweep_every, || ConnectorMsg::Sweep);
+        let write_loop =
+            tokio::spawn(registry::write_loop(kv, js.clone(), args.subjects.clone(), rx, counters.clone()));
+        let mut tasks = TaskSet::new(myself.clone(), ConnectorMsg::TaskEnded);
+        subscribe_heartbeats(&args, &mut tasks, counters.clone()).await?;
+        api::subscribe_applied(&args, &mut tasks).await?;
+        let service = api::start(&args, js, &mut tasks).await?;
+        tasks.adopt(myself.send_interval(args.sweep_every, || ConnectorMsg::Sweep));
         Ok(ConnectorState {
             hosts,
             writer,
             counters,
             refresh_every: args.refresh_every,
             tasks,
-            ticker: Some(ticker),
+            write_loop: Some(write_loop),
             service: Some(service),
         })
     }
@@ -219,7 +221,7 @@ impl Actor for Connector {
                 };
                 let _ = reply.send(found);
             }
-            ConnectorMsg::TaskEnded(what) => return Err(ActorProcessingErr::from(format!("connector {what} ended"))),
+            ConnectorMsg::TaskEnded(what) => return Err(crate::tasks::ended("connector", what)),
         }
         Ok(())
     }
@@ -229,19 +231,9 @@ impl Actor for Connector {
         _myself: ActorRef<ConnectorMsg>,
         state: &mut ConnectorState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(t) = state.ticker.take() {
-            t.abort();
-        }
-        if let Some(service) = state.service.take() {
-            if let Err(e) = service.stop().await {
-                debug!(error = %e, "connector service did not stop cleanly");
-            }
-        }
-        // The writer task ends once its channel is closed and drained; the others are aborted.
-        if let Some((writer, rest)) = state.tasks.split_first_mut() {
-            for t in rest {
-                t.abort();
-            }
+        state.tasks.stop("connector", state.service.take()).await;
+        // The writer task ends once its channel is closed and drained.
+        if let Some(writer) = state.write_loop.take() {
             let (closed, _) = tokio::sync::mpsc::unbounded_channel();
             state.writer = closed;
             let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
@@ -441,16 +433,16 @@ fn exact_last_seen(t: &Tracked) -> String {
 /// must see every heartbeat) and hands the valid ones to the actor.
 async fn subscribe_heartbeats(
     args: &ConnectorArgs,
-    myself: &ActorRef<ConnectorMsg>,
+    tasks: &mut TaskSet<ConnectorMsg>,
     counters: Arc<Counters>,
-) -> Result<tokio::task::JoinHandle<()>, ActorProcessingErr> {
+) -> Result<(), ActorProcessingErr> {
     let mut heartbeats = args
         .client
         .subscribe(args.subjects.host_heartbeat_all())
         .await
         .map_err(|e| ActorProcessingErr::from(format!("cannot subscribe to heartbeats: {e}")))?;
-    let me = myself.clone();
-    Ok(tokio::spawn(async move {
+    let me = tasks.actor().clone();
+    tasks.spawn("heartbeat subscription", async move {
         while let Some(msg) = heartbeats.next().await {
             match decode_heartbeat(&msg) {
                 Ok((hb, host)) => {
@@ -464,8 +456,8 @@ async fn subscribe_heartbeats(
                 }
             }
         }
-        let _ = me.cast(ConnectorMsg::TaskEnded("heartbeat subscription"));
-    }))
+    });
+    Ok(())
 }
 
 /// Why a heartbeat was dropped (logged at debug level and counted as malformed).

@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::service::ServiceExt;
 use futures::{FutureExt, StreamExt};
-use ractor::{ActorProcessingErr, ActorRef};
+use ractor::ActorProcessingErr;
 use sha2::{Digest, Sha256};
 use steward_subjects::api::host::HostRecord;
 use steward_subjects::api::run::{
@@ -19,29 +18,27 @@ use steward_subjects::envelope::WireError;
 use steward_subjects::rpc;
 use steward_subjects::selector::Selector;
 use steward_subjects::streams::HOSTS_BUCKET;
-use steward_subjects::subject::{host_registry_filter, service_name};
-use steward_subjects::{HostId, STEWARD_VERSION};
+use steward_subjects::subject::host_registry_filter;
+use steward_subjects::HostId;
 use tracing::{debug, info, warn};
 
 use super::delivery::{deliver_all, publish_few, Stored, INLINE_ORDERS};
 use super::runs::{lock, ActiveRun, Core};
 use super::store::{self, RunStoreError};
-use super::{lifecycle, now_ms, DispatcherArgs, DispatcherMsg};
+use super::{lifecycle, DispatcherArgs, DispatcherMsg};
+use crate::now_ms;
 use crate::signing::{hex, job_digest};
+use crate::tasks::TaskSet;
 
-/// Registers the service and answers its requests on a task; the task tells the actor when
-/// the endpoints' subscriptions end.
+/// Registers the service and answers its requests on a task of `tasks` (named "service", so the
+/// actor learns when the endpoints' subscriptions end).
 pub(super) async fn serve(
     args: &DispatcherArgs,
     core: Arc<Core>,
-    myself: ActorRef<DispatcherMsg>,
-) -> Result<(async_nats::service::Service, tokio::task::JoinHandle<()>), ActorProcessingErr> {
-    let service = args
-        .client
-        .service_builder()
-        .description("steward dispatcher: runs on hosts")
-        .metadata(std::collections::HashMap::from([("account".to_owned(), args.subjects.account().to_string())]))
-        .start(service_name("dispatcher"), STEWARD_VERSION)
+    tasks: &mut TaskSet<DispatcherMsg>,
+) -> Result<async_nats::service::Service, ActorProcessingErr> {
+    let description = "steward dispatcher: runs on hosts";
+    let service = crate::start_account_service(&args.client, args.subjects.account(), "dispatcher", description)
         .await
         .map_err(|e| ActorProcessingErr::from(format!("cannot register dispatcher service: {e}")))?;
     let mut endpoints = Vec::new();
@@ -61,14 +58,13 @@ pub(super) async fn serve(
         endpoints.push(ep.map(move |r| (name, r)).boxed());
     }
     let mut requests = futures::stream::select_all(endpoints);
-    let task = tokio::spawn(async move {
+    tasks.spawn("service", async move {
         while let Some((name, req)) = requests.next().await {
             let core = core.clone();
             tokio::spawn(async move { core.answer(name, req).await });
         }
-        let _ = myself.cast(DispatcherMsg::TaskEnded("service"));
     });
-    Ok((service, task))
+    Ok(service)
 }
 
 fn store_err(e: RunStoreError) -> WireError {

@@ -31,6 +31,7 @@ use steward_subjects::Subjects;
 use tracing::{info, warn};
 
 use crate::signing::JobSigner;
+use crate::tasks::TaskSet;
 use runs::Core;
 use store::RunStore;
 
@@ -73,11 +74,13 @@ pub enum DispatcherMsg {
 
 /// State of the dispatcher.
 pub struct DispatcherState {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: TaskSet<DispatcherMsg>,
     service: Option<async_nats::service::Service>,
 }
 
-/// The dispatcher actor.
+/// The dispatcher actor. Its work runs on spawned tasks sharing the `Arc`'d run state, for
+/// latency: a request is served without a hop through the actor's mailbox; the actor only owns
+/// the tasks and restarts (through its supervisor) when one ends.
 #[derive(Debug, Default)]
 pub struct Dispatcher;
 
@@ -99,14 +102,15 @@ impl Actor for Dispatcher {
             subjects: args.subjects.clone(),
             store,
             signer: args.signer.clone(),
-            redeliver_after_ms: millis(args.redeliver_after),
+            redeliver_after_ms: crate::duration_ms(args.redeliver_after),
             active: Mutex::new(HashMap::new()),
             deltas: Mutex::new(HashMap::new()),
             adopt: Mutex::new(HashSet::new()),
         });
         core.load_active().await?;
 
-        let (service, serve) = api::serve(&args, core.clone(), myself.clone()).await?;
+        let mut tasks = TaskSet::new(myself.clone(), DispatcherMsg::TaskEnded);
+        let service = api::serve(&args, core.clone(), &mut tasks).await?;
 
         let stream = js.get_stream(RUN_EVENTS_STREAM).await?;
         let durable = run_events_consumer(args.subjects.account());
@@ -124,17 +128,15 @@ impl Actor for Dispatcher {
             )
             .await?;
         let events_core = core.clone();
-        let me = myself.clone();
-        let events = tokio::spawn(async move {
+        tasks.spawn("events", async move {
             if let Err(e) = events_core.follow_events(consumer).await {
                 warn!(error = %e, "dispatcher event consumer ended");
             }
-            let _ = me.cast(DispatcherMsg::TaskEnded("events"));
         });
 
         let sweep_core = core.clone();
         let tick = args.tick;
-        let sweeper = tokio::spawn(async move {
+        tasks.spawn_detached(async move {
             let mut t = tokio::time::interval(tick);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -143,7 +145,7 @@ impl Actor for Dispatcher {
             }
         });
         info!(account = %args.subjects.account(), signed = args.signer.is_some(), "dispatcher started");
-        Ok(DispatcherState { tasks: vec![serve, events, sweeper], service: Some(service) })
+        Ok(DispatcherState { tasks, service: Some(service) })
     }
 
     async fn handle(
@@ -153,7 +155,7 @@ impl Actor for Dispatcher {
         _state: &mut DispatcherState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            DispatcherMsg::TaskEnded(name) => Err(ActorProcessingErr::from(format!("dispatcher task {name} ended"))),
+            DispatcherMsg::TaskEnded(name) => Err(crate::tasks::ended("dispatcher task", name)),
         }
     }
 
@@ -162,15 +164,7 @@ impl Actor for Dispatcher {
         _myself: ActorRef<DispatcherMsg>,
         state: &mut DispatcherState,
     ) -> Result<(), ActorProcessingErr> {
-        crate::stop_service("dispatcher", &state.tasks, state.service.take()).await;
+        state.tasks.stop("dispatcher", state.service.take()).await;
         Ok(())
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }

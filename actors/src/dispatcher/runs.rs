@@ -21,8 +21,9 @@ use steward_subjects::{HostId, Subjects};
 use tracing::{debug, info, warn};
 
 use super::delivery::{deliver_all, find_work_command, Stored};
+use super::lifecycle;
 use super::store::{HostChange, KnownHost, RunStore, RunStoreError};
-use super::{lifecycle, now_ms};
+use crate::now_ms;
 use crate::signing::JobSigner;
 
 /// What the dispatcher keeps in memory about a run that has not ended (rebuilt from the store

@@ -36,6 +36,7 @@ use self::commands::{command_loop, run_command};
 pub use self::leaf::{leaf_domain, start_leaf, LeafConfig};
 use crate::health::{HealthArgs, HealthService};
 use crate::status::StatusBoard;
+use crate::tasks::TaskSet;
 use crate::{connect_with, ActorsError, ConnectOptions};
 
 /// Arguments of an edge agent.
@@ -117,8 +118,8 @@ pub struct EdgeState {
     seq: u64,
     interval: Duration,
     stats: EdgeStats,
-    ticker: tokio::task::JoinHandle<()>,
-    consumer: tokio::task::JoinHandle<()>,
+    /// The heartbeat ticker and the command loop.
+    tasks: TaskSet<EdgeMsg>,
 }
 
 /// The edge agent actor.
@@ -196,9 +197,15 @@ impl Actor for EdgeAgent {
         };
         // The loop holds the store weakly: a killed agent's store (and its file lock) goes with
         // the agent's state, and the loop ends.
-        let consumer =
-            tokio::spawn(command_loop(js, args.subjects.clone(), host.clone(), myself.clone(), Arc::downgrade(&store)));
-        let ticker = myself.send_interval(args.heartbeat, || EdgeMsg::Heartbeat);
+        let mut tasks = TaskSet::unreported(myself.clone());
+        tasks.spawn_detached(command_loop(
+            js,
+            args.subjects.clone(),
+            host.clone(),
+            myself.clone(),
+            Arc::downgrade(&store),
+        ));
+        tasks.adopt(myself.send_interval(args.heartbeat, || EdgeMsg::Heartbeat));
         info!(host_id = %host, starts = identity.starts, draining = identity.draining, "edge agent started");
         let mut state = EdgeState {
             client,
@@ -212,8 +219,7 @@ impl Actor for EdgeAgent {
             workers,
             seq: 0,
             interval: args.heartbeat,
-            ticker,
-            consumer,
+            tasks,
         };
         publish_heartbeat(&mut state, false).await;
         Ok(state)
@@ -239,8 +245,7 @@ impl Actor for EdgeAgent {
     }
 
     async fn post_stop(&self, _myself: ActorRef<EdgeMsg>, state: &mut EdgeState) -> Result<(), ActorProcessingErr> {
-        state.ticker.abort();
-        state.consumer.abort();
+        state.tasks.abort_all();
         publish_heartbeat(state, true).await;
         if let Err(e) = state.client.flush().await {
             debug!(host_id = %state.host, error = %e, "flush on stop failed");

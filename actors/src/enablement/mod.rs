@@ -35,6 +35,7 @@ pub use self::plan::{Plan, PlaybookError, PreparedService};
 use crate::config_manager::playbooks::PlaybookStore;
 use crate::connector::client::ConnectorClient;
 use crate::dispatcher::client::DispatcherClient;
+use crate::tasks::TaskSet;
 
 /// Attempts per (service, host, revision) after which the loop stops re-dispatching until the
 /// revision changes (each attempt is a run that ended without success).
@@ -106,7 +107,7 @@ pub struct EnablementState {
     inflight: HashMap<String, u64>,
     refreshing: bool,
     refresh_again: bool,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: TaskSet<EnablementMsg>,
 }
 
 /// The enablement actor.
@@ -124,7 +125,7 @@ impl Actor for Enablement {
         args: EnablementArgs,
     ) -> Result<EnablementState, ActorProcessingErr> {
         let js = jetstream::new(args.client.clone());
-        let mut tasks = Vec::new();
+        let mut tasks = TaskSet::new(myself.clone(), EnablementMsg::TaskEnded);
 
         // Ordered (ephemeral) consumers, new messages only: the loop is level-triggered — every
         // check recomputes what to do from the config revision, the host registry and the run
@@ -133,36 +134,19 @@ impl Actor for Enablement {
         // server. Ordered consumers also need no acks and leave nothing behind when this process
         // goes away; a second hub instance consuming the same events is harmless because
         // dispatches are idempotent.
-        let config_stream = js.get_stream(CONFIG_EVENTS_STREAM).await?;
-        let config_events = config_stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: args.subjects.config_changed(),
-                deliver_policy: consumer::DeliverPolicy::New,
-                ..Default::default()
-            })
-            .await?;
-        let mut messages = config_events.messages().await?;
+        let mut messages = new_events(&js, CONFIG_EVENTS_STREAM, args.subjects.config_changed()).await?;
         let me = myself.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn("config events", async move {
             while let Some(Ok(_msg)) = messages.next().await {
                 if me.cast(EnablementMsg::Refresh("config changed")).is_err() {
                     return;
                 }
             }
-            let _ = me.cast(EnablementMsg::TaskEnded("config events"));
-        }));
+        });
 
-        let host_stream = js.get_stream(HOST_EVENTS_STREAM).await?;
-        let host_events = host_stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: args.subjects.host_event_all(),
-                deliver_policy: consumer::DeliverPolicy::New,
-                ..Default::default()
-            })
-            .await?;
-        let mut messages = host_events.messages().await?;
+        let mut messages = new_events(&js, HOST_EVENTS_STREAM, args.subjects.host_event_all()).await?;
         let me = myself.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn("host events", async move {
             while let Some(Ok(msg)) = messages.next().await {
                 match codec::decode::<HostEvent>(Encoding::MsgPack, &msg.payload) {
                     Ok(ev) if matches!(ev.kind, HostEventKind::Online | HostEventKind::Changed) => {
@@ -174,12 +158,11 @@ impl Actor for Enablement {
                     Err(e) => debug!(error = %e, "undecodable host event ignored"),
                 }
             }
-            let _ = me.cast(EnablementMsg::TaskEnded("host events"));
-        }));
+        });
 
         let me = myself.clone();
         let every = args.recheck_every;
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn_detached(async move {
             let mut t = tokio::time::interval(every);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -189,7 +172,7 @@ impl Actor for Enablement {
                     return;
                 }
             }
-        }));
+        });
 
         let work = Arc::new(Work {
             subjects: args.subjects.clone(),
@@ -257,9 +240,7 @@ impl Actor for Enablement {
                     let _ = myself.cast(EnablementMsg::Refresh("revision moved on"));
                 }
             }
-            EnablementMsg::TaskEnded(what) => {
-                return Err(ActorProcessingErr::from(format!("enablement task {what} ended")));
-            }
+            EnablementMsg::TaskEnded(what) => return Err(crate::tasks::ended("enablement task", what)),
         }
         Ok(())
     }
@@ -269,11 +250,27 @@ impl Actor for Enablement {
         _myself: ActorRef<EnablementMsg>,
         state: &mut EnablementState,
     ) -> Result<(), ActorProcessingErr> {
-        for t in &state.tasks {
-            t.abort();
-        }
+        state.tasks.abort_all();
         Ok(())
     }
+}
+
+/// The messages published on `stream` under `filter` from now on, through an ordered consumer.
+async fn new_events(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: String,
+) -> Result<consumer::pull::Ordered, ActorProcessingErr> {
+    let consumer = js
+        .get_stream(stream)
+        .await?
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter,
+            deliver_policy: consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
 }
 
 impl EnablementState {

@@ -19,6 +19,7 @@ use steward_subjects::{Subjects, Token, TokenKind, STEWARD_VERSION};
 use tracing::{debug, warn};
 
 use crate::status::StatusBoard;
+use crate::tasks::TaskSet;
 
 /// Arguments of the health service.
 #[derive(Debug, Clone)]
@@ -51,7 +52,7 @@ pub enum HealthMsg {
 /// State of the health service.
 pub struct HealthState {
     service: Option<async_nats::service::Service>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: TaskSet<HealthMsg>,
     instance: String,
 }
 
@@ -95,15 +96,15 @@ impl Actor for HealthService {
             .await
             .map_err(|e| ActorProcessingErr::from(format!("cannot add health endpoint: {e}")))?;
         let ctx = ServeCtx { args, instance: instance.clone() };
-        let task = tokio::spawn(async move {
+        let mut tasks = TaskSet::new(myself, |_| HealthMsg::EndpointClosed);
+        tasks.spawn("endpoints", async move {
             let mut requests = futures::stream::select(shared, own);
             while let Some(req) = requests.next().await {
                 ctx.answer(req).await;
             }
-            let _ = myself.cast(HealthMsg::EndpointClosed);
         });
         debug!(instance = %instance, "health service registered");
-        Ok(HealthState { service: Some(service), task, instance })
+        Ok(HealthState { service: Some(service), tasks, instance })
     }
 
     async fn handle(
@@ -120,7 +121,7 @@ impl Actor for HealthService {
     }
 
     async fn post_stop(&self, _myself: ActorRef<HealthMsg>, state: &mut HealthState) -> Result<(), ActorProcessingErr> {
-        state.task.abort();
+        state.tasks.abort_all();
         if let Some(service) = state.service.take() {
             if let Err(e) = service.stop().await {
                 warn!(instance = %state.instance, error = %e, "health service did not stop cleanly");

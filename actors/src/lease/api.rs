@@ -6,10 +6,8 @@
 //! MessagePack ones go without a content-type header (what no header means), and the `lease`
 //! reply is written by hand, splicing each spec's stored MessagePack instead of re-encoding it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_nats::service::ServiceExt;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
@@ -17,15 +15,15 @@ use steward_subjects::api::lease::{LeasesRequest, ReleaseReply, RenewReply};
 use steward_subjects::api::result::SubmitRequest;
 use steward_subjects::codec::Encoding;
 use steward_subjects::config::JobSpec;
-use steward_subjects::subject::service_name;
-use steward_subjects::{rpc, AccountId, WireError, STEWARD_VERSION};
+use steward_subjects::{rpc, AccountId, WireError};
 use tracing::debug;
 
 use super::commit::Commit;
 use super::leader::LeaderGuard;
 use super::msgpack as mp;
 use super::requests::{Input, Shared};
-use super::{LeaseError, Tasks};
+use super::{LeaseError, LeaseMsg};
+use crate::tasks::TaskSet;
 
 /// A granted spec as answered: the shared decoded spec, serialized like
 /// [`steward_subjects::api::lease::LeasedSpec`].
@@ -128,11 +126,7 @@ pub(super) async fn start_service(
     client: &async_nats::Client,
     account: &AccountId,
 ) -> Result<async_nats::service::Service, LeaseError> {
-    client
-        .service_builder()
-        .description("steward job-spec leases and results")
-        .metadata(HashMap::from([("account".to_owned(), account.to_string())]))
-        .start(service_name("lease"), STEWARD_VERSION)
+    crate::start_account_service(client, account, "lease", "steward job-spec leases and results")
         .await
         .map_err(|e| LeaseError::Register(e.to_string()))
 }
@@ -162,7 +156,7 @@ pub(super) async fn serve_endpoints(
     shared: &Arc<Shared>,
     tx: &tokio::sync::mpsc::UnboundedSender<Input>,
     guard: &LeaderGuard,
-    tasks: &mut Tasks,
+    tasks: &mut TaskSet<LeaseMsg>,
 ) -> Result<LoopEndpoints, LeaseError> {
     let s = &shared.subjects;
     let mut looped = futures::stream::SelectAll::new();
@@ -187,7 +181,7 @@ pub(super) async fn serve_endpoints(
             continue;
         }
         let (shared, tx, guard) = (shared.clone(), tx.clone(), guard.clone());
-        tasks.0.push(tokio::spawn(async move {
+        tasks.spawn_detached(async move {
             while let Some(req) = endpoint.next().await {
                 if !guard.is_valid() {
                     // Stepping down: stay silent (the caller retries another instance).
@@ -205,7 +199,7 @@ pub(super) async fn serve_endpoints(
                 }
             }
             let _ = tx.send(Input::StepDown(LeaseError::Closed(format!("endpoint {name}"))));
-        }));
+        });
     }
     Ok(looped)
 }

@@ -26,7 +26,8 @@ use super::journal::{self, Fence, JournalError};
 use super::leader::LeaderGuard;
 use super::notices::NoticeEvent;
 use super::requests::{Input, Shared};
-use super::{now_ms, LeaseError};
+use super::LeaseError;
+use crate::now_ms;
 
 /// Journal entries are cut at about this size (below the server's default payload limit).
 const MAX_COMMIT_BYTES: usize = 384 * 1024;

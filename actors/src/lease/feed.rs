@@ -12,8 +12,9 @@ use tracing::warn;
 
 use super::requests::Input;
 use super::state::SpecEntry;
-use super::{LeaseError, Tasks};
+use super::{LeaseError, LeaseMsg};
 use crate::kv::{self, KvReadError};
+use crate::tasks::TaskSet;
 
 /// Starts following the specs of `account`: every change becomes an input on `tx`, `ready` gets
 /// a message once every existing spec was sent, and the end of the feed becomes a step-down.
@@ -26,7 +27,7 @@ pub(super) async fn spawn_spec_feed(
     account: &AccountId,
     tx: &tokio::sync::mpsc::UnboundedSender<Input>,
     ready: tokio::sync::mpsc::Sender<()>,
-    tasks: &mut Tasks,
+    tasks: &mut TaskSet<LeaseMsg>,
 ) -> Result<(), LeaseError> {
     let stream = js
         .get_stream(format!("KV_{JOBSPECS_BUCKET}"))
@@ -34,7 +35,7 @@ pub(super) async fn spawn_spec_feed(
         .map_err(|e| LeaseError::Bucket { bucket: JOBSPECS_BUCKET, reason: e.to_string() })?;
     let (tx, client, account) = (tx.clone(), client.clone(), account.clone());
     let filter = jobspec_account_filter(&account);
-    tasks.0.push(tokio::spawn(async move {
+    tasks.spawn_detached(async move {
         let followed = follow(&client, &stream, JOBSPECS_BUCKET, &filter, ready, |key, deleted, value| {
             let Some(id) = parse_jobspec_key(&account, key).map(|k| k.spec.to_string()) else { return };
             if deleted {
@@ -51,7 +52,7 @@ pub(super) async fn spawn_spec_feed(
         .await;
         let reason = followed.err().unwrap_or(LeaseError::WatchEnded { bucket: JOBSPECS_BUCKET });
         let _ = tx.send(Input::StepDown(reason));
-    }));
+    });
     Ok(())
 }
 

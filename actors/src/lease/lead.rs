@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use ractor::ActorRef;
 use steward_subjects::api::lease::LeaseJournalEntry;
 use steward_subjects::{rpc, WireError};
 use tracing::{debug, info};
@@ -17,7 +18,9 @@ use super::leader::{LeaderGuard, LeaderLock};
 use super::notices::{notices, NoticeEvent};
 use super::requests::{Input, Shared};
 use super::state::LeaseView;
-use super::{api, feed, now_ms, LeaseArgs, LeaseError, Tasks};
+use super::{api, feed, LeaseArgs, LeaseError, LeaseMsg};
+use crate::now_ms;
+use crate::tasks::TaskSet;
 
 /// Leads until shutdown (`Ok`) or until it must step down (`Err`; the whole state is dropped).
 pub(super) async fn lead(
@@ -26,15 +29,20 @@ pub(super) async fn lead(
     instance: &str,
     lock: LeaderLock,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    owner: &ActorRef<LeaseMsg>,
 ) -> Result<(), LeaseError> {
     let guard = lock.guard();
     let generation = lock.generation();
     let account = args.subjects.account().clone();
     let journal_subject = args.subjects.jobspec_journal();
-    let mut tasks = Tasks::default();
+    // The term's tasks report their end on `tx` (a step-down), not to the actor; every early
+    // return below drops both sets, which aborts them (the refresher too, so a failed load
+    // keeps no lock alive).
+    let mut tasks = TaskSet::unreported(owner.clone());
+    let mut refresher = TaskSet::unreported(owner.clone());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
     // Keep the lock fresh from the start (loading may take longer than its TTL).
-    let refresher = spawn_refresher(lock, args.config.leader_ttl, tx.clone(), shutdown.clone());
+    refresher.spawn_detached(refresh(lock, args.config.leader_ttl, tx.clone(), shutdown.clone()));
 
     // From here on no append of an older leader is stored (every append expects the fence where
     // its leader raised it), so the replay below misses nothing.
@@ -65,7 +73,7 @@ pub(super) async fn lead(
     );
 
     let (notice_tx, notice_rx) = tokio::sync::mpsc::unbounded_channel();
-    tasks.0.push(tokio::spawn(notices(shared.clone(), notice_rx)));
+    tasks.spawn_detached(notices(shared.clone(), notice_rx));
     let service = api::start_service(&args.client, &account).await?;
     let result = match api::serve_endpoints(&service, &shared, &tx, &guard, &mut tasks).await {
         Ok(endpoints) => {
@@ -80,26 +88,23 @@ pub(super) async fn lead(
 
 /// Refreshes the lock every third of its TTL; a failed refresh becomes a step-down. On shutdown
 /// it gives the lock up so a standby takes over at once.
-fn spawn_refresher(
-    lock: LeaderLock,
+async fn refresh(
+    mut lock: LeaderLock,
     ttl: Duration,
     tx: tokio::sync::mpsc::UnboundedSender<Input>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
+) {
     let every = (ttl / 3).max(Duration::from_millis(20));
-    tokio::spawn(async move {
-        let mut lock = lock;
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(every) => {}
-                _ = stop.changed() => { lock.release().await; return; }
-            }
-            if let Err(e) = lock.refresh().await {
-                let _ = tx.send(Input::StepDown(e.into()));
-                return;
-            }
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.changed() => { lock.release().await; return; }
         }
-    })
+        if let Err(e) = lock.refresh().await {
+            let _ = tx.send(Input::StepDown(e.into()));
+            return;
+        }
+    }
 }
 
 /// Loads the latest snapshot and replays the journal after it. Returns the state, the last
@@ -217,8 +222,8 @@ fn apply_feed(
 async fn step_down(
     guard: &LeaderGuard,
     service: async_nats::service::Service,
-    tasks: Tasks,
-    refresher: tokio::task::JoinHandle<()>,
+    tasks: TaskSet<LeaseMsg>,
+    mut refresher: TaskSet<LeaseMsg>,
     shutdown: bool,
 ) {
     guard.revoke();
@@ -227,11 +232,8 @@ async fn step_down(
     }
     drop(tasks);
     if shutdown {
-        let abort = refresher.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), refresher).await.is_err() {
-            abort.abort();
-        }
+        refresher.wait(Duration::from_secs(2)).await;
     } else {
-        refresher.abort();
+        refresher.abort_all();
     }
 }

@@ -20,7 +20,7 @@ use steward_subjects::streams::LEASES_BUCKET;
 use steward_subjects::subject::lease_leader_key;
 use steward_subjects::AccountId;
 
-use super::now_ms;
+use crate::{duration_ms, now_ms};
 
 /// A failed operation on the leader lock.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -69,10 +69,6 @@ pub struct LeaderLock {
     guard: LeaderGuard,
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl LeaderLock {
     /// Takes the lock of `account` for `instance` when it is free or expired; `Ok(None)` while
     /// another live instance holds it.
@@ -102,7 +98,8 @@ impl LeaderLock {
             Some(e) => (1, e.revision),
             None => (1, 0),
         };
-        let record = LeaderRecord { instance: instance.to_owned(), generation, expires_at_ms: sent_at + ms(ttl) };
+        let record =
+            LeaderRecord { instance: instance.to_owned(), generation, expires_at_ms: sent_at + duration_ms(ttl) };
         let payload = codec::encode(Encoding::MsgPack, &record).map_err(|e| LeaderError::Store(e.to_string()))?;
         let written = if revision == 0 {
             kv.create(&key, payload).await.ok()
@@ -111,7 +108,7 @@ impl LeaderLock {
         };
         let Some(revision) = written else { return Ok(None) };
         let guard = LeaderGuard::default();
-        guard.valid_until_ms.store(sent_at + ms(ttl) - ms(ttl) / 3, Ordering::Release);
+        guard.valid_until_ms.store(sent_at + duration_ms(ttl) - duration_ms(ttl) / 3, Ordering::Release);
         Ok(Some(LeaderLock { kv, key, record, revision, ttl, guard }))
     }
 
@@ -134,13 +131,15 @@ impl LeaderLock {
     /// revoked); [`LeaderError::Store`] when the record cannot be encoded.
     pub async fn refresh(&mut self) -> Result<(), LeaderError> {
         let sent_at = now_ms();
-        let record = LeaderRecord { expires_at_ms: sent_at + ms(self.ttl), ..self.record.clone() };
+        let record = LeaderRecord { expires_at_ms: sent_at + duration_ms(self.ttl), ..self.record.clone() };
         let payload = codec::encode(Encoding::MsgPack, &record).map_err(|e| LeaderError::Store(e.to_string()))?;
         match tokio::time::timeout(self.ttl / 3, self.kv.update(&self.key, payload, self.revision)).await {
             Ok(Ok(revision)) => {
                 self.revision = revision;
                 self.record = record;
-                self.guard.valid_until_ms.store(sent_at + ms(self.ttl) - ms(self.ttl) / 3, Ordering::Release);
+                self.guard
+                    .valid_until_ms
+                    .store(sent_at + duration_ms(self.ttl) - duration_ms(self.ttl) / 3, Ordering::Release);
                 Ok(())
             }
             Ok(Err(e)) => {

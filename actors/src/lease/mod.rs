@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use steward_subjects::Subjects;
 
+use crate::tasks::TaskSet;
 use crate::ActorsError;
 use journal::JournalError;
 use leader::{LeaderError, LeaderLock};
@@ -91,28 +92,20 @@ pub struct LeaseArgs {
 #[derive(Debug)]
 pub enum LeaseMsg {
     /// A background task ended: restart the service.
-    TaskEnded(String),
-}
-
-/// Tasks aborted when dropped (so a killed actor leaves nothing running).
-#[derive(Debug, Default)]
-struct Tasks(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
+    TaskEnded(&'static str),
 }
 
 /// State of the lease service.
 pub struct LeaseState {
     shutdown: tokio::sync::watch::Sender<bool>,
-    candidate: Option<tokio::task::JoinHandle<()>>,
+    /// The candidate loop; dropping the state (a killed actor, no `post_stop`) aborts it, so
+    /// the instance stops leading.
+    tasks: TaskSet<LeaseMsg>,
 }
 
-/// The lease service actor.
+/// The lease service actor. Its work runs on spawned tasks sharing the `Arc`'d lease state, for
+/// latency: a request is served without a hop through the actor's mailbox; the actor only owns
+/// the candidate loop and restarts (through its supervisor) when it ends.
 #[derive(Debug, Default)]
 pub struct LeaseService;
 
@@ -124,11 +117,9 @@ impl Actor for LeaseService {
     async fn pre_start(&self, myself: ActorRef<LeaseMsg>, args: LeaseArgs) -> Result<LeaseState, ActorProcessingErr> {
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let instance = uuid::Uuid::new_v4().simple().to_string();
-        let task = tokio::spawn(async move {
-            candidate(args, instance, shutdown_rx).await;
-            let _ = myself.cast(LeaseMsg::TaskEnded("lease candidate loop ended".into()));
-        });
-        Ok(LeaseState { shutdown, candidate: Some(task) })
+        let mut tasks = TaskSet::new(myself.clone(), LeaseMsg::TaskEnded);
+        tasks.spawn("candidate loop", candidate(args, instance, shutdown_rx, myself));
+        Ok(LeaseState { shutdown, tasks })
     }
 
     async fn handle(
@@ -138,38 +129,15 @@ impl Actor for LeaseService {
         _state: &mut LeaseState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            LeaseMsg::TaskEnded(reason) => Err(ActorProcessingErr::from(reason)),
+            LeaseMsg::TaskEnded(name) => Err(crate::tasks::ended("lease", name)),
         }
     }
 
     async fn post_stop(&self, _myself: ActorRef<LeaseMsg>, state: &mut LeaseState) -> Result<(), ActorProcessingErr> {
         let _ = state.shutdown.send(true);
-        if let Some(task) = state.candidate.take() {
-            let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(3), task).await.is_err() {
-                abort.abort();
-            }
-        }
+        state.tasks.wait(Duration::from_secs(3)).await;
         Ok(())
     }
-}
-
-impl Drop for LeaseState {
-    // A killed actor (no `post_stop`) still stops leading: its state is dropped.
-    fn drop(&mut self) {
-        if let Some(task) = self.candidate.take() {
-            task.abort();
-        }
-    }
-}
-
-/// Milliseconds since the Unix epoch (the hub clock every lease time is measured on).
-#[must_use]
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Typed handle in front of a lease service started unsupervised (the process supervisor
@@ -277,8 +245,14 @@ pub enum LeaseError {
     Closed(String),
 }
 
-/// Tries to become leader until shut down; leads while it can.
-async fn candidate(args: LeaseArgs, instance: String, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+/// Tries to become leader until shut down; leads while it can (each term's tasks belong to
+/// `owner`, the lease service actor).
+async fn candidate(
+    args: LeaseArgs,
+    instance: String,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    owner: ActorRef<LeaseMsg>,
+) {
     let js = jetstream::new(args.client.clone());
     let poll = (args.config.leader_ttl / 3).max(Duration::from_millis(50));
     loop {
@@ -288,7 +262,7 @@ async fn candidate(args: LeaseArgs, instance: String, mut shutdown: tokio::sync:
         match LeaderLock::try_acquire(&js, args.subjects.account(), &instance, args.config.leader_ttl).await {
             Ok(Some(lock)) => {
                 info!(account = %args.subjects.account(), generation = lock.generation(), "lease leader");
-                match lead::lead(&args, &js, &instance, lock, &mut shutdown).await {
+                match lead::lead(&args, &js, &instance, lock, &mut shutdown, &owner).await {
                     Ok(()) => return,
                     Err(e) => warn!(account = %args.subjects.account(), error = %e, "lease leader stepped down"),
                 }

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use async_nats::jetstream;
 use steward_subjects::api::lease::{
@@ -25,8 +24,9 @@ use super::api::{LeaseReplyOut, LeasedOut, MineReplyOut, Out, SpecRef};
 use super::commit::Commit;
 use super::notices::NoticeEvent;
 use super::state::{LeaseView, NotHeld, RowFilter, SpecEntry};
-use super::{now_ms, LeaseConfig, LeaseError};
+use super::{LeaseConfig, LeaseError};
 use crate::results::store::store_host_results;
+use crate::{duration_ms, now_ms};
 
 /// What the loop is asked to do.
 pub(super) enum Input {
@@ -56,7 +56,7 @@ impl Shared {
     }
 
     pub(super) fn ttl_ms(&self) -> u64 {
-        ms(self.config.ttl)
+        duration_ms(self.config.ttl)
     }
 }
 
@@ -83,10 +83,6 @@ fn optional_host(host: &str) -> Result<Option<HostId>, WireError> {
     } else {
         Ok(Some(HostId::parse(host)?))
     }
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Shared {

@@ -6,7 +6,6 @@
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::kv;
-use async_nats::service::ServiceExt;
 use futures::StreamExt;
 use ractor::{ActorProcessingErr, ActorRef};
 use steward_subjects::api::jobspec::{
@@ -14,25 +13,22 @@ use steward_subjects::api::jobspec::{
 };
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::{JobSpec, SpecId, TargetKind};
-use steward_subjects::subject::{jobspec_account_filter, jobspec_target_filter, service_name};
-use steward_subjects::{rpc, AccountId, Token, TokenKind, WireError, STEWARD_VERSION};
+use steward_subjects::subject::{jobspec_account_filter, jobspec_target_filter};
+use steward_subjects::{rpc, AccountId, Token, TokenKind, WireError};
 
 use super::{fail, store, RendererArgs, RendererHandle, RendererMsg};
+use crate::tasks::TaskSet;
 
-/// Registers the service and serves its endpoints on tasks pushed to `tasks`.
+/// Registers the service and serves its endpoints on tasks of `tasks`.
 pub(super) async fn start_service(
     args: &RendererArgs,
     myself: &ActorRef<RendererMsg>,
     specs_kv: &kv::Store,
     status: &Arc<Mutex<RenderStatus>>,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    tasks: &mut TaskSet<RendererMsg>,
 ) -> Result<async_nats::service::Service, ActorProcessingErr> {
-    let service = args
-        .client
-        .service_builder()
-        .description("steward job-spec renderer: list, explain, status")
-        .metadata([("account".to_owned(), args.subjects.account().to_string())].into())
-        .start(service_name("jobspec"), STEWARD_VERSION)
+    let description = "steward job-spec renderer: list, explain, status";
+    let service = crate::start_account_service(&args.client, args.subjects.account(), "jobspec", description)
         .await
         .map_err(|e| fail("cannot register jobspec service")(e.to_string()))?;
     let add = |name: &'static str, subject: String| {
@@ -57,27 +53,27 @@ pub(super) async fn start_service(
         status: status.clone(),
     });
     let c = ctx.clone();
-    tasks.push(tokio::spawn(async move {
+    tasks.spawn_detached(async move {
         let mut list = list;
         while let Some(req) = list.next().await {
             let c = c.clone();
             tokio::spawn(async move { c.list(req).await });
         }
-    }));
+    });
     let c = ctx.clone();
-    tasks.push(tokio::spawn(async move {
+    tasks.spawn_detached(async move {
         let mut explain = explain;
         while let Some(req) = explain.next().await {
             c.explain(req).await;
         }
-    }));
+    });
     let c = ctx;
-    tasks.push(tokio::spawn(async move {
+    tasks.spawn_detached(async move {
         let mut stat = stat;
         while let Some(req) = stat.next().await {
             c.status(req).await;
         }
-    }));
+    });
     Ok(service)
 }
 

@@ -40,6 +40,7 @@ use tracing::{debug, info, warn};
 
 use self::render::{HostLabels, SpecIndex};
 use self::store::SpecStoreError;
+use crate::tasks::TaskSet;
 use crate::ActorsError;
 
 /// Delay that coalesces bursts of host changes into one render.
@@ -121,7 +122,7 @@ pub struct RendererState {
     acks: Vec<(u64, Box<jetstream::Message>)>,
     status: Arc<Mutex<RenderStatus>>,
     written: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: TaskSet<RendererMsg>,
     service: Option<async_nats::service::Service>,
 }
 
@@ -184,10 +185,10 @@ impl Actor for Renderer {
         };
         let (config_kv, specs_kv, hosts_kv) =
             (get(CONFIG_BUCKET).await?, get(JOBSPECS_BUCKET).await?, get(HOSTS_BUCKET).await?);
-        let mut tasks = Vec::new();
+        let mut tasks = TaskSet::new(myself.clone(), RendererMsg::TaskEnded);
 
         let hosts = watch_hosts(&args.client, &hosts_kv, &account, &myself, &mut tasks).await?;
-        tasks.push(follow_config_events(&js, &args.subjects, &myself).await?);
+        follow_config_events(&js, &args.subjects, &mut tasks).await?;
 
         // Current revision and what the store holds.
         let head =
@@ -324,9 +325,7 @@ impl Actor for Renderer {
                 });
                 let _ = reply.send(key);
             }
-            RendererMsg::TaskEnded(what) => {
-                return Err(ActorProcessingErr::from(format!("renderer {what} ended")));
-            }
+            RendererMsg::TaskEnded(what) => return Err(crate::tasks::ended("renderer", what)),
         }
         Ok(())
     }
@@ -336,19 +335,19 @@ impl Actor for Renderer {
         _myself: ActorRef<RendererMsg>,
         state: &mut RendererState,
     ) -> Result<(), ActorProcessingErr> {
-        crate::stop_service("renderer", &state.tasks, state.service.take()).await;
+        state.tasks.stop("renderer", state.service.take()).await;
         Ok(())
     }
 }
 
-/// Follows the host registry of `account` (a task pushed to `tasks` casts each change to the
+/// Follows the host registry of `account` (a task of `tasks` casts each change to the
 /// actor) and answers the hosts it holds now.
 async fn watch_hosts(
     client: &async_nats::Client,
     hosts_kv: &kv::Store,
     account: &AccountId,
     myself: &ActorRef<RendererMsg>,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    tasks: &mut TaskSet<RendererMsg>,
 ) -> Result<BTreeMap<String, (u64, BTreeMap<String, String>)>, ActorProcessingErr> {
     // Host registry: watch new changes first, then read the current state, so nothing falls
     // in between (older watch events are ignored by revision).
@@ -356,7 +355,7 @@ async fn watch_hosts(
     let mut watch = hosts_kv.watch(&filter).await.map_err(|e| fail("cannot watch hosts")(e.to_string()))?;
     let me = myself.clone();
     let acct = account.clone();
-    tasks.push(tokio::spawn(async move {
+    tasks.spawn("host watch", async move {
         while let Some(Ok(entry)) = watch.next().await {
             let msg = match entry.operation {
                 kv::Operation::Put => {
@@ -371,8 +370,7 @@ async fn watch_hosts(
                 }
             }
         }
-        let _ = me.cast(RendererMsg::TaskEnded("host watch"));
-    }));
+    });
     let mut hosts = BTreeMap::new();
     for l in store::scan_latest(client, hosts_kv, &filter, false).await.map_err(|e| fail("hosts")(e.to_string()))? {
         if l.deleted {
@@ -385,13 +383,13 @@ async fn watch_hosts(
     Ok(hosts)
 }
 
-/// Follows `config.changed` of the account on a task that casts each announced revision to the
-/// actor.
+/// Follows `config.changed` of the account on a task of `tasks` that casts each announced
+/// revision to the actor.
 async fn follow_config_events(
     js: &jetstream::Context,
     subjects: &Subjects,
-    myself: &ActorRef<RendererMsg>,
-) -> Result<tokio::task::JoinHandle<()>, ActorProcessingErr> {
+    tasks: &mut TaskSet<RendererMsg>,
+) -> Result<(), ActorProcessingErr> {
     // Durable consumer of config.changed: events that arrive while this renderer is down are
     // delivered when it comes back; each is acknowledged once its revision is written.
     let stream = js.get_stream(CONFIG_EVENTS_STREAM).await.map_err(|e| fail("config events")(e.to_string()))?;
@@ -411,8 +409,8 @@ async fn follow_config_events(
         .await
         .map_err(|e| fail("config events consumer")(e.to_string()))?;
     let mut events = consumer.messages().await.map_err(|e| fail("config events")(e.to_string()))?;
-    let me = myself.clone();
-    Ok(tokio::spawn(async move {
+    let me = tasks.actor().clone();
+    tasks.spawn("config events", async move {
         while let Some(Ok(msg)) = events.next().await {
             let revision = codec::decode::<ConfigChanged>(Encoding::MsgPack, &msg.payload).map(|c| c.revision.revision);
             match revision {
@@ -427,8 +425,8 @@ async fn follow_config_events(
                 }
             }
         }
-        let _ = me.cast(RendererMsg::TaskEnded("config events"));
-    }))
+    });
+    Ok(())
 }
 
 fn schedule(myself: &ActorRef<RendererMsg>, state: &mut RendererState, delay: Duration) {

@@ -39,6 +39,7 @@ use self::schedule::{reschedule, Running};
 pub use self::sync::SyncOutcome;
 use self::sync::{apply_sync, drop_specs, release_pool_specs, start_sync};
 use crate::lease::client::LeaseClient;
+use crate::tasks::TaskSet;
 use crate::{ActorsError, ConnectOptions};
 
 /// Longest the last drain of a clean stop may take (results left over stay in the outbox).
@@ -161,7 +162,7 @@ pub struct RuntimeState {
     ttl_ms: u64,
     confirmed_at_ms: u64,
     status: RuntimeStatus,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: TaskSet<RuntimeMsg>,
 }
 
 /// The runtime actor.
@@ -208,7 +209,8 @@ impl Actor for RuntimeActor {
             Some(domain) => jetstream::with_domain(client.clone(), domain),
             None => jetstream::new(client.clone()),
         };
-        let tasks = subscribe_notices(&client, &args, &myself).await?;
+        let mut tasks = TaskSet::unreported(myself.clone());
+        subscribe_notices(&client, &args, &mut tasks).await?;
         let settings = ExecSettings::in_dir(&args.data_dir);
         let confirmed_at_ms = specs.iter().map(|s| s.confirmed_at_ms).max().unwrap_or(0);
         let mut state = RuntimeState {
@@ -253,11 +255,10 @@ impl Actor for RuntimeActor {
                 reschedule(state, &myself);
                 let every = state.args.renew_every.unwrap_or(Duration::from_millis((state.ttl_ms / 3).max(100)));
                 let me = myself.clone();
-                state.tasks.retain(|t| !t.is_finished());
-                state.tasks.push(tokio::spawn(async move {
+                state.tasks.spawn_detached(async move {
                     tokio::time::sleep(every).await;
                     let _ = me.cast(RuntimeMsg::Tick);
-                }));
+                });
             }
             RuntimeMsg::Notice(n) => {
                 debug!(runtime = %state.args.runtime, changed = n.changed.len(), removed = n.removed.len(), revoked = n.revoked.len(), "change notice");
@@ -325,9 +326,7 @@ impl Actor for RuntimeActor {
         state: &mut RuntimeState,
     ) -> Result<(), ActorProcessingErr> {
         state.running.clear();
-        for t in &state.tasks {
-            t.abort();
-        }
+        state.tasks.abort_all();
         if state.online {
             // Last results out while their leases still hold, then hand the pool specs back.
             if tokio::time::timeout(STOP_DRAIN_BUDGET, drain(drain_ctx(state))).await.is_err() {
@@ -346,9 +345,8 @@ impl Actor for RuntimeActor {
 async fn subscribe_notices(
     client: &async_nats::Client,
     args: &RuntimeArgs,
-    myself: &ActorRef<RuntimeMsg>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, ActorProcessingErr> {
-    let mut tasks = Vec::new();
+    tasks: &mut TaskSet<RuntimeMsg>,
+) -> Result<(), ActorProcessingErr> {
     for (subject, available) in
         [(args.subjects.jobspec_notice(&args.runtime), false), (args.subjects.jobspec_available(), true)]
     {
@@ -356,8 +354,8 @@ async fn subscribe_notices(
             .subscribe(subject)
             .await
             .map_err(|e| ActorProcessingErr::from(format!("cannot subscribe to notices: {e}")))?;
-        let me = myself.clone();
-        tasks.push(tokio::spawn(async move {
+        let me = tasks.actor().clone();
+        tasks.spawn_detached(async move {
             use futures::StreamExt;
             while let Some(msg) = sub.next().await {
                 let m = if available {
@@ -373,9 +371,9 @@ async fn subscribe_notices(
                     }
                 }
             }
-        }));
+        });
     }
-    Ok(tasks)
+    Ok(())
 }
 
 fn set_online(state: &mut RuntimeState, online: bool) {

@@ -8,7 +8,7 @@ use steward_subjects::config::{Comparison, JobSpec, Threshold};
 
 use super::executor::{ExecError, Observation};
 use super::schedule::SpecCtx;
-use crate::lease::now_ms;
+use crate::now_ms;
 
 fn breached(t: &Threshold, value: f64, limit: f64) -> bool {
     match t.op {

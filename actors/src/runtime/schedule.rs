@@ -12,7 +12,7 @@ use steward_subjects::subject::result_host_of;
 use super::executor::{self, cancel_pair, CancelHandle, ExecError, ExecSettings, RunContext};
 use super::result::result_record;
 use super::{RuntimeMsg, RuntimeState};
-use crate::lease::now_ms;
+use crate::now_ms;
 
 /// Shortest interval a spec is run at (guards against a zero interval).
 const MIN_INTERVAL: Duration = Duration::from_millis(100);

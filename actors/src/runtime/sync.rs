@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::{set_online, RuntimeMsg, RuntimeState};
 use crate::lease::client::{is_unreachable, LeaseClient};
-use crate::lease::now_ms;
+use crate::now_ms;
 
 /// Longest the lease release of a clean stop may take (together with the drain, within the
 /// 2 s a supervisor gives each component to stop).

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::signing::JobVerifier;
+use crate::tasks::TaskSet;
 use crate::{connect, ActorsError, ConnectOptions};
 use job::{JobContext, JobOutcome, StopAs};
 
@@ -96,7 +97,7 @@ pub struct RunWorkerState {
     taken_order: VecDeque<(String, u32)>,
     finished: HashMap<String, RunStatus>,
     finished_order: VecDeque<String>,
-    serve: tokio::task::JoinHandle<()>,
+    tasks: TaskSet<RunWorkerMsg>,
 }
 
 /// The run worker actor.
@@ -125,7 +126,8 @@ impl Actor for RunWorker {
         let stop = client.subscribe(args.subjects.run_stop(&args.host_id)).await?;
         client.flush().await?;
         let me = myself.clone();
-        let serve = tokio::spawn(async move {
+        let mut tasks = TaskSet::new(myself, |_| RunWorkerMsg::Closed);
+        tasks.spawn("subscriptions", async move {
             let mut work = work.map(RunWorkerMsg::Work);
             let mut stop = stop.map(RunWorkerMsg::Stop);
             loop {
@@ -142,7 +144,6 @@ impl Actor for RunWorker {
                     None => break,
                 }
             }
-            let _ = me.cast(RunWorkerMsg::Closed);
         });
         info!(host_id = %args.host_id, trusted_key = args.verifier.as_ref().map(JobVerifier::key_id), "run worker started");
         let ctx = JobContext {
@@ -161,7 +162,7 @@ impl Actor for RunWorker {
             taken_order: VecDeque::new(),
             finished: HashMap::new(),
             finished_order: VecDeque::new(),
-            serve,
+            tasks,
         })
     }
 
@@ -208,7 +209,7 @@ impl Actor for RunWorker {
         _myself: ActorRef<RunWorkerMsg>,
         state: &mut RunWorkerState,
     ) -> Result<(), ActorProcessingErr> {
-        state.serve.abort();
+        state.tasks.abort_all();
         for job in state.jobs.values() {
             let _ = job.stop.send(Some(StopAs(RunStatus::Canceled)));
         }

@@ -346,7 +346,7 @@ pub async fn explain(global: &Global, id: &str) -> anyhow::Result<()> {
         None => anyhow::Error::new(e).context(format!("cannot explain job spec {id}")),
     })?;
     let spec = r.spec;
-    let now = steward_actors::lease::now_ms();
+    let now = steward_actors::now_ms();
     // The spec and why it exists come from the config manager; the lease state from the lease
     // leader. Without a leader (a hub restarting, the lock not yet taken over) the explanation
     // still says what it can.
