@@ -4,11 +4,12 @@
 //!
 //! Key files (written by `steward keys init`): `<dir>/steward-signing.key` holds the 32-byte
 //! secret seed as hex (mode 0600), `<dir>/steward-signing.pub` the 32-byte public key as hex.
-//! The signature covers a domain-separated SHA-256 digest of the job's content
-//! ([`job_digest`]): kind, argv, playbook content and playbook reference, each length-prefixed
-//! so no two jobs share a digest. A playbook given by reference (`sha256:<hex>` of its bytes,
-//! see `worker::job`) is thereby pinned too: the signature covers the reference, and the host
-//! runs fetched bytes only if they hash to it.
+//! A work order's signature covers a domain-separated SHA-256 digest of the order
+//! ([`order_digest`]): account, host, run id, attempt and deadline, then the job's own digest
+//! ([`job_digest`]: kind, argv, playbook content and playbook reference), every field
+//! length-prefixed, so an order re-sent to another host, account, run or attempt, or with a
+//! later deadline, does not verify. A playbook given by reference (`sha256:<hex>` of its bytes,
+//! see `worker::job`) is pinned too: the host runs fetched bytes only if they hash to it.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,7 @@ pub const SECRET_FILE: &str = "steward-signing.key";
 pub const PUBLIC_FILE: &str = "steward-signing.pub";
 
 const DOMAIN: &[u8] = b"steward-job-v1";
+const ORDER_DOMAIN: &[u8] = b"steward.v1.work-order";
 
 /// Errors of signing and verification.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +61,11 @@ pub enum SigningError {
         /// Key id trusted.
         want: String,
     },
-    /// The signature does not match the content (tampered content or signature).
-    #[error("signature does not match the job content (tampered or corrupted)")]
+    /// The signature does not match the order (tampered content or signature, or an order
+    /// re-targeted to another host, account, run, attempt or deadline).
+    #[error(
+        "signature does not match the work order (tampered, or replayed for another host, run, attempt or deadline)"
+    )]
     Mismatch,
 }
 
@@ -80,6 +85,52 @@ pub fn job_digest(job: &Job) -> [u8; 32] {
     }
     field(job.playbook.as_bytes());
     field(job.playbook_ref.as_bytes());
+    h.finalize().into()
+}
+
+/// What a work order's signature binds: the job, and where, under which run and attempt and
+/// until when it may run.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderBinding<'a> {
+    /// Account (tenant) of the run.
+    pub account: &'a str,
+    /// The host the order is for.
+    pub host_id: &'a str,
+    /// Run id.
+    pub run_id: &'a str,
+    /// Attempt number.
+    pub attempt: u32,
+    /// Deadline of the attempt, Unix milliseconds.
+    pub deadline_ms: u64,
+    /// The job.
+    pub job: &'a Job,
+}
+
+/// The digest a work order's signature covers: a fixed domain, then account, host, run id,
+/// attempt, deadline and the job's digest, each length-prefixed.
+///
+/// ```
+/// use steward_actors::signing::{order_digest, OrderBinding};
+/// use steward_subjects::api::run::Job;
+/// let job = Job::command(["true"]);
+/// let a = OrderBinding { account: "acme", host_id: "web-1", run_id: "r1", attempt: 1, deadline_ms: 5, job: &job };
+/// let b = OrderBinding { host_id: "web-2", ..a };
+/// assert_ne!(order_digest(&a), order_digest(&b));
+/// ```
+#[must_use]
+pub fn order_digest(order: &OrderBinding<'_>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(ORDER_DOMAIN);
+    field(order.account.as_bytes());
+    field(order.host_id.as_bytes());
+    field(order.run_id.as_bytes());
+    field(&order.attempt.to_be_bytes());
+    field(&order.deadline_ms.to_be_bytes());
+    field(&job_digest(order.job));
     h.finalize().into()
 }
 
@@ -207,10 +258,10 @@ impl JobSigner {
         JobVerifier { key: self.key.verifying_key(), id: self.id.clone() }
     }
 
-    /// Signs `job`: returns the hex signature.
+    /// Signs a work order (see [`order_digest`]): returns the hex signature.
     #[must_use]
-    pub fn sign(&self, job: &Job) -> String {
-        hex(&self.key.sign(&job_digest(job)).to_bytes())
+    pub fn sign_order(&self, order: &OrderBinding<'_>) -> String {
+        hex(&self.key.sign(&order_digest(order)).to_bytes())
     }
 }
 
@@ -255,11 +306,13 @@ impl JobVerifier {
         &self.id
     }
 
-    /// Checks `signature` (hex, by key `key_id`) over `job`.
+    /// Checks `signature` (hex, by key `key_id`) over a work order (see [`order_digest`]); the
+    /// caller builds `order` from what it knows itself (its own account and host), not only
+    /// from what the order says.
     ///
     /// # Errors
     /// [`SigningError::Unsigned`], [`SigningError::UnknownKey`] or [`SigningError::Mismatch`].
-    pub fn verify(&self, job: &Job, signature: &str, key_id: &str) -> Result<(), SigningError> {
+    pub fn verify_order(&self, order: &OrderBinding<'_>, signature: &str, key_id: &str) -> Result<(), SigningError> {
         if signature.is_empty() {
             return Err(SigningError::Unsigned);
         }
@@ -268,7 +321,7 @@ impl JobVerifier {
         }
         let bytes: [u8; 64] = unhex(signature).and_then(|b| b.try_into().ok()).ok_or(SigningError::Mismatch)?;
         let sig = Signature::from_bytes(&bytes);
-        self.key.verify(&job_digest(job), &sig).map_err(|_| SigningError::Mismatch)
+        self.key.verify(&order_digest(order), &sig).map_err(|_| SigningError::Mismatch)
     }
 }
 
@@ -277,25 +330,64 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn binding(job: &Job) -> OrderBinding<'_> {
+        OrderBinding { account: "acme", host_id: "web-1", run_id: "r1", attempt: 1, deadline_ms: 1_000, job }
+    }
+
     #[test]
     fn sign_verify_and_tamper() {
         let signer = JobSigner::from_seed([7; 32]);
         let verifier = signer.verifier();
         let job = Job::playbook("- hosts: all\n  tasks: []\n");
-        let sig = signer.sign(&job);
-        verifier.verify(&job, &sig, signer.key_id()).unwrap();
+        let sig = signer.sign_order(&binding(&job));
+        verifier.verify_order(&binding(&job), &sig, signer.key_id()).unwrap();
         let mut tampered = job.clone();
         tampered.playbook.push_str("# extra\n");
-        assert!(matches!(verifier.verify(&tampered, &sig, signer.key_id()), Err(SigningError::Mismatch)));
-        assert!(matches!(verifier.verify(&job, "", ""), Err(SigningError::Unsigned)));
-        let other = JobSigner::from_seed([8; 32]);
         assert!(matches!(
-            verifier.verify(&job, &other.sign(&job), other.key_id()),
+            verifier.verify_order(&binding(&tampered), &sig, signer.key_id()),
+            Err(SigningError::Mismatch)
+        ));
+        assert!(matches!(verifier.verify_order(&binding(&job), "", ""), Err(SigningError::Unsigned)));
+        let other = JobSigner::from_seed([8; 32]);
+        let foreign = other.sign_order(&binding(&job));
+        assert!(matches!(
+            verifier.verify_order(&binding(&job), &foreign, other.key_id()),
             Err(SigningError::UnknownKey { .. })
         ));
-        assert!(matches!(verifier.verify(&job, &other.sign(&job), ""), Err(SigningError::Mismatch)));
+        assert!(matches!(verifier.verify_order(&binding(&job), &foreign, ""), Err(SigningError::Mismatch)));
+        assert!(matches!(verifier.verify_order(&binding(&job), "zz", ""), Err(SigningError::Mismatch)));
         // argv boundaries are part of the digest
         assert_ne!(job_digest(&Job::command(["a b"])), job_digest(&Job::command(["a", "b"])));
+    }
+
+    #[test]
+    fn an_order_replayed_elsewhere_does_not_verify() {
+        let signer = JobSigner::from_seed([7; 32]);
+        let verifier = signer.verifier();
+        let job = Job::command(["true"]);
+        let signed = binding(&job);
+        let sig = signer.sign_order(&signed);
+        verifier.verify_order(&signed, &sig, signer.key_id()).unwrap();
+        let replays = [
+            OrderBinding { account: "other", ..signed },
+            OrderBinding { host_id: "web-2", ..signed },
+            OrderBinding { run_id: "r2", ..signed },
+            OrderBinding { attempt: 2, ..signed },
+            OrderBinding { deadline_ms: 1_001, ..signed },
+        ];
+        for replay in replays {
+            assert!(
+                matches!(verifier.verify_order(&replay, &sig, signer.key_id()), Err(SigningError::Mismatch)),
+                "{replay:?} verified"
+            );
+        }
+        // Field boundaries are part of the digest: moving bytes from one field to the next
+        // gives another digest.
+        let moved = OrderBinding { account: "acmew", host_id: "eb-1", ..signed };
+        assert_ne!(order_digest(&signed), order_digest(&moved));
+        // The order digest is not the job digest: nothing signed over a job alone verifies as
+        // an order.
+        assert_ne!(order_digest(&signed), job_digest(&job));
     }
 
     #[test]
@@ -304,11 +396,14 @@ mod tests {
         let signer = JobSigner::from_seed([7; 32]);
         let verifier = signer.verifier();
         let job = Job::playbook_by_ref(PlaybookRef::of(b"- hosts: all\n").to_string());
-        let sig = signer.sign(&job);
-        verifier.verify(&job, &sig, signer.key_id()).unwrap();
+        let sig = signer.sign_order(&binding(&job));
+        verifier.verify_order(&binding(&job), &sig, signer.key_id()).unwrap();
         // Another reference (other bytes) under the same signature is refused.
         let swapped = Job::playbook_by_ref(PlaybookRef::of(b"- hosts: all\n# evil\n").to_string());
-        assert!(matches!(verifier.verify(&swapped, &sig, signer.key_id()), Err(SigningError::Mismatch)));
+        assert!(matches!(
+            verifier.verify_order(&binding(&swapped), &sig, signer.key_id()),
+            Err(SigningError::Mismatch)
+        ));
         // Content and reference are distinct fields of the digest.
         assert_ne!(job_digest(&Job::playbook("x")), job_digest(&Job::playbook_by_ref("x")));
     }
@@ -321,7 +416,7 @@ mod tests {
         let s = JobSigner::load(&files.secret).unwrap();
         let v = JobVerifier::load(&files.public).unwrap();
         let job = Job::command(["true"]);
-        v.verify(&job, &s.sign(&job), s.key_id()).unwrap();
+        v.verify_order(&binding(&job), &s.sign_order(&binding(&job)), s.key_id()).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;

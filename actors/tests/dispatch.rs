@@ -12,10 +12,10 @@ use ractor::{Actor, ActorRef};
 use steward_actors::dispatcher::client::DispatcherClient;
 use steward_actors::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg};
 use steward_actors::edge::{EdgeAgent, EdgeArgs, EdgeMsg};
-use steward_actors::signing::JobSigner;
+use steward_actors::signing::{JobSigner, OrderBinding};
 use steward_actors::worker::events::publish_batch;
 use steward_actors::worker::{RunWorker, RunWorkerArgs, RunWorkerMsg};
-use steward_actors::ConnectOptions;
+use steward_actors::{now_ms, ConnectOptions};
 use steward_deploy::wait::eventually;
 use steward_deploy::HubLeaf;
 use steward_subjects::api::host::COMMAND_ID_HEADER;
@@ -83,19 +83,27 @@ impl Site {
     }
 
     async fn start_worker(&mut self, verifier: Option<steward_actors::signing::JobVerifier>) {
+        self.worker = Some(self.spawn_worker("edge-1", verifier).await);
+    }
+
+    /// A run worker for `host` on the leaf, once work orders reach it.
+    async fn spawn_worker(
+        &self,
+        host: &str,
+        verifier: Option<steward_actors::signing::JobVerifier>,
+    ) -> ActorRef<RunWorkerMsg> {
         let args = RunWorkerArgs {
             connect: ConnectOptions::new(self.topo.leaf().client_url()),
             subjects: self.subjects.clone(),
-            host_id: HostId::parse("edge-1").unwrap(),
+            host_id: HostId::parse(host).unwrap(),
             verifier,
             hub_domain: Some("hub".into()),
-            work_dir: self.data.join("work"),
+            work_dir: self.data.join(format!("work-{host}")),
             ansible_playbook: PathBuf::from("ansible-playbook"),
         };
         let (worker, _) = Actor::spawn(None, RunWorker, args).await.unwrap();
-        self.worker = Some(worker);
         // The worker's interest must have crossed the leaf connection before work is sent.
-        let subject = self.subjects.run_work(&HostId::parse("edge-1").unwrap());
+        let subject = self.subjects.run_work(&HostId::parse(host).unwrap());
         eventually(WAIT, POLL, || {
             let hub = self.hub.clone();
             let subject = subject.clone();
@@ -109,6 +117,51 @@ impl Site {
         })
         .await
         .unwrap();
+        worker
+    }
+
+    /// A work order of `job` for `host`, signed by the hub's key for this account, `host`,
+    /// `run_id`, `attempt` and `deadline_ms`.
+    fn signed_order(&self, host: &str, run_id: &str, attempt: u32, deadline_ms: u64, job: &Job) -> WorkOrder {
+        let binding = OrderBinding {
+            account: self.subjects.account().as_str(),
+            host_id: host,
+            run_id,
+            attempt,
+            deadline_ms,
+            job,
+        };
+        WorkOrder {
+            run_id: run_id.into(),
+            host_id: host.into(),
+            attempt,
+            job: job.clone(),
+            signature: self.signer.sign_order(&binding),
+            key_id: self.signer.key_id().into(),
+            timeout_ms: 10_000,
+            deadline_ms,
+            ..WorkOrder::default()
+        }
+    }
+
+    /// Sends `order` straight to `host`'s run worker; the worker's answer.
+    async fn send_order(&self, host: &str, order: &WorkOrder) -> Result<WorkAck, rpc::RequestError> {
+        rpc::request(&self.hub, self.subjects.run_work(&HostId::parse(host).unwrap()), order, Duration::from_secs(5))
+            .await
+    }
+
+    /// Waits for the `last` job event of `run_id`; the run's events.
+    async fn wait_last_event(&self, run_id: &str) -> Vec<RunEvent> {
+        eventually(WAIT, POLL, || async {
+            let evs = events_of(&self.hub, run_id).await;
+            if evs.iter().any(|e| e.kind == EventKind::Last) {
+                Ok(evs)
+            } else {
+                Err("no last event yet")
+            }
+        })
+        .await
+        .unwrap()
     }
 
     /// Returns once the dispatcher swept at least once from now: a probe run to a host that
@@ -187,6 +240,30 @@ async fn create_pending_host_record(
 async fn read_host_record(kv: &jetstream::kv::Store, key: &str) -> Result<HostRun, String> {
     let entry = kv.get(key).await.map_err(|e| e.to_string())?.ok_or("record gone")?;
     codec::decode(Encoding::MsgPack, &entry).map_err(|e| e.to_string())
+}
+
+/// Every job event of `run_id` stored in the run events stream.
+async fn events_of(hub: &async_nats::Client, run_id: &str) -> Vec<RunEvent> {
+    let js = jetstream::new(hub.clone());
+    let stream = js.get_stream(RUN_EVENTS_STREAM).await.unwrap();
+    let info = stream.get_info().await.unwrap();
+    let mut out = Vec::new();
+    for s in info.state.first_sequence..=info.state.last_sequence {
+        if let Ok(m) = stream.get_raw_message(s).await {
+            let ev: RunEvent = codec::decode(Encoding::MsgPack, &m.payload).unwrap();
+            if ev.run_id == run_id {
+                out.push(ev);
+            }
+        }
+    }
+    out
+}
+
+/// Asserts the run's only job event is a `last` failure whose reason says `want`.
+fn assert_refused(run_id: &str, events: &[RunEvent], want: &str) {
+    assert_eq!(events.len(), 1, "{run_id}: nothing but the refusal: {events:?}");
+    assert_eq!(events[0].status, Some(RunStatus::Failure), "{run_id}");
+    assert!(events[0].reason.contains("refused") && events[0].reason.contains(want), "{run_id}: {}", events[0].reason);
 }
 
 fn assert_ordered(events: &[RunEvent]) {
@@ -689,57 +766,16 @@ async fn a_run_refused_for_lack_of_records_leaves_no_work_order() {
 async fn tampered_and_unsigned_jobs_are_refused_before_anything_runs() {
     let site = Site::start().await;
     let marker = site.data.join("tampered-ran");
-    let original = Job::command(["true"]);
-    let signature = site.signer.sign(&original);
     let tampered = Job::command(["touch", marker.to_str().unwrap()]);
-    let host = HostId::parse("edge-1").unwrap();
-    let events_of = |run_id: &'static str| {
-        let hub = site.hub.clone();
-        async move {
-            let js = jetstream::new(hub);
-            let stream = js.get_stream(RUN_EVENTS_STREAM).await.unwrap();
-            let info = stream.get_info().await.unwrap();
-            let mut out = Vec::new();
-            for s in info.state.first_sequence..=info.state.last_sequence {
-                if let Ok(m) = stream.get_raw_message(s).await {
-                    let ev: RunEvent = codec::decode(Encoding::MsgPack, &m.payload).unwrap();
-                    if ev.run_id == run_id {
-                        out.push(ev);
-                    }
-                }
-            }
-            out
+    let deadline = now_ms() + 60_000;
+    for (run_id, unsigned, want) in [("r-tampered", false, "tampered"), ("r-unsigned", true, "not signed")] {
+        let mut order = site.signed_order("edge-1", run_id, 1, deadline, &Job::command(["true"]));
+        order.job = tampered.clone();
+        if unsigned {
+            order.signature.clear();
         }
-    };
-    for (run_id, signature, want) in
-        [("r-tampered", signature.clone(), "tampered"), ("r-unsigned", String::new(), "not signed")]
-    {
-        let order = WorkOrder {
-            run_id: run_id.into(),
-            host_id: "edge-1".into(),
-            attempt: 1,
-            job: tampered.clone(),
-            signature,
-            key_id: site.signer.key_id().into(),
-            timeout_ms: 10_000,
-            ..WorkOrder::default()
-        };
-        let ack: WorkAck =
-            rpc::request(&site.hub, site.subjects.run_work(&host), &order, Duration::from_secs(5)).await.unwrap();
-        assert!(ack.accepted);
-        let events = eventually(WAIT, POLL, || async {
-            let evs = events_of(run_id).await;
-            if evs.iter().any(|e| e.kind == EventKind::Last) {
-                Ok(evs)
-            } else {
-                Err("no last event yet")
-            }
-        })
-        .await
-        .unwrap();
-        assert_eq!(events.len(), 1, "nothing but the refusal: {events:?}");
-        assert_eq!(events[0].status, Some(RunStatus::Failure));
-        assert!(events[0].reason.contains("refused") && events[0].reason.contains(want), "{}", events[0].reason);
+        assert!(site.send_order("edge-1", &order).await.unwrap().accepted);
+        assert_refused(run_id, &site.wait_last_event(run_id).await, want);
         assert!(!marker.exists(), "tampered job ran");
     }
 
@@ -750,6 +786,75 @@ async fn tampered_and_unsigned_jobs_are_refused_before_anything_runs() {
     let view = other.wait_status(&run.run_id, RunStatus::Failure).await;
     assert!(view.hosts[0].run.reason.contains("signature verification failed"), "{}", view.hosts[0].run.reason);
     assert!(!marker.exists());
+}
+
+/// An order signed for host `edge-1` reaches the worker of `edge-2`: as it is, it names another
+/// host and is refused outright; with its host rewritten to `edge-2`, its signature (made for
+/// `edge-1`) does not verify there. Nothing runs either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_signed_for_another_host_is_refused_and_nothing_runs() {
+    let site = Site::start().await;
+    let _other = site.spawn_worker("edge-2", Some(site.signer.verifier())).await;
+    let marker = site.data.join("retargeted-ran");
+    let job = Job::command(["touch", marker.to_str().unwrap()]);
+    let order = site.signed_order("edge-1", "r-for-edge-1", 1, now_ms() + 60_000, &job);
+
+    let err = site.send_order("edge-2", &order).await.unwrap_err();
+    assert_eq!(err.kind(), RequestErrorKind::Remote(ErrorCode::Invalid), "{err}");
+    assert!(err.to_string().contains("edge-1"), "{err}");
+
+    let retargeted = WorkOrder { host_id: "edge-2".into(), ..order };
+    assert!(site.send_order("edge-2", &retargeted).await.unwrap().accepted);
+    let events = site.wait_last_event("r-for-edge-1").await;
+    assert_refused("r-for-edge-1", &events, "signature verification failed");
+    assert!(events.iter().all(|e| e.host_id == "edge-2"), "{events:?}");
+    assert!(!marker.exists(), "an order signed for another host ran");
+}
+
+/// A signed order replayed under another run id, attempt or a later deadline does not verify;
+/// one past its (signed) deadline, or without one, is refused too. Nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_with_its_run_attempt_or_deadline_changed_is_refused() {
+    let site = Site::start().await;
+    let marker = site.data.join("replayed-ran");
+    let job = Job::command(["touch", marker.to_str().unwrap()]);
+    let deadline = now_ms() + 60_000;
+
+    let mut run_changed = site.signed_order("edge-1", "r-signed", 1, deadline, &job);
+    run_changed.run_id = "r-run-changed".into();
+    let mut attempt_changed = site.signed_order("edge-1", "r-attempt-changed", 1, deadline, &job);
+    attempt_changed.attempt = 2;
+    let mut deadline_changed = site.signed_order("edge-1", "r-deadline-changed", 1, now_ms() + 1, &job);
+    deadline_changed.deadline_ms = deadline + 3_600_000;
+    let expired = site.signed_order("edge-1", "r-expired", 1, now_ms() - 1_000, &job);
+    let no_deadline = site.signed_order("edge-1", "r-no-deadline", 1, 0, &job);
+    let cases = [
+        (run_changed, "signature verification failed"),
+        (attempt_changed, "signature verification failed"),
+        (deadline_changed, "signature verification failed"),
+        (expired, "deadline"),
+        (no_deadline, "no deadline"),
+    ];
+    for (order, want) in cases {
+        let run_id = order.run_id.clone();
+        assert!(site.send_order("edge-1", &order).await.unwrap().accepted, "{run_id}");
+        assert_refused(&run_id, &site.wait_last_event(&run_id).await, want);
+        assert!(!marker.exists(), "{run_id} ran");
+    }
+}
+
+/// An order signed for its own host, run, attempt and deadline runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_signed_for_its_host_runs() {
+    let site = Site::start().await;
+    let marker = site.data.join("signed-ran");
+    let job = Job::command(["touch", marker.to_str().unwrap()]);
+    let order = site.signed_order("edge-1", "r-signed-here", 3, now_ms() + 60_000, &job);
+    assert!(site.send_order("edge-1", &order).await.unwrap().accepted);
+    let events = site.wait_last_event("r-signed-here").await;
+    assert_eq!(events.last().unwrap().status, Some(RunStatus::Success), "{events:?}");
+    assert!(events.iter().all(|e| e.attempt == 3), "{events:?}");
+    assert!(marker.exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -132,7 +132,7 @@ impl Core {
         let hosts = self.targets(&req, explicit).await?;
         let now = now_ms();
         let (run, records) = self.new_run(&req, &hosts, now);
-        let orders: Vec<WorkOrder> = records.iter().map(|h| self.order(&run, h)).collect();
+        let orders = self.orders(&run, &records).await;
         let (revisions, run_rev, acks) = match &idem {
             None => self.write_with_orders(&run, &records, &orders).await?,
             Some(d) => match self.write_keyed(d, &run, &records).await? {
@@ -152,10 +152,8 @@ impl Core {
         let run_id = uuid::Uuid::now_v7().simple().to_string();
         let timeout = req.timeout();
         let attempts = u64::from(req.retry.attempts());
-        let (signature, key_id) = match &self.signer {
-            Some(s) => (s.sign(&req.job), s.key_id().to_owned()),
-            None => (String::new(), String::new()),
-        };
+        // Each host's order is signed on its own (see `Core::orders`); the run names the key.
+        let key_id = self.signer.as_ref().map(|s| s.key_id().to_owned()).unwrap_or_default();
         let records: Vec<HostRun> = hosts
             .iter()
             .map(|h| HostRun {
@@ -176,7 +174,7 @@ impl Core {
             status: RunStatus::Pending,
             job_digest: hex(&job_digest(&req.job)),
             job: req.job.clone(),
-            signature,
+            signature: String::new(),
             key_id,
             labels: req.labels.clone(),
             selector: req.selector.clone(),

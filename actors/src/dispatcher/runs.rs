@@ -20,11 +20,11 @@ use steward_subjects::subject::run_event_host;
 use steward_subjects::{HostId, Subjects};
 use tracing::{debug, info, warn};
 
-use super::delivery::{deliver_all, find_work_command, Stored};
+use super::delivery::{deliver_all, find_work_command, Stored, INLINE_ORDERS};
 use super::lifecycle;
 use super::store::{HostChange, KnownHost, RunStore, RunStoreError};
 use crate::now_ms;
-use crate::signing::JobSigner;
+use crate::signing::{JobSigner, OrderBinding};
 
 /// What the dispatcher keeps in memory about a run that has not ended (rebuilt from the store
 /// on start, or adopted from the store when this instance applies an event of a run another
@@ -131,6 +131,22 @@ pub(super) struct Core {
     /// Runs this instance applied events of without holding them (dispatched by another hub
     /// instance): the sweeper adopts them so deadlines and retries are enforced here too.
     pub(super) adopt: Mutex<HashSet<String>>,
+}
+
+/// Signs each order for `account`, its host, run id, attempt and deadline.
+fn sign_orders(signer: &JobSigner, account: &str, mut orders: Vec<WorkOrder>) -> Vec<WorkOrder> {
+    for o in &mut orders {
+        o.signature = signer.sign_order(&OrderBinding {
+            account,
+            host_id: &o.host_id,
+            run_id: &o.run_id,
+            attempt: o.attempt,
+            deadline_ms: o.deadline_ms,
+            job: &o.job,
+        });
+        o.key_id = signer.key_id().to_owned();
+    }
+    orders
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -250,16 +266,37 @@ impl Core {
         }
     }
 
-    pub(super) fn order(&self, run: &RunRecord, h: &HostRun) -> WorkOrder {
-        WorkOrder {
-            run_id: run.run_id.clone(),
-            host_id: h.host_id.clone(),
-            attempt: h.attempt,
-            job: run.job.clone(),
-            signature: run.signature.clone(),
-            key_id: run.key_id.clone(),
-            timeout_ms: h.deadline_ms.saturating_sub(now_ms().max(h.not_before_ms)).max(1),
-            labels: run.labels.clone(),
+    /// The work orders of `hosts` (their current attempts), each signed for its account, host,
+    /// run id, attempt and deadline; unsigned when this hub has no signing key (hosts refuse
+    /// them). Many orders are signed on a blocking thread (one signature costs tens of µs).
+    pub(super) async fn orders(&self, run: &RunRecord, hosts: &[HostRun]) -> Vec<WorkOrder> {
+        let now = now_ms();
+        let orders: Vec<WorkOrder> = hosts
+            .iter()
+            .map(|h| WorkOrder {
+                run_id: run.run_id.clone(),
+                host_id: h.host_id.clone(),
+                attempt: h.attempt,
+                job: run.job.clone(),
+                signature: String::new(),
+                key_id: String::new(),
+                timeout_ms: h.deadline_ms.saturating_sub(now.max(h.not_before_ms)).max(1),
+                labels: run.labels.clone(),
+                deadline_ms: h.deadline_ms,
+            })
+            .collect();
+        let Some(signer) = self.signer.clone() else { return orders };
+        let account = self.subjects.account().as_str().to_owned();
+        if orders.len() <= INLINE_ORDERS {
+            return sign_orders(&signer, &account, orders);
+        }
+        let count = orders.len();
+        match tokio::task::spawn_blocking(move || sign_orders(&signer, &account, orders)).await {
+            Ok(signed) => signed,
+            Err(e) => {
+                warn!(run_id = %run.run_id, orders = count, error = %e, "work orders not signed; they are sent again at the next check");
+                Vec::new()
+            }
         }
     }
 
@@ -589,7 +626,7 @@ impl Core {
             }
         };
         let mut next = u64::MAX;
-        let mut to_deliver = Vec::new();
+        let mut to_deliver: Vec<HostRun> = Vec::new();
         let mut open = 0usize;
         for h in hosts {
             if h.status.is_terminal() {
@@ -630,14 +667,15 @@ impl Core {
                     // Not stored yet (a failed publish, a new attempt, or a run picked up after
                     // a restart: publishing again is harmless, the stream and the host both
                     // drop duplicates).
-                    to_deliver.push(self.order(&run, &h));
+                    to_deliver.push(h);
                     next = next.min(now + self.redeliver_after_ms);
                 }
             }
         }
         if !to_deliver.is_empty() {
             debug!(run_id = %run_id, hosts = to_deliver.len(), "delivering work orders");
-            let delivered = deliver_all(self.js.clone(), self.subjects.clone(), to_deliver).await;
+            let orders = self.orders(&run, &to_deliver).await;
+            let delivered = deliver_all(self.js.clone(), self.subjects.clone(), orders).await;
             self.mark_delivered(run_id, delivered);
         }
         if open == 0 {

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use super::events::EventSink;
 use crate::process_group::{self, Chunk, End, GroupSpec, Stream};
-use crate::signing::JobVerifier;
+use crate::signing::{JobVerifier, OrderBinding};
 
 /// Output streamed as events, per job; the rest only goes to the artifact.
 pub const STREAM_CAP: usize = 256 * 1024;
@@ -184,13 +184,13 @@ async fn run_job(
     sink: &mut EventSink,
 ) -> JobOutcome {
     let fail = |reason: String| JobOutcome { status: RunStatus::Failure, reason, exit_code: None };
-    let Some(verifier) = &ctx.verifier else {
-        return fail("refused: this host has no trusted signing key configured".into());
+    let timeout = match admit(ctx, order, crate::now_ms()) {
+        Ok(left) => timeout.min(left),
+        Err(reason) => {
+            warn!(run_id = %order.run_id, attempt = order.attempt, reason = %reason, "job refused");
+            return fail(reason);
+        }
     };
-    if let Err(e) = verifier.verify(&order.job, &order.signature, &order.key_id) {
-        warn!(run_id = %order.run_id, error = %e, "job refused");
-        return fail(format!("refused: signature verification failed: {e}"));
-    }
     let scratch = match tempfile::Builder::new().prefix("steward-job-").tempdir_in(&ctx.work_dir) {
         Ok(d) => d,
         Err(e) => return fail(format!("cannot create scratch folder in {}: {e}", ctx.work_dir.display())),
@@ -282,6 +282,41 @@ async fn run_job(
             }
         }
     }
+}
+
+/// Checks a work order before anything of it runs: it names this host, its signature verifies
+/// for this worker's own account and host (not only those the order names) with the order's
+/// run id, attempt and deadline, and its deadline is still ahead. Answers the time left until
+/// the deadline, or the refusal reason.
+fn admit(ctx: &JobContext, order: &WorkOrder, now_ms: u64) -> Result<Duration, String> {
+    let Some(verifier) = &ctx.verifier else {
+        return Err("refused: this host has no trusted signing key configured".into());
+    };
+    if order.host_id != ctx.host.as_str() {
+        return Err(format!("refused: work order for host {:?} reached host {}", order.host_id, ctx.host));
+    }
+    let binding = OrderBinding {
+        account: ctx.subjects.account().as_str(),
+        host_id: ctx.host.as_str(),
+        run_id: &order.run_id,
+        attempt: order.attempt,
+        deadline_ms: order.deadline_ms,
+        job: &order.job,
+    };
+    if let Err(e) = verifier.verify_order(&binding, &order.signature, &order.key_id) {
+        return Err(format!("refused: signature verification failed: {e}"));
+    }
+    if order.deadline_ms == 0 {
+        return Err("refused: work order carries no deadline".into());
+    }
+    if order.deadline_ms <= now_ms {
+        let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(order.deadline_ms) * 1_000_000)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_default();
+        return Err(format!("refused: work order deadline {at} passed {} ms ago", now_ms - order.deadline_ms));
+    }
+    Ok(Duration::from_millis(order.deadline_ms - now_ms))
 }
 
 /// Why a playbook given by reference was refused; the text is the job's failure reason.

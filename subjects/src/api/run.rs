@@ -129,7 +129,7 @@ impl JobKind {
 }
 
 /// The work of a run: a command or a playbook (by content, or by reference to the config
-/// manager). Signed by the hub as a whole; see `steward_actors::signing`.
+/// manager). Signed by the hub as part of each host's work order; see `steward_actors::signing`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Job {
@@ -385,9 +385,10 @@ pub struct RunRecord {
     pub job: Job,
     /// Hex sha-256 of the job's signed content.
     pub job_digest: String,
-    /// Hub signature of the job (hex), empty when the hub has no signing key.
+    /// Empty: each host's work order carries its own signature (see [`WorkOrder`]); older
+    /// hubs wrote a signature of the job alone here.
     pub signature: String,
-    /// Id of the key that signed it.
+    /// Id of the key that signs the run's work orders, empty when the hub has none.
     pub key_id: String,
     /// Run labels.
     pub labels: BTreeMap<String, String>,
@@ -578,14 +579,19 @@ pub struct WorkOrder {
     pub attempt: u32,
     /// The job.
     pub job: Job,
-    /// Hub signature of the job (hex).
+    /// Hub signature (hex) over the account, host, run id, attempt, deadline and job; see
+    /// `steward_actors::signing::order_digest`.
     pub signature: String,
     /// Id of the signing key.
     pub key_id: String,
-    /// Time the attempt may take, in milliseconds (the host stops it after that).
+    /// Time the attempt may take, in milliseconds (the host stops it after that, and at
+    /// `deadline_ms` at the latest).
     pub timeout_ms: u64,
     /// Run labels.
     pub labels: BTreeMap<String, String>,
+    /// Deadline of the attempt, Unix milliseconds (signed): the host refuses the order after
+    /// it, and one without a deadline.
+    pub deadline_ms: u64,
 }
 
 /// A host's answer to a work order.
