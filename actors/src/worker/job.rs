@@ -1,5 +1,7 @@
-//! One job on the edge, from work order to `last` event: verify the hub's signature (refuse
-//! before anything runs), fetch a playbook given by reference, emit `start`, run the command or
+//! One job on the edge, from work order to `last` event: verify the hub's signature for this
+//! worker's own account and host and the order's run id, attempt and deadline, and refuse an
+//! order past its deadline (before anything runs), fetch a playbook given by
+//! reference, emit `start`, run the command or
 //! the playbook while streaming its output as events, store large output in the artifacts
 //! object store, and end with a `last` event carrying the outcome.
 //!
