@@ -2,8 +2,7 @@
 //! worker's own account and host and the order's run id, attempt and deadline, and refuse an
 //! order past its deadline (before anything runs), fetch a playbook given by reference, emit
 //! `start`, run the command or the playbook while streaming its output as events, store large
-//! output in the artifacts
-//! object store, and end with a `last` event carrying the outcome.
+//! output in the artifacts object store, and end with a `last` event carrying the outcome.
 //!
 //! A playbook job whose `playbook_ref` is `sha256:<hex>` and whose content is empty is fetched
 //! from the config manager (`config.playbook`) through the worker's hub connection (through the
