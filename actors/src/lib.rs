@@ -101,15 +101,14 @@ pub async fn connect_with(
     adjust: impl FnOnce(async_nats::ConnectOptions) -> async_nats::ConnectOptions,
 ) -> Result<async_nats::Client, ActorsError> {
     let err = |reason: String| ActorsError::Connect { url: opts.url.clone(), reason };
+    let bad_creds = |e: steward_deploy::DeployError| err(format!("cannot use credentials: {e}"));
     let mut o = match &opts.creds {
-        Some(path) => {
-            match steward_deploy::auth::read_seed(path).map_err(|e| err(format!("cannot use credentials: {e}")))? {
-                Some(seed) => async_nats::ConnectOptions::with_nkey(seed),
-                None => async_nats::ConnectOptions::with_credentials_file(path.clone())
-                    .await
-                    .map_err(|e| err(format!("cannot read credentials {}: {e}", path.display())))?,
-            }
-        }
+        Some(path) => match steward_deploy::auth::read_seed(path).map_err(bad_creds)? {
+            Some(seed) => async_nats::ConnectOptions::with_nkey(seed),
+            None => async_nats::ConnectOptions::with_credentials_file(path.clone())
+                .await
+                .map_err(|e| err(format!("cannot read credentials {}: {e}", path.display())))?,
+        },
         None => async_nats::ConnectOptions::new(),
     };
     o = adjust(o.name(name).connection_timeout(Duration::from_secs(5)));
