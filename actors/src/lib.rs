@@ -90,7 +90,8 @@ pub async fn connect(opts: &ConnectOptions, name: &str) -> Result<async_nats::Cl
 
 /// Like [`connect`], with a hook to adjust the async-nats options (the edge agent sets its own
 /// inbox prefix). The credentials file may be a JWT credentials file or a file holding only an
-/// nkey user seed (as `steward creds issue` writes).
+/// nkey user seed (as `steward creds issue` writes); it is refused, naming it, when missing,
+/// neither of these, or accessible to anyone but its owner.
 ///
 /// # Errors
 /// [`ActorsError::Connect`] when the server cannot be reached or refuses the credentials.
@@ -100,8 +101,9 @@ pub async fn connect_with(
     adjust: impl FnOnce(async_nats::ConnectOptions) -> async_nats::ConnectOptions,
 ) -> Result<async_nats::Client, ActorsError> {
     let err = |reason: String| ActorsError::Connect { url: opts.url.clone(), reason };
+    let bad_creds = |e: steward_deploy::DeployError| err(format!("cannot use credentials: {e}"));
     let mut o = match &opts.creds {
-        Some(path) => match steward_deploy::auth::read_seed(path).map_err(|e| err(e.to_string()))? {
+        Some(path) => match steward_deploy::auth::read_seed(path).map_err(bad_creds)? {
             Some(seed) => async_nats::ConnectOptions::with_nkey(seed),
             None => async_nats::ConnectOptions::with_credentials_file(path.clone())
                 .await

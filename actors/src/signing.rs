@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use sha2::{Digest, Sha256};
+use steward_deploy::secret::{read_secret, write_secret, SecretFileError};
 use steward_subjects::api::run::Job;
 
 /// File name of the secret key inside a key folder.
@@ -156,14 +157,28 @@ fn key_id(public: &VerifyingKey) -> String {
     hex(&Sha256::digest(public.as_bytes())[..8])
 }
 
-fn read_32(path: &Path) -> Result<[u8; 32], SigningError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| SigningError::Io { path: path.to_owned(), reason: e.to_string() })?;
-    let bytes = unhex(&text).ok_or_else(|| SigningError::BadKey { path: path.to_owned(), reason: "not hex".into() })?;
+/// Parses the 32 hex-encoded bytes read from `path`.
+fn parse_32(path: &Path, text: &str) -> Result<[u8; 32], SigningError> {
+    let bytes = unhex(text).ok_or_else(|| SigningError::BadKey { path: path.to_owned(), reason: "not hex".into() })?;
     bytes.try_into().map_err(|b: Vec<u8>| SigningError::BadKey {
         path: path.to_owned(),
         reason: format!("{} bytes, expected 32", b.len()),
     })
+}
+
+/// Reads a key file: a secret one only when no one but its owner may access it (as ssh does),
+/// a public one as it is.
+fn read_32(path: &Path, secret: bool) -> Result<[u8; 32], SigningError> {
+    let text = if secret {
+        read_secret(path).map_err(|e| secret_err(path, &e))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| SigningError::Io { path: path.to_owned(), reason: e.to_string() })?
+    };
+    parse_32(path, &text)
+}
+
+fn secret_err(path: &Path, e: &SecretFileError) -> SigningError {
+    SigningError::Io { path: path.to_owned(), reason: e.to_string() }
 }
 
 /// The hub's signing key.
@@ -232,18 +247,19 @@ impl JobSigner {
         }
         std::fs::create_dir_all(dir).map_err(|e| SigningError::Io { path: dir.to_owned(), reason: e.to_string() })?;
         let signer = Self::generate()?;
-        write_private(&secret, &hex(&signer.key.to_bytes()))?;
+        write_secret(&secret, &(hex(&signer.key.to_bytes()) + "\n")).map_err(|e| secret_err(&secret, &e))?;
         std::fs::write(&public, hex(signer.key.verifying_key().as_bytes()) + "\n")
             .map_err(|e| SigningError::Io { path: public.clone(), reason: e.to_string() })?;
         Ok(KeyFiles { secret, public, key_id: signer.id })
     }
 
-    /// Loads a secret key file.
+    /// Loads a secret key file; refuses one that group or others may access.
     ///
     /// # Errors
-    /// [`SigningError::Io`] or [`SigningError::BadKey`].
+    /// [`SigningError::Io`] naming the file when it is missing or too open (`chmod 600`), or
+    /// [`SigningError::BadKey`].
     pub fn load(path: &Path) -> Result<Self, SigningError> {
-        Ok(Self::from_seed(read_32(path)?))
+        Ok(Self::from_seed(read_32(path, true)?))
     }
 
     /// Id of the key.
@@ -265,21 +281,6 @@ impl JobSigner {
     }
 }
 
-#[cfg(unix)]
-fn write_private(path: &Path, text: &str) -> Result<(), SigningError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let err = |e: std::io::Error| SigningError::Io { path: path.to_owned(), reason: e.to_string() };
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(err)?;
-    f.write_all(text.as_bytes()).and_then(|()| f.write_all(b"\n")).map_err(err)
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, text: &str) -> Result<(), SigningError> {
-    std::fs::write(path, format!("{text}\n"))
-        .map_err(|e| SigningError::Io { path: path.to_owned(), reason: e.to_string() })
-}
-
 /// The public key an edge trusts.
 #[derive(Debug, Clone)]
 pub struct JobVerifier {
@@ -293,7 +294,7 @@ impl JobVerifier {
     /// # Errors
     /// [`SigningError::Io`] or [`SigningError::BadKey`].
     pub fn load(path: &Path) -> Result<Self, SigningError> {
-        let bytes = read_32(path)?;
+        let bytes = read_32(path, false)?;
         let key = VerifyingKey::from_bytes(&bytes)
             .map_err(|e| SigningError::BadKey { path: path.to_owned(), reason: e.to_string() })?;
         let id = key_id(&key);

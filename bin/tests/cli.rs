@@ -1,6 +1,7 @@
 //! The `steward` binary end to end: `up` in the background, `health -o json` lists its services,
 //! Ctrl-C exits 0 and leaves no nats-server behind; hostile tokens are refused before anything
-//! is published; `run -- PROG ARGS` and durations parse as documented.
+//! is published; `run -- PROG ARGS` and durations parse as documented; secret files are written
+//! 0600 and refused, naming the file, when others may read them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
@@ -205,4 +206,57 @@ fn durations_need_a_unit_on_every_flag() {
         panic!("not ensure-worker")
     };
     assert_eq!(e.timeout, Duration::from_secs(120));
+}
+
+/// Secrets on disk: `creds issue` writes the seed 0600, also when re-issuing over a file someone
+/// loosened; a 0644 credentials file or signing key makes the command exit non-zero with an
+/// error naming the file and saying `chmod 600`, before anything connects with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_files_are_0600_and_refused_when_readable_by_others() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("auth");
+    let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let chmod = |p: &str, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    let issue = || {
+        let out = Command::new(STEWARD)
+            .args(["creds", "issue", "--host", "web-01", "--dir", d.to_str().unwrap(), "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["seed_file"].as_str().unwrap().to_owned()
+    };
+    let seed = issue();
+    assert_eq!(mode(&seed), 0o600);
+    chmod(&seed, 0o644);
+    assert_eq!(issue(), seed);
+    assert_eq!(mode(&seed), 0o600, "re-issue tightens a loosened seed file");
+
+    chmod(&seed, 0o644);
+    let out =
+        Command::new(STEWARD).args(["--nats", "nats://127.0.0.1:1", "--creds", &seed, "health"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("permissions 0644 for '{seed}' are too open")), "{err}");
+    assert!(err.contains(&format!("chmod 600 {seed}")), "{err}");
+
+    let keys = tmp.path().join("keys");
+    let out =
+        Command::new(STEWARD).args(["-o", "json", "keys", "init", "--dir", keys.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let files: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = files["secret"].as_str().unwrap().to_owned();
+    assert_eq!(mode(&secret), 0o600);
+    chmod(&secret, 0o644);
+    let server = NatsServer::single(ServerOptions::named("cli-secrets")).await.unwrap();
+    let hub = tokio::process::Command::new(STEWARD)
+        .args(["--nats", &server.client_url(), "server", "--signing-key", &secret])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), hub).await.expect("server exits").unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("permissions 0644 for '{secret}' are too open")), "{err}");
+    assert!(err.contains(&format!("chmod 600 {secret}")), "{err}");
 }

@@ -18,6 +18,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::config::quote;
+use crate::secret::{read_secret, write_secret, SecretFileError};
 use crate::DeployError;
 
 /// One nkey user of an account with its permissions.
@@ -106,10 +107,10 @@ pub enum LeafAuth {
 
 impl LeafAuth {
     /// Reads a credentials path: a file holding only an nkey user seed gives [`LeafAuth::Nkey`],
-    /// anything else is passed on as a credentials file.
+    /// a NATS credentials file is passed on as such.
     ///
     /// # Errors
-    /// [`DeployError::Io`] when the file cannot be read.
+    /// As [`read_seed`].
     pub fn from_file(path: &Path) -> Result<Self, DeployError> {
         match read_seed(path)? {
             Some(seed) => Ok(LeafAuth::Nkey(seed)),
@@ -118,16 +119,27 @@ impl LeafAuth {
     }
 }
 
-/// The seed in `path` when the file holds only an nkey user seed, `None` for other files (for
-/// example a JWT credentials file).
+/// The seed in `path` when the file holds only an nkey user seed, `None` for a NATS credentials
+/// file (user JWT and seed). The file must be readable only by its owner.
 ///
 /// # Errors
-/// [`DeployError::Io`] when the file cannot be read.
+/// [`DeployError::Secret`] naming the file when it is missing, readable or writable by others
+/// ([`SecretFileError::TooOpen`]), or neither a valid seed nor a credentials file
+/// ([`SecretFileError::Malformed`]).
 pub fn read_seed(path: &Path) -> Result<Option<String>, DeployError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| DeployError::Io { context: format!("read credentials {}", path.display()), source: err })?;
+    let text = read_secret(path)?;
     let t = text.trim();
-    Ok((t.starts_with("SU") && !t.contains(char::is_whitespace)).then(|| t.to_owned()))
+    if t.starts_with("SU") && !t.contains(char::is_whitespace) && nkeys::KeyPair::from_seed(t).is_ok() {
+        return Ok(Some(t.to_owned()));
+    }
+    if t.contains("BEGIN NATS USER JWT") && t.contains("NKEY SEED") {
+        return Ok(None);
+    }
+    Err(SecretFileError::Malformed {
+        path: path.to_owned(),
+        expected: "a valid nkey user seed (SU...) or NATS credentials file (user JWT and seed)",
+    }
+    .into())
 }
 
 /// Renders a `leafnodes { remotes: [...] }` block with one remote to `url`.
@@ -238,7 +250,7 @@ impl AuthDir {
         std::fs::create_dir_all(&dir)
             .map_err(|e| DeployError::Io { context: format!("create {}", dir.display()), source: e })?;
         let seed_file = dir.join(format!("{name}.nk"));
-        write_private(&seed_file, &format!("{}\n", id.seed))?;
+        write_secret(&seed_file, &format!("{}\n", id.seed))?;
         let entry = serde_json::json!({
             "comment": format!("{} {name}", match kind { IdentityKind::Host => "host", IdentityKind::Service => "service" }),
             "nkey": id.public_key,
@@ -325,20 +337,6 @@ fn read_entry(file: &Path) -> Result<UserEntry, DeployError> {
     })
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), DeployError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| DeployError::Io { context: format!("write {}", path.display()), source: e })?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| DeployError::Io { context: format!("write {}", path.display()), source: e })
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -358,6 +356,69 @@ mod tests {
         assert!(text.contains(&a.public_key));
         assert!(text.contains("\"acme\" {") && text.contains("\"globex\" {"));
         assert_eq!(auth.accounts().unwrap().len(), 2);
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions()) & 0o777
+    }
+
+    #[test]
+    fn re_issue_over_a_looser_seed_file_writes_it_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = AuthDir::new(dir.path());
+        let first = auth.issue("acme", IdentityKind::Host, "web-01", vec![], vec![]).unwrap();
+        chmod(&first.seed_file, 0o644);
+        let again = auth.issue("acme", IdentityKind::Host, "web-01", vec![], vec![]).unwrap();
+        assert_eq!(again.seed_file, first.seed_file);
+        assert_eq!(mode(&again.seed_file), 0o600);
+        let seed = read_seed(&again.seed_file).unwrap().unwrap();
+        assert_eq!(nkeys::KeyPair::from_seed(&seed).unwrap().public_key(), again.public_key);
+    }
+
+    #[test]
+    fn bad_credentials_files_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = AuthDir::new(dir.path());
+        let seed_file = auth.issue("acme", IdentityKind::Host, "web-01", vec![], vec![]).unwrap().seed_file;
+        let shown = seed_file.display().to_string();
+
+        chmod(&seed_file, 0o644);
+        for e in [read_seed(&seed_file).unwrap_err(), LeafAuth::from_file(&seed_file).unwrap_err()] {
+            assert!(matches!(e, DeployError::Secret(SecretFileError::TooOpen { mode: 0o644, .. })), "{e}");
+            let text = e.to_string();
+            assert!(text.contains(&format!("permissions 0644 for '{shown}' are too open")), "{text}");
+            assert!(text.contains(&format!("chmod 600 {shown}")), "{text}");
+        }
+
+        let missing = dir.path().join("nope.nk");
+        let e = read_seed(&missing).unwrap_err();
+        assert!(matches!(e, DeployError::Secret(SecretFileError::NotFound { .. })), "{e}");
+        assert!(e.to_string().contains(&missing.display().to_string()), "{e}");
+
+        for junk in ["hello\n", "SUXYZ\n", "", "-----BEGIN NATS USER JWT-----\nabc\n------END NATS USER JWT------\n"] {
+            let bad = dir.path().join("bad.nk");
+            crate::secret::write_secret(&bad, junk).unwrap();
+            let e = read_seed(&bad).unwrap_err();
+            assert!(matches!(e, DeployError::Secret(SecretFileError::Malformed { .. })), "{junk:?}: {e}");
+            let text = e.to_string();
+            assert!(text.contains(&bad.display().to_string()) && text.contains("nkey user seed"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_jwt_credentials_file_is_passed_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user.creds");
+        let text = "-----BEGIN NATS USER JWT-----\neyJ0eXAi\n------END NATS USER JWT------\n\n\
+                    -----BEGIN USER NKEY SEED-----\nSUAM\n------END USER NKEY SEED------\n";
+        crate::secret::write_secret(&path, text).unwrap();
+        assert_eq!(read_seed(&path).unwrap(), None);
+        assert_eq!(LeafAuth::from_file(&path).unwrap(), LeafAuth::Credentials(path.clone()));
     }
 
     #[test]

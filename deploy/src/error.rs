@@ -125,6 +125,10 @@ pub enum DeployError {
         last_error: String,
     },
 
+    /// A file holding a secret is missing, malformed or readable by others.
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretFileError),
+
     /// A topology was used in a way it does not support (e.g. a node index out of range).
     #[error("invalid topology operation: {0}")]
     Topology(String),

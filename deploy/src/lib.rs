@@ -5,7 +5,8 @@
 //! `.tools/bin`) and checks its version; [`config`] renders a server configuration file; [`server`] runs one server process ([`ServerOptions`], [`NatsServer`]) with readiness
 //! checks, stop, restart and cleanup on drop; [`topology`] builds the shapes Steward runs on
 //! ([`SingleNode`], [`Cluster`], [`HubLeaf`]); [`monitor`] is a tiny HTTP client for the
-//! monitoring endpoints; [`wait`] holds the [`eventually`] polling helper; [`error`] the
+//! monitoring endpoints; [`secret`] reads and writes files holding secrets (mode 0600, refused
+//! when others may read them); [`wait`] holds the [`eventually`] polling helper; [`error`] the
 //! [`DeployError`] type. Commented production configuration files live in `deploy/nats/`, and
 //! `deploy/install-nats-server.sh` installs the pinned server.
 //!
@@ -16,6 +17,7 @@ pub mod binary;
 pub mod config;
 pub mod error;
 pub mod monitor;
+pub mod secret;
 pub mod server;
 pub mod topology;
 pub mod wait;

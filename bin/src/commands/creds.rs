@@ -89,7 +89,10 @@ pub async fn creds(global: &Global, args: CredsArgs) -> anyhow::Result<()> {
         OutputFormat::Table => {
             println!("issued {} {} in account {}", out.kind, out.name, out.account);
             println!("  public key:     {}", out.public_key);
-            println!("  seed (client):  {}   (pass with --creds; keep it secret)", out.seed_file);
+            println!(
+                "  seed (client):  {}   (mode 0600, refused if others can read it; pass with --creds)",
+                out.seed_file
+            );
             println!(
                 "  authorization:  {}   (include in the hub config, then `nats-server --signal reload`)",
                 out.authorization
