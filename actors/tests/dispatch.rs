@@ -1047,6 +1047,8 @@ async fn a_host_flooding_bogus_run_events_does_not_stall_the_others() {
         })
         .collect();
     let js = jetstream::new(site.hub.clone());
+    let mut terminated = site.hub.subscribe("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>").await.unwrap();
+    site.hub.flush().await.unwrap();
     // In chunks: a JetStream context holds at most 5,000 publish acknowledgements in flight.
     for chunk in events.chunks(1000) {
         publish_batch(&js, &site.subjects, &flooder, chunk, Duration::from_secs(10)).await.unwrap();
@@ -1079,6 +1081,11 @@ async fn a_host_flooding_bogus_run_events_does_not_stall_the_others() {
     .unwrap();
     let dropped = ractor::call!(site.dispatcher, DispatcherMsg::DroppedEvents).unwrap();
     assert_eq!(dropped, FLOOD);
+    // The server's dead-letter advisory of a dropped event carries the dispatcher's reason.
+    let advisory = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut terminated)).await.unwrap().unwrap();
+    let advisory: serde_json::Value = serde_json::from_slice(&advisory.payload).unwrap();
+    let reason = advisory["reason"].as_str().unwrap_or_default();
+    assert!(["run id dated in the future", "run id is not a uuidv7", "no such run"].contains(&reason), "{advisory}");
 }
 
 /// A durable events consumer made by an older hub (no bound on redeliveries) gets the bound
