@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream;
 use ractor::{Actor, ActorRef};
@@ -1104,4 +1104,122 @@ async fn two_dispatchers_share_runs_without_corrupting_them() {
     for d in dispatchers {
         d.stop(None);
     }
+}
+
+/// A UUIDv7 run id dated `at`.
+fn run_id_at(at: SystemTime) -> String {
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
+    uuid::Uuid::new_v7(ts).simple().to_string()
+}
+
+/// How many events the shared events consumer still has to deliver or see acknowledged.
+async fn events_in_flight(js: &jetstream::Context, subjects: &Subjects) -> Result<u64, String> {
+    let stream = js.get_stream(RUN_EVENTS_STREAM).await.map_err(|e| e.to_string())?;
+    let mut c: jetstream::consumer::PullConsumer =
+        stream.get_consumer(&run_events_consumer(subjects.account())).await.map_err(|e| e.to_string())?;
+    let info = c.info().await.map_err(|e| e.to_string())?;
+    Ok(info.num_pending + info.num_ack_pending as u64)
+}
+
+/// A host flooding its own event subject with events of runs the hub never created (dated in
+/// the future, not UUIDv7s, or long ago) must not stall the events consumer every host shares:
+/// they are dropped at once (terminated, counted), and another host's run goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_flooding_bogus_run_events_does_not_stall_the_others() {
+    const FLOOD: u64 = 10_000;
+    let site = Site::start().await;
+    let flooder = HostId::parse("edge-flood").unwrap();
+    let now = SystemTime::now();
+    let events: Vec<RunEvent> = (0..FLOOD)
+        .map(|i| {
+            let run_id = match i % 3 {
+                // Forever "young" if the dispatcher waited for records of runs dated ahead.
+                0 => run_id_at(now + Duration::from_secs(3600 + i)),
+                1 => uuid::Uuid::new_v4().simple().to_string(),
+                _ => run_id_at(now - Duration::from_secs(3600 + i)),
+            };
+            RunEvent {
+                run_id,
+                host_id: flooder.to_string(),
+                attempt: 1,
+                seq: 1,
+                kind: EventKind::Last,
+                status: Some(RunStatus::Success),
+                exit_code: Some(0),
+                ..RunEvent::default()
+            }
+        })
+        .collect();
+    let js = jetstream::new(site.hub.clone());
+    let mut terminated = site.hub.subscribe("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>").await.unwrap();
+    site.hub.flush().await.unwrap();
+    // In chunks: a JetStream context holds at most 5,000 publish acknowledgements in flight.
+    for chunk in events.chunks(1000) {
+        publish_batch(&js, &site.subjects, &flooder, chunk, Duration::from_secs(10)).await.unwrap();
+    }
+
+    // The other host's events queue behind the flood on the shared consumer (it takes a few
+    // hundred ms here; over 6 s when the dispatcher waited for records of runs dated ahead).
+    let started = Instant::now();
+    let accepted = site.runs.dispatch(&site.request(Job::command(["true"]), 10_000)).await.unwrap();
+    eventually(Duration::from_secs(5), POLL, || async {
+        let v = site.view(&accepted.run_id).await;
+        if v.run.status == RunStatus::Success {
+            Ok(())
+        } else {
+            Err(format!("run is {} ({:?})", v.run.status, v.hosts.first().map(|h| &h.run)))
+        }
+    })
+    .await
+    .unwrap();
+    eprintln!("run succeeded {:?} after the flood", started.elapsed());
+
+    // Nothing of the flood is left to deliver or redeliver, and every event was counted.
+    eventually(Duration::from_secs(5), POLL, || async {
+        match events_in_flight(&js, &site.subjects).await? {
+            0 => Ok(()),
+            n => Err(format!("{n} events still pending on the shared consumer")),
+        }
+    })
+    .await
+    .unwrap();
+    let dropped = ractor::call!(site.dispatcher, DispatcherMsg::DroppedEvents).unwrap();
+    assert_eq!(dropped, FLOOD);
+    // The server's dead-letter advisory of a dropped event carries the dispatcher's reason.
+    let advisory = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut terminated)).await.unwrap().unwrap();
+    let advisory: serde_json::Value = serde_json::from_slice(&advisory.payload).unwrap();
+    let reason = advisory["reason"].as_str().unwrap_or_default();
+    assert!(["run id dated in the future", "run id is not a uuidv7", "no such run"].contains(&reason), "{advisory}");
+}
+
+/// A durable events consumer made by an older hub (no bound on redeliveries) gets the bound
+/// when a dispatcher starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_consumer_of_an_older_hub_gets_the_redelivery_bound() {
+    let topo = HubLeaf::start().await.unwrap();
+    let hub = async_nats::connect(topo.hub().client_url()).await.unwrap();
+    let js = jetstream::new(hub.clone());
+    streams::ensure(&js, Replicas::One).await.unwrap();
+    let subjects = Subjects::new(AccountId::parse("acme").unwrap());
+    let durable = run_events_consumer(subjects.account());
+    let stream = js.get_stream(RUN_EVENTS_STREAM).await.unwrap();
+    let old = jetstream::consumer::pull::Config {
+        durable_name: Some(durable.clone()),
+        filter_subject: subjects.run_event_all(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        deliver_policy: jetstream::consumer::DeliverPolicy::New,
+        max_ack_pending: 100_000,
+        ..Default::default()
+    };
+    let mut c = stream.create_consumer(old).await.unwrap();
+    assert_eq!(c.info().await.unwrap().config.max_deliver, -1);
+
+    let args = DispatcherArgs::new(hub.clone(), subjects.clone(), Some(JobSigner::generate().unwrap()));
+    let (dispatcher, handle) = Actor::spawn(None, Dispatcher, args).await.unwrap();
+    let mut c: jetstream::consumer::PullConsumer = stream.get_consumer(&durable).await.unwrap();
+    let bound = c.info().await.unwrap().config.max_deliver;
+    assert!((10..=32).contains(&bound), "max_deliver {bound}");
+    dispatcher.stop(None);
+    handle.await.unwrap();
 }

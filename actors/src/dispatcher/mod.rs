@@ -9,22 +9,26 @@
 //! again for a while. Every update is a compare-and-set against the revision this instance
 //! remembers, so instances never overwrite each other; an instance applying an event of a run
 //! it does not hold adopts it, so deadlines and retries are enforced wherever events land
-//! (`runs`). A cancel deletes stored orders of hosts that have not started and sends the
-//! others a stop order.
+//! (`runs`). Events naming a run the hub never created are dropped at once and every event is
+//! delivered a bounded number of times (`events`), so no host can stall the shared consumer.
+//! A cancel deletes stored orders of hosts that have not started and sends the others a stop
+//! order.
 
 pub mod api;
 pub mod client;
 mod delivery;
+mod events;
 pub mod lifecycle;
 mod runs;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use steward_subjects::streams::RUN_EVENTS_STREAM;
 use steward_subjects::subject::run_events_consumer;
 use steward_subjects::Subjects;
@@ -70,12 +74,16 @@ impl DispatcherArgs {
 pub enum DispatcherMsg {
     /// One of its tasks (service, event consumer, sweeper) ended.
     TaskEnded(&'static str),
+    /// How many job events this instance dropped without applying them (naming a run the hub
+    /// never created, or past the redelivery bound).
+    DroppedEvents(RpcReplyPort<u64>),
 }
 
 /// State of the dispatcher.
 pub struct DispatcherState {
     tasks: TaskSet<DispatcherMsg>,
     service: Option<async_nats::service::Service>,
+    core: Arc<Core>,
 }
 
 /// The dispatcher actor. Its work runs on spawned tasks sharing the `Arc`'d run state, for
@@ -106,6 +114,7 @@ impl Actor for Dispatcher {
             active: Mutex::new(HashMap::new()),
             deltas: Mutex::new(HashMap::new()),
             adopt: Mutex::new(HashSet::new()),
+            dropped_events: AtomicU64::new(0),
         });
         core.load_active().await?;
 
@@ -114,18 +123,17 @@ impl Actor for Dispatcher {
 
         let stream = js.get_stream(RUN_EVENTS_STREAM).await?;
         let durable = run_events_consumer(args.subjects.account());
+        // Created or updated: a durable made by an older hub gets today's bounds too.
         let consumer = stream
-            .get_or_create_consumer(
-                &durable,
-                consumer::pull::Config {
-                    durable_name: Some(durable.clone()),
-                    filter_subject: args.subjects.run_event_all(),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    deliver_policy: consumer::DeliverPolicy::New,
-                    max_ack_pending: 100_000,
-                    ..Default::default()
-                },
-            )
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(durable.clone()),
+                filter_subject: args.subjects.run_event_all(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                deliver_policy: consumer::DeliverPolicy::New,
+                max_ack_pending: 100_000,
+                max_deliver: events::MAX_DELIVER,
+                ..Default::default()
+            })
             .await?;
         let events_core = core.clone();
         tasks.spawn("events", async move {
@@ -145,17 +153,22 @@ impl Actor for Dispatcher {
             }
         });
         info!(account = %args.subjects.account(), signed = args.signer.is_some(), "dispatcher started");
-        Ok(DispatcherState { tasks, service: Some(service) })
+        Ok(DispatcherState { tasks, service: Some(service), core })
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<DispatcherMsg>,
         msg: DispatcherMsg,
-        _state: &mut DispatcherState,
+        state: &mut DispatcherState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             DispatcherMsg::TaskEnded(name) => Err(crate::tasks::ended("dispatcher task", name)),
+            DispatcherMsg::DroppedEvents(reply) => {
+                // The asker may have stopped waiting: nothing to do then.
+                let _ = reply.send(state.core.dropped_events.load(Ordering::Relaxed));
+                Ok(())
+            }
         }
     }
 

@@ -5,8 +5,9 @@
 //! re-deliveries). Every store write is a compare-and-set against a remembered revision.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
@@ -21,6 +22,7 @@ use steward_subjects::{HostId, Subjects};
 use tracing::{debug, info, warn};
 
 use super::delivery::{deliver_all, find_work_command, Stored, INLINE_ORDERS};
+use super::events::{acknowledge, judge_run_id, Acks, RunIdAge, Verdict, RECORD_LOOKS};
 use super::lifecycle;
 use super::store::{HostChange, KnownHost, RunStore, RunStoreError};
 use crate::now_ms;
@@ -131,6 +133,9 @@ pub(super) struct Core {
     /// Runs this instance applied events of without holding them (dispatched by another hub
     /// instance): the sweeper adopts them so deadlines and retries are enforced here too.
     pub(super) adopt: Mutex<HashSet<String>>,
+    /// Job events terminated without being applied (naming a run the hub never created, or
+    /// past the redelivery bound).
+    pub(super) dropped_events: AtomicU64,
 }
 
 /// Signs each order for `account`, its host, run id, attempt and deadline.
@@ -376,7 +381,7 @@ impl Core {
             })
             .await?;
         let Some(run) = run else {
-            if dispatched_within(run_id, RECORD_WAIT) {
+            if judge_run_id(run_id, SystemTime::now()) == RunIdAge::Young {
                 // A host reported while the run record was still being written (its order
                 // went out beside the record writes): keep the counts for the next tick.
                 lock(&self.deltas).entry(run_id.to_owned()).or_default().merge(delta);
@@ -488,23 +493,29 @@ impl Core {
                     .collect::<Vec<_>>(),
             )
             .buffer_unordered(256)
-            .filter_map(|again| async move { again })
-            .collect::<HashSet<(String, String)>>();
-            let again = updates.await;
-            acknowledge(acks, &again).await;
+            .filter_map(|unapplied| async move { unapplied })
+            .collect::<HashMap<(String, String), Verdict>>();
+            let unapplied = updates.await;
+            acknowledge(&self.client, acks, &unapplied, &self.dropped_events).await;
         }
         Err(EventsError::Ended)
     }
 
-    /// Applies one host's events of a chunk to its record; answers (run, host) when the
-    /// events came before the record exists and must be offered again.
+    /// Applies one host's events of a chunk to its record; answers (run, host) and what to do
+    /// with the events when they were not applied: offered again when they came before a
+    /// young run's record exists, dropped when they name a run the hub never created.
     async fn apply_events(
         self: &Arc<Self>,
         run_id: String,
         host: String,
         evs: Vec<(RunEvent, u64)>,
-    ) -> Option<(String, String)> {
+    ) -> Option<((String, String), Verdict)> {
         let Ok(host) = HostId::parse(&host) else { return None };
+        let young = match judge_run_id(&run_id, SystemTime::now()) {
+            RunIdAge::NotOurs(reason) => return Some(((run_id, host.to_string()), Verdict::Drop(reason))),
+            RunIdAge::Young => true,
+            RunIdAge::Settled => false,
+        };
         let now = crate::now_rfc3339();
         let ms = now_ms();
         let apply = |h: &mut HostRun| {
@@ -519,7 +530,7 @@ impl Core {
         // beside the record writes): look again a few times before the
         // events are offered again later.
         for _ in 0..RECORD_LOOKS {
-            if !matches!(r, Ok(None)) || !dispatched_within(&run_id, RECORD_WAIT) {
+            if !matches!(r, Ok(None)) || !young {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -532,16 +543,13 @@ impl Core {
                 }
                 None
             }
-            Ok(None) if dispatched_within(&run_id, RECORD_WAIT) => {
+            Ok(None) if young => {
                 // Its work order was published beside the records (see
                 // `dispatch`): the record is still being written.
                 debug!(run_id = %run_id, host_id = %host, "events before their host record; offered again");
-                Some((run_id, host.to_string()))
+                Some(((run_id, host.to_string()), Verdict::Again))
             }
-            Ok(None) => {
-                debug!(run_id = %run_id, host_id = %host, "events of an unknown run ignored");
-                None
-            }
+            Ok(None) => Some(((run_id, host.to_string()), Verdict::Drop("no such run"))),
             Err(e) => {
                 warn!(run_id = %run_id, host_id = %host, error = %e, "run events not applied");
                 None
@@ -707,9 +715,6 @@ pub enum EventsError {
 /// sequences.
 type HostEvents = BTreeMap<(String, String), Vec<(RunEvent, u64)>>;
 
-/// A chunk's messages to acknowledge, each with the (run, host) its event was applied to.
-type Acks = Vec<(Option<(String, String)>, jetstream::Message)>;
-
 /// Sorts a chunk of job events by (run, host), keeping those that change a host record (the
 /// first, `start`, `last` and `artifact` events) and were published on the subject of the host
 /// they name.
@@ -739,67 +744,4 @@ fn sort_events(
         acks.push((None, m));
     }
     Ok((by_host, acks))
-}
-
-/// Acknowledges a chunk's events (explicitly: the consumer is shared by every hub instance, so
-/// one instance must not acknowledge what another is still applying); events to offer again
-/// are refused with a delay.
-async fn acknowledge(acks: Acks, again: &HashSet<(String, String)>) {
-    for (key, m) in acks {
-        let result = if key.is_some_and(|k| again.contains(&k)) {
-            // Backing off per delivery: a record that never comes (a refused run whose
-            // order a host took anyway) costs a few redeliveries, not hundreds.
-            let delivered = m.info().map(|i| i.delivered).unwrap_or(1).clamp(1, 7);
-            let delay = RECORD_RETRY * 2u32.pow(u32::try_from(delivered - 1).unwrap_or(0));
-            m.ack_with(jetstream::AckKind::Nak(Some(delay))).await
-        } else {
-            m.ack().await
-        };
-        if let Err(e) = result {
-            warn!(error = %e, "run event not acknowledged");
-        }
-    }
-}
-
-/// How long after its dispatch a run's events may arrive before its host records exist (its
-/// work orders are published beside the record writes); such events are offered again.
-const RECORD_WAIT: Duration = Duration::from_secs(10);
-
-/// How often, 1 ms apart, events that arrived before their host record look for it again
-/// before they are offered again after [`RECORD_RETRY`].
-const RECORD_LOOKS: usize = 5;
-
-/// The first redelivery delay of events that arrived before their host record (doubling per
-/// delivery, up to 64 × this).
-const RECORD_RETRY: Duration = Duration::from_millis(20);
-
-/// Whether `run_id` (a UUIDv7 of its dispatch time) was dispatched within `within` of now; a
-/// run id of another form never was.
-fn dispatched_within(run_id: &str, within: Duration) -> bool {
-    let Some((secs, nanos)) = uuid::Uuid::try_parse(run_id).ok().and_then(|u| u.get_timestamp()).map(|t| t.to_unix())
-    else {
-        return false;
-    };
-    let at = std::time::UNIX_EPOCH + Duration::new(secs, nanos);
-    std::time::SystemTime::now().duration_since(at).map_or(true, |age| age <= within)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dispatch_age_comes_from_the_run_id() {
-        let fresh = uuid::Uuid::now_v7().simple().to_string();
-        assert!(dispatched_within(&fresh, RECORD_WAIT));
-        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-        let since = hour_ago.duration_since(std::time::UNIX_EPOCH).unwrap();
-        let ts = uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
-        let old = uuid::Uuid::new_v7(ts).simple().to_string();
-        assert!(!dispatched_within(&old, RECORD_WAIT));
-        assert!(dispatched_within(&old, Duration::from_secs(7200)));
-        // Not a v7 id, or not an id at all: never young.
-        assert!(!dispatched_within(&uuid::Uuid::new_v4().simple().to_string(), RECORD_WAIT));
-        assert!(!dispatched_within("run-1", RECORD_WAIT));
-    }
 }
