@@ -159,6 +159,11 @@ async fn host_credentials_and_account_isolation() {
     as_a.publish(b_results.clone(), "{}".into()).await.unwrap();
     as_a.flush().await.unwrap();
     expect_violation(&mut errors, "publish", &b_results).await;
+    // Results enter storage only through the hub's epoch check: not even its own result subject.
+    let a_results = acme.result_put(&host("host-a"));
+    as_a.publish(a_results.clone(), "{}".into()).await.unwrap();
+    as_a.flush().await.unwrap();
+    expect_violation(&mut errors, "publish", &a_results).await;
     // Nor can a host read the registry or call the operator API.
     let js_a = jetstream::ContextBuilder::new().timeout(Duration::from_millis(500)).build(as_a.clone());
     assert!(js_a.get_key_value(HOSTS_BUCKET).await.is_err(), "a host must not read the registry");

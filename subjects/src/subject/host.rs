@@ -152,8 +152,9 @@ impl Subjects {
         format!("host-{}-{}-{host}", self.account().as_str().len(), self.account())
     }
 
-    /// What a host's identity may publish and subscribe to: its own presence, replies, results
-    /// and job event data; its own command consumer on the commands stream (through any
+    /// What a host's identity may publish and subscribe to: its own presence, replies and job
+    /// event data (not `result.put`: results enter storage only through the hub's epoch check);
+    /// its own command consumer on the commands stream (through any
     /// JetStream domain; work orders arrive there too); replies to its own inboxes; stop orders
     /// of its own runs; micro-service discovery and the account's
     /// health endpoints (the agent registers a health service); and the config manager's
@@ -163,8 +164,7 @@ impl Subjects {
     pub fn host_permissions(&self, host: &HostId) -> HostPermissions {
         let consumer = self.host_command_consumer(host);
         let filter = self.host_command(host);
-        let mut publish =
-            vec![self.host_heartbeat(host), self.host_reply(host), self.result_put(host), self.run_event(host)];
+        let mut publish = vec![self.host_heartbeat(host), self.host_reply(host), self.run_event(host)];
         publish.push(self.config_playbook());
         for api in ["$JS.API", "$JS.*.API"] {
             publish.push(format!("{api}.CONSUMER.CREATE.{COMMANDS_STREAM}.{consumer}.{filter}"));
@@ -284,6 +284,7 @@ mod tests {
             assert!(!subj.contains(".b."), "{subj}");
         }
         assert!(p.publish.contains(&"steward.v1.acme.host.heartbeat.a".to_owned()));
+        assert!(!p.publish.iter().any(|s| s.contains(".result.")), "results go through the hub's fence only");
         assert!(!p.subscribe.iter().any(|s| s.starts_with("steward.v1.acme.host.command")));
         // Stop orders of its own runs reach it; work orders come through its command consumer.
         assert!(p.subscribe.contains(&"steward.v1.acme.run.stop.a".to_owned()));
