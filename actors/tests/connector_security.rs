@@ -2,7 +2,8 @@
 //! `steward_deploy::auth` from the subject lists in `steward_subjects`: with host A's
 //! credentials the server refuses subscribing to host B's commands and publishing presence or
 //! results as B; a leaf link carrying B's credentials cannot speak for A; a user of another
-//! account cannot read this account's registry or call its API.
+//! account cannot read this account's registry or call its API. An edge's runtime holding its
+//! host's credentials leases that host's spec and gets its results stored through the fence.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
@@ -15,15 +16,21 @@ use futures::StreamExt;
 use steward_actors::connector::client::ConnectorClient;
 use steward_actors::connector::{ConnectorArgs, ConnectorHandle};
 use steward_actors::edge::{start_leaf, EdgeArgs, EdgeHandle, LeafConfig};
+use steward_actors::lease::{LeaseArgs, LeaseConfig, LeaseService};
+use steward_actors::results::client::{ResultQuery, ResultsClient};
+use steward_actors::runtime::{RuntimeArgs, RuntimeHandle};
 use steward_actors::ConnectOptions;
 use steward_deploy::auth::{read_seed, AuthDir, IdentityKind, Issued};
 use steward_deploy::server::{NatsServer, ServerOptions};
 use steward_deploy::wait::eventually;
 use steward_subjects::api::host::{CommandAction, CommandStatus, Heartbeat, SendCommandRequest};
+use steward_subjects::api::result::ResultStatus;
 use steward_subjects::codec::{self, Encoding};
+use steward_subjects::config::{CommandExecutor, Executor, JobSpec, SpecId, SpecTarget, TargetKind};
 use steward_subjects::rpc;
-use steward_subjects::streams::{self, Replicas, HOSTS_BUCKET};
-use steward_subjects::{AccountId, HostId, Subjects};
+use steward_subjects::streams::{self, Replicas, HOSTS_BUCKET, JOBSPECS_BUCKET};
+use steward_subjects::subject::jobspec_key;
+use steward_subjects::{AccountId, HostId, RuntimeId, Subjects, Token, TokenKind};
 use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -262,4 +269,84 @@ async fn host_credentials_and_account_isolation() {
     agent_b.stop().await;
     agent_a.stop().await;
     connector.stop().await;
+}
+
+/// A host spec for `host` running `true` every 200 ms.
+fn host_spec(host: &str) -> JobSpec {
+    JobSpec {
+        id: SpecId::derive("acme", "att-perm", TargetKind::Host, host).to_string(),
+        account: "acme".into(),
+        target: SpecTarget { kind: TargetKind::Host, id: host.into() },
+        executor: Executor::Command(CommandExecutor { argv: vec!["true".into()], ..Default::default() }),
+        interval_ms: 200,
+        timeout_ms: 5_000,
+        content_hash: "h1".into(),
+        ..JobSpec::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_runtime_with_host_credentials_leases_its_specs_and_stores_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let auth = AuthDir::new(tmp.path().join("auth"));
+    let svc = issue_service(&auth, "acme");
+    let a = issue_host(&auth, "acme", "host-a");
+    let hub_dir = tmp.path().join("hub");
+    std::fs::create_dir_all(&hub_dir).unwrap();
+    std::fs::copy(auth.authorization_file(), hub_dir.join("authorization.conf")).unwrap();
+    let hub = NatsServer::start(ServerOptions {
+        data_dir: Some(hub_dir),
+        extra_config: "include \"authorization.conf\"".into(),
+        ..ServerOptions::named("hub")
+    })
+    .await
+    .unwrap();
+    let url = hub.client_url();
+    let acme = subjects("acme");
+
+    // The hub side, as the service identity: streams, the lease leader, one spec for host-a.
+    let (svc_client, _) = connect_seed(&url, &svc.seed_file, None).await;
+    let js = jetstream::new(svc_client.clone());
+    streams::ensure(&js, Replicas::One).await.unwrap();
+    let lease_args = LeaseArgs { client: svc_client.clone(), subjects: acme.clone(), config: LeaseConfig::default() };
+    let (lease, _) = ractor::Actor::spawn(None, LeaseService, lease_args).await.unwrap();
+    let spec = host_spec("host-a");
+    let key = jobspec_key(
+        &AccountId::parse("acme").unwrap(),
+        TargetKind::Host,
+        &Token::parse(TokenKind::Name, "host-a").unwrap(),
+        &spec.id.parse().unwrap(),
+    );
+    let kv = js.get_key_value(JOBSPECS_BUCKET).await.unwrap();
+    kv.put(key, codec::encode(Encoding::MsgPack, &spec).unwrap()).await.unwrap();
+
+    // Host-a's runtime, as `steward edge --host-id host-a --creds ...` starts it.
+    let mut args = RuntimeArgs::new(
+        ConnectOptions { url: url.clone(), creds: Some(a.seed_file.clone()) },
+        acme.clone(),
+        RuntimeId::parse("host-a").unwrap(),
+        tmp.path().join("runtime-a"),
+    );
+    args.host = Some(host("host-a"));
+    args.renew_every = Some(Duration::from_millis(300));
+    let (rt, _) = RuntimeHandle::start(args).await.unwrap();
+    let results = ResultsClient::new(svc_client.clone(), acme.clone());
+    let query = ResultQuery { spec: Some(spec.id.clone()), host: Some(host("host-a")), ..ResultQuery::default() };
+    let stored = eventually(WAIT, POLL, || async {
+        let status = rt.status().await.map_err(|e| e.to_string())?;
+        let stored = results.query(&query).await.map_err(|e| e.to_string())?;
+        if stored.is_empty() {
+            Err(format!("no result stored yet; runtime: {status:?}"))
+        } else {
+            Ok((status, stored))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(stored.0.held.contains_key(&spec.id), "the spec is leased by host-a's runtime");
+    assert_eq!(stored.0.refused, 0);
+    assert!(stored.1.iter().all(|r| r.spec == spec.id && r.status == ResultStatus::Pass), "{:?}", stored.1);
+
+    rt.stop();
+    lease.stop(None);
 }

@@ -171,9 +171,18 @@ pub struct RuntimeActor;
 
 /// Connects through [`crate::connect_with`] (so a JWT credentials file and a bare nkey seed
 /// file both work) without waiting for the hub: the runtime works offline and the connection
-/// comes up, and comes back, on its own.
-async fn connect_lazily(opts: &ConnectOptions, name: &str) -> Result<async_nats::Client, ActorsError> {
-    crate::connect_with(opts, name, |o| o.retry_on_initial_connect().max_reconnects(None)).await
+/// comes up, and comes back, on its own. An edge's runtime uses its host's inbox prefix, the
+/// only one a host identity may receive replies on.
+async fn connect_lazily(args: &RuntimeArgs) -> Result<async_nats::Client, ActorsError> {
+    let inbox = args.host.as_ref().map(|h| args.subjects.host_inbox_prefix(h));
+    crate::connect_with(&args.connect, &format!("steward-runtime-{}", args.runtime), |o| {
+        let o = o.retry_on_initial_connect().max_reconnects(None);
+        match inbox {
+            Some(prefix) => o.custom_inbox_prefix(prefix),
+            None => o,
+        }
+    })
+    .await
 }
 
 impl Actor for RuntimeActor {
@@ -203,7 +212,7 @@ impl Actor for RuntimeActor {
             Ok((Arc::new(store), specs, config))
         })
         .await??;
-        let client = connect_lazily(&args.connect, &format!("steward-runtime-{}", args.runtime)).await?;
+        let client = connect_lazily(&args).await?;
         let lease = LeaseClient::new(client.clone(), args.subjects.clone()).with_timeout(args.call_timeout);
         let js = match &args.hub_domain {
             Some(domain) => jetstream::with_domain(client.clone(), domain),

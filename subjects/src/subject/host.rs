@@ -12,7 +12,7 @@
 //! | `steward.v1.<a>.host.applied` | the enablement loop (request) | every connector instance (plain subscription) |
 
 use super::{account_rest, noun, verb, AnyAccount, Subjects};
-use crate::token::{AccountId, HostId};
+use crate::token::{AccountId, HostId, RuntimeId};
 
 /// Verbs only the host noun uses (the shared ones live in [`super::verb`]).
 pub mod host_verb {
@@ -159,13 +159,24 @@ impl Subjects {
     /// of its own runs; micro-service discovery and the account's
     /// health endpoints (the agent registers a health service); and the config manager's
     /// `config.playbook` request, to fetch the playbook a signed work order references (the
-    /// reply comes to the host's own inbox; nothing else of the config API is allowed).
+    /// reply comes to the host's own inbox; nothing else of the config API is allowed). Its
+    /// runtime (whose runtime id is the host id) may call the lease endpoints
+    /// (`jobspec.{lease,renew,mine,release}`) and `result.submit`, and hears its own
+    /// `jobspec.notice.<host>` and the account's `jobspec.available`; not `jobspec.leases`
+    /// and no object-store rights (outputs too large for a result are not uploaded).
     #[must_use]
     pub fn host_permissions(&self, host: &HostId) -> HostPermissions {
         let consumer = self.host_command_consumer(host);
         let filter = self.host_command(host);
         let mut publish = vec![self.host_heartbeat(host), self.host_reply(host), self.run_event(host)];
         publish.push(self.config_playbook());
+        publish.extend([
+            self.jobspec_lease(),
+            self.jobspec_renew(),
+            self.jobspec_mine(),
+            self.jobspec_release(),
+            self.result_submit(),
+        ]);
         for api in ["$JS.API", "$JS.*.API"] {
             publish.push(format!("{api}.CONSUMER.CREATE.{COMMANDS_STREAM}.{consumer}.{filter}"));
             publish.push(format!("{api}.CONSUMER.INFO.{COMMANDS_STREAM}.{consumer}"));
@@ -173,13 +184,16 @@ impl Subjects {
         }
         publish.push(format!("$JS.ACK.{COMMANDS_STREAM}.{consumer}.>"));
         publish.push(format!("$JS.ACK.*.*.{COMMANDS_STREAM}.{consumer}.>"));
-        let subscribe = vec![
+        let mut subscribe = vec![
             format!("{}.>", self.host_inbox_prefix(host)),
             self.run_stop(host),
             "$SRV.>".to_owned(),
             self.health_status(),
             self.health_status_all(),
+            self.jobspec_available(),
         ];
+        // The edge's runtime is named after its host; a host id is always a valid runtime id.
+        subscribe.extend(RuntimeId::parse(host.as_str()).ok().map(|rt| self.jobspec_notice(&rt)));
         HostPermissions { publish, subscribe }
     }
 }
@@ -284,7 +298,7 @@ mod tests {
             assert!(!subj.contains(".b."), "{subj}");
         }
         assert!(p.publish.contains(&"steward.v1.acme.host.heartbeat.a".to_owned()));
-        assert!(!p.publish.iter().any(|s| s.contains(".result.")), "results go through the hub's fence only");
+        assert!(!p.publish.iter().any(|s| s.contains(".result.put")), "results go through the hub's fence only");
         assert!(!p.subscribe.iter().any(|s| s.starts_with("steward.v1.acme.host.command")));
         // Stop orders of its own runs reach it; work orders come through its command consumer.
         assert!(p.subscribe.contains(&"steward.v1.acme.run.stop.a".to_owned()));
@@ -292,5 +306,16 @@ mod tests {
         // Of the config API only the playbook fetch.
         let config: Vec<&String> = p.publish.iter().filter(|s| s.starts_with("steward.v1.acme.config.")).collect();
         assert_eq!(config, vec!["steward.v1.acme.config.playbook"]);
+        // Its runtime (named after the host) leases, renews, lists, releases and submits; it
+        // hears its own notices and the broadcast, nobody else's, and cannot list all leases.
+        for verb in ["lease", "renew", "mine", "release"] {
+            assert!(p.publish.contains(&format!("steward.v1.acme.jobspec.{verb}")), "{verb}");
+        }
+        assert!(!p.publish.contains(&"steward.v1.acme.jobspec.leases".to_owned()));
+        assert!(p.publish.contains(&"steward.v1.acme.result.submit".to_owned()));
+        assert!(p.subscribe.contains(&"steward.v1.acme.jobspec.notice.a".to_owned()));
+        assert!(p.subscribe.contains(&"steward.v1.acme.jobspec.available".to_owned()));
+        assert!(!p.subscribe.iter().chain(&p.publish).any(|s| s.contains('*') && s.contains("jobspec")));
+        assert!(!p.publish.iter().any(|s| s.starts_with("$O.") || s.contains("OBJ_")), "no object store");
     }
 }
