@@ -24,7 +24,7 @@ pub const SECRET_FILE: &str = "steward-signing.key";
 pub const PUBLIC_FILE: &str = "steward-signing.pub";
 
 const DOMAIN: &[u8] = b"steward-job-v1";
-const ORDER_DOMAIN: &[u8] = b"steward.v1.work-order";
+const ORDER_DOMAIN: &[u8] = b"steward-work-order-v1";
 
 /// Errors of signing and verification.
 #[derive(Debug, thiserror::Error)]

@@ -187,9 +187,9 @@ async fn run_job(
     let fail = |reason: String| JobOutcome { status: RunStatus::Failure, reason, exit_code: None };
     let timeout = match admit(ctx, order, crate::now_ms()) {
         Ok(left) => timeout.min(left),
-        Err(reason) => {
-            warn!(run_id = %order.run_id, attempt = order.attempt, reason = %reason, "job refused");
-            return fail(reason);
+        Err(refused) => {
+            warn!(run_id = %order.run_id, attempt = order.attempt, reason = %refused, "job refused");
+            return fail(refused.to_string());
         }
     };
     let scratch = match tempfile::Builder::new().prefix("steward-job-").tempdir_in(&ctx.work_dir) {
@@ -285,16 +285,46 @@ async fn run_job(
     }
 }
 
+/// Why a work order was refused before anything of it ran; the text is the job's failure reason.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderRefused {
+    /// The worker has no key to verify with.
+    #[error("refused: this host has no trusted signing key configured")]
+    NoTrustedKey,
+    /// The order names another host.
+    #[error("refused: work order for host {named:?} reached host {host}")]
+    OtherHost {
+        /// The host the order names.
+        named: String,
+        /// This worker's host.
+        host: String,
+    },
+    /// The signature does not cover this account, host, run, attempt, deadline and job.
+    #[error("refused: signature verification failed: {0}")]
+    Signature(#[source] crate::signing::SigningError),
+    /// The order has no deadline.
+    #[error("refused: work order carries no deadline")]
+    NoDeadline,
+    /// The deadline passed.
+    #[error("refused: work order deadline {at} passed {ago_ms} ms ago")]
+    Expired {
+        /// The deadline, RFC 3339.
+        at: String,
+        /// How long ago.
+        ago_ms: u64,
+    },
+}
+
 /// Checks a work order before anything of it runs: it names this host, its signature verifies
 /// for this worker's own account and host (not only those the order names) with the order's
 /// run id, attempt and deadline, and its deadline is still ahead. Answers the time left until
-/// the deadline, or the refusal reason.
-fn admit(ctx: &JobContext, order: &WorkOrder, now_ms: u64) -> Result<Duration, String> {
+/// the deadline.
+fn admit(ctx: &JobContext, order: &WorkOrder, now_ms: u64) -> Result<Duration, OrderRefused> {
     let Some(verifier) = &ctx.verifier else {
-        return Err("refused: this host has no trusted signing key configured".into());
+        return Err(OrderRefused::NoTrustedKey);
     };
     if order.host_id != ctx.host.as_str() {
-        return Err(format!("refused: work order for host {:?} reached host {}", order.host_id, ctx.host));
+        return Err(OrderRefused::OtherHost { named: order.host_id.clone(), host: ctx.host.to_string() });
     }
     let binding = OrderBinding {
         account: ctx.subjects.account().as_str(),
@@ -304,18 +334,16 @@ fn admit(ctx: &JobContext, order: &WorkOrder, now_ms: u64) -> Result<Duration, S
         deadline_ms: order.deadline_ms,
         job: &order.job,
     };
-    if let Err(e) = verifier.verify_order(&binding, &order.signature, &order.key_id) {
-        return Err(format!("refused: signature verification failed: {e}"));
-    }
+    verifier.verify_order(&binding, &order.signature, &order.key_id).map_err(OrderRefused::Signature)?;
     if order.deadline_ms == 0 {
-        return Err("refused: work order carries no deadline".into());
+        return Err(OrderRefused::NoDeadline);
     }
     if order.deadline_ms <= now_ms {
         let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(order.deadline_ms) * 1_000_000)
             .ok()
             .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
             .unwrap_or_default();
-        return Err(format!("refused: work order deadline {at} passed {} ms ago", now_ms - order.deadline_ms));
+        return Err(OrderRefused::Expired { at, ago_ms: now_ms - order.deadline_ms });
     }
     Ok(Duration::from_millis(order.deadline_ms - now_ms))
 }
