@@ -303,13 +303,17 @@ impl Core {
         Ok(RunAccepted { run_id, existing: true, hosts: hosts.into_iter().map(|h| h.host_id).collect() })
     }
 
-    async fn status(&self, req: RunStatusRequest) -> Result<RunView, WireError> {
-        let run = self
-            .store
-            .run(&req.run_id)
+    /// The run record of `run_id`, or `not_found`.
+    async fn run_record(&self, run_id: &str) -> Result<RunRecord, WireError> {
+        self.store
+            .run(run_id)
             .await
             .map_err(store_err)?
-            .ok_or_else(|| WireError::not_found(format!("no run {:?}", req.run_id)))?;
+            .ok_or_else(|| WireError::not_found(format!("no run {run_id:?}")))
+    }
+
+    async fn status(&self, req: RunStatusRequest) -> Result<RunView, WireError> {
+        let run = self.run_record(&req.run_id).await?;
         let mut hosts = self.store.hosts(&run.run_id).await.map_err(store_err)?;
         let limit = if req.host_limit == 0 { 500 } else { req.host_limit as usize };
         let truncated = hosts.len() > limit;
@@ -348,12 +352,7 @@ impl Core {
     }
 
     async fn cancel(&self, req: RunCancelRequest) -> Result<RunCancelResult, WireError> {
-        let run = self
-            .store
-            .run(&req.run_id)
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| WireError::not_found(format!("no run {:?}", req.run_id)))?;
+        let run = self.run_record(&req.run_id).await?;
         if run.status.is_terminal() {
             return Err(WireError::conflict(format!("run {} already finished: {}", run.run_id, run.status)));
         }
