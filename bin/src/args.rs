@@ -45,6 +45,39 @@ pub fn parse_account(s: &str) -> Result<AccountId, String> {
     AccountId::parse(s).map_err(|e| e.to_string())
 }
 
+/// One tenant a hub process serves: `ACCOUNT` (connecting with the global `--creds`) or
+/// `ACCOUNT=CREDS_FILE` (that account's own service credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// The tenant's account.
+    pub account: AccountId,
+    /// Its service credentials, when not the global ones.
+    pub creds: Option<std::path::PathBuf>,
+}
+
+/// Parses `ACCOUNT` or `ACCOUNT=CREDS_FILE`.
+///
+/// ```
+/// use steward::args::parse_tenant;
+/// let t = parse_tenant("acme=/etc/steward/acme.creds").unwrap();
+/// assert_eq!(t.account.as_str(), "acme");
+/// assert!(parse_tenant("acme=").unwrap_err().contains("credentials file"));
+/// assert!(parse_tenant("bad name").is_err());
+/// ```
+///
+/// # Errors
+/// A message naming the bad account token or the empty credentials path.
+pub fn parse_tenant(s: &str) -> Result<Tenant, String> {
+    let (account, creds) = match s.split_once('=') {
+        Some((a, c)) if c.trim().is_empty() => {
+            return Err(format!("tenant {a:?} names no credentials file after '='"));
+        }
+        Some((a, c)) => (a, Some(std::path::PathBuf::from(c.trim()))),
+        None => (s, None),
+    };
+    Ok(Tenant { account: parse_account(account.trim())?, creds })
+}
+
 /// Parses a host id (letters, digits, '-' and '_').
 ///
 /// # Errors

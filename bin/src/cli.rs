@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use steward_actors::{ActorsError, ConnectOptions};
 use steward_subjects::{AccountId, HostId};
 
-use crate::args::{parse_account, parse_duration, parse_host, parse_labels, Labels};
+use crate::args::{parse_account, parse_duration, parse_host, parse_labels, parse_tenant, Labels, Tenant};
 
 /// Steward keeps a fleet of hosts configured, checked and remediated, over NATS.
 #[derive(Debug, Parser)]
@@ -163,6 +163,12 @@ pub struct ServerArgs {
     /// Poll interval of `--config-source` (`500ms`, `30s`, `5m`, `1h`; a unit is required).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub poll: std::time::Duration,
+    /// Serve this tenant account too (repeatable): `ACCOUNT`, connecting with `--creds`, or
+    /// `ACCOUNT=CREDS_FILE` with that account's service credentials. Without any, the process
+    /// serves `--account`. One process serves every tenant given; each has its own connection,
+    /// components and durable consumers.
+    #[arg(long = "tenant", value_parser = parse_tenant)]
+    pub tenants: Vec<Tenant>,
 }
 
 /// Options of `steward edge`.

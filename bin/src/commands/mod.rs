@@ -156,21 +156,75 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
 /// # Errors
 /// When NATS cannot be reached or a component cannot start.
 pub async fn server(global: &Global, args: ServerArgs) -> anyhow::Result<()> {
-    let config = ProcessConfig {
-        connect: global.connect_options(),
-        roles: vec![Role::Hub],
-        replicas: if args.replicas >= 3 { Replicas::Three } else { Replicas::One },
-        config_source: args
-            .config_source
-            .map(|url| steward_actors::config_manager::ConfigSource { url, poll: args.poll }),
-        signing_key: args.signing_key.clone(),
-        ..ProcessConfig::hub(&global.nats, global.account.clone())
+    let tenants = if args.tenants.is_empty() {
+        vec![crate::args::Tenant { account: global.account.clone(), creds: None }]
+    } else {
+        args.tenants.clone()
     };
-    let process = RunningProcess::start(config).await?;
-    info!(nats = %global.nats, account = %global.account, "hub roles running");
+    if tenants.len() > 1 && args.config_source.is_some() {
+        anyhow::bail!("--config-source feeds one account; it cannot be used with more than one --tenant");
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = tenants.iter().find(|t| !seen.insert(t.account.clone())) {
+        anyhow::bail!("tenant {} is given twice", dup.account);
+    }
+    let configs: Vec<ProcessConfig> = tenants
+        .iter()
+        .map(|t| {
+            let mut connect = global.connect_options();
+            if let Some(creds) = &t.creds {
+                connect.creds = Some(creds.clone());
+            }
+            ProcessConfig {
+                connect,
+                roles: vec![Role::Hub],
+                replicas: if args.replicas >= 3 { Replicas::Three } else { Replicas::One },
+                config_source: args
+                    .config_source
+                    .clone()
+                    .map(|url| steward_actors::config_manager::ConfigSource { url, poll: args.poll }),
+                signing_key: args.signing_key.clone(),
+                ..ProcessConfig::hub(&global.nats, t.account.clone())
+            }
+        })
+        .collect();
+    let processes = start_tenants(configs).await?;
+    info!(nats = %global.nats, tenants = processes.len(), "hub roles running");
     crate::shutdown::signal().await;
-    process.shutdown(DRAIN_PER_COMPONENT).await?;
+    let results = futures::future::join_all(processes.into_iter().map(|p| p.shutdown(DRAIN_PER_COMPONENT))).await;
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
     Ok(())
+}
+
+/// How many tenants start at once: each ensures the streams and starts its components, so a
+/// few in parallel keep a 100-tenant start short without flooding the server.
+const TENANT_START_CONCURRENCY: usize = 8;
+
+/// Starts one hub (connection, streams, components) per tenant; when one cannot start, the
+/// ones already started are stopped and the error names the tenant.
+async fn start_tenants(configs: Vec<ProcessConfig>) -> anyhow::Result<Vec<RunningProcess>> {
+    let mut started = futures::stream::iter(configs.into_iter().map(|config| async move {
+        let account = config.account.clone();
+        (account, RunningProcess::start(config).await)
+    }))
+    .buffer_unordered(TENANT_START_CONCURRENCY);
+    let mut processes = Vec::new();
+    let mut failure = None;
+    while let Some((account, result)) = started.next().await {
+        match result {
+            Ok(p) => {
+                info!(account = %account, "tenant serving");
+                processes.push(p);
+            }
+            Err(e) if failure.is_none() => failure = Some(anyhow::Error::new(e).context(format!("tenant {account}"))),
+            Err(_) => {}
+        }
+    }
+    if let Some(e) = failure {
+        futures::future::join_all(processes.into_iter().map(|p| p.shutdown(DRAIN_PER_COMPONENT))).await;
+        return Err(e);
+    }
+    Ok(processes)
 }
 
 /// `steward edge`: one edge agent.
