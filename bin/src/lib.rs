@@ -2,6 +2,7 @@
 //!
 //! Layout: [`cli`] is the clap-derive command line and [`args`] its value parsers (durations,
 //! ids, selectors, labels); [`telemetry`] sets up tracing (env filter, text or JSON);
+//! [`context`] fills the connection of operator commands from what `steward up` wrote;
 //! [`commands`] runs the subcommands (`up`, `server`, `edge`, `health` and `version` itself,
 //! the rest in one module per area: `config`, `creds`, `hosts`, `keys`, `run`, `runtime`);
 //! [`output`] prints tables or JSON; [`shutdown`] waits for Ctrl-C or SIGTERM. `main.rs` only
@@ -10,6 +11,7 @@
 pub mod args;
 pub mod cli;
 pub mod commands;
+pub mod context;
 pub mod output;
 pub mod shutdown;
 pub mod telemetry;

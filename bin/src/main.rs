@@ -1,9 +1,17 @@
 //! The `steward` command: thin — parse the command line, set up tracing, call into the library.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> std::process::ExitCode {
-    let cli = steward::cli::Cli::parse();
+    let matches = steward::cli::Cli::command().get_matches();
+    let mut cli = match steward::cli::Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = steward::context::apply(&mut cli, &matches) {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     steward::telemetry::init(&cli.global);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

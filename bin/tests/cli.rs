@@ -260,3 +260,57 @@ async fn secret_files_are_0600_and_refused_when_readable_by_others() {
     assert!(err.contains(&format!("permissions 0644 for '{secret}' are too open")), "{err}");
     assert!(err.contains(&format!("chmod 600 {secret}")), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_take_their_connection_from_the_context_file() {
+    let server = NatsServer::single(ServerOptions::named("cli-context")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("context.json");
+    let context = steward::context::Context { nats: server.client_url(), creds: None, account: "ctx-acme".into() };
+    context.write(&file).unwrap();
+    let _hub = tokio::process::Command::new(STEWARD)
+        .args(["--nats", &server.client_url(), "--account", "ctx-acme", "server"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // No --nats, no --account: both come from the context (the server is not on the default port).
+    eventually(Duration::from_secs(30), Duration::from_millis(200), || {
+        let file = file.clone();
+        async move {
+            let out = tokio::process::Command::new(STEWARD)
+                .env("STEWARD_CONTEXT", &file)
+                .env_remove("STEWARD_NATS_URL")
+                .env_remove("STEWARD_ACCOUNT")
+                .args(["-o", "json", "history"])
+                .output()
+                .await
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // A flag still wins over the context: a dead URL fails even though the context is good.
+    let out = Command::new(STEWARD)
+        .env("STEWARD_CONTEXT", &file)
+        .args(["--nats", "nats://127.0.0.1:1", "history"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // A context file that is named but missing or malformed is an error naming it.
+    let missing = dir.path().join("nope.json");
+    let out = Command::new(STEWARD).env("STEWARD_CONTEXT", &missing).args(["history"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("nope.json"), "{err}");
+    std::fs::write(dir.path().join("bad.json"), "{").unwrap();
+    let out =
+        Command::new(STEWARD).env("STEWARD_CONTEXT", dir.path().join("bad.json")).args(["history"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a Steward context"), "{err}");
+}
