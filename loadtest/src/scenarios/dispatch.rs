@@ -14,6 +14,7 @@
 //! with the raw request/reply ceiling of the same run.
 
 use std::collections::HashMap;
+use std::future::IntoFuture;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -161,6 +162,8 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
     ctx.compare(&mut r, "raw.request_reply_concurrent").await?;
     out.push(r);
 
+    out.push(flooded(ctx, &client, &subjects, &mut records).await?);
+
     fleet.abort();
     if let Some(pid) = hub.pid() {
         ctx.untrack_hub(pid);
@@ -180,6 +183,117 @@ impl Records {
     fn done(&self, run_id: &str) -> u64 {
         self.done.get(run_id).copied().unwrap_or(0)
     }
+}
+
+/// Dispatches `req` (one host) and waits until its host record is terminal; whether it
+/// succeeded. The request → reply time goes into `to_reply`.
+async fn one_run(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    records: &mut Records,
+    req: &RunRequest,
+    to_reply: &mut Latency,
+) -> anyhow::Result<(RunAccepted, bool)> {
+    let started = Instant::now();
+    let accepted: RunAccepted = rpc::request(client, subjects.run_dispatch(), req, Duration::from_secs(10)).await?;
+    to_reply.record_since(started);
+    loop {
+        if records.done(&accepted.run_id) >= 1 {
+            return Ok((accepted, true));
+        }
+        match tokio::time::timeout(Duration::from_secs(30), next_done(&mut records.watch, &mut records.done)).await {
+            Ok(Ok(Some(h))) if h.run_id == accepted.run_id && h.status != RunStatus::Success => {
+                return Ok((accepted, false));
+            }
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => bail!("host record watch ended"),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => bail!("run {} not recorded within 30 s", accepted.run_id),
+        }
+    }
+}
+
+/// The host that floods the events stream with events of runs the hub never created.
+const FLOOD_HOST: &str = "sim-flood";
+
+/// Publishes `count` job events of runs the hub never made (UUIDv7 ids dated a day ahead) as
+/// host [`FLOOD_HOST`], waiting until the stream stored them all.
+async fn flood(js: &jetstream::Context, subjects: &Subjects, count: u64) -> anyhow::Result<()> {
+    let host = HostId::parse(FLOOD_HOST)?;
+    let ahead = std::time::SystemTime::now() + Duration::from_secs(86_400);
+    let since = ahead.duration_since(std::time::UNIX_EPOCH)?;
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for i in 0..count {
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
+        let run_id = uuid::Uuid::new_v7(ts).simple().to_string();
+        let ev = RunEvent {
+            run_id: run_id.clone(),
+            host_id: FLOOD_HOST.into(),
+            attempt: 1,
+            seq: 1,
+            kind: EventKind::Last,
+            ..RunEvent::default()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", run_event_msg_id(subjects.account(), &run_id, &host, 1, 1).as_str());
+        let payload = codec::encode(Encoding::MsgPack, &ev)?;
+        let ack = js.publish_with_headers(subjects.run_event(&host), headers, payload).await?;
+        acks.push(ack.into_future());
+        if acks.len() >= 4_096 || i + 1 == count {
+            while let Some(ack) = acks.next().await {
+                ack?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Another host's run right after a flood of bogus events landed ahead of its events on the
+/// shared events stream: how much later than unflooded its record is written.
+async fn flooded(
+    ctx: &Ctx,
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    records: &mut Records,
+) -> anyhow::Result<ScenarioReport> {
+    let count = ctx.size("dispatch.flood", 100_000, 5_000);
+    let rounds = ctx.size("dispatch.flood_rounds", 3, 1);
+    let js = jetstream::new(client.clone());
+    let req = RunRequest {
+        hosts: vec![ROUND_TRIP_HOST.into()],
+        job: Job::command(["true"]),
+        timeout_ms: 30_000,
+        ..RunRequest::default()
+    };
+    let (mut quiet, mut loud, mut replies) = (Latency::new(), Latency::new(), Latency::new());
+    let mut failed = 0;
+    let m = ctx.begin();
+    for _ in 0..rounds {
+        for _ in 0..20 {
+            let started = Instant::now();
+            failed += u64::from(!one_run(client, subjects, records, &req, &mut replies).await?.1);
+            quiet.record_since(started);
+        }
+        flood(&js, subjects, count).await?;
+        let started = Instant::now();
+        failed += u64::from(!one_run(client, subjects, records, &req, &mut replies).await?.1);
+        loud.record_since(started);
+    }
+    let mut r = m.finish(
+        "dispatch.flooded",
+        "another host's run right after one host published bogus run events: request until its record says success",
+        rounds,
+        Some(&loud),
+    );
+    r.errors = failed;
+    let (q, l) = (quiet.summary(), loud.summary());
+    r.params = json!({ "bogus_events_per_round": count, "rounds": rounds, "target_delay_ms": 1000 });
+    r.extra = json!({
+        "unflooded": q,
+        "flooded": l,
+        "delay_p50_ms": (l.p50_us - q.p50_us) / 1e3,
+    });
+    Ok(r)
 }
 
 /// Round trip on one host, serially, with the breakdown of where the time goes.
@@ -205,25 +319,8 @@ async fn round_trip(
     let m = ctx.begin();
     for _ in 0..n {
         let started = Instant::now();
-        let accepted: RunAccepted =
-            rpc::request(client, subjects.run_dispatch(), &req, Duration::from_secs(10)).await?;
-        to_reply.record_since(started);
-        loop {
-            if records.done(&accepted.run_id) >= 1 {
-                break;
-            }
-            match tokio::time::timeout(Duration::from_secs(10), next_done(&mut records.watch, &mut records.done)).await
-            {
-                Ok(Ok(Some(h))) if h.run_id == accepted.run_id && h.status != RunStatus::Success => {
-                    failed += 1;
-                    break;
-                }
-                Ok(Ok(Some(_))) => {}
-                Ok(Ok(None)) => bail!("host record watch ended"),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => bail!("run {} not recorded within 10 s", accepted.run_id),
-            }
-        }
+        let (accepted, ok) = one_run(client, subjects, records, &req, &mut to_reply).await?;
+        failed += u64::from(!ok);
         let finished = Instant::now();
         latency.record(finished - started);
         let arrived = arrivals.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&accepted.run_id);
