@@ -1191,6 +1191,26 @@ async fn a_host_flooding_bogus_run_events_does_not_stall_the_others() {
     let advisory: serde_json::Value = serde_json::from_slice(&advisory.payload).unwrap();
     let reason = advisory["reason"].as_str().unwrap_or_default();
     assert!(["run id dated in the future", "run id is not a uuidv7", "no such run"].contains(&reason), "{advisory}");
+    // And every drop is kept as a dead letter naming the event's stream sequence and reason.
+    let dead = js.get_stream(steward_subjects::streams::DEAD_LETTERS_STREAM).await.unwrap();
+    eventually(Duration::from_secs(5), POLL, || {
+        let mut dead = dead.clone();
+        async move {
+            match dead.info().await.map_err(|e| e.to_string())?.state.messages {
+                n if n >= FLOOD => Ok(()),
+                n => Err(format!("{n} dead letters of {FLOOD}")),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let first = dead.direct_get(1).await.unwrap();
+    let letter = steward_subjects::api::dead_letter::DeadLetter::decode(&first.payload).unwrap();
+    assert_eq!(letter.stream, RUN_EVENTS_STREAM);
+    let events = js.get_stream(RUN_EVENTS_STREAM).await.unwrap();
+    let original = events.direct_get(letter.stream_seq).await.unwrap();
+    assert_eq!(original.subject.as_str(), site.subjects.run_event(&flooder));
+    assert!(!letter.why().is_empty());
 }
 
 /// A durable events consumer made by an older hub (no bound on redeliveries) gets the bound

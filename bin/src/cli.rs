@@ -126,6 +126,8 @@ pub enum Command {
     Leases(crate::commands::runtime::LeasesArgs),
     /// Show stored assessment results.
     Results(crate::commands::runtime::ResultsArgs),
+    /// Show messages Steward's consumers dropped (terminated or never acknowledged), with why.
+    DeadLetters(crate::commands::dead_letters::DeadLettersArgs),
     /// Print the version.
     Version,
 }

@@ -48,6 +48,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Runtime(args) => commands::runtime::runtime(&cli.global, args).await,
         Command::Leases(args) => commands::runtime::leases(&cli.global, args).await,
         Command::Results(args) => commands::runtime::results(&cli.global, args).await,
+        Command::DeadLetters(args) => commands::dead_letters::dead_letters(&cli.global, args).await,
         Command::Version => commands::version(&cli.global),
     }
 }

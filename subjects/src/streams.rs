@@ -45,6 +45,32 @@ pub const RUN_EVENTS_STREAM: &str = "STEWARD_RUN_EVENTS";
 /// (`steward.v1.<account>.jobspec.journal`), purged up to the latest snapshot, and the leaders'
 /// fence (`steward.v1.<account>.jobspec.fence`, one message per takeover).
 pub const LEASE_JOURNAL_STREAM: &str = "STEWARD_LEASE_JOURNAL";
+/// Dead letters: the server's advisories for messages a consumer of Steward's streams
+/// terminated (with the consumer's reason) or stopped delivering after its `max_deliver`; each
+/// names the stream and sequence of the message, which stays in its stream until it ages out.
+pub const DEAD_LETTERS_STREAM: &str = "STEWARD_DEAD_LETTERS";
+
+/// The JetStream advisory subjects captured by [`DEAD_LETTERS_STREAM`]: terminated and
+/// max-deliveries advisories of every consumer on Steward's other streams (not of other
+/// applications' streams in the same NATS account).
+#[must_use]
+pub fn dead_letter_subjects() -> Vec<String> {
+    let ours = [
+        HOST_EVENTS_STREAM,
+        HOST_COMMANDS_STREAM,
+        CONFIG_EVENTS_STREAM,
+        RESULTS_STREAM,
+        RUN_EVENTS_STREAM,
+        LEASE_JOURNAL_STREAM,
+    ];
+    let mut out = Vec::new();
+    for kind in ["MSG_TERMINATED", "MAX_DELIVERIES"] {
+        for stream in ours {
+            out.push(format!("$JS.EVENT.ADVISORY.CONSUMER.{kind}.{stream}.*"));
+        }
+    }
+    out
+}
 
 /// The host registry bucket.
 pub const HOSTS_BUCKET: &str = "steward_hosts";
@@ -182,6 +208,15 @@ pub fn streams() -> Vec<StreamDef> {
             retention: stream::RetentionPolicy::Limits,
             max_age: Duration::ZERO,
             max_bytes: -1,
+        },
+        StreamDef {
+            name: DEAD_LETTERS_STREAM,
+            description: "dead letters: messages a consumer terminated or gave up redelivering, with the reason",
+            subjects: dead_letter_subjects(),
+            retention: stream::RetentionPolicy::Limits,
+            max_age: 7 * DAY,
+            // A flooding host must not fill the disk with its dead letters: the oldest go first.
+            max_bytes: 256 * 1024 * 1024,
         },
     ]
 }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod creds;
+pub mod dead_letters;
 pub mod hosts;
 pub mod keys;
 pub mod run;

@@ -3,6 +3,7 @@
 //! noun of the subject grammar.
 
 pub mod config;
+pub mod dead_letter;
 pub mod health;
 pub mod host;
 pub mod jobspec;

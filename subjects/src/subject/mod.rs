@@ -174,6 +174,17 @@ pub fn parse_kv_subject<'a>(bucket: &str, subject: &'a str) -> Option<&'a str> {
     (!key.is_empty()).then_some(key)
 }
 
+/// The account a Steward subject (`steward.v1.<account>...`) belongs to; `None` for any other
+/// subject.
+#[must_use]
+pub fn account_of(subject: &str) -> Option<AccountId> {
+    let mut tokens = subject.split('.');
+    if tokens.next() != Some(ROOT) || tokens.next() != Some(VERSION) {
+        return None;
+    }
+    AccountId::parse(tokens.next()?).ok()
+}
+
 /// The part of a bucket `key` after `<account>.`; `None` for a key of another account.
 fn account_rest<'a>(account: &AccountId, key: &'a str) -> Option<&'a str> {
     key.strip_prefix(account.as_str())?.strip_prefix('.')
@@ -249,5 +260,15 @@ mod tests {
         let a = AccountId::parse("acme").unwrap();
         assert_eq!(account_rest(&a, "acme.x.y"), Some("x.y"));
         assert_eq!(account_rest(&a, "acme2.x.y"), None);
+    }
+
+    #[test]
+    fn the_account_of_a_subject() {
+        let s = Subjects::new(AccountId::parse("acme").unwrap());
+        assert_eq!(account_of(&s.run_dispatch()).map(|a| a.to_string()), Some("acme".to_owned()));
+        assert_eq!(account_of("$JS.API.INFO"), None);
+        assert_eq!(account_of("steward.v2.acme.x"), None);
+        assert_eq!(account_of("steward.v1"), None);
+        assert_eq!(account_of("steward.v1.a*b.x"), None);
     }
 }
