@@ -70,6 +70,9 @@ pub struct ProcessConfig {
     pub signing_key: Option<PathBuf>,
     /// The hub public key file edge agents trust; without it an edge refuses every job.
     pub trusted_key: Option<PathBuf>,
+    /// Credentials of individual edges (their host identities), used instead of
+    /// `connect.creds` by that edge's agent, worker and runtime.
+    pub edge_creds: BTreeMap<HostId, PathBuf>,
 }
 
 impl ProcessConfig {
@@ -88,6 +91,7 @@ impl ProcessConfig {
             config_source: None,
             signing_key: None,
             trusted_key: None,
+            edge_creds: BTreeMap::new(),
         }
     }
 }
@@ -168,8 +172,12 @@ impl RunningProcess {
             children.push(ChildSpec::new("health", move || (HealthService, health.clone())));
         }
         for edge in &config.edges {
+            let mut connect = config.connect.clone();
+            if let Some(creds) = config.edge_creds.get(&edge.host_id) {
+                connect.creds = Some(creds.clone());
+            }
             let args = EdgeArgs {
-                connect: config.connect.clone(),
+                connect: connect.clone(),
                 subjects: subjects.clone(),
                 host_id: edge.host_id.clone(),
                 labels: edge.labels.clone(),
@@ -186,7 +194,7 @@ impl RunningProcess {
                 None => None,
             };
             let worker = crate::worker::RunWorkerArgs {
-                connect: config.connect.clone(),
+                connect: connect.clone(),
                 subjects: subjects.clone(),
                 host_id: edge.host_id.clone(),
                 verifier,
@@ -200,7 +208,7 @@ impl RunningProcess {
             // The edge's assessment runtime: runs the host's specs (and matching pool specs),
             // keeps checking from its local store while the hub is away.
             let mut runtime = crate::runtime::RuntimeArgs::new(
-                config.connect.clone(),
+                connect,
                 subjects.clone(),
                 steward_subjects::RuntimeId::parse(edge.host_id.as_str())
                     .map_err(|e| ActorsError::Spawn(e.to_string()))?,
