@@ -13,9 +13,11 @@
 //! The same code starts the servers of the test suites and of `steward up`.
 
 pub mod auth;
+pub mod authority;
 pub mod binary;
 pub mod config;
 pub mod error;
+pub mod jwt;
 pub mod monitor;
 pub mod secret;
 pub mod server;
