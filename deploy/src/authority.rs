@@ -212,13 +212,14 @@ fn write_file(path: &Path, text: &str) -> Result<(), AuthorityError> {
 }
 
 /// Loads the key in `seed_file`, or creates it with `make` (written 0600) when absent.
-fn load_or_create_key(seed_file: &Path, make: fn() -> nkeys::KeyPair) -> Result<(nkeys::KeyPair, bool), AuthorityError> {
+fn load_or_create_key(
+    seed_file: &Path,
+    make: fn() -> nkeys::KeyPair,
+) -> Result<(nkeys::KeyPair, bool), AuthorityError> {
     if seed_file.exists() {
         let seed = read_secret(seed_file)?;
-        let kp = nkeys::KeyPair::from_seed(seed.trim()).map_err(|_| SecretFileError::Malformed {
-            path: seed_file.to_owned(),
-            expected: "an nkey seed",
-        })?;
+        let kp = nkeys::KeyPair::from_seed(seed.trim())
+            .map_err(|_| SecretFileError::Malformed { path: seed_file.to_owned(), expected: "an nkey seed" })?;
         return Ok((kp, false));
     }
     let kp = make();
@@ -248,7 +249,8 @@ impl Authority {
         if created || !a.root.join("operator.jwt").exists() {
             let op_jwt = jwt::encode(&op, &op.public_key(), "steward", jwt::operator_nats(&sys.public_key()), now())?;
             write_file(&a.root.join("operator.jwt"), &op_jwt)?;
-            let sys_jwt = jwt::encode(&op, &sys.public_key(), "SYS", jwt::account_nats(false, &BTreeMap::new()), now())?;
+            let sys_jwt =
+                jwt::encode(&op, &sys.public_key(), "SYS", jwt::account_nats(false, &BTreeMap::new()), now())?;
             write_file(&a.system_dir().join("account.jwt"), &sys_jwt)?;
             let user = nkeys::KeyPair::new_user();
             let user_jwt = jwt::encode(&sys, &user.public_key(), "sys", jwt::user_nats(&[], &[], false), now())?;
@@ -312,14 +314,19 @@ impl Authority {
 
     /// Signs and stores `account`'s JWT with `revocations`, creating its key when new; returns
     /// the JWT and whether the account was created.
-    fn sign_account(&self, account: &str, revocations: &BTreeMap<String, i64>) -> Result<(String, bool), AuthorityError> {
+    fn sign_account(
+        &self,
+        account: &str,
+        revocations: &BTreeMap<String, i64>,
+    ) -> Result<(String, bool), AuthorityError> {
         let dir = self.account_dir(account);
         mkdir(&dir)?;
         let (key, created) = load_or_create_key(&dir.join("account.nk"), nkeys::KeyPair::new_account)?;
         let path = dir.join("account.jwt");
         // A resolver keeps the newer of two JWTs by `iat`; never go backwards.
         let iat = if path.exists() { now().max(read_jwt(&path)?.1.iat) } else { now() };
-        let token = jwt::encode(&self.operator_key()?, &key.public_key(), account, jwt::account_nats(true, revocations), iat)?;
+        let token =
+            jwt::encode(&self.operator_key()?, &key.public_key(), account, jwt::account_nats(true, revocations), iat)?;
         write_file(&path, &token)?;
         self.render_server_config()?;
         Ok((token, created))
@@ -339,7 +346,8 @@ impl Authority {
 
     fn read_record(path: &Path) -> Result<IdentityRecord, AuthorityError> {
         let text = std::fs::read_to_string(path).map_err(io(format!("read {}", path.display())))?;
-        serde_json::from_str(&text).map_err(|e| AuthorityError::Corrupt { path: path.to_owned(), reason: e.to_string() })
+        serde_json::from_str(&text)
+            .map_err(|e| AuthorityError::Corrupt { path: path.to_owned(), reason: e.to_string() })
     }
 
     fn write_record(path: &Path, record: &IdentityRecord) -> Result<(), AuthorityError> {
@@ -502,13 +510,11 @@ impl Authority {
             .connect(url)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        let reply = tokio::time::timeout(
-            PUSH_TIMEOUT,
-            client.request("$SYS.REQ.CLAIMS.UPDATE", account_jwt.to_owned().into()),
-        )
-        .await
-        .map_err(|_| fail("no answer".into()))?
-        .map_err(|e| fail(e.to_string()))?;
+        let reply =
+            tokio::time::timeout(PUSH_TIMEOUT, client.request("$SYS.REQ.CLAIMS.UPDATE", account_jwt.to_owned().into()))
+                .await
+                .map_err(|_| fail("no answer".into()))?
+                .map_err(|e| fail(e.to_string()))?;
         let v: serde_json::Value =
             serde_json::from_slice(&reply.payload).map_err(|e| fail(format!("unreadable answer: {e}")))?;
         if let Some(err) = v.get("error") {
@@ -553,10 +559,13 @@ mod tests {
         let a = Authority::open(dir.path()).unwrap();
         let first = a.issue(&req("acme", Kind::Host, "web-01")).unwrap();
         assert!(first.account_changed, "a new account must be pushed");
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&first.creds_file).unwrap().permissions());
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&first.creds_file).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o600);
         for seed in ["operator.nk", "system/account.nk", "accounts/acme/account.nk", "system/sys.creds"] {
-            let m = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.path().join(seed)).unwrap().permissions());
+            let m = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(dir.path().join(seed)).unwrap().permissions(),
+            );
             assert_eq!(m & 0o777, 0o600, "{seed}");
         }
         let user = jwt::decode(jwt::creds_jwt(&std::fs::read_to_string(&first.creds_file).unwrap()).unwrap()).unwrap();

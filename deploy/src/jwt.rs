@@ -215,9 +215,8 @@ pub fn creds_file(user_jwt: &str, seed: &str) -> String {
 /// # Errors
 /// [`JwtError::Malformed`] when the text has no JWT block.
 pub fn creds_jwt(text: &str) -> Result<&str, JwtError> {
-    let start = text
-        .find("-----BEGIN NATS USER JWT-----")
-        .ok_or_else(|| JwtError::Malformed("no user JWT block".into()))?;
+    let start =
+        text.find("-----BEGIN NATS USER JWT-----").ok_or_else(|| JwtError::Malformed("no user JWT block".into()))?;
     let rest = &text[start + "-----BEGIN NATS USER JWT-----".len()..];
     let end = rest.find("------END").ok_or_else(|| JwtError::Malformed("unterminated user JWT block".into()))?;
     Ok(rest[..end].trim())
@@ -240,7 +239,10 @@ mod tests {
     fn roundtrip_verifies_and_keeps_every_claim() {
         let (account, user, token) = user_token();
         let c = decode(&token).unwrap();
-        assert_eq!((c.iss.as_str(), c.sub.as_str(), c.name.as_str()), (&*account.public_key(), &*user.public_key(), "web-01"));
+        assert_eq!(
+            (c.iss.as_str(), c.sub.as_str(), c.name.as_str()),
+            (&*account.public_key(), &*user.public_key(), "web-01")
+        );
         assert_eq!(c.iat, 1_700_000_000);
         assert_eq!(c.claim_type(), "user");
         assert_eq!(c.nats["version"], 2);
