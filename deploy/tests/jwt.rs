@@ -224,6 +224,35 @@ async fn viewer_reads_but_cannot_apply_or_dispatch() {
         violation(&events, &write).await;
     }
     assert!(tokio::time::timeout(Duration::from_millis(200), apply.next()).await.is_err(), "apply reached the hub");
+
+    // `steward results` as a viewer: an ordered consumer on the results stream reads what the
+    // hub stored; creating or deleting streams is refused.
+    let hub_js = jetstream::new(_hub.clone());
+    let results = steward_subjects::streams::RESULTS_STREAM;
+    let cfg = stream::Config { name: results.into(), subjects: vec![s.result_put_all()], ..Default::default() };
+    hub_js.create_stream(cfg).await.unwrap();
+    let put = s.result_put(&HostId::parse("web-01").unwrap());
+    hub_js.publish(put.clone(), "r1".into()).await.unwrap().await.unwrap();
+    let js = jetstream::new(viewer.clone());
+    let consumer = js
+        .get_stream(results)
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
+            deliver_subject: viewer.new_inbox(),
+            filter_subject: s.result_put_all(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut msgs = consumer.messages().await.unwrap();
+    let m = tokio::time::timeout(WAIT, msgs.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!((m.subject.as_str(), m.payload.as_ref()), (put.as_str(), &b"r1"[..]));
+    let mut js = js;
+    js.set_timeout(Duration::from_secs(1));
+    let cfg = stream::Config { name: "EVIL".into(), subjects: vec!["evil.>".into()], ..Default::default() };
+    assert!(tokio::time::timeout(WAIT, js.create_stream(cfg)).await.unwrap().is_err(), "viewer created a stream");
+    assert!(tokio::time::timeout(WAIT, js.delete_stream(results)).await.unwrap().is_err(), "viewer deleted a stream");
     // An admin may apply.
     let (creds, _) = issue(&f.auth, "acme", Kind::Operator, "root", Some(OperatorRole::Admin));
     let (admin, _) = connect(&url, &creds, None).await.unwrap();
