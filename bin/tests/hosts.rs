@@ -227,6 +227,11 @@ async fn creds_issue_revoke_list_on_an_operator_mode_server() {
     let viewer =
         json(&steward(&url, &["creds", "issue", "--operator", "ann", "--role", "viewer", "--dir", &d, "-o", "json"]));
     assert_eq!(viewer["role"], "viewer");
+    // The CLI connects with a JWT creds file; without one it is refused.
+    let health = steward(&url, &["--creds", viewer["creds_file"].as_str().unwrap(), "health", "-o", "json"]);
+    assert!(health.status.success(), "{}", String::from_utf8_lossy(&health.stderr));
+    let anonymous = steward(&url, &["health"]);
+    assert!(!anonymous.status.success(), "anonymous CLI accepted");
 
     let started = std::time::Instant::now();
     let revoked = json(&steward(&url, &["creds", "revoke", "--host", "web-01", "--dir", &d, "-o", "json"]));
