@@ -275,3 +275,20 @@ async fn creds_readable_by_others_are_refused_naming_the_file() {
     let e = auth.push("nats://127.0.0.1:1", &auth.account_jwt("acme").unwrap()).await.unwrap_err().to_string();
     assert!(e.contains(&auth.system_creds().display().to_string()) && e.contains("too open"), "{e}");
 }
+
+#[test]
+fn hub_jwt_conf_with_rendered_server_conf_is_valid() {
+    let work = tempfile::tempdir().unwrap();
+    let auth = Authority::open(work.path().join("auth")).unwrap();
+    issue(&auth, "acme", Kind::Service, "hub", None);
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nats/hub-jwt.conf");
+    std::fs::copy(source, work.path().join("hub-jwt.conf")).unwrap();
+    std::fs::copy(auth.server_config_file(), work.path().join("server.conf")).unwrap();
+    let output = std::process::Command::new(steward_deploy::find_nats_server().unwrap())
+        .current_dir(work.path())
+        .args(["-t", "-c", "hub-jwt.conf"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && out.contains("is valid"), "{out}");
+}
