@@ -225,7 +225,7 @@ async fn secret_files_are_0600_and_refused_when_readable_by_others() {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["seed_file"].as_str().unwrap().to_owned()
+        v["creds_file"].as_str().unwrap().to_owned()
     };
     let seed = issue();
     assert_eq!(mode(&seed), 0o600);

@@ -1,7 +1,7 @@
 //! The host commands of the `steward` binary end to end: `steward server` on a hub, one
 //! `steward edge --leaf-remote` (its own leaf nats-server) and one direct edge; `hosts` with
 //! selectors, `host ID`, `host ID ping|drain`, `ensure-worker` success and clear failure,
-//! hostile input, `creds issue`, and Ctrl-C on an edge marking it offline at once and leaving no
+//! hostile input, `creds issue|revoke|list` on an operator-mode server, and Ctrl-C on an edge marking it offline at once and leaving no
 //! leaf server behind.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
@@ -171,28 +171,113 @@ async fn hosts_host_and_ensure_worker_from_the_command_line() {
     assert!(leaf_servers_in(&web_data_s).is_empty(), "leaf nats-server left behind");
 }
 
-#[test]
-fn creds_issue_writes_a_seed_and_the_authorization() {
+type Events = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+async fn connect_creds(url: &str, creds: &str, inbox: &str) -> Result<(async_nats::Client, Events), String> {
+    let events: Events = Events::default();
+    let sink = events.clone();
+    async_nats::ConnectOptions::with_credentials_file(creds)
+        .await
+        .map_err(|e| e.to_string())?
+        .custom_inbox_prefix(inbox)
+        .event_callback(move |e| {
+            let sink = sink.clone();
+            async move { sink.lock().unwrap().push(e.to_string()) }
+        })
+        .connect(url)
+        .await
+        .map(|c| (c, events))
+        .map_err(|e| e.to_string())
+}
+
+/// `creds issue` before a server exists, a server started from the rendered `server.conf`,
+/// identities issued while it runs (no reload), `creds revoke` cutting a connected host off
+/// within 5 s, `creds list`, a new tenant pushed, and bad input refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creds_issue_revoke_list_on_an_operator_mode_server() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display().to_string();
-    let out = Command::new(STEWARD)
-        .args(["--account", "acme", "creds", "issue", "--host", "web-01", "--dir", &d, "-o", "json"])
-        .output()
-        .unwrap();
-    let v = json(&out);
-    let seed = std::fs::read_to_string(v["seed_file"].as_str().unwrap()).unwrap();
-    assert!(seed.starts_with("SU"));
-    let conf = std::fs::read_to_string(v["authorization"].as_str().unwrap()).unwrap();
-    assert!(conf.contains(v["public_key"].as_str().unwrap()));
-    assert!(conf.contains("\"steward.v1.acme.host.heartbeat.web-01\""), "{conf}");
-    assert!(!conf.contains("steward.v1.acme.host.heartbeat.*"), "a host must not speak for others: {conf}");
-    let svc = Command::new(STEWARD)
-        .args(["--account", "acme", "creds", "issue", "--service", "hub", "--dir", &d])
-        .output()
-        .unwrap();
-    assert!(svc.status.success());
-    for bad in [vec!["--host", "web.01"], vec!["--host", "a", "--service", "b"], vec![]] {
-        let out = Command::new(STEWARD).args(["creds", "issue", "--dir", &d]).args(&bad).output().unwrap();
+    let d = dir.path().join("auth").display().to_string();
+    let bads: [&[&str]; 5] = [
+        &["--host", "web.01"],
+        &["--host", "a", "--service", "b"],
+        &[],
+        &["--service", "hub", "--role", "viewer"],
+        &["--operator", "ann", "--role", "root"],
+    ];
+    for bad in bads {
+        let out = Command::new(STEWARD).args(["creds", "issue", "--dir", &d]).args(bad).output().unwrap();
         assert!(!out.status.success(), "{bad:?}");
     }
+    let hub = json(&steward("nats://127.0.0.1:1", &["creds", "issue", "--service", "hub", "--dir", &d, "-o", "json"]));
+    assert_eq!(hub["pushed"], false, "no server yet");
+    let conf = std::fs::read_to_string(hub["server_config"].as_str().unwrap()).unwrap();
+    let server =
+        NatsServer::single(ServerOptions { extra_config: conf, ..ServerOptions::named("creds-cli") }).await.unwrap();
+    let url = server.client_url();
+    let pid = server.pid();
+
+    let host = json(&steward(&url, &["creds", "issue", "--host", "web-01", "--dir", &d, "-o", "json"]));
+    let creds = host["creds_file"].as_str().unwrap().to_owned();
+    let text = std::fs::read_to_string(&creds).unwrap();
+    let claims = steward_deploy::jwt::decode(steward_deploy::jwt::creds_jwt(&text).unwrap()).unwrap();
+    let allowed = claims.nats["pub"]["allow"].to_string();
+    assert!(allowed.contains("\"steward.v1.acme.host.heartbeat.web-01\""), "{allowed}");
+    assert!(!allowed.contains("steward.v1.acme.host.heartbeat.*"), "a host must not speak for others: {allowed}");
+    let (_client, events) = connect_creds(&url, &creds, "_INBOX.acme.web-01").await.unwrap();
+    let viewer =
+        json(&steward(&url, &["creds", "issue", "--operator", "ann", "--role", "viewer", "--dir", &d, "-o", "json"]));
+    assert_eq!(viewer["role"], "viewer");
+    // The CLI connects with a JWT creds file; without one it is refused.
+    let health = steward(&url, &["--creds", viewer["creds_file"].as_str().unwrap(), "health", "-o", "json"]);
+    assert!(health.status.success(), "{}", String::from_utf8_lossy(&health.stderr));
+    let anonymous = steward(&url, &["health"]);
+    assert!(!anonymous.status.success(), "anonymous CLI accepted");
+
+    let started = std::time::Instant::now();
+    let revoked = json(&steward(&url, &["creds", "revoke", "--host", "web-01", "--dir", &d, "-o", "json"]));
+    assert!(revoked["revoked"].is_i64(), "{revoked}");
+    eventually(Duration::from_secs(5), Duration::from_millis(20), || {
+        let seen = events.lock().unwrap().clone();
+        let (url, creds) = (url.clone(), creds.clone());
+        async move {
+            if !seen.iter().any(|e| e == "disconnected") {
+                return Err(format!("still connected: {seen:?}"));
+            }
+            connect_creds(&url, &creds, "_INBOX.acme.web-01")
+                .await
+                .map(|_| ())
+                .err()
+                .ok_or_else(|| "revoked creds accepted".to_owned())
+        }
+    })
+    .await
+    .unwrap();
+    println!("steward creds revoke: host disconnected and refused after {:?}", started.elapsed());
+    assert_eq!(server.pid(), pid, "server untouched");
+
+    let list = json(&steward(&url, &["creds", "list", "--dir", &d, "-o", "json"]));
+    let rows: Vec<(String, bool)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (format!("{} {}", r["kind"].as_str().unwrap(), r["name"].as_str().unwrap()), r["revoked"].is_i64()))
+        .collect();
+    assert_eq!(
+        rows,
+        [("service hub".to_owned(), false), ("host web-01".to_owned(), true), ("operator ann".to_owned(), false)]
+    );
+    let table = steward(&url, &["creds", "list", "--dir", &d]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("PUBLIC KEY"));
+    let missing = steward(&url, &["creds", "revoke", "--host", "web-99", "--dir", &d]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("web-99"));
+
+    // A new tenant is pushed at issue and works at once.
+    let out = Command::new(STEWARD)
+        .args(["--nats", &url, "--account", "initech", "creds", "issue", "--host", "db-1", "--dir", &d, "-o", "json"])
+        .output()
+        .unwrap();
+    let late = json(&out);
+    assert_eq!(late["pushed"], true);
+    connect_creds(&url, late["creds_file"].as_str().unwrap(), "_INBOX.initech.db-1").await.unwrap();
 }

@@ -1,6 +1,9 @@
 //! NATS topologies as code: find, configure, start and stop `nats-server` for Steward.
 //!
-//! Layout: [`auth`] issues nkey identities and renders the accounts/permissions configuration;
+//! Layout: [`authority`] issues decentralized JWT identities (operator, account per tenant,
+//! user per host/service/operator; [`jwt`] encodes and verifies the claims) and pushes account
+//! updates and revocations to running servers; [`auth`] issues nkey identities and renders a
+//! static accounts/permissions configuration;
 //! [`binary`] finds the `nats-server` executable (`STEWARD_NATS_SERVER`, `PATH`, the project's
 //! `.tools/bin`) and checks its version; [`config`] renders a server configuration file; [`server`] runs one server process ([`ServerOptions`], [`NatsServer`]) with readiness
 //! checks, stop, restart and cleanup on drop; [`topology`] builds the shapes Steward runs on
@@ -13,9 +16,11 @@
 //! The same code starts the servers of the test suites and of `steward up`.
 
 pub mod auth;
+pub mod authority;
 pub mod binary;
 pub mod config;
 pub mod error;
+pub mod jwt;
 pub mod monitor;
 pub mod secret;
 pub mod server;

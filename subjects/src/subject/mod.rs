@@ -20,6 +20,7 @@ pub mod health;
 pub mod host;
 pub mod jobspec;
 pub mod lease;
+pub mod operator;
 pub mod result;
 pub mod run;
 
@@ -36,6 +37,7 @@ pub use lease::{
     lease_account_filter, lease_leader_key, lease_session_filter, lease_session_key, lease_snapshot_key,
     lease_snapshot_object, lease_spec_key, lease_verb, parse_lease_key, LeaseKey,
 };
+pub use operator::OperatorRole;
 pub use result::{result_host_of, result_output_object, result_verb};
 pub use run::{
     run_artifact_name, run_event_host, run_event_msg_id, run_events_consumer, run_host_filter, run_host_filter_all,
