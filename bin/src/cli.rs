@@ -147,6 +147,11 @@ pub struct UpArgs {
     /// Edge heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub heartbeat_ms: u64,
+    /// Start the embedded NATS WITHOUT authentication (anyone who can reach the port may run
+    /// commands on every edge); for experiments only, warned about at every start. By default
+    /// every connection needs an identity `up` issued under `<data>/auth`.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Options of `steward server`.

@@ -46,11 +46,17 @@ async fn up_serves_health_and_stops_cleanly_on_ctrl_c() {
         .unwrap();
     let pid = up.id().unwrap();
 
+    // The CLI finds the server and the operator identity through the context `up` wrote;
+    // no --nats, no --creds.
+    let context = data.path().join("context.json");
     let services = eventually(Duration::from_secs(30), Duration::from_millis(200), || {
-        let url = url.clone();
+        let context = context.clone();
         async move {
             let out = tokio::process::Command::new(STEWARD)
-                .args(["--nats", &url, "health", "-o", "json", "--wait-ms", "300"])
+                .env("STEWARD_CONTEXT", &context)
+                .env_remove("STEWARD_NATS_URL")
+                .env_remove("STEWARD_CREDS")
+                .args(["health", "-o", "json", "--wait-ms", "300"])
                 .output()
                 .await
                 .map_err(|e| e.to_string())?;
@@ -72,6 +78,34 @@ async fn up_serves_health_and_stops_cleanly_on_ctrl_c() {
     assert!(services[0]["version"].is_string() && services[0]["uptime_secs"].is_u64(), "{services}");
     let data_str = data.path().to_string_lossy().to_string();
     assert!(!processes_mentioning(&data_str).is_empty(), "nats-server of `up` should be running");
+    // Authenticated by default: an anonymous client is refused, the CLI without its context too.
+    let refused = tokio::time::timeout(Duration::from_secs(5), async_nats::connect(&url)).await;
+    assert!(!matches!(refused, Ok(Ok(_))), "an anonymous client connected to `steward up`");
+    let out = Command::new(STEWARD)
+        .env_remove("STEWARD_CONTEXT")
+        .env("XDG_STATE_HOME", data.path().join("elsewhere"))
+        .args(["--nats", &url, "health", "--wait-ms", "300"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.to_lowercase().contains("authoriz"), "{err}");
+    // Each demo edge works under its own host identity: a run on both succeeds (agent → run
+    // worker → job events, all with host credentials).
+    let out = tokio::process::Command::new(STEWARD)
+        .env("STEWARD_CONTEXT", &context)
+        .args(["run", "--wait", "--timeout", "30s", "--hosts", "edge-1,edge-2", "--", "true"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "run on both edges: {}", String::from_utf8_lossy(&out.stderr));
+    // Every secret `up` wrote is readable by its owner only.
+    for creds in
+        ["auth/operator.nk", "auth/accounts/default/operators/admin.creds", "auth/accounts/default/hosts/edge-1.creds"]
+    {
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(data.path().join(creds)).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "{creds}");
+    }
 
     // Ctrl-C: exit 0 within 5 s, nothing left behind.
     Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
@@ -313,4 +347,45 @@ async fn operator_commands_take_their_connection_from_the_context_file() {
         Command::new(STEWARD).env("STEWARD_CONTEXT", dir.path().join("bad.json")).args(["history"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not a Steward context"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_insecure_accepts_anyone_and_says_so() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_ports(1).unwrap()[0];
+    let url = format!("nats://127.0.0.1:{port}");
+    let up = tokio::process::Command::new(STEWARD)
+        .args(["up", "--insecure", "--edges", "0", "--port", &port.to_string(), "--data"])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = up.id().unwrap();
+    eventually(Duration::from_secs(30), Duration::from_millis(200), || {
+        let url = url.clone();
+        async move {
+            let out = tokio::process::Command::new(STEWARD)
+                .env_remove("STEWARD_CONTEXT")
+                .args(["--nats", &url, "health", "--wait-ms", "300"])
+                .output()
+                .await
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        }
+    })
+    .await
+    .unwrap();
+    Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), up.wait_with_output()).await.unwrap().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--insecure") && err.contains("ANY connection"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("auth:     NONE"), "{stdout}");
+    assert!(!data.path().join("auth").exists(), "no identities are made in insecure mode");
 }

@@ -402,6 +402,36 @@ impl Authority {
         Ok(Issued { record, creds_file, account_jwt, account_changed: created || replaced })
     }
 
+    /// The identity `req` names as it is already issued, when it is live (not revoked), its
+    /// credentials file is readable and its user JWT grants exactly `req`'s permissions;
+    /// otherwise a fresh issue (which revokes a replaced key). What `steward up` uses on every
+    /// start, so restarts keep their identities and an upgrade that changed a permission list
+    /// gets new ones.
+    ///
+    /// # Errors
+    /// As [`Authority::issue`].
+    pub fn ensure(&self, req: &IssueRequest) -> Result<Issued, AuthorityError> {
+        check_name("account", &req.account)?;
+        check_name("name", &req.name)?;
+        let record_path = self.record_path(&req.account, req.kind, &req.name);
+        let creds_file = self.account_dir(&req.account).join(req.kind.folder()).join(format!("{}.creds", req.name));
+        if record_path.exists() && creds_file.exists() && self.account_public_key(&req.account)?.is_some() {
+            let record = Self::read_record(&record_path)?;
+            let text = read_secret(&creds_file)?;
+            let mut want = jwt::user_nats(&req.publish, &req.subscribe, true);
+            want["version"] = serde_json::json!(2);
+            let same = jwt::creds_jwt(&text)
+                .and_then(jwt::decode)
+                .map(|c| c.sub == record.public_key && c.nats == want)
+                .unwrap_or(false);
+            if record.revoked.is_none() && same && record.role == req.role {
+                let account_jwt = self.account_jwt(&req.account)?;
+                return Ok(Issued { record, creds_file, account_jwt, account_changed: false });
+            }
+        }
+        self.issue(req)
+    }
+
     /// Revokes an identity: its key goes into the account JWT's revocations, which is re-signed
     /// and stored; returns the record and the new account JWT to push. Revoking again re-signs
     /// the same revocation (so a failed push can be retried).
@@ -551,6 +581,25 @@ mod tests {
             publish: vec!["a.>".into()],
             subscribe: vec![],
         }
+    }
+
+    #[test]
+    fn ensure_keeps_a_live_identity_and_reissues_a_changed_or_revoked_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Authority::open(dir.path()).unwrap();
+        let first = a.ensure(&req("acme", Kind::Host, "web-01")).unwrap();
+        let again = a.ensure(&req("acme", Kind::Host, "web-01")).unwrap();
+        assert_eq!(again.record.public_key, first.record.public_key, "unchanged: kept");
+        assert!(!again.account_changed);
+        let mut wider = req("acme", Kind::Host, "web-01");
+        wider.publish.push("b.>".into());
+        let changed = a.ensure(&wider).unwrap();
+        assert_ne!(changed.record.public_key, first.record.public_key, "permissions changed: new key");
+        assert!(changed.account_changed, "the replaced key is revoked");
+        a.revoke("acme", Kind::Host, "web-01").unwrap();
+        let revived = a.ensure(&wider).unwrap();
+        assert_ne!(revived.record.public_key, changed.record.public_key, "revoked: new key");
+        assert!(revived.record.revoked.is_none());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::signing::JobVerifier;
 use crate::tasks::TaskSet;
-use crate::{connect, ActorsError, ConnectOptions};
+use crate::{connect_with, ActorsError, ConnectOptions};
 use job::{JobContext, JobOutcome, StopAs};
 
 /// Runs remembered as finished or stopped (for duplicate and late orders).
@@ -116,7 +116,12 @@ impl Actor for RunWorker {
     ) -> Result<RunWorkerState, ActorProcessingErr> {
         std::fs::create_dir_all(&args.work_dir)
             .map_err(|e| ActorProcessingErr::from(format!("cannot create {}: {e}", args.work_dir.display())))?;
-        let client = connect(&args.connect, &format!("steward-worker-{}", args.host_id)).await?;
+        // Replies (the playbook fetch) come to the host's own inbox prefix, the only one a host
+        // identity may subscribe to.
+        let inbox = args.subjects.host_inbox_prefix(&args.host_id);
+        let client =
+            connect_with(&args.connect, &format!("steward-worker-{}", args.host_id), |o| o.custom_inbox_prefix(inbox))
+                .await?;
         let js = match &args.hub_domain {
             Some(d) => jetstream::with_domain(client.clone(), d),
             None => jetstream::new(client.clone()),

@@ -19,7 +19,7 @@ use serde::Serialize;
 use steward_actors::{ConnectOptions, EdgeSpec, ProcessConfig, Role, RunningProcess};
 use steward_deploy::server::{NatsServer, ServerOptions};
 use steward_subjects::streams::Replicas;
-use steward_subjects::{HostId, STEWARD_VERSION};
+use steward_subjects::{AccountId, HostId, STEWARD_VERSION};
 use tracing::info;
 
 use crate::cli::{EdgeArgs, Global, HealthArgs, OutputFormat, ServerArgs, UpArgs};
@@ -59,37 +59,105 @@ struct UpSummary {
     buckets: Vec<String>,
 }
 
-/// `steward up`: embedded NATS, hub roles and demo edges until Ctrl-C; nothing left behind.
+/// The identities `steward up` runs with (issued on first start, kept while unchanged).
+struct UpIdentities {
+    /// The embedded server's trust configuration (operator, resolver, accounts).
+    server_config: String,
+    /// The hub's service credentials.
+    hub: PathBuf,
+    /// Each demo edge's host credentials.
+    edges: BTreeMap<HostId, PathBuf>,
+    /// The CLI's admin operator credentials (named by the context file).
+    operator: PathBuf,
+}
+
+/// Opens the authority under `dir` and ensures the hub's service identity, one host identity
+/// per demo edge and an admin operator identity for the CLI.
+fn up_identities(dir: &std::path::Path, account: &AccountId, hosts: &[HostId]) -> anyhow::Result<UpIdentities> {
+    use steward_deploy::authority::{Authority, IssueRequest, Kind};
+    use steward_subjects::subject::OperatorRole;
+    let auth = Authority::open(dir).with_context(|| format!("cannot open the identities in {}", dir.display()))?;
+    let subjects = steward_subjects::Subjects::new(account.clone());
+    let ensure = |kind: Kind, name: &str, role: Option<&str>, perms: steward_subjects::subject::HostPermissions| {
+        let req = IssueRequest {
+            account: account.to_string(),
+            kind,
+            name: name.to_owned(),
+            role: role.map(str::to_owned),
+            publish: perms.publish,
+            subscribe: perms.subscribe,
+        };
+        auth.ensure(&req).map(|i| i.creds_file).with_context(|| format!("cannot issue the {kind} identity {name}"))
+    };
+    let hub = ensure(Kind::Service, "hub", None, subjects.service_permissions())?;
+    let mut edges = BTreeMap::new();
+    for host in hosts {
+        edges.insert(host.clone(), ensure(Kind::Host, host.as_str(), None, subjects.host_permissions(host))?);
+    }
+    let admin = OperatorRole::Admin;
+    let operator = ensure(Kind::Operator, "admin", Some(admin.as_str()), subjects.operator_permissions(admin))?;
+    let file = auth.render_server_config()?;
+    let server_config = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok(UpIdentities { server_config, hub, edges, operator })
+}
+
+/// `steward up`: embedded NATS (authenticated unless `--insecure`), hub roles and demo edges
+/// until Ctrl-C; nothing left behind.
 ///
 /// # Errors
 /// When NATS cannot start (the error says how to install it) or a component cannot start.
 pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
-    let data = args.data.unwrap_or_else(default_state_dir);
+    let data = args.data.clone().unwrap_or_else(default_state_dir);
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create data folder {}", data.display()))?;
     // Absolute from here on: the demo configuration refers to a playbook under it.
     let data = data.canonicalize().unwrap_or(data);
-    let mut opts = ServerOptions::named("steward-up");
-    opts.port = Some(args.port);
-    opts.data_dir = Some(data.join("nats"));
-    let mut server = NatsServer::single(opts).await.context("cannot start the embedded nats-server")?;
-    let url = server.client_url();
-    info!(url = %url, data = %data.display(), "embedded nats-server ready");
-
-    let mut config = ProcessConfig::hub(&url, global.account.clone());
-    config.connect.creds = global.creds.clone();
-    config.heartbeat = Duration::from_millis(args.heartbeat_ms.max(50));
-    let (secret, public) = run::dev_keys(&data.join("keys"))?;
-    config.signing_key = Some(secret);
-    config.trusted_key = Some(public);
+    let mut edges = Vec::new();
     for i in 1..=args.edges {
         let host_id = HostId::parse(&format!("edge-{i}"))?;
         let zone = if i % 2 == 1 { "a" } else { "b" };
-        config.edges.push(EdgeSpec {
+        edges.push(EdgeSpec {
             labels: BTreeMap::from([("demo".to_owned(), "true".to_owned()), ("zone".to_owned(), zone.to_owned())]),
             data_dir: data.join("edges").join(host_id.as_str()),
             host_id,
         });
     }
+    let identities = if args.insecure {
+        tracing::warn!(
+            "steward up --insecure: the embedded NATS accepts ANY connection; whoever reaches port {} can run commands on every edge",
+            args.port
+        );
+        None
+    } else {
+        let hosts: Vec<HostId> = edges.iter().map(|e| e.host_id.clone()).collect();
+        Some(up_identities(&data.join("auth"), &global.account, &hosts)?)
+    };
+    let mut opts = ServerOptions::named("steward-up");
+    opts.port = Some(args.port);
+    opts.data_dir = Some(data.join("nats"));
+    if let Some(ids) = &identities {
+        opts.extra_config = ids.server_config.clone();
+    }
+    let mut server = NatsServer::single(opts).await.context("cannot start the embedded nats-server")?;
+    let url = server.client_url();
+    info!(url = %url, data = %data.display(), secure = identities.is_some(), "embedded nats-server ready");
+
+    let mut config = ProcessConfig::hub(&url, global.account.clone());
+    config.connect.creds = identities.as_ref().map(|ids| ids.hub.clone()).or_else(|| global.creds.clone());
+    if let Some(ids) = &identities {
+        config.edge_creds = ids.edges.clone();
+    }
+    config.heartbeat = Duration::from_millis(args.heartbeat_ms.max(50));
+    let (secret, public) = run::dev_keys(&data.join("keys"))?;
+    config.signing_key = Some(secret);
+    config.trusted_key = Some(public);
+    config.edges = edges;
+    let context_file = data.join("context.json");
+    crate::context::Context {
+        nats: url.clone(),
+        creds: identities.as_ref().map(|ids| ids.operator.clone()),
+        account: global.account.to_string(),
+    }
+    .write(&context_file)?;
     let process = match RunningProcess::start(config.clone()).await {
         Ok(p) => p,
         Err(e) => {
@@ -140,7 +208,17 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
             println!("  roles:    {}", summary.roles.join(", "));
             println!("  edges:    {}", summary.edges.join(", "));
             println!("  streams:  {}", summary.streams.join(", "));
-            println!("try: steward --nats {url} health    (Ctrl-C stops everything)");
+            if identities.is_none() {
+                println!("  auth:     NONE (--insecure): anyone reaching {url} may run commands on every edge");
+            } else {
+                println!("  auth:     on; identities in {}", data.join("auth").display());
+            }
+            if context_file == crate::context::default_path() {
+                println!("try: steward health    (the CLI finds {}; Ctrl-C stops everything)", context_file.display());
+            } else {
+                println!("try: export {}={}", crate::context::CONTEXT_ENV, context_file.display());
+                println!("     steward health    (Ctrl-C stops everything)");
+            }
         }
     }
     crate::shutdown::signal().await;

@@ -168,7 +168,11 @@ impl Subjects {
     pub fn host_permissions(&self, host: &HostId) -> HostPermissions {
         let consumer = self.host_command_consumer(host);
         let filter = self.host_command(host);
-        let mut publish = vec![self.host_heartbeat(host), self.host_reply(host), self.run_event(host)];
+        // The agent hands each verified work order to the host's run worker on `run.work.<host>`
+        // (another process when the edge runs its worker apart); the worker checks the order's
+        // signature again before anything runs.
+        let mut publish =
+            vec![self.host_heartbeat(host), self.host_reply(host), self.run_event(host), self.run_work(host)];
         publish.push(self.config_playbook());
         publish.extend([
             self.jobspec_lease(),
@@ -187,6 +191,7 @@ impl Subjects {
         let mut subscribe = vec![
             format!("{}.>", self.host_inbox_prefix(host)),
             self.run_stop(host),
+            self.run_work(host),
             "$SRV.>".to_owned(),
             self.health_status(),
             self.health_status_all(),
@@ -300,9 +305,11 @@ mod tests {
         assert!(p.publish.contains(&"steward.v1.acme.host.heartbeat.a".to_owned()));
         assert!(!p.publish.iter().any(|s| s.contains(".result.put")), "results go through the hub's fence only");
         assert!(!p.subscribe.iter().any(|s| s.starts_with("steward.v1.acme.host.command")));
-        // Stop orders of its own runs reach it; work orders come through its command consumer.
+        // Stop orders of its own runs reach it; work orders come through its command consumer
+        // and go from the agent to the run worker on its own `run.work.<host>` only.
         assert!(p.subscribe.contains(&"steward.v1.acme.run.stop.a".to_owned()));
-        assert!(!p.subscribe.iter().any(|s| s.contains(".run.work.")));
+        let work: Vec<&String> = p.subscribe.iter().chain(&p.publish).filter(|s| s.contains(".run.work")).collect();
+        assert_eq!(work, vec!["steward.v1.acme.run.work.a", "steward.v1.acme.run.work.a"]);
         // Of the config API only the playbook fetch.
         let config: Vec<&String> = p.publish.iter().filter(|s| s.starts_with("steward.v1.acme.config.")).collect();
         assert_eq!(config, vec!["steward.v1.acme.config.playbook"]);
