@@ -33,10 +33,21 @@ pub struct TlsRemote {
     pub key: Option<PathBuf>,
 }
 
-fn file(c: &mut String, key: &str, path: Option<&PathBuf>) {
+/// Adds `key: "path"` to the entries of a one-line block.
+fn file(entries: &mut Vec<String>, key: &str, path: Option<&PathBuf>) {
     if let Some(path) = path {
-        let _ = write!(c, " {key}: {}", quote(&path.display().to_string()));
+        entries.push(format!("{key}: {}", quote(&path.display().to_string())));
     }
+}
+
+/// A one-line block: entries separated by commas (the config syntax needs them on one line).
+fn one_line(entries: &[String]) -> String {
+    let mut c = String::from("tls {");
+    if !entries.is_empty() {
+        let _ = write!(c, " {} ", entries.join(", "));
+    }
+    c.push('}');
+    c
 }
 
 impl TlsListen {
@@ -45,19 +56,18 @@ impl TlsListen {
     /// ```
     /// use steward_deploy::tls::TlsListen;
     /// let t = TlsListen { cert: "/c.pem".into(), key: "/k.pem".into(), ca: None, verify: false };
-    /// assert_eq!(t.block(), "tls { cert_file: \"/c.pem\" key_file: \"/k.pem\" }");
+    /// assert_eq!(t.block(), "tls { cert_file: \"/c.pem\", key_file: \"/k.pem\" }");
     /// ```
     #[must_use]
     pub fn block(&self) -> String {
-        let mut c = String::from("tls {");
-        file(&mut c, "cert_file", Some(&self.cert));
-        file(&mut c, "key_file", Some(&self.key));
-        file(&mut c, "ca_file", self.ca.as_ref());
+        let mut e = Vec::new();
+        file(&mut e, "cert_file", Some(&self.cert));
+        file(&mut e, "key_file", Some(&self.key));
+        file(&mut e, "ca_file", self.ca.as_ref());
         if self.verify {
-            c.push_str(" verify: true");
+            e.push("verify: true".to_owned());
         }
-        c.push_str(" }");
-        c
+        one_line(&e)
     }
 }
 
@@ -65,11 +75,10 @@ impl TlsRemote {
     /// The `tls { ... }` block on one line (an empty block still makes the link use TLS).
     #[must_use]
     pub fn block(&self) -> String {
-        let mut c = String::from("tls {");
-        file(&mut c, "ca_file", self.ca.as_ref());
-        file(&mut c, "cert_file", self.cert.as_ref());
-        file(&mut c, "key_file", self.key.as_ref());
-        c.push_str(" }");
-        c
+        let mut e = Vec::new();
+        file(&mut e, "ca_file", self.ca.as_ref());
+        file(&mut e, "cert_file", self.cert.as_ref());
+        file(&mut e, "key_file", self.key.as_ref());
+        one_line(&e)
     }
 }
