@@ -118,8 +118,12 @@ fn connect_failure(opts: &ConnectOptions, e: &async_nats::ConnectError) -> Strin
     let text = e.to_string();
     let untrusted = ["UnknownIssuer", "certificate", "BadSignature"].iter().any(|w| text.contains(w));
     match (&opts.tls_ca, untrusted) {
-        (None, true) => format!("{text} (the server's TLS certificate is not trusted: give the CA that signed it, --tls-ca)"),
-        (Some(ca), true) => format!("{text} (the server's TLS certificate is not signed by the CA in '{}')", ca.display()),
+        (None, true) => {
+            format!("{text} (the server's TLS certificate is not trusted: give the CA that signed it, --tls-ca)")
+        }
+        (Some(ca), true) => {
+            format!("{text} (the server's TLS certificate is not signed by the CA in '{}')", ca.display())
+        }
         (_, false) => text,
     }
 }

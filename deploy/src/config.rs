@@ -143,7 +143,8 @@ mod tests {
         assert!(text.contains("credentials: \"/tmp/a \\\"b\\\".creds\""));
         assert!(text.contains("max_payload: 2000000"));
         assert!(text.contains("\ntls { cert_file: \"/c.pem\", key_file: \"/k.pem\" }\n"), "{text}");
-        assert!(text.contains("  tls { cert_file: \"/lc.pem\", key_file: \"/lk.pem\", ca_file: \"/ca.pem\", verify: true }"));
+        assert!(text
+            .contains("  tls { cert_file: \"/lc.pem\", key_file: \"/lk.pem\", ca_file: \"/ca.pem\", verify: true }"));
         assert!(text.contains(", tls { ca_file: \"/ca.pem\" } }"), "{text}");
         assert!(text.ends_with("debug: false\n"));
     }
