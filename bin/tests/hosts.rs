@@ -197,11 +197,19 @@ fn test_pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_reaches_a_tls_client_port_with_tls_ca() {
+async fn server_cli_and_a_leaf_edge_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_pki(dir.path());
     let tls = steward_deploy::tls::TlsListen { cert, key, ca: None, verify: false };
-    let hub = NatsServer::start(ServerOptions { tls: Some(tls), ..ServerOptions::named("cli-tls") }).await.unwrap();
+    let hub = NatsServer::start(ServerOptions {
+        jetstream_domain: Some("hub".into()),
+        tls: Some(tls.clone()),
+        leafnode_listen: true,
+        leafnode_tls: Some(tls),
+        ..ServerOptions::named("cli-tls")
+    })
+    .await
+    .unwrap();
     let url = hub.client_url();
     let ca = ca.display().to_string();
     let ok = steward(&url, &["--tls-ca", &ca, "health", "--wait-ms", "100"]);
@@ -216,6 +224,32 @@ async fn the_cli_reaches_a_tls_client_port_with_tls_ca() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{err}");
     assert!(err.contains("TLS certificate is not trusted") && err.contains("--tls-ca"), "{err}");
+
+    // The hub roles over the TLS client port, an edge through its own leaf over a TLS link.
+    let _server = spawn(&url, &["--tls-ca", &ca, "server"]);
+    let edge_data = dir.path().join("web-01").display().to_string();
+    let leaf_url = hub.leaf_url().unwrap();
+    let _edge = spawn(
+        &url,
+        &["edge", "--host-id", "web-01", "--heartbeat-ms", "200", "--leaf-remote", &leaf_url]
+            .into_iter()
+            .chain(["--leaf-tls-ca", &ca, "--data", &edge_data])
+            .collect::<Vec<_>>(),
+    );
+    eventually(WAIT, POLL, || {
+        let (url, ca) = (url.clone(), ca.clone());
+        async move {
+            let out = steward(&url, &["--tls-ca", &ca, "hosts", "--online", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            (ids(&v) == ["web-01"])
+                .then_some(())
+                .ok_or_else(|| format!("{v} / {}", String::from_utf8_lossy(&out.stderr)))
+        }
+    })
+    .await
+    .unwrap();
+    let leafz = hub.monitor_json("/leafz").await.unwrap();
+    assert_eq!(leafz["leafs"][0]["name"], "steward-edge-web-01", "{leafz}");
 }
 
 #[test]
