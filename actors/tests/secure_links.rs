@@ -1,6 +1,7 @@
 //! TLS and the edge's locked leaf node on real servers: a leaf link over TLS with a CA this test
 //! makes carries an edge's traffic to the hub, and a leaf trusting another CA never links; a
-//! client reaches a TLS client port only with the CA (a clear error without it); the leaf that
+//! client reaches a TLS client port only with the CA (a clear error without it), and with its
+//! certificate where the server verifies them; the leaf that
 //! an edge starts admits only its own host's processes (anonymous and foreign keys refused).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
@@ -90,11 +91,12 @@ async fn leaf_link_over_tls_with_the_test_ca_and_refused_with_another() {
     let tmp = tempfile::tempdir().unwrap();
     let host = HostId::parse("web-01").unwrap();
 
-    // The edge's leaf trusts the test CA: the link comes up over TLS and the edge's heartbeat
-    // crosses it.
+    // The edge's leaf trusts the test CA: the link (a `tls://` URL) comes up over TLS and the
+    // edge's heartbeat crosses it.
+    let tls_url = hub.leaf_url().unwrap().replace("nats-leaf://", "tls://");
     let cfg = LeafConfig {
         tls: Some(TlsRemote { ca: Some(good.ca.clone()), ..TlsRemote::default() }),
-        ..LeafConfig::new(hub.leaf_url().unwrap(), tmp.path().join("leaf"))
+        ..LeafConfig::new(tls_url, tmp.path().join("leaf"))
     };
     let leaf = start_leaf(&host, &cfg).await.unwrap();
     let config = std::fs::read_to_string(leaf.config_path()).unwrap();
@@ -207,4 +209,28 @@ async fn the_edge_leaf_admits_only_its_own_host() {
     std::fs::set_permissions(&seed_file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let e = start_leaf(&host, &cfg).await.unwrap_err().to_string();
     assert!(e.contains(&format!("permissions 0644 for '{}' are too open", seed_file.display())), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_when_the_server_verifies_them() {
+    let (server, client) = (pki("server"), pki("client"));
+    let verify = TlsListen { ca: Some(client.ca.clone()), verify: true, ..listen(&server) };
+    let hub = NatsServer::start(ServerOptions { tls: Some(verify), ..ServerOptions::named("mtls") }).await.unwrap();
+    let base = ConnectOptions { tls_ca: Some(server.ca.clone()), ..ConnectOptions::new(hub.client_url()) };
+
+    // The client's certificate (signed by the CA the server verifies with) is accepted.
+    let with_cert =
+        ConnectOptions { tls_cert: Some(client.cert.clone()), tls_key: Some(client.key.clone()), ..base.clone() };
+    let c = steward_actors::connect(&with_cert, "mtls-ok").await.unwrap();
+    c.flush().await.unwrap();
+
+    // Without a certificate the server closes the handshake.
+    assert!(steward_actors::connect(&base, "mtls-none").await.is_err());
+    // A certificate without its key, and a key others may read, are refused before connecting.
+    let half = ConnectOptions { tls_cert: Some(client.cert.clone()), ..base.clone() };
+    let e = steward_actors::connect(&half, "half").await.unwrap_err().to_string();
+    assert!(e.contains("needs both its certificate and key"), "{e}");
+    std::fs::set_permissions(&client.key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let e = steward_actors::connect(&with_cert, "open-key").await.unwrap_err().to_string();
+    assert!(e.contains(&format!("permissions 0644 for '{}' are too open", client.key.display())), "{e}");
 }
