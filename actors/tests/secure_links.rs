@@ -1,8 +1,8 @@
 //! TLS and the edge's locked leaf node on real servers: a leaf link over TLS with a CA this test
 //! makes carries an edge's traffic to the hub, and a leaf trusting another CA never links; a
 //! client reaches a TLS client port only with the CA (a clear error without it), and with its
-//! certificate where the server verifies them; the leaf that
-//! an edge starts admits only its own host's processes (anonymous and foreign keys refused).
+//! certificate where the server verifies them; the leaf that an edge starts admits only its own
+//! host's processes (anonymous and foreign keys refused).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
