@@ -71,12 +71,60 @@ pub struct ConnectOptions {
     pub url: String,
     /// Optional credentials file (JWT + nkey seed).
     pub creds: Option<PathBuf>,
+    /// CA file (PEM) the server's TLS certificate is checked against; setting it requires TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a server that verifies client certificates.
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM; refused when others may read it).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ConnectOptions {
     /// Plain connection to `url`.
     pub fn new(url: impl Into<String>) -> Self {
-        ConnectOptions { url: url.into(), creds: None }
+        ConnectOptions { url: url.into(), creds: None, tls_ca: None, tls_cert: None, tls_key: None }
+    }
+}
+
+/// Adds the TLS files of `opts` to the async-nats options: the CA (TLS then required) and the
+/// client certificate with its key.
+fn apply_tls(
+    opts: &ConnectOptions,
+    mut o: async_nats::ConnectOptions,
+    err: impl Fn(String) -> ActorsError,
+) -> Result<async_nats::ConnectOptions, ActorsError> {
+    if let Some(ca) = &opts.tls_ca {
+        if !ca.is_file() {
+            return Err(err(format!("TLS CA file '{}' does not exist", ca.display())));
+        }
+        o = o.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    match (&opts.tls_cert, &opts.tls_key) {
+        (None, None) => {}
+        (Some(cert), Some(key)) => {
+            steward_deploy::secret::read_secret(key).map_err(|e| err(format!("cannot use TLS key: {e}")))?;
+            if !cert.is_file() {
+                return Err(err(format!("TLS certificate file '{}' does not exist", cert.display())));
+            }
+            o = o.add_client_certificate(cert.clone(), key.clone()).require_tls(true);
+        }
+        _ => return Err(err("a TLS client certificate needs both its certificate and key files".into())),
+    }
+    Ok(o)
+}
+
+/// The connect error text, with a hint when the server's TLS certificate was not trusted.
+fn connect_failure(opts: &ConnectOptions, e: &async_nats::ConnectError) -> String {
+    let text = e.to_string();
+    let untrusted = ["UnknownIssuer", "certificate", "BadSignature"].iter().any(|w| text.contains(w));
+    match (&opts.tls_ca, untrusted) {
+        (None, true) => {
+            format!("{text} (the server's TLS certificate is not trusted: give the CA that signed it, --tls-ca)")
+        }
+        (Some(ca), true) => {
+            format!("{text} (the server's TLS certificate is not signed by the CA in '{}')", ca.display())
+        }
+        (_, false) => text,
     }
 }
 
@@ -89,7 +137,8 @@ pub async fn connect(opts: &ConnectOptions, name: &str) -> Result<async_nats::Cl
 }
 
 /// Like [`connect`], with a hook to adjust the async-nats options (the edge agent sets its own
-/// inbox prefix). The credentials file may be a JWT credentials file or a file holding only an
+/// inbox prefix). TLS files of `opts` apply (a CA makes TLS required; `tls://` URLs require it
+/// too). The credentials file may be a JWT credentials file or a file holding only an
 /// nkey user seed (as `steward creds issue` writes); it is refused, naming it, when missing,
 /// neither of these, or accessible to anyone but its owner.
 ///
@@ -111,6 +160,7 @@ pub async fn connect_with(
         },
         None => async_nats::ConnectOptions::new(),
     };
+    o = apply_tls(opts, o, err)?;
     o = adjust(o.name(name).connection_timeout(Duration::from_secs(5)));
     let addrs: Vec<async_nats::ServerAddr> = opts
         .url
@@ -118,7 +168,7 @@ pub async fn connect_with(
         .map(|u| u.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<_, _>>()
         .map_err(|e| err(format!("bad url: {e}")))?;
-    o.connect(addrs).await.map_err(|e| err(e.to_string()))
+    o.connect(addrs).await.map_err(|e| err(connect_failure(opts, &e)))
 }
 
 /// Calls an actor and waits for its reply; the one place that turns ractor's call results into

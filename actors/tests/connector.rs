@@ -101,19 +101,11 @@ async fn edge_through_a_leaf_presence_commands_and_workers() {
     let hub = hub(true).await;
     let data = tempfile::tempdir().unwrap();
     let host = HostId::parse("web-01").unwrap();
-    let mut leaf = start_leaf(
-        &host,
-        &LeafConfig {
-            remote_url: hub.server.leaf_url().unwrap(),
-            creds: None,
-            data_dir: data.path().join("leaf"),
-            port: None,
-        },
-    )
-    .await
-    .unwrap();
+    let leaf_cfg = LeafConfig::new(hub.server.leaf_url().unwrap(), data.path().join("leaf"));
+    let mut leaf = start_leaf(&host, &leaf_cfg).await.unwrap();
     let interval = Duration::from_millis(400);
     let mut args = edge_args(&leaf.client_url(), "web-01", &data.path().join("edge"), interval);
+    args.connect = leaf_cfg.local_connect(&leaf);
     args.hub_domain = Some("hub".into());
     let (edge, _join) = EdgeHandle::start(args).await.unwrap();
 

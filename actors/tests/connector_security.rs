@@ -122,7 +122,7 @@ async fn host_credentials_and_account_isolation() {
     // Host A's agent straight to the hub with A's credentials: presence and commands work.
     let data = tmp.path().join("edges");
     let mut edge_a = EdgeArgs::new(
-        ConnectOptions { url: url.clone(), creds: Some(a.seed_file.clone()) },
+        ConnectOptions { creds: Some(a.seed_file.clone()), ..ConnectOptions::new(url.clone()) },
         acme.clone(),
         host("host-a"),
         data.join("a"),
@@ -178,19 +178,12 @@ async fn host_credentials_and_account_isolation() {
     assert!(api.status("host-b").await.is_err(), "spoofed presence must not register host B");
 
     // Host B through its own leaf node, the link carrying B's credentials.
-    let leaf = start_leaf(
-        &host("host-b"),
-        &LeafConfig {
-            remote_url: hub.leaf_url().unwrap(),
-            creds: Some(b.seed_file.clone()),
-            data_dir: tmp.path().join("leaf-b"),
-            port: None,
-        },
-    )
-    .await
-    .unwrap();
-    let mut edge_b =
-        EdgeArgs::new(ConnectOptions::new(leaf.client_url()), acme.clone(), host("host-b"), data.join("b"));
+    let leaf_cfg = LeafConfig {
+        creds: Some(b.seed_file.clone()),
+        ..LeafConfig::new(hub.leaf_url().unwrap(), tmp.path().join("leaf-b"))
+    };
+    let leaf = start_leaf(&host("host-b"), &leaf_cfg).await.unwrap();
+    let mut edge_b = EdgeArgs::new(leaf_cfg.local_connect(&leaf), acme.clone(), host("host-b"), data.join("b"));
     edge_b.heartbeat = Duration::from_millis(200);
     edge_b.hub_domain = Some("hub".into());
     let (agent_b, _) = EdgeHandle::start(edge_b).await.unwrap();
@@ -208,10 +201,10 @@ async fn host_credentials_and_account_isolation() {
     let installed = api.ensure_worker("host-b", "command", Duration::from_secs(10)).await.unwrap();
     assert_eq!(installed.worker, "command");
 
-    // Anyone on B's leaf may try to speak for A; the link only carries B's subjects. The
-    // marker heartbeat for B, published after the spoof on the same connection, proves the
-    // spoof had its chance to arrive.
-    let local = async_nats::connect(leaf.client_url()).await.unwrap();
+    // A process of host B on B's leaf may try to speak for A; the link only carries B's
+    // subjects. The marker heartbeat for B, published after the spoof on the same connection,
+    // proves the spoof had its chance to arrive.
+    let local = steward_actors::connect(&leaf_cfg.local_connect(&leaf), "spoofer").await.unwrap();
     let spoof_a = Heartbeat {
         host_id: "host-a".into(),
         labels: BTreeMap::from([("spoofed".to_owned(), "yes".to_owned())]),
@@ -322,7 +315,7 @@ async fn edge_runtime_with_host_credentials_leases_its_specs_and_stores_results(
 
     // Host-a's runtime, as `steward edge --host-id host-a --creds ...` starts it.
     let mut args = RuntimeArgs::new(
-        ConnectOptions { url: url.clone(), creds: Some(a.seed_file.clone()) },
+        ConnectOptions { creds: Some(a.seed_file.clone()), ..ConnectOptions::new(url.clone()) },
         acme.clone(),
         RuntimeId::parse("host-a").unwrap(),
         tmp.path().join("runtime-a"),

@@ -71,7 +71,7 @@ async fn connect_refuses_bad_credentials_files_naming_them() {
     ];
     for (file, says) in cases {
         // Nothing listens on the URL: the file is refused before any connection attempt.
-        let opts = ConnectOptions { url: "nats://127.0.0.1:1".into(), creds: Some(file.clone()) };
+        let opts = ConnectOptions { creds: Some(file.clone()), ..ConnectOptions::new("nats://127.0.0.1:1") };
         let e = connect(&opts, "key-files-test").await.unwrap_err();
         assert!(matches!(e, ActorsError::Connect { .. }), "{e}");
         let text = e.to_string();

@@ -285,22 +285,16 @@ async fn host_credentials_allow_the_playbook_fetch_and_nothing_else_of_the_confi
     assert!(e.remote().is_none(), "config.store_playbook answered for a host identity: {e}");
 
     // Through a leaf link carrying B's credentials: the fetch crosses, the rest does not.
-    let leaf = start_leaf(
-        &host_b,
-        &LeafConfig {
-            remote_url: hub.leaf_url().unwrap(),
-            creds: Some(b.seed_file.clone()),
-            data_dir: tmp.path().join("leaf-b"),
-            port: None,
-        },
-    )
-    .await
-    .unwrap();
-    let local = async_nats::ConnectOptions::new()
-        .custom_inbox_prefix(acme.host_inbox_prefix(&host_b))
-        .connect(leaf.client_url())
-        .await
-        .unwrap();
+    let leaf_cfg = LeafConfig {
+        creds: Some(b.seed_file.clone()),
+        ..LeafConfig::new(hub.leaf_url().unwrap(), tmp.path().join("leaf-b"))
+    };
+    let leaf = start_leaf(&host_b, &leaf_cfg).await.unwrap();
+    let inbox = acme.host_inbox_prefix(&host_b);
+    let local =
+        steward_actors::connect_with(&leaf_cfg.local_connect(&leaf), "b-local", |o| o.custom_inbox_prefix(inbox))
+            .await
+            .unwrap();
     let via_leaf = ConfigClient::new(local, acme.clone()).with_timeout(Duration::from_secs(2));
     let fetched = eventually(Duration::from_secs(30), POLL, || async {
         via_leaf.playbook(&reference).await.map_err(|e| e.to_string())

@@ -517,7 +517,7 @@ async fn runtime_connects_with_an_nkey_seed_file() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut a = runtime_args(&url, "rt-nkey", None, dir.path());
-    a.connect = ConnectOptions { url: url.clone(), creds: Some(rt_creds.seed_file.clone()) };
+    a.connect = ConnectOptions { creds: Some(rt_creds.seed_file.clone()), ..ConnectOptions::new(url.clone()) };
     let (rt, _) = RuntimeHandle::start(a).await.expect("a runtime with an nkey seed file starts");
     let s =
         wait_status(&rt, Duration::from_secs(10), "spec leased and results delivered over the nkey connection", |s| {

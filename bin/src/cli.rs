@@ -32,6 +32,16 @@ pub struct Global {
     /// NATS credentials file (JWT and nkey seed).
     #[arg(long, global = true, env = "STEWARD_CREDS")]
     pub creds: Option<PathBuf>,
+    /// CA file (PEM) to check the NATS server's TLS certificate with; TLS is then required
+    /// (`tls://` URLs require it too).
+    #[arg(long, global = true, env = "STEWARD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a NATS server that verifies client certificates.
+    #[arg(long, global = true, env = "STEWARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM, mode 0600).
+    #[arg(long, global = true, env = "STEWARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -41,10 +51,16 @@ pub struct Global {
 }
 
 impl Global {
-    /// How to reach NATS: `--nats` and `--creds`.
+    /// How to reach NATS: `--nats`, `--creds` and the TLS files.
     #[must_use]
     pub fn connect_options(&self) -> ConnectOptions {
-        ConnectOptions { url: self.nats.clone(), creds: self.creds.clone() }
+        ConnectOptions {
+            url: self.nats.clone(),
+            creds: self.creds.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+        }
     }
 
     /// A NATS connection for a CLI command (client name `steward-cli`).
@@ -194,10 +210,20 @@ pub struct EdgeArgs {
     #[arg(long, default_value_t = 5000)]
     pub heartbeat_ms: u64,
     /// Reach the hub through a local leaf node: start a leaf `nats-server` connected to this
-    /// hub leafnode URL (`nats-leaf://hub:7422`), carrying `--creds`, and connect to it
-    /// over loopback. `--nats` is then ignored.
+    /// hub leafnode URL (`nats-leaf://hub:7422`, `tls://hub:7422`), carrying `--creds`, and
+    /// connect to it over loopback. The leaf admits only this edge's processes (a local nkey
+    /// user kept in the data folder). `--nats` and the global TLS options are then ignored.
     #[arg(long)]
     pub leaf_remote: Option<String>,
+    /// CA file (PEM) the leaf checks the hub's leafnode certificate with (the link then uses TLS).
+    #[arg(long, env = "STEWARD_LEAF_TLS_CA", requires = "leaf_remote")]
+    pub leaf_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) the leaf presents to a hub that verifies them.
+    #[arg(long, requires_all = ["leaf_remote", "leaf_tls_key"])]
+    pub leaf_tls_cert: Option<PathBuf>,
+    /// The leaf client certificate's private key (PEM).
+    #[arg(long, requires = "leaf_tls_cert")]
+    pub leaf_tls_key: Option<PathBuf>,
     /// JetStream domain of the hub (used with `--leaf-remote`, where the leaf has its own).
     #[arg(long, default_value = "hub")]
     pub hub_domain: String,

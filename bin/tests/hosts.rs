@@ -1,8 +1,9 @@
 //! The host commands of the `steward` binary end to end: `steward server` on a hub, one
 //! `steward edge --leaf-remote` (its own leaf nats-server) and one direct edge; `hosts` with
 //! selectors, `host ID`, `host ID ping|drain`, `ensure-worker` success and clear failure,
-//! hostile input, `creds issue|revoke|list` on an operator-mode server, and Ctrl-C on an edge marking it offline at once and leaving no
-//! leaf server behind.
+//! hostile input, `creds issue|revoke|list` on an operator-mode server, Ctrl-C on an edge marking
+//! it offline at once and leaving no leaf server behind, the edge's leaf refusing anonymous
+//! clients, and `--tls-ca` to a TLS port.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
@@ -115,6 +116,14 @@ async fn hosts_host_and_ensure_worker_from_the_command_line() {
     assert_eq!((one["host_id"].as_str(), one["online"].as_bool()), (Some("web-01"), Some(true)));
     assert!(one["available_workers"]["playbook"].is_string(), "{one}");
 
+    // The edge's leaf admits only the edge's own processes: an anonymous client is refused.
+    let leaf_conf = std::fs::read_to_string(web_data.join("leaf").join("nats-server.conf")).unwrap();
+    let leaf_port = leaf_conf.lines().find_map(|l| l.strip_prefix("port: ")).unwrap();
+    let anon = steward(&format!("nats://127.0.0.1:{leaf_port}"), &["health"]);
+    let anon_err = String::from_utf8_lossy(&anon.stderr);
+    assert!(!anon.status.success() && anon_err.contains("authorization violation"), "{anon_err}");
+    assert!(leaf_conf.contains("authorization {") && !leaf_conf.contains("SU"), "{leaf_conf}");
+
     let ping = steward(&url, &["host", "web-01", "ping"]);
     assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stderr));
     assert_eq!(String::from_utf8_lossy(&ping.stdout).trim(), "web-01 ping: ok (pong)");
@@ -169,6 +178,79 @@ async fn hosts_host_and_ensure_worker_from_the_command_line() {
     .unwrap();
     assert_eq!(off[0]["offline_reason"], "clean shutdown");
     assert!(leaf_servers_in(&web_data_s).is_empty(), "leaf nats-server left behind");
+}
+
+/// Writes a CA and a certificate for 127.0.0.1 it signed; returns (ca, cert, key).
+fn test_pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert =
+        CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca_cert, &ca_key).unwrap();
+    let files = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server-key.pem"));
+    std::fs::write(&files.0, ca_cert.pem()).unwrap();
+    std::fs::write(&files.1, cert.pem()).unwrap();
+    steward_deploy::secret::write_secret(&files.2, &key.serialize_pem()).unwrap();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_cli_and_a_leaf_edge_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(dir.path());
+    let tls = steward_deploy::tls::TlsListen { cert, key, ca: None, verify: false };
+    let hub = NatsServer::start(ServerOptions {
+        jetstream_domain: Some("hub".into()),
+        tls: Some(tls.clone()),
+        leafnode_listen: true,
+        leafnode_tls: Some(tls),
+        ..ServerOptions::named("cli-tls")
+    })
+    .await
+    .unwrap();
+    let url = hub.client_url();
+    let ca = ca.display().to_string();
+    let ok = steward(&url, &["--tls-ca", &ca, "health", "--wait-ms", "100"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let by_env = Command::new(STEWARD)
+        .args(["--nats", &url, "health", "--wait-ms", "100"])
+        .env("STEWARD_TLS_CA", &ca)
+        .output()
+        .unwrap();
+    assert!(by_env.status.success(), "{}", String::from_utf8_lossy(&by_env.stderr));
+    let refused = steward(&url, &["health", "--wait-ms", "100"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("TLS certificate is not trusted") && err.contains("--tls-ca"), "{err}");
+
+    // The hub roles over the TLS client port, an edge through its own leaf over a TLS link.
+    let _server = spawn(&url, &["--tls-ca", &ca, "server"]);
+    let edge_data = dir.path().join("web-01").display().to_string();
+    let leaf_url = hub.leaf_url().unwrap();
+    let _edge = spawn(
+        &url,
+        &["edge", "--host-id", "web-01", "--heartbeat-ms", "200", "--leaf-remote", &leaf_url]
+            .into_iter()
+            .chain(["--leaf-tls-ca", &ca, "--data", &edge_data])
+            .collect::<Vec<_>>(),
+    );
+    eventually(WAIT, POLL, || {
+        let (url, ca) = (url.clone(), ca.clone());
+        async move {
+            let out = steward(&url, &["--tls-ca", &ca, "hosts", "--online", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            (ids(&v) == ["web-01"])
+                .then_some(())
+                .ok_or_else(|| format!("{v} / {}", String::from_utf8_lossy(&out.stderr)))
+        }
+    })
+    .await
+    .unwrap();
+    let leafz = hub.monitor_json("/leafz").await.unwrap();
+    assert_eq!(leafz["leafs"][0]["name"], "steward-edge-web-01", "{leafz}");
 }
 
 type Events = std::sync::Arc<std::sync::Mutex<Vec<String>>>;

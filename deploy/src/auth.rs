@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::quote;
 use crate::secret::{read_secret, write_secret, SecretFileError};
+use crate::tls::TlsRemote;
 use crate::DeployError;
 
 /// One nkey user of an account with its permissions.
@@ -145,6 +146,13 @@ pub fn read_seed(path: &Path) -> Result<Option<String>, DeployError> {
 /// Renders a `leafnodes { remotes: [...] }` block with one remote to `url`.
 #[must_use]
 pub fn leaf_remote_block(url: &str, auth: &LeafAuth) -> String {
+    leaf_remote_block_tls(url, auth, None)
+}
+
+/// Renders a `leafnodes { remotes: [...] }` block with one remote to `url`, over TLS when `tls`
+/// is given (the hub's certificate checked against its CA, a client certificate if set).
+#[must_use]
+pub fn leaf_remote_block_tls(url: &str, auth: &LeafAuth, tls: Option<&TlsRemote>) -> String {
     let mut c = String::new();
     let _ = writeln!(c, "leafnodes {{");
     let _ = write!(c, "  remotes: [ {{ urls: [{}]", quote(url));
@@ -157,9 +165,44 @@ pub fn leaf_remote_block(url: &str, auth: &LeafAuth) -> String {
             let _ = write!(c, ", credentials: {}", quote(&path.display().to_string()));
         }
     }
+    if let Some(tls) = tls {
+        let _ = write!(c, ", {}", tls.block());
+    }
     let _ = writeln!(c, " }} ]");
     let _ = writeln!(c, "}}");
     c
+}
+
+/// Renders an `authorization { users: [...] }` block admitting only the given nkey users (full
+/// permissions, the server's default account): the lock of an edge's own leaf node, which only
+/// its host's processes may use.
+///
+/// ```
+/// let b = steward_deploy::auth::local_users_block(&["UABC".to_owned()]);
+/// assert!(b.contains("{ nkey: \"UABC\" }"));
+/// ```
+#[must_use]
+pub fn local_users_block(public_keys: &[String]) -> String {
+    let users: Vec<String> = public_keys.iter().map(|k| format!("{{ nkey: {} }}", quote(k))).collect();
+    format!("authorization {{\n  users: [ {} ]\n}}\n", users.join(", "))
+}
+
+/// Reads the nkey seed in `path`, or generates a user nkey and writes its seed there (mode 0600)
+/// when the file does not exist yet; returns the identity.
+///
+/// # Errors
+/// [`DeployError::Secret`] naming the file when it is readable by others, is not an nkey user
+/// seed, or cannot be written.
+pub fn load_or_create_seed(path: &Path) -> Result<Identity, DeployError> {
+    if !path.exists() {
+        let id = Identity::generate()?;
+        write_secret(path, &format!("{}\n", id.seed))?;
+        return Ok(id);
+    }
+    let malformed = || SecretFileError::Malformed { path: path.to_owned(), expected: "an nkey user seed (SU...)" };
+    let seed = read_seed(path)?.ok_or_else(malformed)?;
+    let kp = nkeys::KeyPair::from_seed(&seed).map_err(|_| malformed())?;
+    Ok(Identity { public_key: kp.public_key(), seed })
 }
 
 /// A freshly generated nkey user.
@@ -425,5 +468,26 @@ mod tests {
     fn leaf_block_carries_the_seed() {
         let b = leaf_remote_block("nats-leaf://h:7422", &LeafAuth::Nkey("SUXYZ".into()));
         assert!(b.contains("nkey: \"SUXYZ\""), "{b}");
+        assert!(!b.contains("tls"), "{b}");
+        let tls = TlsRemote { ca: Some("/ca.pem".into()), ..TlsRemote::default() };
+        let b = leaf_remote_block_tls("tls://h:7422", &LeafAuth::None, Some(&tls));
+        assert!(b.contains("urls: [\"tls://h:7422\"], tls { ca_file: \"/ca.pem\" } }"), "{b}");
+    }
+
+    #[test]
+    fn a_local_seed_is_created_0600_then_reused_and_refused_when_too_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("local.nk");
+        let first = load_or_create_seed(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        let again = load_or_create_seed(&path).unwrap();
+        assert_eq!((again.public_key.as_str(), again.seed.as_str()), (first.public_key.as_str(), first.seed.as_str()));
+        chmod(&path, 0o640);
+        let e = load_or_create_seed(&path).unwrap_err();
+        assert!(matches!(e, DeployError::Secret(SecretFileError::TooOpen { .. })), "{e}");
+        chmod(&path, 0o600);
+        write_secret(&path, "not a seed\n").unwrap();
+        let e = load_or_create_seed(&path).unwrap_err();
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
     }
 }

@@ -33,6 +33,9 @@ pub fn render(opts: &ServerOptions, ports: &ResolvedPorts, store_dir: &Path) -> 
     let _ = writeln!(c, "server_name: {}", quote(&opts.name));
     let _ = writeln!(c, "host: {}", quote(&opts.host));
     let _ = writeln!(c, "port: {}", ports.client);
+    if let Some(tls) = &opts.tls {
+        let _ = writeln!(c, "{}", tls.block());
+    }
     let _ = writeln!(c, "http: {}", quote(&format!("127.0.0.1:{}", ports.monitor)));
     if let Some(max_payload) = opts.max_payload {
         let _ = writeln!(c, "max_payload: {max_payload}");
@@ -67,6 +70,9 @@ pub fn render(opts: &ServerOptions, ports: &ResolvedPorts, store_dir: &Path) -> 
         if let Some(leaf_port) = ports.leaf {
             let _ = writeln!(c, "  host: {}", quote(&opts.host));
             let _ = writeln!(c, "  port: {leaf_port}");
+            if let Some(tls) = &opts.leafnode_tls {
+                let _ = writeln!(c, "  {}", tls.block());
+            }
         }
         if !opts.leaf_remotes.is_empty() {
             let _ = writeln!(c, "  remotes: [");
@@ -77,6 +83,9 @@ pub fn render(opts: &ServerOptions, ports: &ResolvedPorts, store_dir: &Path) -> 
                 }
                 if let Some(account) = &remote.account {
                     let _ = write!(c, ", account: {}", quote(account));
+                }
+                if let Some(tls) = &remote.tls {
+                    let _ = write!(c, ", {}", tls.block());
                 }
                 let _ = writeln!(c, " }}");
             }
@@ -95,6 +104,7 @@ pub fn render(opts: &ServerOptions, ports: &ResolvedPorts, store_dir: &Path) -> 
 mod tests {
     use super::*;
     use crate::server::{ClusterOptions, LeafRemote};
+    use crate::tls::{TlsListen, TlsRemote};
 
     #[test]
     fn renders_every_block() {
@@ -111,7 +121,15 @@ mod tests {
                 url: "nats-leaf://127.0.0.1:7422".into(),
                 credentials: Some("/tmp/a \"b\".creds".into()),
                 account: None,
+                tls: Some(TlsRemote { ca: Some("/ca.pem".into()), cert: None, key: None }),
             }],
+            tls: Some(TlsListen { cert: "/c.pem".into(), key: "/k.pem".into(), ca: None, verify: false }),
+            leafnode_tls: Some(TlsListen {
+                cert: "/lc.pem".into(),
+                key: "/lk.pem".into(),
+                ca: Some("/ca.pem".into()),
+                verify: true,
+            }),
             max_payload: Some(2_000_000),
             extra_config: "debug: false".into(),
             ..ServerOptions::default()
@@ -124,6 +142,10 @@ mod tests {
         assert!(text.contains("\"nats-route://127.0.0.1:6223\""));
         assert!(text.contains("credentials: \"/tmp/a \\\"b\\\".creds\""));
         assert!(text.contains("max_payload: 2000000"));
+        assert!(text.contains("\ntls { cert_file: \"/c.pem\", key_file: \"/k.pem\" }\n"), "{text}");
+        assert!(text
+            .contains("  tls { cert_file: \"/lc.pem\", key_file: \"/lk.pem\", ca_file: \"/ca.pem\", verify: true }"));
+        assert!(text.contains(", tls { ca_file: \"/ca.pem\" } }"), "{text}");
         assert!(text.ends_with("debug: false\n"));
     }
 }

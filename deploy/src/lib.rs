@@ -8,7 +8,7 @@
 //! `.tools/bin`) and checks its version; [`config`] renders a server configuration file; [`server`] runs one server process ([`ServerOptions`], [`NatsServer`]) with readiness
 //! checks, stop, restart and cleanup on drop; [`topology`] builds the shapes Steward runs on
 //! ([`SingleNode`], [`Cluster`], [`HubLeaf`]); [`monitor`] is a tiny HTTP client for the
-//! monitoring endpoints; [`secret`] reads and writes files holding secrets (mode 0600, refused
+//! monitoring endpoints; [`tls`] the TLS settings of ports and leaf links; [`secret`] reads and writes files holding secrets (mode 0600, refused
 //! when others may read them); [`wait`] holds the [`eventually`] polling helper; [`error`] the
 //! [`DeployError`] type. Commented production configuration files live in `deploy/nats/`, and
 //! `deploy/install-nats-server.sh` installs the pinned server.
@@ -24,6 +24,7 @@ pub mod jwt;
 pub mod monitor;
 pub mod secret;
 pub mod server;
+pub mod tls;
 pub mod topology;
 pub mod wait;
 
@@ -33,5 +34,6 @@ pub use binary::{
 };
 pub use error::{DeployError, NotReady};
 pub use server::{ClusterOptions, LeafRemote, NatsServer, ResolvedPorts, ServerOptions};
+pub use tls::{TlsListen, TlsRemote};
 pub use topology::{Cluster, HubLeaf, SingleNode};
 pub use wait::eventually;

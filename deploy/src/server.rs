@@ -15,6 +15,7 @@ use tokio::process::{Child, Command};
 
 use crate::binary::{check_nats_server, find_nats_server};
 use crate::monitor::{self, HttpResponse};
+use crate::tls::{TlsListen, TlsRemote};
 use crate::{config, DeployError, NotReady};
 
 /// How long [`NatsServer::stop`] waits after SIGTERM before it sends SIGKILL.
@@ -44,6 +45,8 @@ pub struct LeafRemote {
     pub credentials: Option<PathBuf>,
     /// The local account bound to this remote (`None` = the default account).
     pub account: Option<String>,
+    /// TLS on the link (`None` = as the hub asks: plain, or TLS with the system's trust store).
+    pub tls: Option<TlsRemote>,
 }
 
 /// How to configure and run one `nats-server`.
@@ -57,6 +60,8 @@ pub struct ServerOptions {
     pub host: String,
     /// The client port; `None` picks a free one.
     pub port: Option<u16>,
+    /// TLS on the client port (`None` = plain); clients then connect with `tls://`.
+    pub tls: Option<TlsListen>,
     /// The monitoring (HTTP) port, used for readiness; `None` picks a free one.
     pub monitor_port: Option<u16>,
     /// The server's folder (config, log, JetStream store). `None` = a temporary folder removed
@@ -76,6 +81,8 @@ pub struct ServerOptions {
     pub leafnode_listen: bool,
     /// The leafnode port when `leafnode_listen` is set; `None` picks a free one.
     pub leafnode_port: Option<u16>,
+    /// TLS on the leafnode port (`None` = plain).
+    pub leafnode_tls: Option<TlsListen>,
     /// Hubs this server connects to as a leaf node.
     pub leaf_remotes: Vec<LeafRemote>,
     /// `max_payload` in bytes; `None` keeps the server default (1 MiB).
@@ -95,6 +102,7 @@ impl Default for ServerOptions {
             name: "steward".to_owned(),
             host: "127.0.0.1".to_owned(),
             port: None,
+            tls: None,
             monitor_port: None,
             data_dir: None,
             jetstream: true,
@@ -104,6 +112,7 @@ impl Default for ServerOptions {
             cluster: None,
             leafnode_listen: false,
             leafnode_port: None,
+            leafnode_tls: None,
             leaf_remotes: Vec::new(),
             max_payload: None,
             extra_config: String::new(),
@@ -412,10 +421,12 @@ impl NatsServer {
         self.child.as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
-    /// The URL clients connect to, `nats://127.0.0.1:<port>`.
+    /// The URL clients connect to, `nats://127.0.0.1:<port>` (`tls://` when the client port
+    /// has TLS).
     #[must_use]
     pub fn client_url(&self) -> String {
-        format!("nats://{}:{}", self.connect_host(), self.ports.client)
+        let scheme = if self.opts.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://{}:{}", self.connect_host(), self.ports.client)
     }
 
     /// The URL leaf nodes connect to (`nats-leaf://...`), when listening for leaf nodes.

@@ -317,7 +317,7 @@ impl HubLeaf {
         let hub = NatsServer::start(hub).await?;
         let url = hub.leaf_url().ok_or_else(|| DeployError::Topology("hub has no leafnode port".into()))?;
         let expected = leaf.leaf_remotes.len() + 1;
-        leaf.leaf_remotes.push(LeafRemote { url, credentials: None, account: None });
+        leaf.leaf_remotes.push(LeafRemote { url, ..LeafRemote::default() });
         let leaf = NatsServer::start(leaf).await?;
         let pair = Self { hub, leaf };
         pair.wait_leaf_connected_n(expected, FORM_TIMEOUT).await?;

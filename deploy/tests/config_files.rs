@@ -1,6 +1,7 @@
 //! The checked-in configuration files in `deploy/nats/` must parse: each one goes through
 //! `nats-server -t -c <file>` (config test mode) from a temporary copy of the folder, so
-//! relative paths (`./data`, `./host.creds`) resolve inside the copy.
+//! relative paths (`./data`, `./host.creds`) resolve inside the copy; the TLS examples get a CA
+//! and a certificate made here in `./tls/` (nats-server loads them while checking).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
@@ -9,7 +10,25 @@ use std::process::Command;
 
 use steward_deploy::find_nats_server;
 
-const FILES: [&str; 4] = ["cluster-node.conf", "hub.conf", "leaf.conf", "accounts.conf"];
+const FILES: [&str; 6] =
+    ["cluster-node.conf", "hub.conf", "leaf.conf", "accounts.conf", "hub-tls.conf", "leaf-tls.conf"];
+
+/// Writes `tls/ca.crt`, `tls/hub.crt` and `tls/hub.key` (a CA and a certificate it signed).
+fn write_test_pki(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let hub = CertificateParams::new(vec!["steward-hub.example.internal".to_owned()]).unwrap();
+    let cert = hub.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    std::fs::write(tls.join("ca.crt"), ca_cert.pem()).unwrap();
+    std::fs::write(tls.join("hub.crt"), cert.pem()).unwrap();
+    steward_deploy::secret::write_secret(&tls.join("hub.key"), &key.serialize_pem()).unwrap();
+}
 
 #[test]
 fn checked_in_configs_pass_nats_server_config_test() {
@@ -19,6 +38,7 @@ fn checked_in_configs_pass_nats_server_config_test() {
     for name in FILES {
         std::fs::copy(source.join(name), work.path().join(name)).unwrap();
     }
+    write_test_pki(work.path());
     for name in FILES {
         let output = Command::new(&binary).current_dir(work.path()).arg("-t").arg("-c").arg(name).output().unwrap();
         let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);

@@ -1,26 +1,55 @@
 //! The edge site's leaf node: a local `nats-server` as a leaf of the hub (own JetStream
-//! domain, the host's credentials on the link); the agent connects to it over loopback and
-//! reaches the hub's streams through the hub's JetStream domain.
+//! domain, the host's credentials on the link, TLS to the hub if asked); the agent connects to
+//! it over loopback and reaches the hub's streams through the hub's JetStream domain.
+//!
+//! The leaf accepts only its own host's processes: it listens on 127.0.0.1 and admits one nkey
+//! user, whose seed the edge generates on first start ([`LeafConfig::local_seed_file`], mode
+//! 0600, refused when others may read it). Anonymous and other keys are refused, so no local
+//! process can borrow the host's hub identity through the link.
 
 use std::path::PathBuf;
 
-use steward_deploy::auth::{leaf_remote_block, LeafAuth};
+use steward_deploy::auth::{leaf_remote_block_tls, load_or_create_seed, local_users_block, LeafAuth};
 use steward_deploy::server::{NatsServer, ServerOptions};
+use steward_deploy::tls::TlsRemote;
 use steward_subjects::HostId;
 
-use crate::ActorsError;
+use crate::{ActorsError, ConnectOptions};
 
 /// How an edge site's local leaf node reaches the hub.
 #[derive(Debug, Clone)]
 pub struct LeafConfig {
-    /// The hub's leafnode URL (`nats-leaf://hub:7422`).
+    /// The hub's leafnode URL (`nats-leaf://hub:7422`, `tls://hub:7422`).
     pub remote_url: String,
     /// The host's credentials (nkey seed file or JWT credentials file), carried on the link.
     pub creds: Option<PathBuf>,
-    /// The leaf's folder (config, log, JetStream store).
+    /// The leaf's folder (config, log, JetStream store, the local user's seed).
     pub data_dir: PathBuf,
     /// Client port of the leaf; `None` picks a free one.
     pub port: Option<u16>,
+    /// TLS on the link to the hub (`None` = as the hub asks).
+    pub tls: Option<TlsRemote>,
+}
+
+impl LeafConfig {
+    /// A plain link to `remote_url` without credentials, the leaf's files in `data_dir`.
+    #[must_use]
+    pub fn new(remote_url: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        LeafConfig { remote_url: remote_url.into(), creds: None, data_dir: data_dir.into(), port: None, tls: None }
+    }
+
+    /// The seed file of the one user the leaf admits (created by [`start_leaf`]).
+    #[must_use]
+    pub fn local_seed_file(&self) -> PathBuf {
+        self.data_dir.join("local-user.nk")
+    }
+
+    /// How the host's own processes connect to the started leaf `server`: its loopback URL
+    /// with the local user's seed.
+    #[must_use]
+    pub fn local_connect(&self, server: &NatsServer) -> ConnectOptions {
+        ConnectOptions { creds: Some(self.local_seed_file()), ..ConnectOptions::new(server.client_url()) }
+    }
 }
 
 /// The JetStream domain of an edge site's leaf node: `edge-<host>`.
@@ -30,12 +59,14 @@ pub fn leaf_domain(host: &HostId) -> String {
 }
 
 /// Starts the local leaf `nats-server` of host `host`: its own JetStream domain
-/// ([`leaf_domain`]), loopback client port, one remote to the hub carrying the host's
-/// credentials. Waits until the server is ready (not until the hub link is up: the agent works
-/// cut off and the link comes up on its own).
+/// ([`leaf_domain`]), a loopback client port admitting only the local user
+/// ([`LeafConfig::local_connect`]), one remote to the hub carrying the host's credentials.
+/// Waits until the server is ready (not until the hub link is up: the agent works cut off and
+/// the link comes up on its own).
 ///
 /// # Errors
-/// [`ActorsError::Spawn`] naming why the server did not start.
+/// [`ActorsError::Spawn`] naming why the server did not start (a bad credentials or local seed
+/// file is named).
 pub async fn start_leaf(host: &HostId, config: &LeafConfig) -> Result<NatsServer, ActorsError> {
     let auth = match &config.creds {
         Some(path) => LeafAuth::from_file(path).map_err(|e| ActorsError::Spawn(e.to_string()))?,
@@ -45,15 +76,19 @@ pub async fn start_leaf(host: &HostId, config: &LeafConfig) -> Result<NatsServer
     std::fs::create_dir_all(&config.data_dir)
         .and_then(|()| std::fs::set_permissions(&config.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)))
         .map_err(|e| ActorsError::Spawn(format!("cannot prepare {}: {e}", config.data_dir.display())))?;
+    let local = load_or_create_seed(&config.local_seed_file())
+        .map_err(|e| ActorsError::Spawn(format!("cannot use the leaf's local user: {e}")))?;
     let opts = ServerOptions {
         name: format!("steward-edge-{host}"),
+        host: "127.0.0.1".to_owned(),
         port: config.port,
         data_dir: Some(config.data_dir.clone()),
         jetstream: true,
         jetstream_domain: Some(leaf_domain(host)),
         max_memory_store: 64 * 1024 * 1024,
         max_file_store: 1024 * 1024 * 1024,
-        extra_config: leaf_remote_block(&config.remote_url, &auth),
+        extra_config: leaf_remote_block_tls(&config.remote_url, &auth, config.tls.as_ref())
+            + &local_users_block(&[local.public_key]),
         ..ServerOptions::default()
     };
     NatsServer::start(opts).await.map_err(|e| ActorsError::Spawn(format!("cannot start the leaf nats-server: {e}")))

@@ -16,8 +16,9 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use serde::Serialize;
-use steward_actors::{ConnectOptions, EdgeSpec, ProcessConfig, Role, RunningProcess};
+use steward_actors::{EdgeSpec, ProcessConfig, Role, RunningProcess};
 use steward_deploy::server::{NatsServer, ServerOptions};
+use steward_deploy::tls::TlsRemote;
 use steward_subjects::streams::Replicas;
 use steward_subjects::{AccountId, HostId, STEWARD_VERSION};
 use tracing::info;
@@ -316,16 +317,21 @@ pub async fn edge(global: &Global, args: EdgeArgs) -> anyhow::Result<()> {
     let mut hub_domain = None;
     let mut leaf = None;
     if let Some(remote) = &args.leaf_remote {
+        let tls = (args.leaf_tls_ca.is_some() || args.leaf_tls_cert.is_some()).then(|| TlsRemote {
+            ca: args.leaf_tls_ca.clone(),
+            cert: args.leaf_tls_cert.clone(),
+            key: args.leaf_tls_key.clone(),
+        });
         let config = steward_actors::edge::LeafConfig {
-            remote_url: remote.clone(),
             creds: global.creds.clone(),
-            data_dir: data.join("leaf"),
-            port: None,
+            tls,
+            ..steward_actors::edge::LeafConfig::new(remote.clone(), data.join("leaf"))
         };
         let server = steward_actors::edge::start_leaf(&args.host_id, &config).await?;
         info!(leaf = %server.client_url(), hub = %remote, "local leaf nats-server ready");
-        // The leaf carries the host's credentials to the hub; the agent talks to it locally.
-        connect = ConnectOptions::new(server.client_url());
+        // The leaf carries the host's credentials to the hub; the agent talks to it locally as
+        // the one user the leaf admits.
+        connect = config.local_connect(&server);
         hub_domain = Some(args.hub_domain.clone());
         leaf = Some(server);
     }
