@@ -31,6 +31,7 @@ mod api;
 pub mod client;
 mod commit;
 mod feed;
+mod identity;
 pub mod journal;
 mod lead;
 pub mod leader;

@@ -197,6 +197,25 @@ pub struct LeasesReply {
     pub runtimes: u64,
     /// Every runtime session the hub knows, ordered by runtime id (only when asked for).
     pub sessions: Vec<RuntimeSession>,
+    /// What the lease fence refused since the answering leader took over.
+    pub fence: FenceStats,
+}
+
+/// Counters of the lease fence (requests and results refused for their identity or epoch).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FenceStats {
+    /// Lease, renew, mine or release requests whose body named another runtime or host than
+    /// the subject they were sent on.
+    pub foreign_requests: u64,
+    /// Results naming another runtime or host than the subject they were submitted on.
+    pub foreign_results: u64,
+    /// Results whose runtime did not hold their spec at their epoch (forged or replayed).
+    pub stale_results: u64,
+    /// Malformed results.
+    pub invalid_results: u64,
+    /// Results already stored (answered `duplicate`, nothing written).
+    pub duplicate_results: u64,
 }
 
 /// Notice to a holder, on `steward.v1.<account>.jobspec.notice.<runtime>`: re-sync with `mine`.
