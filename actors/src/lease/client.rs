@@ -61,8 +61,8 @@ impl LeaseClient {
     /// The subject of `endpoint` as `runtime` (on `host`, when not empty); an invalid token is
     /// refused here as the hub would (`invalid`).
     fn acting(&self, endpoint: IdentityEndpoint, runtime: &str, host: &str) -> Result<String, LeaseClientError> {
-        let runtime = RuntimeId::parse(runtime).map_err(|e| WireError::from(e))?;
-        let host = if host.is_empty() { None } else { Some(HostId::parse(host).map_err(|e| WireError::from(e))?) };
+        let runtime = RuntimeId::parse(runtime).map_err(WireError::from)?;
+        let host = if host.is_empty() { None } else { Some(HostId::parse(host).map_err(WireError::from)?) };
         Ok(self.subjects.identity_subject(endpoint, host.as_ref(), &runtime))
     }
 
