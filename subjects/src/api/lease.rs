@@ -39,10 +39,13 @@ pub struct LeasedSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LeaseRequest {
-    /// The asking runtime (a validated token).
+    /// The asking runtime (a validated token). The hub takes the runtime from the request
+    /// subject (`jobspec.lease.<host>.<runtime>`): empty means that one, another is refused
+    /// `forbidden`.
     pub runtime: String,
     /// The host the runtime runs on, when it is an edge runtime: its host specs are offered
-    /// first. Empty for a standalone (pool) runtime.
+    /// first. Empty for a standalone (pool) runtime; any other than the subject's host is
+    /// refused `forbidden`.
     pub host: String,
     /// The runtime's labels, matched against pool specs' runtime selectors.
     pub labels: BTreeMap<String, String>,

@@ -71,9 +71,11 @@ pub struct ResultRecord {
     pub epoch: u64,
     /// Sequence number of the run within (spec, epoch), from 1.
     pub seq: u64,
-    /// Runtime that ran it.
+    /// Runtime that ran it: the runtime of the `result.submit.<host>.<runtime>` subject it was
+    /// submitted on (empty is filled in by the hub, another is refused `forbidden`).
     pub runtime: String,
-    /// Host the runtime runs on (the runtime id for standalone runtimes).
+    /// Host the runtime runs on (the runtime id for standalone runtimes): the host of the submit
+    /// subject, checked and filled in like `runtime`; results are stored under it.
     pub host: String,
     /// Content hash of the spec that was run.
     pub content_hash: String,

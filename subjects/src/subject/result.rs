@@ -2,7 +2,7 @@
 //!
 //! | subject | who publishes | who subscribes |
 //! |---|---|---|
-//! | `steward.v1.<a>.result.submit.<host>.<runtime>` | runtimes, as themselves (request) | the account's lease leader (queue group), which checks each result's epoch |
+//! | `steward.v1.<a>.result.submit.<host>.<runtime>` | runtimes, as themselves (request) | the account's lease leader (queue group on `result.submit.*.*`), which takes the caller from the subject and checks each result's epoch |
 //! | `steward.v1.<a>.result.put.<host>` | the lease leader, after the epoch check | `STEWARD_RESULTS` stream |
 //!
 //! Full outputs too large for a result travel in the artifacts object store under
