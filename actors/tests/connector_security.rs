@@ -3,7 +3,8 @@
 //! credentials the server refuses subscribing to host B's commands and publishing presence or
 //! results as B; a leaf link carrying B's credentials cannot speak for A; a user of another
 //! account cannot read this account's registry or call its API. An edge's runtime holding its
-//! host's credentials leases that host's spec and gets its results stored through the fence.
+//! host's credentials leases that host's spec and gets its results stored through the fence;
+//! with A's credentials no lease or result request acts as B, and B's results are all stored.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
@@ -16,6 +17,7 @@ use futures::StreamExt;
 use steward_actors::connector::client::ConnectorClient;
 use steward_actors::connector::{ConnectorArgs, ConnectorHandle};
 use steward_actors::edge::{start_leaf, EdgeArgs, EdgeHandle, LeafConfig};
+use steward_actors::lease::client::LeaseClient;
 use steward_actors::lease::{LeaseArgs, LeaseConfig, LeaseService};
 use steward_actors::results::client::{ResultQuery, ResultsClient};
 use steward_actors::runtime::{RuntimeArgs, RuntimeHandle};
@@ -24,13 +26,14 @@ use steward_deploy::auth::{read_seed, AuthDir, IdentityKind, Issued};
 use steward_deploy::server::{NatsServer, ServerOptions};
 use steward_deploy::wait::eventually;
 use steward_subjects::api::host::{CommandAction, CommandStatus, Heartbeat, SendCommandRequest};
-use steward_subjects::api::result::ResultStatus;
+use steward_subjects::api::lease::{LeaseReply, LeaseRequest, LeasesRequest, RenewRequest};
+use steward_subjects::api::result::{stored_msg_id, ResultRecord, ResultStatus, SubmitRequest, SubmitStatus};
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::{CommandExecutor, Executor, JobSpec, SpecId, SpecTarget, TargetKind};
-use steward_subjects::rpc;
+use steward_subjects::rpc::{self, RequestErrorKind};
 use steward_subjects::streams::{self, Replicas, HOSTS_BUCKET, JOBSPECS_BUCKET};
-use steward_subjects::subject::jobspec_key;
-use steward_subjects::{AccountId, HostId, RuntimeId, Subjects, Token, TokenKind};
+use steward_subjects::subject::{jobspec_key, kv_subject, IdentityEndpoint};
+use steward_subjects::{AccountId, ErrorCode, HostId, RuntimeId, Subjects, Token, TokenKind};
 use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -342,4 +345,169 @@ async fn edge_runtime_with_host_credentials_leases_its_specs_and_stores_results(
 
     rt.stop();
     lease.stop(None);
+}
+
+/// Starts a hub with rendered authorization, the lease leader (as the service identity) and one
+/// host spec per host; returns the hub, the service connection and the specs.
+async fn fenced_hub(auth: &AuthDir, dir: &Path, hosts: &[&str]) -> (NatsServer, async_nats::Client, Vec<JobSpec>) {
+    let svc = issue_service(auth, "acme");
+    let hub_dir = dir.join("hub");
+    std::fs::create_dir_all(&hub_dir).unwrap();
+    std::fs::copy(auth.authorization_file(), hub_dir.join("authorization.conf")).unwrap();
+    let hub = NatsServer::start(ServerOptions {
+        data_dir: Some(hub_dir),
+        extra_config: "include \"authorization.conf\"".into(),
+        ..ServerOptions::named("hub")
+    })
+    .await
+    .unwrap();
+    let (svc_client, _) = connect_seed(&hub.client_url(), &svc.seed_file, None).await;
+    let js = jetstream::new(svc_client.clone());
+    streams::ensure(&js, Replicas::One).await.unwrap();
+    let lease_args =
+        LeaseArgs { client: svc_client.clone(), subjects: subjects("acme"), config: LeaseConfig::default() };
+    ractor::Actor::spawn(None, LeaseService, lease_args).await.unwrap();
+    let kv = js.get_key_value(JOBSPECS_BUCKET).await.unwrap();
+    let mut specs = Vec::new();
+    for h in hosts {
+        let spec = host_spec(h);
+        kv.put(spec_key(&spec, h), codec::encode(Encoding::MsgPack, &spec).unwrap()).await.unwrap();
+        specs.push(spec);
+    }
+    (hub, svc_client, specs)
+}
+
+fn spec_key(spec: &JobSpec, host: &str) -> String {
+    jobspec_key(
+        &AccountId::parse("acme").unwrap(),
+        TargetKind::Host,
+        &Token::parse(TokenKind::Name, host).unwrap(),
+        &spec.id.parse().unwrap(),
+    )
+}
+
+/// With host-a's identity: leasing or submitting as host-b (on b's subjects: the server refuses;
+/// on a's own subjects with a body naming b: the hub refuses), publishing on any `result.put`,
+/// pre-publishing b's next result message id, subscribing to b's commands and writing the spec
+/// bucket are all refused, while host-b's runtime gets every result stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_a_cannot_lease_or_submit_as_host_b() {
+    let tmp = tempfile::tempdir().unwrap();
+    let auth = AuthDir::new(tmp.path().join("auth"));
+    let a = issue_host(&auth, "acme", "host-a");
+    let b = issue_host(&auth, "acme", "host-b");
+    let (hub, svc_client, specs) = fenced_hub(&auth, tmp.path(), &["host-a", "host-b"]).await;
+    let (spec_a, spec_b) = (&specs[0], &specs[1]);
+    let url = hub.client_url();
+    let acme = subjects("acme");
+    let lease = LeaseClient::new(svc_client.clone(), acme.clone());
+
+    // Host-b's runtime, with b's credentials, leases its spec and stores results.
+    let mut args = RuntimeArgs::new(
+        ConnectOptions { url: url.clone(), creds: Some(b.seed_file.clone()) },
+        acme.clone(),
+        RuntimeId::parse("host-b").unwrap(),
+        tmp.path().join("runtime-b"),
+    );
+    args.host = Some(host("host-b"));
+    args.renew_every = Some(Duration::from_millis(300));
+    let (rt_b, _) = RuntimeHandle::start(args).await.unwrap();
+    let epoch_b = eventually(WAIT, POLL, || async {
+        let status = rt_b.status().await.map_err(|e| e.to_string())?;
+        match (status.held.get(&spec_b.id), status.delivered) {
+            (Some(epoch), d) if d > 0 => Ok(*epoch),
+            _ => Err(format!("host-b has not stored a result yet: {status:?}")),
+        }
+    })
+    .await
+    .unwrap();
+
+    let (client_a, mut errors_a) =
+        connect_seed(&url, &a.seed_file, Some(acme.host_inbox_prefix(&host("host-a")))).await;
+    let as_a = LeaseClient::new(client_a.clone(), acme.clone()).with_timeout(Duration::from_millis(500));
+    let (rt_a, rt_b_id) = (RuntimeId::parse("host-a").unwrap(), RuntimeId::parse("host-b").unwrap());
+    let b_req = LeaseRequest { runtime: "host-b".into(), host: "host-b".into(), max: 10, ..Default::default() };
+
+    // On b's subjects: the server refuses the publish, nobody answers.
+    assert!(as_a.lease(&b_req).await.is_err());
+    let b_lease = acme.identity_subject(IdentityEndpoint::Lease, Some(&host("host-b")), &rt_b_id);
+    expect_violation(&mut errors_a, "publish", &b_lease).await;
+    let forged = ResultRecord {
+        spec: spec_b.id.clone(),
+        epoch: epoch_b,
+        seq: 1_000_000,
+        runtime: "host-b".into(),
+        host: "host-b".into(),
+        status: ResultStatus::Fail,
+        ..ResultRecord::default()
+    };
+    let req = SubmitRequest { results: vec![forged.clone()] };
+    assert!(as_a.submit(Some(&host("host-b")), &rt_b_id, &req).await.is_err());
+    let b_submit = acme.identity_subject(IdentityEndpoint::Submit, Some(&host("host-b")), &rt_b_id);
+    expect_violation(&mut errors_a, "publish", &b_submit).await;
+
+    // On a's own subjects with a body naming b: the hub refuses `forbidden`.
+    let a_lease = acme.identity_subject(IdentityEndpoint::Lease, Some(&host("host-a")), &rt_a);
+    let r: Result<LeaseReply, _> = rpc::request(&client_a, a_lease.clone(), &b_req, Duration::from_secs(5)).await;
+    assert_eq!(r.unwrap_err().kind(), RequestErrorKind::Remote(ErrorCode::Forbidden));
+    let half = LeaseRequest { runtime: "host-a".into(), ..b_req.clone() };
+    let r: Result<LeaseReply, _> = rpc::request(&client_a, a_lease.clone(), &half, Duration::from_secs(5)).await;
+    assert_eq!(r.unwrap_err().kind(), RequestErrorKind::Remote(ErrorCode::Forbidden));
+    let a_renew = acme.identity_subject(IdentityEndpoint::Renew, Some(&host("host-a")), &rt_a);
+    let renew = RenewRequest { runtime: "host-b".into(), ..Default::default() };
+    let r: Result<serde_json::Value, _> = rpc::request(&client_a, a_renew, &renew, Duration::from_secs(5)).await;
+    assert_eq!(r.unwrap_err().kind(), RequestErrorKind::Remote(ErrorCode::Forbidden));
+    let reply = as_a.submit(Some(&host("host-a")), &rt_a, &req).await.unwrap();
+    assert_eq!(reply.outcomes[0].status, SubmitStatus::Refused);
+    assert!(reply.outcomes[0].reason.starts_with("forbidden"), "{:?}", reply.outcomes);
+    // As itself, for b's spec: not the holder.
+    let own = ResultRecord { runtime: String::new(), host: String::new(), ..forged.clone() };
+    let reply = as_a.submit(Some(&host("host-a")), &rt_a, &SubmitRequest { results: vec![own] }).await.unwrap();
+    assert!(reply.outcomes[0].reason.starts_with("conflict"), "{:?}", reply.outcomes);
+    // As itself, for itself: its own spec is granted (the refusals above are about identity).
+    let mine = LeaseRequest { runtime: "host-a".into(), host: "host-a".into(), max: 10, ..Default::default() };
+    let granted = as_a.lease(&mine).await.unwrap();
+    assert_eq!(granted.granted.iter().map(|g| g.spec.id.clone()).collect::<Vec<_>>(), vec![spec_a.id.clone()]);
+
+    // No `result.put` at all, not even with b's next message id; not b's commands; not the
+    // spec bucket.
+    for h in ["host-a", "host-b"] {
+        let put = acme.result_put(&host(h));
+        let mut headers = async_nats::HeaderMap::new();
+        let next = ResultRecord { seq: 1_000_000, ..forged.clone() }.idempotency_key();
+        headers.insert("Nats-Msg-Id", stored_msg_id("host-b", &next).as_str());
+        let payload = codec::encode(Encoding::MsgPack, &forged).unwrap();
+        client_a.publish_with_headers(put.clone(), headers, payload).await.unwrap();
+        expect_violation(&mut errors_a, "publish", &put).await;
+    }
+    let b_commands = acme.host_command(&host("host-b"));
+    let _sub = client_a.subscribe(b_commands.clone()).await.unwrap();
+    expect_violation(&mut errors_a, "subscription", &b_commands).await;
+    let spec_subject = kv_subject(JOBSPECS_BUCKET, &spec_key(spec_b, "host-b"));
+    client_a.publish(spec_subject.clone(), "x".into()).await.unwrap();
+    expect_violation(&mut errors_a, "publish", &spec_subject).await;
+
+    // Host-b's results are all stored, under b, by b, none refused; nothing of a's is among them.
+    let status = eventually(WAIT, POLL, || async {
+        let s = rt_b.status().await.map_err(|e| e.to_string())?;
+        if s.delivered >= 3 && s.outbox == 0 {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.refused, 0);
+    let results = ResultsClient::new(svc_client.clone(), acme.clone());
+    let query = ResultQuery { host: Some(host("host-b")), limit: 10_000, ..ResultQuery::default() };
+    let stored = results.query(&query).await.unwrap();
+    assert!(stored.len() as u64 >= status.delivered, "{} stored, {} delivered", stored.len(), status.delivered);
+    assert!(stored.iter().all(|r| r.runtime == "host-b" && r.host == "host-b" && r.status == ResultStatus::Pass));
+    let mut seqs: Vec<u64> = stored.iter().filter(|r| r.epoch == epoch_b).map(|r| r.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "b's results stored once each, none missing");
+    let fence = lease.leases(&LeasesRequest::default()).await.unwrap().fence;
+    assert!(fence.foreign_requests >= 3 && fence.foreign_results >= 1 && fence.stale_results >= 1, "{fence:?}");
+    rt_b.stop();
 }

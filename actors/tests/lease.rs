@@ -14,15 +14,19 @@ use steward_actors::lease::journal::{self as lease_journal, JournalError};
 use steward_actors::lease::{LeaseArgs, LeaseConfig, LeaseMsg, LeaseService};
 use steward_deploy::{eventually, SingleNode};
 use steward_subjects::api::lease::{
-    ChangeNotice, LeaseJournalEntry, LeaseRequest, LeaseSnapshot, LeasesRequest, MineRequest, ReleaseRequest,
-    RenewRequest, SpecEpoch,
+    ChangeNotice, LeaseJournalEntry, LeaseReply, LeaseRequest, LeaseSnapshot, LeasesRequest, MineRequest,
+    ReleaseRequest, RenewRequest, SpecEpoch,
 };
 use steward_subjects::api::result::{decode_stored, ResultRecord, SubmitRequest, SubmitStatus};
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::{CommandExecutor, Executor, JobSpec, SpecId, SpecTarget, TargetKind};
 use steward_subjects::streams::{self, Replicas, JOBSPECS_BUCKET, LEASE_JOURNAL_STREAM, RESULTS_STREAM};
-use steward_subjects::subject::jobspec_key;
+use steward_subjects::subject::{jobspec_key, IdentityEndpoint};
 use steward_subjects::{AccountId, RuntimeId, Subjects, Token, TokenKind};
+
+fn rt(id: &str) -> RuntimeId {
+    RuntimeId::parse(id).unwrap()
+}
 
 fn account() -> AccountId {
     AccountId::parse("acme").unwrap()
@@ -177,7 +181,7 @@ async fn racing_runtimes_never_hold_a_spec_twice() {
     let c = client(&h.node.client_url()).await;
     let mut total = 0;
     for r in 0..8 {
-        let mine = c.mine(&MineRequest { runtime: format!("rt-{r}") }).await.unwrap();
+        let mine = c.mine(None, &MineRequest { runtime: format!("rt-{r}") }).await.unwrap();
         let expected: HashSet<&str> =
             grants.iter().filter(|g| g.2 == format!("rt-{r}")).map(|g| g.0.as_str()).collect();
         let got: HashSet<&str> = mine.specs.iter().map(|s| s.spec.id.as_str()).collect();
@@ -261,7 +265,8 @@ async fn expired_holder_hands_over_and_its_epoch_is_fenced() {
         host: "rt-a".into(),
         ..ResultRecord::default()
     };
-    let r = c.submit(&SubmitRequest { results: vec![result.clone(), result.clone()] }).await.unwrap();
+    let r =
+        c.submit(None, &rt("rt-a"), &SubmitRequest { results: vec![result.clone(), result.clone()] }).await.unwrap();
     assert_eq!(r.outcomes[0].status, SubmitStatus::Stored);
     assert_eq!(r.outcomes[1].status, SubmitStatus::Duplicate);
     // rt-a stops renewing; rt-b keeps asking and gets the spec within TTL + 1 s.
@@ -292,29 +297,32 @@ async fn expired_holder_hands_over_and_its_epoch_is_fenced() {
     assert_eq!(renew.renewed, 0);
     assert_eq!(renew.refused[0].current_epoch, 2);
     let stale = ResultRecord { seq: 2, ..result.clone() };
-    let r = c.submit(&SubmitRequest { results: vec![stale] }).await.unwrap();
+    let r = c.submit(None, &rt("rt-a"), &SubmitRequest { results: vec![stale] }).await.unwrap();
     assert_eq!(r.outcomes[0].status, SubmitStatus::Refused);
     assert!(r.outcomes[0].reason.starts_with("conflict"), "{}", r.outcomes[0].reason);
     // The new holder's result is stored; the stream holds exactly two results.
     let fresh = ResultRecord { epoch: 2, seq: 1, runtime: "rt-b".into(), host: "rt-b".into(), ..result };
-    let r = c.submit(&SubmitRequest { results: vec![fresh.clone()] }).await.unwrap();
+    let r = c.submit(None, &rt("rt-b"), &SubmitRequest { results: vec![fresh.clone()] }).await.unwrap();
     assert_eq!(r.outcomes[0].status, SubmitStatus::Stored);
     assert_eq!(stored_keys(&h.js).await, vec![format!("{}:1:1", s.id), format!("{}:2:1", s.id)]);
     // A re-send after a lost reply that carries more results (produced meanwhile): what is
     // stored is answered duplicate, only the new ones are stored.
     let more: Vec<ResultRecord> = (2..=4).map(|seq| ResultRecord { seq, ..fresh.clone() }).collect();
     let resend = [vec![fresh.clone()], more.clone()].concat();
-    let r = c.submit(&SubmitRequest { results: resend.clone() }).await.unwrap();
+    let r = c.submit(None, &rt("rt-b"), &SubmitRequest { results: resend.clone() }).await.unwrap();
     let statuses: Vec<SubmitStatus> = r.outcomes.iter().map(|o| o.status).collect();
     assert_eq!(statuses, [SubmitStatus::Duplicate, SubmitStatus::Stored, SubmitStatus::Stored, SubmitStatus::Stored]);
-    let r = c.submit(&SubmitRequest { results: resend }).await.unwrap();
+    let r = c.submit(None, &rt("rt-b"), &SubmitRequest { results: resend }).await.unwrap();
     assert!(r.outcomes.iter().all(|o| o.status == SubmitStatus::Duplicate), "{:?}", r.outcomes);
     let keys = stored_keys(&h.js).await;
     assert_eq!(keys.len(), 5, "{keys:?}");
     assert_eq!(keys.iter().collect::<HashSet<_>>().len(), 5, "a result stored twice: {keys:?}");
     // Release gives it back; the next grant has epoch 3.
     let rel = c
-        .release(&ReleaseRequest { runtime: "rt-b".into(), specs: vec![SpecEpoch { spec: s.id.clone(), epoch: 2 }] })
+        .release(
+            None,
+            &ReleaseRequest { runtime: "rt-b".into(), specs: vec![SpecEpoch { spec: s.id.clone(), epoch: 2 }] },
+        )
         .await
         .unwrap();
     assert_eq!(rel.released, vec![s.id.clone()]);
@@ -345,7 +353,7 @@ async fn holders_are_told_of_changes_within_a_second() {
     let n: ChangeNotice = codec::decode(Encoding::MsgPack, &msg.payload).unwrap();
     assert_eq!(n.changed, vec![s1.id.clone()]);
     assert!(t.elapsed() < Duration::from_secs(1));
-    let mine = c.mine(&MineRequest { runtime: "rt-a".into() }).await.unwrap();
+    let mine = c.mine(None, &MineRequest { runtime: "rt-a".into() }).await.unwrap();
     assert_eq!(mine.specs.iter().find(|l| l.spec.id == s1.id).unwrap().spec.content_hash, "h2");
 
     delete_spec(&h.js, &s2).await;
@@ -353,7 +361,7 @@ async fn holders_are_told_of_changes_within_a_second() {
         tokio::time::timeout(Duration::from_secs(1), notices.next()).await.expect("no notice within 1 s").unwrap();
     let n: ChangeNotice = codec::decode(Encoding::MsgPack, &msg.payload).unwrap();
     assert_eq!(n.removed, vec![s2.id.clone()]);
-    let mine = c.mine(&MineRequest { runtime: "rt-a".into() }).await.unwrap();
+    let mine = c.mine(None, &MineRequest { runtime: "rt-a".into() }).await.unwrap();
     assert_eq!(mine.specs.iter().map(|l| l.spec.id.clone()).collect::<Vec<_>>(), vec![s1.id.clone()]);
 }
 
@@ -362,12 +370,13 @@ async fn malformed_requests_get_clear_errors() {
     let h = hub().await;
     let _svc = start_service(&h.node.client_url(), LeaseConfig::default()).await;
     let subjects = Subjects::new(account());
+    let lease_subject = subjects.identity_subject(IdentityEndpoint::Lease, None, &rt("rt-a"));
     eventually(Duration::from_secs(5), Duration::from_millis(20), || async {
-        h.client.request(subjects.jobspec_lease(), "".into()).await.map(|_| ()).map_err(|e| e.to_string())
+        h.client.request(lease_subject.clone(), "".into()).await.map(|_| ()).map_err(|e| e.to_string())
     })
     .await
     .unwrap();
-    let reply = h.client.request(subjects.jobspec_lease(), bytes::Bytes::from_static(b"\xc1garbage")).await.unwrap();
+    let reply = h.client.request(lease_subject.clone(), bytes::Bytes::from_static(b"\xc1garbage")).await.unwrap();
     let env: steward_subjects::Envelope<serde_json::Value> = codec::decode(Encoding::MsgPack, &reply.payload).unwrap();
     assert_eq!(env.error.unwrap().code, steward_subjects::ErrorCode::Invalid);
     let mut headers = async_nats::HeaderMap::new();
@@ -402,7 +411,7 @@ async fn holders(c: &LeaseClient) -> BTreeMap<String, (String, u64)> {
 /// What `rt` holds, by `mine`.
 async fn mine(c: &LeaseClient, rt: &str) -> Vec<SpecEpoch> {
     let mut v: Vec<SpecEpoch> = c
-        .mine(&MineRequest { runtime: rt.into() })
+        .mine(None, &MineRequest { runtime: rt.into() })
         .await
         .unwrap()
         .specs
@@ -518,7 +527,10 @@ async fn journal_replay_after_a_full_restart_keeps_holders_and_epochs() {
     // rt-a gives five back, rt-c takes them (epoch 2).
     let back: Vec<SpecEpoch> =
         a.granted[..5].iter().map(|g| SpecEpoch { spec: g.spec.id.clone(), epoch: g.epoch }).collect();
-    assert_eq!(c.release(&ReleaseRequest { runtime: "rt-a".into(), specs: back }).await.unwrap().released.len(), 5);
+    assert_eq!(
+        c.release(None, &ReleaseRequest { runtime: "rt-a".into(), specs: back }).await.unwrap().released.len(),
+        5
+    );
     let c_got = c.lease(&lease_req("rt-c", 15)).await.unwrap();
     assert_eq!(c_got.granted.len(), 15);
     assert_eq!(c_got.granted.iter().filter(|g| g.epoch == 2).count(), 5);
@@ -563,7 +575,7 @@ async fn snapshot_purge_and_replay_give_the_same_state() {
         assert_eq!(c.lease(&lease_req(&format!("rt-{}", i % 3), 1)).await.unwrap().granted.len(), 1);
     }
     let rt0 = mine(&c, "rt-0").await;
-    let rel = c.release(&ReleaseRequest { runtime: "rt-0".into(), specs: rt0[..2].to_vec() }).await.unwrap();
+    let rel = c.release(None, &ReleaseRequest { runtime: "rt-0".into(), specs: rt0[..2].to_vec() }).await.unwrap();
     assert_eq!(rel.released.len(), 2);
     // A snapshot was taken and the journal purged below it.
     let journal = Subjects::new(account()).jobspec_journal();
@@ -629,4 +641,77 @@ async fn a_snapshot_read_while_a_newer_one_is_written_follows_the_pointer() {
     assert!(loaded > 0, "no snapshot was read while they were written");
     let (snap, _) = lease_journal::load_snapshot(&h.js, &account()).await.unwrap();
     assert_eq!(snap.unwrap().through_seq, 60);
+}
+
+/// The caller's identity is the subject's, not the body's: a body naming another runtime or
+/// host is refused `forbidden` (and counted), a result naming another runtime is refused, and
+/// stored segments carry the subject's host in their message id, so ids of two hosts never
+/// collide.
+#[tokio::test]
+async fn the_subject_not_the_body_names_the_caller() {
+    let h = hub().await;
+    let host_spec = spec(TargetKind::Host, "web-01", 1, "", "h1");
+    put_spec(&h.js, &host_spec).await;
+    let pool = spec(TargetKind::Pool, "pool-a", 2, "", "h1");
+    put_spec(&h.js, &pool).await;
+    let _svc = start_service(&h.node.client_url(), LeaseConfig::default()).await;
+    let c = client(&h.node.client_url()).await;
+    wait_specs(&c, 2).await;
+    let s = Subjects::new(account());
+    let as_x = |e| s.identity_subject(e, None, &rt("rt-x"));
+    let forbidden = |r: steward_subjects::Envelope<serde_json::Value>| {
+        let e = r.error.expect("refused");
+        assert_eq!(e.code, steward_subjects::ErrorCode::Forbidden, "{e:?}");
+    };
+    // rt-x asks as web-01's runtime, or for web-01's specs: refused, nothing granted.
+    let req = LeaseRequest { runtime: "web-01".into(), host: "web-01".into(), max: 10, ..Default::default() };
+    forbidden(envelope(&h.client, as_x(IdentityEndpoint::Lease), &req).await);
+    let req = LeaseRequest { runtime: "rt-x".into(), host: "web-01".into(), max: 10, ..Default::default() };
+    forbidden(envelope(&h.client, as_x(IdentityEndpoint::Lease), &req).await);
+    let req = RenewRequest { runtime: "rt-y".into(), ..Default::default() };
+    forbidden(envelope(&h.client, as_x(IdentityEndpoint::Renew), &req).await);
+    forbidden(envelope(&h.client, as_x(IdentityEndpoint::Mine), &MineRequest { runtime: "rt-y".into() }).await);
+    let req = ReleaseRequest { runtime: "rt-y".into(), specs: Vec::new() };
+    forbidden(envelope(&h.client, as_x(IdentityEndpoint::Release), &req).await);
+    assert_eq!(holders(&c).await[&host_spec.id].0, "", "web-01's spec stays unassigned");
+    // An empty body runtime is the subject's: rt-x leases the pool spec as itself.
+    let req = LeaseRequest { max: 10, ..Default::default() };
+    let granted: LeaseReply =
+        steward_subjects::rpc::request(&h.client, as_x(IdentityEndpoint::Lease), &req, Duration::from_secs(5))
+            .await
+            .unwrap();
+    assert_eq!(granted.granted.len(), 1);
+    assert_eq!(holders(&c).await[&pool.id], ("rt-x".to_owned(), 1));
+    // A result naming another runtime or host is refused; rt-x's own is stored under its id.
+    let own = ResultRecord { spec: pool.id.clone(), epoch: 1, seq: 1, ..ResultRecord::default() };
+    let foreign_rt = ResultRecord { seq: 2, runtime: "rt-y".into(), ..own.clone() };
+    let foreign_host = ResultRecord { seq: 3, host: "web-01".into(), ..own.clone() };
+    let r = c.submit(None, &rt("rt-x"), &SubmitRequest { results: vec![foreign_rt, foreign_host, own] }).await.unwrap();
+    let statuses: Vec<SubmitStatus> = r.outcomes.iter().map(|o| o.status).collect();
+    assert_eq!(statuses, [SubmitStatus::Refused, SubmitStatus::Refused, SubmitStatus::Stored], "{:?}", r.outcomes);
+    assert!(r.outcomes[0].reason.starts_with("forbidden"), "{}", r.outcomes[0].reason);
+    // Another runtime submitting rt-x's result as itself: not the holder.
+    let theirs = ResultRecord { spec: pool.id.clone(), epoch: 1, seq: 9, ..ResultRecord::default() };
+    let r = c.submit(None, &rt("rt-y"), &SubmitRequest { results: vec![theirs] }).await.unwrap();
+    assert!(r.outcomes[0].reason.starts_with("conflict"), "{:?}", r.outcomes);
+    let stream = h.js.get_stream(RESULTS_STREAM).await.unwrap();
+    let m = stream.get_last_raw_message_by_subject(&s.result_put_all()).await.unwrap();
+    assert_eq!(m.subject.as_str(), "steward.v1.acme.result.put.rt-x");
+    assert_eq!(m.headers.get("Nats-Msg-Id").unwrap().as_str(), format!("rt-x.{}:1:1", pool.id));
+    let stored = decode_stored(Some(&m.headers), &m.payload).unwrap();
+    assert_eq!((stored[0].runtime.as_str(), stored[0].host.as_str()), ("rt-x", "rt-x"));
+    // Every refusal is counted.
+    let fence = c.leases(&LeasesRequest::default()).await.unwrap().fence;
+    assert_eq!((fence.foreign_requests, fence.foreign_results, fence.stale_results), (5, 2, 1), "{fence:?}");
+}
+
+/// The reply envelope of a request sent as is (MessagePack) to `subject`.
+async fn envelope<T: serde::Serialize>(
+    client: &async_nats::Client,
+    subject: String,
+    req: &T,
+) -> steward_subjects::Envelope<serde_json::Value> {
+    let payload = codec::encode(Encoding::MsgPack, req).unwrap();
+    let reply = client.request(subject, payload).await.unwrap();
+    codec::decode(Encoding::MsgPack, &reply.payload).unwrap()
 }

@@ -1,6 +1,8 @@
 //! The micro-service endpoints of the lease service (`steward-lease`): `jobspec.lease`,
 //! `jobspec.renew`, `jobspec.mine`, `jobspec.release` (polled by the loop itself, answered with
 //! their commit), and `jobspec.leases` and `result.submit` (served by tasks beside the loop).
+//! All but `leases` are served on `<verb>.*.*`: the caller's identity is the subject's last two
+//! tokens ([`super::identity`]).
 //! All are queue-group endpoints, so any leader instance may answer; a stepping-down leader
 //! stays silent and the caller retries. Replies are envelopes in the request's encoding:
 //! MessagePack ones go without a content-type header (what no header means), and the `lease`
@@ -15,10 +17,12 @@ use steward_subjects::api::lease::{LeasesRequest, ReleaseReply, RenewReply};
 use steward_subjects::api::result::SubmitRequest;
 use steward_subjects::codec::Encoding;
 use steward_subjects::config::JobSpec;
+use steward_subjects::subject::IdentityEndpoint;
 use steward_subjects::{rpc, AccountId, WireError};
 use tracing::debug;
 
 use super::commit::Commit;
+use super::identity::{Claimed, FenceRefusal};
 use super::leader::LeaderGuard;
 use super::msgpack as mp;
 use super::requests::{Input, Shared};
@@ -161,12 +165,12 @@ pub(super) async fn serve_endpoints(
     let s = &shared.subjects;
     let mut looped = futures::stream::SelectAll::new();
     for (name, subject, op) in [
-        ("lease", s.jobspec_lease(), Op::Lease),
-        ("renew", s.jobspec_renew(), Op::Renew),
-        ("mine", s.jobspec_mine(), Op::Mine),
-        ("release", s.jobspec_release(), Op::Release),
+        ("lease", s.identity_wildcard(IdentityEndpoint::Lease), Op::Lease),
+        ("renew", s.identity_wildcard(IdentityEndpoint::Renew), Op::Renew),
+        ("mine", s.identity_wildcard(IdentityEndpoint::Mine), Op::Mine),
+        ("release", s.identity_wildcard(IdentityEndpoint::Release), Op::Release),
         ("leases", s.jobspec_leases(), Op::Leases),
-        ("submit", s.result_submit(), Op::Submit),
+        ("submit", s.identity_wildcard(IdentityEndpoint::Submit), Op::Submit),
     ] {
         let mut endpoint = service
             .endpoint_builder()
@@ -194,7 +198,9 @@ pub(super) async fn serve_endpoints(
                     });
                 } else {
                     tokio::spawn(async move {
-                        let _ = rpc::serve(&req, |r: SubmitRequest| async move { shared.submit(r).await }).await;
+                        let subject = req.message.subject.as_str();
+                        let _ =
+                            rpc::serve(&req, |r: SubmitRequest| async move { shared.submit(r, subject).await }).await;
                     });
                 }
             }
@@ -204,26 +210,40 @@ pub(super) async fn serve_endpoints(
     Ok(looped)
 }
 
-/// Decodes a request polled by the loop; a malformed one gets its error reply with the commit.
-pub(super) fn decode(op: Op, req: async_nats::service::Request, c: &mut Commit) -> Option<Input> {
-    fn with<T: serde::de::DeserializeOwned>(
+/// Decodes a request polled by the loop and checks it against the identity of its subject; a
+/// malformed or foreign one gets its error reply with the commit (a foreign one is counted).
+pub(super) fn decode(op: Op, req: async_nats::service::Request, shared: &Shared, c: &mut Commit) -> Option<Input> {
+    fn with<T: serde::de::DeserializeOwned + Claimed>(
+        op: Op,
         req: async_nats::service::Request,
+        shared: &Shared,
         c: &mut Commit,
         wrap: fn(T, Encoding, async_nats::service::Request) -> Input,
     ) -> Option<Input> {
-        match rpc::decode_request::<T>(&req.message) {
-            Ok((r, enc)) => Some(wrap(r, enc, req)),
+        let (mut r, enc) = match rpc::decode_request::<T>(&req.message) {
+            Ok(decoded) => decoded,
             Err((e, enc)) => {
+                c.replies.push((req, enc, Out::Error(e)));
+                return None;
+            }
+        };
+        let claimed = shared.identities.acting(op, &req.message.subject).and_then(|who| {
+            r.claim(&who)
+                .inspect_err(|e| shared.fence.refused(FenceRefusal::ForeignRequest, who.host, who.runtime, &e.message))
+        });
+        match claimed {
+            Ok(()) => Some(wrap(r, enc, req)),
+            Err(e) => {
                 c.replies.push((req, enc, Out::Error(e)));
                 None
             }
         }
     }
     match op {
-        Op::Lease => with(req, c, Input::Lease),
-        Op::Renew => with(req, c, Input::Renew),
-        Op::Mine => with(req, c, Input::Mine),
-        Op::Release => with(req, c, Input::Release),
+        Op::Lease => with(op, req, shared, c, Input::Lease),
+        Op::Renew => with(op, req, shared, c, Input::Renew),
+        Op::Mine => with(op, req, shared, c, Input::Mine),
+        Op::Release => with(op, req, shared, c, Input::Release),
         Op::Leases | Op::Submit => None,
     }
 }

@@ -1,5 +1,6 @@
 //! The typed client of the lease service: what a runtime (or the CLI) calls to lease, renew,
-//! list and release job specs and to submit results (reading stored results is
+//! list and release job specs and to submit results, each on the subject of the runtime (and
+//! host) it acts as, which the hub takes as the caller's identity (reading stored results is
 //! [`crate::results::client`]'s job). Errors keep the remote code, so callers
 //! branch on [`LeaseClientError::kind`] (`Remote(Conflict)` for a stale epoch, `NoResponders`
 //! or `TimedOut` when no hub answers).
@@ -14,7 +15,8 @@ use steward_subjects::api::lease::{
 };
 use steward_subjects::api::result::{SubmitReply, SubmitRequest};
 use steward_subjects::rpc::{self, RequestError, RequestErrorKind};
-use steward_subjects::Subjects;
+use steward_subjects::subject::IdentityEndpoint;
+use steward_subjects::{HostId, RuntimeId, Subjects, WireError};
 
 /// A failed call to the lease service.
 pub type LeaseClientError = RequestError;
@@ -56,12 +58,21 @@ impl LeaseClient {
         rpc::request(&self.client, subject, req, self.timeout).await
     }
 
-    /// Leases up to `req.max` unassigned specs.
+    /// The subject of `endpoint` as `runtime` (on `host`, when not empty); an invalid token is
+    /// refused here as the hub would (`invalid`).
+    fn acting(&self, endpoint: IdentityEndpoint, runtime: &str, host: &str) -> Result<String, LeaseClientError> {
+        let runtime = RuntimeId::parse(runtime).map_err(WireError::from)?;
+        let host = if host.is_empty() { None } else { Some(HostId::parse(host).map_err(WireError::from)?) };
+        Ok(self.subjects.identity_subject(endpoint, host.as_ref(), &runtime))
+    }
+
+    /// Leases up to `req.max` unassigned specs, as `req.runtime` (on `req.host`).
     ///
     /// # Errors
-    /// [`LeaseClientError`]: `invalid` for bad tokens, transport errors when no hub answers.
+    /// [`LeaseClientError`]: `invalid` for bad tokens, `forbidden` when the caller may not act
+    /// as that runtime, transport errors when no hub answers.
     pub async fn lease(&self, req: &LeaseRequest) -> Result<LeaseReply, LeaseClientError> {
-        self.call(self.subjects.jobspec_lease(), req).await
+        self.call(self.acting(IdentityEndpoint::Lease, &req.runtime, &req.host)?, req).await
     }
 
     /// Renews every lease of the runtime; stale ones come back refused.
@@ -69,23 +80,25 @@ impl LeaseClient {
     /// # Errors
     /// As [`Self::lease`].
     pub async fn renew(&self, req: &RenewRequest) -> Result<RenewReply, LeaseClientError> {
-        self.call(self.subjects.jobspec_renew(), req).await
+        self.call(self.acting(IdentityEndpoint::Renew, &req.runtime, &req.host)?, req).await
     }
 
-    /// The authoritative set of specs the runtime holds.
+    /// The authoritative set of specs `req.runtime` holds, asked as `req.runtime` on `host`.
     ///
     /// # Errors
     /// As [`Self::lease`].
-    pub async fn mine(&self, req: &MineRequest) -> Result<MineReply, LeaseClientError> {
-        self.call(self.subjects.jobspec_mine(), req).await
+    pub async fn mine(&self, host: Option<&HostId>, req: &MineRequest) -> Result<MineReply, LeaseClientError> {
+        let host = host.map_or("", HostId::as_str);
+        self.call(self.acting(IdentityEndpoint::Mine, &req.runtime, host)?, req).await
     }
 
-    /// Releases specs.
+    /// Releases specs, as `req.runtime` on `host`.
     ///
     /// # Errors
     /// As [`Self::lease`].
-    pub async fn release(&self, req: &ReleaseRequest) -> Result<ReleaseReply, LeaseClientError> {
-        self.call(self.subjects.jobspec_release(), req).await
+    pub async fn release(&self, host: Option<&HostId>, req: &ReleaseRequest) -> Result<ReleaseReply, LeaseClientError> {
+        let host = host.map_or("", HostId::as_str);
+        self.call(self.acting(IdentityEndpoint::Release, &req.runtime, host)?, req).await
     }
 
     /// Lists specs and their leases.
@@ -96,12 +109,18 @@ impl LeaseClient {
         self.call(self.subjects.jobspec_leases(), req).await
     }
 
-    /// Submits results; each gets its own outcome.
+    /// Submits results as `runtime` (on `host`); each gets its own outcome. Results naming
+    /// another runtime or host are refused (`forbidden`).
     ///
     /// # Errors
     /// As [`Self::lease`]; `invalid` for a batch over the size limit.
-    pub async fn submit(&self, req: &SubmitRequest) -> Result<SubmitReply, LeaseClientError> {
-        self.call(self.subjects.result_submit(), req).await
+    pub async fn submit(
+        &self,
+        host: Option<&HostId>,
+        runtime: &RuntimeId,
+        req: &SubmitRequest,
+    ) -> Result<SubmitReply, LeaseClientError> {
+        self.call(self.subjects.identity_subject(IdentityEndpoint::Submit, host, runtime), req).await
     }
 }
 

@@ -325,13 +325,13 @@ impl<'a> Loop<'a> {
     ) -> Result<(), LeaseError> {
         let closed = || LeaseError::Closed("lease endpoints".into());
         let Some((op, req)) = req else { return Err(closed()) };
-        if let Some(i) = decode(op, req, &mut self.pending) {
+        if let Some(i) = decode(op, req, self.shared, &mut self.pending) {
             self.inputs.push_back(i);
         }
         while self.inputs.len() < self.shared.config.commit_max {
             match self.endpoints.next().now_or_never() {
                 Some(Some((op, req))) => {
-                    if let Some(i) = decode(op, req, &mut self.pending) {
+                    if let Some(i) = decode(op, req, self.shared, &mut self.pending) {
                         self.inputs.push_back(i);
                     }
                 }

@@ -13,6 +13,7 @@ use steward_subjects::{rpc, WireError};
 use tracing::{debug, info};
 
 use super::commit::{Loop, APPEND_TIMEOUT};
+use super::identity::{FenceCounters, Identities};
 use super::journal;
 use super::leader::{LeaderGuard, LeaderLock};
 use super::notices::{notices, NoticeEvent};
@@ -146,6 +147,8 @@ async fn load(
         subjects: args.subjects.clone(),
         config: args.config.clone(),
         view: Mutex::new(view),
+        identities: Identities::new(&args.subjects),
+        fence: FenceCounters::default(),
     });
     Ok((shared, last_seq, entries))
 }

@@ -12,7 +12,8 @@
 //! the next leader could miss. A failed lock refresh or append makes it *step down* at once: it
 //! stops answering and drops its state (rebuilt from the journal on the next takeover). It
 //! snapshots where memory equals the journal. Results are fenced: one is stored ([`crate::results`])
-//! only when its runtime holds its spec at its epoch.
+//! only when its runtime holds its spec at its epoch. The caller of every lease and result
+//! request is the runtime and host its subject names ([`identity`]), never the body's.
 
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ mod api;
 pub mod client;
 mod commit;
 mod feed;
+mod identity;
 pub mod journal;
 mod lead;
 pub mod leader;

@@ -20,8 +20,10 @@ use steward_subjects::codec::Encoding;
 use steward_subjects::token::{validate, HostId, RuntimeId, TokenError, TokenKind};
 use steward_subjects::{Subjects, WireError};
 
+use super::api::Op;
 use super::api::{LeaseReplyOut, LeasedOut, MineReplyOut, Out, SpecRef};
 use super::commit::Commit;
+use super::identity::{claim, FenceCounters, FenceRefusal, Identities};
 use super::notices::NoticeEvent;
 use super::state::{LeaseView, NotHeld, RowFilter, SpecEntry};
 use super::{LeaseConfig, LeaseError};
@@ -46,6 +48,10 @@ pub(super) struct Shared {
     pub(super) subjects: Subjects,
     pub(super) config: LeaseConfig,
     pub(super) view: Mutex<LeaseView>,
+    /// Parsers of the caller's identity off the per-identity subjects.
+    pub(super) identities: Identities,
+    /// What the fence refused.
+    pub(super) fence: FenceCounters,
 }
 
 impl Shared {
@@ -259,43 +265,62 @@ impl Shared {
             specs: view.spec_count() as u64,
             runtimes: view.live_runtimes(now) as u64,
             sessions: if req.sessions { view.sessions() } else { Vec::new() },
+            fence: self.fence.stats(),
         })
     }
 
-    pub(super) async fn submit(&self, req: SubmitRequest) -> Result<SubmitReply, WireError> {
+    /// Stores the results of `req` that its caller (the identity of `subject`) may submit: each
+    /// must name that runtime and host (or none) and hold its spec at its epoch. All accepted
+    /// results are filed under the subject's host.
+    pub(super) async fn submit(&self, mut req: SubmitRequest, subject: &str) -> Result<SubmitReply, WireError> {
         if req.results.len() > MAX_SUBMIT_BATCH {
             return Err(WireError::invalid(format!(
                 "{} results in one request, at most {MAX_SUBMIT_BATCH} allowed",
                 req.results.len()
             )));
         }
+        let who = self.identities.acting(Op::Submit, subject)?;
+        let host = HostId::parse(who.host)?;
+        // A result naming another runtime or host is foreign; an empty field takes the subject's.
+        let foreign: Vec<Option<String>> = req
+            .results
+            .iter_mut()
+            .map(|r| {
+                let owned =
+                    claim(&mut r.runtime, who.runtime, "runtime").and_then(|()| claim(&mut r.host, who.host, "host"));
+                owned.err().map(|e| format!("{}: {}", e.code.as_str(), e.message))
+            })
+            .collect();
         let mut outcomes: Vec<SubmitOutcome> = Vec::with_capacity(req.results.len());
-        // Accepted results by host, in request order: each host's become one segment.
-        let mut by_host: Vec<(HostId, Vec<(usize, &ResultRecord)>)> = Vec::new();
-        for (i, r) in req.results.iter().enumerate() {
-            let key = r.idempotency_key();
-            let checked = self.fenced(r);
-            outcomes.push(SubmitOutcome { key, ..SubmitOutcome::default() });
+        let mut accepted: Vec<(usize, &ResultRecord)> = Vec::with_capacity(req.results.len());
+        for (i, (r, foreign)) in req.results.iter().zip(foreign).enumerate() {
+            let checked = match foreign {
+                Some(reason) => Err((FenceRefusal::ForeignResult, reason)),
+                None => self.fenced(r).map_err(|refused| match refused {
+                    Refused::Invalid(_) => (FenceRefusal::InvalidResult, refused.to_string()),
+                    Refused::Conflict(_) => (FenceRefusal::StaleResult, refused.to_string()),
+                }),
+            };
+            let mut outcome = SubmitOutcome { key: r.idempotency_key(), ..SubmitOutcome::default() };
             match checked {
-                Err(refused) => {
-                    outcomes[i].status = SubmitStatus::Refused;
-                    outcomes[i].reason = refused.to_string();
+                Ok(()) => accepted.push((i, r)),
+                Err((kind, reason)) => {
+                    self.fence.refused(kind, who.host, who.runtime, &reason);
+                    outcome.status = SubmitStatus::Refused;
+                    outcome.reason = reason;
                 }
-                Ok(host) => match by_host.iter_mut().find(|(h, _)| *h == host) {
-                    Some((_, v)) => v.push((i, r)),
-                    None => by_host.push((host, vec![(i, r)])),
-                },
             }
+            outcomes.push(outcome);
         }
-        let stores = by_host
-            .into_iter()
-            .map(|(host, results)| async move { store_host_results(&self.js, &self.subjects, &host, results).await });
-        for stored in futures::future::join_all(stores).await.into_iter().flatten() {
+        let mut duplicates = 0;
+        for stored in store_host_results(&self.js, &self.subjects, &host, accepted).await {
+            duplicates += u64::from(stored.status == SubmitStatus::Duplicate);
             let o = &mut outcomes[stored.index];
             o.status = stored.status;
             o.stream_seq = stored.stream_seq;
             o.reason = stored.reason;
         }
+        self.fence.duplicates(duplicates);
         Ok(SubmitReply { outcomes })
     }
 }
@@ -312,13 +337,11 @@ enum Refused {
 }
 
 impl Shared {
-    /// The host a result is filed under, when it is well formed and its runtime holds its spec
-    /// at its epoch.
-    fn fenced(&self, r: &ResultRecord) -> Result<HostId, Refused> {
+    /// Whether a result (already checked to name its caller) is well formed and its runtime
+    /// holds its spec at its epoch.
+    fn fenced(&self, r: &ResultRecord) -> Result<(), Refused> {
         let invalid = |e: TokenError| Refused::Invalid(e.to_string());
         validate(TokenKind::Name, &r.spec).map_err(invalid)?;
-        validate(TokenKind::RuntimeId, &r.runtime).map_err(invalid)?;
-        let host = HostId::parse(&r.host).map_err(invalid)?;
         if r.seq == 0 || r.epoch == 0 {
             return Err(Refused::Invalid("epoch and seq must be positive".into()));
         }
@@ -330,6 +353,6 @@ impl Shared {
                 r.spec, lease.epoch, lease.holder, r.epoch, r.runtime
             )));
         }
-        Ok(host)
+        Ok(())
     }
 }

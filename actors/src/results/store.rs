@@ -3,7 +3,9 @@
 //!
 //! [`store_host_results`] takes the fenced results of one host from one `result.submit`
 //! request, in request order, and stores them as few messages as fit below
-//! [`MAX_SEGMENT_BYTES`]. Each segment's `Nats-Msg-Id` is its first result's idempotency key.
+//! [`MAX_SEGMENT_BYTES`]. Each segment's `Nats-Msg-Id` is the host and its first result's
+//! idempotency key ([`stored_msg_id`]: the host is the authenticated one, so ids never collide
+//! across hosts).
 //! When JetStream says a segment is a duplicate, the stored segment is read back (the ack names
 //! its sequence): the results it holds are answered `duplicate`, the others are stored in a new
 //! segment keyed by the first of them. A runtime re-sends from the same outbox head after a lost
@@ -16,7 +18,7 @@ use async_nats::jetstream;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use steward_subjects::api::result::{
-    decode_stored, ResultRecord, StoredDecodeError, SubmitStatus, MAX_SEGMENT_BYTES, SEGMENT_HEADER,
+    decode_stored, stored_msg_id, ResultRecord, StoredDecodeError, SubmitStatus, MAX_SEGMENT_BYTES, SEGMENT_HEADER,
 };
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::streams::RESULTS_STREAM;
@@ -113,7 +115,7 @@ async fn store_items(
         let cut = segment_len(&todo);
         let payload = segment_payload(&todo[..cut]);
         let mut headers = HeaderMap::new();
-        headers.insert(MSG_ID, todo[0].key.as_str());
+        headers.insert(MSG_ID, stored_msg_id(host.as_str(), &todo[0].key).as_str());
         headers.insert(SEGMENT_HEADER, cut.to_string().as_str());
         let ack = match js.publish_with_headers(subject.clone(), headers, payload).await {
             Ok(f) => f.await.map_err(ResultStoreError::from),

@@ -19,6 +19,7 @@ use steward_storage::runtime::{Pending, RuntimeStore};
 use steward_subjects::api::lease::LeasesRequest;
 use steward_subjects::api::result::{ResultRecord, SubmitRequest, SubmitStatus};
 use steward_subjects::streams::ARTIFACTS_STORE;
+use steward_subjects::{HostId, RuntimeId};
 use tracing::{debug, warn};
 
 use super::{RuntimeMsg, RuntimeState};
@@ -39,6 +40,8 @@ pub(super) struct DrainCtx {
     lease: LeaseClient,
     js: jetstream::Context,
     runtime: String,
+    /// The identity results are submitted as.
+    identity: (Option<HostId>, RuntimeId),
     upload_failures: Arc<std::sync::Mutex<HashMap<u64, u32>>>,
 }
 
@@ -48,6 +51,7 @@ pub(super) fn drain_ctx(state: &RuntimeState) -> DrainCtx {
         lease: state.lease.clone(),
         js: state.js.clone(),
         runtime: state.args.runtime.to_string(),
+        identity: (state.args.host.clone(), state.args.runtime.clone()),
         upload_failures: state.upload_failures.clone(),
     }
 }
@@ -191,7 +195,7 @@ pub(super) async fn drain(ctx: DrainCtx) -> (bool, u64, u64) {
         }
         let ids: Vec<u64> = ready.iter().map(|p| p.id).collect();
         let req = SubmitRequest { results: ready.into_iter().map(|p| p.record).collect() };
-        let reply = match ctx.lease.submit(&req).await {
+        let reply = match ctx.lease.submit(ctx.identity.0.as_ref(), &ctx.identity.1, &req).await {
             Ok(r) => r,
             Err(e) => {
                 if !is_unreachable(&e) {

@@ -17,6 +17,7 @@ use ractor::ActorRef;
 use steward_storage::runtime::CachedSpec;
 use steward_subjects::api::lease::{LeaseRequest, LeasedSpec, MineRequest, ReleaseRequest, RenewRequest, SpecEpoch};
 use steward_subjects::config::TargetKind;
+use steward_subjects::HostId;
 use tracing::{debug, info, warn};
 
 use super::{set_online, RuntimeMsg, RuntimeState};
@@ -47,7 +48,7 @@ pub(super) fn start_sync(state: &mut RuntimeState, myself: &ActorRef<RuntimeMsg>
     state.resync = false;
     let lease = state.lease.clone();
     let runtime = state.args.runtime.to_string();
-    let host = state.args.host.as_ref().map(ToString::to_string).unwrap_or_default();
+    let host = state.args.host.clone();
     let labels = state.args.labels.clone();
     let held: Vec<SpecEpoch> =
         state.held.values().map(|c| SpecEpoch { spec: c.spec.id.clone(), epoch: c.epoch }).collect();
@@ -65,7 +66,7 @@ pub(super) fn start_sync(state: &mut RuntimeState, myself: &ActorRef<RuntimeMsg>
 async fn sync(
     lease: LeaseClient,
     runtime: String,
-    host: String,
+    host_id: Option<HostId>,
     labels: BTreeMap<String, String>,
     held: Vec<SpecEpoch>,
     room: usize,
@@ -74,6 +75,7 @@ async fn sync(
     full: bool,
 ) -> SyncOutcome {
     let mut out = SyncOutcome::default();
+    let host = host_id.as_ref().map(ToString::to_string).unwrap_or_default();
     let renew =
         lease.renew(&RenewRequest { runtime: runtime.clone(), host: host.clone(), labels: labels.clone(), held }).await;
     match renew {
@@ -91,7 +93,7 @@ async fn sync(
     }
     let mut room = room.saturating_add(out.refused.len());
     if full || !out.refused.is_empty() {
-        match lease.mine(&MineRequest { runtime: runtime.clone() }).await {
+        match lease.mine(host_id.as_ref(), &MineRequest { runtime: runtime.clone() }).await {
             Ok(m) => {
                 room = capacity.saturating_sub(m.specs.len());
                 out.authoritative = Some(m.specs);
@@ -201,7 +203,7 @@ pub(super) async fn release_pool_specs(state: &mut RuntimeState) {
         return;
     }
     let req = ReleaseRequest { runtime: state.args.runtime.to_string(), specs };
-    match tokio::time::timeout(STOP_RELEASE_BUDGET, state.lease.release(&req)).await {
+    match tokio::time::timeout(STOP_RELEASE_BUDGET, state.lease.release(state.args.host.as_ref(), &req)).await {
         Ok(Ok(reply)) => {
             info!(runtime = %state.args.runtime, released = reply.released.len(), refused = reply.refused.len(), "leases released");
             let store = state.store.clone();

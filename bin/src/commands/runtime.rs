@@ -30,7 +30,9 @@ pub struct RuntimeArgs {
     /// Runtime id (letters, digits, '-' and '_').
     #[arg(long = "id", value_parser = parse_runtime)]
     pub id: RuntimeId,
-    /// The host this runtime runs on: it also runs that host's specs.
+    /// The host this runtime runs on: it also runs that host's specs. With the host's own
+    /// credentials, `--id` must be the host id (a host identity may lease and submit only as
+    /// its runtime of the same name).
     #[arg(long, value_parser = parse_host)]
     pub host: Option<HostId>,
     /// Labels, `k=v,k2=v2`, matched against pool selectors.

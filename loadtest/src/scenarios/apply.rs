@@ -26,8 +26,8 @@ use steward_subjects::api::lease::{ChangeNotice, LeaseReply, LeaseRequest, Renew
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::rpc;
 use steward_subjects::streams::HOSTS_BUCKET;
-use steward_subjects::subject::host_registry_key;
-use steward_subjects::{AccountId, HostId, Subjects};
+use steward_subjects::subject::{host_registry_key, IdentityEndpoint};
+use steward_subjects::{AccountId, HostId, RuntimeId, Subjects};
 
 use crate::env::HubProcess;
 use crate::measure::Latency;
@@ -154,13 +154,15 @@ async fn lease_every_spec(
                         labels: BTreeMap::new(),
                         max: u32::try_from(atts).unwrap_or(u32::MAX),
                     };
-                    rpc::request::<_, LeaseReply>(&client, subjects.jobspec_lease(), &req, TIMEOUT).await
+                    let runtime = RuntimeId::parse(h.as_str()).map_err(|e| e.to_string())?;
+                    let subject = subjects.identity_subject(IdentityEndpoint::Lease, Some(&h), &runtime);
+                    rpc::request::<_, LeaseReply>(&client, subject, &req, TIMEOUT).await.map_err(|e| e.to_string())
                 }
             }))
             .buffer_unordered(64);
             let mut now_held = 0u64;
             while let Some(r) = tasks.next().await {
-                let r = r.map_err(|e| e.to_string())?;
+                let r = r?;
                 now_held += u64::from(r.held);
             }
             let before = held.swap(now_held, Ordering::Relaxed);
@@ -185,8 +187,13 @@ fn spawn_renewer(client: async_nats::Client, subjects: Subjects, hosts: Vec<Host
             tokio::time::sleep(Duration::from_secs(3)).await; // the renewal period, not a wait for a condition
             let mut renewals = futures::stream::iter(hosts.clone().into_iter().map(|h| {
                 let req = RenewRequest { runtime: h.to_string(), ..Default::default() };
-                let (client, subjects) = (client.clone(), subjects.clone());
-                async move { rpc::request::<_, RenewReply>(&client, subjects.jobspec_renew(), &req, TIMEOUT).await }
+                let subject = RuntimeId::parse(h.as_str())
+                    .map(|rt| subjects.identity_subject(IdentityEndpoint::Renew, Some(&h), &rt));
+                let client = client.clone();
+                async move {
+                    let subject = subject.map_err(|e| e.to_string())?;
+                    rpc::request::<_, RenewReply>(&client, subject, &req, TIMEOUT).await.map_err(|e| e.to_string())
+                }
             }))
             .buffer_unordered(64);
             while renewals.next().await.is_some() {}

@@ -29,8 +29,10 @@ use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::{CommandExecutor, Executor, JobSpec, SpecId, SpecTarget, TargetKind};
 use steward_subjects::rpc;
 use steward_subjects::streams::{self, JOBSPECS_BUCKET, LEASES_BUCKET, LEASE_JOURNAL_STREAM};
-use steward_subjects::subject::{jobspec_account_filter, jobspec_key, kv_subject, lease_account_filter};
-use steward_subjects::{AccountId, Envelope, Subjects, Token, TokenKind};
+use steward_subjects::subject::{
+    jobspec_account_filter, jobspec_key, kv_subject, lease_account_filter, IdentityEndpoint,
+};
+use steward_subjects::{AccountId, Envelope, RuntimeId, Subjects, Token, TokenKind};
 
 use super::{connect_clients, unique};
 use crate::checker::{self, CheckReport, Event};
@@ -259,7 +261,10 @@ async fn lease_until_empty(
     let runtime = format!("lt-rt-{r}");
     let req = LeaseRequest { runtime: runtime.clone(), max: batch, ..Default::default() };
     let payload = codec::encode(Encoding::MsgPack, &req).unwrap_or_default();
-    let subject = subjects.jobspec_lease();
+    let subject = match RuntimeId::parse(&runtime) {
+        Ok(id) => subjects.identity_subject(IdentityEndpoint::Lease, None, &id),
+        Err(_) => return (Latency::new(), Vec::new(), 1),
+    };
     let mut lat = Latency::new();
     let mut events = Vec::new();
     let mut errors = 0u64;

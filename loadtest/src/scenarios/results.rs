@@ -1,7 +1,7 @@
 //! `results`: durable result ingestion through the hub's `result.submit` endpoint. Simulated
 //! runtimes each lease their specs, then submit results in batches; the hub fences each result
 //! by its epoch and stores the accepted results of a request on `STEWARD_RESULTS` as one segment
-//! (`Nats-Msg-Id` = the first result's `<spec>:<epoch>:<seq>`). Every runtime also re-sends its
+//! (`Nats-Msg-Id` = `<host>.` and the first result's `<spec>:<epoch>:<seq>`). Every runtime also re-sends its
 //! first batch at the end, as after a lost reply: those must come back `duplicate` and not be
 //! stored again. Reports results stored per second and the ratio to `raw.js_publish_async` of
 //! the same run, and checks with [`crate::checker`] that nothing acknowledged is missing from
@@ -24,7 +24,8 @@ use steward_subjects::api::result::{
 };
 use steward_subjects::rpc;
 use steward_subjects::streams::{self, RESULTS_STREAM};
-use steward_subjects::{AccountId, Subjects};
+use steward_subjects::subject::IdentityEndpoint;
+use steward_subjects::{AccountId, RuntimeId, Subjects};
 
 use super::lease::{purge_account, start_hub, write_specs};
 use super::{connect_clients, unique};
@@ -167,12 +168,14 @@ async fn lease_shares(
     let mut held = Vec::new();
     for r in 0..sizes.runtimes {
         let client = &clients[usize::try_from(r % sizes.connections).unwrap_or(0)];
+        let runtime = RuntimeId::parse(&format!("lt-rt-{r}"))?;
         let req = LeaseRequest {
-            runtime: format!("lt-rt-{r}"),
+            runtime: runtime.to_string(),
             max: u32::try_from(sizes.specs_per_runtime).unwrap_or(u32::MAX),
             ..Default::default()
         };
-        let reply: LeaseReply = rpc::request(client, subjects.jobspec_lease(), &req, Duration::from_secs(10)).await?;
+        let subject = subjects.identity_subject(IdentityEndpoint::Lease, None, &runtime);
+        let reply: LeaseReply = rpc::request(client, subject, &req, Duration::from_secs(10)).await?;
         if reply.granted.is_empty() {
             bail!("runtime {r} was granted no spec");
         }
@@ -193,6 +196,11 @@ async fn submit(
     batch: usize,
 ) -> Tally {
     let runtime = format!("lt-rt-{r}");
+    // The runtime submits as itself (a standalone runtime: its results are filed under its id).
+    let submit_subject = match RuntimeId::parse(&runtime) {
+        Ok(id) => subjects.identity_subject(IdentityEndpoint::Submit, None, &id),
+        Err(_) => return Tally { errors: count, ..Tally::default() },
+    };
     let mut seq: HashMap<String, u64> = HashMap::new();
     let mut tally = Tally::default();
     let mut first: Option<Vec<ResultRecord>> = None;
@@ -207,7 +215,7 @@ async fn submit(
         }
         let t = Instant::now();
         let req = SubmitRequest { results };
-        match rpc::request::<_, SubmitReply>(&client, subjects.result_submit(), &req, SUBMIT_TIMEOUT).await {
+        match rpc::request::<_, SubmitReply>(&client, submit_subject.clone(), &req, SUBMIT_TIMEOUT).await {
             Ok(reply) => {
                 tally.latency.record_since(t);
                 for o in reply.outcomes {
@@ -229,8 +237,7 @@ async fn submit(
     if let Some(results) = first {
         let len = results.len() as u64;
         let req = SubmitRequest { results };
-        if let Ok(reply) = rpc::request::<_, SubmitReply>(&client, subjects.result_submit(), &req, SUBMIT_TIMEOUT).await
-        {
+        if let Ok(reply) = rpc::request::<_, SubmitReply>(&client, submit_subject.clone(), &req, SUBMIT_TIMEOUT).await {
             tally.resent_dups = reply.outcomes.iter().filter(|o| o.status == SubmitStatus::Duplicate).count() as u64;
             tally.errors += len - tally.resent_dups;
         }

@@ -39,10 +39,13 @@ pub struct LeasedSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LeaseRequest {
-    /// The asking runtime (a validated token).
+    /// The asking runtime (a validated token). The hub takes the runtime from the request
+    /// subject (`jobspec.lease.<host>.<runtime>`): empty means that one, another is refused
+    /// `forbidden`.
     pub runtime: String,
     /// The host the runtime runs on, when it is an edge runtime: its host specs are offered
-    /// first. Empty for a standalone (pool) runtime.
+    /// first. Empty for a standalone (pool) runtime; any other than the subject's host is
+    /// refused `forbidden`.
     pub host: String,
     /// The runtime's labels, matched against pool specs' runtime selectors.
     pub labels: BTreeMap<String, String>,
@@ -197,6 +200,25 @@ pub struct LeasesReply {
     pub runtimes: u64,
     /// Every runtime session the hub knows, ordered by runtime id (only when asked for).
     pub sessions: Vec<RuntimeSession>,
+    /// What the lease fence refused since the answering leader took over.
+    pub fence: FenceStats,
+}
+
+/// Counters of the lease fence (requests and results refused for their identity or epoch).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FenceStats {
+    /// Lease, renew, mine or release requests whose body named another runtime or host than
+    /// the subject they were sent on.
+    pub foreign_requests: u64,
+    /// Results naming another runtime or host than the subject they were submitted on.
+    pub foreign_results: u64,
+    /// Results whose runtime did not hold their spec at their epoch (forged or replayed).
+    pub stale_results: u64,
+    /// Malformed results.
+    pub invalid_results: u64,
+    /// Results already stored (answered `duplicate`, nothing written).
+    pub duplicate_results: u64,
 }
 
 /// Notice to a holder, on `steward.v1.<account>.jobspec.notice.<runtime>`: re-sync with `mine`.

@@ -5,7 +5,8 @@
 //! # Stored form: segments
 //! The hub stores the accepted results of one request and one host as a [`ResultSegment`]: one
 //! stream message on `result.put.<host>` carrying the header [`SEGMENT_HEADER`] (its result
-//! count) and `Nats-Msg-Id` = the idempotency key (`<spec>:<epoch>:<seq>`) of its first result.
+//! count) and `Nats-Msg-Id` = `<host>.` and the idempotency key (`<spec>:<epoch>:<seq>`) of its
+//! first result ([`stored_msg_id`]), so message ids of different hosts never collide.
 //! One message per segment instead of one per result is what lets ingestion run faster than the
 //! stream's per-message ceiling. Exactly once holds because a runtime re-sends from the same
 //! outbox head after a lost reply: the re-sent segment has the same first key, JetStream reports
@@ -70,9 +71,11 @@ pub struct ResultRecord {
     pub epoch: u64,
     /// Sequence number of the run within (spec, epoch), from 1.
     pub seq: u64,
-    /// Runtime that ran it.
+    /// Runtime that ran it: the runtime of the `result.submit.<host>.<runtime>` subject it was
+    /// submitted on (empty is filled in by the hub, another is refused `forbidden`).
     pub runtime: String,
-    /// Host the runtime runs on (the runtime id for standalone runtimes).
+    /// Host the runtime runs on (the runtime id for standalone runtimes): the host of the submit
+    /// subject, checked and filled in like `runtime`; results are stored under it.
     pub host: String,
     /// Content hash of the spec that was run.
     pub content_hash: String,
@@ -104,11 +107,20 @@ pub struct ResultRecord {
 }
 
 impl ResultRecord {
-    /// The idempotency key: `<spec>:<epoch>:<seq>` (a segment's `Nats-Msg-Id` is its first result's key).
+    /// The idempotency key: `<spec>:<epoch>:<seq>` (a segment's `Nats-Msg-Id` is its host and its
+    /// first result's key, [`stored_msg_id`]).
     #[must_use]
     pub fn idempotency_key(&self) -> String {
         format!("{}:{}:{}", self.spec, self.epoch, self.seq)
     }
+}
+
+/// The `Nats-Msg-Id` of a stored segment whose first result has idempotency key `key`, filed
+/// under `host`: `<host>.<key>`. The host is the authenticated one (the submit subject's), so
+/// no host can take another host's message ids.
+#[must_use]
+pub fn stored_msg_id(host: &str, key: &str) -> String {
+    format!("{host}.{key}")
 }
 
 /// `result.submit`: store these results (each fenced by its epoch).

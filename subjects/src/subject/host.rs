@@ -161,7 +161,8 @@ impl Subjects {
     /// `config.playbook` request, to fetch the playbook a signed work order references (the
     /// reply comes to the host's own inbox; nothing else of the config API is allowed). Its
     /// runtime (whose runtime id is the host id) may call the lease endpoints
-    /// (`jobspec.{lease,renew,mine,release}`) and `result.submit`, and hears its own
+    /// (`jobspec.{lease,renew,mine,release}`) and `result.submit` as itself only (subjects ending
+    /// in `.<host>.<host>`, from which the hub takes the caller's identity), and hears its own
     /// `jobspec.notice.<host>` and the account's `jobspec.available`; not `jobspec.leases`
     /// and no object-store rights (outputs too large for a result are not uploaded).
     #[must_use]
@@ -174,13 +175,11 @@ impl Subjects {
         let mut publish =
             vec![self.host_heartbeat(host), self.host_reply(host), self.run_event(host), self.run_work(host)];
         publish.push(self.config_playbook());
-        publish.extend([
-            self.jobspec_lease(),
-            self.jobspec_renew(),
-            self.jobspec_mine(),
-            self.jobspec_release(),
-            self.result_submit(),
-        ]);
+        // Its runtime is named after the host; a host id is always a valid runtime id.
+        let runtime = RuntimeId::parse(host.as_str()).ok();
+        for endpoint in super::IdentityEndpoint::ALL {
+            publish.extend(runtime.as_ref().map(|rt| self.identity_subject(endpoint, Some(host), rt)));
+        }
         for api in ["$JS.API", "$JS.*.API"] {
             publish.push(format!("{api}.CONSUMER.CREATE.{COMMANDS_STREAM}.{consumer}.{filter}"));
             publish.push(format!("{api}.CONSUMER.INFO.{COMMANDS_STREAM}.{consumer}"));
@@ -197,8 +196,7 @@ impl Subjects {
             self.health_status_all(),
             self.jobspec_available(),
         ];
-        // The edge's runtime is named after its host; a host id is always a valid runtime id.
-        subscribe.extend(RuntimeId::parse(host.as_str()).ok().map(|rt| self.jobspec_notice(&rt)));
+        subscribe.extend(runtime.as_ref().map(|rt| self.jobspec_notice(rt)));
         HostPermissions { publish, subscribe }
     }
 }
@@ -315,11 +313,18 @@ mod tests {
         assert_eq!(config, vec!["steward.v1.acme.config.playbook"]);
         // Its runtime (named after the host) leases, renews, lists, releases and submits; it
         // hears its own notices and the broadcast, nobody else's, and cannot list all leases.
-        for verb in ["lease", "renew", "mine", "release"] {
-            assert!(p.publish.contains(&format!("steward.v1.acme.jobspec.{verb}")), "{verb}");
+        // Each as itself only: exactly one subject per endpoint, ending in its own identity.
+        for verb in ["jobspec.lease", "jobspec.renew", "jobspec.mine", "jobspec.release", "result.submit"] {
+            let own: Vec<&String> =
+                p.publish.iter().filter(|s| s.starts_with(&format!("steward.v1.acme.{verb}"))).collect();
+            assert_eq!(own, vec![&format!("steward.v1.acme.{verb}.a.a")], "{verb}");
         }
-        assert!(!p.publish.contains(&"steward.v1.acme.jobspec.leases".to_owned()));
-        assert!(p.publish.contains(&"steward.v1.acme.result.submit".to_owned()));
+        assert!(!p.publish.iter().any(|s| s.starts_with("steward.v1.acme.jobspec.leases")));
+        let leasing = |s: &&String| s.contains(".jobspec.") || s.contains(".result.");
+        assert!(
+            !p.publish.iter().chain(&p.subscribe).filter(leasing).any(|s| s.contains('*') || s.contains('>')),
+            "no wildcard on the lease and result subjects"
+        );
         assert!(p.subscribe.contains(&"steward.v1.acme.jobspec.notice.a".to_owned()));
         assert!(p.subscribe.contains(&"steward.v1.acme.jobspec.available".to_owned()));
         assert!(!p.subscribe.iter().chain(&p.publish).any(|s| s.contains('*') && s.contains("jobspec")));

@@ -1,7 +1,8 @@
 //! Subjects and keys of job-spec leasing.
 //!
 //! Endpoints (NATS micro, queue group; only the account's lease leader serves them):
-//! `steward.v1.<account>.jobspec.{lease,renew,mine,release,leases}`. Notices (core NATS, not stored):
+//! `steward.v1.<account>.jobspec.{lease,renew,mine,release}.<host>.<runtime>` (the caller's own
+//! identity, see [`IdentityEndpoint`]) and `steward.v1.<account>.jobspec.leases` (operators). Notices (core NATS, not stored):
 //! `steward.v1.<account>.jobspec.notice.<runtime>` (plain subscription by that runtime) and
 //! `steward.v1.<account>.jobspec.available` (plain subscription by every runtime).
 //!
@@ -10,8 +11,8 @@
 //! and the snapshot pointer `<account>.snapshot`, plus the record keys `<account>.spec.<spec>`
 //! and `<account>.rt.<runtime>`; snapshots in the artifacts object store.
 
-use super::{account_rest, noun, AnyAccount, Subjects};
-use crate::token::{AccountId, RuntimeId};
+use super::{account_rest, noun, AnyAccount, SubjectError, Subjects, ROOT, VERSION};
+use crate::token::{validate, AccountId, HostId, RuntimeId, TokenKind};
 
 /// Verbs of leasing.
 pub mod lease_verb {
@@ -35,29 +36,95 @@ pub mod lease_verb {
     pub const FENCE: &str = "fence";
 }
 
+/// The endpoints a runtime calls as itself: the acting identity is the subject's last two tokens,
+/// `<host>.<runtime>` (`host` is the host a result is filed under: the edge's host id, or the
+/// runtime id of a standalone runtime, as [`super::result_host_of`] says). The hub serves the
+/// wildcard and takes the identity from the subject, which the server checked against the
+/// caller's permissions; a host identity may publish only `<host>.<host>` (its runtime is named
+/// after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityEndpoint {
+    /// `jobspec.lease.<host>.<runtime>`: grant up to `max` unassigned specs.
+    Lease,
+    /// `jobspec.renew.<host>.<runtime>`: extend every lease the runtime holds.
+    Renew,
+    /// `jobspec.mine.<host>.<runtime>`: the specs the runtime holds, with epochs.
+    Mine,
+    /// `jobspec.release.<host>.<runtime>`: give specs back.
+    Release,
+    /// `result.submit.<host>.<runtime>`: results fenced by epoch, stored once each.
+    Submit,
+}
+
+impl IdentityEndpoint {
+    /// Every per-identity endpoint.
+    pub const ALL: [IdentityEndpoint; 5] = [Self::Lease, Self::Renew, Self::Mine, Self::Release, Self::Submit];
+
+    fn noun_verb(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Lease => (noun::JOBSPEC, lease_verb::LEASE),
+            Self::Renew => (noun::JOBSPEC, lease_verb::RENEW),
+            Self::Mine => (noun::JOBSPEC, lease_verb::MINE),
+            Self::Release => (noun::JOBSPEC, lease_verb::RELEASE),
+            Self::Submit => (noun::RESULT, super::result_verb::SUBMIT),
+        }
+    }
+}
+
+/// The acting identity a per-identity subject names (slices of the subject, no allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acting<'a> {
+    /// The host results are filed under (edge host id, or a standalone runtime's id).
+    pub host: &'a str,
+    /// The runtime.
+    pub runtime: &'a str,
+}
+
+/// Parses the acting identity off the subjects of one [`IdentityEndpoint`] of one account (the
+/// inverse of [`Subjects::identity_subject`]); built once, used per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActingParser {
+    prefix: String,
+}
+
+impl ActingParser {
+    /// The identity of `subject`.
+    ///
+    /// # Errors
+    /// [`SubjectError::Foreign`] for a subject of another endpoint or account or of another
+    /// shape; [`SubjectError::Token`] for an invalid host or runtime token.
+    pub fn parse<'a>(&self, subject: &'a str) -> Result<Acting<'a>, SubjectError> {
+        let foreign = || SubjectError::Foreign(subject.to_owned());
+        let rest = subject.strip_prefix(self.prefix.as_str()).ok_or_else(foreign)?;
+        let (host, runtime) = rest.split_once('.').ok_or_else(foreign)?;
+        validate(TokenKind::HostId, host)?;
+        validate(TokenKind::RuntimeId, runtime)?;
+        Ok(Acting { host, runtime })
+    }
+}
+
 impl Subjects {
-    /// `jobspec.lease`: grant up to `max` unassigned specs to a runtime.
+    /// The subject `runtime` (on `host`, when it is an edge runtime) calls `endpoint` on:
+    /// `<noun>.<verb>.<host or runtime>.<runtime>`.
     #[must_use]
-    pub fn jobspec_lease(&self) -> String {
-        self.base(noun::JOBSPEC, lease_verb::LEASE)
+    pub fn identity_subject(&self, endpoint: IdentityEndpoint, host: Option<&HostId>, runtime: &RuntimeId) -> String {
+        let (noun, verb) = endpoint.noun_verb();
+        let filed = host.map_or(runtime.as_str(), HostId::as_str);
+        format!("{ROOT}.{VERSION}.{}.{noun}.{verb}.{filed}.{runtime}", self.account())
     }
 
-    /// `jobspec.renew`: extend every lease a runtime holds.
+    /// What the hub serves `endpoint` on: `<noun>.<verb>.*.*`.
     #[must_use]
-    pub fn jobspec_renew(&self) -> String {
-        self.base(noun::JOBSPEC, lease_verb::RENEW)
+    pub fn identity_wildcard(&self, endpoint: IdentityEndpoint) -> String {
+        let (noun, verb) = endpoint.noun_verb();
+        self.targeted(noun, verb, "*.*")
     }
 
-    /// `jobspec.mine`: the specs a runtime holds, with epochs.
+    /// The parser of `endpoint`'s subjects of this account.
     #[must_use]
-    pub fn jobspec_mine(&self) -> String {
-        self.base(noun::JOBSPEC, lease_verb::MINE)
-    }
-
-    /// `jobspec.release`: give specs back.
-    #[must_use]
-    pub fn jobspec_release(&self) -> String {
-        self.base(noun::JOBSPEC, lease_verb::RELEASE)
+    pub fn identity_parser(&self, endpoint: IdentityEndpoint) -> ActingParser {
+        let (noun, verb) = endpoint.noun_verb();
+        ActingParser { prefix: format!("{}.", self.base(noun, verb)) }
     }
 
     /// `jobspec.leases`: list specs with their lease state.
@@ -203,5 +270,35 @@ mod tests {
         assert_eq!(AnyAccount::lease_fence(), "steward.v1.*.jobspec.fence");
         assert_eq!(parse_lease_key(&a, &lease_leader_key(&a)), None);
         assert_eq!(parse_lease_key(&a, &lease_snapshot_key(&a)), None);
+    }
+
+    #[test]
+    fn identity_subjects_round_trip() {
+        let s = Subjects::new(AccountId::parse("acme").unwrap());
+        let h = HostId::parse("web-01").unwrap();
+        let r = RuntimeId::parse("rt-1").unwrap();
+        let lease = s.identity_subject(IdentityEndpoint::Lease, Some(&h), &r);
+        assert_eq!(lease, "steward.v1.acme.jobspec.lease.web-01.rt-1");
+        let submit = s.identity_subject(IdentityEndpoint::Submit, None, &r);
+        assert_eq!(submit, "steward.v1.acme.result.submit.rt-1.rt-1");
+        assert_eq!(s.identity_wildcard(IdentityEndpoint::Renew), "steward.v1.acme.jobspec.renew.*.*");
+        assert_eq!(s.identity_wildcard(IdentityEndpoint::Submit), "steward.v1.acme.result.submit.*.*");
+        let p = s.identity_parser(IdentityEndpoint::Lease);
+        assert_eq!(p.parse(&lease).unwrap(), Acting { host: "web-01", runtime: "rt-1" });
+        for bad in [
+            "steward.v1.acme.jobspec.lease",
+            "steward.v1.acme.jobspec.lease.web-01",
+            "steward.v1.acme.jobspec.lease.web-01.rt-1.x",
+            "steward.v1.acme.jobspec.lease..rt-1",
+            "steward.v1.acme.jobspec.renew.web-01.rt-1",
+            "steward.v1.acme2.jobspec.lease.web-01.rt-1",
+            "steward.v1.acme.jobspec.leases.web-01.rt-1",
+        ] {
+            assert!(p.parse(bad).is_err(), "{bad}");
+        }
+        for e in IdentityEndpoint::ALL {
+            let subject = s.identity_subject(e, Some(&h), &r);
+            assert_eq!(s.identity_parser(e).parse(&subject).unwrap(), Acting { host: "web-01", runtime: "rt-1" });
+        }
     }
 }

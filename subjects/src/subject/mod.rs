@@ -35,7 +35,8 @@ pub use jobspec::{
 };
 pub use lease::{
     lease_account_filter, lease_leader_key, lease_session_filter, lease_session_key, lease_snapshot_key,
-    lease_snapshot_object, lease_spec_key, lease_verb, parse_lease_key, LeaseKey,
+    lease_snapshot_object, lease_spec_key, lease_verb, parse_lease_key, Acting, ActingParser, IdentityEndpoint,
+    LeaseKey,
 };
 pub use operator::OperatorRole;
 pub use result::{result_host_of, result_output_object, result_verb};

@@ -2,7 +2,7 @@
 //!
 //! | subject | who publishes | who subscribes |
 //! |---|---|---|
-//! | `steward.v1.<a>.result.submit` | runtimes (request) | the account's lease leader (queue group), which checks each result's epoch |
+//! | `steward.v1.<a>.result.submit.<host>.<runtime>` | runtimes, as themselves (request) | the account's lease leader (queue group on `result.submit.*.*`), which takes the caller from the subject and checks each result's epoch |
 //! | `steward.v1.<a>.result.put.<host>` | the lease leader, after the epoch check | `STEWARD_RESULTS` stream |
 //!
 //! Full outputs too large for a result travel in the artifacts object store under
@@ -18,12 +18,6 @@ pub mod result_verb {
 }
 
 impl Subjects {
-    /// `result.submit`: results fenced by epoch, stored once each.
-    #[must_use]
-    pub fn result_submit(&self) -> String {
-        self.base(noun::RESULT, result_verb::SUBMIT)
-    }
-
     /// Stored results of one host (`result.put.<host>`).
     #[must_use]
     pub fn result_put(&self, host: &HostId) -> String {
@@ -67,7 +61,6 @@ mod tests {
     fn result_subjects() {
         let s = Subjects::new(AccountId::parse("acme").unwrap());
         let h = HostId::parse("web-01").unwrap();
-        assert_eq!(s.result_submit(), "steward.v1.acme.result.submit");
         assert_eq!(s.result_put(&h), "steward.v1.acme.result.put.web-01");
         assert_eq!(s.result_put_all(), "steward.v1.acme.result.put.*");
         assert_eq!(AnyAccount::results(), "steward.v1.*.result.put.>");
