@@ -404,7 +404,7 @@ async fn host_a_cannot_lease_or_submit_as_host_b() {
 
     // Host-b's runtime, with b's credentials, leases its spec and stores results.
     let mut args = RuntimeArgs::new(
-        ConnectOptions { url: url.clone(), creds: Some(b.seed_file.clone()) },
+        ConnectOptions { creds: Some(b.seed_file.clone()), ..ConnectOptions::new(url.clone()) },
         acme.clone(),
         RuntimeId::parse("host-b").unwrap(),
         tmp.path().join("runtime-b"),
