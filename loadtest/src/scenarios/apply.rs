@@ -86,7 +86,11 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
     let round = ROUND.fetch_add(1, Ordering::Relaxed);
     let account = AccountId::parse(&format!("apply{}r{round}", std::process::id()))?;
     let subjects = Subjects::new(account.clone());
-    let hub = HubProcess::start(&ctx.deployment, account.as_str(), &["server"]).await?;
+    // The hub signs what it renders, as in production (`steward keys init`, `--signing-key`).
+    let keys = tempfile::tempdir().context("cannot create a key folder")?;
+    let secret = crate::env::signing_key(keys.path()).await?;
+    let secret = secret.to_string_lossy();
+    let hub = HubProcess::start(&ctx.deployment, account.as_str(), &["server", "--signing-key", &secret]).await?;
     if let Some(pid) = hub.pid() {
         ctx.track_hub(pid);
     }
