@@ -120,7 +120,9 @@ async fn wait_results<F: Fn(&[ResultRecord]) -> bool>(js: &jetstream::Context, w
         if f(&r) {
             Ok(r)
         } else {
-            Err(format!("{what}: {} results stored", r.len()))
+            let last: Vec<String> =
+                r.iter().rev().take(4).map(|x| format!("{} {:?} {}", x.spec, x.status, x.message)).collect();
+            Err(format!("{what}: {} results stored, latest {last:?}", r.len()))
         }
     })
     .await
@@ -215,7 +217,7 @@ async fn a_retired_key_is_refused_and_a_newly_added_key_accepted() {
     let both = dir.path().join("trusted.pub");
     let text = [&old.public, &new.public].map(|p| std::fs::read_to_string(p).unwrap()).concat();
     std::fs::write(&both, text).unwrap();
-    let log = |name: &str| dir.path().join(name);
+    let log = |name: &str| dir.path().join(format!("{name}.log"));
     let append = |name: &str| format!("echo run >> {}", log(name).display());
     let lines = |name: &str| std::fs::read_to_string(log(name)).map_or(0, |t| t.lines().count());
 
