@@ -564,12 +564,12 @@ mod tests {
             std::fs::read_to_string(&b.public).unwrap()
         );
         std::fs::write(&both, text).unwrap();
-        let keys = TrustedKeys::load(&[both.clone()]).unwrap();
+        let keys = TrustedKeys::load(std::slice::from_ref(&both)).unwrap();
         assert_eq!(keys.key_ids().len(), 2);
         let keys = TrustedKeys::load(&[a.public.clone(), b.public.clone()]).unwrap();
         assert_eq!(keys.key_ids().len(), 2);
         std::fs::write(&both, "# nothing\n").unwrap();
-        assert!(matches!(TrustedKeys::load(&[both.clone()]), Err(SigningError::BadKey { .. })));
+        assert!(matches!(TrustedKeys::load(std::slice::from_ref(&both)), Err(SigningError::BadKey { .. })));
         std::fs::write(&both, "zz\n").unwrap();
         assert!(matches!(TrustedKeys::load(&[both]), Err(SigningError::BadKey { .. })));
     }

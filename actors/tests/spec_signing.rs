@@ -232,7 +232,7 @@ async fn a_retired_key_is_refused_and_a_newly_added_key_accepted() {
     join.await.unwrap();
 
     // The old key retired: the runtime restarts trusting only the new one.
-    let trusted = TrustedKeys::load(&[new.public.clone()]).unwrap();
+    let trusted = TrustedKeys::load(std::slice::from_ref(&new.public)).unwrap();
     let (rt, join) = RuntimeHandle::start(runtime_args(&url, dir.path(), trusted)).await.unwrap();
     let results = wait_results(&js, "old key's spec refused", |r| !refusals(r, &by_old).is_empty()).await;
     let r = refusals(&results, &by_old)[0];
