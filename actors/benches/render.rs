@@ -107,6 +107,7 @@ fn main() {
     let trusted = TrustedKeys::new([signer.verifier()]);
     let mut signed = Vec::new();
     let mut proof_bytes = 0usize;
+    let mut spec_bytes = (0usize, 0usize);
     for _ in 0..runs {
         let t = Instant::now();
         let r = render("acme", &before, &hosts);
@@ -124,8 +125,10 @@ fn main() {
             let s = &r.specs[i];
             let target = &r.targets[s.target as usize];
             let mut spec = r.templates[s.template as usize].spec("acme", target.kind, &target.id, 1);
+            let unsigned_len = codec::encode(Encoding::MsgPack, &spec).unwrap().len();
             spec.signature = Some(batch.signature(k));
             trusted.verify(&spec, "acme", Some(&target.id)).unwrap();
+            spec_bytes = (unsigned_len, codec::encode(Encoding::MsgPack, &spec).unwrap().len());
         }
     }
 
@@ -165,6 +168,8 @@ fn main() {
         "full_render_diff_and_sign_ms_median": median(signed.clone()).as_secs_f64() * 1000.0,
         "sign_over_render_ratio": median(signed).as_secs_f64() / median(full).as_secs_f64(),
         "proof_bytes_per_spec": proof_bytes,
+        "encoded_spec_bytes_unsigned": spec_bytes.0,
+        "encoded_spec_bytes_signed": spec_bytes.1,
         "one_control_change_render_and_diff_ms_median": median(incr).as_secs_f64() * 1000.0,
         "one_control_change_specs_to_write": changed,
         "encode_changed_specs_ms_median": median(encode).as_secs_f64() * 1000.0,
