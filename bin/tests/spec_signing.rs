@@ -24,7 +24,10 @@ const DOCUMENT: &str = r#"{
   "controls": [{"id": "c1"}],
   "components": [{"id": "web", "selector": "role=web", "controls": ["c1"]}],
   "assessments": [{"id": "disk", "executor": {"kind": "command", "argv": ["echo", "disk"]}, "interval": "1s", "timeout": "1s"}],
-  "attestations": [{"id": "host-disk", "assessment": "disk", "component": "web", "controls": ["c1"]}]
+  "attestations": [
+    {"id": "host-disk", "assessment": "disk", "component": "web", "controls": ["c1"]},
+    {"id": "host-disk-2", "assessment": "disk", "component": "web", "controls": ["c1"]}
+  ]
 }"#;
 
 fn steward(url: &str) -> tokio::process::Command {
@@ -78,7 +81,7 @@ async fn a_spec_tampered_in_the_bucket_is_refused_and_explained() {
     let dir = tempfile::tempdir().unwrap();
     let keys = JobSigner::init_dir(&dir.path().join("keys")).unwrap();
 
-    let _hub = spawn(steward(&url).arg("server").arg("--signing-key").arg(&keys.secret));
+    let mut hub = spawn(steward(&url).arg("server").arg("--signing-key").arg(&keys.secret));
     let api = JobSpecClient::new(client.clone(), Subjects::new(account.clone()));
     eventually(Duration::from_secs(30), Duration::from_millis(100), || async {
         api.status().await.map(|_| ()).map_err(|e| e.to_string())
@@ -91,7 +94,7 @@ async fn a_spec_tampered_in_the_bucket_is_refused_and_explained() {
     assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
     let listed = eventually(Duration::from_secs(30), Duration::from_millis(200), || async {
         let v = json(&url, &["jobspecs"]).await?;
-        if v["specs"].as_array().map_or(0, Vec::len) == 1 {
+        if v["specs"].as_array().map_or(0, Vec::len) == 2 {
             Ok(v)
         } else {
             Err(format!("specs: {v}"))
@@ -99,9 +102,11 @@ async fn a_spec_tampered_in_the_bucket_is_refused_and_explained() {
     })
     .await
     .unwrap();
-    let spec = &listed["specs"][0];
-    assert!(spec["signature"]["key_id"] == keys.key_id.as_str(), "rendered specs are signed: {spec}");
-    let id = spec["id"].as_str().unwrap().to_owned();
+    for spec in listed["specs"].as_array().unwrap() {
+        assert!(spec["signature"]["key_id"] == keys.key_id.as_str(), "rendered specs are signed: {spec}");
+    }
+    let spec = listed["specs"].as_array().unwrap().iter().find(|s| s["provenance"]["attestation"] == "host-disk");
+    let id = spec.unwrap()["id"].as_str().unwrap().to_owned();
 
     let runtime = spawn(
         steward(&url)
@@ -131,5 +136,29 @@ async fn a_spec_tampered_in_the_bucket_is_refused_and_explained() {
     assert!(text.contains("refused: the job spec does not match its signature"), "{text}");
     // The runtime decides before it starts a run; refused, the run never starts.
     assert!(!marker.exists(), "the tampered command was executed");
+
+    // The hub restarts with a new signing key: it signs every spec again with it (the untouched
+    // one, whose content did not change, too), and the runtime, which does not trust that key
+    // yet, refuses them.
+    hub.kill().await.unwrap();
+    let new_keys = JobSigner::init_dir(&dir.path().join("new-keys")).unwrap();
+    let _hub = spawn(steward(&url).arg("server").arg("--signing-key").arg(&new_keys.secret));
+    eventually(Duration::from_secs(30), Duration::from_millis(200), || async {
+        let v = json(&url, &["jobspecs"]).await?;
+        let specs = v["specs"].as_array().cloned().unwrap_or_default();
+        if specs.len() == 2 && specs.iter().all(|s| s["signature"]["key_id"] == new_keys.key_id.as_str()) {
+            Ok(())
+        } else {
+            Err(format!("not all re-signed yet: {v}"))
+        }
+    })
+    .await
+    .unwrap();
+    let unknown =
+        format!("refused: the job spec is signed by key {}, which this runtime does not trust", new_keys.key_id);
+    explained(&url, &id, "the new key is not trusted yet", |r| {
+        r["message"].as_str().is_some_and(|m| m.starts_with(&unknown))
+    })
+    .await;
     drop(runtime);
 }
