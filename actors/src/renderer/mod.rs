@@ -212,9 +212,10 @@ impl Actor for Renderer {
             hosts: hosts.len() as u64,
             ..RenderStatus::default()
         }));
-        info!(account = %account, revision = head, hosts = hosts.len(), specs = index.len(), signing_key = args.signer.as_ref().map(JobSigner::key_id), "renderer loaded");
-        if args.signer.is_none() {
-            warn!(account = %account, "renderer has no signing key: specs are written unsigned and every runtime refuses them");
+        let signing_key = args.signer.as_ref().map(JobSigner::key_id);
+        info!(account = %account, revision = head, hosts = hosts.len(), specs = index.len(), signing_key, "renderer loaded");
+        if signing_key.is_none() {
+            warn!(account = %account, "renderer has no signing key: specs are written unsigned, runtimes refuse them");
         }
 
         let service = api::start_service(&args, &myself, &specs_kv, &status, &mut tasks).await?;

@@ -257,7 +257,8 @@ impl Actor for RuntimeActor {
         };
         // Run what we held last time, before the hub has said anything.
         reschedule(&mut state, &myself);
-        info!(runtime = %state.args.runtime, specs = state.held.len(), starts = config.starts, trusted_keys = ?state.args.trusted.key_ids(), "runtime started");
+        let trusted_keys = state.args.trusted.key_ids().join(",");
+        info!(runtime = %state.args.runtime, specs = state.held.len(), starts = config.starts, trusted_keys, "runtime started");
         let _ = myself.cast(RuntimeMsg::Tick);
         Ok(state)
     }
