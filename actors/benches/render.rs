@@ -4,7 +4,10 @@
 //! store, and the incremental render plus diff after one control parameter changes that 10
 //! attestations (1% of the specs) depend on, checks that the diff holds exactly those 10,000
 //! changed specs and nothing else, times materialising and encoding just those specs (what the
-//! renderer would write), and reports the process's peak resident memory.
+//! renderer would write), and reports the process's peak resident memory. It also times the
+//! full render plus diff plus signing every spec (one Merkle tree and one ed25519 signature per
+//! batch, and each spec's inclusion proof cut from the tree) in the same run as the unsigned
+//! render, so the two medians compare, and verifies a sample of the signatures.
 //!
 //! Run: `cargo bench -p steward-actors --bench render` (release profile). Plain `cargo test`
 //! runs it once at a small scale (`--test` mode).
@@ -14,7 +17,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use steward_actors::renderer::render::{diff, render, Change, HostLabels};
+use steward_actors::renderer::render::{diff, render, sign_changes, Change, HostLabels};
+use steward_actors::signing::JobSigner;
+use steward_actors::spec_signing::TrustedKeys;
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::parse_document;
 
@@ -97,6 +102,36 @@ fn main() {
     }
     let index = last.take().unwrap().to_index();
 
+    // Render + diff + sign (tree, root signature, every spec's proof), against an empty store.
+    let signer = JobSigner::from_seed([9; 32]);
+    let trusted = TrustedKeys::new([signer.verifier()]);
+    let mut signed = Vec::new();
+    let mut proof_bytes = 0usize;
+    let mut spec_bytes = (0usize, 0usize);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let r = render("acme", &before, &hosts);
+        let d = diff(&r, &empty);
+        let batch = sign_changes(&signer, "acme", 1, &r, &d.changes).unwrap();
+        let mut cut = 0usize;
+        for k in 0..d.changes.len() {
+            cut += std::hint::black_box(batch.signature(k)).proof.0.len();
+        }
+        signed.push(t.elapsed());
+        proof_bytes = cut / d.changes.len();
+        // Spot-check: a sample of specs verify as a runtime would check them.
+        for k in (0..d.changes.len()).step_by(d.changes.len() / 7 + 1) {
+            let Change::Added(i) = d.changes[k] else { panic!("only additions against an empty store") };
+            let s = &r.specs[i];
+            let target = &r.targets[s.target as usize];
+            let mut spec = r.templates[s.template as usize].spec("acme", target.kind, &target.id, 1);
+            let unsigned_len = codec::encode(Encoding::MsgPack, &spec).unwrap().len();
+            spec.signature = Some(batch.signature(k));
+            trusted.verify(&spec, "acme", Some(&target.id)).unwrap();
+            spec_bytes = (unsigned_len, codec::encode(Encoding::MsgPack, &spec).unwrap().len());
+        }
+    }
+
     let mut incr = Vec::new();
     let mut encode = Vec::new();
     let mut changed = 0;
@@ -129,7 +164,12 @@ fn main() {
         "specs": expected,
         "runs": runs,
         "threads": std::thread::available_parallelism().map_or(1, usize::from),
-        "full_render_and_diff_ms_median": median(full).as_secs_f64() * 1000.0,
+        "full_render_and_diff_ms_median": median(full.clone()).as_secs_f64() * 1000.0,
+        "full_render_diff_and_sign_ms_median": median(signed.clone()).as_secs_f64() * 1000.0,
+        "sign_over_render_ratio": median(signed).as_secs_f64() / median(full).as_secs_f64(),
+        "proof_bytes_per_spec": proof_bytes,
+        "encoded_spec_bytes_unsigned": spec_bytes.0,
+        "encoded_spec_bytes_signed": spec_bytes.1,
         "one_control_change_render_and_diff_ms_median": median(incr).as_secs_f64() * 1000.0,
         "one_control_change_specs_to_write": changed,
         "encode_changed_specs_ms_median": median(encode).as_secs_f64() * 1000.0,

@@ -12,7 +12,8 @@
 //! [`status`] (the board the supervisor publishes component states on), [`process`] (the
 //! components a process's roles ask for), and shared helpers: `tasks` (an actor's background
 //! tasks), [`kv`] (scanning and following a KV bucket), [`process_group`] (child processes in
-//! their own group), [`signing`] (ed25519 job signatures).
+//! their own group), [`signing`] (ed25519 job signatures), [`spec_signing`] (job specs signed
+//! per render batch).
 
 pub mod config_manager;
 pub mod connector;
@@ -28,6 +29,7 @@ pub mod renderer;
 pub mod results;
 pub mod runtime;
 pub mod signing;
+pub mod spec_signing;
 pub mod status;
 pub mod supervisor;
 mod tasks;

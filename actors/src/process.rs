@@ -68,7 +68,9 @@ pub struct ProcessConfig {
     /// The hub's job signing key file (`steward keys init`); without it the dispatcher sends
     /// unsigned jobs, which every edge refuses.
     pub signing_key: Option<PathBuf>,
-    /// The hub public key file edge agents trust; without it an edge refuses every job.
+    /// The hub public key file edge agents trust; without it an edge refuses every job and its
+    /// runtime every job spec. The runtime accepts a file of several keys, one per line (key
+    /// rotation).
     pub trusted_key: Option<PathBuf>,
     /// Credentials of individual edges (their host identities), used instead of
     /// `connect.creds` by that edge's agent, worker and runtime.
@@ -147,7 +149,17 @@ impl RunningProcess {
             children.push(ChildSpec::new("config-manager", move || {
                 (crate::config_manager::ConfigManager, config_manager.clone())
             }));
-            let renderer = crate::renderer::RendererArgs { client: client.clone(), subjects: subjects.clone() };
+            let signer = match &config.signing_key {
+                Some(path) => {
+                    Some(crate::signing::JobSigner::load(path).map_err(|e| ActorsError::Spawn(e.to_string()))?)
+                }
+                None => None,
+            };
+            let renderer = crate::renderer::RendererArgs {
+                client: client.clone(),
+                subjects: subjects.clone(),
+                signer: signer.clone(),
+            };
             children.push(ChildSpec::new("renderer", move || (crate::renderer::Renderer, renderer.clone())));
             let lease = crate::lease::LeaseArgs {
                 client: client.clone(),
@@ -155,12 +167,6 @@ impl RunningProcess {
                 config: crate::lease::LeaseConfig::default(),
             };
             children.push(ChildSpec::new("lease", move || (crate::lease::LeaseService, lease.clone())));
-            let signer = match &config.signing_key {
-                Some(path) => {
-                    Some(crate::signing::JobSigner::load(path).map_err(|e| ActorsError::Spawn(e.to_string()))?)
-                }
-                None => None,
-            };
             let dispatcher = crate::dispatcher::DispatcherArgs::new(client.clone(), subjects.clone(), signer);
             children.push(ChildSpec::new("dispatcher", move || (crate::dispatcher::Dispatcher, dispatcher.clone())));
             // The service-enablement loop starts after the config manager, connector and
@@ -188,16 +194,17 @@ impl RunningProcess {
             };
             children.push(ChildSpec::new(format!("edge-{}", edge.host_id), move || (EdgeAgent, args.clone())));
             let verifier = match &config.trusted_key {
-                Some(path) => {
-                    Some(crate::signing::JobVerifier::load(path).map_err(|e| ActorsError::Spawn(e.to_string()))?)
-                }
+                Some(path) => Some(
+                    crate::spec_signing::TrustedKeys::load(std::slice::from_ref(path))
+                        .map_err(|e| ActorsError::Spawn(e.to_string()))?,
+                ),
                 None => None,
             };
             let worker = crate::worker::RunWorkerArgs {
                 connect: connect.clone(),
                 subjects: subjects.clone(),
                 host_id: edge.host_id.clone(),
-                verifier,
+                verifier: verifier.clone(),
                 hub_domain: config.hub_domain.clone(),
                 work_dir: edge.data_dir.join("work"),
                 ansible_playbook: PathBuf::from("ansible-playbook"),
@@ -217,6 +224,7 @@ impl RunningProcess {
             runtime.host = Some(edge.host_id.clone());
             runtime.labels = edge.labels.clone();
             runtime.hub_domain = config.hub_domain.clone();
+            runtime.trusted = verifier.unwrap_or_default();
             children.push(ChildSpec::new(format!("runtime-{}", edge.host_id), move || {
                 (crate::runtime::RuntimeActor, runtime.clone())
             }));

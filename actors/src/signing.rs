@@ -55,7 +55,7 @@ pub enum SigningError {
     #[error("job is not signed")]
     Unsigned,
     /// The job was signed by another key.
-    #[error("job is signed by key {got}, this host trusts key {want}")]
+    #[error("job is signed by key {got}, this host trusts key(s) {want}")]
     UnknownKey {
         /// Key id on the job.
         got: String,
@@ -145,7 +145,7 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
     if s.len() % 2 != 0 {
         return None;
@@ -274,6 +274,11 @@ impl JobSigner {
         JobVerifier { key: self.key.verifying_key(), id: self.id.clone() }
     }
 
+    /// Signs a 32-byte digest (a spec batch root, see [`crate::spec_signing`]).
+    pub(crate) fn sign_digest(&self, digest: &[u8; 32]) -> [u8; 64] {
+        self.key.sign(digest).to_bytes()
+    }
+
     /// Signs a work order (see [`order_digest`]): returns the hex signature.
     #[must_use]
     pub fn sign_order(&self, order: &OrderBinding<'_>) -> String {
@@ -305,6 +310,25 @@ impl JobVerifier {
     #[must_use]
     pub fn key_id(&self) -> &str {
         &self.id
+    }
+
+    /// Whether `signature` by this key is valid over `digest`.
+    pub(crate) fn verify_digest(&self, digest: &[u8; 32], signature: &[u8]) -> bool {
+        let Ok(bytes) = <[u8; 64]>::try_from(signature) else { return false };
+        self.key.verify(digest, &Signature::from_bytes(&bytes)).is_ok()
+    }
+
+    /// The verifier of a public key given as 64 hex digits (`source` names where it came from,
+    /// for errors).
+    ///
+    /// # Errors
+    /// [`SigningError::BadKey`].
+    pub fn from_hex(source: &Path, text: &str) -> Result<Self, SigningError> {
+        let bytes = parse_32(source, text)?;
+        let key = VerifyingKey::from_bytes(&bytes)
+            .map_err(|e| SigningError::BadKey { path: source.to_owned(), reason: e.to_string() })?;
+        let id = key_id(&key);
+        Ok(JobVerifier { key, id })
     }
 
     /// Checks `signature` (hex, by key `key_id`) over a work order (see [`order_digest`]); the

@@ -53,10 +53,13 @@ impl Hub {
         )
         .await
         .unwrap();
-        let (renderer, _) =
-            Actor::spawn(None, Renderer, RendererArgs { client: client.clone(), subjects: subjects.clone() })
-                .await
-                .unwrap();
+        let (renderer, _) = Actor::spawn(
+            None,
+            Renderer,
+            RendererArgs { client: client.clone(), subjects: subjects.clone(), signer: None },
+        )
+        .await
+        .unwrap();
         let api = ConfigClient::new(client.clone(), subjects.clone());
         let specs = JobSpecClient::new(client.clone(), subjects.clone());
         Hub { _server: server, client, subjects, api, specs, manager, renderer }

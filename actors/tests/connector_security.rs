@@ -276,7 +276,7 @@ fn host_spec(host: &str) -> JobSpec {
         executor: Executor::Command(CommandExecutor { argv: vec!["true".into()], ..Default::default() }),
         interval_ms: 200,
         timeout_ms: 5_000,
-        content_hash: "h1".into(),
+        content_hash: "00000000000000000000000000006831".into(),
         ..JobSpec::default()
     }
 }
@@ -306,7 +306,10 @@ async fn edge_runtime_with_host_credentials_leases_its_specs_and_stores_results(
     streams::ensure(&js, Replicas::One).await.unwrap();
     let lease_args = LeaseArgs { client: svc_client.clone(), subjects: acme.clone(), config: LeaseConfig::default() };
     let (lease, _) = ractor::Actor::spawn(None, LeaseService, lease_args).await.unwrap();
-    let spec = host_spec("host-a");
+    let signer = steward_actors::signing::JobSigner::from_seed([5; 32]);
+    let mut signed = [host_spec("host-a")];
+    steward_actors::spec_signing::sign_specs(&signer, &mut signed);
+    let [spec] = signed;
     let key = jobspec_key(
         &AccountId::parse("acme").unwrap(),
         TargetKind::Host,
@@ -325,6 +328,7 @@ async fn edge_runtime_with_host_credentials_leases_its_specs_and_stores_results(
     );
     args.host = Some(host("host-a"));
     args.renew_every = Some(Duration::from_millis(300));
+    args.trusted = steward_actors::spec_signing::TrustedKeys::new([signer.verifier()]);
     let (rt, _) = RuntimeHandle::start(args).await.unwrap();
     let results = ResultsClient::new(svc_client.clone(), acme.clone());
     let query = ResultQuery { spec: Some(spec.id.clone()), host: Some(host("host-a")), ..ResultQuery::default() };

@@ -13,6 +13,8 @@ use futures::StreamExt;
 use ractor::{Actor, ActorRef};
 use steward_actors::lease::{LeaseArgs, LeaseConfig, LeaseMsg, LeaseService};
 use steward_actors::runtime::{RuntimeArgs, RuntimeHandle, RuntimeStatus};
+use steward_actors::signing::JobSigner;
+use steward_actors::spec_signing::{sign_specs, TrustedKeys};
 use steward_actors::ConnectOptions;
 use steward_deploy::{eventually, SingleNode};
 use steward_subjects::api::result::{decode_stored, ResultRecord, ResultStatus, MAX_INLINE_OUTPUT};
@@ -26,6 +28,16 @@ fn account() -> AccountId {
     AccountId::parse("acme").unwrap()
 }
 
+/// The key the test hub signs specs with (every runtime of these tests trusts it).
+fn signer() -> JobSigner {
+    JobSigner::from_seed([42; 32])
+}
+
+/// A content hash (32 hex digits) named by a short label.
+fn content(label: &str) -> String {
+    format!("{:0>32}", label.bytes().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
 fn command_spec(kind: TargetKind, target: &str, n: usize, argv: &[&str], interval_ms: u64, hash: &str) -> JobSpec {
     JobSpec {
         id: SpecId::derive("acme", &format!("att-{n}"), kind, target).to_string(),
@@ -37,7 +49,7 @@ fn command_spec(kind: TargetKind, target: &str, n: usize, argv: &[&str], interva
         }),
         interval_ms,
         timeout_ms: interval_ms.max(1000),
-        content_hash: hash.into(),
+        content_hash: content(hash),
         ..JobSpec::default()
     }
 }
@@ -51,7 +63,15 @@ fn key_of(s: &JobSpec) -> String {
     )
 }
 
+/// Writes `s` signed by the test hub's key.
 async fn put_spec(js: &jetstream::Context, s: &JobSpec) {
+    let mut signed = [s.clone()];
+    sign_specs(&signer(), &mut signed);
+    put_raw(js, &signed[0]).await;
+}
+
+/// Writes `s` as it is.
+async fn put_raw(js: &jetstream::Context, s: &JobSpec) {
     let kv = js.get_key_value(JOBSPECS_BUCKET).await.unwrap();
     kv.put(key_of(s), codec::encode(Encoding::MsgPack, s).unwrap()).await.unwrap();
 }
@@ -78,6 +98,7 @@ fn runtime_args(url: &str, id: &str, host: Option<&str>, dir: &Path) -> RuntimeA
     a.host = host.map(|h| HostId::parse(h).unwrap());
     a.renew_every = Some(Duration::from_millis(300));
     a.call_timeout = Duration::from_millis(1500);
+    a.trusted = TrustedKeys::new([signer().verifier()]);
     a
 }
 
@@ -210,11 +231,11 @@ async fn changed_and_removed_specs_are_dropped_within_a_second() {
     .unwrap();
 
     // A configuration change rewrites `other`: the holder adopts the new content within 1 s.
-    let changed = JobSpec { content_hash: "h2".into(), ..other.clone() };
+    let changed = JobSpec { content_hash: content("h2"), ..other.clone() };
     let t = Instant::now();
     put_spec(&js, &changed).await;
     wait_status(&rt, Duration::from_secs(1), "new content adopted", |s| {
-        s.content.get(&other.id).is_some_and(|h| h == "h2")
+        s.content.get(&other.id).is_some_and(|h| *h == content("h2"))
     })
     .await;
     assert!(t.elapsed() <= Duration::from_secs(1));

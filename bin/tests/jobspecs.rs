@@ -48,9 +48,20 @@ fn steward(url: &str) -> tokio::process::Command {
     c
 }
 
+/// The hub's signing key pair in `data/keys` (made on first use).
+fn keys(data: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = data.join("keys");
+    match steward_actors::signing::JobSigner::init_dir(&dir) {
+        Ok(f) => (f.secret, f.public),
+        Err(_) => (dir.join(steward_actors::signing::SECRET_FILE), dir.join(steward_actors::signing::PUBLIC_FILE)),
+    }
+}
+
 fn spawn_runtime(url: &str, id: &str, labels: &str, data: &Path) -> tokio::process::Child {
     steward(url)
-        .args(["runtime", "--id", id, "--labels", labels, "--data"])
+        .args(["runtime", "--id", id, "--labels", labels, "--trusted-key"])
+        .arg(keys(data).1)
+        .arg("--data")
         .arg(data.join(id))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -101,14 +112,22 @@ async fn jobspecs_and_results_commands_against_a_real_hub_and_runtimes() {
         )
         .await
         .unwrap();
-    let _hub = steward(&url).arg("server").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (signing_key, _) = keys(dir.path());
+    let _hub = steward(&url)
+        .arg("server")
+        .arg("--signing-key")
+        .arg(&signing_key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let api = JobSpecClient::new(client.clone(), Subjects::new(account.clone()));
     eventually(Duration::from_secs(30), Duration::from_millis(100), || async {
         api.status().await.map(|_| ()).map_err(|e| e.to_string())
     })
     .await
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let doc = dir.path().join("doc.json");
     std::fs::write(&doc, DOCUMENT).unwrap();
     let (ok, _, stderr) = run(&url, &["apply", "--label", "jobspecs-test", "-f", doc.to_str().unwrap()]).await;

@@ -174,6 +174,25 @@ pub fn steward_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// Generates a job signing key pair in `dir` with `steward keys init`; answers the secret
+/// key's path (for `steward server --signing-key`).
+///
+/// # Errors
+/// When the binary is missing or the keys cannot be written.
+pub async fn signing_key(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let bin = steward_binary()?;
+    let out = tokio::process::Command::new(&bin)
+        .args(["keys", "init", "--dir"])
+        .arg(dir)
+        .output()
+        .await
+        .with_context(|| format!("cannot run {} keys init", bin.display()))?;
+    if !out.status.success() {
+        bail!("steward keys init failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(dir.join("steward-signing.key"))
+}
+
 impl HubProcess {
     /// Starts `steward <args>` against `deployment` for `account` and waits until its health
     /// service answers.

@@ -241,11 +241,11 @@ impl LeaseView {
     }
 
     /// Sets or replaces a spec (from the spec store). Returns the live holder to notify when the
-    /// content changed, or when `notify_new` and a spec that did not exist comes back to a live
+    /// content or the stored bytes (e.g. a signature re-made with a new key) changed, or when `notify_new` and a spec that did not exist comes back to a live
     /// holder recorded before.
     pub fn upsert_spec(&mut self, id: &str, entry: SpecEntry, now_ms: u64, notify_new: bool) -> Option<String> {
         let changed = match self.specs.get(id) {
-            Some(old) => old.content_hash != entry.content_hash,
+            Some(old) => old.content_hash != entry.content_hash || old.raw != entry.raw,
             None => notify_new,
         };
         let existed = self.specs.insert(id.to_owned(), entry).is_some();

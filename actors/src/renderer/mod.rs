@@ -40,6 +40,7 @@ use tracing::{debug, info, warn};
 
 use self::render::{HostLabels, SpecIndex};
 use self::store::SpecStoreError;
+use crate::signing::JobSigner;
 use crate::tasks::TaskSet;
 use crate::ActorsError;
 
@@ -55,6 +56,9 @@ pub struct RendererArgs {
     pub client: async_nats::Client,
     /// Subjects of the account rendered.
     pub subjects: Subjects,
+    /// The hub's signing key: every render batch is signed with it (see
+    /// [`crate::spec_signing`]); without one specs are written unsigned and runtimes refuse them.
+    pub signer: Option<JobSigner>,
 }
 
 /// Messages of the renderer.
@@ -111,6 +115,7 @@ pub struct RendererState {
     client: async_nats::Client,
     js: jetstream::Context,
     subjects: Subjects,
+    signer: Option<JobSigner>,
     config_kv: kv::Store,
     specs_kv: kv::Store,
     doc: Option<(u64, Arc<ConfigDocument>)>,
@@ -199,7 +204,7 @@ impl Actor for Renderer {
         } else {
             None
         };
-        let index = store::load_index(&args.client, &specs_kv, &account)
+        let index = store::load_index(&args.client, &specs_kv, &account, args.signer.as_ref().map(JobSigner::key_id))
             .await
             .map_err(|e| fail("spec index")(e.to_string()))?;
         let status = Arc::new(Mutex::new(RenderStatus {
@@ -207,7 +212,11 @@ impl Actor for Renderer {
             hosts: hosts.len() as u64,
             ..RenderStatus::default()
         }));
-        info!(account = %account, revision = head, hosts = hosts.len(), specs = index.len(), "renderer loaded");
+        let signing_key = args.signer.as_ref().map(JobSigner::key_id);
+        info!(account = %account, revision = head, hosts = hosts.len(), specs = index.len(), signing_key, "renderer loaded");
+        if signing_key.is_none() {
+            warn!(account = %account, "renderer has no signing key: specs are written unsigned, runtimes refuse them");
+        }
 
         let service = api::start_service(&args, &myself, &specs_kv, &status, &mut tasks).await?;
         let _ = myself.cast(RendererMsg::RenderDue);
@@ -215,6 +224,7 @@ impl Actor for Renderer {
             client: args.client.clone(),
             js,
             subjects: args.subjects,
+            signer: args.signer,
             config_kv,
             specs_kv,
             doc,
@@ -475,17 +485,20 @@ fn start_render(myself: &ActorRef<RendererMsg>, state: &mut RendererState) {
     let (client, js, specs_kv, account) =
         (state.client.clone(), state.js.clone(), state.specs_kv.clone(), state.subjects.account().clone());
     let (written, status, me) = (state.written.clone(), state.status.clone(), myself.clone());
+    let signer = state.signer.clone();
+    let key_id = signer.as_ref().map(|s| s.key_id().to_owned());
     tokio::spawn(async move {
         let result: Result<RenderOutcome, RenderError> = async {
             let stored = match stored {
                 Some(s) => s,
-                None => Arc::new(store::load_index(&client, &specs_kv, &account).await?),
+                None => Arc::new(store::load_index(&client, &specs_kv, &account, key_id.as_deref()).await?),
             };
             let acct = account.to_string();
-            let (desired, diff, stored) = tokio::task::spawn_blocking(move || {
+            let (desired, diff, stored, batch) = tokio::task::spawn_blocking(move || {
                 let desired = render::render(&acct, &doc, &hosts);
                 let diff = render::diff(&desired, &stored);
-                (desired, diff, stored)
+                let batch = signer.and_then(|s| render::sign_changes(&s, &acct, revision, &desired, &diff.changes));
+                (desired, diff, stored, batch)
             })
             .await?;
             written.store(0, Ordering::Relaxed);
@@ -503,7 +516,17 @@ fn start_render(myself: &ActorRef<RendererMsg>, state: &mut RendererState) {
                     }
                 })
             };
-            let r = store::write_changes(&js, &account, revision, &desired, &stored, &diff.changes, &written).await;
+            let r = store::write_changes(
+                &js,
+                &account,
+                revision,
+                &desired,
+                &stored,
+                &diff.changes,
+                batch.as_ref(),
+                &written,
+            )
+            .await;
             progress.abort();
             if let Ok(mut s) = status.lock() {
                 s.written = written.load(Ordering::Relaxed);

@@ -15,6 +15,9 @@ use steward_subjects::config::spec::{resolve_attestation, ContentHash, SpecTempl
 use steward_subjects::config::{ConfigDocument, SpecId, SpecTarget, TargetKind};
 use steward_subjects::selector::Selector;
 
+use crate::signing::JobSigner;
+use crate::spec_signing::{leaf_hash, SignedBatch, SpecLeaf};
+
 /// A host as the renderer sees it: id and labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostLabels {
@@ -275,6 +278,42 @@ pub fn diff(desired: &Rendered, stored: &SpecIndex) -> Diff {
         }
     }
     out
+}
+
+/// Signs the specs a diff writes (its added and changed ones, in order) as one batch with revision
+/// `revision`: leaf `k` is the `k`-th write of `changes` that is not a removal. `None` when
+/// nothing is written.
+#[must_use]
+pub fn sign_changes(
+    signer: &JobSigner,
+    account: &str,
+    revision: u64,
+    desired: &Rendered,
+    changes: &[Change],
+) -> Option<SignedBatch> {
+    let writes: Vec<usize> = changes
+        .iter()
+        .filter_map(|c| match *c {
+            Change::Added(i) | Change::Changed(i) => Some(i),
+            Change::Removed(_) => None,
+        })
+        .collect();
+    if writes.is_empty() {
+        return None;
+    }
+    Some(SignedBatch::sign(signer, &writes, |&i| {
+        let d = &desired.specs[i];
+        let target = &desired.targets[d.target as usize];
+        leaf_hash(&SpecLeaf {
+            account,
+            kind: target.kind,
+            target: &target.id,
+            id: d.id,
+            revision,
+            content_hash: d.hash,
+            template_digest: desired.templates[d.template as usize].digest,
+        })
+    }))
 }
 
 /// Counts of a diff, with a per-target breakdown capped at `max_targets` targets.

@@ -18,9 +18,13 @@ use steward_subjects::subject::{jobspec_account_filter, jobspec_key, kv_subject,
 use steward_subjects::{AccountId, Token, TokenKind};
 
 use super::render::{Change, Rendered, SpecIndex};
+use crate::spec_signing::SignedBatch;
 
 /// Header carrying a spec's content hash on its KV message (read back header-only on start).
 pub const SPEC_HASH_HEADER: &str = "Steward-Spec-Hash";
+/// Header carrying the id of the key a spec was signed with (read back header-only on start,
+/// so specs signed by another key — a rotated one — are signed again).
+pub const SPEC_KEY_HEADER: &str = "Steward-Spec-Key";
 /// The KV operation header (`DEL` marks a tombstone).
 pub use crate::kv::KV_OPERATION;
 /// Writes in flight before the writer waits for acknowledgements.
@@ -67,6 +71,8 @@ pub async fn scan_latest(
 }
 
 /// Loads what the spec store holds for `account` (headers only: ids, targets, content hashes).
+/// With `signed_by`, a spec not signed by that key id gets an unknown (zero) hash, so the next
+/// diff rewrites, and so signs, it again.
 ///
 /// # Errors
 /// [`SpecStoreError`] when the scan fails.
@@ -74,6 +80,7 @@ pub async fn load_index(
     client: &async_nats::Client,
     specs: &kv::Store,
     account: &AccountId,
+    signed_by: Option<&str>,
 ) -> Result<SpecIndex, SpecStoreError> {
     let latest = scan_latest(client, specs, &jobspec_account_filter(account), true).await?;
     let entries = latest
@@ -81,11 +88,11 @@ pub async fn load_index(
         .filter(|l| !l.deleted)
         .filter_map(|l| {
             let JobSpecKey { kind, target, spec: id } = parse_jobspec_key(account, &l.key)?;
-            let hash = l
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(SPEC_HASH_HEADER))
-                .and_then(|v| v.as_str().parse::<ContentHash>().ok())
+            let header = |name: &str| l.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+            let current = signed_by.is_none_or(|k| header(SPEC_KEY_HEADER).as_deref() == Some(k));
+            let hash = header(SPEC_HASH_HEADER)
+                .filter(|_| current)
+                .and_then(|v| v.parse::<ContentHash>().ok())
                 .unwrap_or_default();
             Some((id, hash, SpecTarget { kind, id: target.to_owned() }))
         })
@@ -94,12 +101,15 @@ pub async fn load_index(
 }
 
 /// Writes every change of a diff: puts for added and changed specs (MessagePack `JobSpec`,
-/// content hash in a header), delete markers (tombstones) for removed ones. Up to
+/// content hash in a header, each with its signature cut from `batch` — see
+/// [`super::render::sign_changes`] — or unsigned without one), delete markers (tombstones) for
+/// removed ones. Up to
 /// [`WRITE_WINDOW`] publishes are in flight; `written` counts acknowledged writes.
 ///
 /// # Errors
 /// [`SpecStoreError`] on the first refused or unacknowledged write (the caller reloads the index
 /// from the store and renders again, so partial writes converge).
+#[allow(clippy::too_many_arguments)] // one render's parts, each borrowed from the caller
 pub async fn write_changes(
     js: &jetstream::Context,
     account: &AccountId,
@@ -107,8 +117,10 @@ pub async fn write_changes(
     desired: &Rendered,
     stored: &SpecIndex,
     changes: &[Change],
+    batch: Option<&SignedBatch>,
     written: &Arc<AtomicU64>,
 ) -> Result<(), SpecStoreError> {
+    let mut leaf = 0usize;
     let tokens = |targets: &[SpecTarget]| -> Vec<Option<Token>> {
         targets.iter().map(|t| Token::parse(TokenKind::Name, &t.id).ok()).collect()
     };
@@ -120,13 +132,19 @@ pub async fn write_changes(
             Change::Added(i) | Change::Changed(i) => {
                 let d = &desired.specs[i];
                 let target = &desired.targets[d.target as usize];
+                let k = leaf;
+                leaf += 1;
                 let Some(token) = &desired_tokens[d.target as usize] else { continue };
-                let spec =
+                let mut spec =
                     desired.templates[d.template as usize].spec(account.as_str(), target.kind, &target.id, revision);
+                spec.signature = batch.map(|b| b.signature(k));
                 let payload =
                     codec::encode(Encoding::MsgPack, &spec).map_err(|e| err("cannot encode spec")(e.to_string()))?;
                 let mut h = HeaderMap::new();
                 h.insert(SPEC_HASH_HEADER, d.hash.to_string().as_str());
+                if let Some(b) = batch {
+                    h.insert(SPEC_KEY_HEADER, b.key_id());
+                }
                 (kv_subject(JOBSPECS_BUCKET, &jobspec_key(account, target.kind, token, &d.id)), h, payload)
             }
             Change::Removed(j) => {

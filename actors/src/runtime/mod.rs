@@ -39,6 +39,7 @@ use self::schedule::{reschedule, Running};
 pub use self::sync::SyncOutcome;
 use self::sync::{apply_sync, drop_specs, release_pool_specs, start_sync};
 use crate::lease::client::LeaseClient;
+use crate::spec_signing::{TrustedKeys, VerifiedRoots};
 use crate::tasks::TaskSet;
 use crate::{ActorsError, ConnectOptions};
 
@@ -73,6 +74,9 @@ pub struct RuntimeArgs {
     /// JetStream domain of the hub, for the artifacts object store (edges behind a leaf node);
     /// `None` = the connected server's own JetStream.
     pub hub_domain: Option<String>,
+    /// Keys whose signed specs this runtime runs; a spec that does not verify against them is
+    /// never run, and reported as an `error` result `refused: <why>`. Empty refuses every spec.
+    pub trusted: TrustedKeys,
 }
 
 impl RuntimeArgs {
@@ -91,6 +95,7 @@ impl RuntimeArgs {
             renew_every: None,
             call_timeout: Duration::from_secs(2),
             hub_domain: None,
+            trusted: TrustedKeys::default(),
         }
     }
 }
@@ -114,6 +119,9 @@ pub struct RuntimeStatus {
     pub delivered: u64,
     /// Results the hub refused since start.
     pub refused: u64,
+    /// Spec versions this runtime refused to run (unsigned, tampered, re-targeted or signed by
+    /// a key it does not trust) since start.
+    pub specs_refused: u64,
 }
 
 /// Messages of the runtime.
@@ -153,6 +161,8 @@ pub struct RuntimeState {
     settings: ExecSettings,
     held: BTreeMap<String, CachedSpec>,
     running: HashMap<String, Running>,
+    refused_specs: HashMap<String, (u64, steward_subjects::config::JobSpec)>,
+    verified_roots: VerifiedRoots,
     online: bool,
     was_offline: bool,
     resync: bool,
@@ -232,6 +242,8 @@ impl Actor for RuntimeActor {
             upload_failures: Arc::default(),
             settings,
             running: HashMap::new(),
+            refused_specs: HashMap::new(),
+            verified_roots: VerifiedRoots::default(),
             online: false,
             was_offline: true,
             resync: true,
@@ -245,7 +257,8 @@ impl Actor for RuntimeActor {
         };
         // Run what we held last time, before the hub has said anything.
         reschedule(&mut state, &myself);
-        info!(runtime = %state.args.runtime, specs = state.held.len(), starts = config.starts, "runtime started");
+        let trusted_keys = state.args.trusted.key_ids().join(",");
+        info!(runtime = %state.args.runtime, specs = state.held.len(), starts = config.starts, trusted_keys, "runtime started");
         let _ = myself.cast(RuntimeMsg::Tick);
         Ok(state)
     }

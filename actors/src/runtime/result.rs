@@ -9,6 +9,7 @@ use steward_subjects::config::{Comparison, JobSpec, Threshold};
 use super::executor::{ExecError, Observation};
 use super::schedule::SpecCtx;
 use crate::now_ms;
+use crate::spec_signing::SpecRefusal;
 
 fn breached(t: &Threshold, value: f64, limit: f64) -> bool {
     match t.op {
@@ -53,6 +54,26 @@ fn output_of(obs: &Observation) -> (String, bool, Option<Vec<u8>>) {
     let head = String::from_utf8_lossy(&full[..full.len().min(MAX_INLINE_OUTPUT + 4)]).into_owned();
     let (inline, _) = cut(&head, MAX_INLINE_OUTPUT);
     (inline, true, Some(full))
+}
+
+/// The result reporting that `spec` was refused before it ran (nothing was executed).
+pub(super) fn refusal_record(ctx: &SpecCtx, spec: &JobSpec, epoch: u64, why: &SpecRefusal) -> ResultRecord {
+    let now = now_ms();
+    ResultRecord {
+        spec: spec.id.clone(),
+        epoch,
+        seq: 0,
+        runtime: ctx.runtime.clone(),
+        host: ctx.host.clone(),
+        content_hash: spec.content_hash.clone(),
+        executor: spec.executor.kind().to_owned(),
+        started_at_ms: now,
+        ended_at_ms: now,
+        status: ResultStatus::Error,
+        error_kind: "refused".into(),
+        message: why.to_string(),
+        ..ResultRecord::default()
+    }
 }
 
 pub(super) fn result_record(

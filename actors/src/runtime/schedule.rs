@@ -1,6 +1,7 @@
-//! Runs each held spec on its interval: one task per spec, started when the spec is held (and
-//! restarted when its epoch or content changes), canceled when it is dropped or when a pool
-//! spec's lease can no longer be trusted. Each finished run goes to the actor as a result.
+//! Runs each held spec on its interval: one task per spec, started when the spec is held and
+//! verifies against the trusted keys (restarted when its epoch or stored form changes), canceled
+//! when it is dropped or when a pool spec's lease can no longer be trusted. Each finished run
+//! goes to the actor as a result; a refused spec's refusal goes as an `error` result instead.
 
 use std::time::Duration;
 
@@ -8,9 +9,11 @@ use ractor::ActorRef;
 use steward_storage::runtime::CachedSpec;
 use steward_subjects::config::{JobSpec, TargetKind};
 use steward_subjects::subject::result_host_of;
+use steward_subjects::HostId;
+use tracing::warn;
 
 use super::executor::{self, cancel_pair, CancelHandle, ExecError, ExecSettings, RunContext};
-use super::result::result_record;
+use super::result::{refusal_record, result_record};
 use super::{RuntimeMsg, RuntimeState};
 use crate::now_ms;
 
@@ -19,7 +22,7 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 pub(super) struct Running {
     epoch: u64,
-    content_hash: String,
+    spec: JobSpec,
     cancel: CancelHandle,
     task: tokio::task::JoinHandle<()>,
 }
@@ -39,25 +42,49 @@ pub(super) fn reschedule(state: &mut RuntimeState, myself: &ActorRef<RuntimeMsg>
         state.held.values().filter(|c| c.spec.target.kind == TargetKind::Host || trusted).cloned().collect();
     let keep: std::collections::HashSet<&str> = wanted.iter().map(|c| c.spec.id.as_str()).collect();
     state.running.retain(|id, r| {
-        keep.contains(id.as_str())
-            && state.held.get(id).is_some_and(|c| c.epoch == r.epoch && c.spec.content_hash == r.content_hash)
+        keep.contains(id.as_str()) && state.held.get(id).is_some_and(|c| c.epoch == r.epoch && c.spec == r.spec)
     });
+    state
+        .refused_specs
+        .retain(|id, (epoch, spec)| state.held.get(id).is_some_and(|c| c.epoch == *epoch && c.spec == *spec));
     for c in wanted {
         if state.running.contains_key(&c.spec.id) {
             continue;
         }
-        let (cancel, signal) = cancel_pair();
         let ctx = SpecCtx {
             runtime: state.args.runtime.to_string(),
             host: result_host_of(state.args.host.as_ref(), &state.args.runtime),
             settings: state.settings.clone(),
             me: myself.clone(),
         };
-        let (epoch, content_hash) = (c.epoch, c.spec.content_hash.clone());
+        if !admit(state, &ctx, &c) {
+            continue;
+        }
+        let (cancel, signal) = cancel_pair();
+        let (epoch, spec) = (c.epoch, c.spec.clone());
         let id = c.spec.id.clone();
         let task = tokio::spawn(run_spec(ctx, c.spec, c.epoch, signal));
-        state.running.insert(id, Running { epoch, content_hash, cancel, task });
+        state.running.insert(id, Running { epoch, spec, cancel, task });
     }
+}
+
+/// Whether `c` verifies against the trusted keys; a spec version refused for the first time is
+/// counted, logged and reported as an `error` result (once per version and epoch).
+fn admit(state: &mut RuntimeState, ctx: &SpecCtx, c: &CachedSpec) -> bool {
+    if state.refused_specs.get(&c.spec.id).is_some_and(|(epoch, spec)| c.epoch == *epoch && c.spec == *spec) {
+        return false;
+    }
+    let account = state.args.subjects.account().as_str();
+    let host = state.args.host.as_ref().map(HostId::as_str);
+    let Err(why) = state.args.trusted.verify_cached(&c.spec, account, host, &mut state.verified_roots) else {
+        return true;
+    };
+    warn!(runtime = %state.args.runtime, spec = %c.spec.id, epoch = c.epoch, reason = %why, "job spec refused");
+    state.status.specs_refused += 1;
+    state.refused_specs.insert(c.spec.id.clone(), (c.epoch, c.spec.clone()));
+    let record = refusal_record(ctx, &c.spec, c.epoch, &why);
+    let _ = ctx.me.cast(RuntimeMsg::RunDone(Box::new((record, None))));
+    false
 }
 
 pub(super) struct SpecCtx {

@@ -30,7 +30,8 @@ use tracing::{info, warn};
 
 use super::events::EventSink;
 use crate::process_group::{self, Chunk, End, GroupSpec, Stream};
-use crate::signing::{JobVerifier, OrderBinding};
+use crate::signing::OrderBinding;
+use crate::spec_signing::TrustedKeys;
 
 /// Output streamed as events, per job; the rest only goes to the artifact.
 pub const STREAM_CAP: usize = 256 * 1024;
@@ -119,8 +120,8 @@ pub struct JobContext {
     pub subjects: Subjects,
     /// This host.
     pub host: HostId,
-    /// The hub key this host trusts; `None` refuses every job.
-    pub verifier: Option<JobVerifier>,
+    /// The hub key(s) this host trusts; `None` refuses every job.
+    pub verifier: Option<TrustedKeys>,
     /// Folder for per-job scratch files.
     pub work_dir: PathBuf,
     /// The `ansible-playbook` program.

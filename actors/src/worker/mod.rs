@@ -25,7 +25,7 @@ use steward_subjects::{HostId, Subjects};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::signing::JobVerifier;
+use crate::spec_signing::TrustedKeys;
 use crate::tasks::TaskSet;
 use crate::{connect_with, ActorsError, ConnectOptions};
 use job::{JobContext, JobOutcome, StopAs};
@@ -43,7 +43,7 @@ pub struct RunWorkerArgs {
     /// This host.
     pub host_id: HostId,
     /// The hub key to trust; `None` refuses every job with a clear reason.
-    pub verifier: Option<JobVerifier>,
+    pub verifier: Option<TrustedKeys>,
     /// JetStream domain of the hub (`Some("hub")` when connected through a leaf node with its
     /// own JetStream domain).
     pub hub_domain: Option<String>,
@@ -150,7 +150,7 @@ impl Actor for RunWorker {
                 }
             }
         });
-        info!(host_id = %args.host_id, trusted_key = args.verifier.as_ref().map(JobVerifier::key_id), "run worker started");
+        info!(host_id = %args.host_id, trusted_keys = ?args.verifier.as_ref().map(TrustedKeys::key_ids), "run worker started");
         let ctx = JobContext {
             js,
             subjects: args.subjects,

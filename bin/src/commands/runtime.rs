@@ -11,6 +11,7 @@ use steward_actors::lease::client::{lease_snapshot, LeaseClient};
 use steward_actors::renderer::client::JobSpecClient;
 use steward_actors::results::client::{ResultQuery, ResultsClient};
 use steward_actors::runtime::{RuntimeArgs as ActorArgs, RuntimeHandle};
+use steward_actors::spec_signing::TrustedKeys;
 use steward_subjects::api::lease::{LeasesRequest, RuntimeSession};
 use steward_subjects::api::result::{ResultRecord, MAX_INLINE_OUTPUT};
 use steward_subjects::config::{JobSpec, SpecId, TargetKind};
@@ -18,7 +19,7 @@ use steward_subjects::selector::Selector;
 use steward_subjects::streams::ARTIFACTS_STORE;
 use steward_subjects::subject::result_output_object;
 use steward_subjects::{HostId, RuntimeId, Subjects};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::args::{parse_host, parse_labels, parse_runtime, Labels};
 use crate::cli::Global;
@@ -51,6 +52,11 @@ pub struct RuntimeArgs {
     /// outputs go to the hub's object store).
     #[arg(long)]
     pub hub_domain: Option<String>,
+    /// Public key file(s) of the hub's spec signing key (`steward keys init`); repeat the flag,
+    /// or list several keys in one file, while a key is being rotated. Specs not signed by one
+    /// of them are refused (never run) and reported as `refused: ...` results.
+    #[arg(long = "trusted-key", env = "STEWARD_TRUSTED_KEY", value_delimiter = ',')]
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 /// Options of `steward leases`.
@@ -120,6 +126,10 @@ pub async fn runtime(global: &Global, args: RuntimeArgs) -> anyhow::Result<()> {
     a.capacity = args.capacity.max(1);
     a.batch = args.batch.max(1);
     a.hub_domain = args.hub_domain;
+    a.trusted = TrustedKeys::load(&args.trusted_keys).context("--trusted-key")?;
+    if a.trusted.is_empty() {
+        warn!(runtime = %args.id, "no --trusted-key given: every job spec is refused");
+    }
     let (handle, join) = RuntimeHandle::start(a).await.context("cannot start the runtime")?;
     info!(runtime = %args.id, "runtime running");
     crate::shutdown::signal().await;

@@ -86,7 +86,14 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
     let round = ROUND.fetch_add(1, Ordering::Relaxed);
     let account = AccountId::parse(&format!("apply{}r{round}", std::process::id()))?;
     let subjects = Subjects::new(account.clone());
-    let hub = HubProcess::start(&ctx.deployment, account.as_str(), &["server"]).await?;
+    // The hub signs what it renders, as in production (`steward keys init`, `--signing-key`);
+    // it reads the key at start, so the key folder goes once the hub is up.
+    let keys = std::env::temp_dir().join(format!("steward-loadtest-keys-{account}"));
+    let secret = crate::env::signing_key(&keys).await?;
+    let secret = secret.to_string_lossy();
+    let hub = HubProcess::start(&ctx.deployment, account.as_str(), &["server", "--signing-key", &secret]).await;
+    let _ = std::fs::remove_dir_all(&keys);
+    let hub = hub?;
     if let Some(pid) = hub.pid() {
         ctx.track_hub(pid);
     }

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use spec::{HexIdError, JobSpec, Provenance, SpecId, SpecTarget, TargetKind};
+pub use spec::{HexIdError, JobSpec, ProofBytes, Provenance, SpecId, SpecSignature, SpecTarget, TargetKind};
 pub use validate::{parse_document, validate_document};
 
 /// The document format version this build understands.

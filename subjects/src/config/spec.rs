@@ -202,6 +202,87 @@ pub struct JobSpec {
     pub content_hash: String,
     /// Why the spec exists.
     pub provenance: Provenance,
+    /// The hub's signature over this spec (absent on an unsigned spec, which runtimes refuse).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SpecSignature>,
+}
+
+/// A spec's signature: its place in the Merkle tree of the render batch it was written in, the
+/// sibling hashes from its leaf up to the root, and the hub's ed25519 signature over the root.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpecSignature {
+    /// Id of the signing key (first 8 bytes of the public key's SHA-256, hex).
+    pub key_id: String,
+    /// Number of leaves (specs) in the batch.
+    pub leaves: u64,
+    /// This spec's leaf index in the batch.
+    pub index: u64,
+    /// Sibling hashes, 32 bytes each, from the leaf level up.
+    pub proof: ProofBytes,
+    /// The ed25519 signature over the batch root (64 bytes).
+    pub root_signature: ProofBytes,
+}
+
+/// Raw bytes, encoded as a MessagePack `bin` (not an array of numbers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProofBytes(pub Vec<u8>);
+
+impl Serialize for ProofBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProofBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ProofBytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ProofBytes, E> {
+                Ok(ProofBytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ProofBytes, E> {
+                Ok(ProofBytes(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ProofBytes, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(ProofBytes(out))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+impl JobSpec {
+    /// The digest of what every target of this spec's attestation shares (executor, timing,
+    /// thresholds, runtime selector, provenance without the revision): the same value as
+    /// [`SpecTemplate::digest`] of the template it was rendered from.
+    #[must_use]
+    pub fn template_digest(&self) -> [u8; 32] {
+        let template = SpecTemplate {
+            executor: self.executor.clone(),
+            interval_ms: self.interval_ms,
+            timeout_ms: self.timeout_ms,
+            thresholds: self.thresholds.clone(),
+            runtime_selector: self.runtime_selector.clone(),
+            provenance: Provenance { revision: 0, ..self.provenance.clone() },
+            digest: [0; 32],
+        };
+        template_digest(&template)
+    }
+}
+
+/// SHA-256 over the MessagePack encoding (named fields) of a template's shared fields.
+fn template_digest(template: &SpecTemplate) -> [u8; 32] {
+    let encoded = rmp_serde::to_vec_named(template).unwrap_or_default();
+    Sha256::digest(&encoded).into()
 }
 
 impl Default for JobSpec {
@@ -217,6 +298,7 @@ impl Default for JobSpec {
             thresholds: Vec::new(),
             content_hash: String::new(),
             provenance: Provenance::default(),
+            signature: None,
         }
     }
 }
@@ -271,6 +353,7 @@ impl SpecTemplate {
             thresholds: self.thresholds.clone(),
             content_hash: self.content_hash(kind, target).to_string(),
             provenance: Provenance { revision, ..self.provenance.clone() },
+            signature: None,
         }
     }
 }
@@ -416,7 +499,6 @@ pub fn resolve_attestation(doc: &ConfigDocument, att: &Attestation) -> Result<Sp
         },
         digest: [0; 32],
     };
-    let encoded = rmp_serde::to_vec_named(&template).unwrap_or_default();
-    template.digest = Sha256::digest(&encoded).into();
+    template.digest = template_digest(&template);
     Ok(template)
 }
