@@ -372,13 +372,18 @@ async fn fenced_hub(auth: &AuthDir, dir: &Path, hosts: &[&str]) -> (NatsServer, 
         LeaseArgs { client: svc_client.clone(), subjects: subjects("acme"), config: LeaseConfig::default() };
     ractor::Actor::spawn(None, LeaseService, lease_args).await.unwrap();
     let kv = js.get_key_value(JOBSPECS_BUCKET).await.unwrap();
-    let mut specs = Vec::new();
-    for h in hosts {
-        let spec = host_spec(h);
-        kv.put(spec_key(&spec, h), codec::encode(Encoding::MsgPack, &spec).unwrap()).await.unwrap();
-        specs.push(spec);
+    // Signed as the renderer signs them (one batch); the runtimes trust the signer.
+    let mut specs: Vec<JobSpec> = hosts.iter().map(|h| host_spec(h)).collect();
+    steward_actors::spec_signing::sign_specs(&fence_signer(), &mut specs);
+    for (spec, h) in specs.iter().zip(hosts) {
+        kv.put(spec_key(spec, h), codec::encode(Encoding::MsgPack, spec).unwrap()).await.unwrap();
     }
     (hub, svc_client, specs)
+}
+
+/// The hub signing key of the fenced hub's specs.
+fn fence_signer() -> steward_actors::signing::JobSigner {
+    steward_actors::signing::JobSigner::from_seed([7; 32])
 }
 
 fn spec_key(spec: &JobSpec, host: &str) -> String {
@@ -415,6 +420,7 @@ async fn host_a_cannot_lease_or_submit_as_host_b() {
     );
     args.host = Some(host("host-b"));
     args.renew_every = Some(Duration::from_millis(300));
+    args.trusted = steward_actors::spec_signing::TrustedKeys::new([fence_signer().verifier()]);
     let (rt_b, _) = RuntimeHandle::start(args).await.unwrap();
     let epoch_b = eventually(WAIT, POLL, || async {
         let status = rt_b.status().await.map_err(|e| e.to_string())?;
