@@ -3,8 +3,8 @@
 //!
 //! `steward up --data D` writes `D/context.json`. Operator commands read `$STEWARD_CONTEXT` when
 //! set (a missing file is an error naming it), else `<state>/context.json` when it exists, and
-//! take from it only what the command line and environment left unset: `--nats`, `--creds`,
-//! `--account`. Processes that are identities of their own (`up`, `server`, `edge`, `runtime`)
+//! take from it only what the command line and environment left unset: `--nats`, `--creds`
+//! (only together with its `--nats`: the credentials belong to that server), `--account`. Processes that are identities of their own (`up`, `server`, `edge`, `runtime`)
 //! and local commands never read it.
 
 use std::path::{Path, PathBuf};
@@ -98,9 +98,12 @@ pub fn apply(cli: &mut Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     };
     let context = Context::read(&path)?;
     let g = &mut cli.global;
-    if defaulted(matches, "nats") && defaulted(matches, "creds") {
+    // The context's credentials belong to its server: they are taken only with its URL.
+    if defaulted(matches, "nats") {
         g.nats = context.nats;
-        g.creds = context.creds;
+        if defaulted(matches, "creds") {
+            g.creds = context.creds;
+        }
     }
     if defaulted(matches, "account") {
         g.account = AccountId::parse(&context.account)

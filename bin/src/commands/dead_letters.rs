@@ -93,7 +93,7 @@ pub async fn dead_letters(global: &Global, args: DeadLettersArgs) -> anyhow::Res
 /// The subject of the dead message, read from its stream; empty when it is gone.
 async fn original_subject(js: &jetstream::Context, d: &DeadLetter) -> String {
     let get = async {
-        let stream = js.get_stream(&d.stream).await.ok()?;
+        let stream = js.get_stream_no_info(&d.stream).await.ok()?;
         stream.direct_get(d.stream_seq).await.ok().map(|m| m.subject.to_string())
     };
     tokio::time::timeout(Duration::from_secs(2), get).await.ok().flatten().unwrap_or_default()

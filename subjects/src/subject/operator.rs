@@ -6,7 +6,7 @@
 //! cancel, host commands, worker installs, silence, or credential changes.
 
 use super::{HostPermissions, Subjects};
-use crate::streams::{ARTIFACTS_STORE, RESULTS_STREAM};
+use crate::streams::{ARTIFACTS_STORE, DEAD_LETTERS_STREAM, HOST_COMMANDS_STREAM, RESULTS_STREAM, RUN_EVENTS_STREAM};
 
 /// The role of an operator identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,6 +81,12 @@ impl Subjects {
         publish.push(format!("$JS.API.STREAM.MSG.GET.{objects}"));
         publish.push(format!("$JS.API.DIRECT.GET.{objects}"));
         publish.push(format!("$JS.API.DIRECT.GET.{objects}.>"));
+        // `steward dead-letters`: the dead-letter stream, and the dead messages by sequence
+        // (direct gets only: reading, never consuming or deleting).
+        publish.push(format!("$JS.API.STREAM.INFO.{DEAD_LETTERS_STREAM}"));
+        for stream in [DEAD_LETTERS_STREAM, RUN_EVENTS_STREAM, HOST_COMMANDS_STREAM, RESULTS_STREAM] {
+            publish.push(format!("$JS.API.DIRECT.GET.{stream}"));
+        }
         publish.push("$JS.FC.>".to_owned());
         HostPermissions { publish, subscribe: vec!["_INBOX.>".to_owned()] }
     }
