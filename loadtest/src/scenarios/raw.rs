@@ -105,8 +105,10 @@ async fn core_pub_sub(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
     let m = ctx.begin();
     let counter = tokio::spawn(async move {
         let mut got = 0u64;
+        // Core NATS drops only for a slow consumer; a pause is not a loss, so the count ends
+        // only after a long silence (a starved machine can pause the subscriber for seconds).
         while got < n {
-            match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
                 Ok(Some(_)) => got += 1,
                 _ => break,
             }
