@@ -90,3 +90,66 @@ async fn bad_tenant_lists_are_refused_before_anything_starts() {
         assert!(err.contains(expect), "{args:?}: {err}");
     }
 }
+
+fn issue(url: &str, dir: &str, account: &str, what: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(STEWARD)
+        .args(["--nats", url, "--account", account, "-o", "json", "creds", "issue", "--dir", dir])
+        .args(what)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Each tenant its own NATS account (JWT operator mode): one `steward server` process serves
+/// both with each account's service credentials; an operator of one account reaches nothing of
+/// the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_process_serves_two_nats_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("auth").display().to_string();
+    let none = "nats://127.0.0.1:1";
+    let acme_hub = issue(none, &d, "acme", &["--service", "hub"]);
+    let globex_hub = issue(none, &d, "globex", &["--service", "hub"]);
+    let acme_admin = issue(none, &d, "acme", &["--operator", "admin"]);
+    let globex_admin = issue(none, &d, "globex", &["--operator", "admin"]);
+    let conf = std::fs::read_to_string(globex_admin["server_config"].as_str().unwrap()).unwrap();
+    let server =
+        NatsServer::single(ServerOptions { extra_config: conf, ..ServerOptions::named("tenants-jwt") }).await.unwrap();
+    let url = server.client_url();
+    let tenant = |account: &str, v: &serde_json::Value| format!("{account}={}", v["creds_file"].as_str().unwrap());
+    let _hub = tokio::process::Command::new(STEWARD)
+        .args(["--nats", &url, "server", "--tenant", &tenant("acme", &acme_hub), "--tenant"])
+        .arg(tenant("globex", &globex_hub))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let file = dir.path().join("doc.json");
+    std::fs::write(&file, DOC).unwrap();
+    let file = file.display().to_string();
+    let as_admin = |admin: &serde_json::Value| admin["creds_file"].as_str().unwrap().to_owned();
+    for (account, admin) in [("acme", &acme_admin), ("globex", &globex_admin)] {
+        let creds = as_admin(admin);
+        eventually(Duration::from_secs(30), Duration::from_millis(200), || async {
+            let (ok, _, err) = cli(&url, account, &["--creds", &creds, "history"]).await;
+            if ok {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        })
+        .await
+        .unwrap();
+        let label = format!("{account}-doc");
+        let (ok, _, err) = cli(&url, account, &["--creds", &creds, "apply", "--label", &label, "-f", &file]).await;
+        assert!(ok, "apply to {account}: {err}");
+    }
+    let (_, acme, _) = cli(&url, "acme", &["--creds", &as_admin(&acme_admin), "history"]).await;
+    assert!(acme.contains("acme-doc") && !acme.contains("globex-doc"), "{acme}");
+    // acme's admin asking for globex's history: its account has no such service, and its
+    // permissions name acme's subjects only.
+    let (ok, out, _) = cli(&url, "globex", &["--creds", &as_admin(&acme_admin), "history"]).await;
+    assert!(!ok && !out.contains("globex-doc"), "{out}");
+}
