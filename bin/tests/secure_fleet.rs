@@ -274,6 +274,7 @@ async fn a_jwt_fleet_leases_runs_enables_and_a_revoked_host_is_cut_off() {
     // Revoke host-b: its connections are closed and it stays out, the server untouched.
     let port = server.monitor_port();
     let before = loaded(port).await;
+    let revoked = Instant::now();
     let cut = revoke(&fleet, port, "host-b", &keys["host-b"]).await;
     eprintln!("steward creds revoke --host host-b: disconnected after {cut:?}");
     // Its credentials are refused, and its edge, retrying, does not get back in.
@@ -281,6 +282,7 @@ async fn a_jwt_fleet_leases_runs_enables_and_a_revoked_host_is_cut_off() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && err.contains("authorization violation"), "{err}");
     wait_json(&fleet, &["hosts", "--offline"], |v| ids(v) == ["host-b"]).await;
+    eprintln!("host-b shown offline {:?} after the revocation", revoked.elapsed());
     assert!(!connected(port, &keys["host-b"]).await, "host-b reconnected");
     // host-a keeps working.
     run_ok(&fleet, "host-a").await;
