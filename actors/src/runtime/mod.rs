@@ -71,7 +71,7 @@ pub struct RuntimeArgs {
     pub renew_every: Option<Duration>,
     /// Reply timeout of hub calls.
     pub call_timeout: Duration,
-    /// JetStream domain of the hub, for the artifacts object store (edges behind a leaf node);
+    /// JetStream domain of the hub, for its JetStream API (edges behind a leaf node);
     /// `None` = the connected server's own JetStream.
     pub hub_domain: Option<String>,
     /// Keys whose signed specs this runtime runs; a spec that does not verify against them is

@@ -140,7 +140,7 @@ async fn upload_output(ctx: &DrainCtx, id: u64, record: &ResultRecord) -> Result
     Ok(tokio::task::spawn_blocking(move || s.output_stored(id, &output_ref, note.as_deref())).await??)
 }
 
-/// Whether the hub answers at all (told apart from the object store refusing).
+/// Whether the hub answers at all (told apart from the outputs stream refusing).
 async fn hub_answers(ctx: &DrainCtx) -> bool {
     let req = LeasesRequest { runtime: Some(ctx.runtime.clone()), unassigned: false, limit: 1, ..Default::default() };
     ctx.lease.leases(&req).await.is_ok()
@@ -151,7 +151,7 @@ struct Ready {
     results: Vec<Pending>,
     /// An output could not be uploaded: stop after what is ready.
     stalled: bool,
-    /// Whether the hub answered meanwhile (the object store alone may be refusing).
+    /// Whether the hub answered meanwhile (the outputs stream alone may be refusing).
     reachable: bool,
 }
 
