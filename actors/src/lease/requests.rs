@@ -32,6 +32,9 @@ use super::{LeaseConfig, LeaseError};
 use crate::results::store::store_host_results;
 use crate::{duration_ms, now_ms};
 
+/// Full outputs looked up at once while checking one submit request.
+const OUTPUT_CHECKS: usize = 8;
+
 /// What the loop is asked to do.
 pub(super) enum Input {
     Lease(LeaseRequest, Encoding, async_nats::service::Request),
@@ -304,15 +307,22 @@ impl Shared {
                 None => self.fenced(r),
             })
             .collect();
-        // The outputs of results that passed are looked up together (one direct get each).
+        // The outputs named by results that passed are looked up a few at a time (one direct
+        // get each, up to 1 MiB: the bound keeps a request naming many from flooding memory).
         let host_ref = &host;
-        let outputs = futures::future::join_all(req.results.iter().zip(&checked).map(|(r, c)| async move {
-            match c {
-                Ok(()) => self.output_owned(host_ref, r).await,
-                Err(_) => Ok(()),
-            }
-        }))
-        .await;
+        let mut outputs: Vec<Result<(), Refused>> = Vec::with_capacity(checked.len());
+        let pairs: Vec<(&ResultRecord, &Result<(), Refused>)> = req.results.iter().zip(&checked).collect();
+        for chunk in pairs.chunks(OUTPUT_CHECKS) {
+            outputs.extend(
+                futures::future::join_all(chunk.iter().map(|(r, c)| async move {
+                    match c {
+                        Ok(()) => self.output_owned(host_ref, r).await,
+                        Err(_) => Ok(()),
+                    }
+                }))
+                .await,
+            );
+        }
         for (i, ((r, checked), output)) in req.results.iter().zip(checked).zip(outputs).enumerate() {
             let mut outcome = SubmitOutcome { key: r.idempotency_key(), ..SubmitOutcome::default() };
             match checked.and(output) {
