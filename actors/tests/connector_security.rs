@@ -27,12 +27,14 @@ use steward_deploy::server::{NatsServer, ServerOptions};
 use steward_deploy::wait::eventually;
 use steward_subjects::api::host::{CommandAction, CommandStatus, Heartbeat, SendCommandRequest};
 use steward_subjects::api::lease::{LeaseReply, LeaseRequest, LeasesRequest, RenewRequest};
-use steward_subjects::api::result::{stored_msg_id, ResultRecord, ResultStatus, SubmitRequest, SubmitStatus};
+use steward_subjects::api::result::{
+    stored_msg_id, ResultRecord, ResultStatus, SubmitRequest, SubmitStatus, MAX_INLINE_OUTPUT,
+};
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::{CommandExecutor, Executor, JobSpec, SpecId, SpecTarget, TargetKind};
 use steward_subjects::rpc::{self, RequestErrorKind};
 use steward_subjects::streams::{self, Replicas, HOSTS_BUCKET, JOBSPECS_BUCKET};
-use steward_subjects::subject::{jobspec_key, kv_subject, IdentityEndpoint};
+use steward_subjects::subject::{jobspec_key, kv_subject, IdentityEndpoint, OutputRef};
 use steward_subjects::{AccountId, ErrorCode, HostId, RuntimeId, Subjects, Token, TokenKind};
 use tokio::sync::mpsc;
 
@@ -354,6 +356,16 @@ async fn edge_runtime_with_host_credentials_leases_its_specs_and_stores_results(
 /// Starts a hub with rendered authorization, the lease leader (as the service identity) and one
 /// host spec per host; returns the hub, the service connection and the specs.
 async fn fenced_hub(auth: &AuthDir, dir: &Path, hosts: &[&str]) -> (NatsServer, async_nats::Client, Vec<JobSpec>) {
+    fenced_hub_with(auth, dir, hosts, host_spec).await
+}
+
+/// As [`fenced_hub`], with the spec of each host made by `spec`.
+async fn fenced_hub_with(
+    auth: &AuthDir,
+    dir: &Path,
+    hosts: &[&str],
+    spec: fn(&str) -> JobSpec,
+) -> (NatsServer, async_nats::Client, Vec<JobSpec>) {
     let svc = issue_service(auth, "acme");
     let hub_dir = dir.join("hub");
     std::fs::create_dir_all(&hub_dir).unwrap();
@@ -373,7 +385,7 @@ async fn fenced_hub(auth: &AuthDir, dir: &Path, hosts: &[&str]) -> (NatsServer, 
     ractor::Actor::spawn(None, LeaseService, lease_args).await.unwrap();
     let kv = js.get_key_value(JOBSPECS_BUCKET).await.unwrap();
     // Signed as the renderer signs them (one batch); the runtimes trust the signer.
-    let mut specs: Vec<JobSpec> = hosts.iter().map(|h| host_spec(h)).collect();
+    let mut specs: Vec<JobSpec> = hosts.iter().map(|h| spec(h)).collect();
     steward_actors::spec_signing::sign_specs(&fence_signer(), &mut specs);
     for (spec, h) in specs.iter().zip(hosts) {
         kv.put(spec_key(spec, h), codec::encode(Encoding::MsgPack, spec).unwrap()).await.unwrap();
@@ -519,5 +531,125 @@ async fn host_a_cannot_lease_or_submit_as_host_b() {
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "b's results stored once each, none missing");
     let fence = lease.leases(&LeasesRequest::default()).await.unwrap().fence;
     assert!(fence.foreign_requests >= 3 && fence.foreign_results >= 1 && fence.stale_results >= 1, "{fence:?}");
+    rt_b.stop();
+}
+
+/// Bytes the large-output spec prints: more than the 4 KiB kept inline.
+const LARGE: usize = 20_000;
+
+fn large_output_spec(host: &str) -> JobSpec {
+    let argv = ["sh", "-c", "head -c 20000 /dev/zero | tr '\\0' x"].map(str::to_owned).to_vec();
+    JobSpec {
+        executor: Executor::Command(CommandExecutor { argv, ..Default::default() }),
+        interval_ms: 500,
+        ..host_spec(host)
+    }
+}
+
+/// Starts the runtime of `host` with its host credentials, trusting the fenced hub's signer.
+async fn host_runtime(url: &str, issued: &Issued, h: &str, dir: &Path) -> RuntimeHandle {
+    let mut args = RuntimeArgs::new(
+        ConnectOptions { creds: Some(issued.seed_file.clone()), ..ConnectOptions::new(url.to_owned()) },
+        subjects("acme"),
+        RuntimeId::parse(h).unwrap(),
+        dir.join(format!("runtime-{h}")),
+    );
+    args.host = Some(host(h));
+    args.renew_every = Some(Duration::from_millis(300));
+    args.trusted = steward_actors::spec_signing::TrustedKeys::new([fence_signer().verifier()]);
+    RuntimeHandle::start(args).await.unwrap().0
+}
+
+/// The first stored result of `spec` that names a stored output, and that output's sequence.
+async fn stored_output(results: &ResultsClient, spec: &JobSpec, h: &str) -> (ResultRecord, u64) {
+    let query = ResultQuery { spec: Some(spec.id.clone()), host: Some(host(h)), ..ResultQuery::default() };
+    eventually(WAIT, POLL, || async {
+        let stored = results.query(&query).await.map_err(|e| e.to_string())?;
+        let r = stored.into_iter().next().ok_or_else(|| format!("no result of {h} stored yet"))?;
+        match r.output_ref.as_deref().map(OutputRef::parse) {
+            Some(Some(OutputRef::Stream(seq))) => Ok((r, seq)),
+            _ => Err(format!("result of {h} names no stored output: {:?} {:?}", r.output_ref, r.message)),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// Under host credentials a runtime stores a full output longer than the inline head in
+/// `STEWARD_OUTPUTS` on its own host's subject, and the result names it; it reads back whole.
+/// Host-a cannot publish on host-b's output subject, and a result of host-a naming host-b's
+/// output (or one that does not exist) is refused by the fence and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_outputs_are_stored_per_host_and_cannot_be_borrowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let auth = AuthDir::new(tmp.path().join("auth"));
+    let a = issue_host(&auth, "acme", "host-a");
+    let b = issue_host(&auth, "acme", "host-b");
+    let (hub, svc_client, specs) = fenced_hub_with(&auth, tmp.path(), &["host-a", "host-b"], large_output_spec).await;
+    let (spec_a, spec_b) = (&specs[0], &specs[1]);
+    let url = hub.client_url();
+    let acme = subjects("acme");
+    let rt_a = host_runtime(&url, &a, "host-a", tmp.path()).await;
+    let rt_b = host_runtime(&url, &b, "host-b", tmp.path()).await;
+
+    let results = ResultsClient::new(svc_client.clone(), acme.clone());
+    let js = jetstream::new(svc_client.clone());
+    let (r_a, seq_a) = stored_output(&results, spec_a, "host-a").await;
+    let (_, seq_b) = stored_output(&results, spec_b, "host-b").await;
+    assert_eq!(r_a.output.len(), MAX_INLINE_OUTPUT, "the head stays inline");
+    assert!(r_a.output_truncated);
+    for (seq, h) in [(seq_a, "host-a"), (seq_b, "host-b")] {
+        let (subject, bytes) = streams::read_output(&js, seq).await.unwrap();
+        assert_eq!(subject, acme.result_output(&host(h)));
+        assert_eq!(bytes.as_ref(), vec![b'x'; LARGE].as_slice(), "the full output of {h} reads back whole");
+    }
+
+    // Host-a's identity may not publish on host-b's output subject.
+    let (client_a, mut errors_a) =
+        connect_seed(&url, &a.seed_file, Some(acme.host_inbox_prefix(&host("host-a")))).await;
+    let b_outputs = acme.result_output(&host("host-b"));
+    client_a.publish(b_outputs.clone(), "forged".into()).await.unwrap();
+    expect_violation(&mut errors_a, "publish", &b_outputs).await;
+
+    // A result of host-a for its own spec and epoch, naming b's output or none stored: refused.
+    let as_a = LeaseClient::new(client_a.clone(), acme.clone());
+    let rt_a_id = RuntimeId::parse("host-a").unwrap();
+    let own = |seq: u64, output_ref: String| ResultRecord {
+        seq,
+        output_ref: Some(output_ref),
+        runtime: String::new(),
+        host: String::new(),
+        ..r_a.clone()
+    };
+    let req = SubmitRequest {
+        results: vec![
+            own(1_000_000, format!("out:{seq_b}")),
+            own(1_000_001, "out:999999".into()),
+            own(1_000_002, "results/acme/other/1/1".into()),
+            own(1_000_003, "nonsense".into()),
+            own(1_000_004, format!("out:{seq_a}")),
+        ],
+    };
+    let reply = as_a.submit(Some(&host("host-a")), &rt_a_id, &req).await.unwrap();
+    let statuses: Vec<(SubmitStatus, &str)> =
+        reply.outcomes.iter().map(|o| (o.status, o.reason.split(':').next().unwrap_or(""))).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            (SubmitStatus::Refused, "forbidden"),
+            (SubmitStatus::Refused, "forbidden"),
+            (SubmitStatus::Refused, "forbidden"),
+            (SubmitStatus::Refused, "invalid"),
+            (SubmitStatus::Stored, ""),
+        ],
+        "{:?}",
+        reply.outcomes
+    );
+    let fence =
+        LeaseClient::new(svc_client.clone(), acme.clone()).leases(&LeasesRequest::default()).await.unwrap().fence;
+    assert_eq!((fence.foreign_outputs, fence.invalid_results), (3, 1), "{fence:?}");
+    assert_eq!(rt_a.status().await.unwrap().refused, 0, "the runtimes' own results all pass the fence");
+    assert_eq!(rt_b.status().await.unwrap().refused, 0);
+    rt_a.stop();
     rt_b.stop();
 }

@@ -21,7 +21,7 @@ use steward_subjects::api::result::{decode_stored, ResultRecord, ResultStatus, M
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::{CommandExecutor, Executor, JobSpec, SpecId, SpecTarget, TargetKind};
 use steward_subjects::streams::{self, Replicas, JOBSPECS_BUCKET, RESULTS_STREAM};
-use steward_subjects::subject::{jobspec_key, result_output_object};
+use steward_subjects::subject::{jobspec_key, OutputRef};
 use steward_subjects::{AccountId, HostId, RuntimeId, Subjects, Token, TokenKind};
 
 fn account() -> AccountId {
@@ -318,14 +318,15 @@ async fn edge_runtime_keeps_checking_through_a_30s_hub_outage_and_delivers_exact
     drop(hub);
 }
 
-/// The full output a result names: the object's bytes.
-async fn object_bytes(js: &jetstream::Context, name: &str) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let os = js.get_object_store(streams::ARTIFACTS_STORE).await.unwrap();
-    let mut obj = os.get(name).await.unwrap();
-    let mut out = Vec::new();
-    obj.read_to_end(&mut out).await.unwrap();
-    out
+/// The full output a result names: its message of the outputs stream, which was stored on the
+/// result's own host's output subject.
+async fn output_bytes(js: &jetstream::Context, r: &ResultRecord) -> Vec<u8> {
+    let Some(OutputRef::Stream(seq)) = r.output_ref.as_deref().and_then(OutputRef::parse) else {
+        panic!("{} names no stored output: {:?}", r.idempotency_key(), r.output_ref)
+    };
+    let (subject, bytes) = streams::read_output(js, seq).await.unwrap();
+    assert_eq!(subject, Subjects::new(account()).result_output(&HostId::parse(&r.host).unwrap()));
+    bytes.to_vec()
 }
 
 /// 200 KiB of `0123456789` lines (20,480 lines of 10 bytes each: 9 digits and a newline).
@@ -336,17 +337,15 @@ fn big_expected() -> Vec<u8> {
     (100_000_000u64..100_020_480).flat_map(|n| format!("{n}\n").into_bytes()).collect()
 }
 
-fn check_big_result(r: &ResultRecord) -> String {
+fn check_big_result(r: &ResultRecord) {
     assert_eq!(r.output.len(), MAX_INLINE_OUTPUT, "inline head of {}", r.idempotency_key());
     assert!(r.output_truncated);
     assert!(big_expected().starts_with(r.output.as_bytes()), "inline head is the start of the output");
-    let name = r.output_ref.clone().expect("output_ref set");
-    assert_eq!(name, result_output_object(&account(), &r.spec, r.epoch, r.seq));
-    name
+    assert!(r.output_ref.as_deref().is_some_and(|o| o.starts_with("out:")), "{:?}", r.output_ref);
 }
 
 #[tokio::test]
-async fn large_output_goes_to_the_object_store_with_the_head_inline() {
+async fn large_output_goes_to_the_outputs_stream_with_the_head_inline() {
     let node = SingleNode::start().await.unwrap();
     let url = node.client_url();
     let _hub = start_hub(&url, Duration::from_secs(5)).await;
@@ -362,8 +361,8 @@ async fn large_output_goes_to_the_object_store_with_the_head_inline() {
     assert!(counts.values().all(|n| *n == 1));
     let r = results.iter().find(|r| r.spec == big.id).unwrap();
     assert_eq!(r.status, ResultStatus::Pass);
-    let name = check_big_result(r);
-    let bytes = object_bytes(&js, &name).await;
+    check_big_result(r);
+    let bytes = output_bytes(&js, r).await;
     assert_eq!(bytes.len(), BIG_LEN);
     assert_eq!(bytes, big_expected());
     let s = results.iter().find(|r| r.spec == small.id).unwrap();
@@ -405,8 +404,8 @@ async fn large_output_survives_a_hub_outage_through_the_outbox() {
     assert!(mine.len() as u64 >= during.outbox, "{} stored, {} were buffered", mine.len(), during.outbox);
     let expected = big_expected();
     for r in mine {
-        let name = check_big_result(r);
-        assert_eq!(object_bytes(&js, &name).await, expected, "object of {}", r.idempotency_key());
+        check_big_result(r);
+        assert_eq!(output_bytes(&js, r).await, expected, "output of {}", r.idempotency_key());
     }
     drop(hub);
 }
@@ -451,13 +450,13 @@ async fn cleanly_stopped_runtime_releases_its_pool_specs_at_once() {
 }
 
 #[tokio::test]
-async fn result_is_sent_without_its_output_when_the_object_store_keeps_refusing() {
+async fn result_is_sent_without_its_output_when_the_outputs_stream_keeps_refusing() {
     let node = SingleNode::start().await.unwrap();
     let url = node.client_url();
     let _hub = start_hub(&url, Duration::from_secs(5)).await;
     let js = jetstream::new(async_nats::connect(&url).await.unwrap());
-    // The hub answers, but there is no object store to upload to.
-    js.delete_object_store(streams::ARTIFACTS_STORE).await.unwrap();
+    // The hub answers, but there is no outputs stream to store in.
+    js.delete_stream(streams::OUTPUTS_STREAM).await.unwrap();
     let big = command_spec(TargetKind::Pool, "p", 1, &["sh", "-c", BIG_OUTPUT], 60_000, "h1");
     put_spec(&js, &big).await;
     let dir = tempfile::tempdir().unwrap();
@@ -466,7 +465,7 @@ async fn result_is_sent_without_its_output_when_the_object_store_keeps_refusing(
         s.delivered >= 1 && s.outbox == 0
     })
     .await;
-    assert!(s.online, "an object store refusing does not make the hub count as away");
+    assert!(s.online, "the outputs stream refusing does not make the hub count as away");
     let (results, _) = stored_results(&js).await;
     let r = results.iter().find(|r| r.spec == big.id).unwrap();
     assert_eq!(r.output_ref, None);
@@ -477,7 +476,7 @@ async fn result_is_sent_without_its_output_when_the_object_store_keeps_refusing(
 }
 
 #[tokio::test]
-async fn edge_behind_a_leaf_uploads_large_output_to_the_hub_domain() {
+async fn edge_behind_a_leaf_stores_large_output_in_the_hub_stream() {
     let topo = steward_deploy::HubLeaf::start().await.unwrap();
     let hub_url = topo.hub().client_url();
     let _hub = start_hub(&hub_url, Duration::from_secs(5)).await;
@@ -491,8 +490,41 @@ async fn edge_behind_a_leaf_uploads_large_output_to_the_hub_domain() {
     wait_status(&rt, Duration::from_secs(20), "result delivered", |s| s.delivered >= 1 && s.outbox == 0).await;
     let (results, _) = stored_results(&js).await;
     let r = results.iter().find(|r| r.spec == check.id).unwrap();
-    let name = check_big_result(r);
-    assert_eq!(object_bytes(&js, &name).await, big_expected(), "the object is in the hub's store");
+    check_big_result(r);
+    assert_eq!(output_bytes(&js, r).await, big_expected(), "the output is in the hub's stream");
+    rt.stop();
+}
+
+/// A full output larger than the server's max payload is cut to what fits in one message, and
+/// the result says so.
+#[tokio::test]
+async fn large_output_is_cut_to_the_servers_max_payload() {
+    use steward_deploy::server::{NatsServer, ServerOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(ServerOptions {
+        data_dir: Some(tmp.path().join("nats")),
+        extra_config: "max_payload: 65536".into(),
+        ..ServerOptions::named("small-payload")
+    })
+    .await
+    .unwrap();
+    let url = server.client_url();
+    let _hub = start_hub(&url, Duration::from_secs(5)).await;
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let big = command_spec(TargetKind::Pool, "p", 1, &["sh", "-c", BIG_OUTPUT], 60_000, "h1");
+    put_spec(&js, &big).await;
+    let (rt, _) = RuntimeHandle::start(runtime_args(&url, "rt-a", None, tmp.path())).await.unwrap();
+    wait_status(&rt, Duration::from_secs(15), "result delivered", |s| s.delivered >= 1 && s.outbox == 0).await;
+    let (results, _) = stored_results(&js).await;
+    let r = results.iter().find(|r| r.spec == big.id).unwrap();
+    check_big_result(r);
+    let bytes = output_bytes(&js, r).await;
+    assert!(bytes.len() < 65536 && bytes.len() > 60_000, "cut to {} bytes", bytes.len());
+    assert!(big_expected().starts_with(&bytes), "the cut output is the start of the output");
+    let note = format!("full output cut to {} of {BIG_LEN} bytes", bytes.len());
+    assert!(r.message.contains(&note), "{}", r.message);
+    let outputs = js.get_stream(streams::OUTPUTS_STREAM).await.unwrap().info().await.unwrap().state.messages;
+    assert_eq!(outputs, 1, "one output stored");
     rt.stop();
 }
 

@@ -14,7 +14,7 @@ use steward_deploy::wait::eventually;
 use steward_subjects::api::host::HostRecord;
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::streams::{self, Replicas, HOSTS_BUCKET};
-use steward_subjects::subject::host_registry_key;
+use steward_subjects::subject::{host_registry_key, result_output_object};
 use steward_subjects::{AccountId, HostId, Subjects};
 
 const STEWARD: &str = env!("CARGO_BIN_EXE_steward");
@@ -196,7 +196,7 @@ async fn jobspecs_and_results_commands_against_a_real_hub_and_runtimes() {
         assert_eq!(r["status"], "pass", "{r}");
         assert_eq!(r["runtime"], "rt-a");
         assert_eq!(r["output"].as_str().unwrap().len(), 4096);
-        assert!(r["output_ref"].is_string(), "{r}");
+        assert!(r["output_ref"].as_str().is_some_and(|o| o.starts_with("out:")), "{r}");
     }
     let first = &results[0];
     let key = format!("{}:{}:{}", probe, first["epoch"], first["seq"]);
@@ -206,6 +206,12 @@ async fn jobspecs_and_results_commands_against_a_real_hub_and_runtimes() {
     assert!(stdout == expected, "the full output is the whole 200 KiB");
     let (ok, stdout, _) = run(&url, &["results", "--full-output", first["output_ref"].as_str().unwrap()]).await;
     assert!(ok && stdout == expected, "fetch by output_ref");
+    // Results stored before outputs had their stream name an object of the artifacts store.
+    let old = result_output_object(&account, &probe, 7, 3);
+    let objects = js.get_object_store(streams::ARTIFACTS_STORE).await.unwrap();
+    objects.put(old.as_str(), &mut b"an older output".as_slice()).await.unwrap();
+    let (ok, stdout, stderr) = run(&url, &["results", "--full-output", &old]).await;
+    assert!(ok && stdout == b"an older output", "fetch an object-store output_ref: {stderr}");
 
     // --explain of the pool spec: target, eligibility per runtime, holder, last run.
     let e = json(&url, &["jobspecs", "--explain", &probe]).await.unwrap();
@@ -249,6 +255,8 @@ async fn jobspecs_and_results_commands_against_a_real_hub_and_runtimes() {
     assert!(!ok && stderr.contains("<spec>:<epoch>:<seq>"), "{stderr}");
     let (ok, _, stderr) = run(&url, &["results", "--full-output", &format!("{host_disk}:1:1")]).await;
     assert!(!ok && stderr.contains("no stored output"), "{stderr}");
+    let (ok, _, stderr) = run(&url, &["results", "--full-output", "out:999999"]).await;
+    assert!(!ok && stderr.contains("no stored output out:999999"), "{stderr}");
 
     // Ctrl-C of rt-a releases its pool spec at once (the lease TTL is 15 s).
     let pid = rt_a.id().unwrap();

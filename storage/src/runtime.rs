@@ -8,9 +8,10 @@
 //! re-sent after a crash is recognised by the hub's dedupe window.
 //!
 //! A result whose output is too long to keep inline carries its full output next to it in the
-//! outbox (same transaction, same outbox id) and names the object it is uploaded as
-//! (`output_ref`, set here once the sequence number is known); the runtime uploads it before
-//! it sends the result, so the output survives a hub outage and a restart like the result.
+//! outbox (same transaction, same outbox id) with a provisional `output_ref` (set here once the
+//! sequence number is known); the runtime stores the output before it sends the result and
+//! then records the final reference ([`RuntimeStore::output_stored`]), so the output survives
+//! a hub outage and a restart like the result.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -301,15 +302,41 @@ impl RuntimeStore {
     /// # Errors
     /// [`Error`] on a failed write or a corrupt record.
     pub fn forget_output(&self, id: u64, note: &str) -> Result<Option<ResultRecord>, Error> {
+        self.settle_output(id, None, Some(note))
+    }
+
+    /// Records that the full output of the outbox result `id` is stored as `output_ref`: the
+    /// result names it from now on (a resend does not store it again), the local copy is
+    /// dropped, and `note` (when given) is appended to its message. Unknown ids are ignored.
+    ///
+    /// # Errors
+    /// [`Error`] on a failed write or a corrupt record.
+    pub fn output_stored(&self, id: u64, output_ref: &str, note: Option<&str>) -> Result<Option<ResultRecord>, Error> {
+        self.settle_output(id, Some(output_ref), note)
+    }
+
+    /// Sets the `output_ref` of the outbox result `id`, appends `note` to its message and
+    /// drops its local full output.
+    fn settle_output(
+        &self,
+        id: u64,
+        output_ref: Option<&str>,
+        note: Option<&str>,
+    ) -> Result<Option<ResultRecord>, Error> {
         let tx = self.db.begin_write()?;
         let updated = {
             let mut outbox = tx.open_table(OUTBOX)?;
             let current = outbox.get(id)?.map(|v| decode::<ResultRecord>("outbox", v.value())).transpose()?;
             match current {
                 Some(mut record) => {
-                    record.output_ref = None;
-                    record.message =
-                        if record.message.is_empty() { note.to_owned() } else { format!("{}; {note}", record.message) };
+                    record.output_ref = output_ref.map(str::to_owned);
+                    if let Some(note) = note {
+                        record.message = if record.message.is_empty() {
+                            note.to_owned()
+                        } else {
+                            format!("{}; {note}", record.message)
+                        };
+                    }
                     outbox.insert(id, encode(&record)?.as_slice())?;
                     let freed = tx.open_table(OUTPUTS)?.remove(id)?.map_or(0, |v| v.value().len() as u64);
                     release_output_bytes(&tx, freed)?;
@@ -446,6 +473,27 @@ mod tests {
         s.ack(&ids[..1]).unwrap();
         assert_eq!(s.output(ids[0]).unwrap(), None);
         assert_eq!(s.outbox_len().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_stored_output_is_named_by_its_final_reference_and_its_copy_freed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rt.redb");
+        let s = RuntimeStore::open(&path).unwrap().with_output_budget(150);
+        let name = |r: &ResultRecord| format!("pending/{}", r.seq);
+        let p = s.enqueue_with_outputs(vec![(result("a", 1), Some(vec![1; 100]))], &name).unwrap();
+        assert_eq!(p[0].record.output_ref.as_deref(), Some("pending/1"));
+        let r = s.output_stored(p[0].id, "out:17", Some("full output cut to 90 bytes")).unwrap().unwrap();
+        assert_eq!(r.output_ref.as_deref(), Some("out:17"));
+        assert_eq!(r.message, "full output cut to 90 bytes");
+        assert_eq!(s.output(p[0].id).unwrap(), None, "the local copy is dropped");
+        // The budget is free again, and the reference survives a reopen.
+        let q = s.enqueue_with_outputs(vec![(result("a", 1), Some(vec![2; 100]))], &name).unwrap();
+        assert!(q[0].record.output_ref.is_some());
+        drop(s);
+        let s = RuntimeStore::open(&path).unwrap();
+        assert_eq!(s.pending(10).unwrap()[0].record, r);
+        assert_eq!(s.output_stored(999, "out:1", None).unwrap(), None, "unknown ids are ignored");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, object_store, stream};
 
+use crate::api::result::MAX_STORED_OUTPUT;
 use crate::subject::AnyAccount;
 
 /// How many copies JetStream keeps of each stream and bucket.
@@ -39,6 +40,14 @@ pub const HOST_COMMANDS_STREAM: &str = "STEWARD_HOST_COMMANDS";
 pub const CONFIG_EVENTS_STREAM: &str = "STEWARD_CONFIG_EVENTS";
 /// Assessment results.
 pub const RESULTS_STREAM: &str = "STEWARD_RESULTS";
+/// Full outputs of results, one message each on `steward.v1.<account>.result.output.<host>`.
+pub const OUTPUTS_STREAM: &str = "STEWARD_OUTPUTS";
+/// Full outputs kept per host in [`OUTPUTS_STREAM`]: the oldest go first, so one host cannot
+/// fill the disk (10,000 outputs of at most 1 MiB each).
+pub const OUTPUTS_PER_HOST: i64 = 10_000;
+/// Largest message of [`OUTPUTS_STREAM`] (headers included): a full output of
+/// [`MAX_STORED_OUTPUT`] bytes and its headers.
+pub const MAX_OUTPUT_MSG: i32 = MAX_STORED_OUTPUT as i32 + 4096;
 /// Job event data of runs.
 pub const RUN_EVENTS_STREAM: &str = "STEWARD_RUN_EVENTS";
 /// The lease journal: group-committed lease changes of each account's lease leader
@@ -106,6 +115,10 @@ pub struct StreamDef {
     pub max_age: Duration,
     /// Most bytes kept (-1 = unlimited).
     pub max_bytes: i64,
+    /// Most messages kept per subject (-1 = unlimited; the oldest go first).
+    pub max_msgs_per_subject: i64,
+    /// Largest message accepted, headers included (-1 = the server's limit).
+    pub max_msg_size: i32,
 }
 
 impl StreamDef {
@@ -119,6 +132,8 @@ impl StreamDef {
             retention: self.retention,
             max_age: self.max_age,
             max_bytes: self.max_bytes,
+            max_messages_per_subject: self.max_msgs_per_subject,
+            max_message_size: self.max_msg_size,
             storage: stream::StorageType::File,
             num_replicas: replicas.count(),
             duplicate_window: DEDUPE_WINDOW,
@@ -168,6 +183,8 @@ pub fn streams() -> Vec<StreamDef> {
             retention: stream::RetentionPolicy::Limits,
             max_age: 7 * DAY,
             max_bytes: -1,
+            max_msgs_per_subject: -1,
+            max_msg_size: -1,
         },
         StreamDef {
             name: HOST_COMMANDS_STREAM,
@@ -176,6 +193,8 @@ pub fn streams() -> Vec<StreamDef> {
             retention: stream::RetentionPolicy::Limits,
             max_age: 7 * DAY,
             max_bytes: -1,
+            max_msgs_per_subject: -1,
+            max_msg_size: -1,
         },
         StreamDef {
             name: CONFIG_EVENTS_STREAM,
@@ -184,6 +203,8 @@ pub fn streams() -> Vec<StreamDef> {
             retention: stream::RetentionPolicy::Limits,
             max_age: Duration::ZERO,
             max_bytes: -1,
+            max_msgs_per_subject: -1,
+            max_msg_size: -1,
         },
         StreamDef {
             name: RESULTS_STREAM,
@@ -192,6 +213,18 @@ pub fn streams() -> Vec<StreamDef> {
             retention: stream::RetentionPolicy::Limits,
             max_age: 30 * DAY,
             max_bytes: -1,
+            max_msgs_per_subject: -1,
+            max_msg_size: -1,
+        },
+        StreamDef {
+            name: OUTPUTS_STREAM,
+            description: "full outputs of results, one message each, per host",
+            subjects: vec![AnyAccount::result_outputs()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: 30 * DAY,
+            max_bytes: -1,
+            max_msgs_per_subject: OUTPUTS_PER_HOST,
+            max_msg_size: MAX_OUTPUT_MSG,
         },
         StreamDef {
             name: RUN_EVENTS_STREAM,
@@ -200,6 +233,8 @@ pub fn streams() -> Vec<StreamDef> {
             retention: stream::RetentionPolicy::Limits,
             max_age: 30 * DAY,
             max_bytes: -1,
+            max_msgs_per_subject: -1,
+            max_msg_size: -1,
         },
         StreamDef {
             name: LEASE_JOURNAL_STREAM,
@@ -208,6 +243,8 @@ pub fn streams() -> Vec<StreamDef> {
             retention: stream::RetentionPolicy::Limits,
             max_age: Duration::ZERO,
             max_bytes: -1,
+            max_msgs_per_subject: -1,
+            max_msg_size: -1,
         },
         StreamDef {
             name: DEAD_LETTERS_STREAM,
@@ -217,6 +254,8 @@ pub fn streams() -> Vec<StreamDef> {
             max_age: 7 * DAY,
             // A flooding host must not fill the disk with its dead letters: the oldest go first.
             max_bytes: 256 * 1024 * 1024,
+            max_msgs_per_subject: -1,
+            max_msg_size: -1,
         },
     ]
 }
@@ -390,5 +429,36 @@ pub async fn read_object(
             return Err(ObjectReadError::TooLarge { name: name.to_owned(), size: (bytes.len() + n) as u64, limit });
         }
         bytes.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Why [`read_output`] returned no output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutputReadError {
+    /// No message of that sequence is in the outputs stream (never stored, or aged out).
+    #[error("no output {0} in {OUTPUTS_STREAM}")]
+    NotFound(u64),
+    /// The server refused or the read failed.
+    #[error("cannot read output {seq} of {OUTPUTS_STREAM}: {reason}")]
+    Unavailable {
+        /// The stream sequence asked for.
+        seq: u64,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Reads message `seq` of the outputs stream with one direct get: its subject (which names the
+/// host that stored it) and its bytes.
+///
+/// # Errors
+/// See [`OutputReadError`].
+pub async fn read_output(js: &jetstream::Context, seq: u64) -> Result<(String, bytes::Bytes), OutputReadError> {
+    let unavailable = |reason: String| OutputReadError::Unavailable { seq, reason };
+    let stream = js.get_stream_no_info(OUTPUTS_STREAM).await.map_err(|e| unavailable(e.to_string()))?;
+    match stream.direct_get(seq).await {
+        Ok(m) => Ok((m.subject.to_string(), m.payload)),
+        Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Err(OutputReadError::NotFound(seq)),
+        Err(e) => Err(unavailable(e.to_string())),
     }
 }

@@ -115,6 +115,7 @@ pub(super) struct FenceCounters {
     stale_results: AtomicU64,
     invalid_results: AtomicU64,
     duplicate_results: AtomicU64,
+    foreign_outputs: AtomicU64,
 }
 
 /// Which counter a refusal goes to.
@@ -128,6 +129,8 @@ pub(super) enum FenceRefusal {
     StaleResult,
     /// A malformed result.
     InvalidResult,
+    /// A result naming a full output its host did not store.
+    ForeignOutput,
 }
 
 impl FenceCounters {
@@ -138,6 +141,7 @@ impl FenceCounters {
             FenceRefusal::ForeignResult => (&self.foreign_results, "foreign result"),
             FenceRefusal::StaleResult => (&self.stale_results, "stale result"),
             FenceRefusal::InvalidResult => (&self.invalid_results, "invalid result"),
+            FenceRefusal::ForeignOutput => (&self.foreign_outputs, "foreign output"),
         };
         let total = counter.fetch_add(1, Ordering::Relaxed) + 1;
         if total <= 10 || total % 1000 == 0 {
@@ -160,6 +164,7 @@ impl FenceCounters {
             stale_results: self.stale_results.load(Ordering::Relaxed),
             invalid_results: self.invalid_results.load(Ordering::Relaxed),
             duplicate_results: self.duplicate_results.load(Ordering::Relaxed),
+            foreign_outputs: self.foreign_outputs.load(Ordering::Relaxed),
         }
     }
 }

@@ -17,6 +17,8 @@ use steward_subjects::api::result::{
     ResultRecord, SubmitOutcome, SubmitReply, SubmitRequest, SubmitStatus, MAX_SUBMIT_BATCH,
 };
 use steward_subjects::codec::Encoding;
+use steward_subjects::streams::{read_output, OutputReadError, OUTPUTS_STREAM};
+use steward_subjects::subject::{result_output_object, OutputRef};
 use steward_subjects::token::{validate, HostId, RuntimeId, TokenError, TokenKind};
 use steward_subjects::{Subjects, WireError};
 
@@ -29,6 +31,9 @@ use super::state::{LeaseView, NotHeld, RowFilter, SpecEntry};
 use super::{LeaseConfig, LeaseError};
 use crate::results::store::store_host_results;
 use crate::{duration_ms, now_ms};
+
+/// Full outputs looked up at once while checking one submit request.
+const OUTPUT_CHECKS: usize = 8;
 
 /// What the loop is asked to do.
 pub(super) enum Input {
@@ -293,19 +298,42 @@ impl Shared {
             .collect();
         let mut outcomes: Vec<SubmitOutcome> = Vec::with_capacity(req.results.len());
         let mut accepted: Vec<(usize, &ResultRecord)> = Vec::with_capacity(req.results.len());
-        for (i, (r, foreign)) in req.results.iter().zip(foreign).enumerate() {
-            let checked = match foreign {
-                Some(reason) => Err((FenceRefusal::ForeignResult, reason)),
-                None => self.fenced(r).map_err(|refused| match refused {
-                    Refused::Invalid(_) => (FenceRefusal::InvalidResult, refused.to_string()),
-                    Refused::Conflict(_) => (FenceRefusal::StaleResult, refused.to_string()),
-                }),
-            };
+        let checked: Vec<Result<(), Refused>> = req
+            .results
+            .iter()
+            .zip(foreign)
+            .map(|(r, foreign)| match foreign {
+                Some(reason) => Err(Refused::Foreign(reason)),
+                None => self.fenced(r),
+            })
+            .collect();
+        // The outputs named by results that passed are looked up a few at a time (one direct
+        // get each, up to 1 MiB: the bound keeps a request naming many from flooding memory).
+        let host_ref = &host;
+        let mut outputs: Vec<Result<(), Refused>> = Vec::with_capacity(checked.len());
+        let pairs: Vec<(&ResultRecord, &Result<(), Refused>)> = req.results.iter().zip(&checked).collect();
+        for chunk in pairs.chunks(OUTPUT_CHECKS) {
+            outputs.extend(
+                futures::future::join_all(chunk.iter().map(|(r, c)| async move {
+                    match c {
+                        Ok(()) => self.output_owned(host_ref, r).await,
+                        Err(_) => Ok(()),
+                    }
+                }))
+                .await,
+            );
+        }
+        for (i, ((r, checked), output)) in req.results.iter().zip(checked).zip(outputs).enumerate() {
             let mut outcome = SubmitOutcome { key: r.idempotency_key(), ..SubmitOutcome::default() };
-            match checked {
+            match checked.and(output) {
                 Ok(()) => accepted.push((i, r)),
-                Err((kind, reason)) => {
-                    self.fence.refused(kind, who.host, who.runtime, &reason);
+                Err(Refused::Unavailable(reason)) => {
+                    outcome.status = SubmitStatus::Retry;
+                    outcome.reason = reason;
+                }
+                Err(refused) => {
+                    let reason = refused.to_string();
+                    self.fence.refused(refused.counter(), who.host, who.runtime, &reason);
                     outcome.status = SubmitStatus::Refused;
                     outcome.reason = reason;
                 }
@@ -325,15 +353,37 @@ impl Shared {
     }
 }
 
-/// Why a submitted result is refused (answered as `<code>: <why>` in its outcome).
+/// Why a submitted result is refused (answered as `<code>: <why>` in its outcome), or not
+/// checked yet (`Unavailable`, answered `retry`).
 #[derive(Debug, thiserror::Error)]
 enum Refused {
+    /// The result names another runtime or host than its caller (already `<code>: <why>`).
+    #[error("{0}")]
+    Foreign(String),
     /// A malformed result.
     #[error("invalid: {0}")]
     Invalid(String),
     /// The runtime does not hold the spec at the result's epoch.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The result names a full output that is not its caller's.
+    #[error("forbidden: {0}")]
+    ForeignOutput(String),
+    /// The full output the result names could not be looked up now.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Refused {
+    /// The fence counter a refusal goes to.
+    fn counter(&self) -> FenceRefusal {
+        match self {
+            Refused::Foreign(_) => FenceRefusal::ForeignResult,
+            Refused::Invalid(_) => FenceRefusal::InvalidResult,
+            Refused::Conflict(_) => FenceRefusal::StaleResult,
+            Refused::ForeignOutput(_) | Refused::Unavailable(_) => FenceRefusal::ForeignOutput,
+        }
+    }
 }
 
 impl Shared {
@@ -354,5 +404,33 @@ impl Shared {
             )));
         }
         Ok(())
+    }
+
+    /// Whether the full output a result names (if any) was stored by its caller's host: a
+    /// stream reference must name a message of the outputs stream on `result.output.<host>`;
+    /// an object reference (older runtimes) must be the result's own object name.
+    async fn output_owned(&self, host: &HostId, r: &ResultRecord) -> Result<(), Refused> {
+        let Some(named) = r.output_ref.as_deref() else { return Ok(()) };
+        match OutputRef::parse(named) {
+            None => Err(Refused::Invalid(format!("output_ref {named:?} is neither out:<seq> nor an object name"))),
+            Some(OutputRef::Object(name)) => {
+                let own = result_output_object(self.subjects.account(), &r.spec, r.epoch, r.seq);
+                if name == own {
+                    Ok(())
+                } else {
+                    Err(Refused::ForeignOutput(format!("output_ref {name:?} is not this result's object {own:?}")))
+                }
+            }
+            Some(OutputRef::Stream(seq)) => match read_output(&self.js, seq).await {
+                Ok((subject, _)) if self.subjects.parse_result_output(&subject).as_ref() == Some(host) => Ok(()),
+                Ok((subject, _)) => {
+                    Err(Refused::ForeignOutput(format!("output {seq} was stored on {subject}, not by host {host}")))
+                }
+                Err(OutputReadError::NotFound(_)) => {
+                    Err(Refused::ForeignOutput(format!("no output {seq} in {OUTPUTS_STREAM}")))
+                }
+                Err(e @ OutputReadError::Unavailable { .. }) => Err(Refused::Unavailable(e.to_string())),
+            },
+        }
     }
 }

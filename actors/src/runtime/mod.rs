@@ -29,7 +29,7 @@ use steward_storage::runtime::{CachedSpec, RuntimeConfigRecord, RuntimeStore};
 use steward_subjects::api::lease::{AvailableNotice, ChangeNotice};
 use steward_subjects::api::result::ResultRecord;
 use steward_subjects::codec::{self, Encoding};
-use steward_subjects::subject::result_output_object;
+use steward_subjects::subject::{result_host_of, result_output_msg_id};
 use steward_subjects::{HostId, RuntimeId, Subjects};
 use tracing::{debug, info, warn};
 
@@ -71,7 +71,7 @@ pub struct RuntimeArgs {
     pub renew_every: Option<Duration>,
     /// Reply timeout of hub calls.
     pub call_timeout: Duration,
-    /// JetStream domain of the hub, for the artifacts object store (edges behind a leaf node);
+    /// JetStream domain of the hub, for its JetStream API (edges behind a leaf node);
     /// `None` = the connected server's own JetStream.
     pub hub_domain: Option<String>,
     /// Keys whose signed specs this runtime runs; a spec that does not verify against them is
@@ -307,8 +307,9 @@ impl Actor for RuntimeActor {
             RuntimeMsg::RunDone(done) => {
                 state.status.runs += 1;
                 let store = state.store.clone();
-                let account = state.args.subjects.account().clone();
-                let name = move |r: &ResultRecord| result_output_object(&account, &r.spec, r.epoch, r.seq);
+                // A provisional reference until the output is stored (see `outbox`).
+                let host = result_host_of(state.args.host.as_ref(), &state.args.runtime);
+                let name = move |r: &ResultRecord| result_output_msg_id(&host, &r.spec, r.epoch, r.seq);
                 match tokio::task::spawn_blocking(move || store.enqueue_with_outputs(vec![*done], &name)).await {
                     Ok(Ok(_)) => start_drain(state, &myself),
                     Ok(Err(e)) => warn!(runtime = %state.args.runtime, error = %e, "result not stored in the outbox"),

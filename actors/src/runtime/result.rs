@@ -1,7 +1,7 @@
 //! Turns a run's observation into its result record: pass/fail from the executor and the
 //! thresholds, and the output. A run keeps up to [`MAX_STORED_OUTPUT`] bytes of output; the
 //! result carries the first [`MAX_INLINE_OUTPUT`] bytes inline, and the whole output, when
-//! longer, travels beside it to the outbox (which names its object in `output_ref`).
+//! longer, travels beside it to the outbox, which stores it in the outputs stream (`output_ref`).
 
 use steward_subjects::api::result::{ResultRecord, ResultStatus, MAX_INLINE_OUTPUT, MAX_STORED_OUTPUT};
 use steward_subjects::config::{Comparison, JobSpec, Threshold};

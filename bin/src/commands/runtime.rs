@@ -1,6 +1,6 @@
 //! `steward runtime` (a standalone assessment runtime for pool specs), `steward leases` (specs
 //! and who holds them), `steward jobspecs --explain` (a spec, who may run it and who does) and
-//! `steward results` (stored results, and a result's full output from the object store).
+//! `steward results` (stored results, and a result's full output).
 
 use std::path::PathBuf;
 
@@ -16,8 +16,10 @@ use steward_subjects::api::lease::{LeasesRequest, RuntimeSession};
 use steward_subjects::api::result::{ResultRecord, MAX_INLINE_OUTPUT};
 use steward_subjects::config::{JobSpec, SpecId, TargetKind};
 use steward_subjects::selector::Selector;
-use steward_subjects::streams::ARTIFACTS_STORE;
-use steward_subjects::subject::result_output_object;
+use steward_subjects::streams::{
+    read_object, read_output, ObjectReadError, OutputReadError, ARTIFACTS_STORE, OUTPUTS_STREAM,
+};
+use steward_subjects::subject::{result_output_object, OutputRef};
 use steward_subjects::{HostId, RuntimeId, Subjects};
 use tracing::{info, warn};
 
@@ -88,8 +90,9 @@ pub struct ResultsArgs {
     /// Most results shown (the latest ones).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
-    /// Print the full output of one result (`<spec>:<epoch>:<seq>`, or its `output_ref`) from
-    /// the artifacts object store, raw, instead of listing results.
+    /// Print the full output of one result (`<spec>:<epoch>:<seq>`, or its `output_ref`,
+    /// `out:<seq>`) from the outputs stream (older results: the artifacts object store), raw,
+    /// instead of listing results.
     #[arg(long, value_name = "KEY", conflicts_with_all = ["spec", "host", "since"])]
     pub full_output: Option<String>,
 }
@@ -226,34 +229,61 @@ pub async fn results(global: &Global, args: ResultsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The object name of a result's full output: `key` is `<spec>:<epoch>:<seq>` or the name itself.
-fn output_object_name(global: &Global, key: &str) -> anyhow::Result<String> {
-    if key.contains('/') {
-        return Ok(key.to_owned());
+/// Results of one spec searched for the one `--full-output <spec>:<epoch>:<seq>` names.
+const OUTPUT_LOOKUP: usize = 10_000;
+
+/// Where the full output `key` names is stored: `key` is an `output_ref` (`out:<seq>`, or an
+/// object name of older results) or `<spec>:<epoch>:<seq>`, looked up among the spec's latest
+/// [`OUTPUT_LOOKUP`] results (older ones are looked for under their object name).
+async fn output_reference(nats: &async_nats::Client, global: &Global, key: &str) -> anyhow::Result<OutputRef> {
+    if let Some(r) = OutputRef::parse(key) {
+        return Ok(r);
     }
     let parts: Vec<&str> = key.split(':').collect();
     let bad = || {
         anyhow::anyhow!(
-            "--full-output {key:?}: expected <spec>:<epoch>:<seq> (the EPOCH:SEQ column of `steward results`) or an output_ref"
+            "--full-output {key:?}: expected <spec>:<epoch>:<seq> (the EPOCH:SEQ column of `steward results`) or an output_ref (out:<seq>)"
         )
     };
     let [spec, epoch, seq] = parts.as_slice() else { return Err(bad()) };
     let spec = parse_spec_id(spec).map_err(|e| anyhow::anyhow!("--full-output {key:?}: {e}"))?;
     let (epoch, seq) = (epoch.parse::<u64>().map_err(|_| bad())?, seq.parse::<u64>().map_err(|_| bad())?);
-    Ok(result_output_object(&global.account, &spec, epoch, seq))
+    let q = ResultQuery { spec: Some(spec.clone()), limit: OUTPUT_LOOKUP, ..ResultQuery::default() };
+    let results = ResultsClient::new(nats.clone(), Subjects::new(global.account.clone())).query(&q).await?;
+    let Some(r) = results.iter().rev().find(|r| r.epoch == epoch && r.seq == seq) else {
+        return Ok(OutputRef::Object(result_output_object(&global.account, &spec, epoch, seq)));
+    };
+    let Some(named) = r.output_ref.as_deref() else {
+        anyhow::bail!(
+            "result {key} has no stored output; outputs up to {MAX_INLINE_OUTPUT} bytes are kept only inline in the result (`steward results --spec ...`){}",
+            if r.message.is_empty() { String::new() } else { format!(" ({})", r.message) }
+        );
+    };
+    OutputRef::parse(named).ok_or_else(|| anyhow::anyhow!("result {key} names an unreadable output_ref {named:?}"))
 }
 
 async fn full_output(nats: &async_nats::Client, global: &Global, key: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    let name = output_object_name(global, key)?;
+    let reference = output_reference(nats, global, key).await?;
     let js = async_nats::jetstream::new(nats.clone());
-    let store = js.get_object_store(ARTIFACTS_STORE).await.with_context(|| format!("cannot open {ARTIFACTS_STORE}"))?;
-    let bytes = steward_subjects::streams::read_object(&store, &name, usize::MAX).await.map_err(|e| match e {
-        steward_subjects::streams::ObjectReadError::NotFound(_) => anyhow::anyhow!(
-            "no stored output {name:?}; outputs up to {MAX_INLINE_OUTPUT} bytes are kept only inline in the result (`steward results --spec ...`)"
-        ),
-        e => anyhow::anyhow!("cannot read {name}: {e}"),
-    })?;
+    let bytes = match reference {
+        OutputRef::Stream(seq) => read_output(&js, seq).await.map(|(_, b)| b.to_vec()).map_err(|e| match e {
+            OutputReadError::NotFound(_) => {
+                anyhow::anyhow!("no stored output out:{seq} (aged out of {OUTPUTS_STREAM}, or never stored)")
+            }
+            e => anyhow::anyhow!("{e}"),
+        })?,
+        OutputRef::Object(name) => {
+            let store =
+                js.get_object_store(ARTIFACTS_STORE).await.with_context(|| format!("cannot open {ARTIFACTS_STORE}"))?;
+            read_object(&store, &name, usize::MAX).await.map_err(|e| match e {
+                ObjectReadError::NotFound(_) => anyhow::anyhow!(
+                    "no stored output {name:?}; outputs up to {MAX_INLINE_OUTPUT} bytes are kept only inline in the result (`steward results --spec ...`)"
+                ),
+                e => anyhow::anyhow!("cannot read {name}: {e}"),
+            })?
+        }
+    };
     let mut out = std::io::stdout().lock();
     out.write_all(&bytes)?;
     out.flush()?;

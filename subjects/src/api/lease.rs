@@ -219,6 +219,8 @@ pub struct FenceStats {
     pub invalid_results: u64,
     /// Results already stored (answered `duplicate`, nothing written).
     pub duplicate_results: u64,
+    /// Results naming a full output their host did not store (another host's, or none).
+    pub foreign_outputs: u64,
 }
 
 /// Notice to a holder, on `steward.v1.<account>.jobspec.notice.<runtime>`: re-sync with `mine`.

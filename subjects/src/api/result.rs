@@ -51,11 +51,12 @@ impl ResultStatus {
 }
 
 /// Largest output kept inline in a result record, in bytes (longer output is cut, and stored
-/// whole in the artifacts object store when the runtime can reach it).
+/// whole in the outputs stream when the runtime can reach it).
 pub const MAX_INLINE_OUTPUT: usize = 4096;
 
 /// Largest output a runtime keeps of one run (stdout then stderr) and stores whole in the
-/// artifacts object store when it is longer than [`MAX_INLINE_OUTPUT`], in bytes.
+/// outputs stream when it is longer than [`MAX_INLINE_OUTPUT`] (cut further to the server's
+/// max payload), in bytes.
 pub const MAX_STORED_OUTPUT: usize = 1024 * 1024;
 
 /// Largest number of results one `result.submit` request may carry.
@@ -100,9 +101,12 @@ pub struct ResultRecord {
     pub output: String,
     /// Whether `output` was cut.
     pub output_truncated: bool,
-    /// Name of the full output (up to [`MAX_STORED_OUTPUT`] bytes) in the artifacts object
-    /// store, when it was longer than [`MAX_INLINE_OUTPUT`]; the runtime uploads it before it
-    /// submits the result.
+    /// Where the full output (up to [`MAX_STORED_OUTPUT`] bytes) is stored, when it was longer
+    /// than [`MAX_INLINE_OUTPUT`]: `out:<seq>`, a message of the outputs stream on the result's
+    /// own host's `result.output.<host>` (checked by the hub's fence), or, in results of older
+    /// runtimes, an object name of the artifacts object store
+    /// ([`OutputRef`](crate::subject::OutputRef)). The runtime stores it before it submits the
+    /// result.
     pub output_ref: Option<String>,
 }
 

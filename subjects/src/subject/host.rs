@@ -175,6 +175,9 @@ impl Subjects {
         let mut publish =
             vec![self.host_heartbeat(host), self.host_reply(host), self.run_event(host), self.run_work(host)];
         publish.push(self.config_playbook());
+        // Its runtime stores its own full outputs with a JetStream publish (a request whose
+        // reply comes to its own inbox): this one subject, no JetStream API.
+        publish.push(self.result_output(host));
         // Its runtime is named after the host; a host id is always a valid runtime id.
         let runtime = RuntimeId::parse(host.as_str()).ok();
         for endpoint in super::IdentityEndpoint::ALL {
@@ -314,11 +317,20 @@ mod tests {
         // Its runtime (named after the host) leases, renews, lists, releases and submits; it
         // hears its own notices and the broadcast, nobody else's, and cannot list all leases.
         // Each as itself only: exactly one subject per endpoint, ending in its own identity.
-        for verb in ["jobspec.lease", "jobspec.renew", "jobspec.mine", "jobspec.release", "result.submit"] {
+        for verb in
+            ["jobspec.lease", "jobspec.renew", "jobspec.mine", "jobspec.release", "result.submit", "result.output"]
+        {
             let own: Vec<&String> =
                 p.publish.iter().filter(|s| s.starts_with(&format!("steward.v1.acme.{verb}"))).collect();
-            assert_eq!(own, vec![&format!("steward.v1.acme.{verb}.a.a")], "{verb}");
+            let mine = if verb == "result.output" {
+                format!("steward.v1.acme.{verb}.a")
+            } else {
+                format!("steward.v1.acme.{verb}.a.a")
+            };
+            assert_eq!(own, vec![&mine], "{verb}");
         }
+        assert!(!p.subscribe.iter().any(|s| s.contains(".result.output")), "outputs are read through the hub only");
+        assert!(!p.publish.iter().any(|s| s.contains("STEWARD_OUTPUTS")), "no JetStream API on the outputs stream");
         assert!(!p.publish.iter().any(|s| s.starts_with("steward.v1.acme.jobspec.leases")));
         let leasing = |s: &&String| s.contains(".jobspec.") || s.contains(".result.");
         assert!(

@@ -39,7 +39,7 @@ pub use lease::{
     LeaseKey,
 };
 pub use operator::OperatorRole;
-pub use result::{result_host_of, result_output_object, result_verb};
+pub use result::{result_host_of, result_output_msg_id, result_output_object, result_verb, OutputRef};
 pub use run::{
     run_artifact_name, run_event_host, run_event_msg_id, run_events_consumer, run_host_filter, run_host_filter_all,
     run_host_key, run_idempotency_key, run_record_filter, run_record_key, run_verb, run_work_command_id,

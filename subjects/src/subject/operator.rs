@@ -6,7 +6,9 @@
 //! cancel, host commands, worker installs, silence, or credential changes.
 
 use super::{HostPermissions, Subjects};
-use crate::streams::{ARTIFACTS_STORE, DEAD_LETTERS_STREAM, HOST_COMMANDS_STREAM, RESULTS_STREAM, RUN_EVENTS_STREAM};
+use crate::streams::{
+    ARTIFACTS_STORE, DEAD_LETTERS_STREAM, HOST_COMMANDS_STREAM, OUTPUTS_STREAM, RESULTS_STREAM, RUN_EVENTS_STREAM,
+};
 
 /// The role of an operator identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,7 +86,8 @@ impl Subjects {
         // `steward dead-letters`: the dead-letter stream, and the dead messages by sequence
         // (direct gets only: reading, never consuming or deleting).
         publish.push(format!("$JS.API.STREAM.INFO.{DEAD_LETTERS_STREAM}"));
-        for stream in [DEAD_LETTERS_STREAM, RUN_EVENTS_STREAM, HOST_COMMANDS_STREAM, RESULTS_STREAM] {
+        // `steward results --full-output`: a full output by its sequence.
+        for stream in [DEAD_LETTERS_STREAM, RUN_EVENTS_STREAM, HOST_COMMANDS_STREAM, RESULTS_STREAM, OUTPUTS_STREAM] {
             publish.push(format!("$JS.API.DIRECT.GET.{stream}"));
         }
         publish.push("$JS.FC.>".to_owned());

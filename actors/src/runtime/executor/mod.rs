@@ -29,7 +29,7 @@ pub use tcp::{TcpError, TcpExecutor};
 
 /// Default cap on captured stdout and stderr, each, in bytes: as much as a result may keep of
 /// its output ([`MAX_STORED_OUTPUT`](steward_subjects::api::result::MAX_STORED_OUTPUT); the
-/// first 4 KiB inline, the whole in the artifacts object store).
+/// first 4 KiB inline, the whole in the outputs stream).
 pub const DEFAULT_OUTPUT_CAP: usize = steward_subjects::api::result::MAX_STORED_OUTPUT;
 
 /// A cancel signal an execution watches; see [`cancel_pair`].
