@@ -71,7 +71,10 @@ impl Deployment {
         let big = |name: &str| {
             let mut o = ServerOptions::named(name);
             o.max_memory_store = 1024 * 1024 * 1024;
-            o.max_file_store = 8 * 1024 * 1024 * 1024;
+            // With --auth every account has its own streams, and each reserves its `max_bytes`
+            // (256 MiB for dead letters) from this limit: 100 tenant accounts need 25 GiB of
+            // reservations, never written. Open mode keeps 8 GiB (one set of streams).
+            o.max_file_store = if extra_config.is_empty() { 8 } else { 64 } * 1024 * 1024 * 1024;
             o.extra_config.clone_from(&extra_config);
             o
         };
