@@ -11,6 +11,8 @@ use steward_deploy::topology::Cluster;
 use steward_deploy::wait::eventually;
 use steward_subjects::streams::Replicas;
 
+use crate::auth::{Identity, JwtAuth};
+
 /// Which NATS a run uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Topology {
@@ -34,6 +36,10 @@ pub struct Deployment {
     urls: Vec<String>,
     topology: Topology,
     nats_version: Option<String>,
+    /// The default account (`--account`): what [`Deployment::connect`] connects to.
+    account: String,
+    /// The identities, when the server authenticates (`--auth`).
+    auth: Option<JwtAuth>,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -43,15 +49,33 @@ impl std::fmt::Debug for Deployment {
 }
 
 impl Deployment {
-    /// Starts (or attaches to) the deployment.
+    /// Starts (or attaches to) the deployment; with `auth`, in operator (JWT) mode with
+    /// `account`'s identities issued, checking that an anonymous client is refused.
     ///
     /// # Errors
-    /// When nats-server cannot be found or started.
-    pub async fn start(topology: Topology) -> anyhow::Result<Self> {
+    /// When nats-server cannot be found or started, when `auth` is asked of a cluster or an
+    /// external deployment, or when the authenticated server accepts an anonymous client.
+    pub async fn start(topology: Topology, account: &str, auth: bool) -> anyhow::Result<Self> {
+        let auth = if auth {
+            if topology != Topology::Single {
+                bail!("--auth runs a single node the harness starts (not --cluster or --nats): each node would need its own resolver folder");
+            }
+            Some(JwtAuth::new(account)?)
+        } else {
+            None
+        };
+        let extra_config = match &auth {
+            Some(a) => a.server_config()?,
+            None => String::new(),
+        };
         let big = |name: &str| {
             let mut o = ServerOptions::named(name);
             o.max_memory_store = 1024 * 1024 * 1024;
-            o.max_file_store = 8 * 1024 * 1024 * 1024;
+            // With --auth every account has its own streams, and each reserves its `max_bytes`
+            // (256 MiB for dead letters) from this limit: 100 tenant accounts need 25 GiB of
+            // reservations, never written. Open mode keeps 8 GiB (one set of streams).
+            o.max_file_store = if extra_config.is_empty() { 8 } else { 64 } * 1024 * 1024 * 1024;
+            o.extra_config.clone_from(&extra_config);
             o
         };
         let version = || {
@@ -60,26 +84,80 @@ impl Deployment {
                 .and_then(|b| steward_deploy::nats_server_version(&b).ok())
                 .map(|v| v.to_string())
         };
-        Ok(match &topology {
+        let (servers, urls) = match &topology {
             Topology::Single => {
                 let s = NatsServer::single(big("loadtest")).await.context("cannot start nats-server")?;
-                Deployment {
-                    urls: vec![s.client_url()],
-                    servers: Servers::Single(Box::new(s)),
-                    topology,
-                    nats_version: version(),
-                }
+                let url = s.client_url();
+                (Servers::Single(Box::new(s)), vec![url])
             }
             Topology::Cluster3 => {
                 let c = Cluster::start_with(3, big("loadtest")).await.context("cannot start a 3-node cluster")?;
-                Deployment { urls: c.server_addrs(), servers: Servers::Cluster(c), topology, nats_version: version() }
+                let urls = c.server_addrs();
+                (Servers::Cluster(c), urls)
             }
-            Topology::External(url) => Deployment {
-                urls: url.split(',').map(|u| u.trim().to_owned()).collect(),
-                servers: Servers::None,
-                topology,
-                nats_version: None,
-            },
+            Topology::External(url) => (Servers::None, url.split(',').map(|u| u.trim().to_owned()).collect()),
+        };
+        let nats_version = if matches!(topology, Topology::External(_)) { None } else { version() };
+        let d = Deployment { servers, urls, topology, nats_version, account: account.to_owned(), auth };
+        if d.auth.is_some() {
+            d.anonymous_refused().await?;
+        }
+        Ok(d)
+    }
+
+    /// Fails when the deployment is authenticated but accepts a client without credentials (the
+    /// figures would silently be open-mode ones).
+    ///
+    /// # Errors
+    /// When an anonymous connection succeeds.
+    pub async fn anonymous_refused(&self) -> anyhow::Result<()> {
+        let anonymous = async_nats::ConnectOptions::new()
+            .name("loadtest-anonymous-probe")
+            .connection_timeout(Duration::from_secs(5))
+            .connect(self.url_list())
+            .await;
+        match anonymous {
+            Ok(_) => bail!("nats-server at {} accepted an anonymous client in --auth mode", self.url_list()),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// `jwt` when the deployment authenticates every client, `open` otherwise.
+    #[must_use]
+    pub fn auth_mode(&self) -> &'static str {
+        if self.auth.is_some() {
+            "jwt"
+        } else {
+            "open"
+        }
+    }
+
+    /// The authority's folder, when authenticated.
+    #[must_use]
+    pub fn auth_dir(&self) -> Option<&std::path::Path> {
+        self.auth.as_ref().map(JwtAuth::dir)
+    }
+
+    /// The credentials file of `who` in `account` (issued on first use), when authenticated.
+    ///
+    /// # Errors
+    /// When issuing fails.
+    pub async fn creds(&self, account: &str, who: Identity) -> anyhow::Result<Option<PathBuf>> {
+        match &self.auth {
+            Some(a) => Ok(Some(a.creds(&self.url_list(), account, who).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A `steward server --tenant` argument for `account`: `ACCOUNT`, or `ACCOUNT=CREDS` with
+    /// the account's hub identity when authenticated.
+    ///
+    /// # Errors
+    /// When issuing fails.
+    pub async fn tenant_arg(&self, account: &str) -> anyhow::Result<String> {
+        Ok(match self.creds(account, Identity::Hub).await? {
+            Some(c) => format!("{account}={}", c.display()),
+            None => account.to_owned(),
         })
     }
 
@@ -130,14 +208,30 @@ impl Deployment {
         }
     }
 
-    /// A new client connection named `name`.
+    /// A new client connection named `name` to the default account (the harness identity
+    /// when authenticated).
     ///
     /// # Errors
     /// When the deployment cannot be reached.
     pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
+        self.connect_in(&self.account.clone(), name).await
+    }
+
+    /// A new client connection named `name` to `account` (the harness identity of that account
+    /// when authenticated; in open mode every account shares the server's global account).
+    ///
+    /// # Errors
+    /// When the deployment cannot be reached or the identity cannot be issued.
+    pub async fn connect_in(&self, account: &str, name: &str) -> anyhow::Result<async_nats::Client> {
         let addrs: Vec<async_nats::ServerAddr> =
             self.urls.iter().map(|u| u.parse()).collect::<Result<_, _>>().context("bad nats url")?;
-        async_nats::ConnectOptions::new()
+        let options = match self.creds(account, Identity::Harness).await? {
+            Some(creds) => async_nats::ConnectOptions::with_credentials_file(&creds)
+                .await
+                .with_context(|| format!("cannot read {}", creds.display()))?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        options
             .name(name)
             .client_capacity(65_536)
             .subscription_capacity(1 << 20)
@@ -201,8 +295,12 @@ impl HubProcess {
     /// When the binary is missing or the process does not become healthy within 30 s.
     pub async fn start(deployment: &Deployment, account: &str, args: &[&str]) -> anyhow::Result<Self> {
         let bin = steward_binary()?;
-        let child = tokio::process::Command::new(&bin)
-            .args(["--nats", &deployment.url_list(), "--account", account])
+        let mut command = tokio::process::Command::new(&bin);
+        command.args(["--nats", &deployment.url_list(), "--account", account]);
+        if let Some(creds) = deployment.creds(account, Identity::Hub).await? {
+            command.arg("--creds").arg(creds);
+        }
+        let child = command
             .args(args)
             .env("STEWARD_LOG", std::env::var("STEWARD_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
@@ -210,7 +308,7 @@ impl HubProcess {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
-        let client = deployment.connect("loadtest-hub-wait").await?;
+        let client = deployment.connect_in(account, "loadtest-hub-wait").await?;
         eventually(Duration::from_secs(30), Duration::from_millis(100), || {
             let client = client.clone();
             async move { client.request("$SRV.PING.steward-hub", "".into()).await.map(|_| ()) }

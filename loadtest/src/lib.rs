@@ -2,7 +2,8 @@
 //! reports correctness counters next to its throughput and latency.
 //!
 //! Layout: [`env`](mod@env) starts the NATS deployment a run measures (a single node or a 3-node R3
-//! cluster through `steward_deploy`, or an existing one with `--nats`) and the hub processes;
+//! cluster through `steward_deploy`, or an existing one with `--nats`) and the hub processes,
+//! [`auth`] its identities in `--auth` (JWT) mode;
 //! [`procstat`] samples CPU seconds and resident memory of those processes from `/proc`;
 //! [`measure`] holds the latency histogram and throughput helpers; [`report`] the JSON report
 //! and the terminal table; [`checker`] the correctness counters (double leases, lost and
@@ -14,6 +15,7 @@
 //! [`scenarios::apply`]. The binary (`main.rs`) parses the command line, runs the selected
 //! scenarios and writes the report.
 
+pub mod auth;
 pub mod checker;
 pub mod env;
 pub mod measure;

@@ -38,6 +38,10 @@ struct Cli {
     /// Run the scenarios this many times and report medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     repeat: u32,
+    /// Run the nats-server the harness starts in operator (JWT) mode: every connection (hub
+    /// processes, the harness's clients, the simulated hosts) authenticates; a single node only.
+    #[arg(long, conflicts_with_all = ["nats", "cluster"])]
+    auth: bool,
     /// Account the scenarios use.
     #[arg(long, default_value = "loadtest")]
     account: String,
@@ -105,7 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         (None, Some(_)) => Topology::Cluster3,
         (None, None) => Topology::Single,
     };
-    let deployment = std::sync::Arc::new(Deployment::start(topology).await?);
+    let deployment = std::sync::Arc::new(Deployment::start(topology, &cli.account, cli.auth).await?);
     let mut report = RunReport {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: time::OffsetDateTime::now_utc()
@@ -114,6 +118,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         machine: Machine::detect(deployment.nats_version()),
         topology: deployment.topology_name().to_owned(),
         quick: cli.quick,
+        auth: deployment.auth_mode().to_owned(),
+        identities: if cli.auth { steward_loadtest::auth::identities_json() } else { serde_json::Value::Null },
         ..Default::default()
     };
     let options = Options {
@@ -144,6 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 if cli.repeat > 1 {
                     r.extra = merge_round(r.extra, round);
                 }
+                r.params = with_auth(r.params, deployment.auth_mode());
                 report.scenarios.push(r);
             }
             if failure.is_some() {
@@ -164,6 +171,16 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         return Err(e);
     }
     Ok(report.correct())
+}
+
+fn with_auth(params: serde_json::Value, mode: &str) -> serde_json::Value {
+    let mut map = match params {
+        serde_json::Value::Object(m) => m,
+        serde_json::Value::Null => serde_json::Map::new(),
+        other => serde_json::Map::from_iter([("value".to_owned(), other)]),
+    };
+    map.insert("auth".into(), mode.into());
+    serde_json::Value::Object(map)
 }
 
 fn merge_round(extra: serde_json::Value, round: u32) -> serde_json::Value {

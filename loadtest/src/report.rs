@@ -63,6 +63,12 @@ pub struct RunReport {
     pub topology: String,
     /// Whether `--quick` sizes were used.
     pub quick: bool,
+    /// `open`, or `jwt` with `--auth` (every connection authenticated).
+    #[serde(default)]
+    pub auth: String,
+    /// With `--auth`: which identity each kind of connection used.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub identities: serde_json::Value,
     /// The measurements, in run order.
     pub scenarios: Vec<ScenarioReport>,
     /// Medians per measurement over the rounds of `--repeat` (empty for a single round).

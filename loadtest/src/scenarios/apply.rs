@@ -97,7 +97,7 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
     if let Some(pid) = hub.pid() {
         ctx.track_hub(pid);
     }
-    let client = ctx.deployment.connect("loadtest-apply").await?;
+    let client = ctx.deployment.connect_in(account.as_str(), "loadtest-apply").await?;
     let js = jetstream::new(client.clone());
     let hosts = register_hosts(&js, &account, hosts_n).await?;
     apply(&client, &subjects, document(atts, 1)).await.context("first apply")?;

@@ -146,7 +146,7 @@ async fn lease_once(client: &async_nats::Client, subject: &str, payload: &bytes:
 /// Starts a hub for `account` and waits until its lease service knows `n` specs.
 pub async fn start_hub(ctx: &Ctx, account: &AccountId, n: u64) -> anyhow::Result<HubProcess> {
     let hub = HubProcess::start(&ctx.deployment, account.as_str(), &["server"]).await?;
-    let client = ctx.deployment.connect("lease-wait").await?;
+    let client = ctx.deployment.connect_in(account.as_str(), "lease-wait").await?;
     let subjects = Subjects::new(account.clone());
     eventually(Duration::from_secs(120), Duration::from_millis(100), || {
         let (client, subjects) = (client.clone(), subjects.clone());
@@ -190,14 +190,14 @@ async fn measure(ctx: &Ctx, batch: u32) -> anyhow::Result<ScenarioReport> {
         if ctx.options.conn_per_host { runtimes } else { ctx.size("lease.connections", 4, 4).clamp(1, runtimes) };
     let account = AccountId::parse(&format!("{}-l{batch}-{}", ctx.options.account, unique()))?;
     let subjects = Subjects::new(account.clone());
-    let setup = ctx.deployment.connect("lease-setup").await?;
+    let setup = ctx.deployment.connect_in(account.as_str(), "lease-setup").await?;
     let js = jetstream::new(setup.clone());
     streams::ensure(&js, ctx.deployment.replicas()).await?;
     let ids = write_specs(&js, &account, n, &name).await?;
     let hub = start_hub(ctx, &account, n).await?;
     let hub_pid = hub.pid().context("hub process has no pid")?;
     ctx.track_hub(hub_pid);
-    let clients = connect_clients(ctx, "lease-rt", conns).await?;
+    let clients = connect_clients(ctx, account.as_str(), "lease-rt", conns).await?;
 
     // Load: every runtime leases until the pool is empty.
     let progress = Progress::start(&name, n);

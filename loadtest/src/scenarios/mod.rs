@@ -25,11 +25,17 @@ pub(crate) fn unique() -> String {
     format!("{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-/// `n` client connections named `<prefix>-<i>`, shared round-robin by simulated runtimes.
-pub(crate) async fn connect_clients(ctx: &Ctx, prefix: &str, n: u64) -> anyhow::Result<Vec<async_nats::Client>> {
+/// `n` client connections to `account` named `<prefix>-<i>`, shared round-robin by simulated
+/// runtimes.
+pub(crate) async fn connect_clients(
+    ctx: &Ctx,
+    account: &str,
+    prefix: &str,
+    n: u64,
+) -> anyhow::Result<Vec<async_nats::Client>> {
     let mut clients = Vec::new();
     for c in 0..n {
-        clients.push(ctx.deployment.connect(&format!("{prefix}-{c}")).await?);
+        clients.push(ctx.deployment.connect_in(account, &format!("{prefix}-{c}")).await?);
     }
     Ok(clients)
 }

@@ -99,14 +99,14 @@ async fn measure(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
     let Sizes { count: n, runtimes, specs_per_runtime: per_rt, batch, connections: conns } = sizes;
     let account = AccountId::parse(&format!("{}-r-{}", ctx.options.account, unique()))?;
     let subjects = Subjects::new(account.clone());
-    let setup = ctx.deployment.connect("results-setup").await?;
+    let setup = ctx.deployment.connect_in(account.as_str(), "results-setup").await?;
     let js = jetstream::new(setup.clone());
     streams::ensure(&js, ctx.deployment.replicas()).await?;
     write_specs(&js, &account, runtimes * per_rt, NAME).await?;
     let hub = start_hub(ctx, &account, runtimes * per_rt).await?;
     let hub_pid = hub.pid().context("hub process has no pid")?;
     ctx.track_hub(hub_pid);
-    let clients = connect_clients(ctx, "results-rt", conns).await?;
+    let clients = connect_clients(ctx, account.as_str(), "results-rt", conns).await?;
     let held = lease_shares(&clients, &subjects, sizes).await?;
 
     // Load.

@@ -34,14 +34,29 @@ fn accounts(run: &str, n: u64) -> anyhow::Result<Vec<AccountId>> {
     (0..n).map(|i| AccountId::parse(&format!("t{run}-{i:03}")).context("tenant account name")).collect()
 }
 
-/// One history read per tenant; fails until every tenant's config manager answers.
+/// One client per tenant for the reads: in open mode one connection shared by all (every
+/// account lives in the server's global account), with `--auth` one per tenant account.
+async fn clients(ctx: &Ctx, tenants: &[AccountId], name: &str) -> anyhow::Result<Vec<async_nats::Client>> {
+    if ctx.deployment.auth_mode() == "open" {
+        let client = ctx.deployment.connect(name).await?;
+        return Ok(vec![client; tenants.len()]);
+    }
+    let mut out = Vec::with_capacity(tenants.len());
+    for t in tenants {
+        out.push(ctx.deployment.connect_in(t.as_str(), name).await?);
+    }
+    Ok(out)
+}
+
+/// One history read per tenant (through its client); fails until every tenant's config
+/// manager answers.
 async fn read_all(
-    client: &async_nats::Client,
+    clients: &[async_nats::Client],
     tenants: &[AccountId],
     latency: Option<&mut Latency>,
 ) -> Result<(), String> {
     let mut latency = latency;
-    for account in tenants {
+    for (account, client) in tenants.iter().zip(clients) {
         let subjects = Subjects::new(account.clone());
         let req = HistoryRequest { limit: 1, ..HistoryRequest::default() };
         let t = Instant::now();
@@ -56,17 +71,17 @@ async fn read_all(
 }
 
 /// Starts a hub serving `tenants`, waits until all answer and `settle` passed; its RSS and the
-/// time until all answered.
+/// time until all answered (identities and observer connections are made before the clock).
 async fn idle_hub(ctx: &Ctx, tenants: &[AccountId], settle: Duration) -> anyhow::Result<(HubProcess, u64, Duration)> {
     let mut args = vec!["server".to_owned()];
     for t in tenants {
-        args.extend(["--tenant".to_owned(), t.to_string()]);
+        args.extend(["--tenant".to_owned(), ctx.deployment.tenant_arg(t.as_str()).await?]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let observers = clients(ctx, tenants, "tenants-observer").await?;
     let started = Instant::now();
     let hub = HubProcess::start(&ctx.deployment, tenants[0].as_str(), &args).await?;
-    let client = ctx.deployment.connect("tenants-observer").await?;
-    eventually(Duration::from_secs(120), Duration::from_millis(200), || read_all(&client, tenants, None))
+    eventually(Duration::from_secs(120), Duration::from_millis(200), || read_all(&observers, tenants, None))
         .await
         .map_err(|e| anyhow::anyhow!("not every tenant answered: {e}"))?;
     let ready = started.elapsed();
@@ -84,10 +99,10 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
     let (one, rss_one, _) = idle_hub(ctx, &all[..1], settle).await?;
     drop(one);
     let (many, rss_many, ready) = idle_hub(ctx, &all, settle).await?;
-    let client = ctx.deployment.connect("tenants-reader").await?;
+    let readers = clients(ctx, &all, "tenants-reader").await?;
     let mut latency = Latency::new();
     let m = ctx.begin();
-    read_all(&client, &all, Some(&mut latency)).await.map_err(|e| anyhow::anyhow!(e))?;
+    read_all(&readers, &all, Some(&mut latency)).await.map_err(|e| anyhow::anyhow!(e))?;
     let mut report = m.finish(
         "tenants.idle",
         "one hub process serving many tenant accounts: memory per idle tenant, one config read per tenant",
