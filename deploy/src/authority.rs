@@ -114,6 +114,16 @@ impl Kind {
             Kind::Operator => "operators",
         }
     }
+
+    /// Whether users of this kind may answer requests on any reply subject they received
+    /// (the JWT's `resp` permission). Hosts need it (their health and command services answer
+    /// other identities' inboxes); services and operators publish to `_INBOX.>` and `$JS.ACK.>`
+    /// by their own permissions, and without `resp` the server does not track a reply
+    /// permission for every JetStream message delivered to them.
+    #[must_use]
+    pub fn answers_requests(self) -> bool {
+        matches!(self, Kind::Host)
+    }
 }
 
 impl std::fmt::Display for Kind {
@@ -383,7 +393,7 @@ impl Authority {
         let (account_key, _) = load_or_create_key(&dir.join("account.nk"), nkeys::KeyPair::new_account)?;
         let user = nkeys::KeyPair::new_user();
         let issued_at = now();
-        let nats = jwt::user_nats(&req.publish, &req.subscribe, true);
+        let nats = jwt::user_nats(&req.publish, &req.subscribe, req.kind.answers_requests());
         let user_jwt = jwt::encode(&account_key, &user.public_key(), &req.name, nats, issued_at)?;
         let seed = user.seed().map_err(|e| JwtError::Key(e.to_string()))?;
         mkdir(&dir.join(req.kind.folder()))?;
@@ -418,7 +428,7 @@ impl Authority {
         if record_path.exists() && creds_file.exists() && self.account_public_key(&req.account)?.is_some() {
             let record = Self::read_record(&record_path)?;
             let text = read_secret(&creds_file)?;
-            let mut want = jwt::user_nats(&req.publish, &req.subscribe, true);
+            let mut want = jwt::user_nats(&req.publish, &req.subscribe, req.kind.answers_requests());
             want["version"] = serde_json::json!(2);
             let same = jwt::creds_jwt(&text)
                 .and_then(jwt::decode)

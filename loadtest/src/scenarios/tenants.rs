@@ -109,6 +109,8 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
         count,
         Some(&latency),
     );
+    // The reads are serial requests, one per tenant: against the raw serial request/reply.
+    ctx.compare(&mut report, "raw.request_reply_serial").await?;
     drop(many);
     let per_tenant = rss_many.saturating_sub(rss_one) as f64 / (count - 1) as f64;
     report.params = json!({ "tenants": count, "settle_secs": settle.as_secs() });
