@@ -68,8 +68,32 @@ impl Global {
     /// # Errors
     /// When NATS cannot be reached or the credentials are refused.
     pub async fn connect(&self) -> Result<async_nats::Client, ActorsError> {
-        steward_actors::connect(&self.connect_options(), "steward-cli").await
+        // A permission the identity lacks arrives as a server error on the connection while the
+        // request itself only times out; it is kept so the command's error can name it.
+        steward_actors::connect_with(&self.connect_options(), "steward-cli", |o| {
+            o.event_callback(|event| async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let text = e.to_string();
+                    if text.to_lowercase().contains("permissions violation") {
+                        if let Ok(mut slot) = REFUSED.lock() {
+                            slot.get_or_insert(text);
+                        }
+                    }
+                }
+            })
+        })
+        .await
     }
+}
+
+/// The first permissions violation the server reported on a CLI connection.
+static REFUSED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// What the server refused on this command's connection, if anything: a permission the
+/// identity lacks (`Permissions Violation for Publish to "<subject>"`).
+#[must_use]
+pub fn refused_by_server() -> Option<String> {
+    REFUSED.lock().ok().and_then(|slot| slot.clone())
 }
 
 /// How results are printed.

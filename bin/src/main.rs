@@ -24,6 +24,9 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(refused) = steward::cli::refused_by_server() {
+                eprintln!("  the server refused this identity: {refused} (see docs/security.md)");
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -316,6 +316,12 @@ async fn creds_issue_revoke_list_on_an_operator_mode_server() {
     assert!(health.status.success(), "{}", String::from_utf8_lossy(&health.stderr));
     let anonymous = steward(&url, &["health"]);
     assert!(!anonymous.status.success(), "anonymous CLI accepted");
+    // A viewer's write is refused by the server, and the CLI says so (not only "timed out").
+    let write =
+        steward(&url, &["--creds", viewer["creds_file"].as_str().unwrap(), "run", "--hosts", "web-01", "--", "true"]);
+    let err = String::from_utf8_lossy(&write.stderr);
+    assert!(!write.status.success(), "{err}");
+    assert!(err.contains("Permissions Violation for Publish to \"steward.v1.acme.run.dispatch\""), "{err}");
 
     let started = std::time::Instant::now();
     let revoked = json(&steward(&url, &["creds", "revoke", "--host", "web-01", "--dir", &d, "-o", "json"]));
