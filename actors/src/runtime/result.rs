@@ -60,6 +60,16 @@ fn output_of(obs: &Observation) -> (String, bool, Option<Vec<u8>>) {
 pub(super) fn refusal_record(ctx: &SpecCtx, spec: &JobSpec, epoch: u64, why: &SpecRefusal) -> ResultRecord {
     let now = now_ms();
     ResultRecord {
+        status: ResultStatus::Error,
+        error_kind: "refused".into(),
+        message: why.to_string(),
+        ..base_record(ctx, spec, epoch, now, now)
+    }
+}
+
+/// What every result of `spec` at `epoch` carries: who ran what, and when.
+fn base_record(ctx: &SpecCtx, spec: &JobSpec, epoch: u64, started_at_ms: u64, ended_at_ms: u64) -> ResultRecord {
+    ResultRecord {
         spec: spec.id.clone(),
         epoch,
         seq: 0,
@@ -67,11 +77,8 @@ pub(super) fn refusal_record(ctx: &SpecCtx, spec: &JobSpec, epoch: u64, why: &Sp
         host: ctx.host.clone(),
         content_hash: spec.content_hash.clone(),
         executor: spec.executor.kind().to_owned(),
-        started_at_ms: now,
-        ended_at_ms: now,
-        status: ResultStatus::Error,
-        error_kind: "refused".into(),
-        message: why.to_string(),
+        started_at_ms,
+        ended_at_ms,
         ..ResultRecord::default()
     }
 }
@@ -83,18 +90,7 @@ pub(super) fn result_record(
     started_at_ms: u64,
     outcome: Result<Observation, ExecError>,
 ) -> (ResultRecord, Option<Vec<u8>>) {
-    let mut r = ResultRecord {
-        spec: spec.id.clone(),
-        epoch,
-        seq: 0,
-        runtime: ctx.runtime.clone(),
-        host: ctx.host.clone(),
-        content_hash: spec.content_hash.clone(),
-        executor: spec.executor.kind().to_owned(),
-        started_at_ms,
-        ended_at_ms: now_ms(),
-        ..ResultRecord::default()
-    };
+    let mut r = base_record(ctx, spec, epoch, started_at_ms, now_ms());
     let mut full = None;
     match outcome {
         Ok(obs) => {
