@@ -101,18 +101,12 @@ async fn host_credentials_and_account_isolation() {
     let a = issue_host(&auth, "acme", "host-a");
     let b = issue_host(&auth, "acme", "host-b");
     let globex_svc = issue_service(&auth, "globex");
-    let hub_dir = tmp.path().join("hub");
-    std::fs::create_dir_all(&hub_dir).unwrap();
-    std::fs::copy(auth.authorization_file(), hub_dir.join("authorization.conf")).unwrap();
-    let hub = NatsServer::start(ServerOptions {
-        data_dir: Some(hub_dir),
+    let hub = authorized_hub(&auth, tmp.path(), |o| ServerOptions {
         jetstream_domain: Some("hub".into()),
         leafnode_listen: true,
-        extra_config: "include \"authorization.conf\"".into(),
-        ..ServerOptions::named("hub")
+        ..o
     })
-    .await
-    .unwrap();
+    .await;
     let url = hub.client_url();
     let acme = subjects("acme");
 
@@ -289,16 +283,7 @@ async fn edge_runtime_with_host_credentials_leases_its_specs_and_stores_results(
     let auth = AuthDir::new(tmp.path().join("auth"));
     let svc = issue_service(&auth, "acme");
     let a = issue_host(&auth, "acme", "host-a");
-    let hub_dir = tmp.path().join("hub");
-    std::fs::create_dir_all(&hub_dir).unwrap();
-    std::fs::copy(auth.authorization_file(), hub_dir.join("authorization.conf")).unwrap();
-    let hub = NatsServer::start(ServerOptions {
-        data_dir: Some(hub_dir),
-        extra_config: "include \"authorization.conf\"".into(),
-        ..ServerOptions::named("hub")
-    })
-    .await
-    .unwrap();
+    let hub = authorized_hub(&auth, tmp.path(), |o| o).await;
     let url = hub.client_url();
     let acme = subjects("acme");
 
@@ -359,6 +344,20 @@ async fn fenced_hub(auth: &AuthDir, dir: &Path, hosts: &[&str]) -> (NatsServer, 
     fenced_hub_with(auth, dir, hosts, host_spec).await
 }
 
+/// A hub nats-server in `dir/hub` that includes the authorization `auth` rendered, with
+/// `adjust` applied to its options.
+async fn authorized_hub(auth: &AuthDir, dir: &Path, adjust: impl FnOnce(ServerOptions) -> ServerOptions) -> NatsServer {
+    let hub_dir = dir.join("hub");
+    std::fs::create_dir_all(&hub_dir).unwrap();
+    std::fs::copy(auth.authorization_file(), hub_dir.join("authorization.conf")).unwrap();
+    let opts = ServerOptions {
+        data_dir: Some(hub_dir),
+        extra_config: "include \"authorization.conf\"".into(),
+        ..ServerOptions::named("hub")
+    };
+    NatsServer::start(adjust(opts)).await.unwrap()
+}
+
 /// As [`fenced_hub`], with the spec of each host made by `spec`.
 async fn fenced_hub_with(
     auth: &AuthDir,
@@ -367,16 +366,7 @@ async fn fenced_hub_with(
     spec: fn(&str) -> JobSpec,
 ) -> (NatsServer, async_nats::Client, Vec<JobSpec>) {
     let svc = issue_service(auth, "acme");
-    let hub_dir = dir.join("hub");
-    std::fs::create_dir_all(&hub_dir).unwrap();
-    std::fs::copy(auth.authorization_file(), hub_dir.join("authorization.conf")).unwrap();
-    let hub = NatsServer::start(ServerOptions {
-        data_dir: Some(hub_dir),
-        extra_config: "include \"authorization.conf\"".into(),
-        ..ServerOptions::named("hub")
-    })
-    .await
-    .unwrap();
+    let hub = authorized_hub(auth, dir, |o| o).await;
     let (svc_client, _) = connect_seed(&hub.client_url(), &svc.seed_file, None).await;
     let js = jetstream::new(svc_client.clone());
     streams::ensure(&js, Replicas::One).await.unwrap();
