@@ -1,9 +1,11 @@
 //! Correctness counters computed from a recorded history, so a fast run is also a correct run.
 //!
 //! Scenarios record what they observed as [`Event`]s (JSON lines when saved): leases granted
-//! and ended, items acknowledged to a producer and items found in the store. [`check`] then
-//! counts double leases (two live holders of one spec at once), lost items (acknowledged but
-//! never stored) and duplicated items (stored more than once).
+//! and ended, executions started and stopped (what a runtime's check process really did), items
+//! acknowledged to a producer and items found in the store, runs started and runs ended.
+//! [`check`] then counts double leases (two live holders of one spec at once), double
+//! executions (one spec's check running in two runtimes at once), lost items (acknowledged but
+//! never stored), duplicated items (stored more than once) and runs that never ended.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -45,6 +47,37 @@ pub enum Event {
         /// Idempotency key.
         key: String,
     },
+    /// `runtime` started executing the check of `spec` at `at` (ns, any clock shared by the
+    /// run's processes: the check processes write it themselves).
+    ExecStarted {
+        /// Spec id (or the check's name, when the spec id is not known to the check).
+        spec: String,
+        /// Runtime that executed it.
+        runtime: String,
+        /// Time, ns.
+        at: u64,
+    },
+    /// `runtime`'s execution of `spec` that started last ended at `at`.
+    ExecEnded {
+        /// Spec id.
+        spec: String,
+        /// Runtime that executed it.
+        runtime: String,
+        /// Time, ns.
+        at: u64,
+    },
+    /// Run `run` was accepted by the dispatcher.
+    RunStarted {
+        /// Run id.
+        run: String,
+    },
+    /// Run `run` reached terminal state `state` (`success`, `failure`, `timeout`, `canceled`).
+    RunEnded {
+        /// Run id.
+        run: String,
+        /// Its terminal state.
+        state: String,
+    },
 }
 
 /// What [`check`] found.
@@ -56,6 +89,12 @@ pub struct CheckReport {
     pub lost: u64,
     /// Extra stored copies of items (an item stored three times counts two).
     pub duplicates: u64,
+    /// Pairs of overlapping executions of one spec by different runtimes.
+    #[serde(default)]
+    pub double_executions: u64,
+    /// Runs started and never seen ending.
+    #[serde(default)]
+    pub runs_not_ended: u64,
     /// Up to ten examples of each problem, for the report.
     pub examples: Vec<String>,
 }
@@ -64,7 +103,11 @@ impl CheckReport {
     /// Whether nothing was wrong.
     #[must_use]
     pub fn is_clean(&self) -> bool {
-        self.double_leases == 0 && self.lost == 0 && self.duplicates == 0
+        self.double_leases == 0
+            && self.lost == 0
+            && self.duplicates == 0
+            && self.double_executions == 0
+            && self.runs_not_ended == 0
     }
 }
 
@@ -75,7 +118,7 @@ const MAX_EXAMPLES: usize = 10;
 pub fn check(history: &[Event]) -> CheckReport {
     let mut report = CheckReport::default();
     let examples = |report: &mut CheckReport, s: String| {
-        if report.examples.len() < 3 * MAX_EXAMPLES {
+        if report.examples.len() < 5 * MAX_EXAMPLES {
             report.examples.push(s);
         }
     };
@@ -100,7 +143,7 @@ pub fn check(history: &[Event]) -> CheckReport {
                     intervals.entry(spec).or_default().push((start, *at, holder, *epoch));
                 }
             }
-            Event::ItemAcked { .. } | Event::ItemStored { .. } => {}
+            _ => {}
         }
     }
     for ((spec, holder, epoch), start) in open {
@@ -126,6 +169,61 @@ pub fn check(history: &[Event]) -> CheckReport {
                 }
             } else {
                 reach = Some((end, holder, epoch));
+            }
+        }
+    }
+
+    // Executions: the same sweep over (start, end, runtime) intervals per spec.
+    let mut running: HashMap<(&str, &str), u64> = HashMap::new();
+    let mut runs: BTreeMap<&str, Vec<(u64, u64, &str, u64)>> = BTreeMap::new();
+    for e in history {
+        match e {
+            Event::ExecStarted { spec, runtime, at } => {
+                running.insert((spec, runtime), *at);
+            }
+            Event::ExecEnded { spec, runtime, at } => {
+                if let Some(start) = running.remove(&(spec.as_str(), runtime.as_str())) {
+                    runs.entry(spec).or_default().push((start, *at, runtime, 0));
+                }
+            }
+            _ => {}
+        }
+    }
+    for ((spec, runtime), start) in running {
+        runs.entry(spec).or_default().push((start, u64::MAX, runtime, 0));
+    }
+    for (spec, mut ivs) in runs {
+        ivs.sort_unstable();
+        let mut reach: Option<(u64, &str)> = None;
+        for (start, end, runtime, _) in ivs {
+            match reach {
+                Some((r_end, r_runtime)) => {
+                    if start < r_end && r_runtime != runtime {
+                        report.double_executions += 1;
+                        examples(&mut report, format!("spec {spec}: executed by {r_runtime} and {runtime} at once"));
+                    }
+                    if end > r_end {
+                        reach = Some((end, runtime));
+                    }
+                }
+                None => reach = Some((end, runtime)),
+            }
+        }
+    }
+
+    // Runs.
+    let ended: HashMap<&str, &str> = history
+        .iter()
+        .filter_map(|e| match e {
+            Event::RunEnded { run, state } => Some((run.as_str(), state.as_str())),
+            _ => None,
+        })
+        .collect();
+    for e in history {
+        if let Event::RunStarted { run } = e {
+            if !ended.contains_key(run.as_str()) {
+                report.runs_not_ended += 1;
+                examples(&mut report, format!("run {run}: started and never ended"));
             }
         }
     }

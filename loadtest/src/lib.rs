@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod checker;
 pub mod env;
+pub mod faults;
 pub mod measure;
 pub mod procstat;
 pub mod progress;

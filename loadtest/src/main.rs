@@ -17,7 +17,8 @@ use steward_loadtest::scenarios::registry;
 #[derive(Debug, Parser)]
 #[command(name = "steward-loadtest", version, about)]
 struct Cli {
-    /// Scenarios to run (`all` for every one, `list` to list them).
+    /// Scenarios to run (`all` for every one, `list` to list them); `faults [NAME...]` runs the
+    /// fault scenarios instead (all of them, or those named; `faults list` lists them).
     #[arg(required = true)]
     scenarios: Vec<String>,
     /// Use an existing NATS deployment instead of starting one.
@@ -81,6 +82,9 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<bool> {
+    if cli.scenarios.first().is_some_and(|s| s == "faults") {
+        return run_faults(cli).await;
+    }
     let all = registry();
     if cli.scenarios.iter().any(|s| s == "list") {
         for d in &all {
@@ -217,4 +221,74 @@ fn medians(all: &[ScenarioReport]) -> Vec<steward_loadtest::report::MedianFigure
             }
         })
         .collect()
+}
+
+/// `steward-loadtest faults [NAME...]`: each fault scenario in a folder of its own, a table, and
+/// the JSON report; true when every checker verdict is clean.
+async fn run_faults(cli: Cli) -> anyhow::Result<bool> {
+    use steward_loadtest::faults::{self, FaultCtx};
+    let all = faults::registry();
+    let names = &cli.scenarios[1..];
+    if names.iter().any(|s| s == "list") {
+        for d in &all {
+            println!("{:<13} {}", d.name, d.about);
+        }
+        return Ok(true);
+    }
+    let selected: Vec<_> = if names.is_empty() || names.iter().any(|s| s == "all") {
+        all.clone()
+    } else {
+        let mut v = Vec::new();
+        for name in names {
+            match all.iter().find(|d| d.name == name) {
+                Some(d) => v.push(*d),
+                None => bail!(
+                    "unknown fault scenario {name:?}; known: {}",
+                    all.iter().map(|d| d.name).collect::<Vec<_>>().join(", ")
+                ),
+            }
+        }
+        v
+    };
+    let root =
+        tempfile::Builder::new().prefix("steward-faults-").tempdir().context("cannot make a temporary folder")?;
+    let mut reports = Vec::new();
+    let mut failure = None;
+    for def in selected {
+        let dir = root.path().join(def.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let ctx = FaultCtx {
+            quick: cli.quick,
+            dir: dir.clone(),
+            auth: cli.auth,
+            overrides: cli.set.iter().cloned().collect(),
+        };
+        eprintln!("fault {}: {}", def.name, def.about);
+        match (def.run)(&ctx).await {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                eprintln!("fault {} failed: {e:#} (its processes' logs were in {})", def.name, dir.display());
+                failure = Some(e.context(format!("fault scenario {}", def.name)));
+                break;
+            }
+        }
+    }
+    print!("{}", faults::table(&reports));
+    if let Some(path) = &cli.report {
+        let json = serde_json::to_vec_pretty(&serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "quick": cli.quick,
+            "faults": reports,
+        }))?;
+        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    if let Some(e) = failure {
+        if std::env::var_os("STEWARD_FAULTS_KEEP").is_some() {
+            let kept = root.keep();
+            eprintln!("kept {}", kept.display());
+        }
+        return Err(e);
+    }
+    Ok(reports.iter().all(faults::FaultReport::is_clean))
 }

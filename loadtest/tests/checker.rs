@@ -37,3 +37,33 @@ fn malformed_history_lines_are_reported_with_their_line() {
     let err = parse_jsonl("{\"type\":\"item_acked\",\"key\":\"a\"}\n{oops}\n").unwrap_err();
     assert!(err.starts_with("line 2"), "{err}");
 }
+
+#[test]
+fn overlapping_executions_by_two_runtimes_are_double_executions() {
+    let start = |rt: &str, at| Event::ExecStarted { spec: "s".into(), runtime: rt.into(), at };
+    let end = |rt: &str, at| Event::ExecEnded { spec: "s".into(), runtime: rt.into(), at };
+    // a runs 10..20, b runs 20..30 (back to back): clean.
+    let clean = check(&[start("a", 10), end("a", 20), start("b", 20), end("b", 30)]);
+    assert!(clean.is_clean(), "{clean:?}");
+    // b starts at 15 while a still runs: one double execution.
+    let r = check(&[start("a", 10), start("b", 15), end("a", 20), end("b", 30)]);
+    assert_eq!(r.double_executions, 1, "{r:?}");
+    assert!(r.examples.iter().any(|e| e.contains("executed by a and b at once")), "{r:?}");
+    // An execution that never ended overlaps everything after it.
+    let r = check(&[start("a", 10), start("b", 50), end("b", 60)]);
+    assert_eq!(r.double_executions, 1, "{r:?}");
+    // One runtime's own consecutive runs never count.
+    let r = check(&[start("a", 10), end("a", 20), start("a", 20), end("a", 30)]);
+    assert!(r.is_clean(), "{r:?}");
+}
+
+#[test]
+fn a_run_started_and_never_ended_is_reported() {
+    let r = check(&[
+        Event::RunStarted { run: "r1".into() },
+        Event::RunStarted { run: "r2".into() },
+        Event::RunEnded { run: "r1".into(), state: "success".into() },
+    ]);
+    assert_eq!(r.runs_not_ended, 1, "{r:?}");
+    assert!(r.examples.iter().any(|e| e.contains("run r2")), "{r:?}");
+}

@@ -1,0 +1,12 @@
+//! Fault scenario `overload` (not built yet).
+
+use futures::FutureExt as _;
+
+use super::{FaultCtx, FaultDef, FaultReport};
+
+/// The scenario.
+pub const DEF: FaultDef = FaultDef { name: "overload", about: "not built yet", run: |ctx| run(ctx).boxed() };
+
+async fn run(_ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
+    anyhow::bail!("fault scenario overload is not built yet")
+}
