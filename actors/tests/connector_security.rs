@@ -49,6 +49,10 @@ fn host(id: &str) -> HostId {
     HostId::parse(id).unwrap()
 }
 
+fn rt(id: &str) -> RuntimeId {
+    RuntimeId::parse(id).unwrap()
+}
+
 fn issue_host(auth: &AuthDir, account: &str, id: &str) -> Issued {
     let p = subjects(account).host_permissions(&host(id));
     auth.issue(account, IdentityKind::Host, id, p.publish, p.subscribe).unwrap()
@@ -161,12 +165,12 @@ async fn host_credentials_and_account_isolation() {
     as_a.publish(b_heartbeat.clone(), codec::encode(Encoding::MsgPack, &spoof).unwrap()).await.unwrap();
     as_a.flush().await.unwrap();
     expect_violation(&mut errors, "publish", &b_heartbeat).await;
-    let b_results = acme.result_put(&host("host-b"));
+    let b_results = acme.result_put(&host("host-b"), &rt("host-b"));
     as_a.publish(b_results.clone(), "{}".into()).await.unwrap();
     as_a.flush().await.unwrap();
     expect_violation(&mut errors, "publish", &b_results).await;
     // Results enter storage only through the hub's epoch check: not even its own result subject.
-    let a_results = acme.result_put(&host("host-a"));
+    let a_results = acme.result_put(&host("host-a"), &rt("host-a"));
     as_a.publish(a_results.clone(), "{}".into()).await.unwrap();
     as_a.flush().await.unwrap();
     expect_violation(&mut errors, "publish", &a_results).await;
@@ -453,7 +457,7 @@ async fn host_a_cannot_lease_or_submit_as_host_b() {
         status: ResultStatus::Fail,
         ..ResultRecord::default()
     };
-    let req = SubmitRequest { results: vec![forged.clone()] };
+    let req = SubmitRequest { results: vec![forged.clone()], ..Default::default() };
     assert!(as_a.submit(Some(&host("host-b")), &rt_b_id, &req).await.is_err());
     let b_submit = acme.identity_subject(IdentityEndpoint::Submit, Some(&host("host-b")), &rt_b_id);
     expect_violation(&mut errors_a, "publish", &b_submit).await;
@@ -474,7 +478,10 @@ async fn host_a_cannot_lease_or_submit_as_host_b() {
     assert!(reply.outcomes[0].reason.starts_with("forbidden"), "{:?}", reply.outcomes);
     // As itself, for b's spec: not the holder.
     let own = ResultRecord { runtime: String::new(), host: String::new(), ..forged.clone() };
-    let reply = as_a.submit(Some(&host("host-a")), &rt_a, &SubmitRequest { results: vec![own] }).await.unwrap();
+    let reply = as_a
+        .submit(Some(&host("host-a")), &rt_a, &SubmitRequest { results: vec![own], ..Default::default() })
+        .await
+        .unwrap();
     assert!(reply.outcomes[0].reason.starts_with("conflict"), "{:?}", reply.outcomes);
     // As itself, for itself: its own spec is granted (the refusals above are about identity).
     let mine = LeaseRequest { runtime: "host-a".into(), host: "host-a".into(), max: 10, ..Default::default() };
@@ -484,7 +491,7 @@ async fn host_a_cannot_lease_or_submit_as_host_b() {
     // No `result.put` at all, not even with b's next message id; not b's commands; not the
     // spec bucket.
     for h in ["host-a", "host-b"] {
-        let put = acme.result_put(&host(h));
+        let put = acme.result_put(&host(h), &rt(h));
         let mut headers = async_nats::HeaderMap::new();
         let next = ResultRecord { seq: 1_000_000, ..forged.clone() }.idempotency_key();
         headers.insert("Nats-Msg-Id", stored_msg_id("host-b", &next).as_str());
@@ -619,6 +626,7 @@ async fn host_outputs_are_stored_per_host_and_cannot_be_borrowed() {
             own(1_000_003, "nonsense".into()),
             own(1_000_004, format!("out:{seq_a}")),
         ],
+        ..Default::default()
     };
     let reply = as_a.submit(Some(&host("host-a")), &rt_a_id, &req).await.unwrap();
     let statuses: Vec<(SubmitStatus, &str)> =

@@ -265,8 +265,14 @@ async fn expired_holder_hands_over_and_its_epoch_is_fenced() {
         host: "rt-a".into(),
         ..ResultRecord::default()
     };
-    let r =
-        c.submit(None, &rt("rt-a"), &SubmitRequest { results: vec![result.clone(), result.clone()] }).await.unwrap();
+    let r = c
+        .submit(
+            None,
+            &rt("rt-a"),
+            &SubmitRequest { results: vec![result.clone(), result.clone()], ..Default::default() },
+        )
+        .await
+        .unwrap();
     assert_eq!(r.outcomes[0].status, SubmitStatus::Stored);
     assert_eq!(r.outcomes[1].status, SubmitStatus::Duplicate);
     // rt-a stops renewing; rt-b keeps asking and gets the spec within TTL + 1 s.
@@ -297,22 +303,26 @@ async fn expired_holder_hands_over_and_its_epoch_is_fenced() {
     assert_eq!(renew.renewed, 0);
     assert_eq!(renew.refused[0].current_epoch, 2);
     let stale = ResultRecord { seq: 2, ..result.clone() };
-    let r = c.submit(None, &rt("rt-a"), &SubmitRequest { results: vec![stale] }).await.unwrap();
+    let r = c.submit(None, &rt("rt-a"), &SubmitRequest { results: vec![stale], ..Default::default() }).await.unwrap();
     assert_eq!(r.outcomes[0].status, SubmitStatus::Refused);
     assert!(r.outcomes[0].reason.starts_with("conflict"), "{}", r.outcomes[0].reason);
     // The new holder's result is stored; the stream holds exactly two results.
     let fresh = ResultRecord { epoch: 2, seq: 1, runtime: "rt-b".into(), host: "rt-b".into(), ..result };
-    let r = c.submit(None, &rt("rt-b"), &SubmitRequest { results: vec![fresh.clone()] }).await.unwrap();
+    let r = c
+        .submit(None, &rt("rt-b"), &SubmitRequest { results: vec![fresh.clone()], ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!(r.outcomes[0].status, SubmitStatus::Stored);
     assert_eq!(stored_keys(&h.js).await, vec![format!("{}:1:1", s.id), format!("{}:2:1", s.id)]);
     // A re-send after a lost reply that carries more results (produced meanwhile): what is
     // stored is answered duplicate, only the new ones are stored.
     let more: Vec<ResultRecord> = (2..=4).map(|seq| ResultRecord { seq, ..fresh.clone() }).collect();
     let resend = [vec![fresh.clone()], more.clone()].concat();
-    let r = c.submit(None, &rt("rt-b"), &SubmitRequest { results: resend.clone() }).await.unwrap();
+    let r =
+        c.submit(None, &rt("rt-b"), &SubmitRequest { results: resend.clone(), ..Default::default() }).await.unwrap();
     let statuses: Vec<SubmitStatus> = r.outcomes.iter().map(|o| o.status).collect();
     assert_eq!(statuses, [SubmitStatus::Duplicate, SubmitStatus::Stored, SubmitStatus::Stored, SubmitStatus::Stored]);
-    let r = c.submit(None, &rt("rt-b"), &SubmitRequest { results: resend }).await.unwrap();
+    let r = c.submit(None, &rt("rt-b"), &SubmitRequest { results: resend, ..Default::default() }).await.unwrap();
     assert!(r.outcomes.iter().all(|o| o.status == SubmitStatus::Duplicate), "{:?}", r.outcomes);
     let keys = stored_keys(&h.js).await;
     assert_eq!(keys.len(), 5, "{keys:?}");
@@ -392,6 +402,65 @@ async fn malformed_requests_get_clear_errors() {
 
 /// Every spec with its holder and epoch, as the leader lists them.
 /// The idempotency keys of every stored result, in stream order (segments flattened).
+/// Exactly once for any outage: a runtime's re-send long after the dedupe window (an edge cut
+/// off for an hour, a reply lost on the way) is answered from its stored watermark, also by a
+/// new leader that has never seen it; a new outbox (lost local store) is never mistaken for it.
+#[tokio::test]
+async fn a_result_resent_after_the_dedupe_window_is_still_a_duplicate() {
+    let h = hub().await;
+    // The window shorter than the outage, rather than an hour-long test.
+    let mut cfg = h.js.get_stream(RESULTS_STREAM).await.unwrap().get_info().await.unwrap().config;
+    cfg.duplicate_window = Duration::from_millis(300);
+    h.js.update_stream(cfg).await.unwrap();
+    let s = spec(TargetKind::Pool, "pool-a", 1, "", "h1");
+    put_spec(&h.js, &s).await;
+    let svc = start_service(&h.node.client_url(), LeaseConfig::default()).await;
+    let c = client(&h.node.client_url()).await;
+    wait_specs(&c, 1).await;
+    assert_eq!(c.lease(&lease_req("rt-a", 10)).await.unwrap().granted.len(), 1);
+    let numbered = |seq: u64, outbox: u64| ResultRecord {
+        spec: s.id.clone(),
+        epoch: 1,
+        seq,
+        outbox,
+        runtime: "rt-a".into(),
+        host: "rt-a".into(),
+        ..ResultRecord::default()
+    };
+    let submit =
+        |results: Vec<ResultRecord>, incarnation: &str| SubmitRequest { results, incarnation: incarnation.into() };
+    let first: Vec<ResultRecord> = (1..=3).map(|n| numbered(n, n * 10)).collect();
+    let r = c.submit(None, &rt("rt-a"), &submit(first.clone(), "aaaa")).await.unwrap();
+    assert!(r.outcomes.iter().all(|o| o.status == SubmitStatus::Stored), "{:?}", r.outcomes);
+    // The reply was "lost"; the runtime comes back well after the window with two more.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let resend = [first.clone(), vec![numbered(4, 40), numbered(5, 50)]].concat();
+    let r = c.submit(None, &rt("rt-a"), &submit(resend.clone(), "aaaa")).await.unwrap();
+    let statuses: Vec<SubmitStatus> = r.outcomes.iter().map(|o| o.status).collect();
+    use SubmitStatus::{Duplicate, Stored};
+    assert_eq!(statuses, [Duplicate, Duplicate, Duplicate, Stored, Stored]);
+    // A new leader (empty cache) reads the watermark back from the stream.
+    svc.stop(None);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let _svc2 = start_service(&h.node.client_url(), LeaseConfig::default()).await;
+    let r = eventually(Duration::from_secs(20), Duration::from_millis(100), || async {
+        c.submit(None, &rt("rt-a"), &submit(resend.clone(), "aaaa")).await.map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    assert!(r.outcomes.iter().all(|o| o.status == Duplicate), "{:?}", r.outcomes);
+    let keys = stored_keys(&h.js).await;
+    assert_eq!(keys.len(), 5, "{keys:?}");
+    // The runtime lost its store: a new incarnation starting at position 1 is stored, not
+    // taken for what the old one sent.
+    let fresh = vec![numbered(6, 1)];
+    let r = c.submit(None, &rt("rt-a"), &submit(fresh, "bbbb")).await.unwrap();
+    assert_eq!(r.outcomes[0].status, Stored, "{:?}", r.outcomes);
+    let keys = stored_keys(&h.js).await;
+    assert_eq!(keys.len(), 6, "{keys:?}");
+    assert_eq!(keys.iter().collect::<HashSet<_>>().len(), 6, "a result stored twice: {keys:?}");
+}
+
 async fn stored_keys(js: &jetstream::Context) -> Vec<String> {
     let stream = js.get_stream(RESULTS_STREAM).await.unwrap();
     let last = stream.get_info().await.unwrap().state.last_sequence;
@@ -686,17 +755,24 @@ async fn the_subject_not_the_body_names_the_caller() {
     let own = ResultRecord { spec: pool.id.clone(), epoch: 1, seq: 1, ..ResultRecord::default() };
     let foreign_rt = ResultRecord { seq: 2, runtime: "rt-y".into(), ..own.clone() };
     let foreign_host = ResultRecord { seq: 3, host: "web-01".into(), ..own.clone() };
-    let r = c.submit(None, &rt("rt-x"), &SubmitRequest { results: vec![foreign_rt, foreign_host, own] }).await.unwrap();
+    let r = c
+        .submit(
+            None,
+            &rt("rt-x"),
+            &SubmitRequest { results: vec![foreign_rt, foreign_host, own], ..Default::default() },
+        )
+        .await
+        .unwrap();
     let statuses: Vec<SubmitStatus> = r.outcomes.iter().map(|o| o.status).collect();
     assert_eq!(statuses, [SubmitStatus::Refused, SubmitStatus::Refused, SubmitStatus::Stored], "{:?}", r.outcomes);
     assert!(r.outcomes[0].reason.starts_with("forbidden"), "{}", r.outcomes[0].reason);
     // Another runtime submitting rt-x's result as itself: not the holder.
     let theirs = ResultRecord { spec: pool.id.clone(), epoch: 1, seq: 9, ..ResultRecord::default() };
-    let r = c.submit(None, &rt("rt-y"), &SubmitRequest { results: vec![theirs] }).await.unwrap();
+    let r = c.submit(None, &rt("rt-y"), &SubmitRequest { results: vec![theirs], ..Default::default() }).await.unwrap();
     assert!(r.outcomes[0].reason.starts_with("conflict"), "{:?}", r.outcomes);
     let stream = h.js.get_stream(RESULTS_STREAM).await.unwrap();
     let m = stream.get_last_raw_message_by_subject(&s.result_put_all()).await.unwrap();
-    assert_eq!(m.subject.as_str(), "steward.v1.acme.result.put.rt-x");
+    assert_eq!(m.subject.as_str(), "steward.v1.acme.result.put.rt-x.rt-x");
     assert_eq!(m.headers.get("Nats-Msg-Id").unwrap().as_str(), format!("rt-x.{}:1:1", pool.id));
     let stored = decode_stored(Some(&m.headers), &m.payload).unwrap();
     assert_eq!((stored[0].runtime.as_str(), stored[0].host.as_str()), ("rt-x", "rt-x"));

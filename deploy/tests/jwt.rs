@@ -231,7 +231,7 @@ async fn viewer_reads_but_cannot_apply_or_dispatch() {
     let results = steward_subjects::streams::RESULTS_STREAM;
     let cfg = stream::Config { name: results.into(), subjects: vec![s.result_put_all()], ..Default::default() };
     hub_js.create_stream(cfg).await.unwrap();
-    let put = s.result_put(&HostId::parse("web-01").unwrap());
+    let put = s.result_put(&HostId::parse("web-01").unwrap(), &steward_subjects::RuntimeId::parse("web-01").unwrap());
     hub_js.publish(put.clone(), "r1".into()).await.unwrap().await.unwrap();
     let js = jetstream::new(viewer.clone());
     let consumer = js

@@ -4,8 +4,13 @@
 //!
 //! Every result gets its sequence number here, in the same transaction that puts it in the
 //! outbox, from a per-spec counter that survives restarts: a result's idempotency key
-//! (`<spec>:<epoch>:<seq>`) is therefore never reused for a different result, and a result
-//! re-sent after a crash is recognised by the hub's dedupe window.
+//! (`<spec>:<epoch>:<seq>`) is therefore never reused for a different result. The same
+//! transaction gives it its outbox position ([`ResultRecord::outbox`], the outbox id: increasing,
+//! never reused), and the store has an incarnation made once when it is created
+//! ([`RuntimeStore::incarnation`]): with both, the hub recognises a result re-sent after a crash
+//! or an outage of any length by the runtime's stored watermark, not only within its dedupe
+//! window. A store created anew (its file lost) has a new incarnation, so its first positions
+//! are never mistaken for ones already stored.
 //!
 //! A result whose output is too long to keep inline carries its full output next to it in the
 //! outbox (same transaction, same outbox id) with a provisional `output_ref` (set here once the
@@ -33,12 +38,13 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const RESULT_SEQ: TableDefinition<&str, (u64, u64)> = TableDefinition::new("result_seq");
 /// Full outputs of outbox results that name one in `output_ref`: outbox id → bytes.
 const OUTPUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("outputs");
-/// Counters: `outbox_next` → next outbox id.
+/// Counters: `outbox_next` → next outbox id, `output_bytes`, `incarnation` (random, made once).
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 const CONFIG_KEY: &str = "config";
 const OUTBOX_NEXT: &str = "outbox_next";
 const OUTPUT_BYTES: &str = "output_bytes";
+const INCARNATION: &str = "incarnation";
 
 /// A spec the runtime holds, as last confirmed by the hub.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -82,6 +88,7 @@ pub struct Pending {
 pub struct RuntimeStore {
     db: Database,
     output_budget: u64,
+    incarnation: String,
 }
 
 /// Default bound on the full outputs waiting in the outbox, in bytes; beyond it new results
@@ -120,9 +127,28 @@ impl RuntimeStore {
         tx.open_table(OUTBOX)?;
         tx.open_table(RESULT_SEQ)?;
         tx.open_table(OUTPUTS)?;
-        tx.open_table(COUNTERS)?;
+        let incarnation = {
+            let mut counters = tx.open_table(COUNTERS)?;
+            let stored = counters.get(INCARNATION)?.map(|v| v.value());
+            match stored {
+                Some(v) => v,
+                None => {
+                    // Random and never 0; made once, in the transaction that creates the tables.
+                    let v = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
+                    counters.insert(INCARNATION, v)?;
+                    v
+                }
+            }
+        };
         tx.commit()?;
-        Ok(RuntimeStore { db, output_budget: DEFAULT_OUTPUT_BUDGET })
+        Ok(RuntimeStore { db, output_budget: DEFAULT_OUTPUT_BUDGET, incarnation: format!("{incarnation:016x}") })
+    }
+
+    /// This outbox's incarnation: made when the store was created, kept for its life; sent with
+    /// every submit ([`steward_subjects::api::result::SubmitRequest::incarnation`]).
+    #[must_use]
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
     }
 
     /// The same store with another bound on the full outputs waiting in the outbox.
@@ -274,6 +300,7 @@ impl RuntimeStore {
                         };
                     }
                 }
+                record.outbox = next;
                 outbox.insert(next, encode(&record)?.as_slice())?;
                 out.push(Pending { id: next, record });
                 next += 1;
@@ -435,6 +462,29 @@ mod tests {
         let keys: Vec<String> = s.pending(10).unwrap().iter().map(|p| p.record.idempotency_key()).collect();
         assert_eq!(keys, vec!["a:1:2", "b:1:1", "a:1:3", "a:2:1"]);
         assert_eq!(s.outbox_len().unwrap(), 4);
+    }
+
+    #[test]
+    fn outbox_positions_increase_across_acks_and_reopen_and_the_incarnation_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rt.redb");
+        let (incarnation, first) = {
+            let s = RuntimeStore::open(&path).unwrap();
+            let p = s.enqueue(vec![result("a", 1), result("b", 1)]).unwrap();
+            s.ack(&[p[0].id, p[1].id]).unwrap();
+            (s.incarnation().to_owned(), p.iter().map(|p| p.record.outbox).collect::<Vec<_>>())
+        };
+        assert_eq!(first, vec![1, 2]);
+        assert_eq!(incarnation.len(), 16);
+        let s = RuntimeStore::open(&path).unwrap();
+        assert_eq!(s.incarnation(), incarnation, "the incarnation is made once per store");
+        // The outbox is empty, yet positions go on: never reused.
+        let p = s.enqueue(vec![result("a", 1)]).unwrap();
+        assert_eq!(p[0].record.outbox, 3);
+        assert_eq!(s.pending(10).unwrap()[0].record.outbox, 3, "the position is stored with the result");
+        // A store made anew (its file lost) is another incarnation.
+        let other = RuntimeStore::open(&dir.path().join("new.redb")).unwrap();
+        assert_ne!(other.incarnation(), incarnation);
     }
 
     #[test]

@@ -23,7 +23,15 @@ async fn ensure_is_idempotent_and_streams_capture_their_subjects() {
     for _ in 0..2 {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", "spec-1:epoch-1:seq-1");
-        js.publish_with_headers(s.result_put(&host), headers, "r".into()).await.unwrap().await.unwrap();
+        js.publish_with_headers(
+            s.result_put(&host, &steward_subjects::RuntimeId::parse("web-01").unwrap()),
+            headers,
+            "r".into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     }
     let mut stream = js.get_stream(streams::RESULTS_STREAM).await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 1, "duplicate dropped by the dedupe window");

@@ -149,6 +149,7 @@ async fn load(
         view: Mutex::new(view),
         identities: Identities::new(&args.subjects),
         fence: FenceCounters::default(),
+        watermarks: Default::default(),
     });
     Ok((shared, last_seq, entries))
 }

@@ -29,7 +29,7 @@ use super::identity::{claim, FenceCounters, FenceRefusal, Identities};
 use super::notices::NoticeEvent;
 use super::state::{LeaseView, NotHeld, RowFilter, SpecEntry};
 use super::{LeaseConfig, LeaseError};
-use crate::results::store::store_host_results;
+use crate::results::store::{store_host_results, Watermarks};
 use crate::{duration_ms, now_ms};
 
 /// Full outputs looked up at once while checking one submit request.
@@ -57,6 +57,8 @@ pub(super) struct Shared {
     pub(super) identities: Identities,
     /// What the fence refused.
     pub(super) fence: FenceCounters,
+    /// Each runtime's stored watermark (the last outbox position it has stored).
+    pub(super) watermarks: Watermarks,
 }
 
 impl Shared {
@@ -286,6 +288,7 @@ impl Shared {
         }
         let who = self.identities.acting(Op::Submit, subject)?;
         let host = HostId::parse(who.host)?;
+        let runtime = RuntimeId::parse(who.runtime)?;
         // A result naming another runtime or host is foreign; an empty field takes the subject's.
         let foreign: Vec<Option<String>> = req
             .results
@@ -323,12 +326,21 @@ impl Shared {
                 .await,
             );
         }
+        // What is stored must be a prefix of what the runtime sent (its stored watermark answers
+        // everything below it `duplicate`): after the first result to retry, accepted ones wait.
+        let mut waiting: Option<String> = None;
         for (i, ((r, checked), output)) in req.results.iter().zip(checked).zip(outputs).enumerate() {
             let mut outcome = SubmitOutcome { key: r.idempotency_key(), ..SubmitOutcome::default() };
             match checked.and(output) {
+                Ok(()) if waiting.is_some() => {
+                    outcome.status = SubmitStatus::Retry;
+                    outcome.reason =
+                        format!("unavailable: an earlier result waits ({})", waiting.clone().unwrap_or_default());
+                }
                 Ok(()) => accepted.push((i, r)),
                 Err(Refused::Unavailable(reason)) => {
                     outcome.status = SubmitStatus::Retry;
+                    waiting.get_or_insert_with(|| reason.clone());
                     outcome.reason = reason;
                 }
                 Err(refused) => {
@@ -341,7 +353,8 @@ impl Shared {
             outcomes.push(outcome);
         }
         let mut duplicates = 0;
-        for stored in store_host_results(&self.js, &self.subjects, &host, accepted).await {
+        let who = (&host, &runtime, req.incarnation.as_str());
+        for stored in store_host_results(&self.js, &self.subjects, &self.watermarks, who, accepted).await {
             duplicates += u64::from(stored.status == SubmitStatus::Duplicate);
             let o = &mut outcomes[stored.index];
             o.status = stored.status;

@@ -59,7 +59,7 @@ async fn query(
     let js = jetstream::new(client.clone());
     let stream =
         js.get_stream(steward_subjects::streams::RESULTS_STREAM).await.map_err(|e| unavailable(e.to_string()))?;
-    let filter = q.host.as_ref().map_or_else(|| subjects.result_put_all(), |h| subjects.result_put(h));
+    let filter = q.host.as_ref().map_or_else(|| subjects.result_put_all(), |h| subjects.result_put_host(h));
     let deliver_policy = match q.since {
         Some(t) => consumer::DeliverPolicy::ByStartTime { start_time: t },
         None => consumer::DeliverPolicy::All,

@@ -1,28 +1,44 @@
 //! Writing accepted results to `STEWARD_RESULTS` as segments (see
 //! [`steward_subjects::api::result`] for the stored form), behind the lease service's fence.
 //!
-//! [`store_host_results`] takes the fenced results of one host from one `result.submit`
+//! [`store_host_results`] takes the fenced results of one runtime from one `result.submit`
 //! request, in request order, and stores them as few messages as fit below
-//! [`MAX_SEGMENT_BYTES`]. Each segment's `Nats-Msg-Id` is the host and its first result's
-//! idempotency key ([`stored_msg_id`]: the host is the authenticated one, so ids never collide
-//! across hosts).
-//! When JetStream says a segment is a duplicate, the stored segment is read back (the ack names
-//! its sequence): the results it holds are answered `duplicate`, the others are stored in a new
-//! segment keyed by the first of them. A runtime re-sends from the same outbox head after a lost
-//! reply, so a re-sent request always meets its earlier segment under the same key, and a
-//! longer re-send (more results produced meanwhile) stores exactly the new ones.
+//! [`MAX_SEGMENT_BYTES`] on that runtime's own `result.put.<host>.<runtime>`.
+//!
+//! Exactly once, for any outage length. A runtime that numbers its results (an outbox
+//! incarnation and each result's outbox position, increasing) has a *stored watermark*: the
+//! [`OUTBOX_HEADER`] of the last segment on its subject, read back from the stream on first use
+//! and kept in [`Watermarks`] while this process leads. A result at or below the watermark of
+//! its own incarnation is answered `duplicate` without touching the stream, whether its first
+//! copy was stored a second or a month ago. Each segment is published with
+//! `Nats-Expected-Last-Subject-Sequence` set to the watermark's stream sequence, so a write that
+//! raced another (a re-sent request still in flight, a deposed leader) is refused by JetStream
+//! and the watermark read again rather than a result stored twice. This holds because the hub
+//! stores a request's results as a prefix (after the first result that must be retried, every
+//! later one is retried too) and a runtime re-sends its outbox in order.
+//!
+//! Within JetStream's dedupe window a second guard stands: each segment's `Nats-Msg-Id` is the
+//! host and its first result's idempotency key ([`stored_msg_id`]). When JetStream says a
+//! segment is a duplicate (results of runtimes that do not number them), the stored segment is
+//! read back (the ack names its sequence): the results it holds are answered `duplicate`, the
+//! others are stored in a new segment keyed by the first of them.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
+use async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE;
 use async_nats::jetstream;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use steward_subjects::api::result::{
-    decode_stored, stored_msg_id, ResultRecord, StoredDecodeError, SubmitStatus, MAX_SEGMENT_BYTES, SEGMENT_HEADER,
+    decode_stored, outbox_mark, parse_outbox_mark, stored_msg_id, ResultRecord, StoredDecodeError, SubmitStatus,
+    MAX_SEGMENT_BYTES, OUTBOX_HEADER, SEGMENT_HEADER,
 };
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::streams::RESULTS_STREAM;
-use steward_subjects::{HostId, Subjects};
+use steward_subjects::{HostId, RuntimeId, Subjects};
 
 use crate::lease::msgpack;
 
@@ -32,7 +48,7 @@ pub(crate) enum ResultStoreError {
     /// JetStream did not take or confirm the segment.
     #[error(transparent)]
     Publish(#[from] jetstream::context::PublishError),
-    /// The stored segment a duplicate names could not be read.
+    /// The stored segment a duplicate names, or a runtime's watermark, could not be read.
     #[error("{0}")]
     ReadBack(String),
     /// The stored segment a duplicate names cannot be decoded.
@@ -43,12 +59,14 @@ pub(crate) enum ResultStoreError {
 /// Header JetStream deduplicates on.
 const MSG_ID: &str = "Nats-Msg-Id";
 
-/// Most duplicate read-backs for one host's results of one request (each one consumes at least
-/// one result, so this only bounds a misbehaving peer).
+/// Most duplicate read-backs and refused (raced) writes for one runtime's results of one
+/// request (each read-back consumes at least one result; races need a concurrent writer, so
+/// this only bounds a misbehaving peer or a flapping leadership).
 const MAX_READ_BACKS: usize = 64;
 
 /// What happened to one result: its index in the request, status, stream sequence of the
-/// segment holding it, and a reason when it must be retried.
+/// segment holding it (0 when it is known stored only by its runtime's watermark), and a reason
+/// when it must be retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Stored {
     pub index: usize,
@@ -61,16 +79,83 @@ pub(crate) struct Stored {
 struct Item {
     index: usize,
     key: String,
+    /// Its outbox position (0: not numbered).
+    outbox: u64,
     bytes: Bytes,
 }
 
-/// Stores `results` (index in the request, record) of `host` in order; returns one [`Stored`]
-/// per result (in no particular order). Results that could not be encoded, or not be stored now,
-/// come back as `Retry` with the reason; a key given twice is stored once.
+/// The last stored segment of one runtime: its stream sequence (0: nothing stored) and the
+/// outbox position of its last result, with the outbox it belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Mark {
+    subject_seq: u64,
+    outbox: Option<(String, u64)>,
+}
+
+impl Mark {
+    /// Whether the result at `outbox` in `incarnation` is stored already.
+    fn covers(&self, incarnation: &str, outbox: u64) -> bool {
+        outbox != 0
+            && !incarnation.is_empty()
+            && self.outbox.as_ref().is_some_and(|(inc, pos)| inc == incarnation && outbox <= *pos)
+    }
+}
+
+/// Stored watermarks of the runtimes this process has stored results for, by subject: read
+/// from the stream on first use, then kept current by this process's own writes (a write
+/// refused for a wrong last sequence, or whose outcome is unknown, drops the entry).
+#[derive(Debug, Default)]
+pub(crate) struct Watermarks {
+    marks: Mutex<HashMap<String, Mark>>,
+}
+
+impl Watermarks {
+    fn cached(&self, subject: &str) -> Option<Mark> {
+        self.marks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(subject).cloned()
+    }
+
+    fn set(&self, subject: &str, mark: Mark) {
+        self.marks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(subject.to_owned(), mark);
+    }
+
+    fn forget(&self, subject: &str) {
+        self.marks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(subject);
+    }
+
+    /// The watermark of `subject`, from the cache or the stream's last message on it.
+    async fn get(&self, js: &jetstream::Context, subject: &str) -> Result<Mark, ResultStoreError> {
+        if let Some(m) = self.cached(subject) {
+            return Ok(m);
+        }
+        let stream =
+            js.get_stream_no_info(RESULTS_STREAM).await.map_err(|e| ResultStoreError::ReadBack(e.to_string()))?;
+        let mark = match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(msg) => Mark {
+                subject_seq: msg.sequence,
+                outbox: msg
+                    .headers
+                    .get(OUTBOX_HEADER)
+                    .and_then(|v| parse_outbox_mark(v.as_str()))
+                    .map(|(inc, pos)| (inc.to_owned(), pos)),
+            },
+            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Mark::default(),
+            Err(e) => return Err(ResultStoreError::ReadBack(format!("cannot read the stored watermark: {e}"))),
+        };
+        self.set(subject, mark.clone());
+        Ok(mark)
+    }
+}
+
+/// Stores `results` (index in the request, record) of `runtime` on `host` in order; returns one
+/// [`Stored`] per result (in no particular order). `incarnation` is the runtime's outbox (empty
+/// when it does not number its results). Results that could not be encoded, or not be stored
+/// now, come back as `Retry` with the reason — and so does every result after them, so that
+/// what is stored is always a prefix; a key given twice is stored once.
 pub(crate) async fn store_host_results(
     js: &jetstream::Context,
     subjects: &Subjects,
-    host: &HostId,
+    marks: &Watermarks,
+    (host, runtime, incarnation): (&HostId, &RuntimeId, &str),
     results: Vec<(usize, &ResultRecord)>,
 ) -> Vec<Stored> {
     let mut out = Vec::with_capacity(results.len());
@@ -78,7 +163,12 @@ pub(crate) async fn store_host_results(
     // A key repeated within the request is answered like its first occurrence.
     let mut first_of: HashMap<String, usize> = HashMap::with_capacity(results.len());
     let mut repeats: Vec<(usize, usize)> = Vec::new();
+    let mut failed: Option<String> = None;
     for (index, r) in results {
+        if let Some(why) = &failed {
+            out.push(retry(index, why.clone()));
+            continue;
+        }
         let key = r.idempotency_key();
         if let Some(&first) = first_of.get(&key) {
             repeats.push((index, first));
@@ -87,12 +177,16 @@ pub(crate) async fn store_host_results(
         match codec::encode(Encoding::MsgPack, r) {
             Ok(bytes) => {
                 first_of.insert(key.clone(), index);
-                todo.push(Item { index, key, bytes });
+                todo.push(Item { index, key, outbox: r.outbox, bytes });
             }
-            Err(e) => out.push(retry(index, format!("invalid: {e}"))),
+            Err(e) => {
+                out.push(retry(index, format!("invalid: {e}")));
+                failed = Some(format!("unavailable: an earlier result could not be stored ({e})"));
+            }
         }
     }
-    store_items(js, subjects, host, todo, &mut out).await;
+    let subject = subjects.result_put(host, runtime);
+    store_items(js, marks, (&subject, host, incarnation), todo, &mut out).await;
     for (index, first) in repeats {
         let Some(f) = out.iter().find(|s| s.index == first).cloned() else { continue };
         let status = if f.status == SubmitStatus::Retry { SubmitStatus::Retry } else { SubmitStatus::Duplicate };
@@ -101,34 +195,78 @@ pub(crate) async fn store_host_results(
     out
 }
 
-/// Stores `todo` in order as segments, pushing one [`Stored`] per item onto `out`.
+/// Stores `todo` in order as segments on `subject`, pushing one [`Stored`] per item onto `out`.
 async fn store_items(
     js: &jetstream::Context,
-    subjects: &Subjects,
-    host: &HostId,
+    marks: &Watermarks,
+    (subject, host, incarnation): (&str, &HostId, &str),
     mut todo: Vec<Item>,
     out: &mut Vec<Stored>,
 ) {
-    let subject = subjects.result_put(host);
     let mut read_backs = 0;
     while !todo.is_empty() {
-        let cut = segment_len(&todo);
-        let payload = segment_payload(&todo[..cut]);
-        let mut headers = HeaderMap::new();
-        headers.insert(MSG_ID, stored_msg_id(host.as_str(), &todo[0].key).as_str());
-        headers.insert(SEGMENT_HEADER, cut.to_string().as_str());
-        let ack = match js.publish_with_headers(subject.clone(), headers, payload).await {
-            Ok(f) => f.await.map_err(ResultStoreError::from),
-            Err(e) => Err(ResultStoreError::from(e)),
-        };
-        let ack = match ack {
-            Ok(a) => a,
+        let mark = match marks.get(js, subject).await {
+            Ok(m) => m,
             Err(e) => {
                 out.extend(todo.drain(..).map(|i| retry(i.index, format!("unavailable: {e}"))));
                 break;
             }
         };
+        // Everything at or below the watermark is stored already, however long ago.
+        todo.retain(|i| {
+            if mark.covers(incarnation, i.outbox) {
+                out.push(Stored {
+                    index: i.index,
+                    status: SubmitStatus::Duplicate,
+                    stream_seq: 0,
+                    reason: String::new(),
+                });
+                false
+            } else {
+                true
+            }
+        });
+        if todo.is_empty() {
+            break;
+        }
+        let cut = segment_len(&todo);
+        let payload = segment_payload(&todo[..cut]);
+        let last = &todo[cut - 1];
+        let mut headers = HeaderMap::new();
+        headers.insert(MSG_ID, stored_msg_id(host.as_str(), &todo[0].key).as_str());
+        headers.insert(SEGMENT_HEADER, cut.to_string().as_str());
+        headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, mark.subject_seq.to_string().as_str());
+        let written = (!incarnation.is_empty() && last.outbox != 0).then(|| (incarnation.to_owned(), last.outbox));
+        if let Some((inc, pos)) = &written {
+            headers.insert(OUTBOX_HEADER, outbox_mark(inc, *pos).as_str());
+        }
+        let ack = match js.publish_with_headers(subject.to_owned(), headers, payload).await {
+            Ok(f) => f.await.map_err(ResultStoreError::from),
+            Err(e) => Err(ResultStoreError::from(e)),
+        };
+        let ack = match ack {
+            Ok(a) => a,
+            Err(ResultStoreError::Publish(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                // Another write landed on this runtime's subject since the watermark was read:
+                // read it again and answer what it covers.
+                marks.forget(subject);
+                read_backs += 1;
+                if read_backs > MAX_READ_BACKS {
+                    let why = "unavailable: too many concurrent writes for this runtime; send again".to_owned();
+                    out.extend(todo.drain(..).map(|i| retry(i.index, why.clone())));
+                    break;
+                }
+                continue;
+            }
+            Err(e) => {
+                // The write may have landed without its ack reaching here.
+                marks.forget(subject);
+                out.extend(todo.drain(..).map(|i| retry(i.index, format!("unavailable: {e}"))));
+                break;
+            }
+        };
         if !ack.duplicate {
+            marks.set(subject, Mark { subject_seq: ack.sequence, outbox: written });
             out.extend(todo.drain(..cut).map(|i| Stored {
                 index: i.index,
                 status: SubmitStatus::Stored,
@@ -138,6 +276,7 @@ async fn store_items(
             continue;
         }
         // A segment with this first key is stored: answer what it holds, store the rest.
+        marks.forget(subject);
         read_backs += 1;
         let held = match stored_keys(js, ack.sequence).await {
             Ok(keys) if read_backs <= MAX_READ_BACKS => keys,
@@ -216,7 +355,7 @@ mod tests {
     fn item(i: usize, size: usize) -> Item {
         let r =
             ResultRecord { spec: format!("s{i}"), epoch: 1, seq: 1, output: "x".repeat(size), ..Default::default() };
-        Item { index: i, key: r.idempotency_key(), bytes: codec::encode(Encoding::MsgPack, &r).unwrap() }
+        Item { index: i, key: r.idempotency_key(), outbox: 0, bytes: codec::encode(Encoding::MsgPack, &r).unwrap() }
     }
 
     #[test]

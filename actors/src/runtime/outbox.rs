@@ -1,7 +1,9 @@
 //! Result delivery. Every run's result goes into the outbox first (its sequence number is
 //! assigned there); a drain task then submits the outbox head in order and removes what the hub
 //! stored, found duplicate or refused. While the hub is unreachable results wait, and they are
-//! sent in order after reconnection; the hub stores each once (`<spec>:<epoch>:<seq>`).
+//! sent in order after reconnection; the hub stores each once (`<spec>:<epoch>:<seq>`, and the
+//! outbox's incarnation and each result's outbox position, for outages longer than the dedupe
+//! window).
 //!
 //! A result whose whole output is longer than its inline head has that output beside it in
 //! the outbox. The drain stores it as one message of `STEWARD_OUTPUTS` on the host's own
@@ -223,7 +225,10 @@ pub(super) async fn drain(ctx: DrainCtx) -> (bool, u64, u64) {
             return (reachable, delivered, refused);
         }
         let ids: Vec<u64> = ready.iter().map(|p| p.id).collect();
-        let req = SubmitRequest { results: ready.into_iter().map(|p| p.record).collect() };
+        let req = SubmitRequest {
+            results: ready.into_iter().map(|p| p.record).collect(),
+            incarnation: ctx.store.incarnation().to_owned(),
+        };
         let reply = match ctx.lease.submit(ctx.identity.0.as_ref(), &ctx.identity.1, &req).await {
             Ok(r) => r,
             Err(e) => {

@@ -1,9 +1,10 @@
 //! `results`: durable result ingestion through the hub's `result.submit` endpoint. Simulated
 //! runtimes each lease their specs, then submit results in batches; the hub fences each result
 //! by its epoch and stores the accepted results of a request on `STEWARD_RESULTS` as one segment
-//! (`Nats-Msg-Id` = `<host>.` and the first result's `<spec>:<epoch>:<seq>`). Every runtime also re-sends its
-//! first batch at the end, as after a lost reply: those must come back `duplicate` and not be
-//! stored again. Reports results stored per second and the ratio to `raw.js_publish_async` of
+//! (`Nats-Msg-Id` = `<host>.` and the first result's `<spec>:<epoch>:<seq>`, with the runtime's
+//! outbox watermark and an expected last subject sequence, as real runtimes' results are). Every
+//! runtime also re-sends its first batch at the end, as after a lost reply: those must come back
+//! `duplicate` and not be stored again. Reports results stored per second and the ratio to `raw.js_publish_async` of
 //! the same run, and checks with [`crate::checker`] that nothing acknowledged is missing from
 //! the stream and nothing is stored twice.
 //!
@@ -202,19 +203,24 @@ async fn submit(
         Err(_) => return Tally { errors: count, ..Tally::default() },
     };
     let mut seq: HashMap<String, u64> = HashMap::new();
+    // Numbered like a real runtime's outbox: one incarnation, positions from 1.
+    let incarnation = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
     let mut tally = Tally::default();
     let mut first: Option<Vec<ResultRecord>> = None;
     let mut made = 0u64;
     let mut i = 0usize;
     while made < count {
         let take = usize::try_from((count - made).min(batch as u64)).unwrap_or(batch);
-        let results = next_batch(&specs, &mut seq, &mut i, take, &runtime);
+        let mut results = next_batch(&specs, &mut seq, &mut i, take, &runtime);
+        for (n, r) in results.iter_mut().enumerate() {
+            r.outbox = made + n as u64 + 1;
+        }
         made += take as u64;
         if first.is_none() {
             first = Some(results.clone());
         }
         let t = Instant::now();
-        let req = SubmitRequest { results };
+        let req = SubmitRequest { results, incarnation: incarnation.clone() };
         match rpc::request::<_, SubmitReply>(&client, submit_subject.clone(), &req, SUBMIT_TIMEOUT).await {
             Ok(reply) => {
                 tally.latency.record_since(t);
@@ -236,7 +242,7 @@ async fn submit(
     // The resend of a batch whose reply was "lost": all duplicates, nothing stored.
     if let Some(results) = first {
         let len = results.len() as u64;
-        let req = SubmitRequest { results };
+        let req = SubmitRequest { results, incarnation: incarnation.clone() };
         if let Ok(reply) = rpc::request::<_, SubmitReply>(&client, submit_subject.clone(), &req, SUBMIT_TIMEOUT).await {
             tally.resent_dups = reply.outcomes.iter().filter(|o| o.status == SubmitStatus::Duplicate).count() as u64;
             tally.errors += len - tally.resent_dups;

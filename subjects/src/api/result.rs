@@ -4,14 +4,19 @@
 //!
 //! # Stored form: segments
 //! The hub stores the accepted results of one request and one host as a [`ResultSegment`]: one
-//! stream message on `result.put.<host>` carrying the header [`SEGMENT_HEADER`] (its result
+//! stream message on `result.put.<host>.<runtime>` carrying the header [`SEGMENT_HEADER`] (its result
 //! count) and `Nats-Msg-Id` = `<host>.` and the idempotency key (`<spec>:<epoch>:<seq>`) of its
 //! first result ([`stored_msg_id`]), so message ids of different hosts never collide.
 //! One message per segment instead of one per result is what lets ingestion run faster than the
 //! stream's per-message ceiling. Exactly once holds because a runtime re-sends from the same
 //! outbox head after a lost reply: the re-sent segment has the same first key, JetStream reports
 //! it duplicate, and the hub reads the stored segment back to tell which results it already
-//! holds and stores only the rest (under the key of the first of them). Readers decode messages
+//! holds and stores only the rest (under the key of the first of them). Beyond the dedupe window
+//! (an edge cut off for an hour), exactly once rests on the runtime's outbox numbering instead:
+//! each segment is stored on the runtime's own `result.put.<host>.<runtime>` with its outbox
+//! watermark ([`OUTBOX_HEADER`]) and `Nats-Expected-Last-Subject-Sequence`, so the hub reads the
+//! last stored position back from the stream and answers anything at or below it `duplicate`.
+//! Readers decode messages
 //! with [`decode_stored`], which also reads single-result messages of older hubs (no header).
 
 use std::collections::BTreeMap;
@@ -108,6 +113,10 @@ pub struct ResultRecord {
     /// ([`OutputRef`](crate::subject::OutputRef)). The runtime stores it before it submits the
     /// result.
     pub output_ref: Option<String>,
+    /// Position of this result in its runtime's outbox: increasing in submission order and
+    /// never reused by one outbox ([`SubmitRequest::incarnation`]); 0 from runtimes that do
+    /// not number their results. The hub's stored watermark is made of it.
+    pub outbox: u64,
 }
 
 impl ResultRecord {
@@ -133,6 +142,12 @@ pub fn stored_msg_id(host: &str, key: &str) -> String {
 pub struct SubmitRequest {
     /// The results, in the order they were produced (at most [`MAX_SUBMIT_BATCH`]).
     pub results: Vec<ResultRecord>,
+    /// The runtime's outbox: a random id made when its local store was created. With it, each
+    /// result's [`ResultRecord::outbox`] position lets the hub answer a result at or below the
+    /// runtime's stored watermark `duplicate` however long after the first copy it comes (the
+    /// JetStream dedupe window no longer bounds the outage a runtime may survive). Empty from
+    /// runtimes that do not number their results: those rely on the dedupe window.
+    pub incarnation: String,
 }
 
 /// What happened to one submitted result.
@@ -167,6 +182,27 @@ pub struct SubmitOutcome {
 /// Header on a stored segment: how many results it holds. A message without it is one
 /// [`ResultRecord`] (as older hubs stored them).
 pub const SEGMENT_HEADER: &str = "Steward-Results";
+
+/// Header on a stored segment of a runtime that numbers its results: `<incarnation> <outbox>`,
+/// the outbox and the position of the segment's last result ([`outbox_mark`]). The last segment
+/// on a runtime's `result.put.<host>.<runtime>` is that runtime's stored watermark.
+pub const OUTBOX_HEADER: &str = "Steward-Outbox";
+
+/// The [`OUTBOX_HEADER`] value for a segment whose last result is at `outbox` in `incarnation`.
+#[must_use]
+pub fn outbox_mark(incarnation: &str, outbox: u64) -> String {
+    format!("{incarnation} {outbox}")
+}
+
+/// Reads an [`OUTBOX_HEADER`] value: (incarnation, outbox position); `None` when malformed.
+#[must_use]
+pub fn parse_outbox_mark(value: &str) -> Option<(&str, u64)> {
+    let (incarnation, outbox) = value.split_once(' ')?;
+    if incarnation.is_empty() {
+        return None;
+    }
+    Some((incarnation, outbox.parse().ok()?))
+}
 
 /// Segments are cut at about this encoded size (well below the server's 1 MiB payload limit).
 pub const MAX_SEGMENT_BYTES: usize = 512 * 1024;
@@ -216,4 +252,18 @@ pub fn decode_stored(
 pub struct SubmitReply {
     /// One outcome per submitted result, in the same order.
     pub outcomes: Vec<SubmitOutcome>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn outbox_marks_read_back_and_malformed_ones_are_none() {
+        assert_eq!(parse_outbox_mark(&outbox_mark("a1b2", 42)), Some(("a1b2", 42)));
+        for bad in ["", "a1b2", " 42", "a1b2 x", "a1b2 -1", "a1b2 18446744073709551616"] {
+            assert_eq!(parse_outbox_mark(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! | subject | who publishes | who subscribes |
 //! |---|---|---|
 //! | `steward.v1.<a>.result.submit.<host>.<runtime>` | runtimes, as themselves (request) | the account's lease leader (queue group on `result.submit.*.*`), which takes the caller from the subject and checks each result's epoch |
-//! | `steward.v1.<a>.result.put.<host>` | the lease leader, after the epoch check | `STEWARD_RESULTS` stream |
+//! | `steward.v1.<a>.result.put.<host>.<runtime>` | the lease leader, after the epoch check | `STEWARD_RESULTS` stream |
 //! | `steward.v1.<a>.result.output.<host>` | runtimes, their own host's full outputs (JetStream publish) | `STEWARD_OUTPUTS` stream |
 //!
 //! Full outputs too large for a result are stored one message each in `STEWARD_OUTPUTS`; the
@@ -22,16 +22,23 @@ pub mod result_verb {
 }
 
 impl Subjects {
-    /// Stored results of one host (`result.put.<host>`).
+    /// Stored results of one runtime on one host (`result.put.<host>.<runtime>`): the last
+    /// message here carries that runtime's stored watermark.
     #[must_use]
-    pub fn result_put(&self, host: &HostId) -> String {
-        self.targeted(noun::RESULT, verb::PUT, host.as_str())
+    pub fn result_put(&self, host: &HostId, runtime: &RuntimeId) -> String {
+        self.targeted(noun::RESULT, verb::PUT, &format!("{host}.{runtime}"))
     }
 
-    /// Stream filter of every stored result of this account (`result.put.*`).
+    /// Stream filter of every stored result of one host (`result.put.<host>.*`).
+    #[must_use]
+    pub fn result_put_host(&self, host: &HostId) -> String {
+        self.targeted(noun::RESULT, verb::PUT, &format!("{host}.*"))
+    }
+
+    /// Stream filter of every stored result of this account (`result.put.>`).
     #[must_use]
     pub fn result_put_all(&self) -> String {
-        self.targeted(noun::RESULT, verb::PUT, "*")
+        self.targeted(noun::RESULT, verb::PUT, ">")
     }
 
     /// Full outputs of one host's results (`result.output.<host>`), published by that host's
@@ -138,10 +145,11 @@ mod tests {
     fn result_subjects() {
         let s = Subjects::new(AccountId::parse("acme").unwrap());
         let h = HostId::parse("web-01").unwrap();
-        assert_eq!(s.result_put(&h), "steward.v1.acme.result.put.web-01");
-        assert_eq!(s.result_put_all(), "steward.v1.acme.result.put.*");
-        assert_eq!(AnyAccount::results(), "steward.v1.*.result.put.>");
         let r = RuntimeId::parse("rt-1").unwrap();
+        assert_eq!(s.result_put(&h, &r), "steward.v1.acme.result.put.web-01.rt-1");
+        assert_eq!(s.result_put_host(&h), "steward.v1.acme.result.put.web-01.*");
+        assert_eq!(s.result_put_all(), "steward.v1.acme.result.put.>");
+        assert_eq!(AnyAccount::results(), "steward.v1.*.result.put.>");
         assert_eq!(result_host_of(None, &r), "rt-1");
         assert_eq!(result_host_of(Some(&h), &r), "web-01");
         assert_eq!(s.result_output(&h), "steward.v1.acme.result.output.web-01");
