@@ -267,7 +267,11 @@ async fn run_faults(cli: Cli) -> anyhow::Result<bool> {
         match (def.run)(&ctx).await {
             Ok(r) => reports.push(r),
             Err(e) => {
-                eprintln!("fault {} failed: {e:#} (its processes' logs were in {})", def.name, dir.display());
+                eprintln!(
+                    "fault {} failed: {e:#} (its processes' logs are in {}; set STEWARD_FAULTS_KEEP=1 to keep them)",
+                    def.name,
+                    dir.display()
+                );
                 failure = Some(e.context(format!("fault scenario {}", def.name)));
                 break;
             }
@@ -283,11 +287,11 @@ async fn run_faults(cli: Cli) -> anyhow::Result<bool> {
         std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("report written to {}", path.display());
     }
+    if std::env::var_os("STEWARD_FAULTS_KEEP").is_some() {
+        let kept = root.keep();
+        eprintln!("kept {} (STEWARD_FAULTS_KEEP)", kept.display());
+    }
     if let Some(e) = failure {
-        if std::env::var_os("STEWARD_FAULTS_KEEP").is_some() {
-            let kept = root.keep();
-            eprintln!("kept {}", kept.display());
-        }
         return Err(e);
     }
     Ok(reports.iter().all(faults::FaultReport::is_clean))

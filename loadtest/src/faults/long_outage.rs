@@ -1,8 +1,9 @@
 //! Fault scenario `long_outage`: an outage longer than JetStream's dedupe window, during which
 //! the hub keeps receiving a runtime's re-sent results but the runtime never hears back.
 //!
-//! Real processes: nats-server, `steward server`, and standalone `steward runtime`s that reach
-//! NATS through a proxy this scenario controls, running checks that log their own executions
+//! Real processes, every connection authenticated (JWT, as `steward creds issue` makes them):
+//! nats-server, `steward server`, and `steward runtime`s with host identities that reach NATS
+//! through a proxy this scenario controls, running checks that log their own executions
 //! ([`super::exec_log`]). The results stream's duplicate window is set short (the window shorter
 //! than the outage, rather than an hour-long run). During the fault the proxy still carries
 //! what runtimes send but drops what comes back: every submit reaches the hub and is stored or
@@ -18,7 +19,7 @@
 //! last backlog result stored.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -168,15 +169,27 @@ fn document(log: &Path, checks: u64, runtimes: u64, interval_ms: u64) -> serde_j
     })
 }
 
-/// Runs `steward <args>` to completion; its stdout.
-async fn cli(url: &str, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+/// `steward creds issue <target>` into `<dir>/auth` (before any server runs); the creds file
+/// and the rendered server configuration.
+async fn issue(dir: &Path, target: &[&str]) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let auth = dir.join("auth").display().to_string();
+    let mut args = vec!["creds", "issue", "-o", "json", "--dir", auth.as_str()];
+    args.extend_from_slice(target);
+    let out = cli("nats://127.0.0.1:1", None, &args).await?;
+    let v: serde_json::Value = serde_json::from_slice(&out).context("creds issue: not JSON")?;
+    let path = |k: &str| v[k].as_str().map(PathBuf::from).with_context(|| format!("creds issue: no {k}: {v}"));
+    Ok((path("creds_file")?, path("server_config")?))
+}
+
+/// Runs `steward <args>` (as `creds`, when given) to completion; its stdout.
+async fn cli(url: &str, creds: Option<&Path>, args: &[&str]) -> anyhow::Result<Vec<u8>> {
     let bin = steward_binary()?;
-    let out = tokio::process::Command::new(&bin)
-        .args(["--nats", url, "--account", ACCOUNT])
-        .args(args)
-        .output()
-        .await
-        .with_context(|| format!("cannot run steward {args:?}"))?;
+    let mut command = tokio::process::Command::new(&bin);
+    command.args(["--nats", url, "--account", ACCOUNT]);
+    if let Some(c) = creds {
+        command.arg("--creds").arg(c);
+    }
+    let out = command.args(args).output().await.with_context(|| format!("cannot run steward {args:?}"))?;
     if !out.status.success() {
         bail!("steward {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -210,18 +223,40 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
     let outage = Duration::from_millis(ctx.size("long_outage.outage_ms", 30_000, 8_000));
     let log = ctx.dir.join("exec.log");
 
+    // Secure by default: every process has its own JWT identity (hub: service; runtimes: host;
+    // the CLI: admin operator); the scenario reads the stream as the hub's service identity.
+    let (hub_creds, _) = issue(&ctx.dir, &["--service", "hub"]).await?;
+    let mut host_creds = Vec::new();
+    for r in 0..runtimes {
+        host_creds.push(issue(&ctx.dir, &["--host", &format!("rt-{r}")]).await?.0);
+    }
+    let (admin, server_conf) = issue(&ctx.dir, &["--operator", "admin"]).await?;
     let mut opts = ServerOptions::named("long-outage");
     opts.max_file_store = 1024 * 1024 * 1024;
+    opts.extra_config = std::fs::read_to_string(&server_conf).context("cannot read the server configuration")?;
     let nats = NatsServer::single(opts).await.context("cannot start nats-server")?;
     let url = nats.client_url();
     let key = signing_key(&ctx.dir).await?;
     let public = ctx.dir.join("steward-signing.pub");
-    let hub_args: Vec<String> =
-        ["--nats", &url, "--account", ACCOUNT, "server", "--signing-key"].iter().map(|s| (*s).to_owned()).collect();
-    let mut hub_args = hub_args;
-    hub_args.push(key.display().to_string());
+    let hub_args: Vec<String> = vec![
+        "--nats".into(),
+        url.clone(),
+        "--account".into(),
+        ACCOUNT.into(),
+        "--creds".into(),
+        hub_creds.display().to_string(),
+        "server".into(),
+        "--signing-key".into(),
+        key.display().to_string(),
+    ];
     let mut hub = StewardProc::start("hub", &ctx.dir, &hub_args, &[])?;
-    let client = async_nats::connect(&url).await.context("cannot connect")?;
+    let client = async_nats::ConnectOptions::with_credentials_file(&hub_creds)
+        .await
+        .context("cannot read the hub's creds")?
+        .name("long-outage-harness")
+        .connect(&url)
+        .await
+        .context("cannot connect")?;
     let js = async_nats::jetstream::new(client.clone());
     let subjects = Subjects::new(AccountId::parse(ACCOUNT).map_err(|e| anyhow::anyhow!("{e}"))?);
     eventually(Duration::from_secs(30), Duration::from_millis(100), || {
@@ -238,11 +273,11 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
 
     let doc = ctx.dir.join("doc.json");
     std::fs::write(&doc, serde_json::to_vec_pretty(&document(&log, checks, runtimes.max(1), interval_ms))?)?;
-    cli(&url, &["apply", "-f", &doc.display().to_string()]).await?;
+    cli(&url, Some(&admin), &["apply", "-f", &doc.display().to_string()]).await?;
     let specs: serde_json::Value = eventually(Duration::from_secs(30), Duration::from_millis(200), || {
-        let url = url.clone();
+        let (url, admin) = (url.clone(), admin.clone());
         async move {
-            let out = cli(&url, &["-o", "json", "jobspecs"]).await.map_err(|e| e.to_string())?;
+            let out = cli(&url, Some(&admin), &["-o", "json", "jobspecs"]).await.map_err(|e| e.to_string())?;
             let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| e.to_string())?;
             if v["specs"].as_array().map_or(0, Vec::len) as u64 == checks {
                 Ok(v)
@@ -269,8 +304,12 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
             proxy.url(),
             "--account".into(),
             ACCOUNT.into(),
+            "--creds".into(),
+            host_creds[usize::try_from(r)?].display().to_string(),
             "runtime".into(),
             "--id".into(),
+            id.clone(),
+            "--host".into(),
             id.clone(),
             "--labels".into(),
             format!("fault={id}"),
@@ -326,6 +365,25 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
     })
     .await
     .ok();
+    // Service back: every runtime stores results of checks it started after the link returned
+    // (a runtime that could not renew for longer than the lease TTL stopped running its pool
+    // specs meanwhile, as it must: it cannot know that no one else holds them).
+    let restore_ms = restore_ns / 1_000_000;
+    let resumed = eventually(Duration::from_secs(120), Duration::from_millis(250), || {
+        let js = js.clone();
+        async move {
+            let stored = stored_results(&js).await.map_err(|e| e.to_string())?;
+            let fresh: std::collections::HashSet<&str> =
+                stored.iter().filter(|r| r.started_at_ms > restore_ms).map(|r| r.runtime.as_str()).collect();
+            if fresh.len() as u64 == runtimes {
+                Ok(restored.elapsed())
+            } else {
+                Err(format!("{} of {runtimes} runtimes ran checks since the link returned", fresh.len()))
+            }
+        }
+    })
+    .await
+    .context("runtimes did not resume after the link returned")?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Stop the runtimes; what they finished must all be stored.
@@ -362,7 +420,10 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
             outage_secs,
             window.as_secs_f64()
         ),
-        load: format!("{runtimes} runtimes x {} checks every {interval_ms} ms", checks / runtimes.max(1)),
+        load: format!(
+            "{runtimes} runtimes (host identities, JWT) x {} checks every {interval_ms} ms",
+            checks / runtimes.max(1)
+        ),
         load_during_fault_per_sec: stored_during as f64 / outage_secs,
         acked: history.expected,
         stored: history.distinct_stored,
@@ -374,6 +435,7 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
             "executions": history.executions,
             "executions_expected_stored": history.expected,
             "sequence_gaps": contiguous_gaps,
+            "resumed_ms": resumed.as_secs_f64() * 1000.0,
             "fault_start_ns": fault_start_ns,
             "recovery": "from the link's return until every execution that ended before it has its result stored",
             "acked_means": "executions that finished before the runtimes were stopped (each must have exactly one stored result)",
