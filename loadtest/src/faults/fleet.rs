@@ -144,7 +144,8 @@ impl Fleet {
     /// # Errors
     /// When it is refused or no hub answers within 30 s.
     pub async fn apply(&self, document: String) -> anyhow::Result<()> {
-        let req = ApplyRequest { document, label: "fault".into(), author: "steward-loadtest".into(), if_revision: None };
+        let req =
+            ApplyRequest { document, label: "fault".into(), author: "steward-loadtest".into(), if_revision: None };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let r: Result<ApplyReply, _> =
@@ -215,7 +216,7 @@ impl Fleet {
 
 /// The configuration document: `real` pool specs (one per check `chk-<i>`, run every
 /// `interval_ms` by runtimes labelled `fleet=real`, each execution logged to `log` and lasting
-/// `busy_ms`) and `sim` pool specs (`true`, leased by the simulated submitters `fleet=sim`).
+/// `busy_ms`; at least 1 s apart, the shortest interval a document may have) and `sim` pool specs (`true`, leased by the simulated submitters `fleet=sim`).
 #[must_use]
 pub fn document(real: u64, sim: u64, log: &Path, busy_ms: u64, interval_ms: u64) -> String {
     let mut controls = Vec::new();
@@ -231,6 +232,7 @@ pub fn document(real: u64, sim: u64, log: &Path, busy_ms: u64, interval_ms: u64)
         control_ids.push(format!("sim-{i}"));
         attestations.push(json!({"id": format!("simulated-{i}"), "assessment": "noop", "component": "all", "controls": [format!("sim-{i}")], "pool": "sim"}));
     }
+    let interval_ms = interval_ms.max(1000);
     let interval = format!("{interval_ms}ms");
     json!({
         "version": 1,
@@ -238,7 +240,7 @@ pub fn document(real: u64, sim: u64, log: &Path, busy_ms: u64, interval_ms: u64)
         "controls": controls,
         "components": [{"id": "all", "title": "everything", "selector": "", "controls": control_ids}],
         "assessments": [
-            {"id": "logged", "title": "logged check", "executor": {"kind": "command", "argv": exec_log::check_argv(log, "{{control.check}}", busy_ms)}, "interval": interval, "timeout": "10s"},
+            {"id": "logged", "title": "logged check", "executor": {"kind": "command", "argv": exec_log::check_argv(log, "{{control.check}}", busy_ms)}, "interval": interval, "timeout": interval},
             {"id": "noop", "title": "never run", "executor": {"kind": "command", "argv": ["true"]}, "interval": "60s", "timeout": "5s"}
         ],
         "attestations": attestations,
@@ -343,7 +345,8 @@ pub async fn sim_submitter(
                 held: held.iter().map(|(spec, epoch)| SpecEpoch { spec: spec.clone(), epoch: *epoch }).collect(),
                 ..Default::default()
             };
-            if let Ok(r) = rpc::request::<_, RenewReply>(&client, subject(IdentityEndpoint::Renew), &req, timeout).await {
+            if let Ok(r) = rpc::request::<_, RenewReply>(&client, subject(IdentityEndpoint::Renew), &req, timeout).await
+            {
                 renewed = Instant::now();
                 held.retain(|(s, e)| !r.refused.iter().any(|x| &x.spec == s && x.epoch == *e));
             }
@@ -485,7 +488,8 @@ pub async fn read_results(fleet: &Fleet) -> anyhow::Result<StoredResults> {
         if gaps > 0 {
             out.real_gaps += gaps;
             if out.examples.len() < 10 {
-                out.examples.push(format!("spec {spec} epoch {epoch}: {gaps} sequence numbers missing in {first}..={last}"));
+                out.examples
+                    .push(format!("spec {spec} epoch {epoch}: {gaps} sequence numbers missing in {first}..={last}"));
             }
         }
     }
@@ -641,7 +645,12 @@ pub fn journal_findings(entries: &[JournalSeen]) -> JournalFindings {
                     continue;
                 }
                 if !holder.is_empty() {
-                    f.events.push(Event::LeaseEnded { spec: l.spec.clone(), holder: holder.clone(), epoch: *epoch, at });
+                    f.events.push(Event::LeaseEnded {
+                        spec: l.spec.clone(),
+                        holder: holder.clone(),
+                        epoch: *epoch,
+                        at,
+                    });
                 }
                 if !l.holder.is_empty() && l.epoch <= *epoch {
                     f.epochs_not_growing += 1;
@@ -652,7 +661,12 @@ pub fn journal_findings(entries: &[JournalSeen]) -> JournalFindings {
             }
             if !l.holder.is_empty() {
                 f.grants += 1;
-                f.events.push(Event::LeaseGranted { spec: l.spec.clone(), holder: l.holder.clone(), epoch: l.epoch, at });
+                f.events.push(Event::LeaseGranted {
+                    spec: l.spec.clone(),
+                    holder: l.holder.clone(),
+                    epoch: l.epoch,
+                    at,
+                });
             }
             current.insert(l.spec.clone(), (l.holder.clone(), l.epoch));
         }

@@ -119,8 +119,11 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
     let restart_at = Instant::now();
 
     // Recovery: a submit stored again, every check leased live again.
-    let (mut submit_back, mut leases_back) = (None, None);
+    let (mut submit_back, mut leases_back, mut healthy) = (None, None, None);
     while restart_at.elapsed() < Duration::from_secs(120) && (submit_back.is_none() || leases_back.is_none()) {
+        if healthy.is_none() && fleet.wait_hub(Duration::ZERO).await.is_ok() {
+            healthy = Some(fleet.now_ms() - t_restart);
+        }
         if submit_back.is_none() {
             submit_back = sims.lock().ok().and_then(|t| t.first_ack_after(t_restart)).map(|t| t - t_restart);
         }
@@ -188,7 +191,10 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
             "recovery": "from restart until a simulated submit was stored again and every check was leased live again (max of the two)",
             "hub_killed": killed,
             "hub_pid_killed": pid,
+            "hub_healthy_again_ms": healthy,
             "submit_stored_again_ms": submit_back,
+            "leader_lock_ttl_ms": 10_000,
+            "why_recovery_takes_this_long": "the killed hub could not give its lease leader lock up: the restarted one waits for it to expire (leader lock TTL) before it serves leases and submits",
             "checks_leased_again_ms": leases_back,
             "lease_ttl_ms": ttl_secs * 1000,
             "down_ms": down.as_millis() as u64,

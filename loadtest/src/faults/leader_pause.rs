@@ -50,7 +50,7 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
     let pause_ms = ctx.size("leader_pause.pause_ms", 3 * leader_ttl_ms, 3 * leader_ttl_ms);
     let before = Duration::from_secs(ctx.size("leader_pause.before_secs", 10, 5));
     let after = Duration::from_secs(ctx.size("leader_pause.after_secs", 15, 6));
-    let interval_ms = ctx.size("leader_pause.interval_ms", 500, 500);
+    let interval_ms = ctx.size("leader_pause.interval_ms", 1000, 1000);
     let busy_ms = 150;
 
     let fleet = Fleet::start(ctx, "leaderpause").await?;
@@ -99,7 +99,7 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
     let t_pause = fleet.now_ms();
     let pause_ns = fleet::wall_ns();
     hubs[li].pause()?;
-    let stopped = process_state(pid).is_some_and(|s| s == 'T' || s == 't');
+    let stopped = wait_state(pid, |s| s == 'T' || s == 't').await;
     let paused_at = Instant::now();
     let mut takeover_ms = None;
     let mut new = None;
@@ -117,7 +117,7 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
     let t_resume = fleet.now_ms();
     let resume_ns = fleet::wall_ns();
     hubs[li].resume()?;
-    let running_again = process_state(pid).is_some_and(|s| s != 'T' && s != 't');
+    let running_again = wait_state(pid, |s| s != 'T' && s != 't').await;
     if new.is_none() {
         // The takeover may land just after the pause ended: look once more, briefly.
         let until = Instant::now() + Duration::from_millis(2 * leader_ttl_ms);
@@ -162,7 +162,7 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
     for p in &mut procs {
         p.stop(Duration::from_secs(5)).await;
     }
-    let old_log = std::fs::read_to_string(hubs[li].log_path()).unwrap_or_default();
+    let old_log = strip_ansi(&std::fs::read_to_string(hubs[li].log_path()).unwrap_or_default());
     let step_downs: Vec<String> = old_log
         .lines()
         .filter(|l| l.contains("lease leader stepped down") && l.contains(&old.instance))
@@ -197,12 +197,11 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
         execs.iter().filter(|e| matches!(e, Event::ExecStarted { at, .. } if *at >= from && *at < to)).count() as u64
     };
     let fault_ms = t_resume.saturating_sub(t_pause).max(1);
-    let recovery_ms = match (leases_back, submit_back) {
-        (Some(a), Some(b)) => Some(a.max(b) as f64),
-        _ => None,
-    };
+    // Recovery: from the pause until the new leader stored a submit (it serves).
+    let served_again = takeover_ms.and_then(|t| sims.first_ack_after(t_pause + t)).map(|t| t - t_pause);
     let new_instance = new.as_ref().map(|r| r.instance.clone());
-    let new_process = new_instance.as_deref().and_then(|i| leader_process(&hubs, i).ok()).map(|i| hubs[i].name().to_owned());
+    let new_process =
+        new_instance.as_deref().and_then(|i| leader_process(&hubs, i).ok()).map(|i| hubs[i].name().to_owned());
     Ok(FaultReport {
         name: "leader_pause".into(),
         fault: format!(
@@ -215,9 +214,10 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
         acked: sims.acked.len() as u64,
         stored: stored.sim_events.len() as u64 + stored.real,
         check,
-        recovery_ms,
+        recovery_ms: served_again.map(|ms| ms as f64),
         extra: json!({
-            "recovery": "from resume until every check was leased live again and a simulated submit was stored (max of the two)",
+            "recovery": "from the pause until a simulated submit was stored by the new leader (the leadership moves while the old leader is frozen)",
+            "submit_stored_by_new_leader_after_pause_ms": served_again,
             "paused_process": leader_name,
             "paused_pid": pid,
             "process_was_stopped": stopped,
@@ -271,15 +271,45 @@ async fn leader_record(bucket: &kv::Store, key: &str) -> anyhow::Result<LeaderRe
     Ok(codec::decode_limited(Encoding::MsgPack, &entry, usize::MAX)?)
 }
 
+/// `text` without terminal colour sequences (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The hub whose log says it took the lock as `instance`.
 fn leader_process(hubs: &[StewardProc], instance: &str) -> anyhow::Result<usize> {
     for (i, h) in hubs.iter().enumerate() {
-        let log = std::fs::read_to_string(h.log_path()).unwrap_or_default();
+        let log = strip_ansi(&std::fs::read_to_string(h.log_path()).unwrap_or_default());
         if log.lines().any(|l| l.contains("lease leader") && l.contains(instance)) {
             return Ok(i);
         }
     }
     bail!("no hub log names leader instance {instance}")
+}
+
+/// Whether the state of `pid` satisfies `ok` within a second (a signal's effect is seen a
+/// moment after it is sent).
+async fn wait_state(pid: u32, ok: impl Fn(char) -> bool) -> bool {
+    for _ in 0..50 {
+        if process_state(pid).is_some_and(&ok) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }
 
 /// The state letter of `/proc/<pid>/stat` (`T` when stopped).
