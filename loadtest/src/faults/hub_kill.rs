@@ -188,6 +188,7 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
         check,
         recovery_ms,
         extra: json!({
+            "auth": fleet.deployment.auth_mode(),
             "recovery": "from restart until a simulated submit was stored again and every check was leased live again (max of the two)",
             "hub_killed": killed,
             "hub_pid_killed": pid,
@@ -222,7 +223,11 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
             "runs_ended_after_recovery": runs_ended_after,
             "dispatch_retries": runs.dispatch_retries,
         }),
-        command: format!("steward-loadtest faults hub_kill{}", if ctx.quick { " --quick" } else { "" }),
+        command: format!(
+            "steward-loadtest faults hub_kill{}{}",
+            if ctx.quick { " --quick" } else { "" },
+            if ctx.auth { " --auth" } else { "" }
+        ),
     })
 }
 

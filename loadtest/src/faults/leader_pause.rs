@@ -216,6 +216,7 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
         check,
         recovery_ms: served_again.map(|ms| ms as f64),
         extra: json!({
+            "auth": fleet.deployment.auth_mode(),
             "recovery": "from the pause until a simulated submit was stored by the new leader (the leadership moves while the old leader is frozen)",
             "submit_stored_by_new_leader_after_pause_ms": served_again,
             "paused_process": leader_name,
@@ -247,7 +248,11 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
             "real_results_stored": stored.real,
             "real_sequence_gaps": stored.real_gaps,
         }),
-        command: format!("steward-loadtest faults leader_pause{}", if ctx.quick { " --quick" } else { "" }),
+        command: format!(
+            "steward-loadtest faults leader_pause{}{}",
+            if ctx.quick { " --quick" } else { "" },
+            if ctx.auth { " --auth" } else { "" }
+        ),
     })
 }
 
