@@ -75,6 +75,8 @@ pub struct ProcessConfig {
     /// Credentials of individual edges (their host identities), used instead of
     /// `connect.creds` by that edge's agent, worker and runtime.
     pub edge_creds: BTreeMap<HostId, PathBuf>,
+    /// Settings of the lease service (lease TTL, leader-lock TTL, ...).
+    pub lease: crate::lease::LeaseConfig,
 }
 
 impl ProcessConfig {
@@ -94,6 +96,7 @@ impl ProcessConfig {
             signing_key: None,
             trusted_key: None,
             edge_creds: BTreeMap::new(),
+            lease: crate::lease::LeaseConfig::default(),
         }
     }
 }
@@ -164,7 +167,7 @@ impl RunningProcess {
             let lease = crate::lease::LeaseArgs {
                 client: client.clone(),
                 subjects: subjects.clone(),
-                config: crate::lease::LeaseConfig::default(),
+                config: config.lease.clone(),
             };
             children.push(ChildSpec::new("lease", move || (crate::lease::LeaseService, lease.clone())));
             let dispatcher = crate::dispatcher::DispatcherArgs::new(client.clone(), subjects.clone(), signer);

@@ -791,3 +791,38 @@ async fn envelope<T: serde::Serialize>(
     let reply = client.request(subject, payload).await.unwrap();
     codec::decode(Encoding::MsgPack, &reply.payload).unwrap()
 }
+
+/// Every journal entry names the leadership that wrote it (instance and lock generation), not
+/// only the takeover entry: so a write of a deposed leader after a takeover can be told apart
+/// in the journal (the `leader_pause` fault scenario reads it so).
+#[tokio::test]
+async fn every_journal_entry_names_its_leader_and_generation() {
+    let h = hub().await;
+    for i in 0..10 {
+        put_spec(&h.js, &spec(TargetKind::Pool, "pool-a", i, "zone=a", "h1")).await;
+    }
+    let url = h.node.client_url();
+    let _svc = start_service(&url, LeaseConfig { ttl: Duration::from_secs(30), ..LeaseConfig::default() }).await;
+    let c = client(&url).await;
+    wait_specs(&c, 10).await;
+    for r in 0..3 {
+        assert!(!c.lease(&lease_req(&format!("rt-{r}"), 3)).await.unwrap().granted.is_empty());
+    }
+    let journal = Subjects::new(account()).jobspec_journal();
+    let stream = h.js.get_stream(LEASE_JOURNAL_STREAM).await.unwrap();
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let mut entries = Vec::new();
+    for seq in 1..=last {
+        let Ok(m) = stream.get_raw_message(seq).await else { continue };
+        if m.subject.as_str() == journal {
+            entries.push(codec::decode::<LeaseJournalEntry>(Encoding::MsgPack, &m.payload).unwrap());
+        }
+    }
+    let takeover = entries.iter().find(|e| e.takeover).expect("a takeover entry");
+    assert!(!takeover.instance.is_empty() && takeover.generation > 0, "{takeover:?}");
+    let grants: Vec<&LeaseJournalEntry> = entries.iter().filter(|e| !e.leases.is_empty()).collect();
+    assert!(grants.len() >= 3, "{entries:?}");
+    for e in &entries {
+        assert_eq!((e.instance.as_str(), e.generation), (takeover.instance.as_str(), takeover.generation), "{e:?}");
+    }
+}

@@ -216,6 +216,14 @@ pub struct ServerArgs {
     /// components and durable consumers.
     #[arg(long = "tenant", value_parser = parse_tenant)]
     pub tenants: Vec<Tenant>,
+    /// Lease time-to-live: a runtime that does not renew within it loses its specs
+    /// (`15s`; a unit is required).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_ttl: std::time::Duration,
+    /// TTL of the lease leader lock: a standby hub takes the lease service over this long after
+    /// the leader stopped refreshing it (`10s`; a unit is required; at least `300ms`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub leader_ttl: std::time::Duration,
 }
 
 /// Options of `steward edge`.

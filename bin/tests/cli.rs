@@ -389,3 +389,29 @@ async fn up_insecure_accepts_anyone_and_says_so() {
     assert!(stdout.contains("auth:     NONE"), "{stdout}");
     assert!(!data.path().join("auth").exists(), "no identities are made in insecure mode");
 }
+
+#[test]
+fn server_lease_and_leader_ttls_parse_and_too_short_ones_are_refused() {
+    match parse(&["server", "--lease-ttl", "4500ms", "--leader-ttl", "2s"]).unwrap().command {
+        Sub::Server(s) => {
+            assert_eq!(s.lease_ttl, Duration::from_millis(4500));
+            assert_eq!(s.leader_ttl, Duration::from_secs(2));
+        }
+        other => panic!("not a server: {other:?}"),
+    }
+    match parse(&["server"]).unwrap().command {
+        Sub::Server(s) => assert_eq!((s.lease_ttl.as_secs(), s.leader_ttl.as_secs()), (15, 10)),
+        other => panic!("not a server: {other:?}"),
+    }
+    // Refused before any connection is made.
+    let out = Command::new(STEWARD)
+        .args(["--nats", "nats://127.0.0.1:1", "server", "--leader-ttl", "100ms"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least 300ms"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -94,6 +94,9 @@ pub(super) struct Loop<'a> {
     shared: &'a Arc<Shared>,
     guard: &'a LeaderGuard,
     journal: &'a str,
+    /// This leader's instance and lock generation, stamped on every entry it appends (so the
+    /// journal shows which leadership wrote what).
+    writer: (&'a str, u64),
     fence: Fence,
     last_seq: u64,
     endpoints: LoopEndpoints,
@@ -110,11 +113,12 @@ pub(super) struct Loop<'a> {
 }
 
 impl<'a> Loop<'a> {
-    /// A loop appending to `journal` behind `fence`, after the entry at `last_seq`.
+    /// A loop appending to `journal` as `writer` (instance, generation) behind `fence`, after
+    /// the entry at `last_seq`.
     pub(super) fn new(
         shared: &'a Arc<Shared>,
         guard: &'a LeaderGuard,
-        journal: &'a str,
+        (journal, writer): (&'a str, (&'a str, u64)),
         (fence, last_seq): (Fence, u64),
         endpoints: LoopEndpoints,
     ) -> Self {
@@ -123,6 +127,7 @@ impl<'a> Loop<'a> {
             shared,
             guard,
             journal,
+            writer,
             fence,
             last_seq,
             endpoints,
@@ -230,6 +235,8 @@ impl<'a> Loop<'a> {
             return Err(LeaseError::LockExpiring);
         }
         let mut commit = std::mem::take(&mut self.pending);
+        self.writer.0.clone_into(&mut commit.entry.instance);
+        commit.entry.generation = self.writer.1;
         let sent = journal::send(&self.shared.js, self.journal, &self.fence, &commit.entry, APPEND_TIMEOUT).await;
         let ack = match sent {
             Ok(ack) => ack,

@@ -78,7 +78,8 @@ pub(super) async fn lead(
     let service = api::start_service(&args.client, &account).await?;
     let result = match api::serve_endpoints(&service, &shared, &tx, &guard, &mut tasks).await {
         Ok(endpoints) => {
-            let commits = Loop::new(&shared, &guard, &journal_subject, (fence, last_seq), endpoints);
+            let commits =
+                Loop::new(&shared, &guard, (&journal_subject, (instance, generation)), (fence, last_seq), endpoints);
             commits.run(&mut rx, &notice_tx, shutdown, pending_notices).await
         }
         Err(e) => Err(e),

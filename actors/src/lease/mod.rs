@@ -263,10 +263,12 @@ async fn candidate(
         }
         match LeaderLock::try_acquire(&js, args.subjects.account(), &instance, args.config.leader_ttl).await {
             Ok(Some(lock)) => {
-                info!(account = %args.subjects.account(), generation = lock.generation(), "lease leader");
+                info!(account = %args.subjects.account(), instance = %instance, generation = lock.generation(), "lease leader");
                 match lead::lead(&args, &js, &instance, lock, &mut shutdown, &owner).await {
                     Ok(()) => return,
-                    Err(e) => warn!(account = %args.subjects.account(), error = %e, "lease leader stepped down"),
+                    Err(e) => {
+                        warn!(account = %args.subjects.account(), instance = %instance, error = %e, "lease leader stepped down");
+                    }
                 }
             }
             Ok(None) => {}

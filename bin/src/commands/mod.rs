@@ -241,6 +241,14 @@ pub async fn server(global: &Global, args: ServerArgs) -> anyhow::Result<()> {
     } else {
         args.tenants.clone()
     };
+    if args.leader_ttl < Duration::from_millis(300) || args.lease_ttl < Duration::from_millis(300) {
+        anyhow::bail!("--lease-ttl and --leader-ttl must be at least 300ms");
+    }
+    let lease = steward_actors::lease::LeaseConfig {
+        ttl: args.lease_ttl,
+        leader_ttl: args.leader_ttl,
+        ..steward_actors::lease::LeaseConfig::default()
+    };
     if tenants.len() > 1 && args.config_source.is_some() {
         anyhow::bail!("--config-source feeds one account; it cannot be used with more than one --tenant");
     }
@@ -264,6 +272,7 @@ pub async fn server(global: &Global, args: ServerArgs) -> anyhow::Result<()> {
                     .clone()
                     .map(|url| steward_actors::config_manager::ConfigSource { url, poll: args.poll }),
                 signing_key: args.signing_key.clone(),
+                lease: lease.clone(),
                 ..ProcessConfig::hub(&global.nats, t.account.clone())
             }
         })

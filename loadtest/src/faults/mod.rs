@@ -12,6 +12,7 @@
 
 pub mod disk_full;
 pub mod exec_log;
+pub mod fleet;
 pub mod hub_kill;
 pub mod leader_pause;
 pub mod leaf_cut;
