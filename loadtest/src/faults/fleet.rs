@@ -308,6 +308,10 @@ pub async fn sim_submitter(
     let labels: BTreeMap<String, String> = [("fleet".to_owned(), SIM.to_owned())].into();
     let mut held: Vec<(String, u64)> = Vec::new();
     let mut seq: HashMap<(String, u64), u64> = HashMap::new();
+    // Numbered like a real runtime's outbox (one incarnation, positions from 1), so a re-send
+    // is recognised by the hub's stored watermark however late it comes.
+    let incarnation = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
+    let mut outbox = 0u64;
     let mut pending: Option<Vec<ResultRecord>> = None;
     let mut renewed = Instant::now();
     let mut ttl = Duration::from_secs(15);
@@ -358,10 +362,12 @@ pub async fn sim_submitter(
                 i += 1;
                 let s = seq.entry((spec.clone(), epoch)).or_insert(0);
                 *s += 1;
+                outbox += 1;
                 results.push(ResultRecord {
                     spec,
                     epoch,
                     seq: *s,
+                    outbox,
                     runtime: name.clone(),
                     host: name.clone(),
                     executor: "command".into(),
@@ -378,7 +384,7 @@ pub async fn sim_submitter(
             tokio::time::sleep(every).await;
             continue;
         };
-        let req = SubmitRequest { results };
+        let req = SubmitRequest { results, incarnation: incarnation.clone() };
         match rpc::request::<_, SubmitReply>(&client, subject(IdentityEndpoint::Submit), &req, timeout).await {
             Ok(reply) => {
                 let mut retry = Vec::new();
