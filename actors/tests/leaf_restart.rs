@@ -23,6 +23,18 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// Kills the forgotten leaf when the test ends, whatever happened (a failing test would
+/// otherwise leave it running).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 async fn leafs(hub: &NatsServer) -> u64 {
     hub.monitor_json("/leafz").await.map(|v| v["leafs"].as_array().map_or(0, Vec::len) as u64).unwrap_or(0)
 }
@@ -55,6 +67,7 @@ async fn a_leaf_left_by_a_killed_edge_is_stopped_before_the_next_starts() {
 
     // The edge process dies without stopping its leaf (SIGKILL runs no destructor).
     std::mem::forget(first);
+    let _cleanup = KillOnDrop(old);
     assert!(alive(old));
     let second = start_leaf(&host, &cfg).await.unwrap();
     assert_ne!(second.pid(), Some(old));
