@@ -73,6 +73,9 @@ pub fn render(opts: &ServerOptions, ports: &ResolvedPorts, store_dir: &Path) -> 
             if let Some(tls) = &opts.leafnode_tls {
                 let _ = writeln!(c, "  {}", tls.block());
             }
+            if opts.leafnode_no_advertise {
+                let _ = writeln!(c, "  no_advertise: true");
+            }
         }
         if !opts.leaf_remotes.is_empty() {
             let _ = writeln!(c, "  remotes: [");
@@ -130,6 +133,7 @@ mod tests {
                 ca: Some("/ca.pem".into()),
                 verify: true,
             }),
+            leafnode_no_advertise: true,
             max_payload: Some(2_000_000),
             extra_config: "debug: false".into(),
             ..ServerOptions::default()
@@ -146,6 +150,7 @@ mod tests {
         assert!(text
             .contains("  tls { cert_file: \"/lc.pem\", key_file: \"/lk.pem\", ca_file: \"/ca.pem\", verify: true }"));
         assert!(text.contains(", tls { ca_file: \"/ca.pem\" } }"), "{text}");
+        assert!(text.contains("  port: 7422\n  tls {") && text.contains("\n  no_advertise: true\n"), "{text}");
         assert!(text.ends_with("debug: false\n"));
     }
 }

@@ -83,6 +83,10 @@ pub struct ServerOptions {
     pub leafnode_port: Option<u16>,
     /// TLS on the leafnode port (`None` = plain).
     pub leafnode_tls: Option<TlsListen>,
+    /// Do not tell leaf nodes this server's own leafnode URLs: they then reconnect only to the
+    /// URL they were configured with (a hub reached through a proxy or a load balancer, whose
+    /// own addresses the leafs cannot or must not use).
+    pub leafnode_no_advertise: bool,
     /// Hubs this server connects to as a leaf node.
     pub leaf_remotes: Vec<LeafRemote>,
     /// `max_payload` in bytes; `None` keeps the server default (1 MiB).
@@ -113,6 +117,7 @@ impl Default for ServerOptions {
             leafnode_listen: false,
             leafnode_port: None,
             leafnode_tls: None,
+            leafnode_no_advertise: false,
             leaf_remotes: Vec::new(),
             max_payload: None,
             extra_config: String::new(),

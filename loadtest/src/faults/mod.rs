@@ -20,6 +20,7 @@ pub mod long_outage;
 pub mod node_loss;
 pub mod overload;
 pub mod procs;
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
