@@ -37,6 +37,10 @@ pub struct SyncOutcome {
     authoritative: Option<Vec<LeasedSpec>>,
     granted: Vec<LeasedSpec>,
     more: bool,
+    /// When the renew was sent: the hub counts the lease TTL from when it handled the renew,
+    /// which is after this, so a lease trusted until `sent_at_ms + ttl` never outlives the
+    /// hub's (a reply that is slow in coming must not lengthen it).
+    sent_at_ms: u64,
 }
 
 pub(super) fn start_sync(state: &mut RuntimeState, myself: &ActorRef<RuntimeMsg>) {
@@ -74,7 +78,7 @@ async fn sync(
     batch: u32,
     full: bool,
 ) -> SyncOutcome {
-    let mut out = SyncOutcome::default();
+    let mut out = SyncOutcome { sent_at_ms: now_ms(), ..SyncOutcome::default() };
     let host = host_id.as_ref().map(ToString::to_string).unwrap_or_default();
     let renew =
         lease.renew(&RenewRequest { runtime: runtime.clone(), host: host.clone(), labels: labels.clone(), held }).await;
@@ -125,7 +129,8 @@ pub(super) async fn apply_sync(state: &mut RuntimeState, outcome: SyncOutcome) -
         set_online(state, false);
         return false;
     }
-    let now = now_ms();
+    // Confirmed as of when the renew left, not when its reply came back.
+    let now = outcome.sent_at_ms;
     if let Some(ttl) = outcome.ttl_ms {
         state.ttl_ms = ttl;
     }
