@@ -124,7 +124,8 @@ async fn store_items(
         let ack = match ack {
             Ok(a) => a,
             Err(e) => {
-                out.extend(todo.drain(..).map(|i| retry(i.index, format!("unavailable: {e}"))));
+                let why = super::unavailable::unavailable_reason(&e);
+                out.extend(todo.drain(..).map(|i| retry(i.index, why.clone())));
                 break;
             }
         };
