@@ -5,11 +5,11 @@
 //! swapping) or starved of CPU, the heartbeats of that time wait in the socket and in
 //! nats-server, and a sweep made on resume, before they are read, would report every host
 //! offline and then online again. Two signals tell these apart:
-//! - the sweep timer itself was late (the gap between two sweeps' send times is well over the
+//! - the sweep timer itself was late (the gap between two sweeps' send times is over twice the
 //!   period): the connector stalled for that long. Nobody is marked offline until it has had as
-//!   long again to read what waited ([`StallGuard::observe`] answers no judgment time), and the
-//!   stall is logged as a warning. Hosts that really left meanwhile are reported once the hold
-//!   ends.
+//!   long again to read what waited ([`StallGuard::observe`] answers no judgment time); a stall
+//!   of a second or more is logged as a warning. Hosts that really left meanwhile are reported
+//!   once the hold ends.
 //! - sweeps wait in the mailbox behind heartbeats (sent long before they are handled): the
 //!   connector cannot keep up with the heartbeat rate. Presence is then judged as of the
 //!   sweep's send time (every heartbeat that came before it was handled before it), and the lag
@@ -24,17 +24,21 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Longest hold after a stall.
 const MAX_HOLD: Duration = Duration::from_secs(600);
 
-/// How late beyond its period a sweep must be sent to count as a stall.
+/// How late beyond its period a sweep must be sent to count as a stall (a short one only holds
+/// the judgment that long, so even a fraction of a second counts).
 fn stall_threshold(every: Duration) -> Duration {
-    every.saturating_mul(4).max(Duration::from_secs(1))
+    every.max(Duration::from_millis(100))
 }
+
+/// A stall worth a warning.
+const STALL_WARN: Duration = Duration::from_secs(1);
 
 /// What one sweep should do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Verdict {
     /// Judge presence as of this instant; `None`: mark nobody offline now.
     pub judge_at: Option<Instant>,
-    /// The connector just stalled this long (warn).
+    /// The connector just stalled this long (one second or more: warn).
     pub stalled: Option<Duration>,
     /// The connector's mailbox is this far behind (warn).
     pub behind: Option<Duration>,
@@ -62,8 +66,9 @@ impl StallGuard {
         self.last_sent = self.last_sent.max(sent);
         if gap > self.every + stall_threshold(self.every) {
             let stalled = gap - self.every;
-            self.hold_until = Some(now + stalled.min(MAX_HOLD));
-            v.stalled = Some(stalled);
+            let until = now + stalled.min(MAX_HOLD);
+            self.hold_until = Some(self.hold_until.map_or(until, |h| h.max(until)));
+            v.stalled = (stalled >= STALL_WARN).then_some(stalled);
         }
         let lag = now.saturating_duration_since(sent);
         if lag >= BEHIND_WARN && self.last_warning.is_none_or(|w| now.saturating_duration_since(w) >= WARN_EVERY) {
@@ -117,6 +122,19 @@ mod tests {
         // And the hold is over for good.
         let next = later + EVERY;
         assert_eq!(g.observe(next, next).judge_at, Some(next));
+    }
+
+    #[test]
+    fn a_short_stall_holds_the_judgment_as_long_without_a_warning() {
+        let t0 = Instant::now();
+        let mut g = StallGuard::new(EVERY, t0);
+        // Starved for 600 ms: the next sweep comes 850 ms after the previous one.
+        let late = t0 + Duration::from_millis(850);
+        assert_eq!(g.observe(late, late), Verdict { judge_at: None, stalled: None, behind: None });
+        let soon = late + EVERY;
+        assert_eq!(g.observe(soon, soon).judge_at, None);
+        let after = late + EVERY * 3;
+        assert_eq!(g.observe(after, after).judge_at, Some(after));
     }
 
     #[test]
