@@ -16,6 +16,7 @@
 mod api;
 pub mod client;
 mod registry;
+mod stall;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +32,7 @@ use steward_subjects::selector::Selector;
 use steward_subjects::streams::HOSTS_BUCKET;
 use steward_subjects::subject::ParsedSubject;
 use steward_subjects::{HostId, Subjects};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use self::registry::Write;
 use crate::tasks::TaskSet;
@@ -86,8 +87,8 @@ impl ConnectorArgs {
 pub enum ConnectorMsg {
     /// A validated heartbeat.
     Heartbeat(Box<Heartbeat>, HostId),
-    /// Time to check presence.
-    Sweep,
+    /// Time to check presence (sent by the sweep timer at this instant).
+    Sweep(Instant),
     /// One host's record.
     Status(HostId, RpcReplyPort<Option<HostRecord>>),
     /// Hosts matching a selector and online state, in host id order.
@@ -130,6 +131,8 @@ pub struct ConnectorState {
     /// The registry writer: drained on stop (not aborted), so queued writes reach the bucket.
     write_loop: Option<tokio::task::JoinHandle<()>>,
     service: Option<async_nats::service::Service>,
+    /// Tells a connector that was not reading (frozen, starved, far behind) from hosts gone quiet.
+    stall: stall::StallGuard,
 }
 
 /// The connector actor.
@@ -162,7 +165,7 @@ impl Actor for Connector {
         subscribe_heartbeats(&args, &mut tasks, counters.clone()).await?;
         api::subscribe_applied(&args, &mut tasks).await?;
         let service = api::start(&args, js, &mut tasks).await?;
-        tasks.adopt(myself.send_interval(args.sweep_every, || ConnectorMsg::Sweep));
+        tasks.adopt(myself.send_interval(args.sweep_every, || ConnectorMsg::Sweep(Instant::now())));
         Ok(ConnectorState {
             hosts,
             writer,
@@ -171,6 +174,7 @@ impl Actor for Connector {
             tasks,
             write_loop: Some(write_loop),
             service: Some(service),
+            stall: stall::StallGuard::new(args.sweep_every, Instant::now()),
         })
     }
 
@@ -182,7 +186,7 @@ impl Actor for Connector {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ConnectorMsg::Heartbeat(hb, host) => state.heartbeat(*hb, host),
-            ConnectorMsg::Sweep => state.sweep(),
+            ConnectorMsg::Sweep(sent) => state.sweep(sent),
             ConnectorMsg::Status(host, reply) => {
                 let _ = reply.send(state.hosts.get(host.as_str()).map(|t| state.exact(t)));
             }
@@ -372,11 +376,32 @@ impl ConnectorState {
         self.event(HostEventKind::Changed, &reason, &record, hb.seq);
     }
 
-    fn sweep(&mut self) {
+    /// Marks offline the hosts whose last heartbeat is older than their bound, as of `sent`,
+    /// when the timer sent this sweep: heartbeats that came before it are ahead of it in the
+    /// mailbox, so a connector whose mailbox lags judges on what it has read. After a stall
+    /// (the process frozen or starved: the timer itself was late) nobody is judged until the
+    /// connector has had as long again to read the heartbeats that waited meanwhile.
+    fn sweep(&mut self, sent: Instant) {
         let now = Instant::now();
+        let verdict = self.stall.observe(sent, now);
+        if let Some(stalled) = verdict.stalled {
+            warn!(
+                stalled_ms = u64::try_from(stalled.as_millis()).unwrap_or(u64::MAX),
+                hosts = self.hosts.len(),
+                "connector stalled: heartbeats were not read meanwhile; no host is marked offline until it has caught up"
+            );
+        }
+        if let Some(lag) = verdict.behind {
+            warn!(
+                lag_ms = u64::try_from(lag.as_millis()).unwrap_or(u64::MAX),
+                hosts = self.hosts.len(),
+                "connector behind its heartbeats: it cannot keep up with the rate they arrive at; presence is judged on what it has read"
+            );
+        }
+        let Some(at) = verdict.judge_at else { return };
         let mut gone = Vec::new();
         for t in self.hosts.values_mut() {
-            if t.record.online && now.duration_since(t.last_seen) > offline_after(t.interval) {
+            if t.record.online && at.saturating_duration_since(t.last_seen) > offline_after(t.interval) {
                 let last_seen = exact_last_seen(t);
                 t.record.online = false;
                 t.record.connected_since = None;

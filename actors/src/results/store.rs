@@ -208,7 +208,8 @@ async fn store_items(
         let mark = match marks.get(js, subject).await {
             Ok(m) => m,
             Err(e) => {
-                out.extend(todo.drain(..).map(|i| retry(i.index, format!("unavailable: {e}"))));
+                let why = super::unavailable::unavailable_reason(&e);
+                out.extend(todo.drain(..).map(|i| retry(i.index, why.clone())));
                 break;
             }
         };
