@@ -397,6 +397,27 @@ impl NatsServer {
         }
     }
 
+    /// Kills the process at once with SIGKILL (no shutdown: open files, raft state and client
+    /// connections are cut as by a crash or a lost machine), reaps it and returns how it ended
+    /// (`None` when it was not running). [`NatsServer::restart`] starts it again with its ports
+    /// and data.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError::Io`] when the signal cannot be sent or the process not reaped.
+    pub async fn kill9(&mut self) -> Result<Option<std::process::ExitStatus>, DeployError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            return Ok(Some(status));
+        }
+        child.start_kill().map_err(|err| DeployError::io(format!("SIGKILL {}", self.opts.name), err))?;
+        let status = child.wait().await.map_err(|err| DeployError::io(format!("reap {}", self.opts.name), err))?;
+        tracing::info!(name = %self.opts.name, pid = ?self.pid, %status, "nats-server killed (SIGKILL)");
+        Ok(Some(status))
+    }
+
     async fn kill_now(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;

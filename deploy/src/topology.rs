@@ -267,6 +267,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// Kills node `i` with SIGKILL, as a crash or a lost machine would (see
+    /// [`NatsServer::kill9`]).
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError::Topology`] when `i` is out of range, else as [`NatsServer::kill9`].
+    pub async fn kill_node(&mut self, i: usize) -> Result<Option<std::process::ExitStatus>, DeployError> {
+        self.node_mut(i)?.kill9().await
+    }
+
     /// Restarts node `i` with its ports and data and waits until it is healthy again.
     ///
     /// # Errors

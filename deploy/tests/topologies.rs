@@ -104,6 +104,50 @@ async fn three_node_cluster_survives_a_node_loss_and_rejoins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_killed_with_sigkill_is_gone_and_catches_up_after_restart() {
+    use std::os::unix::process::ExitStatusExt as _;
+
+    let mut cluster = Cluster::start(3).await.unwrap();
+    let client = async_nats::connect(cluster.server_addrs()).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js.create_stream(stream_config("KILL9", "kill9.>", 3)).await.unwrap();
+    js.publish("kill9.before", "before".into()).await.unwrap().await.unwrap();
+
+    let pid = cluster.node(1).unwrap().pid().unwrap();
+    let status = cluster.kill_node(1).await.unwrap().expect("node 1 was running");
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    assert!(!cluster.node(1).unwrap().has_process());
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} still exists");
+    // Killing a node that is not running does nothing.
+    assert!(cluster.kill_node(1).await.unwrap().is_none());
+    assert!(cluster.kill_node(3).await.is_err(), "out of range");
+
+    cluster.wait_formed(WAIT).await.unwrap();
+    eventually(WAIT, POLL, || {
+        let js = js.clone();
+        async move { js.publish("kill9.after", "after".into()).await?.await }
+    })
+    .await
+    .unwrap();
+
+    cluster.restart_node(1).await.unwrap();
+    assert_ne!(cluster.node(1).unwrap().pid(), Some(pid));
+    let restarted = cluster.node(1).unwrap();
+    eventually(WAIT, POLL, || async {
+        let jsz = restarted.monitor_json("/jsz?streams=true").await?;
+        let messages = jsz["messages"].as_u64().unwrap_or(0);
+        if messages == 2 {
+            Ok(())
+        } else {
+            Err(DeployError::Topology(format!("restarted node holds {messages} messages")))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(stream.get_info().await.unwrap().state.messages, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaf_reaches_hub_and_keeps_its_own_jetstream_when_cut_off() {
     let mut pair = HubLeaf::start().await.unwrap();
 

@@ -55,7 +55,10 @@ pub struct Fence {
 }
 
 /// Raises the fence on `subject` for a new leader: one message (`note`, e.g. the instance)
-/// expecting the fence's current last sequence.
+/// expecting the fence's current last sequence. Reading that sequence and confirming the write
+/// each take at most `timeout`: a read sent while the journal has no stream leader (a node
+/// lost, an election under way) is never answered, and waiting for it longer only delays the
+/// next attempt once a leader is elected.
 ///
 /// # Errors
 /// [`JournalError::Fenced`] when another candidate raised it meanwhile; `Unavailable`.
@@ -65,7 +68,9 @@ pub async fn raise_fence(
     note: &str,
     timeout: Duration,
 ) -> Result<Fence, JournalError> {
-    let last = last_sequence(js, subject).await?;
+    let last = tokio::time::timeout(timeout, last_sequence(js, subject))
+        .await
+        .map_err(|_| JournalError::Unavailable(format!("the fence was not read within {timeout:?}")))??;
     let mut h = HeaderMap::new();
     h.insert(EXPECTED_LAST_SUBJECT_SEQ, last.to_string().as_str());
     let ack = js

@@ -24,6 +24,7 @@ use crate::now_ms;
 use crate::tasks::TaskSet;
 
 /// Leads until shutdown (`Ok`) or until it must step down (`Err`; the whole state is dropped).
+/// Raising the fence (reading it and confirming the write) takes at most `fence_timeout`.
 pub(super) async fn lead(
     args: &LeaseArgs,
     js: &jetstream::Context,
@@ -31,6 +32,7 @@ pub(super) async fn lead(
     lock: LeaderLock,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
     owner: &ActorRef<LeaseMsg>,
+    fence_timeout: Duration,
 ) -> Result<(), LeaseError> {
     let guard = lock.guard();
     let generation = lock.generation();
@@ -47,7 +49,7 @@ pub(super) async fn lead(
 
     // From here on no append of an older leader is stored (every append expects the fence where
     // its leader raised it), so the replay below misses nothing.
-    let fence = journal::raise_fence(js, &args.subjects.jobspec_fence(), instance, APPEND_TIMEOUT)
+    let fence = journal::raise_fence(js, &args.subjects.jobspec_fence(), instance, fence_timeout)
         .await
         .map_err(LeaseError::Fence)?;
     let loaded_at = Instant::now();

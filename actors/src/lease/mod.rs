@@ -257,26 +257,118 @@ async fn candidate(
 ) {
     let js = jetstream::new(args.client.clone());
     let poll = (args.config.leader_ttl / 3).max(Duration::from_millis(50));
+    // Set after a step-down: the wait before trying to lead again (shorter than `poll`), and
+    // how many attempts failed since.
+    let mut retake: Option<Duration> = None;
+    let mut failures = 0u32;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        match LeaderLock::try_acquire(&js, args.subjects.account(), &instance, args.config.leader_ttl).await {
+        let limit = if retake.is_some() { attempt_timeout(failures) } else { commit::APPEND_TIMEOUT };
+        let acquired = tokio::time::timeout(
+            limit,
+            LeaderLock::try_acquire(&js, args.subjects.account(), &instance, args.config.leader_ttl),
+        )
+        .await
+        .unwrap_or(Err(LeaderError::TimedOut));
+        match acquired {
             Ok(Some(lock)) => {
                 info!(account = %args.subjects.account(), instance = %instance, generation = lock.generation(), "lease leader");
-                match lead::lead(&args, &js, &instance, lock, &mut shutdown, &owner).await {
+                let started = std::time::Instant::now();
+                match lead::lead(&args, &js, &instance, lock, &mut shutdown, &owner, limit).await {
                     Ok(()) => return,
                     Err(e) => {
+                        let term = started.elapsed();
+                        failures = if term < poll { failures.saturating_add(u32::from(retake.is_some())) } else { 0 };
+                        retake = Some(retake_wait(retake, term, poll));
                         warn!(account = %args.subjects.account(), instance = %instance, error = %e, "lease leader stepped down");
                     }
                 }
             }
-            Ok(None) => {}
-            Err(e) => debug!(error = %e, "leader lock not available"),
+            Ok(None) => {
+                retake = None;
+                failures = 0;
+            }
+            Err(e) => {
+                if retake.is_some() {
+                    failures = failures.saturating_add(1);
+                }
+                retake = retake.map(|d| retake_wait(Some(d), Duration::ZERO, poll));
+                debug!(error = %e, "leader lock not available");
+            }
         }
         tokio::select! {
-            () = tokio::time::sleep(poll) => {}
+            () = tokio::time::sleep(retake.unwrap_or(poll)) => {}
             _ = shutdown.changed() => {}
         }
+    }
+}
+
+/// First wait before a leader that stepped down tries to lead again.
+const RETAKE_FIRST: Duration = Duration::from_millis(250);
+/// Longest wait between attempts to lead again while they keep failing (a failed attempt costs
+/// a lock read and a fence read, so once a second is cheap during a JetStream outage).
+const RETAKE_MAX: Duration = Duration::from_secs(1);
+
+/// The wait before trying to lead again after a step-down (or a failed lock read after one).
+/// The lock still names this instance, so it may take it back at once, and while it does not
+/// lead nobody serves the account: a step-down caused by a JetStream hiccup (a stream leader
+/// lost with its node, an election) ends as soon as the journal answers again, instead of a
+/// third of the lock's TTL later. The wait starts at [`RETAKE_FIRST`] and doubles, up to
+/// [`RETAKE_MAX`] (never beyond `poll`), while terms keep ending quickly; a term that lasted at
+/// least `poll` starts it over.
+fn retake_wait(previous: Option<Duration>, term: Duration, poll: Duration) -> Duration {
+    match previous {
+        Some(p) if term < poll => (p * 2).min(RETAKE_MAX).min(poll),
+        _ => RETAKE_FIRST.min(poll),
+    }
+}
+
+/// How long one attempt to lead again (the lock read and write, the fence read and write) may
+/// take after `failures` failed attempts since a step-down: 1 s, then doubling up to the
+/// journal's append timeout. A request to a stream that has no leader yet (its node was lost,
+/// an election is under way) is never answered; a short bound lets the next attempt, sent once
+/// the leader is elected, succeed at once, while a longer one after repeated failures still
+/// lets a takeover through on a slow, loaded JetStream.
+fn attempt_timeout(failures: u32) -> Duration {
+    let first = Duration::from_secs(1);
+    first.saturating_mul(1u32 << failures.min(8)).min(commit::APPEND_TIMEOUT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_that_stepped_down_tries_again_soon_then_backs_off_to_a_second() {
+        let poll = Duration::from_millis(3333);
+        let quick = Duration::from_millis(10);
+        let first = retake_wait(None, quick, poll);
+        assert_eq!(first, RETAKE_FIRST);
+        assert!(first < poll);
+        let mut waits = vec![first];
+        for _ in 0..6 {
+            let next = retake_wait(waits.last().copied(), quick, poll);
+            waits.push(next);
+        }
+        assert_eq!(waits[1], RETAKE_FIRST * 2);
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
+        assert_eq!(*waits.last().unwrap_or(&Duration::ZERO), RETAKE_MAX, "{waits:?}");
+        assert!(RETAKE_MAX < poll);
+        // A term that served for a while starts the back-off over.
+        assert_eq!(retake_wait(Some(poll), poll, poll), RETAKE_FIRST);
+        // Never longer than the poll, even with a tiny TTL.
+        let tiny = Duration::from_millis(50);
+        assert_eq!(retake_wait(None, quick, tiny), tiny);
+    }
+
+    #[test]
+    fn an_attempt_to_lead_again_is_bounded_short_first_then_up_to_the_append_timeout() {
+        assert_eq!(attempt_timeout(0), Duration::from_secs(1));
+        assert_eq!(attempt_timeout(1), Duration::from_secs(2));
+        assert_eq!(attempt_timeout(2), Duration::from_secs(4));
+        assert_eq!(attempt_timeout(3), commit::APPEND_TIMEOUT);
+        assert_eq!(attempt_timeout(u32::MAX), commit::APPEND_TIMEOUT);
     }
 }

@@ -208,8 +208,7 @@ async fn store_items(
         let mark = match marks.get(js, subject).await {
             Ok(m) => m,
             Err(e) => {
-                let why = super::unavailable::unavailable_reason(&e);
-                out.extend(todo.drain(..).map(|i| retry(i.index, why.clone())));
+                out.extend(todo.drain(..).map(|i| retry(i.index, format!("unavailable: {e}"))));
                 break;
             }
         };
@@ -262,7 +261,8 @@ async fn store_items(
             Err(e) => {
                 // The write may have landed without its ack reaching here.
                 marks.forget(subject);
-                out.extend(todo.drain(..).map(|i| retry(i.index, format!("unavailable: {e}"))));
+                let why = super::unavailable::unavailable_reason(&e);
+                out.extend(todo.drain(..).map(|i| retry(i.index, why.clone())));
                 break;
             }
         };

@@ -276,6 +276,9 @@ async fn probe(client: async_nats::Client, subjects: Subjects, stop: Arc<AtomicB
     let labels = BTreeMap::from([("role".to_owned(), "probe".to_owned())]);
     let mut held: Option<(String, u64)> = None;
     let mut seq = 0u64;
+    // Numbered like a real runtime's outbox: one incarnation, positions from 1.
+    let incarnation = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
+    let mut outbox = 0u64;
     let mut pending: VecDeque<ResultRecord> = VecDeque::new();
     let mut last_renew = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -320,10 +323,12 @@ async fn probe(client: async_nats::Client, subjects: Subjects, stop: Arc<AtomicB
             }
         }
         seq += 1;
+        outbox += 1;
         let record = ResultRecord {
             spec: spec.clone(),
             epoch,
             seq,
+            outbox,
             runtime: PROBE.into(),
             host: PROBE.into(),
             executor: "command".into(),
@@ -339,7 +344,7 @@ async fn probe(client: async_nats::Client, subjects: Subjects, stop: Arc<AtomicB
         let reply = rpc::request::<_, SubmitReply>(
             &client,
             submit_subject.clone(),
-            &SubmitRequest { results: batch },
+            &SubmitRequest { results: batch, incarnation: incarnation.clone() },
             REQUEST_TIMEOUT,
         )
         .await;
