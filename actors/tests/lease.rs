@@ -461,6 +461,52 @@ async fn a_result_resent_after_the_dedupe_window_is_still_a_duplicate() {
     assert_eq!(keys.iter().collect::<HashSet<_>>().len(), 6, "a result stored twice: {keys:?}");
 }
 
+/// A hub outage longer than the lease TTL (no leader: every hub down, storage full, streams
+/// without a leader) is not the runtimes' failure to renew: the next leader keeps each lease
+/// with its holder and epoch, so results made under it during the outage are stored, and no
+/// other runtime is granted the spec meanwhile.
+#[tokio::test]
+async fn leases_outlive_an_outage_with_no_leader_longer_than_their_ttl() {
+    let h = hub().await;
+    let s = spec(TargetKind::Pool, "pool-a", 1, "", "h1");
+    put_spec(&h.js, &s).await;
+    let config = LeaseConfig { ttl: Duration::from_millis(1500), ..LeaseConfig::default() };
+    let svc = start_service(&h.node.client_url(), config.clone()).await;
+    let c = client(&h.node.client_url()).await;
+    wait_specs(&c, 1).await;
+    let a = c.lease(&lease_req("rt-a", 10)).await.unwrap();
+    assert_eq!(a.granted[0].epoch, 1);
+    // The only leader stops; nobody leads for twice the TTL.
+    svc.stop(None);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let _svc2 = start_service(&h.node.client_url(), config).await;
+    wait_specs(&c, 1).await;
+    // Another runtime is not granted the spec; the holder renews under its epoch and its
+    // result of the outage is stored.
+    let b = c.lease(&lease_req("rt-b", 10)).await.unwrap();
+    assert!(b.granted.is_empty(), "granted to rt-b after the outage: {b:?}");
+    let renew = c
+        .renew(&RenewRequest {
+            runtime: "rt-a".into(),
+            held: vec![SpecEpoch { spec: s.id.clone(), epoch: 1 }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(renew.renewed, 1, "{renew:?}");
+    let made = ResultRecord { spec: s.id.clone(), epoch: 1, seq: 1, runtime: "rt-a".into(), ..ResultRecord::default() };
+    let r = c.submit(None, &rt("rt-a"), &SubmitRequest { results: vec![made], ..Default::default() }).await.unwrap();
+    assert_eq!(r.outcomes[0].status, SubmitStatus::Stored, "{:?}", r.outcomes);
+    // A holder that then stops renewing still loses it after one TTL.
+    let handed = eventually(Duration::from_secs(10), Duration::from_millis(100), || async {
+        let r = c.lease(&lease_req("rt-b", 10)).await.map_err(|e| e.to_string())?;
+        r.granted.first().map(|g| g.epoch).ok_or_else(|| "not yet".to_owned())
+    })
+    .await
+    .unwrap();
+    assert_eq!(handed, 2);
+}
+
 async fn stored_keys(js: &jetstream::Context) -> Vec<String> {
     let stream = js.get_stream(RESULTS_STREAM).await.unwrap();
     let last = stream.get_info().await.unwrap().state.last_sequence;

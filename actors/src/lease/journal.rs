@@ -157,6 +157,20 @@ pub async fn last_sequence(js: &jetstream::Context, subject: &str) -> Result<u64
     }
 }
 
+/// When the last entry on `subject` was stored (ms since the Unix epoch, the server's clock), or
+/// `None` when there is none.
+///
+/// # Errors
+/// `Unavailable` when the stream cannot be read.
+pub async fn last_write_ms(js: &jetstream::Context, subject: &str) -> Result<Option<u64>, JournalError> {
+    let stream = js.get_stream(LEASE_JOURNAL_STREAM).await.map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(m) => Ok(u64::try_from(m.time.unix_timestamp_nanos() / 1_000_000).ok()),
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(JournalError::Unavailable(e.to_string())),
+    }
+}
+
 /// Calls `apply(sequence, entry)` for every entry on `subject` after `after_seq`, in order, up
 /// to the last one present when called. Returns that last sequence (`after_seq` when none).
 ///

@@ -53,12 +53,14 @@ pub(super) async fn lead(
         .await
         .map_err(LeaseError::Fence)?;
     let loaded_at = Instant::now();
+    // Before this term's own takeover entry: when a leader last wrote the journal.
+    let last_write = journal::last_write_ms(js, &journal_subject).await.map_err(LeaseError::Load)?;
     let (shared, last_seq, replayed) = load(args, js, &journal_subject).await?;
     let (ready_tx, ready_rx) = tokio::sync::mpsc::channel::<()>(1);
     feed::spawn_spec_feed(&args.client, js, &account, &tx, ready_tx, &mut tasks).await?;
     let mut takeover =
         LeaseJournalEntry { instance: instance.to_owned(), generation, takeover: true, ..LeaseJournalEntry::default() };
-    let pending_notices = await_specs(&shared, &mut rx, ready_rx, &mut takeover).await?;
+    let pending_notices = await_specs(&shared, &mut rx, ready_rx, &mut takeover, last_write).await?;
 
     // Fence every older leader (and refuse a takeover whose replay missed an entry).
     if !guard.is_valid() {
@@ -157,14 +159,16 @@ async fn load(
     Ok((shared, last_seq, entries))
 }
 
-/// Applies the spec feed until every existing spec is in, then rebuilds the free sets and gives
-/// every session still live a fresh TTL (runtimes could not renew while leadership moved).
+/// Applies the spec feed until every existing spec is in, then gives every session that was
+/// live when the journal was last written (`last_write`, ms) a fresh TTL — runtimes could not
+/// renew while no leader could write, however long that lasted — and rebuilds the free sets.
 /// Returns the notices the changes call for.
 async fn await_specs(
     shared: &Shared,
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<Input>,
     mut ready_rx: tokio::sync::mpsc::Receiver<()>,
     takeover: &mut LeaseJournalEntry,
+    last_write: Option<u64>,
 ) -> Result<Vec<NoticeEvent>, LeaseError> {
     let mut notices = Vec::new();
     loop {
@@ -181,8 +185,8 @@ async fn await_specs(
     }
     let now = now_ms();
     let mut view = shared.view();
+    view.extend_live_sessions(last_write.unwrap_or(now).min(now), now + shared.ttl_ms());
     view.rebuild(now);
-    view.extend_live_sessions(now, now + shared.ttl_ms());
     Ok(notices)
 }
 

@@ -299,11 +299,15 @@ impl LeaseView {
         }
     }
 
-    /// Gives every session still live at `now_ms` an expiry of at least `until_ms` (a new leader
-    /// does so once: runtimes could not renew while leadership moved). Only delays hand-overs.
-    pub fn extend_live_sessions(&mut self, now_ms: u64, until_ms: u64) {
+    /// Gives every session still live at `since_ms` an expiry of at least `until_ms`. A new
+    /// leader does so once, before [`Self::rebuild`], with `since_ms` the time the journal was
+    /// last written: a session that expired after that expired while no leader could take its
+    /// renewals (leadership moving, a leaderless stream, storage full), not because its runtime
+    /// stopped renewing, and its runtime may still hold results made under its epoch. No lease
+    /// was granted meanwhile (nobody led), so keeping it with its holder only delays hand-overs.
+    pub fn extend_live_sessions(&mut self, since_ms: u64, until_ms: u64) {
         for s in self.sessions.values_mut() {
-            if s.record.expires_at_ms > now_ms {
+            if s.record.expires_at_ms > since_ms {
                 s.record.expires_at_ms = s.record.expires_at_ms.max(until_ms);
             }
         }
