@@ -111,7 +111,12 @@ async fn a_cluster_node_killed_with_sigkill_is_gone_and_catches_up_after_restart
     let client = async_nats::connect(cluster.server_addrs()).await.unwrap();
     let js = jetstream::new(client);
     let stream = js.create_stream(stream_config("KILL9", "kill9.>", 3)).await.unwrap();
-    js.publish("kill9.before", "before".into()).await.unwrap().await.unwrap();
+    // A new R3 stream may not have its leader yet: the first publish can find no stream.
+    eventually(Duration::from_secs(20), Duration::from_millis(100), || async {
+        js.publish("kill9.before", "before".into()).await.map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
 
     let pid = cluster.node(1).unwrap().pid().unwrap();
     let status = cluster.kill_node(1).await.unwrap().expect("node 1 was running");
