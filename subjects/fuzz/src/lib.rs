@@ -5,7 +5,7 @@
 //! message types read a first *selector byte*: its lowest bit picks the encoding (even:
 //! MessagePack, odd: JSON — services decode both, by the request's `Content-Type`) and the rest
 //! (`selector >> 1`, modulo the number of kinds) picks the type. The seed generator
-//! (`examples/seeds.rs`) writes valid encodings of each kind with the matching selector byte.
+//! (`src/bin/seeds.rs`) writes valid encodings of each kind with the matching selector byte.
 //!
 //! A decoder must never panic, hang or allocate without bound on any input; the assertions
 //! below are properties the product relies on (a parsed selector re-parses to itself, a valid

@@ -2,7 +2,8 @@
 //! fuzz target covers, prefixed with the selector byte that picks the kind, plus the demo
 //! configuration and a set of selectors.
 //!
-//! `cargo run --manifest-path subjects/fuzz/Cargo.toml --example seeds -- subjects/fuzz/seeds`
+//! `cargo run --manifest-path subjects/fuzz/Cargo.toml --bin seeds -- DIR` (or the `seeds` binary
+//! `cargo fuzz build` leaves in `subjects/fuzz/target/*/release/`)
 //! (then `cargo fuzz cmin` folds them into `corpus/`).
 
 use std::fs;
