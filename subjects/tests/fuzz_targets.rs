@@ -50,7 +50,11 @@ fn every_fuzz_target_builds_and_runs_its_committed_corpus() {
         .env("CARGO_TARGET_DIR", &target_dir)
         .status()
         .expect("cargo runs");
-    assert!(built.success(), "the fuzz crate does not build");
+    assert!(
+        built.success(),
+        "the fuzz crate does not build (after a dependency change in the workspace, refresh its lock file: \
+         cargo tree --manifest-path subjects/fuzz/Cargo.toml --offline)"
+    );
 
     let names = targets(&fuzz);
     let expected =
