@@ -286,6 +286,31 @@ impl SimTally {
     }
 }
 
+/// Starts `n` simulated submitters (`sim-0` ...) on `fleet`, each sending `batch` results every
+/// 100 ms into `tally` until `stop`, then draining for at most 30 s.
+pub fn spawn_submitters(
+    fleet: &Fleet,
+    n: u64,
+    batch: usize,
+    tally: &Arc<Mutex<SimTally>>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|i| {
+            tokio::spawn(sim_submitter(
+                fleet.client.clone(),
+                fleet.subjects.clone(),
+                format!("sim-{i}"),
+                batch,
+                Duration::from_millis(100),
+                fleet.t0,
+                tally.clone(),
+                stop.clone(),
+                Duration::from_secs(30),
+            ))
+        })
+        .collect()
+}
 /// A simulated submitter: leases `fleet=sim` specs as runtime `name`, renews them, and submits
 /// `batch` results every `every`; a batch that got no answer is sent again, unchanged, until
 /// it is answered (as a runtime's outbox does). Ends when `stop` turns true and nothing is

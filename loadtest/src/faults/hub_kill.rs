@@ -80,20 +80,7 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sims = Arc::new(Mutex::new(SimTally::default()));
     let runs = Arc::new(Mutex::new(RunTally::default()));
-    let mut tasks = Vec::new();
-    for i in 0..submitters {
-        tasks.push(tokio::spawn(fleet::sim_submitter(
-            fleet.client.clone(),
-            fleet.subjects.clone(),
-            format!("sim-{i}"),
-            batch,
-            Duration::from_millis(100),
-            fleet.t0,
-            sims.clone(),
-            stop_rx.clone(),
-            Duration::from_secs(30),
-        )));
-    }
+    let mut tasks = fleet::spawn_submitters(&fleet, submitters, batch, &sims, &stop_rx);
     for e in &edge_names {
         tasks.push(tokio::spawn(dispatcher(
             fleet.client.clone(),

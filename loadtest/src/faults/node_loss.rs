@@ -32,8 +32,8 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use async_nats::jetstream::{self, consumer};
-use futures::{FutureExt as _, StreamExt as _};
+use async_nats::jetstream;
+use futures::FutureExt as _;
 use serde_json::json;
 use steward_deploy::server::ServerOptions;
 use steward_deploy::topology::Cluster;
@@ -41,9 +41,7 @@ use steward_deploy::wait::eventually;
 use steward_subjects::api::lease::{
     LeaseReply, LeaseRequest, LeasesReply, LeasesRequest, RenewReply, RenewRequest, SpecEpoch,
 };
-use steward_subjects::api::result::{
-    decode_stored, ResultRecord, ResultStatus, SubmitReply, SubmitRequest, SubmitStatus,
-};
+use steward_subjects::api::result::{ResultRecord, ResultStatus, SubmitReply, SubmitRequest, SubmitStatus};
 use steward_subjects::rpc;
 use steward_subjects::streams::{self, Replicas, LEASE_JOURNAL_STREAM, RESULTS_STREAM};
 use steward_subjects::subject::IdentityEndpoint;
@@ -55,6 +53,7 @@ use super::{FaultCtx, FaultDef, FaultReport};
 use crate::checker::{self, Event};
 use crate::env::{signing_key, steward_binary};
 use crate::scenarios::lease::write_specs;
+use crate::scenarios::results::read_back;
 
 /// The scenario.
 pub const DEF: FaultDef = FaultDef {
@@ -267,7 +266,8 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
     }
     let acked: u64 = logs.iter().map(|l| l.acked.len() as u64).sum();
     let mut sim_history = Vec::new();
-    let sim_stored = read_stored(&js, &setup, &sim_subjects, &mut sim_history).await?;
+    let results = js.get_stream(RESULTS_STREAM).await?;
+    let sim_stored = read_back(&results, &setup, &sim_subjects, &mut sim_history).await?;
     let stored_distinct = sim_history
         .iter()
         .filter_map(|e| match e {
@@ -277,7 +277,7 @@ async fn run(ctx: &FaultCtx) -> anyhow::Result<FaultReport> {
         .collect::<HashSet<_>>()
         .len() as u64;
     history.extend(sim_history);
-    let real_stored = read_stored(&js, &setup, &Subjects::new(AccountId::parse(ACCOUNT)?), &mut history).await?;
+    let real_stored = read_back(&results, &setup, &Subjects::new(AccountId::parse(ACCOUNT)?), &mut history).await?;
     let execs = exec_log::read(&exec)?;
     let not_rerun = checks_not_run_since(&execs, sizes.checks, restart_wall);
     history.extend(execs.iter().cloned());
@@ -806,40 +806,6 @@ async fn renew_loop(
             Err(_) => tally.failed += 1,
         }
     }
-}
-
-/// Reads every stored result of the account into `history` as [`Event::ItemStored`]; answers
-/// how many there were.
-async fn read_stored(
-    js: &jetstream::Context,
-    client: &async_nats::Client,
-    subjects: &Subjects,
-    history: &mut Vec<Event>,
-) -> anyhow::Result<u64> {
-    let stream = js.get_stream(RESULTS_STREAM).await?;
-    let c = stream
-        .create_consumer(consumer::push::OrderedConfig {
-            deliver_subject: client.new_inbox(),
-            filter_subject: subjects.result_put_all(),
-            ..Default::default()
-        })
-        .await?;
-    let mut pending = c.cached_info().num_pending;
-    let mut stored = 0u64;
-    if pending > 0 {
-        let mut msgs = c.messages().await?;
-        while pending > 0 {
-            let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), msgs.next()).await else {
-                bail!("reading the stored results stopped with {pending} left");
-            };
-            pending = msg.info().map(|i| i.pending).unwrap_or(0);
-            for rec in decode_stored(msg.headers.as_ref(), &msg.payload)? {
-                history.push(Event::ItemStored { key: rec.idempotency_key() });
-                stored += 1;
-            }
-        }
-    }
-    Ok(stored)
 }
 
 #[cfg(test)]

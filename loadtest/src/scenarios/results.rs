@@ -284,8 +284,10 @@ fn next_batch(
     results
 }
 
-/// Reads every stored result of the account back into `history`; returns how many there were.
-async fn read_back(
+/// Reads every stored result of the account back into `history` (one [`Event::ItemStored`] per
+/// stored copy); returns how many there were. Fails when the read stops before the end (a
+/// history missing stored results would count them lost). Also used by the fault scenarios.
+pub(crate) async fn read_back(
     stream: &jetstream::stream::Stream,
     setup: &async_nats::Client,
     subjects: &Subjects,
@@ -303,7 +305,9 @@ async fn read_back(
     if pending > 0 {
         let mut msgs = c.messages().await?;
         while pending > 0 {
-            let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), msgs.next()).await else { break };
+            let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), msgs.next()).await else {
+                bail!("reading the stored results stopped with {pending} left");
+            };
             pending = msg.info().map(|i| i.pending).unwrap_or(0);
             for rec in decode_stored(msg.headers.as_ref(), &msg.payload)? {
                 history.push(Event::ItemStored { key: rec.idempotency_key() });
