@@ -48,6 +48,13 @@ pub struct Global {
     /// Log format (the filter comes from STEWARD_LOG or RUST_LOG, default `info`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Write logs to this file (appended) instead of the terminal. `steward up` and
+    /// `steward node` log to `<data>/steward.log` unless told otherwise.
+    #[arg(long, global = true, env = "STEWARD_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Also show the logs in the terminal when they go to a file.
+    #[arg(short = 'v', long, global = true)]
+    pub verbose: bool,
 }
 
 impl Global {
@@ -170,6 +177,21 @@ pub enum Command {
     DeadLetters(crate::commands::dead_letters::DeadLettersArgs),
     /// Print the version.
     Version,
+    /// Run a program that ends when its parent ends (used by `steward up` and `steward node`
+    /// for their children; see `steward_deploy::lifeline`).
+    #[command(hide = true)]
+    Lifeline(LifelineArgs),
+}
+
+/// Options of the hidden `steward lifeline`.
+#[derive(Debug, Clone, Args)]
+pub struct LifelineArgs {
+    /// The pid of the parent whose death ends the program.
+    #[arg(long)]
+    pub parent: u32,
+    /// The program and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// Options of `steward up`.

@@ -50,5 +50,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Results(args) => commands::runtime::results(&cli.global, args).await,
         Command::DeadLetters(args) => commands::dead_letters::dead_letters(&cli.global, args).await,
         Command::Version => commands::version(&cli.global),
+        Command::Lifeline(args) => Err(anyhow::Error::new(commands::lifeline(&args))),
     }
 }

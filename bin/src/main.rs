@@ -8,11 +8,18 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if let steward::cli::Command::Lifeline(args) = &cli.command {
+        // Replaces this process with the program; returns only when that fails.
+        let err = steward::commands::lifeline(args);
+        eprintln!("error: steward lifeline: {err}");
+        return std::process::ExitCode::FAILURE;
+    }
     if let Err(e) = steward::context::apply(&mut cli, &matches) {
         eprintln!("error: {e:#}");
         return std::process::ExitCode::FAILURE;
     }
-    steward::telemetry::init(&cli.global);
+    let log_file = steward::telemetry::log_file(&cli.global, steward::commands::default_log_file(&cli.command));
+    steward::telemetry::init(&cli.global, log_file.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -125,6 +125,94 @@ async fn up_serves_health_and_stops_cleanly_on_ctrl_c() {
     .unwrap();
 }
 
+/// Pids of `pid`'s descendants (from /proc's parent links).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) {
+            parents.push((child, ppid));
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    out.remove(0);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_killed_with_sigkill_leaves_no_process_behind() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_ports(1).unwrap()[0];
+    let mut up = tokio::process::Command::new(STEWARD)
+        .args(["up", "--data"])
+        .arg(data.path())
+        .args(["--port", &port.to_string(), "--edges", "1", "--heartbeat-ms", "200"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = up.id().unwrap();
+    let context = data.path().join("context.json");
+    eventually(Duration::from_secs(30), Duration::from_millis(200), || {
+        let context = context.clone();
+        async move {
+            let out = tokio::process::Command::new(STEWARD)
+                .env("STEWARD_CONTEXT", &context)
+                .args(["health", "--wait-ms", "300"])
+                .output()
+                .await
+                .map_err(|e| e.to_string())?;
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("steward-edge") {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let children = descendants(pid);
+    let nats: Vec<u32> = children
+        .iter()
+        .copied()
+        .filter(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|comm| comm.starts_with("nats-server"))
+        })
+        .collect();
+    assert_eq!(nats.len(), 1, "the embedded nats-server is a child of `up`: {children:?}");
+    // The banner says where the logs went, and they went there.
+    let log = data.path().join("steward.log");
+    assert!(std::fs::metadata(&log).is_ok_and(|m| m.len() > 0), "logs in {}", log.display());
+
+    Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    let _ = up.wait().await;
+    let data_str = data.path().to_string_lossy().to_string();
+    eventually(Duration::from_secs(15), Duration::from_millis(100), || {
+        let alive: Vec<u32> =
+            children.iter().copied().filter(|c| std::path::Path::new(&format!("/proc/{c}")).exists()).collect();
+        let mentioning = processes_mentioning(&data_str);
+        async move {
+            if alive.is_empty() && mentioning.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("left behind: children {alive:?}, mentioning the data folder {mentioning:?}"))
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_account_is_refused_and_nothing_is_published() {
     let server = NatsServer::single(ServerOptions::named("cli-hostile")).await.unwrap();

@@ -5,7 +5,8 @@
 //! updates and revocations to running servers; [`auth`] issues nkey identities and renders a
 //! static accounts/permissions configuration;
 //! [`binary`] finds the `nats-server` executable (`STEWARD_NATS_SERVER`, `PATH`, the project's
-//! `.tools/bin`) and checks its version; [`config`] renders a server configuration file; [`server`] runs one server process ([`ServerOptions`], [`NatsServer`]) with readiness
+//! `.tools/bin`) and checks its version; [`config`] renders a server configuration file; [`lifeline`] ties a child's life to
+//! its parent's (parent-death signal), so nothing outlives a killed `steward up`; [`server`] runs one server process ([`ServerOptions`], [`NatsServer`]) with readiness
 //! checks, stop, restart and cleanup on drop; [`topology`] builds the shapes Steward runs on
 //! ([`SingleNode`], [`Cluster`], [`HubLeaf`]); [`monitor`] is a tiny HTTP client for the
 //! monitoring endpoints; [`tls`] the TLS settings of ports and leaf links; [`secret`] reads and writes files holding secrets (mode 0600, refused
@@ -21,6 +22,7 @@ pub mod binary;
 pub mod config;
 pub mod error;
 pub mod jwt;
+pub mod lifeline;
 pub mod monitor;
 pub mod secret;
 pub mod server;

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use crate::binary::{check_nats_server, find_nats_server};
+use crate::lifeline::Lifeline;
 use crate::monitor::{self, HttpResponse};
 use crate::tls::{TlsListen, TlsRemote};
 use crate::{config, DeployError, NotReady};
@@ -97,6 +98,9 @@ pub struct ServerOptions {
     pub start_timeout: Duration,
     /// How many times start is retried with new free ports when a port was taken meanwhile.
     pub port_retries: u32,
+    /// Start the server through this launcher so it ends when this process dies, even by
+    /// SIGKILL (`None` = a plain child, stopped on drop only).
+    pub lifeline: Option<Lifeline>,
 }
 
 impl Default for ServerOptions {
@@ -123,6 +127,7 @@ impl Default for ServerOptions {
             extra_config: String::new(),
             start_timeout: Duration::from_secs(20),
             port_retries: 3,
+            lifeline: None,
         }
     }
 }
@@ -299,7 +304,11 @@ impl NatsServer {
         self.log_offset = log.metadata().map_err(|err| DeployError::io("read log length", err))?.len();
         let log_err = log.try_clone().map_err(|err| DeployError::io("clone log handle", err))?;
 
-        let child = Command::new(&self.binary)
+        let mut command = match &self.opts.lifeline {
+            Some(lifeline) => lifeline.command(&self.binary),
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .arg("-c")
             .arg(&config_path)
             .stdin(Stdio::null())

@@ -123,16 +123,20 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
         });
     }
     let identities = if args.insecure {
-        tracing::warn!(
+        let warning = format!(
             "steward up --insecure: the embedded NATS accepts ANY connection; whoever reaches port {} can run commands on every edge",
             args.port
         );
+        // On the terminal too: logs go to a file by default.
+        eprintln!("warning: {warning}");
+        tracing::warn!("{warning}");
         None
     } else {
         let hosts: Vec<HostId> = edges.iter().map(|e| e.host_id.clone()).collect();
         Some(up_identities(&data.join("auth"), &global.account, &hosts)?)
     };
     let mut opts = ServerOptions::named("steward-up");
+    opts.lifeline = tied_to_this_process();
     opts.port = Some(args.port);
     opts.data_dir = Some(data.join("nats"));
     if let Some(ids) = &identities {
@@ -209,6 +213,9 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
             println!("  roles:    {}", summary.roles.join(", "));
             println!("  edges:    {}", summary.edges.join(", "));
             println!("  streams:  {}", summary.streams.join(", "));
+            if let Some(log) = crate::telemetry::log_file(global, default_log_file_for_data(&data)) {
+                println!("  logs:     {} (-v shows them here too)", log.display());
+            }
             if identities.is_none() {
                 println!("  auth:     NONE (--insecure): anyone reaching {url} may run commands on every edge");
             } else {
@@ -446,6 +453,44 @@ pub async fn discover(client: &async_nats::Client, wait: Duration) -> anyhow::Re
         (&a.service, &a.metadata.get("host_id"), &a.id).cmp(&(&b.service, &b.metadata.get("host_id"), &b.id))
     });
     Ok(out)
+}
+
+/// The log file a command writes to unless `--log-file` says otherwise: `<data>/steward.log`
+/// for `steward up` (its banner stays readable; `-v` shows the logs too).
+#[must_use]
+pub fn default_log_file(command: &crate::cli::Command) -> Option<PathBuf> {
+    match command {
+        crate::cli::Command::Up(args) => Some(args.data.clone().unwrap_or_else(default_state_dir).join("steward.log")),
+        _ => None,
+    }
+}
+
+fn default_log_file_for_data(data: &std::path::Path) -> Option<PathBuf> {
+    Some(data.join("steward.log"))
+}
+
+/// The lifeline children are started through so they end with this process even when it is
+/// SIGKILLed; `None` (children then end on a clean stop only) when the executable's path is
+/// unreadable.
+fn tied_to_this_process() -> Option<steward_deploy::lifeline::Lifeline> {
+    match steward_deploy::lifeline::Lifeline::current_exe("lifeline") {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot find this executable; children will outlive a killed steward");
+            None
+        }
+    }
+}
+
+/// `steward lifeline --parent PID -- PROGRAM ARGS`: requests SIGTERM at the parent's death and
+/// becomes the program (see `steward_deploy::lifeline`). Returns only when that fails.
+#[must_use]
+pub fn lifeline(args: &crate::cli::LifelineArgs) -> steward_deploy::lifeline::LifelineError {
+    let (program, rest) = match args.command.split_first() {
+        Some((p, rest)) => (p.clone(), rest),
+        None => (std::ffi::OsString::new(), &[][..]),
+    };
+    steward_deploy::lifeline::exec_tied_to_parent(args.parent, nix::sys::signal::Signal::SIGTERM, &program, rest)
 }
 
 /// `steward version`.
