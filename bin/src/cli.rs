@@ -131,6 +131,8 @@ pub enum Command {
     Server(ServerArgs),
     /// Run one edge agent.
     Edge(EdgeArgs),
+    /// Run one member of a NATS cluster: nats-server as a managed child plus the hub roles.
+    Node(crate::commands::node::NodeArgs),
     /// List every Steward service that answers `$SRV.PING`, with version and uptime.
     Health(HealthArgs),
     /// List hosts by label selector and online state.
@@ -214,6 +216,11 @@ pub struct UpArgs {
     /// every connection needs an identity `up` issued under `<data>/auth`.
     #[arg(long)]
     pub insecure: bool,
+    /// Start a local JetStream cluster of this many nodes (3 to 5; `steward node` children
+    /// with client ports `--port`, `--port`+1, ..., R3 streams and a hub per node) instead of
+    /// one server, to try failover on one machine.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(3..=5))]
+    pub cluster: Option<u8>,
 }
 
 /// Options of `steward server`.

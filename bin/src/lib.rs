@@ -27,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => commands::up(&cli.global, args).await,
         Command::Server(args) => commands::server(&cli.global, args).await,
         Command::Edge(args) => commands::edge(&cli.global, args).await,
+        Command::Node(args) => commands::node::node(&cli.global, args).await,
         Command::Health(args) => commands::health(&cli.global, args).await,
         Command::Hosts(args) => commands::hosts::hosts(&cli.global, args).await,
         Command::Host(args) => commands::hosts::host(&cli.global, args).await,

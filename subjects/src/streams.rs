@@ -309,44 +309,87 @@ pub struct EnsureError {
     pub reason: String,
 }
 
+/// How long one request of [`ensure`] waits before it is tried again.
+const ENSURE_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How many times [`ensure`] sends one item's request before it gives up on a timeout.
+const ENSURE_ATTEMPTS: u32 = 8;
+
+/// Runs `op` until it succeeds, fails for a reason other than a timeout, or has timed out
+/// [`ENSURE_ATTEMPTS`] times. When several hubs create the same stream of a cluster at once,
+/// the server answers one of them and lets the others' requests time out (seen with three
+/// `steward node`s starting together: each stream cost a 10 s timeout); the next attempt finds
+/// the stream and goes on. The pause before it depends on the process id, so hubs that
+/// collided do not collide again in lock-step.
+async fn ensure_item<T, E, F, Fut>(what: &'static str, name: &str, mut op: F) -> Result<T, EnsureError>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let reason = e.to_string();
+                if attempt >= ENSURE_ATTEMPTS || !reason.contains("timed out") {
+                    return Err(EnsureError { what, name: name.to_owned(), reason });
+                }
+                let pause = 100 + u64::from(std::process::id() % 500) + 200 * u64::from(attempt);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
 /// Creates every stream, bucket and object store, or updates it to the current definition.
-/// Safe to call on every start and from several processes at once.
+/// Safe to call on every start and from several processes at once (a request that times out
+/// is sent again, see [`ensure_item`]).
 ///
 /// # Errors
 /// [`EnsureError`] naming the first item the server refused.
 pub async fn ensure(js: &jetstream::Context, replicas: Replicas) -> Result<EnsureReport, EnsureError> {
+    let mut js = js.clone();
+    js.set_timeout(ENSURE_REQUEST_TIMEOUT);
+    let js = &js;
     let mut report = EnsureReport::default();
+    // A stream that does not exist yet is created without the update request first (which
+    // `create_or_update_*` sends): an update racing another hub's create is what timed out.
     for def in streams() {
-        js.create_or_update_stream(def.config(replicas)).await.map_err(|e| EnsureError {
-            what: "stream",
-            name: def.name.to_owned(),
-            reason: e.to_string(),
-        })?;
+        ensure_item("stream", def.name, || async {
+            if js.get_stream(def.name).await.is_ok() {
+                js.update_stream(def.config(replicas)).await.map(drop).map_err(|e| e.to_string())
+            } else {
+                js.create_stream(def.config(replicas)).await.map(drop).map_err(|e| e.to_string())
+            }
+        })
+        .await?;
         report.streams.push(def.name.to_owned());
     }
     for def in buckets() {
-        js.create_or_update_key_value(def.config(replicas)).await.map_err(|e| EnsureError {
-            what: "bucket",
-            name: def.name.to_owned(),
-            reason: e.to_string(),
-        })?;
+        ensure_item("bucket", def.name, || async {
+            if js.get_stream(format!("KV_{}", def.name)).await.is_ok() {
+                js.create_or_update_key_value(def.config(replicas)).await.map(drop).map_err(|e| e.to_string())
+            } else {
+                js.create_key_value(def.config(replicas)).await.map(drop).map_err(|e| e.to_string())
+            }
+        })
+        .await?;
         report.buckets.push(def.name.to_owned());
     }
     for name in object_stores() {
         let exists = js.get_object_store(name).await.is_ok();
         if !exists {
-            js.create_object_store(object_store::Config {
-                bucket: name.to_owned(),
-                num_replicas: replicas.count(),
-                storage: stream::StorageType::File,
-                ..Default::default()
+            ensure_item("object store", name, || {
+                js.create_object_store(object_store::Config {
+                    bucket: name.to_owned(),
+                    num_replicas: replicas.count(),
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
             })
-            .await
-            .map_err(|e| EnsureError {
-                what: "object store",
-                name: name.to_owned(),
-                reason: e.to_string(),
-            })?;
+            .await?;
         }
         report.object_stores.push(name.to_owned());
     }

@@ -1,11 +1,13 @@
 //! One function per subcommand; [`hosts`] (hosts, host, ensure-worker), [`creds`] and
 //! [`config`] (apply, plan, get, history, diff, rollback, schema, jobspecs) have their own files.
 
+pub mod cluster;
 pub mod config;
 pub mod creds;
 pub mod dead_letters;
 pub mod hosts;
 pub mod keys;
+pub mod node;
 pub mod run;
 pub mod runtime;
 
@@ -35,7 +37,7 @@ pub const DEMO_PLAYBOOK: &str = include_str!("../../../examples/playbooks/state.
 pub const DEMO_PLAYBOOK_PATH: &str = "/opt/steward/examples/playbooks/state.yml";
 
 /// How long each component gets to drain on shutdown.
-const DRAIN_PER_COMPONENT: Duration = Duration::from_secs(2);
+pub(crate) const DRAIN_PER_COMPONENT: Duration = Duration::from_secs(2);
 
 /// The per-user state folder: `$XDG_STATE_HOME/steward`, else `~/.local/state/steward`.
 #[must_use]
@@ -49,27 +51,31 @@ pub fn default_state_dir() -> PathBuf {
     }
 }
 
+/// What `steward up` prints when everything runs.
 #[derive(Debug, Serialize)]
-struct UpSummary {
-    nats_url: String,
-    data: String,
-    account: String,
-    roles: Vec<String>,
-    edges: Vec<String>,
-    streams: Vec<String>,
-    buckets: Vec<String>,
+pub(crate) struct UpSummary {
+    pub(crate) nats_url: String,
+    pub(crate) data: String,
+    pub(crate) account: String,
+    pub(crate) roles: Vec<String>,
+    pub(crate) edges: Vec<String>,
+    pub(crate) streams: Vec<String>,
+    pub(crate) buckets: Vec<String>,
+    /// Cluster nodes (`--cluster`): name, client URL and data folder of each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) nodes: Vec<String>,
 }
 
 /// The identities `steward up` runs with (issued on first start, kept while unchanged).
-struct UpIdentities {
+pub(crate) struct UpIdentities {
     /// The embedded server's trust configuration (operator, resolver, accounts).
-    server_config: String,
+    pub(crate) server_config: String,
     /// The hub's service credentials.
-    hub: PathBuf,
+    pub(crate) hub: PathBuf,
     /// Each demo edge's host credentials.
-    edges: BTreeMap<HostId, PathBuf>,
+    pub(crate) edges: BTreeMap<HostId, PathBuf>,
     /// The CLI's admin operator credentials (named by the context file).
-    operator: PathBuf,
+    pub(crate) operator: PathBuf,
 }
 
 /// Opens the authority under `dir` and ensures the hub's service identity, one host identity
@@ -102,12 +108,15 @@ fn up_identities(dir: &std::path::Path, account: &AccountId, hosts: &[HostId]) -
     Ok(UpIdentities { server_config, hub, edges, operator })
 }
 
-/// `steward up`: embedded NATS (authenticated unless `--insecure`), hub roles and demo edges
-/// until Ctrl-C; nothing left behind.
-///
-/// # Errors
-/// When NATS cannot start (the error says how to install it) or a component cannot start.
-pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
+/// What `steward up` prepares before it starts anything: the absolute data folder, the demo
+/// edges and (unless `--insecure`) the identities.
+pub(crate) struct UpPlan {
+    pub(crate) data: PathBuf,
+    pub(crate) edges: Vec<EdgeSpec>,
+    pub(crate) identities: Option<UpIdentities>,
+}
+
+fn up_plan(global: &Global, args: &UpArgs) -> anyhow::Result<UpPlan> {
     let data = args.data.clone().unwrap_or_else(default_state_dir);
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create data folder {}", data.display()))?;
     // Absolute from here on: the demo configuration refers to a playbook under it.
@@ -135,6 +144,21 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
         let hosts: Vec<HostId> = edges.iter().map(|e| e.host_id.clone()).collect();
         Some(up_identities(&data.join("auth"), &global.account, &hosts)?)
     };
+    Ok(UpPlan { data, edges, identities })
+}
+
+/// `steward up`: embedded NATS (authenticated unless `--insecure`), hub roles and demo edges
+/// until Ctrl-C; nothing left behind, even when killed. With `--cluster N`, N local cluster
+/// nodes (`steward node` children) instead of one server.
+///
+/// # Errors
+/// When NATS cannot start (the error says how to install it) or a component cannot start.
+pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
+    let plan = up_plan(global, &args)?;
+    if let Some(nodes) = args.cluster {
+        return cluster::up_cluster(global, &args, plan, nodes).await;
+    }
+    let UpPlan { data, edges, identities } = plan;
     let mut opts = ServerOptions::named("steward-up");
     opts.lifeline = tied_to_this_process();
     opts.port = Some(args.port);
@@ -156,13 +180,7 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
     config.signing_key = Some(secret);
     config.trusted_key = Some(public);
     config.edges = edges;
-    let context_file = data.join("context.json");
-    crate::context::Context {
-        nats: url.clone(),
-        creds: identities.as_ref().map(|ids| ids.operator.clone()),
-        account: global.account.to_string(),
-    }
-    .write(&context_file)?;
+    let context_file = write_up_context(&data, &url, identities.as_ref(), global)?;
     let process = match RunningProcess::start(config.clone()).await {
         Ok(p) => p,
         Err(e) => {
@@ -170,7 +188,47 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
             return Err(e).context("cannot start the hub components");
         }
     };
-    // The demo configuration (examples/demo.json); re-applying it on a later `up` is a no-op.
+    apply_demo(process.client(), global, &data).await;
+    let summary = UpSummary {
+        nats_url: url.clone(),
+        data: data.display().to_string(),
+        account: global.account.to_string(),
+        roles: config.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        edges: config.edges.iter().map(|e| e.host_id.to_string()).collect(),
+        streams: process.ensured.streams.clone(),
+        buckets: process.ensured.buckets.clone(),
+        nodes: Vec::new(),
+    };
+    print_up_banner(global, &summary, identities.is_some(), &data, &context_file);
+    crate::shutdown::signal().await;
+    info!("stopping");
+    let r = process.shutdown(DRAIN_PER_COMPONENT).await;
+    server.stop().await;
+    r.context("shutdown")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Writes `<data>/context.json` naming the server(s) and the operator identity for the CLI.
+pub(crate) fn write_up_context(
+    data: &std::path::Path,
+    url: &str,
+    identities: Option<&UpIdentities>,
+    global: &Global,
+) -> anyhow::Result<PathBuf> {
+    let context_file = data.join("context.json");
+    crate::context::Context {
+        nats: url.to_owned(),
+        creds: identities.map(|ids| ids.operator.clone()),
+        account: global.account.to_string(),
+    }
+    .write(&context_file)?;
+    Ok(context_file)
+}
+
+/// Applies the demo configuration (examples/demo.json) with the playbook copied into the data
+/// folder; re-applying it on a later `up` is a no-op. Failures are logged, not fatal.
+pub(crate) async fn apply_demo(client: &async_nats::Client, global: &Global, data: &std::path::Path) {
     let playbook = data.join("playbooks").join("state.yml");
     let document =
         match std::fs::create_dir_all(data.join("playbooks")).and_then(|()| std::fs::write(&playbook, DEMO_PLAYBOOK)) {
@@ -187,39 +245,46 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
         if_revision: None,
     };
     let configs = steward_actors::config_manager::client::ConfigClient::new(
-        process.client().clone(),
+        client.clone(),
         steward_subjects::Subjects::new(global.account.clone()),
     );
     match configs.apply(&demo).await {
         Ok(r) => info!(revision = r.revision.revision, noop = r.noop, "demo configuration applied"),
         Err(e) => tracing::warn!(error = %e, "demo configuration not applied"),
     }
-    let summary = UpSummary {
-        nats_url: url.clone(),
-        data: data.display().to_string(),
-        account: global.account.to_string(),
-        roles: config.roles.iter().map(|r| r.as_str().to_owned()).collect(),
-        edges: config.edges.iter().map(|e| e.host_id.to_string()).collect(),
-        streams: process.ensured.streams.clone(),
-        buckets: process.ensured.buckets.clone(),
-    };
+}
+
+/// Prints what `steward up` started (a table for people, JSON with `-o json`).
+pub(crate) fn print_up_banner(
+    global: &Global,
+    summary: &UpSummary,
+    secure: bool,
+    data: &std::path::Path,
+    context_file: &std::path::Path,
+) {
     match global.output {
-        OutputFormat::Json => output::print(global.output, &[], &[], &summary),
+        OutputFormat::Json => output::print(global.output, &[], &[], summary),
         OutputFormat::Table => {
             println!("steward {STEWARD_VERSION} is up");
             println!("  nats:     {}", summary.nats_url);
+            for node in &summary.nodes {
+                println!("  node:     {node}");
+            }
             println!("  data:     {}", summary.data);
             println!("  account:  {}", summary.account);
             println!("  roles:    {}", summary.roles.join(", "));
             println!("  edges:    {}", summary.edges.join(", "));
             println!("  streams:  {}", summary.streams.join(", "));
-            if let Some(log) = crate::telemetry::log_file(global, default_log_file_for_data(&data)) {
+            if let Some(log) = crate::telemetry::log_file(global, default_log_file_for_data(data)) {
                 println!("  logs:     {} (-v shows them here too)", log.display());
             }
-            if identities.is_none() {
-                println!("  auth:     NONE (--insecure): anyone reaching {url} may run commands on every edge");
-            } else {
+            if secure {
                 println!("  auth:     on; identities in {}", data.join("auth").display());
+            } else {
+                println!(
+                    "  auth:     NONE (--insecure): anyone reaching {} may run commands on every edge",
+                    summary.nats_url
+                );
             }
             if context_file == crate::context::default_path() {
                 println!("try: steward health    (the CLI finds {}; Ctrl-C stops everything)", context_file.display());
@@ -229,13 +294,6 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
             }
         }
     }
-    crate::shutdown::signal().await;
-    info!("stopping");
-    let r = process.shutdown(DRAIN_PER_COMPONENT).await;
-    server.stop().await;
-    r.context("shutdown")?;
-    info!("stopped");
-    Ok(())
 }
 
 /// `steward server`: the hub roles against an existing NATS deployment.
@@ -472,7 +530,7 @@ fn default_log_file_for_data(data: &std::path::Path) -> Option<PathBuf> {
 /// The lifeline children are started through so they end with this process even when it is
 /// SIGKILLed; `None` (children then end on a clean stop only) when the executable's path is
 /// unreadable.
-fn tied_to_this_process() -> Option<steward_deploy::lifeline::Lifeline> {
+pub(crate) fn tied_to_this_process() -> Option<steward_deploy::lifeline::Lifeline> {
     match steward_deploy::lifeline::Lifeline::current_exe("lifeline") {
         Ok(l) => Some(l),
         Err(e) => {
