@@ -22,6 +22,7 @@ fn command(argv: &[&str]) -> Spec {
         argv: argv.iter().map(|s| (*s).to_owned()).collect(),
         env: BTreeMap::new(),
         cwd: String::new(),
+        ..CommandExecutor::default()
     })
 }
 
@@ -85,6 +86,7 @@ async fn command_exit_codes_output_env_and_metrics() {
         argv: vec!["sh".into(), "-c".into(), "echo $GREETING; pwd".into()],
         env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
         cwd: dir.path().display().to_string(),
+        ..CommandExecutor::default()
     });
     let obs = executor::build(&spec, &s).unwrap().run(ctx(Duration::from_secs(10))).await.unwrap();
     let canonical = std::fs::canonicalize(dir.path()).unwrap();
@@ -115,8 +117,12 @@ async fn command_error_taxonomy() {
     std::fs::write(&plain, "not a program").unwrap();
     let denied = executor::build(&command(&[plain.to_str().unwrap()]), &s).unwrap();
     assert_eq!(denied.run(ctx(Duration::from_secs(5))).await.unwrap_err().kind(), "permission");
-    let spec =
-        Spec::Command(CommandExecutor { argv: vec!["true".into()], env: BTreeMap::new(), cwd: "/no/such/dir".into() });
+    let spec = Spec::Command(CommandExecutor {
+        argv: vec!["true".into()],
+        env: BTreeMap::new(),
+        cwd: "/no/such/dir".into(),
+        ..Default::default()
+    });
     let bad_cwd = executor::build(&spec, &s).unwrap();
     assert_eq!(bad_cwd.run(ctx(Duration::from_secs(5))).await.unwrap_err().kind(), "bad_cwd");
     let signaled = executor::build(&command(&["sh", "-c", "kill -9 $$"]), &s).unwrap();
@@ -360,6 +366,7 @@ fn ssh(sshd: &Sshd, command: &str, key: &Path) -> Spec {
         user: sshd.user.clone(),
         key_path: key.display().to_string(),
         command: command.into(),
+        ..SshExecutor::default()
     })
 }
 
@@ -383,6 +390,15 @@ async fn ssh_runs_remote_commands_against_a_real_sshd() {
         executor::build(&ssh(&sshd, "exit 4", &sshd.key), &s).unwrap().run(ctx(Duration::from_secs(20))).await.unwrap();
     assert!(!obs.passed);
     assert_eq!(obs.exit_code, Some(4));
+
+    // The monitoring-plugins convention over ssh: a remote WARNING with performance data.
+    let mut plugin = ssh(&sshd, "echo 'REMOTE WARNING - queue long | queue=42;10;50;0'; exit 1", &sshd.key);
+    if let Spec::Ssh(spec) = &mut plugin {
+        spec.convention = steward_subjects::config::OutputConvention::Plugin;
+    }
+    let obs = executor::build(&plugin, &s).unwrap().run(ctx(Duration::from_secs(20))).await.unwrap();
+    assert_eq!(obs.state, Some(steward_subjects::api::result::ResultStatus::Warn), "{obs:?}");
+    assert_eq!((obs.message.as_str(), obs.metrics.get("queue")), ("REMOTE WARNING - queue long", Some(&42.0)));
 
     // A key the server does not know.
     let stranger = dir.path().join("stranger");
@@ -427,6 +443,7 @@ async fn ssh_runs_remote_commands_against_a_real_sshd() {
         user: sshd.user.clone(),
         key_path: sshd.key.display().to_string(),
         command: "true".into(),
+        ..SshExecutor::default()
     });
     let err = executor::build(&spec, &s).unwrap().run(ctx(Duration::from_secs(20))).await.unwrap_err();
     assert_eq!(err.kind(), "connect", "{err}");

@@ -107,6 +107,34 @@ async fn up_serves_health_and_stops_cleanly_on_ctrl_c() {
         assert_eq!(mode & 0o777, 0o600, "{creds}");
     }
 
+    // The demo's checks are real monitoring plugins: the process count warns on purpose, the
+    // disk check reports its performance data with units; both reach the stored results.
+    eventually(Duration::from_secs(60), Duration::from_millis(500), || {
+        let context = context.clone();
+        async move {
+            let out = tokio::process::Command::new(STEWARD)
+                .env("STEWARD_CONTEXT", &context)
+                .args(["results", "-o", "json"])
+                .output()
+                .await
+                .map_err(|e| e.to_string())?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            let rows = v.as_array().cloned().unwrap_or_default();
+            let warn = rows.iter().any(|r| {
+                r["status"] == "warn" && r["message"].as_str().is_some_and(|m| m.starts_with("PROCS WARNING"))
+            });
+            let disk =
+                rows.iter().any(|r| r["units"]["/"] == "B" && r["metrics"]["/"].as_f64().is_some_and(|b| b > 0.0));
+            if warn && disk {
+                Ok(())
+            } else {
+                Err(format!("no warn from check_procs ({warn}) or disk data with units ({disk}) yet: {v}"))
+            }
+        }
+    })
+    .await
+    .unwrap();
+
     // Ctrl-C: exit 0 within 5 s, nothing left behind.
     Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
     let status = tokio::time::timeout(Duration::from_secs(5), up.wait()).await.expect("exited within 5 s").unwrap();

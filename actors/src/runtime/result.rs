@@ -1,5 +1,5 @@
-//! Turns a run's observation into its result record: pass/fail from the executor and the
-//! thresholds, and the output. A run keeps up to [`MAX_STORED_OUTPUT`] bytes of output; the
+//! Turns a run's observation into its result record: pass/warn/fail/unknown from the executor
+//! and the thresholds (a `warn` limit makes a passing run `warn`), and the output. A run keeps up to [`MAX_STORED_OUTPUT`] bytes of output; the
 //! result carries the first [`MAX_INLINE_OUTPUT`] bytes inline, and the whole output, when
 //! longer, travels beside it to the outbox, which stores it in the outputs stream (`output_ref`).
 
@@ -83,6 +83,27 @@ fn base_record(ctx: &SpecCtx, spec: &JobSpec, epoch: u64, started_at_ms: u64, en
     }
 }
 
+/// The status of a run that produced `obs`: the state the check reported (a plugin's exit
+/// code) or pass/fail, then the thresholds: a `fail` limit fails it, a `warn` limit makes a
+/// passing run `warn`. Also says which limits were breached.
+fn status_of(obs: &Observation, thresholds: &[Threshold]) -> (ResultStatus, Vec<String>) {
+    let mut status = obs.state.unwrap_or(if obs.passed { ResultStatus::Pass } else { ResultStatus::Fail });
+    let mut notes = Vec::new();
+    for t in thresholds {
+        let Some(v) = obs.metrics.get(&t.metric).copied() else { continue };
+        if t.fail.is_some_and(|l| breached(t, v, l)) {
+            status = ResultStatus::Fail;
+            notes.push(format!("{} = {v} breaches fail limit", t.metric));
+        } else if t.warn.is_some_and(|l| breached(t, v, l)) {
+            if status == ResultStatus::Pass {
+                status = ResultStatus::Warn;
+            }
+            notes.push(format!("{} = {v} breaches warn limit", t.metric));
+        }
+    }
+    (status, notes)
+}
+
 pub(super) fn result_record(
     ctx: &SpecCtx,
     spec: &JobSpec,
@@ -94,24 +115,16 @@ pub(super) fn result_record(
     let mut full = None;
     match outcome {
         Ok(obs) => {
-            r.status = if obs.passed { ResultStatus::Pass } else { ResultStatus::Fail };
+            let notes;
+            (r.status, notes) = status_of(&obs, &spec.thresholds);
             r.message = obs.message.clone();
             r.exit_code = obs.exit_code;
-            let mut notes = Vec::new();
-            for t in &spec.thresholds {
-                let Some(v) = obs.metrics.get(&t.metric).copied() else { continue };
-                if t.fail.is_some_and(|l| breached(t, v, l)) {
-                    r.status = ResultStatus::Fail;
-                    notes.push(format!("{} = {v} breaches fail limit", t.metric));
-                } else if t.warn.is_some_and(|l| breached(t, v, l)) {
-                    notes.push(format!("{} = {v} breaches warn limit", t.metric));
-                }
-            }
             if !notes.is_empty() {
                 r.message = format!("{}; {}", r.message, notes.join("; "));
             }
             (r.output, r.output_truncated, full) = output_of(&obs);
             r.metrics = obs.metrics;
+            r.units = obs.units;
         }
         Err(ExecError::Timeout { after, partial }) => {
             r.status = ResultStatus::Timeout;
@@ -142,6 +155,31 @@ mod tests {
             stderr: Captured { bytes: stderr.to_vec(), truncated: false, total: stderr.len() as u64 },
             ..Observation::default()
         }
+    }
+
+    #[test]
+    fn thresholds_warn_and_fail_on_top_of_the_reported_state() {
+        let t = |warn, fail| Threshold { metric: "load1".into(), op: Comparison::Gt, warn, fail };
+        let with = |passed, state, load: f64| Observation {
+            passed,
+            state,
+            metrics: [("load1".to_owned(), load)].into(),
+            ..Observation::default()
+        };
+        let th = [t(Some(4.0), Some(8.0))];
+        assert_eq!(status_of(&with(true, None, 1.0), &th).0, ResultStatus::Pass);
+        let (s, notes) = status_of(&with(true, None, 5.0), &th);
+        assert_eq!((s, notes.len()), (ResultStatus::Warn, 1));
+        assert_eq!(status_of(&with(true, None, 9.0), &th).0, ResultStatus::Fail);
+        // A warn limit does not soften a failure or hide an unknown state.
+        assert_eq!(status_of(&with(false, None, 5.0), &th).0, ResultStatus::Fail);
+        assert_eq!(status_of(&with(false, Some(ResultStatus::Unknown), 5.0), &th).0, ResultStatus::Unknown);
+        assert_eq!(status_of(&with(false, Some(ResultStatus::Warn), 1.0), &th).0, ResultStatus::Warn);
+        // A metric the run did not give is not judged.
+        assert_eq!(
+            status_of(&with(true, None, 1.0), &[Threshold { metric: "x".into(), ..t(Some(0.0), None) }]).0,
+            ResultStatus::Pass
+        );
     }
 
     #[test]

@@ -29,6 +29,9 @@ use serde::{Deserialize, Serialize};
 pub enum ResultStatus {
     /// The check ran and passed.
     Pass,
+    /// The check ran and found a problem short of failure: a monitoring plugin's exit 1
+    /// (WARNING), or a metric past a threshold's `warn` limit.
+    Warn,
     /// The check ran and failed (non-zero exit, wrong status, body mismatch, threshold).
     Fail,
     /// The check could not run (spawn failure, connection refused, bad parameters).
@@ -36,7 +39,8 @@ pub enum ResultStatus {
     Error,
     /// The check did not finish within its timeout.
     Timeout,
-    /// A status this peer does not know (sent by a newer peer).
+    /// The check could not tell the state (a monitoring plugin's exit 3, UNKNOWN, or an exit
+    /// code outside the convention), or a status this peer does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
 }
@@ -47,6 +51,7 @@ impl ResultStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             ResultStatus::Pass => "pass",
+            ResultStatus::Warn => "warn",
             ResultStatus::Fail => "fail",
             ResultStatus::Error => "error",
             ResultStatus::Timeout => "timeout",
@@ -99,8 +104,13 @@ pub struct ResultRecord {
     pub message: String,
     /// Process exit code (command and ssh).
     pub exit_code: Option<i32>,
-    /// Metrics, name → value (`latency_ms`, values parsed from JSON output, ...).
+    /// Metrics, name → value (`latency_ms`, values parsed from JSON output or a plugin's
+    /// performance data, ...).
     pub metrics: BTreeMap<String, f64>,
+    /// Units of the metrics that have one, name → unit of measure as the plugin gave it (`s`,
+    /// `ms`, `%`, `B`, `KB`, `MB`, `c`, ...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub units: BTreeMap<String, String>,
     /// Output (stdout then stderr for processes, the body for http), cut at
     /// [`MAX_INLINE_OUTPUT`] bytes.
     pub output: String,

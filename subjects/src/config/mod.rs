@@ -204,6 +204,34 @@ pub struct CommandExecutor {
     /// Working directory.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cwd: String,
+    /// How the program reports: `exit_code` (the default: exit 0 passes, anything else fails,
+    /// a JSON last line gives metrics) or `plugin` (the monitoring-plugins convention).
+    #[serde(default, skip_serializing_if = "OutputConvention::is_default")]
+    pub convention: OutputConvention,
+}
+
+/// How a `command` or `ssh` check reports its state and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputConvention {
+    /// Exit 0 passes, any other exit fails; the last stdout line, when it is a JSON object,
+    /// gives metrics.
+    #[default]
+    ExitCode,
+    /// The convention of Nagios, Naemon, Icinga and Sensu plugins (Debian's
+    /// `monitoring-plugins`): exit 0/1/2/3 = pass/warn/fail/unknown (any other exit is
+    /// unknown), the first line's text is the message, and performance data after `|`
+    /// (`'label'=value[UOM];warn;crit;min;max`, several per line, on the first line and on
+    /// any later line after a `|`) gives metrics with units.
+    Plugin,
+}
+
+impl OutputConvention {
+    /// Whether this is the default (`exit_code`), which is not written out.
+    #[must_use]
+    pub fn is_default(&self) -> bool {
+        *self == OutputConvention::ExitCode
+    }
 }
 
 /// Parameters of the `http` executor.
@@ -260,6 +288,9 @@ pub struct SshExecutor {
     pub key_path: String,
     /// Command to run remotely.
     pub command: String,
+    /// How the remote command reports (as for `command`).
+    #[serde(default, skip_serializing_if = "OutputConvention::is_default")]
+    pub convention: OutputConvention,
 }
 
 fn default_ssh_port() -> u16 {

@@ -419,6 +419,7 @@ fn resolve_executor(
             argv: c.argv.iter().enumerate().map(|(i, a)| r(format!("/argv/{i}"), a)).collect(),
             env: c.env.iter().map(|(k, v)| (k.clone(), r(format!("/env/{}", escape(k)), v))).collect(),
             cwd: r("/cwd".into(), &c.cwd),
+            convention: c.convention,
         }),
         Executor::Http(h) => Executor::Http(super::HttpExecutor {
             url: r("/url".into(), &h.url),
@@ -434,6 +435,7 @@ fn resolve_executor(
             user: r("/user".into(), &s.user),
             key_path: r("/key_path".into(), &s.key_path),
             command: r("/command".into(), &s.command),
+            convention: s.convention,
         }),
     }
 }

@@ -1,13 +1,14 @@
 //! The `command` executor: runs a local program (no shell) with extra environment and a working
 //! directory, in its own process group. Exit 0 passes, any other exit fails; the last stdout
-//! line, when it is a JSON object, gives metrics.
+//! line, when it is a JSON object, gives metrics. With `"convention": "plugin"` the run is
+//! judged as a monitoring plugin instead ([`super::plugin`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use steward_subjects::config::CommandExecutor as CommandSpec;
+use steward_subjects::config::{CommandExecutor as CommandSpec, OutputConvention};
 
 use super::{run_process, ExecError, Executor, Observation, RunContext};
 use crate::process_group::{End, GroupSpec};
@@ -75,6 +76,7 @@ pub struct CommandExecutor {
     argv: Vec<String>,
     env: BTreeMap<String, String>,
     cwd: Option<PathBuf>,
+    convention: OutputConvention,
     output_cap: usize,
 }
 
@@ -91,6 +93,7 @@ impl CommandExecutor {
             argv: spec.argv.clone(),
             env: spec.env.clone(),
             cwd: (!spec.cwd.is_empty()).then(|| PathBuf::from(&spec.cwd)),
+            convention: spec.convention,
             output_cap,
         })
     }
@@ -119,6 +122,10 @@ impl CommandExecutor {
             End::Exited(status) => {
                 use std::os::unix::process::ExitStatusExt;
                 match status.code() {
+                    Some(code) if self.convention == OutputConvention::Plugin => {
+                        super::plugin::judge(&mut obs, code);
+                        Ok(obs)
+                    }
                     Some(code) => {
                         obs.exit_code = Some(code);
                         obs.passed = code == 0;

@@ -6,11 +6,13 @@
 //!
 //! Layout: [`command`] runs a local program and [`ssh`] the system `ssh` client, both through
 //! [`crate::process_group`] (the whole process group is killed on timeout, cancel or drop) with
-//! output kept up to a cap ([`Captured::read_from`]); [`http`] makes one HTTP(S) request; [`tcp`] opens one TCP connection; [`ssh`] runs a
+//! output kept up to a cap ([`Captured::read_from`]), judged by exit code or, with
+//! `"convention": "plugin"`, by the monitoring-plugins convention ([`plugin`]); [`http`] makes one HTTP(S) request; [`tcp`] opens one TCP connection; [`ssh`] runs a
 //! command on a remote host with the system `ssh` client and a key.
 
 pub mod command;
 pub mod http;
+pub mod plugin;
 pub mod ssh;
 pub mod tcp;
 
@@ -150,6 +152,10 @@ pub struct Observation {
     pub exit_code: Option<i32>,
     /// Metrics, name → value.
     pub metrics: BTreeMap<String, f64>,
+    /// Units of metrics that have one (from a plugin's performance data).
+    pub units: BTreeMap<String, String>,
+    /// The state the check reported itself (a plugin's exit code), overriding `passed`.
+    pub state: Option<steward_subjects::api::result::ResultStatus>,
     /// Standard output, or the response body.
     pub stdout: Captured,
     /// Standard error.

@@ -93,6 +93,7 @@ fn bad(s: &str) -> bool {
 pub struct SshExecutor {
     argv: Vec<String>,
     key_path: Option<PathBuf>,
+    convention: steward_subjects::config::OutputConvention,
     output_cap: usize,
 }
 
@@ -132,7 +133,7 @@ impl SshExecutor {
             argv.extend(["-o".into(), "IdentitiesOnly=yes".into(), "-i".into(), key.display().to_string()]);
         }
         argv.extend(["-l".into(), spec.user.clone(), spec.host.clone(), "--".into(), spec.command.clone()]);
-        Ok(SshExecutor { argv, key_path, output_cap: settings.output_cap })
+        Ok(SshExecutor { argv, key_path, convention: spec.convention, output_cap: settings.output_cap })
     }
 
     /// The client command line this executor runs (for `--explain` and tests).
@@ -155,6 +156,10 @@ impl SshExecutor {
         match end {
             End::Exited(status) => match status.code() {
                 Some(SSH_CLIENT_ERROR) => Err(SshError::classify(&obs.stderr.text()).into()),
+                Some(code) if self.convention == steward_subjects::config::OutputConvention::Plugin => {
+                    super::plugin::judge(&mut obs, code);
+                    Ok(obs)
+                }
                 Some(code) => {
                     obs.exit_code = Some(code);
                     obs.passed = code == 0;
