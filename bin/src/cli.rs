@@ -192,6 +192,9 @@ pub struct UpArgs {
     /// every connection needs an identity `up` issued under `<data>/auth`.
     #[arg(long)]
     pub insecure: bool,
+    /// Metrics endpoint.
+    #[command(flatten)]
+    pub metrics: crate::commands::metrics::MetricsArgs,
 }
 
 /// Options of `steward server`.
@@ -224,6 +227,9 @@ pub struct ServerArgs {
     /// the leader stopped refreshing it (`10s`; a unit is required; at least `300ms`).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub leader_ttl: std::time::Duration,
+    /// Metrics endpoint.
+    #[command(flatten)]
+    pub metrics: crate::commands::metrics::MetricsArgs,
 }
 
 /// Options of `steward edge`.
@@ -262,6 +268,9 @@ pub struct EdgeArgs {
     /// The hub's public signing key file; jobs not signed by it are refused.
     #[arg(long, env = "STEWARD_TRUSTED_KEY")]
     pub trusted_key: Option<PathBuf>,
+    /// Metrics endpoint.
+    #[command(flatten)]
+    pub metrics: crate::commands::metrics::MetricsArgs,
 }
 
 /// Options of `steward health`.

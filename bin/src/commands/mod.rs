@@ -6,6 +6,7 @@ pub mod creds;
 pub mod dead_letters;
 pub mod hosts;
 pub mod keys;
+pub mod metrics;
 pub mod run;
 pub mod runtime;
 
@@ -108,6 +109,7 @@ fn up_identities(dir: &std::path::Path, account: &AccountId, hosts: &[HostId]) -
 /// # Errors
 /// When NATS cannot start (the error says how to install it) or a component cannot start.
 pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
+    let _metrics = args.metrics.serve().await?;
     let data = args.data.clone().unwrap_or_else(default_state_dir);
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create data folder {}", data.display()))?;
     // Absolute from here on: the demo configuration refers to a playbook under it.
@@ -236,6 +238,7 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
 /// # Errors
 /// When NATS cannot be reached or a component cannot start.
 pub async fn server(global: &Global, args: ServerArgs) -> anyhow::Result<()> {
+    let _metrics = args.metrics.serve().await?;
     let tenants = if args.tenants.is_empty() {
         vec![crate::args::Tenant { account: global.account.clone(), creds: None }]
     } else {
@@ -321,6 +324,7 @@ async fn start_tenants(configs: Vec<ProcessConfig>) -> anyhow::Result<Vec<Runnin
 /// # Errors
 /// When NATS cannot be reached or the local store cannot be opened.
 pub async fn edge(global: &Global, args: EdgeArgs) -> anyhow::Result<()> {
+    let _metrics = args.metrics.serve().await?;
     let data = args.data.unwrap_or_else(|| default_state_dir().join("edges").join(args.host_id.as_str()));
     let mut connect = global.connect_options();
     let mut hub_domain = None;
