@@ -307,4 +307,14 @@ async fn metrics_endpoints_count_the_work_of_hub_edge_and_runtime() {
     assert!(rt_fail >= seen("rt-a"), "rt-a ran {rt_fail} failing checks, {} results of it stored", seen("rt-a"));
     assert_eq!(rt.sum("steward_checks_total", &[("runtime", "rt-a"), ("status", "pass")]), 0.0);
     assert!(rt.has("steward_outbox_depth", &[("runtime", "rt-a")]));
+    eprintln!(
+        "hub: runs pending/success/failure {}/{}/{}, results stored {results_stored} (seen {}), grants {}, journal \
+         appends {}; edge: {edge_checks} checks passed; rt-a: {rt_fail} checks failed",
+        runs("pending"),
+        runs("success"),
+        runs("failure"),
+        stored.len(),
+        hub.sum("steward_lease_grants_total", &[]),
+        hub.sum("steward_lease_journal_appends_total", &[]),
+    );
 }

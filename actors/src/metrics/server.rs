@@ -181,6 +181,7 @@ mod tests {
     #[tokio::test]
     async fn serves_metrics_and_404_on_a_free_port() {
         let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+        metrics.account(&steward_subjects::AccountId::parse("acme").unwrap()).lease_grants(2);
         let server = serve("127.0.0.1:0".parse().unwrap(), metrics).await.unwrap();
         assert_ne!(server.local_addr().port(), 0);
         let addr = server.local_addr();
@@ -194,7 +195,8 @@ mod tests {
         let ok = get("/metrics").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.contains(&format!("Content-Type: {CONTENT_TYPE}\r\n")), "{ok}");
-        assert!(ok.contains("# TYPE steward_lease_grants counter") && ok.ends_with("# EOF\n"), "{ok}");
+        assert!(ok.contains("# TYPE steward_lease_grants counter\n"), "{ok}");
+        assert!(ok.contains("steward_lease_grants_total{account=\"acme\"} 2\n") && ok.ends_with("# EOF\n"), "{ok}");
         let missing = get("/other").await;
         assert!(missing.starts_with("HTTP/1.1 404 Not Found\r\n"), "{missing}");
     }
