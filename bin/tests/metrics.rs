@@ -2,7 +2,8 @@
 //! `/metrics` on a port they pick (`127.0.0.1:0`, read back from their log); after real work
 //! (a configuration whose checks run on the edge and the runtime, three runs on the edge) each
 //! endpoint is scraped and parsed with the OpenMetrics parser of the `prometheus_client`
-//! Python package, and the counters must have moved with the work done.
+//! Python package, and the counters must have moved with the work done; a NATS restart then
+//! shows as a disconnect and a reconnect of each connection.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
@@ -193,7 +194,7 @@ async fn run_on_edge(url: &str, program: &str, args: &[&str]) -> (String, String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoints_count_the_work_of_hub_edge_and_runtime() {
-    let nats = NatsServer::start(ServerOptions::named("metrics")).await.unwrap();
+    let mut nats = NatsServer::start(ServerOptions::named("metrics")).await.unwrap();
     let url = nats.client_url();
     let tmp = tempfile::tempdir().unwrap();
     let (secret, public) = keys(tmp.path());
@@ -317,4 +318,23 @@ async fn metrics_endpoints_count_the_work_of_hub_edge_and_runtime() {
         hub.sum("steward_lease_grants_total", &[]),
         hub.sum("steward_lease_journal_appends_total", &[]),
     );
+
+    // A NATS restart: every connection of the hub and the edge counts a disconnect and a
+    // reconnect.
+    nats.restart().await.unwrap();
+    for (addr, connection) in [(hub_addr, "steward-hub".to_owned()), (edge_addr, format!("steward-edge-{HOST}"))] {
+        eventually(WAIT, POLL, || async {
+            let s = scrape(addr).await;
+            let count = |event: &str| {
+                s.sum("steward_nats_connection_events_total", &[("connection", &connection), ("event", event)])
+            };
+            if count("disconnected") >= 1.0 && count("reconnected") >= 1.0 && count("connected") == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{connection}: {} disconnects, {} reconnects", count("disconnected"), count("reconnected")))
+            }
+        })
+        .await
+        .unwrap();
+    }
 }
