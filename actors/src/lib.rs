@@ -10,7 +10,8 @@
 //! the revision's services), [`health`] (per-connection health service). Around them:
 //! [`supervisor`] (linked children, restarts with back-off and counters, ordered shutdown),
 //! [`status`] (the board the supervisor publishes component states on), [`process`] (the
-//! components a process's roles ask for), and shared helpers: `tasks` (an actor's background
+//! components a process's roles ask for), [`metrics`] (the OpenMetrics families and the
+//! `/metrics` endpoint), and shared helpers: `tasks` (an actor's background
 //! tasks), [`kv`] (scanning and following a KV bucket), [`process_group`] (child processes in
 //! their own group), [`signing`] (ed25519 job signatures), [`spec_signing`] (job specs signed
 //! per render batch).
@@ -23,6 +24,7 @@ pub mod enablement;
 pub mod health;
 pub mod kv;
 pub mod lease;
+pub mod metrics;
 pub mod process;
 pub mod process_group;
 pub mod renderer;
@@ -163,7 +165,7 @@ pub async fn connect_with(
         None => async_nats::ConnectOptions::new(),
     };
     o = apply_tls(opts, o, err)?;
-    o = adjust(o.name(name).connection_timeout(Duration::from_secs(5)));
+    o = adjust(metrics::count_events(o.name(name).connection_timeout(Duration::from_secs(5)), name));
     let addrs: Vec<async_nats::ServerAddr> = opts
         .url
         .split(',')

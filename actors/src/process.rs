@@ -108,6 +108,8 @@ pub struct RunningProcess {
     join: tokio::task::JoinHandle<()>,
     client: async_nats::Client,
     board: StatusBoard,
+    /// The hub's consumer-lag sampler ([`crate::metrics::sample_consumers`]), when a hub role runs.
+    sampler: Option<tokio::task::JoinHandle<()>>,
     /// What `ensure` did at start (empty when the process has no hub role).
     pub ensured: EnsureReport,
 }
@@ -122,10 +124,12 @@ impl RunningProcess {
         let client = connect(&config.connect, "steward-hub").await?;
         let subjects = Subjects::new(config.account.clone());
         let mut ensured = EnsureReport::default();
+        let mut hub_js = None;
         if !config.roles.is_empty() {
             let js = async_nats::jetstream::new(client.clone());
             ensured = streams::ensure(&js, config.replicas).await?;
             info!(streams = ensured.streams.len(), buckets = ensured.buckets.len(), "jetstream assets ensured");
+            hub_js = Some(js);
         }
         let board = StatusBoard::new();
         let started = Instant::now();
@@ -234,7 +238,10 @@ impl RunningProcess {
         }
         let (supervisor, join) =
             SupervisorHandle::start(SupervisorArgs { children, policy: config.policy, board: board.clone() }).await?;
-        Ok(RunningProcess { supervisor, join, client, board, ensured })
+        let sampler = hub_js.map(|js| {
+            tokio::spawn(crate::metrics::sample_consumers(js, config.account.clone(), crate::metrics::global()))
+        });
+        Ok(RunningProcess { supervisor, join, client, board, sampler, ensured })
     }
 
     /// The root supervisor.
@@ -261,6 +268,9 @@ impl RunningProcess {
     /// # Errors
     /// [`ActorsError::Unavailable`] when the supervisor was already gone.
     pub async fn shutdown(self, per_child: Duration) -> Result<(), ActorsError> {
+        if let Some(sampler) = &self.sampler {
+            sampler.abort();
+        }
         let r = self.supervisor.shutdown(per_child).await;
         let _ = self.join.await;
         let _ = self.client.drain().await;

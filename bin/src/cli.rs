@@ -221,6 +221,9 @@ pub struct UpArgs {
     /// one server, to try failover on one machine.
     #[arg(long, value_parser = clap::value_parser!(u8).range(3..=5))]
     pub cluster: Option<u8>,
+    /// Metrics endpoint.
+    #[command(flatten)]
+    pub metrics: crate::commands::metrics::MetricsArgs,
 }
 
 /// Options of `steward server`.
@@ -253,6 +256,9 @@ pub struct ServerArgs {
     /// the leader stopped refreshing it (`10s`; a unit is required; at least `300ms`).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub leader_ttl: std::time::Duration,
+    /// Metrics endpoint.
+    #[command(flatten)]
+    pub metrics: crate::commands::metrics::MetricsArgs,
 }
 
 /// Options of `steward edge`.
@@ -291,6 +297,9 @@ pub struct EdgeArgs {
     /// The hub's public signing key file; jobs not signed by it are refused.
     #[arg(long, env = "STEWARD_TRUSTED_KEY")]
     pub trusted_key: Option<PathBuf>,
+    /// Metrics endpoint.
+    #[command(flatten)]
+    pub metrics: crate::commands::metrics::MetricsArgs,
 }
 
 /// Options of `steward health`.

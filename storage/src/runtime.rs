@@ -414,6 +414,21 @@ impl RuntimeStore {
         Ok(())
     }
 
+    /// Results waiting in the outbox, and when the oldest of them ended (its `ended_at_ms`,
+    /// `None` when the outbox is empty).
+    ///
+    /// # Errors
+    /// [`Error`] on a failed read or a corrupt record.
+    pub fn outbox_summary(&self) -> Result<(u64, Option<u64>), Error> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(OUTBOX)?;
+        let oldest = match table.first()? {
+            Some((_, v)) => Some(decode::<ResultRecord>("outbox", v.value())?.ended_at_ms),
+            None => None,
+        };
+        Ok((table.len()?, oldest))
+    }
+
     /// Results waiting in the outbox.
     ///
     /// # Errors

@@ -109,6 +109,8 @@ pub struct RunStore {
     js: jetstream::Context,
     kv: kv::Store,
     subjects: Subjects,
+    /// Counts runs entering each state (on the writes that move them).
+    metrics: crate::metrics::AccountMetrics,
 }
 
 impl RunStore {
@@ -118,7 +120,8 @@ impl RunStore {
     /// [`RunStoreError::Backend`] when the bucket does not exist.
     pub async fn open(js: jetstream::Context, subjects: Subjects) -> Result<Self, RunStoreError> {
         let kv = js.get_key_value(RUNS_BUCKET).await.map_err(backend)?;
-        Ok(RunStore { js, kv, subjects })
+        let metrics = crate::metrics::global().account(subjects.account());
+        Ok(RunStore { js, kv, subjects, metrics })
     }
 
     fn account(&self) -> &AccountId {
@@ -139,7 +142,18 @@ impl RunStore {
     /// # Errors
     /// [`RunStoreError::Backend`].
     pub async fn create_run_revision(&self, run: &RunRecord) -> Result<Option<u64>, RunStoreError> {
-        self.create_revision(&run_record_key(self.account(), &run.run_id), run).await
+        let created = self.create_revision(&run_record_key(self.account(), &run.run_id), run).await?;
+        if created.is_some() {
+            self.metrics.run_entered(run.status);
+        }
+        Ok(created)
+    }
+
+    /// Counts the run entering its new state when a write moved it.
+    fn count_move(&self, before: &RunRecord, after: &RunRecord) {
+        if before.status != after.status {
+            self.metrics.run_entered(after.status);
+        }
     }
 
     async fn create<T: Serialize>(&self, key: &str, v: &T) -> Result<bool, RunStoreError> {
@@ -276,7 +290,11 @@ impl RunStore {
     where
         F: FnMut(&mut RunRecord) -> bool,
     {
-        self.update(&run_record_key(self.account(), run_id), f).await
+        let updated = self.update_known(&run_record_key(self.account(), run_id), None, f).await?;
+        Ok(updated.map(|(before, after, _)| {
+            self.count_move(&before, &after);
+            after
+        }))
     }
 
     /// Like [`RunStore::update_run`], writing without a read first when `known` (a record and
@@ -294,10 +312,10 @@ impl RunStore {
     where
         F: FnMut(&mut RunRecord) -> bool,
     {
-        Ok(self
-            .update_known(&run_record_key(self.account(), run_id), known, f)
-            .await?
-            .map(|(_, after, rev)| (after, rev)))
+        Ok(self.update_known(&run_record_key(self.account(), run_id), known, f).await?.map(|(before, after, rev)| {
+            self.count_move(&before, &after);
+            (after, rev)
+        }))
     }
 
     /// Applies `f` to one host record with compare-and-set. With `known` (a record and its
@@ -322,14 +340,6 @@ impl RunStore {
             .update_known(&run_host_key(self.account(), run_id, host), known, f)
             .await?
             .map(|(before, after, revision)| HostChange { before, after, revision }))
-    }
-
-    async fn update<T, F>(&self, key: &str, f: F) -> Result<Option<T>, RunStoreError>
-    where
-        T: Serialize + DeserializeOwned + Clone,
-        F: FnMut(&mut T) -> bool,
-    {
-        Ok(self.update_known(key, None, f).await?.map(|(_, after, _)| after))
     }
 
     async fn update_known<T, F>(

@@ -290,6 +290,7 @@ impl<'a> Loop<'a> {
         let done = self.inflight.pop_front().map(|f| f.1);
         match r {
             Ok(seq) => {
+                self.shared.metrics.journal_append();
                 self.last_seq = seq;
                 self.snapshots.since += 1;
                 self.snapshots.due |= self.snapshots.since >= self.shared.config.snapshot_entries;

@@ -69,6 +69,7 @@ pub(super) async fn lead(
     let last_seq = journal::append(js, &journal_subject, last_seq, &takeover, APPEND_TIMEOUT)
         .await
         .map_err(LeaseError::Takeover)?;
+    shared.metrics.journal_append();
     info!(
         account = %account,
         specs = shared.view().spec_count(),
@@ -155,6 +156,7 @@ async fn load(
         identities: Identities::new(&args.subjects),
         fence: FenceCounters::default(),
         watermarks: Default::default(),
+        metrics: crate::metrics::global().account(account),
     });
     Ok((shared, last_seq, entries))
 }

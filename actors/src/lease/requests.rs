@@ -59,6 +59,8 @@ pub(super) struct Shared {
     pub(super) fence: FenceCounters,
     /// Each runtime's stored watermark (the last outbox position it has stored).
     pub(super) watermarks: Watermarks,
+    /// The account's hub metrics (grants, renewals, journal appends, results).
+    pub(super) metrics: crate::metrics::AccountMetrics,
 }
 
 impl Shared {
@@ -177,6 +179,7 @@ impl Shared {
         let budget = req.max.min(self.config.max_batch).min(self.config.per_runtime_cap.saturating_sub(held));
         let host = host.as_ref().map(HostId::as_str);
         let grants = view.grant(runtime.as_str(), host, &req.labels, budget as usize, now);
+        self.metrics.lease_grants(grants.len());
         let mut granted = Vec::with_capacity(grants.len());
         for g in grants {
             if let Some(spec) = view.spec(&g.spec) {
@@ -215,6 +218,7 @@ impl Shared {
                 Err(why) => refused.push(refusal(&item.spec, item.epoch, why)),
             }
         }
+        self.metrics.lease_renewals(renewed);
         Ok(RenewReply { renewed, refused, ttl_ms: self.ttl_ms(), expires_at_ms })
     }
 
@@ -362,6 +366,9 @@ impl Shared {
             o.reason = stored.reason;
         }
         self.fence.duplicates(duplicates);
+        for o in &outcomes {
+            self.metrics.result(o.status);
+        }
         Ok(SubmitReply { outcomes })
     }
 }

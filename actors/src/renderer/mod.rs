@@ -393,6 +393,12 @@ async fn watch_hosts(
     Ok(hosts)
 }
 
+/// The name of the renderer's durable consumer of the account's `config.changed` events.
+#[must_use]
+pub fn config_events_consumer(account: &steward_subjects::AccountId) -> String {
+    format!("renderer-{account}")
+}
+
 /// Follows `config.changed` of the account on a task of `tasks` that casts each announced
 /// revision to the actor.
 async fn follow_config_events(
@@ -403,7 +409,7 @@ async fn follow_config_events(
     // Durable consumer of config.changed: events that arrive while this renderer is down are
     // delivered when it comes back; each is acknowledged once its revision is written.
     let stream = js.get_stream(CONFIG_EVENTS_STREAM).await.map_err(|e| fail("config events")(e.to_string()))?;
-    let durable = format!("renderer-{}", subjects.account());
+    let durable = config_events_consumer(subjects.account());
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(
             &durable,

@@ -173,6 +173,7 @@ pub struct RuntimeState {
     confirmed_at_ms: u64,
     status: RuntimeStatus,
     tasks: TaskSet<RuntimeMsg>,
+    metrics: crate::metrics::RuntimeMetrics,
 }
 
 /// The runtime actor.
@@ -232,7 +233,9 @@ impl Actor for RuntimeActor {
         subscribe_notices(&client, &args, &mut tasks).await?;
         let settings = ExecSettings::in_dir(&args.data_dir);
         let confirmed_at_ms = specs.iter().map(|s| s.confirmed_at_ms).max().unwrap_or(0);
+        let metrics = crate::metrics::global().runtime(args.runtime.as_str());
         let mut state = RuntimeState {
+            metrics,
             held: specs.into_iter().map(|s| (s.spec.id.clone(), s)).collect(),
             args,
             client,
@@ -273,6 +276,7 @@ impl Actor for RuntimeActor {
             RuntimeMsg::Tick => {
                 start_sync(state, &myself);
                 start_drain(state, &myself);
+                sample_outbox(state);
                 // Pool specs stop when their lease can no longer be trusted.
                 reschedule(state, &myself);
                 let every = state.args.renew_every.unwrap_or(Duration::from_millis((state.ttl_ms / 3).max(100)));
@@ -306,12 +310,16 @@ impl Actor for RuntimeActor {
             }
             RuntimeMsg::RunDone(done) => {
                 state.status.runs += 1;
+                state.metrics.check_done(&done.0);
                 let store = state.store.clone();
                 // A provisional reference until the output is stored (see `outbox`).
                 let host = result_host_of(state.args.host.as_ref(), &state.args.runtime);
                 let name = move |r: &ResultRecord| result_output_msg_id(&host, &r.spec, r.epoch, r.seq);
                 match tokio::task::spawn_blocking(move || store.enqueue_with_outputs(vec![*done], &name)).await {
-                    Ok(Ok(_)) => start_drain(state, &myself),
+                    Ok(Ok(_)) => {
+                        start_drain(state, &myself);
+                        sample_outbox(state);
+                    }
                     Ok(Err(e)) => warn!(runtime = %state.args.runtime, error = %e, "result not stored in the outbox"),
                     Err(e) => warn!(runtime = %state.args.runtime, error = %e, "outbox task failed"),
                 }
@@ -320,6 +328,7 @@ impl Actor for RuntimeActor {
                 state.draining = false;
                 state.status.delivered += delivered;
                 state.status.refused += refused;
+                sample_outbox(state);
                 if !online {
                     set_online(state, false);
                 }
@@ -397,6 +406,19 @@ async fn subscribe_notices(
         });
     }
     Ok(())
+}
+
+/// Updates the outbox gauges from the store, off the actor, while the metrics are served.
+fn sample_outbox(state: &RuntimeState) {
+    if !crate::metrics::global().serving() {
+        return;
+    }
+    let (store, metrics) = (state.store.clone(), state.metrics.clone());
+    tokio::task::spawn_blocking(move || {
+        if let Ok((depth, oldest_ms)) = store.outbox_summary() {
+            metrics.outbox(depth, oldest_ms);
+        }
+    });
 }
 
 fn set_online(state: &mut RuntimeState, online: bool) {

@@ -103,6 +103,7 @@ fn spawn_node(global: &Global, config: &NodeConfig) -> anyhow::Result<NodeChild>
         .env_remove("STEWARD_CREDS")
         .env_remove("STEWARD_NATS_URL")
         .env_remove("STEWARD_LOG_FILE")
+        .env_remove("STEWARD_METRICS")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(stderr))

@@ -7,6 +7,7 @@ pub mod creds;
 pub mod dead_letters;
 pub mod hosts;
 pub mod keys;
+pub mod metrics;
 pub mod node;
 pub mod run;
 pub mod runtime;
@@ -154,6 +155,7 @@ fn up_plan(global: &Global, args: &UpArgs) -> anyhow::Result<UpPlan> {
 /// # Errors
 /// When NATS cannot start (the error says how to install it) or a component cannot start.
 pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
+    let _metrics = args.metrics.serve().await?;
     let plan = up_plan(global, &args)?;
     if let Some(nodes) = args.cluster {
         return cluster::up_cluster(global, &args, plan, nodes).await;
@@ -301,6 +303,7 @@ pub(crate) fn print_up_banner(
 /// # Errors
 /// When NATS cannot be reached or a component cannot start.
 pub async fn server(global: &Global, args: ServerArgs) -> anyhow::Result<()> {
+    let _metrics = args.metrics.serve().await?;
     let tenants = if args.tenants.is_empty() {
         vec![crate::args::Tenant { account: global.account.clone(), creds: None }]
     } else {
@@ -386,6 +389,7 @@ async fn start_tenants(configs: Vec<ProcessConfig>) -> anyhow::Result<Vec<Runnin
 /// # Errors
 /// When NATS cannot be reached or the local store cannot be opened.
 pub async fn edge(global: &Global, args: EdgeArgs) -> anyhow::Result<()> {
+    let _metrics = args.metrics.serve().await?;
     let data = args.data.unwrap_or_else(|| default_state_dir().join("edges").join(args.host_id.as_str()));
     let mut connect = global.connect_options();
     let mut hub_domain = None;

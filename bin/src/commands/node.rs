@@ -74,6 +74,9 @@ pub struct NodeArgs {
     /// JetStream replicas of Steward's streams (default 3 with two or more routes, else 1).
     #[arg(long)]
     pub replicas: Option<u8>,
+    /// Metrics endpoint of this node's hub.
+    #[command(flatten)]
+    pub metrics: super::metrics::MetricsArgs,
 }
 
 /// A node's settings, as read from `--config` and completed by flags and defaults.
@@ -245,6 +248,7 @@ fn node_trust(dir: &Path, data: &Path, global: &Global) -> anyhow::Result<(Strin
 /// reason other than the cluster not being ready yet.
 pub async fn node(global: &Global, args: NodeArgs) -> anyhow::Result<()> {
     let config = NodeConfig::load(&args)?;
+    let _metrics = args.metrics.serve().await?;
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("cannot create data folder {}", config.data.display()))?;
     let mut opts = config.server_options();

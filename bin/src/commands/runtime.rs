@@ -59,6 +59,9 @@ pub struct RuntimeArgs {
     /// of them are refused (never run) and reported as `refused: ...` results.
     #[arg(long = "trusted-key", env = "STEWARD_TRUSTED_KEY", value_delimiter = ',')]
     pub trusted_keys: Vec<PathBuf>,
+    /// Metrics endpoint.
+    #[command(flatten)]
+    pub metrics: super::metrics::MetricsArgs,
 }
 
 /// Options of `steward leases`.
@@ -122,6 +125,7 @@ fn ms_rfc3339(ms: u64) -> String {
 /// # Errors
 /// When the local store cannot be opened.
 pub async fn runtime(global: &Global, args: RuntimeArgs) -> anyhow::Result<()> {
+    let _metrics = args.metrics.serve().await?;
     let data = args.data.unwrap_or_else(|| super::default_state_dir().join("runtimes").join(args.id.as_str()));
     let mut a = ActorArgs::new(global.connect_options(), Subjects::new(global.account.clone()), args.id.clone(), data);
     a.host = args.host;
