@@ -48,6 +48,10 @@ pub struct Global {
     /// Log format (the filter comes from STEWARD_LOG or RUST_LOG, default `info`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// OpenTelemetry collector (OTLP over HTTP, base URL such as `http://127.0.0.1:4318`):
+    /// spans are exported to `<URL>/v1/traces`. Off when unset.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Global {

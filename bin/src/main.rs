@@ -12,7 +12,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("error: {e:#}");
         return std::process::ExitCode::FAILURE;
     }
-    steward::telemetry::init(&cli.global);
+    let telemetry = steward::telemetry::init(&cli.global, steward::telemetry::service_name(&cli.command));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -20,7 +20,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(steward::run(cli)) {
+    let span = steward::telemetry::command_span(&cli.command, matches.subcommand_name());
+    let result = runtime.block_on(tracing::Instrument::instrument(steward::run(cli), span));
+    // Spans still queued are exported before the process exits.
+    telemetry.shutdown();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

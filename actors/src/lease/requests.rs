@@ -20,7 +20,8 @@ use steward_subjects::codec::Encoding;
 use steward_subjects::streams::{read_output, OutputReadError, OUTPUTS_STREAM};
 use steward_subjects::subject::{result_output_object, OutputRef};
 use steward_subjects::token::{validate, HostId, RuntimeId, TokenError, TokenKind};
-use steward_subjects::{Subjects, WireError};
+use steward_subjects::{trace, Subjects, WireError};
+use tracing::Instrument;
 
 use super::api::Op;
 use super::api::{LeaseReplyOut, LeasedOut, MineReplyOut, Out, SpecRef};
@@ -59,6 +60,9 @@ pub(super) struct Shared {
     pub(super) fence: FenceCounters,
     /// Each runtime's stored watermark (the last outbox position it has stored).
     pub(super) watermarks: Watermarks,
+    /// Trace context of the latest spec change the feed brought (only while tracing is on):
+    /// the next notices continue it.
+    pub(super) spec_trace: Mutex<Option<trace::Context>>,
 }
 
 impl Shared {
@@ -354,7 +358,10 @@ impl Shared {
         }
         let mut duplicates = 0;
         let who = (&host, &runtime, req.incarnation.as_str());
-        for stored in store_host_results(&self.js, &self.subjects, &self.watermarks, who, accepted).await {
+        let span = trace::span(|| tracing::info_span!("results.store", results = accepted.len()));
+        let stored =
+            store_host_results(&self.js, &self.subjects, &self.watermarks, who, accepted).instrument(span).await;
+        for stored in stored {
             duplicates += u64::from(stored.status == SubmitStatus::Duplicate);
             let o = &mut outcomes[stored.index];
             o.status = stored.status;
