@@ -248,6 +248,7 @@ async fn one_trace_follows_an_apply_and_a_run_across_cli_hub_and_edge() {
     })
     .await
     .unwrap();
+    eprintln!("apply: {:?}", apply.iter().map(|s| (&s.service, &s.name)).collect::<Vec<_>>());
     let trace = apply[0].trace.clone();
     assert!(apply.iter().all(|s| s.trace == trace), "one trace id: {apply:#?}");
 
@@ -284,6 +285,7 @@ async fn one_trace_follows_an_apply_and_a_run_across_cli_hub_and_edge() {
     })
     .await
     .unwrap();
+    eprintln!("run: {:?}", run.iter().map(|s| (&s.service, &s.name)).collect::<Vec<_>>());
     let run_trace = run[0].trace.clone();
     assert!(run.iter().all(|s| s.trace == run_trace), "one trace id: {run:#?}");
     assert_ne!(run_trace, trace, "the run is a trace of its own");

@@ -69,7 +69,11 @@ pub(super) async fn notices(hub: Arc<Shared>, mut rx: tokio::sync::mpsc::Unbound
                     continue;
                 }
                 // While tracing is on, the notices continue the trace of the latest spec change.
-                let cx = hub.spec_trace.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                let cx = if trace::enabled() {
+                    hub.spec_trace.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+                } else {
+                    None
+                };
                 let span = trace::follow(cx.as_ref(), || tracing::info_span!("jobspec.notice", otel.kind = "producer"));
                 for (runtime, notice) in std::mem::take(&mut pending) {
                     let Ok(rt) = RuntimeId::parse(&runtime) else { continue };
