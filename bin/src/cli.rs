@@ -55,6 +55,10 @@ pub struct Global {
     /// Also show the logs in the terminal when they go to a file.
     #[arg(short = 'v', long, global = true)]
     pub verbose: bool,
+    /// OpenTelemetry collector (OTLP over HTTP, base URL such as `http://127.0.0.1:4318`):
+    /// spans are exported to `<URL>/v1/traces`. Off when unset.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Global {

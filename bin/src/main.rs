@@ -19,7 +19,8 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     let log_file = steward::telemetry::log_file(&cli.global, steward::commands::default_log_file(&cli.command));
-    steward::telemetry::init(&cli.global, log_file.as_deref());
+    let telemetry =
+        steward::telemetry::init(&cli.global, steward::telemetry::service_name(&cli.command), log_file.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -27,7 +28,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(steward::run(cli)) {
+    let span = steward::telemetry::command_span(&cli.command, matches.subcommand_name());
+    let result = runtime.block_on(tracing::Instrument::instrument(steward::run(cli), span));
+    // Spans still queued are exported before the process exits.
+    telemetry.shutdown();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

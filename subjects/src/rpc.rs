@@ -1,8 +1,9 @@
 //! Request/reply on top of the envelope and codec: decoding requests and answering them on the
 //! serving side, and a typed [`request`] on the calling side.
 //!
-//! Trace context travels in the W3C `traceparent` header; [`request`] starts a new trace when the
-//! caller has none, and [`traceparent_of`] reads it on the serving side.
+//! Trace context travels in the W3C `traceparent` header: [`request`] writes the caller's span
+//! context when tracing is on (`crate::trace`), and the serving side continues it with
+//! [`crate::trace::hop`].
 
 use std::time::Duration;
 
@@ -14,8 +15,7 @@ use serde::Serialize;
 use crate::codec::{self, Encoding};
 use crate::envelope::{Envelope, ErrorCode, WireError};
 
-/// The W3C trace-context header.
-pub const TRACEPARENT: &str = "traceparent";
+pub use crate::trace::TRACEPARENT;
 
 /// Default time a caller waits for a reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,7 +61,8 @@ pub async fn respond<T: Serialize>(
 
 /// Serves one micro-service request: decodes it in the encoding it arrived in, runs `handler`
 /// on it (a malformed payload gets the `invalid` reply without calling it), and answers with the
-/// envelope in that same encoding.
+/// envelope in that same encoding. While tracing is on, the handler runs in a span continuing
+/// the request's trace context ([`crate::trace::serving`]).
 ///
 /// # Errors
 /// The publish error when the reply cannot be sent (the requester may be gone).
@@ -75,24 +76,20 @@ where
     F: FnOnce(Req) -> Fut,
     Fut: std::future::Future<Output = Result<Resp, WireError>>,
 {
-    match decode_request::<Req>(&request.message) {
-        Ok((req, enc)) => respond(request, enc, handler(req).await).await,
-        Err((e, enc)) => respond::<Resp>(request, enc, Err(e)).await,
-    }
+    let span = crate::trace::serving(&request.message.subject, request.message.headers.as_ref());
+    let served = async {
+        match decode_request::<Req>(&request.message) {
+            Ok((req, enc)) => respond(request, enc, handler(req).await).await,
+            Err((e, enc)) => respond::<Resp>(request, enc, Err(e)).await,
+        }
+    };
+    tracing::Instrument::instrument(served, span).await
 }
 
 /// The `traceparent` of a message, if it has one.
 #[must_use]
 pub fn traceparent_of(msg: &Message) -> Option<String> {
     msg.headers.as_ref().and_then(|h| h.get(TRACEPARENT)).map(|v| v.as_str().to_owned())
-}
-
-/// A fresh W3C `traceparent` value (version 00, sampled).
-#[must_use]
-pub fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
 }
 
 /// What went wrong with a [`request`].
@@ -158,7 +155,7 @@ pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
         codec::encode(Encoding::MsgPack, req).map_err(|e| RequestError::new(RequestErrorKind::Codec, e.to_string()))?;
     let mut headers = HeaderMap::new();
     headers.insert(codec::CONTENT_TYPE, codec::MSGPACK);
-    headers.insert(TRACEPARENT, new_traceparent().as_str());
+    crate::trace::inject(&mut headers);
     let msg = raw_request(client, subject, headers, payload, timeout).await?;
     let enc = Encoding::from_headers(msg.headers.as_ref());
     let env: Envelope<Resp> = codec::decode_limited(enc, &msg.payload, usize::MAX)

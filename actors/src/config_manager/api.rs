@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use steward_subjects::api::config::{PlaybookGetRequest, PlaybookStoreRequest};
 use steward_subjects::{rpc, WireError};
-use tracing::warn;
+use tracing::{warn, Instrument};
 
 use super::playbooks::PlaybookStore;
 use super::{fail, ConfigManagerArgs, ConfigManagerHandle, ConfigManagerMsg};
@@ -80,11 +80,15 @@ where
     F: FnOnce(Req) -> Fut,
     Fut: std::future::Future<Output = Result<Resp, WireError>>,
 {
-    let (result, enc) = match rpc::decode_request::<Req>(&req.message) {
-        Ok((r, enc)) => (f(r).await, enc),
-        Err((e, enc)) => (Err(e), enc),
+    let span = steward_subjects::trace::serving(&req.message.subject, req.message.headers.as_ref());
+    let served = async {
+        let (result, enc) = match rpc::decode_request::<Req>(&req.message) {
+            Ok((r, enc)) => (f(r).await, enc),
+            Err((e, enc)) => (Err(e), enc),
+        };
+        if let Err(e) = rpc::respond(&req, enc, result).await {
+            warn!(error = %e, "config reply not sent");
+        }
     };
-    if let Err(e) = rpc::respond(&req, enc, result).await {
-        warn!(error = %e, "config reply not sent");
-    }
+    served.instrument(span).await;
 }

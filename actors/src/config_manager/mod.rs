@@ -40,7 +40,7 @@ use steward_subjects::subject::{
 use steward_subjects::{AccountId, Subjects, WireError};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 use self::source::SourceUrl;
 use crate::renderer::render::{self, HostLabels};
@@ -77,8 +77,8 @@ type Reply<T> = RpcReplyPort<Result<T, WireError>>;
 
 /// Messages of the config manager.
 pub enum ConfigManagerMsg {
-    /// Apply a document.
-    Apply(ApplyRequest, Reply<ApplyReply>),
+    /// Apply a document (in the span of the request, which its `config.changed` event continues).
+    Apply(ApplyRequest, tracing::Span, Reply<ApplyReply>),
     /// Plan a document.
     Plan(PlanRequest, Reply<PlanReply>),
     /// Read a revision.
@@ -87,8 +87,8 @@ pub enum ConfigManagerMsg {
     History(HistoryRequest, Reply<HistoryReply>),
     /// Compare revisions.
     Diff(DiffRequest, Reply<DiffReply>),
-    /// Re-apply a revision.
-    Rollback(RollbackRequest, Reply<ApplyReply>),
+    /// Re-apply a revision (in the span of the request).
+    Rollback(RollbackRequest, tracing::Span, Reply<ApplyReply>),
     /// Poll the configured source now.
     PollSource,
     /// A background task ended.
@@ -209,8 +209,8 @@ impl Actor for ConfigManager {
         state: &mut ConfigManagerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ConfigManagerMsg::Apply(req, reply) => {
-                let r = apply(state, req).await;
+            ConfigManagerMsg::Apply(req, span, reply) => {
+                let r = apply(state, req).instrument(span).await;
                 let _ = reply.send(r);
             }
             ConfigManagerMsg::Plan(req, reply) => {
@@ -225,8 +225,8 @@ impl Actor for ConfigManager {
             ConfigManagerMsg::Diff(req, reply) => {
                 let _ = reply.send(diff(state, req).await);
             }
-            ConfigManagerMsg::Rollback(req, reply) => {
-                let _ = reply.send(rollback(state, req).await);
+            ConfigManagerMsg::Rollback(req, span, reply) => {
+                let _ = reply.send(rollback(state, req).instrument(span).await);
             }
             ConfigManagerMsg::PollSource => poll_source(state).await,
             ConfigManagerMsg::TaskEnded(what) => return Err(crate::tasks::ended("config manager", what)),
@@ -371,6 +371,7 @@ async fn announce(state: &ConfigManagerState, meta: &RevisionMeta) {
     let Ok(payload) = codec::encode(Encoding::MsgPack, &event) else { return };
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", format!("config-{}-{}", state.subjects.account(), meta.revision).as_str());
+    steward_subjects::trace::inject(&mut headers);
     for attempt in 1..=3 {
         let r = match state
             .js
@@ -611,7 +612,9 @@ impl ConfigManagerHandle {
     /// # Errors
     /// `invalid` with every problem, `conflict`, or `unavailable`.
     pub async fn apply(&self, req: ApplyRequest) -> Result<ApplyReply, WireError> {
-        crate::call(&self.actor, |r| ConfigManagerMsg::Apply(req, r), CALL_TIMEOUT).await.map_err(actor_err)?
+        crate::call(&self.actor, |r| ConfigManagerMsg::Apply(req, tracing::Span::current(), r), CALL_TIMEOUT)
+            .await
+            .map_err(actor_err)?
     }
 
     /// Plans a document.
@@ -651,6 +654,8 @@ impl ConfigManagerHandle {
     /// # Errors
     /// `not_found`, `conflict` or `unavailable`.
     pub async fn rollback(&self, req: RollbackRequest) -> Result<ApplyReply, WireError> {
-        crate::call(&self.actor, |r| ConfigManagerMsg::Rollback(req, r), CALL_TIMEOUT).await.map_err(actor_err)?
+        crate::call(&self.actor, |r| ConfigManagerMsg::Rollback(req, tracing::Span::current(), r), CALL_TIMEOUT)
+            .await
+            .map_err(actor_err)?
     }
 }

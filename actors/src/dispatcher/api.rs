@@ -291,10 +291,13 @@ impl Core {
                 core.mark_delivered(&id, delivered);
             });
         } else {
-            tokio::spawn(async move {
+            // The orders carry the request's trace context while tracing is on.
+            let span = steward_subjects::trace::span(tracing::Span::current);
+            let deliver = async move {
                 let delivered = deliver_all(core.js.clone(), core.subjects.clone(), orders).await;
                 core.mark_delivered(&id, delivered);
-            });
+            };
+            tokio::spawn(tracing::Instrument::instrument(deliver, span));
         }
     }
 

@@ -32,6 +32,7 @@ fn work_command(
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, run_work_msg_id(&o.run_id, &host, o.attempt).as_str());
     headers.insert(COMMAND_ID_HEADER, command_id.as_str());
+    steward_subjects::trace::inject(&mut headers);
     let expires = now + time::Duration::milliseconds(i64::try_from(o.timeout_ms).unwrap_or(i64::MAX / 2));
     let cmd = HostCommand {
         command_id,

@@ -18,8 +18,8 @@ use steward_subjects::codec::{self, Encoding};
 use steward_subjects::rpc;
 use steward_subjects::streams::HOST_COMMANDS_STREAM;
 use steward_subjects::subject::run_event_host;
-use steward_subjects::{HostId, Subjects};
-use tracing::{debug, info, warn};
+use steward_subjects::{trace, HostId, Subjects};
+use tracing::{debug, info, warn, Instrument};
 
 use super::delivery::{deliver_all, find_work_command, Stored, INLINE_ORDERS};
 use super::events::{acknowledge, judge_run_id, Acks, RunIdAge, Verdict, RECORD_LOOKS};
@@ -408,11 +408,13 @@ impl Core {
             self.active().get(run_id).and_then(|a| a.all_ended().then(|| a.hosts.values().cloned().collect()));
         let Some(hosts) = hosts else { return };
         let (core, run_id) = (self.clone(), run_id.to_owned());
-        tokio::spawn(async move {
+        let span = trace::span(|| tracing::info_span!("run.settle", run_id = %run_id));
+        let settle = async move {
             if let Err(e) = core.settle_counted(&run_id, &hosts).await {
                 debug!(run_id = %run_id, error = %e, "ended run not settled; its next check retries");
             }
-        });
+        };
+        tokio::spawn(settle.instrument(span));
     }
 
     /// Stores the counts of `hosts` (every host record of the run) as the run's counts and
@@ -489,7 +491,16 @@ impl Core {
             let updates = futures::stream::iter(
                 by_host
                     .into_iter()
-                    .map(|((run_id, host), evs)| self.apply_events(run_id, host, evs).boxed())
+                    .map(|((run_id, host), (evs, cx))| {
+                        // While tracing is on, a host's events are applied in the job's trace.
+                        let span = match cx {
+                            Some(cx) => trace::follow(Some(&cx), || {
+                                tracing::info_span!("run.events", otel.kind = "consumer", run_id = %run_id, host_id = %host)
+                            }),
+                            None => tracing::Span::none(),
+                        };
+                        self.apply_events(run_id, host, evs).instrument(span).boxed()
+                    })
                     .collect::<Vec<_>>(),
             )
             .buffer_unordered(256)
@@ -713,7 +724,8 @@ pub enum EventsError {
 
 /// Job events of one chunk that change a host record, per (run, host), with their stream
 /// sequences.
-type HostEvents = BTreeMap<(String, String), Vec<(RunEvent, u64)>>;
+/// With each host's events, the trace context of the last one (only while tracing is on).
+type HostEvents = BTreeMap<(String, String), (Vec<(RunEvent, u64)>, Option<trace::Context>)>;
 
 /// Sorts a chunk of job events by (run, host), keeping those that change a host record (the
 /// first, `start`, `last` and `artifact` events) and were published on the subject of the host
@@ -736,7 +748,11 @@ fn sort_events(
             }
             if matters && own {
                 let key = (ev.run_id.clone(), ev.host_id.clone());
-                by_host.entry(key.clone()).or_default().push((ev, stream_seq));
+                let entry = by_host.entry(key.clone()).or_default();
+                entry.0.push((ev, stream_seq));
+                if let Some(cx) = trace::context_of(m.headers.as_ref()) {
+                    entry.1 = Some(cx);
+                }
                 acks.push((Some(key), m));
                 continue;
             }

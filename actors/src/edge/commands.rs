@@ -22,8 +22,8 @@ use steward_subjects::codec::{self, Encoding};
 use steward_subjects::rpc::{self, RequestErrorKind};
 use steward_subjects::streams::HOST_COMMANDS_STREAM;
 use steward_subjects::token::{validate, TokenKind};
-use steward_subjects::{HostId, Subjects};
-use tracing::{debug, info, warn};
+use steward_subjects::{trace, HostId, Subjects};
+use tracing::{debug, info, warn, Instrument};
 
 use super::{blocking, publish_heartbeat, EdgeMsg, EdgeState};
 use crate::ActorsError;
@@ -255,7 +255,12 @@ async fn consume(
             }
         };
         if cmd.action == CommandAction::Run {
-            hand_over(js, subjects, host, &msg, cmd, store).await?;
+            // The work order's hand-over continues the dispatcher's trace while tracing is on.
+            let span = trace::hop(
+                msg.headers.as_ref(),
+                || tracing::info_span!("edge.work_order", otel.kind = "consumer", host_id = %host, command_id = %cmd.command_id),
+            );
+            hand_over(js, subjects, host, &msg, cmd, store).instrument(span).await?;
             continue;
         }
         let reply = crate::call(actor, |r| EdgeMsg::Command(Box::new(cmd), r), Duration::from_secs(30)).await?;

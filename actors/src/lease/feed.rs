@@ -1,16 +1,18 @@
 //! The spec feed: the leader follows every job spec of its account in `steward_jobspecs` (an
 //! ordered consumer, latest value per key) and queues each change to the loop as an input.
 
+use std::sync::Arc;
+
 use async_nats::jetstream;
 use bytes::Bytes;
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::config::JobSpec;
 use steward_subjects::streams::JOBSPECS_BUCKET;
 use steward_subjects::subject::{jobspec_account_filter, parse_jobspec_key};
-use steward_subjects::AccountId;
+use steward_subjects::{trace, AccountId};
 use tracing::warn;
 
-use super::requests::Input;
+use super::requests::{Input, Shared};
 use super::state::SpecEntry;
 use super::{LeaseError, LeaseMsg};
 use crate::kv::{self, KvReadError};
@@ -24,7 +26,7 @@ use crate::tasks::TaskSet;
 pub(super) async fn spawn_spec_feed(
     client: &async_nats::Client,
     js: &jetstream::Context,
-    account: &AccountId,
+    (account, shared): (&AccountId, &Arc<Shared>),
     tx: &tokio::sync::mpsc::UnboundedSender<Input>,
     ready: tokio::sync::mpsc::Sender<()>,
     tasks: &mut TaskSet<LeaseMsg>,
@@ -33,10 +35,10 @@ pub(super) async fn spawn_spec_feed(
         .get_stream(format!("KV_{JOBSPECS_BUCKET}"))
         .await
         .map_err(|e| LeaseError::Bucket { bucket: JOBSPECS_BUCKET, reason: e.to_string() })?;
-    let (tx, client, account) = (tx.clone(), client.clone(), account.clone());
+    let (tx, client, account, shared) = (tx.clone(), client.clone(), account.clone(), shared.clone());
     let filter = jobspec_account_filter(&account);
     tasks.spawn_detached(async move {
-        let followed = follow(&client, &stream, JOBSPECS_BUCKET, &filter, ready, |key, deleted, value| {
+        let followed = follow(&client, &stream, JOBSPECS_BUCKET, &filter, ready, |key, deleted, value, headers| {
             let Some(id) = parse_jobspec_key(&account, key).map(|k| k.spec.to_string()) else { return };
             if deleted {
                 let _ = tx.send(Input::SpecRemoved(id));
@@ -44,6 +46,9 @@ pub(super) async fn spawn_spec_feed(
             }
             match codec::decode_limited::<JobSpec>(Encoding::MsgPack, value, usize::MAX) {
                 Ok(spec) => {
+                    if let Some(cx) = trace::context_of(headers) {
+                        *shared.spec_trace.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx);
+                    }
                     let _ = tx.send(Input::SpecUpsert(id, SpecEntry::new(spec, value.clone())));
                 }
                 Err(e) => warn!(key, error = %e, "undecodable job spec skipped"),
@@ -57,7 +62,7 @@ pub(super) async fn spawn_spec_feed(
 }
 
 /// Follows the latest value of every key of a KV bucket under `filter` ([`crate::kv::follow`]),
-/// calling `apply(key, deleted, value)` for each; sends on `ready` once the snapshot of existing
+/// calling `apply(key, deleted, value, headers)` for each; sends on `ready` once the snapshot of existing
 /// keys has been applied.
 async fn follow<F>(
     client: &async_nats::Client,
@@ -68,7 +73,7 @@ async fn follow<F>(
     mut apply: F,
 ) -> Result<(), LeaseError>
 where
-    F: FnMut(&str, bool, &Bytes),
+    F: FnMut(&str, bool, &Bytes, Option<&async_nats::HeaderMap>),
 {
     let failed = |e: KvReadError| LeaseError::Watch { bucket, reason: e.to_string() };
     let mut keys = kv::follow(client, stream, bucket, filter, false).await.map_err(failed)?;
@@ -85,7 +90,7 @@ where
             Err(KvReadError::NoMetadata(_)) => continue,
             Err(e) => return Err(failed(e)),
         };
-        apply(&c.key, c.deleted, &c.value);
+        apply(&c.key, c.deleted, &c.value, c.headers.as_ref());
         if ready.is_some() {
             snapshot = snapshot.saturating_sub(1);
             if snapshot == 0 || c.pending == 0 {

@@ -57,7 +57,7 @@ pub(super) async fn lead(
     let last_write = journal::last_write_ms(js, &journal_subject).await.map_err(LeaseError::Load)?;
     let (shared, last_seq, replayed) = load(args, js, &journal_subject).await?;
     let (ready_tx, ready_rx) = tokio::sync::mpsc::channel::<()>(1);
-    feed::spawn_spec_feed(&args.client, js, &account, &tx, ready_tx, &mut tasks).await?;
+    feed::spawn_spec_feed(&args.client, js, (&account, &shared), &tx, ready_tx, &mut tasks).await?;
     let mut takeover =
         LeaseJournalEntry { instance: instance.to_owned(), generation, takeover: true, ..LeaseJournalEntry::default() };
     let pending_notices = await_specs(&shared, &mut rx, ready_rx, &mut takeover, last_write).await?;
@@ -157,6 +157,7 @@ async fn load(
         fence: FenceCounters::default(),
         watermarks: Default::default(),
         metrics: crate::metrics::global().account(account),
+        spec_trace: Mutex::new(None),
     });
     Ok((shared, last_seq, entries))
 }

@@ -10,9 +10,25 @@ use std::time::Duration;
 use steward_subjects::api::lease::{AvailableNotice, ChangeNotice};
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::token::RuntimeId;
+use steward_subjects::trace;
 use tracing::debug;
 
 use super::requests::Shared;
+
+/// Publishes a notice, with the trace context of `span` when it is traced.
+async fn publish(
+    hub: &Shared,
+    subject: String,
+    span: &tracing::Span,
+    payload: bytes::Bytes,
+) -> Result<(), async_nats::PublishError> {
+    if span.is_none() {
+        return hub.client.publish(subject, payload).await;
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    trace::inject_span(span, &mut headers);
+    hub.client.publish_with_headers(subject, headers, payload).await
+}
 
 /// How often pending notices are flushed.
 const NOTICE_FLUSH: Duration = Duration::from_millis(50);
@@ -49,10 +65,20 @@ pub(super) async fn notices(hub: Arc<Shared>, mut rx: tokio::sync::mpsc::Unbound
                 }
             }
             _ = tick.tick() => {
+                if pending.is_empty() && !available {
+                    continue;
+                }
+                // While tracing is on, the notices continue the trace of the latest spec change.
+                let cx = if trace::enabled() {
+                    hub.spec_trace.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+                } else {
+                    None
+                };
+                let span = trace::follow(cx.as_ref(), || tracing::info_span!("jobspec.notice", otel.kind = "producer"));
                 for (runtime, notice) in std::mem::take(&mut pending) {
                     let Ok(rt) = RuntimeId::parse(&runtime) else { continue };
                     if let Ok(payload) = codec::encode(Encoding::MsgPack, &notice) {
-                        if let Err(e) = hub.client.publish(hub.subjects.jobspec_notice(&rt), payload).await {
+                        if let Err(e) = publish(&hub, hub.subjects.jobspec_notice(&rt), &span, payload).await {
                             debug!(runtime = %rt, error = %e, "notice not sent");
                         }
                     }
@@ -61,7 +87,7 @@ pub(super) async fn notices(hub: Arc<Shared>, mut rx: tokio::sync::mpsc::Unbound
                     let unassigned = hub.view().free_estimate();
                     if unassigned > 0 {
                         if let Ok(payload) = codec::encode(Encoding::MsgPack, &AvailableNotice { unassigned }) {
-                            let _ = hub.client.publish(hub.subjects.jobspec_available(), payload).await;
+                            let _ = publish(&hub, hub.subjects.jobspec_available(), &span, payload).await;
                         }
                     }
                 }

@@ -20,7 +20,8 @@ use steward_subjects::codec::Encoding;
 use steward_subjects::streams::{read_output, OutputReadError, OUTPUTS_STREAM};
 use steward_subjects::subject::{result_output_object, OutputRef};
 use steward_subjects::token::{validate, HostId, RuntimeId, TokenError, TokenKind};
-use steward_subjects::{Subjects, WireError};
+use steward_subjects::{trace, Subjects, WireError};
+use tracing::Instrument;
 
 use super::api::Op;
 use super::api::{LeaseReplyOut, LeasedOut, MineReplyOut, Out, SpecRef};
@@ -61,6 +62,9 @@ pub(super) struct Shared {
     pub(super) watermarks: Watermarks,
     /// The account's hub metrics (grants, renewals, journal appends, results).
     pub(super) metrics: crate::metrics::AccountMetrics,
+    /// Trace context of the latest spec change the feed brought (only while tracing is on):
+    /// the next notices continue it.
+    pub(super) spec_trace: Mutex<Option<trace::Context>>,
 }
 
 impl Shared {
@@ -358,7 +362,10 @@ impl Shared {
         }
         let mut duplicates = 0;
         let who = (&host, &runtime, req.incarnation.as_str());
-        for stored in store_host_results(&self.js, &self.subjects, &self.watermarks, who, accepted).await {
+        let span = trace::span(|| tracing::info_span!("results.store", results = accepted.len()));
+        let stored =
+            store_host_results(&self.js, &self.subjects, &self.watermarks, who, accepted).instrument(span).await;
+        for stored in stored {
             duplicates += u64::from(stored.status == SubmitStatus::Duplicate);
             let o = &mut outcomes[stored.index];
             o.status = stored.status;

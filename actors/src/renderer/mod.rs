@@ -35,8 +35,8 @@ use steward_subjects::streams::{CONFIG_BUCKET, CONFIG_EVENTS_STREAM, HOSTS_BUCKE
 use steward_subjects::subject::{
     config_archive_key, config_revision_filter, host_registry_filter, parse_registry_key, parse_revision_key,
 };
-use steward_subjects::{AccountId, Subjects, Token, TokenKind};
-use tracing::{debug, info, warn};
+use steward_subjects::{trace, AccountId, Subjects, Token, TokenKind};
+use tracing::{debug, info, warn, Instrument};
 
 use self::render::{HostLabels, SpecIndex};
 use self::store::SpecStoreError;
@@ -125,6 +125,8 @@ pub struct RendererState {
     dirty: bool,
     scheduled: bool,
     acks: Vec<(u64, Box<jetstream::Message>)>,
+    /// Trace context of the `config.changed` event of the revision to render next.
+    trace: Option<trace::Context>,
     status: Arc<Mutex<RenderStatus>>,
     written: Arc<AtomicU64>,
     tasks: TaskSet<RendererMsg>,
@@ -234,6 +236,7 @@ impl Actor for Renderer {
             dirty: false,
             scheduled: false,
             acks: Vec::new(),
+            trace: None,
             status,
             written: Arc::new(AtomicU64::new(0)),
             tasks,
@@ -254,6 +257,7 @@ impl Actor for Renderer {
                     match read_archive(&state.config_kv, state.subjects.account(), revision).await {
                         Ok(a) => {
                             state.doc = Some((revision, Arc::new(a.document)));
+                            state.trace = ack.as_ref().and_then(|m| trace::context_of(m.headers.as_ref()));
                             schedule(&myself, state, Duration::ZERO);
                         }
                         Err(e) => warn!(revision, error = %e, "cannot read announced revision"),
@@ -493,7 +497,8 @@ fn start_render(myself: &ActorRef<RendererMsg>, state: &mut RendererState) {
     let (written, status, me) = (state.written.clone(), state.status.clone(), myself.clone());
     let signer = state.signer.clone();
     let key_id = signer.as_ref().map(|s| s.key_id().to_owned());
-    tokio::spawn(async move {
+    let span = trace::follow(state.trace.take().as_ref(), || tracing::info_span!("render", revision));
+    let render = async move {
         let result: Result<RenderOutcome, RenderError> = async {
             let stored = match stored {
                 Some(s) => s,
@@ -551,7 +556,8 @@ fn start_render(myself: &ActorRef<RendererMsg>, state: &mut RendererState) {
         }
         .await;
         let _ = me.cast(RendererMsg::RenderDone(result));
-    });
+    };
+    tokio::spawn(render.instrument(span));
 }
 
 /// Typed handle in front of the renderer.

@@ -145,6 +145,7 @@ pub async fn write_changes(
                 if let Some(b) = batch {
                     h.insert(SPEC_KEY_HEADER, b.key_id());
                 }
+                steward_subjects::trace::inject(&mut h);
                 (kv_subject(JOBSPECS_BUCKET, &jobspec_key(account, target.kind, token, &d.id)), h, payload)
             }
             Change::Removed(j) => {

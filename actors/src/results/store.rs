@@ -240,6 +240,7 @@ async fn store_items(
         if let Some((inc, pos)) = &written {
             headers.insert(OUTBOX_HEADER, outbox_mark(inc, *pos).as_str());
         }
+        steward_subjects::trace::inject(&mut headers);
         let ack = match js.publish_with_headers(subject.to_owned(), headers, payload).await {
             Ok(f) => f.await.map_err(ResultStoreError::from),
             Err(e) => Err(ResultStoreError::from(e)),

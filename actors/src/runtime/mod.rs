@@ -30,7 +30,7 @@ use steward_subjects::api::lease::{AvailableNotice, ChangeNotice};
 use steward_subjects::api::result::ResultRecord;
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::subject::{result_host_of, result_output_msg_id};
-use steward_subjects::{HostId, RuntimeId, Subjects};
+use steward_subjects::{trace, HostId, RuntimeId, Subjects};
 use tracing::{debug, info, warn};
 
 use self::executor::ExecSettings;
@@ -129,10 +129,10 @@ pub struct RuntimeStatus {
 pub enum RuntimeMsg {
     /// Time to renew and lease.
     Tick,
-    /// A change notice from the hub.
-    Notice(ChangeNotice),
-    /// Unassigned specs appeared.
-    Available,
+    /// A change notice from the hub (with the trace context it carried, while tracing is on).
+    Notice(ChangeNotice, Option<trace::Context>),
+    /// Unassigned specs appeared (with the trace context the hint carried).
+    Available(Option<trace::Context>),
     /// A sync task finished.
     SyncDone(Box<SyncOutcome>),
     /// A run finished: its result, and its full output when that is too long to keep inline.
@@ -174,6 +174,12 @@ pub struct RuntimeState {
     status: RuntimeStatus,
     tasks: TaskSet<RuntimeMsg>,
     metrics: crate::metrics::RuntimeMetrics,
+    /// While tracing is on: the context of the latest notice, for the next sync to continue.
+    sync_trace: Option<trace::Context>,
+    /// While tracing is on: specs newly held in a traced sync, whose first run continues it.
+    spec_traces: HashMap<String, trace::Context>,
+    /// While tracing is on: the context of a first run, for the next drain to continue.
+    drain_trace: Arc<std::sync::Mutex<Option<trace::Context>>>,
 }
 
 /// The runtime actor.
@@ -257,6 +263,9 @@ impl Actor for RuntimeActor {
             confirmed_at_ms,
             status: RuntimeStatus::default(),
             tasks,
+            sync_trace: None,
+            spec_traces: HashMap::new(),
+            drain_trace: Arc::default(),
         };
         // Run what we held last time, before the hub has said anything.
         reschedule(&mut state, &myself);
@@ -286,7 +295,10 @@ impl Actor for RuntimeActor {
                     let _ = me.cast(RuntimeMsg::Tick);
                 });
             }
-            RuntimeMsg::Notice(n) => {
+            RuntimeMsg::Notice(n, cx) => {
+                if cx.is_some() {
+                    state.sync_trace = cx;
+                }
                 debug!(runtime = %state.args.runtime, changed = n.changed.len(), removed = n.removed.len(), revoked = n.revoked.len(), "change notice");
                 // Stop removed and revoked specs now; `mine` brings the rest up to date.
                 let gone: Vec<String> = n.removed.iter().chain(n.revoked.iter()).cloned().collect();
@@ -294,7 +306,10 @@ impl Actor for RuntimeActor {
                 state.resync = true;
                 start_sync(state, &myself);
             }
-            RuntimeMsg::Available => {
+            RuntimeMsg::Available(cx) => {
+                if cx.is_some() {
+                    state.sync_trace = cx;
+                }
                 if state.held.len() < state.args.capacity as usize {
                     start_sync(state, &myself);
                 }
@@ -303,7 +318,8 @@ impl Actor for RuntimeActor {
                 state.syncing = false;
                 let again = apply_sync(state, *outcome).await;
                 reschedule(state, &myself);
-                if again {
+                // A traced notice that came while the sync ran gets a sync of its own.
+                if again || state.sync_trace.is_some() {
                     start_sync(state, &myself);
                 }
                 start_drain(state, &myself);
@@ -390,12 +406,15 @@ async fn subscribe_notices(
         tasks.spawn_detached(async move {
             use futures::StreamExt;
             while let Some(msg) = sub.next().await {
+                let cx = trace::context_of(msg.headers.as_ref());
                 let m = if available {
                     codec::decode::<AvailableNotice>(Encoding::MsgPack, &msg.payload)
                         .ok()
-                        .map(|_| RuntimeMsg::Available)
+                        .map(|_| RuntimeMsg::Available(cx))
                 } else {
-                    codec::decode::<ChangeNotice>(Encoding::MsgPack, &msg.payload).ok().map(RuntimeMsg::Notice)
+                    codec::decode::<ChangeNotice>(Encoding::MsgPack, &msg.payload)
+                        .ok()
+                        .map(|n| RuntimeMsg::Notice(n, cx))
                 };
                 if let Some(m) = m {
                     if me.cast(m).is_err() {

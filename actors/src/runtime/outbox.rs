@@ -73,10 +73,17 @@ pub(super) fn start_drain(state: &mut RuntimeState, myself: &ActorRef<RuntimeMsg
     state.draining = true;
     state.drain_again = false;
     let (ctx, me) = (drain_ctx(state), myself.clone());
-    tokio::spawn(async move {
+    // A drain after a traced first run submits its result in that run's trace.
+    let traced = state.drain_trace.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    let span = match traced {
+        Some(cx) => steward_subjects::trace::follow(Some(&cx), || tracing::info_span!("results.drain")),
+        None => tracing::Span::none(),
+    };
+    let drained = async move {
         let (online, delivered, refused) = drain(ctx).await;
         let _ = me.cast(RuntimeMsg::DrainDone { online, delivered, refused });
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(drained, span));
 }
 
 /// Rough encoded size of a result in a submit request.

@@ -3,14 +3,15 @@
 //! when it is dropped or when a pool spec's lease can no longer be trusted. Each finished run
 //! goes to the actor as a result; a refused spec's refusal goes as an `error` result instead.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::ActorRef;
 use steward_storage::runtime::CachedSpec;
 use steward_subjects::config::{JobSpec, TargetKind};
 use steward_subjects::subject::result_host_of;
-use steward_subjects::HostId;
-use tracing::warn;
+use steward_subjects::{trace, HostId};
+use tracing::{warn, Instrument};
 
 use super::executor::{self, cancel_pair, CancelHandle, ExecError, ExecSettings, RunContext};
 use super::result::{refusal_record, result_record};
@@ -56,6 +57,7 @@ pub(super) fn reschedule(state: &mut RuntimeState, myself: &ActorRef<RuntimeMsg>
             host: result_host_of(state.args.host.as_ref(), &state.args.runtime),
             settings: state.settings.clone(),
             me: myself.clone(),
+            drain_trace: state.drain_trace.clone(),
         };
         if !admit(state, &ctx, &c) {
             continue;
@@ -63,8 +65,13 @@ pub(super) fn reschedule(state: &mut RuntimeState, myself: &ActorRef<RuntimeMsg>
         let (cancel, signal) = cancel_pair();
         let (epoch, spec) = (c.epoch, c.spec.clone());
         let id = c.spec.id.clone();
-        let task = tokio::spawn(run_spec(ctx, c.spec, c.epoch, signal));
+        let traced = state.spec_traces.remove(&id);
+        let task = tokio::spawn(run_spec(ctx, c.spec, c.epoch, signal, traced));
         state.running.insert(id, Running { epoch, spec, cancel, task });
+    }
+    if !state.spec_traces.is_empty() {
+        let held = &state.held;
+        state.spec_traces.retain(|id, _| held.contains_key(id));
     }
 }
 
@@ -92,6 +99,8 @@ pub(super) struct SpecCtx {
     pub(super) host: String,
     settings: ExecSettings,
     me: ActorRef<RuntimeMsg>,
+    /// Where a traced first run leaves its context for the next drain (while tracing is on).
+    drain_trace: Arc<Mutex<Option<trace::Context>>>,
 }
 
 fn jitter(max: Duration) -> Duration {
@@ -103,7 +112,11 @@ fn jitter(max: Duration) -> Duration {
     Duration::from_millis(nanos % max_ms)
 }
 
-async fn run_spec(ctx: SpecCtx, spec: JobSpec, epoch: u64, cancel: executor::Cancel) {
+/// Runs `spec` on its interval until canceled. The first run continues `traced` (the sync
+/// that brought the spec) while tracing is on, and leaves its own context for the drain that
+/// submits its result.
+async fn run_spec(ctx: SpecCtx, spec: JobSpec, epoch: u64, cancel: executor::Cancel, traced: Option<trace::Context>) {
+    let mut traced = traced;
     let interval = Duration::from_millis(spec.interval_ms).max(MIN_INTERVAL);
     let timeout = Duration::from_millis(spec.timeout_ms).clamp(MIN_INTERVAL, interval.max(MIN_INTERVAL) * 10);
     let exec = executor::build(&spec.executor, &ctx.settings);
@@ -115,13 +128,24 @@ async fn run_spec(ctx: SpecCtx, spec: JobSpec, epoch: u64, cancel: executor::Can
             return;
         }
         let started_at_ms = now_ms();
-        let outcome = match &exec {
-            Ok(e) => e.run(RunContext { timeout, cancel: cancel.clone() }).await,
-            Err(e) => Err(ExecError::Command(executor::CommandError::Spawn {
-                program: spec.executor.kind().to_owned(),
-                reason: e.to_string(),
-            })),
+        let span = match traced.take() {
+            Some(cx) => trace::follow(Some(&cx), || tracing::info_span!("runtime.check", spec = %spec.id, epoch)),
+            None => tracing::Span::none(),
         };
+        let run = async {
+            match &exec {
+                Ok(e) => e.run(RunContext { timeout, cancel: cancel.clone() }).await,
+                Err(e) => Err(ExecError::Command(executor::CommandError::Spawn {
+                    program: spec.executor.kind().to_owned(),
+                    reason: e.to_string(),
+                })),
+            }
+        };
+        let outcome = run.instrument(span.clone()).await;
+        if let Some(cx) = trace::context_of_span(&span) {
+            *ctx.drain_trace.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx);
+        }
+        drop(span);
         if matches!(outcome, Err(ExecError::Canceled)) {
             return;
         }

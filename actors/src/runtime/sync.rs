@@ -17,8 +17,8 @@ use ractor::ActorRef;
 use steward_storage::runtime::CachedSpec;
 use steward_subjects::api::lease::{LeaseRequest, LeasedSpec, MineRequest, ReleaseRequest, RenewRequest, SpecEpoch};
 use steward_subjects::config::TargetKind;
-use steward_subjects::HostId;
-use tracing::{debug, info, warn};
+use steward_subjects::{trace, HostId};
+use tracing::{debug, info, warn, Instrument};
 
 use super::{set_online, RuntimeMsg, RuntimeState};
 use crate::lease::client::{is_unreachable, LeaseClient};
@@ -41,6 +41,8 @@ pub struct SyncOutcome {
     /// which is after this, so a lease trusted until `sent_at_ms + ttl` never outlives the
     /// hub's (a reply that is slow in coming must not lengthen it).
     sent_at_ms: u64,
+    /// The context of the sync's span, when it continued a traced notice.
+    trace: Option<trace::Context>,
 }
 
 pub(super) fn start_sync(state: &mut RuntimeState, myself: &ActorRef<RuntimeMsg>) {
@@ -60,10 +62,18 @@ pub(super) fn start_sync(state: &mut RuntimeState, myself: &ActorRef<RuntimeMsg>
     let batch = state.args.batch;
     let capacity = state.args.capacity as usize;
     let me = myself.clone();
-    tokio::spawn(async move {
-        let outcome = sync(lease, runtime, host, labels, held, room, capacity, batch, full).await;
+    // Only a sync that follows a traced notice gets a span (the periodic ones make none).
+    let span = match state.sync_trace.take() {
+        Some(cx) => trace::follow(Some(&cx), || tracing::info_span!("runtime.sync", runtime = %runtime)),
+        None => tracing::Span::none(),
+    };
+    let traced = trace::context_of_span(&span);
+    let synced = async move {
+        let mut outcome = sync(lease, runtime, host, labels, held, room, capacity, batch, full).await;
+        outcome.trace = traced;
         let _ = me.cast(RuntimeMsg::SyncDone(Box::new(outcome)));
-    });
+    };
+    tokio::spawn(synced.instrument(span));
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -145,6 +155,14 @@ pub(super) async fn apply_sync(state: &mut RuntimeState, outcome: SyncOutcome) -
                 .map(|l| (l.spec.id.clone(), CachedSpec { spec: l.spec, epoch: l.epoch, confirmed_at_ms: now }))
                 .collect();
             removed.extend(state.held.keys().filter(|k| !set.contains_key(*k)).cloned());
+            if let Some(cx) = &outcome.trace {
+                // The first run of each spec this traced sync brought (new or changed) continues it.
+                for (id, c) in &set {
+                    if state.held.get(id).is_none_or(|old| old.epoch != c.epoch || old.spec != c.spec) {
+                        state.spec_traces.insert(id.clone(), cx.clone());
+                    }
+                }
+            }
             set
         }
         None => {
@@ -159,6 +177,9 @@ pub(super) async fn apply_sync(state: &mut RuntimeState, outcome: SyncOutcome) -
         }
     };
     for l in outcome.granted {
+        if let Some(cx) = &outcome.trace {
+            state.spec_traces.insert(l.spec.id.clone(), cx.clone());
+        }
         set.insert(l.spec.id.clone(), CachedSpec { spec: l.spec, epoch: l.epoch, confirmed_at_ms: now });
     }
     removed.sort();

@@ -13,7 +13,7 @@ use steward_subjects::codec::{self, Encoding};
 use steward_subjects::subject::run_event_msg_id;
 use steward_subjects::{HostId, Subjects};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 /// Most events in one batch.
 pub const MAX_BATCH: usize = 128;
@@ -45,6 +45,7 @@ pub async fn publish_batch(
         headers
             .insert("Nats-Msg-Id", run_event_msg_id(subjects.account(), &ev.run_id, host, ev.attempt, ev.seq).as_str());
         headers.insert(RUN_ID_HEADER, ev.run_id.as_str());
+        steward_subjects::trace::inject(&mut headers);
         let ack = js
             .publish_with_headers(subject.clone(), headers, payload)
             .await
@@ -83,7 +84,9 @@ impl EventSink {
         give_up_after: Duration,
     ) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        let task = tokio::spawn(pump(js, subjects, host.clone(), rx, give_up_after));
+        // The events carry the job's trace context while tracing is on.
+        let span = steward_subjects::trace::span(tracing::Span::current);
+        let task = tokio::spawn(pump(js, subjects, host.clone(), rx, give_up_after).instrument(span));
         EventSink { tx, task, run_id, host, attempt, seq: 0 }
     }
 

@@ -21,9 +21,9 @@ use steward_subjects::api::run::{RunStatus, StopAck, StopOrder, WorkAck, WorkOrd
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::envelope::WireError;
 use steward_subjects::rpc;
-use steward_subjects::{HostId, Subjects};
+use steward_subjects::{trace, HostId, Subjects};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::spec_signing::TrustedKeys;
 use crate::tasks::TaskSet;
@@ -288,7 +288,12 @@ async fn on_work(myself: &ActorRef<RunWorkerMsg>, state: &mut RunWorkerState, m:
     let ctx = state.ctx.clone();
     let me = myself.clone();
     let (run_id, attempt) = (order.run_id.clone(), order.attempt);
-    tokio::spawn(async move {
+    // The job (and its events) continue the work order's trace while tracing is on.
+    let span = trace::hop(
+        m.headers.as_ref(),
+        || tracing::info_span!("worker.job", otel.kind = "server", run_id = %run_id, attempt),
+    );
+    let job = async move {
         let me2 = me.clone();
         let (r2, a2) = (run_id.clone(), attempt);
         job::execute(ctx, order, stop_rx, move |o| {
@@ -296,7 +301,8 @@ async fn on_work(myself: &ActorRef<RunWorkerMsg>, state: &mut RunWorkerState, m:
         })
         .await;
         let _ = me.cast(RunWorkerMsg::Done { run_id, attempt });
-    });
+    };
+    tokio::spawn(job.instrument(span));
 }
 
 async fn on_stop(state: &mut RunWorkerState, m: async_nats::Message) {
