@@ -2,7 +2,7 @@
 //! `steward` binary and the nats-server the tests use, then run the only way this machine class
 //! allows (containers cannot start: crun's `setrlimit` is refused): the image is mounted
 //! through a buildah working container and its entrypoint runs from the mounted root in a
-//! chroot, in a private mount namespace (its own /proc, /dev, /tmp, gone with the process),
+//! chroot, in a private mount namespace (its own /proc, /dev, /dev/shm, /tmp, gone with the process),
 //! as the image's user, with the image's environment and working folder — all read from the
 //! image's configuration, not assumed. `steward version`, then `steward up --edges 1` starts
 //! the image's own nats-server and `steward health` (also run in the chroot, finding the
@@ -119,7 +119,7 @@ fn image_config(id: &str) -> ImageConfig {
 }
 
 /// The image's entrypoint with `args`, run from the mounted root as the image's user with only
-/// the image's environment: a private mount namespace gets /proc, /dev and a /tmp of its own
+/// the image's environment: a private mount namespace gets /proc, /dev, and a /dev/shm and /tmp of its own
 /// under the root (they vanish with its last process), then `unshare --root` enters the root.
 fn entrypoint(root: &Path, config: &ImageConfig, args: &[&str]) -> Command {
     let (uid, gid) = config.user.split_once(':').unwrap_or((&config.user, &config.user));
@@ -127,6 +127,7 @@ fn entrypoint(root: &Path, config: &ImageConfig, args: &[&str]) -> Command {
 r=$1; shift
 mount -t proc proc "$r/proc"
 mount --bind /dev "$r/dev"
+mount -t tmpfs -o mode=1777 tmpfs "$r/dev/shm"
 mount -t tmpfs -o mode=1777 tmpfs "$r/tmp"
 exec "$@""#;
     let mut cmd = Command::new("unshare");
