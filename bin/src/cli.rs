@@ -209,6 +209,11 @@ pub struct UpArgs {
     /// Client port of the embedded NATS server.
     #[arg(long, default_value_t = 4222)]
     pub port: u16,
+    /// Interface the embedded NATS server listens on (`0.0.0.0` to accept other machines or,
+    /// in a container, connections from outside it; identities are still required unless
+    /// `--insecure`).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen: String,
     /// Number of demo edge agents.
     #[arg(long, default_value_t = 2)]
     pub edges: u32,

@@ -53,7 +53,8 @@ impl NodeChild {
 }
 
 /// The node files of a local cluster of `n` nodes under `data`, client ports from `port`.
-fn node_configs(plan: &UpPlan, port: u16, n: u8, signing_key: &Path) -> anyhow::Result<Vec<NodeConfig>> {
+fn node_configs(plan: &UpPlan, args: &UpArgs, n: u8, signing_key: &Path) -> anyhow::Result<Vec<NodeConfig>> {
+    let (port, listen) = (args.port, args.listen.as_str());
     let n = usize::from(n);
     let other = free_ports(2 * n).context("no free ports for the cluster's routes")?;
     let routes: Vec<String> = other[..n].iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect();
@@ -63,7 +64,7 @@ fn node_configs(plan: &UpPlan, port: u16, n: u8, signing_key: &Path) -> anyhow::
             Ok(NodeConfig {
                 name: format!("steward-n{}", i + 1),
                 data: plan.data.join(format!("node-{}", i + 1)),
-                listen: Some("127.0.0.1".to_owned()),
+                listen: Some(listen.to_owned()),
                 port: Some(client),
                 cluster_port: Some(other[i]),
                 monitor_port: Some(other[n + i]),
@@ -170,7 +171,7 @@ async fn wait_formed(client: &async_nats::Client, nodes: &mut [NodeChild]) -> an
 /// When a node cannot start or the cluster does not form in time (the nodes' log tails say why).
 pub(crate) async fn up_cluster(global: &Global, args: &UpArgs, plan: UpPlan, n: u8) -> anyhow::Result<()> {
     let (secret, public) = super::run::dev_keys(&plan.data.join("keys"))?;
-    let configs = node_configs(&plan, args.port, n, &secret)?;
+    let configs = node_configs(&plan, args, n, &secret)?;
     let mut nodes = Vec::new();
     for config in &configs {
         nodes.push(spawn_node(global, config)?);

@@ -163,6 +163,7 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
     let UpPlan { data, edges, identities } = plan;
     let mut opts = ServerOptions::named("steward-up");
     opts.lifeline = tied_to_this_process();
+    opts.host.clone_from(&args.listen);
     opts.port = Some(args.port);
     opts.data_dir = Some(data.join("nats"));
     if let Some(ids) = &identities {
