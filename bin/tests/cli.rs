@@ -14,21 +14,10 @@ use steward::cli::{Cli, Command as Sub, OutputFormat};
 use steward_deploy::server::{free_ports, NatsServer, ServerOptions};
 use steward_deploy::wait::eventually;
 
-const STEWARD: &str = env!("CARGO_BIN_EXE_steward");
+mod common;
+use common::{descendants, processes_mentioning};
 
-/// Pids of processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmd).contains(needle) {
-                out.push(pid);
-            }
-        }
-    }
-    out
-}
+const STEWARD: &str = env!("CARGO_BIN_EXE_steward");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_health_and_stops_cleanly_on_ctrl_c() {
@@ -151,29 +140,6 @@ async fn up_serves_health_and_stops_cleanly_on_ctrl_c() {
     })
     .await
     .unwrap();
-}
-
-/// Pids of `pid`'s descendants (from /proc's parent links).
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut parents = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) {
-            parents.push((child, ppid));
-        }
-    }
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i];
-        out.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    out.remove(0);
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
