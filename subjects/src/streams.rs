@@ -58,6 +58,15 @@ pub const LEASE_JOURNAL_STREAM: &str = "STEWARD_LEASE_JOURNAL";
 /// terminated (with the consumer's reason) or stopped delivering after its `max_deliver`; each
 /// names the stream and sequence of the message, which stays in its stream until it ages out.
 pub const DEAD_LETTERS_STREAM: &str = "STEWARD_DEAD_LETTERS";
+/// Alarm transitions, one subject per alarm (`steward.v1.<account>.alarm.event.<id>`): each
+/// alarm's timeline, written with the alarm's expected last sequence so no transition is stored
+/// twice or lost to a race.
+pub const ALARM_EVENTS_STREAM: &str = "STEWARD_ALARM_EVENTS";
+/// Transitions kept per alarm (the oldest go first).
+pub const ALARM_EVENTS_PER_ALARM: i64 = 1000;
+/// Alarms (`<account>.alarm.<id>`), silences (`<account>.silence.<id>`) and the remediation
+/// ledger (`<account>.remediation.ledger`).
+pub const ALARMS_BUCKET: &str = "steward_alarms";
 
 /// The JetStream advisory subjects captured by [`DEAD_LETTERS_STREAM`]: terminated and
 /// max-deliveries advisories of every consumer on Steward's other streams (not of other
@@ -237,6 +246,16 @@ pub fn streams() -> Vec<StreamDef> {
             max_msg_size: -1,
         },
         StreamDef {
+            name: ALARM_EVENTS_STREAM,
+            description: "alarm transitions: each alarm's timeline, each transition stored once",
+            subjects: vec![AnyAccount::alarm_events()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: 400 * DAY,
+            max_bytes: -1,
+            max_msgs_per_subject: ALARM_EVENTS_PER_ALARM,
+            max_msg_size: -1,
+        },
+        StreamDef {
             name: LEASE_JOURNAL_STREAM,
             description: "lease journal: group-committed grants, releases and sessions of the lease leader",
             subjects: vec![AnyAccount::lease_journal(), AnyAccount::lease_fence()],
@@ -266,6 +285,7 @@ pub fn buckets() -> Vec<BucketDef> {
     vec![
         BucketDef { name: HOSTS_BUCKET, description: "host registry: presence, labels, workers", history: 1 },
         BucketDef { name: CONFIG_BUCKET, description: "configuration revisions and state archives", history: 1 },
+        BucketDef { name: ALARMS_BUCKET, description: "alarms, silences and the remediation ledger", history: 1 },
         BucketDef { name: JOBSPECS_BUCKET, description: "rendered job specs per account and target", history: 1 },
         BucketDef {
             name: RUNS_BUCKET,

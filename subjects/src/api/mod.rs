@@ -2,6 +2,7 @@
 //! every field defaulted so older peers keep working when fields are added). One module per
 //! noun of the subject grammar.
 
+pub mod alarm;
 pub mod config;
 pub mod dead_letter;
 pub mod health;

@@ -59,6 +59,12 @@ pub struct ConfigDocument {
     /// Pools: runtime selectors for specs that are not bound to one host.
     #[serde(default)]
     pub pools: Vec<Pool>,
+    /// Alarm rules: when a check's results raise an alarm, and when it clears.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<AlarmRule>,
+    /// Remediation rules: what runs when an alarm fires, and the guards around it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remediations: Vec<RemediationRule>,
 }
 
 impl Default for ConfigDocument {
@@ -72,6 +78,8 @@ impl Default for ConfigDocument {
             assessments: Vec::new(),
             attestations: Vec::new(),
             pools: Vec::new(),
+            alarms: Vec::new(),
+            remediations: Vec::new(),
         }
     }
 }
@@ -390,6 +398,167 @@ pub struct Pool {
     /// Label selector of the runtimes that may run the pool's specs (empty = any runtime).
     #[serde(default)]
     pub selector: String,
+}
+
+/// A condition on one result: a metric compared with a value, or the result's status.
+/// Exactly one of `metric` or `status` is given.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// Metric name (as the check reports it: a plugin's perfdata label, a JSON key, `latency_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// How the metric is compared with `value` (default `gt`).
+    #[serde(default)]
+    pub op: Comparison,
+    /// The value the metric is compared with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The result statuses that meet the condition (`pass`, `warn`, `fail`, `error`, `timeout`,
+    /// `unknown`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub status: Vec<String>,
+}
+
+/// "N of the last M results".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Breaches {
+    /// How many results must meet the condition ...
+    pub n: u32,
+    /// ... out of the last this many (at most 21).
+    pub of: u32,
+}
+
+/// Flap detection: percent state change over the last 21 results (Naemon and Icinga's method,
+/// newer changes weighted more).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Flapping {
+    /// Flapping starts when the percent state change reaches this (default 50).
+    #[serde(default = "default_flap_start")]
+    pub start: f64,
+    /// Flapping ends when it falls below this (default 25; below `start`).
+    #[serde(default = "default_flap_stop")]
+    pub stop: f64,
+}
+
+fn default_flap_start() -> f64 {
+    50.0
+}
+
+fn default_flap_stop() -> f64 {
+    25.0
+}
+
+/// An alarm rule: one alarm per (host, check) whose results meet `when`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmRule {
+    /// Rule id (letters, digits, `-`, `_`).
+    pub id: String,
+    /// Human title.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub title: String,
+    /// The check (attestation id) it watches; empty = every check.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub check: String,
+    /// Hosts it applies to (label selector; empty = every host).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub selector: String,
+    /// When a result breaches. Optional only when `stale_after` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Condition>,
+    /// When a firing alarm clears (hysteresis); default: a result that does not breach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear: Option<Condition>,
+    /// Fire only once results have breached without a break for this long (`5m`).
+    #[serde(default, rename = "for", skip_serializing_if = "String::is_empty")]
+    pub for_: String,
+    /// Fire when N of the last M results breach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaches: Option<Breaches>,
+    /// Fire (reason `stale`) when no result came for this many intervals of the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_after: Option<u32>,
+    /// Flap detection (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flapping: Option<Flapping>,
+    /// `info`, `warning` (default) or `critical`.
+    #[serde(default = "default_severity")]
+    pub severity: String,
+}
+
+fn default_severity() -> String {
+    "warning".to_owned()
+}
+
+/// What a remediation runs on the alarm's host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RemediationAction {
+    /// A command (argv, no shell).
+    Command {
+        /// Program and arguments.
+        argv: Vec<String>,
+    },
+    /// A playbook (URL the config manager serves, or `file://`).
+    Playbook {
+        /// The playbook's URL.
+        url: String,
+    },
+}
+
+/// A remediation rule: when an alarm of `alarm` fires, run `action` on its host, within guards.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemediationRule {
+    /// Rule id.
+    pub id: String,
+    /// The alarm rule it answers.
+    pub alarm: String,
+    /// Only alarms of this check (empty = any).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub check: String,
+    /// Only hosts matching this label selector (empty = every host).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub selector: String,
+    /// What runs.
+    pub action: Option<RemediationAction>,
+    /// Run on a runner matching this selector instead of the alarm's host (empty = the host).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub runner: String,
+    /// Least time between two remediations of one host by this rule (default `10m`).
+    #[serde(default = "default_cooldown")]
+    pub cooldown: String,
+    /// Most remediations of this rule in flight at once (the blast radius; default 5).
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: u32,
+    /// Most remediations of this rule started per hour (default 20).
+    #[serde(default = "default_per_hour")]
+    pub max_per_hour: u32,
+    /// Hold every remediation until an operator approves it.
+    #[serde(default)]
+    pub approval: bool,
+    /// How long a remediation run may take (default `5m`).
+    #[serde(default = "default_remediation_timeout")]
+    pub timeout: String,
+}
+
+fn default_cooldown() -> String {
+    "10m".to_owned()
+}
+
+fn default_in_flight() -> u32 {
+    5
+}
+
+fn default_per_hour() -> u32 {
+    20
+}
+
+fn default_remediation_timeout() -> String {
+    "5m".to_owned()
 }
 
 impl ConfigDocument {

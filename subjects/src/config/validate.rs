@@ -11,7 +11,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::spec::{escape, resolve_attestation};
-use super::{duration, subst, Assessment, Comparison, ConfigDocument, Executor, DOCUMENT_VERSION};
+use super::{
+    duration, subst, AlarmRule, Assessment, Comparison, Condition, ConfigDocument, Executor, RemediationAction,
+    RemediationRule, DOCUMENT_VERSION,
+};
 use crate::envelope::ErrorDetail;
 use crate::selector::Selector;
 use crate::token::{validate as validate_token, TokenKind};
@@ -29,7 +32,8 @@ pub const MAX_REPORTED: usize = 500;
 /// Shortest interval an assessment may have.
 pub const MIN_INTERVAL_MS: u64 = 1000;
 
-const SECTIONS: [&str; 6] = ["services", "controls", "components", "assessments", "attestations", "pools"];
+const SECTIONS: [&str; 8] =
+    ["services", "controls", "components", "assessments", "attestations", "pools", "alarms", "remediations"];
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
 
 struct Problems(Vec<ErrorDetail>);
@@ -152,6 +156,8 @@ pub fn parse_document(bytes: &[u8]) -> Result<ConfigDocument, Vec<ErrorDetail>> 
             "assessments" => doc.assessments = section(v, "assessments", &mut problems, &mut known),
             "attestations" => doc.attestations = section(v, "attestations", &mut problems, &mut known),
             "pools" => doc.pools = section(v, "pools", &mut problems, &mut known),
+            "alarms" => doc.alarms = section(v, "alarms", &mut problems, &mut known),
+            "remediations" => doc.remediations = section(v, "remediations", &mut problems, &mut known),
             other => problems.add(
                 format!("/{}", escape(other)),
                 format!("unknown field {other:?} (expected version, description, {})", SECTIONS.join(", ")),
@@ -176,13 +182,15 @@ pub fn parse_document(bytes: &[u8]) -> Result<ConfigDocument, Vec<ErrorDetail>> 
 /// Every problem found, each with its JSON pointer.
 pub fn validate_document(doc: &ConfigDocument) -> Result<(), Vec<ErrorDetail>> {
     let mut known = KnownIds::default();
-    let sections: [(&'static str, Vec<&str>); 6] = [
+    let sections: [(&'static str, Vec<&str>); 8] = [
         ("services", doc.services.iter().map(|x| x.id.as_str()).collect()),
         ("controls", doc.controls.iter().map(|x| x.id.as_str()).collect()),
         ("components", doc.components.iter().map(|x| x.id.as_str()).collect()),
         ("assessments", doc.assessments.iter().map(|x| x.id.as_str()).collect()),
         ("attestations", doc.attestations.iter().map(|x| x.id.as_str()).collect()),
         ("pools", doc.pools.iter().map(|x| x.id.as_str()).collect()),
+        ("alarms", doc.alarms.iter().map(|x| x.id.as_str()).collect()),
+        ("remediations", doc.remediations.iter().map(|x| x.id.as_str()).collect()),
     ];
     let mut problems = Problems(Vec::new());
     for (name, ids) in sections {
@@ -325,6 +333,138 @@ fn check(doc: &ConfigDocument, known: &KnownIds, p: &mut Problems) {
     attestations(doc, known, &component_controls, p);
     for (i, pool) in doc.pools.iter().enumerate() {
         selector(format!("/pools/{i}/selector"), &pool.selector, p);
+    }
+    ids("alarms", doc.alarms.iter().map(|x| x.id.as_str()), p);
+    ids("remediations", doc.remediations.iter().map(|x| x.id.as_str()), p);
+    for (i, rule) in doc.alarms.iter().enumerate() {
+        alarm_rule(i, rule, known, p);
+    }
+    for (i, rule) in doc.remediations.iter().enumerate() {
+        remediation_rule(i, rule, known, p);
+    }
+}
+
+/// Result statuses a condition may name.
+const STATUSES: [&str; 6] = ["pass", "warn", "fail", "error", "timeout", "unknown"];
+/// Results flap detection looks at (Naemon's and Icinga's 21).
+pub const FLAP_WINDOW: u32 = 21;
+
+fn condition(ptr: &str, c: &Condition, p: &mut Problems) {
+    match (&c.metric, c.status.is_empty()) {
+        (Some(_), false) => p.add(ptr, "give either metric (with value) or status, not both"),
+        (None, true) => p.add(ptr, "give a metric (with value) or a status list"),
+        _ => {}
+    }
+    if let Some(m) = &c.metric {
+        if let Err(e) = validate_token(TokenKind::Name, m) {
+            p.add(format!("{ptr}/metric"), format!("bad metric name: {e}"));
+        }
+        match c.value {
+            None => p.add(format!("{ptr}/value"), "a metric condition needs a value"),
+            Some(v) if !v.is_finite() => p.add(format!("{ptr}/value"), "must be a finite number"),
+            Some(_) => {}
+        }
+    } else if c.value.is_some() {
+        p.add(format!("{ptr}/value"), "a value needs a metric");
+    }
+    for (j, st) in c.status.iter().enumerate() {
+        if !STATUSES.contains(&st.as_str()) {
+            p.add(format!("{ptr}/status/{j}"), format!("unknown status {st:?} (expected one of {})", STATUSES.join(", ")));
+        }
+    }
+}
+
+fn alarm_rule(i: usize, r: &AlarmRule, known: &KnownIds, p: &mut Problems) {
+    let base = format!("/alarms/{i}");
+    text(&format!("{base}/title"), &r.title, p);
+    if !r.check.is_empty() && !known.has("attestations", &r.check) {
+        p.add(format!("{base}/check"), format!("unknown check {:?} (checks are attestation ids)", r.check));
+    }
+    selector(format!("{base}/selector"), &r.selector, p);
+    match &r.when {
+        Some(c) => condition(&format!("{base}/when"), c, p),
+        None if r.stale_after.is_none() => p.add(format!("{base}/when"), "give when (or stale_after for a staleness rule)"),
+        None => {}
+    }
+    if let Some(c) = &r.clear {
+        condition(&format!("{base}/clear"), c, p);
+        if r.when.is_none() {
+            p.add(format!("{base}/clear"), "a clear condition needs a when condition");
+        }
+    }
+    if !r.for_.is_empty() {
+        if let Err(e) = duration::parse(&r.for_) {
+            p.add(format!("{base}/for"), e.to_string());
+        }
+        if r.breaches.is_some() {
+            p.add(format!("{base}/for"), "give for or breaches, not both");
+        }
+    }
+    if let Some(b) = r.breaches {
+        if b.n == 0 || b.of == 0 || b.n > b.of || b.of > FLAP_WINDOW {
+            p.add(format!("{base}/breaches"), format!("need 1 <= n <= of <= {FLAP_WINDOW}, got n={} of={}", b.n, b.of));
+        }
+    }
+    if r.stale_after == Some(0) {
+        p.add(format!("{base}/stale_after"), "must be at least 1 interval");
+    }
+    if let Some(f) = r.flapping {
+        let ok = |v: f64| v.is_finite() && (0.0..=100.0).contains(&v);
+        if !ok(f.start) {
+            p.add(format!("{base}/flapping/start"), "must be a percent (0-100)");
+        }
+        if !ok(f.stop) {
+            p.add(format!("{base}/flapping/stop"), "must be a percent (0-100)");
+        }
+        if f.stop >= f.start {
+            p.add(format!("{base}/flapping/stop"), "must be below start");
+        }
+    }
+    if !["info", "warning", "critical"].contains(&r.severity.as_str()) {
+        p.add(format!("{base}/severity"), format!("unknown severity {:?} (info, warning or critical)", r.severity));
+    }
+}
+
+fn remediation_rule(i: usize, r: &RemediationRule, known: &KnownIds, p: &mut Problems) {
+    let base = format!("/remediations/{i}");
+    if !known.has("alarms", &r.alarm) {
+        p.add(format!("{base}/alarm"), format!("unknown alarm rule {:?}", r.alarm));
+    }
+    if !r.check.is_empty() && !known.has("attestations", &r.check) {
+        p.add(format!("{base}/check"), format!("unknown check {:?}", r.check));
+    }
+    selector(format!("{base}/selector"), &r.selector, p);
+    selector(format!("{base}/runner"), &r.runner, p);
+    match &r.action {
+        None => p.add(format!("{base}/action"), "give an action (command or playbook)"),
+        Some(RemediationAction::Command { argv }) => {
+            if argv.is_empty() || argv[0].trim().is_empty() {
+                p.add(format!("{base}/action/argv"), "must name a program");
+            }
+            for (j, a) in argv.iter().enumerate() {
+                text(&format!("{base}/action/argv/{j}"), a, p);
+            }
+        }
+        Some(RemediationAction::Playbook { url: u }) => {
+            let lower = u.to_ascii_lowercase();
+            if !(lower.starts_with("https://") || lower.starts_with("http://") || lower.starts_with('/')) {
+                p.add(format!("{base}/action/url"), "must be an http(s):// URL or an absolute path");
+            }
+            text(&format!("{base}/action/url"), u, p);
+        }
+    }
+    for (field, v) in [("cooldown", &r.cooldown), ("timeout", &r.timeout)] {
+        match duration::parse(v) {
+            Err(e) => p.add(format!("{base}/{field}"), e.to_string()),
+            Ok(d) if field == "timeout" && d.is_zero() => p.add(format!("{base}/timeout"), "must be greater than zero"),
+            Ok(_) => {}
+        }
+    }
+    if r.max_in_flight == 0 {
+        p.add(format!("{base}/max_in_flight"), "must be at least 1");
+    }
+    if r.max_per_hour == 0 {
+        p.add(format!("{base}/max_per_hour"), "must be at least 1");
     }
 }
 

@@ -7,7 +7,7 @@
 //! `parse_*` function next to the key's formatter.
 //!
 //! Layout: one file per noun, mirroring `crate::api`: [`health`], [`host`], [`config`],
-//! [`jobspec`] (rendered specs), [`lease`] (leasing specs), [`result`] and [`run`]. Each holds
+//! [`jobspec`] (rendered specs), [`lease`] (leasing specs), [`result`], [`run`] and [`alarm`]. Each holds
 //! that noun's verbs, its `impl Subjects` and `impl AnyAccount` blocks, and its keys with their
 //! parsers. This file holds the grammar itself and the key helpers every bucket shares.
 
@@ -15,6 +15,7 @@ use std::fmt;
 
 use crate::token::{AccountId, Token, TokenError, TokenKind};
 
+pub mod alarm;
 pub mod config;
 pub mod health;
 pub mod host;
@@ -24,6 +25,10 @@ pub mod operator;
 pub mod result;
 pub mod run;
 
+pub use alarm::{
+    alarm_id, alarm_key, alarm_key_filter, alarm_leader_key, alarm_verb, parse_alarm_id, parse_alarm_key,
+    remediation_ledger_key, silence_key, silence_key_filter,
+};
 pub use config::{
     config_archive_key, config_revision_filter, config_revision_key, config_verb, parse_revision_key,
     playbook_object_name,
