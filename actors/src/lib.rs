@@ -16,6 +16,7 @@
 //! their own group), [`signing`] (ed25519 job signatures), [`spec_signing`] (job specs signed
 //! per render batch).
 
+pub mod alarms;
 pub mod config_manager;
 pub mod connector;
 pub mod dispatcher;

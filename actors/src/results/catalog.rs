@@ -105,10 +105,9 @@ impl SpecCatalog {
             .get_stream(format!("KV_{JOBSPECS_BUCKET}"))
             .await
             .map_err(|e| ActorsError::Unavailable(format!("job-spec bucket: {e}")))?;
-        let mut follower =
-            crate::kv::follow(client, &stream, JOBSPECS_BUCKET, &jobspec_account_filter(account), false)
-                .await
-                .map_err(|e| ActorsError::Unavailable(e.to_string()))?;
+        let mut follower = crate::kv::follow(client, &stream, JOBSPECS_BUCKET, &jobspec_account_filter(account), false)
+            .await
+            .map_err(|e| ActorsError::Unavailable(e.to_string()))?;
         let catalog = SpecCatalog::new();
         let mut left = follower.snapshot_len();
         // The snapshot first, so that the catalog is complete when this returns.

@@ -369,7 +369,10 @@ fn condition(ptr: &str, c: &Condition, p: &mut Problems) {
     }
     for (j, st) in c.status.iter().enumerate() {
         if !STATUSES.contains(&st.as_str()) {
-            p.add(format!("{ptr}/status/{j}"), format!("unknown status {st:?} (expected one of {})", STATUSES.join(", ")));
+            p.add(
+                format!("{ptr}/status/{j}"),
+                format!("unknown status {st:?} (expected one of {})", STATUSES.join(", ")),
+            );
         }
     }
 }
@@ -383,7 +386,9 @@ fn alarm_rule(i: usize, r: &AlarmRule, known: &KnownIds, p: &mut Problems) {
     selector(format!("{base}/selector"), &r.selector, p);
     match &r.when {
         Some(c) => condition(&format!("{base}/when"), c, p),
-        None if r.stale_after.is_none() => p.add(format!("{base}/when"), "give when (or stale_after for a staleness rule)"),
+        None if r.stale_after.is_none() => {
+            p.add(format!("{base}/when"), "give when (or stale_after for a staleness rule)")
+        }
         None => {}
     }
     if let Some(c) = &r.clear {
