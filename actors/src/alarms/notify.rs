@@ -1,9 +1,12 @@
 //! Notifications: the notifier follows `STEWARD_ALARM_EVENTS` with its own durable consumer and,
 //! for each transition that notifies (not silenced, not flapping), publishes it on
-//! `alarm.notify.<severity>.<id>` (core NATS: anyone may subscribe) and POSTs it as JSON to each
-//! webhook, retrying with back-off (the message is negatively acknowledged with a growing delay,
-//! so retries survive a hub restart). A webhook receives each transition at least once; the
-//! `Steward-Event-Id` header (`<alarm id>:<n>`) lets it drop repeats.
+//! `alarm.notify.<severity>.<id>` (core NATS, MessagePack like every Steward payload: anyone may
+//! subscribe), and, on a second durable consumer, POSTs it as JSON to each webhook, one
+//! transition at a time so a webhook sees an alarm's transitions in order, retrying with
+//! back-off (the message is negatively acknowledged with a growing delay, so retries survive a
+//! hub restart). A webhook receives each transition at least once (a retry re-posts to every
+//! webhook); the `Steward-Event-Id` header (`<alarm id>:<n>`) lets it drop repeats. A webhook
+//! that stays down delays later webhook deliveries, never the NATS notifications.
 
 use std::time::Duration;
 
@@ -24,10 +27,16 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Time one webhook request may take.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Name of the notifier's durable consumer.
+/// Name of the notifier's durable consumer for the NATS subject.
 #[must_use]
 pub fn notifier_consumer(account: &steward_subjects::AccountId) -> String {
     format!("alarm-notify-{account}")
+}
+
+/// Name of the notifier's durable consumer for webhooks.
+#[must_use]
+pub fn webhook_consumer(account: &steward_subjects::AccountId) -> String {
+    format!("alarm-webhook-{account}")
 }
 
 /// The pause before attempt `delivered + 1`: 1 s, 2 s, 4 s, ... up to [`MAX_BACKOFF`].
@@ -37,61 +46,91 @@ pub fn backoff(delivered: i64) -> Duration {
     Duration::from_secs(1u64 << exp).min(MAX_BACKOFF)
 }
 
-/// Runs the notifier until the consumer ends.
-///
-/// # Errors
-/// A reason when the consumer cannot be created or read.
-pub async fn run(js: jetstream::Context, subjects: Subjects, webhooks: Vec<String>) -> Result<(), String> {
+async fn consumer(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    name: String,
+    max_ack_pending: i64,
+) -> Result<consumer::pull::Stream, String> {
     let stream = js.get_stream_no_info(ALARM_EVENTS_STREAM).await.map_err(|e| e.to_string())?;
-    let name = notifier_consumer(subjects.account());
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(
             &name,
             consumer::pull::Config {
                 durable_name: Some(name.clone()),
-                description: Some("alarm notifications: NATS subject and webhooks".into()),
+                description: Some("alarm notifications".into()),
                 filter_subject: subjects.alarm_events_all(),
                 // Transitions stored before the notifier first ran are history, not news.
                 deliver_policy: consumer::DeliverPolicy::New,
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: WEBHOOK_TIMEOUT * 3,
                 max_deliver: MAX_DELIVER,
-                max_ack_pending: 1000,
+                max_ack_pending,
                 ..Default::default()
             },
         )
         .await
         .map_err(|e| e.to_string())?;
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    consumer.messages().await.map_err(|e| e.to_string())
+}
+
+/// Runs the notifier until a consumer ends: the NATS subject (each notifying transition
+/// published once, as it is stored) and, when webhooks are given, the webhooks (one transition
+/// at a time, in order, each retried until every webhook took it or [`MAX_DELIVER`] attempts).
+///
+/// # Errors
+/// A reason when a consumer cannot be created or read.
+pub async fn run(js: jetstream::Context, subjects: Subjects, webhooks: Vec<String>) -> Result<(), String> {
+    let nats = nats_loop(js.clone(), subjects.clone());
+    if webhooks.is_empty() {
+        return nats.await;
+    }
+    let hooks = webhook_loop(js, subjects, webhooks);
+    tokio::select! {
+        r = nats => r,
+        r = hooks => r,
+    }
+}
+
+async fn nats_loop(js: jetstream::Context, subjects: Subjects) -> Result<(), String> {
+    let mut messages = consumer(&js, &subjects, notifier_consumer(subjects.account()), 1000).await?;
+    let metrics = crate::metrics::global();
+    while let Some(msg) = messages.next().await {
+        let Ok(msg) = msg else { continue };
+        if let Ok(ev) = codec::decode::<AlarmEvent>(Encoding::MsgPack, &msg.payload) {
+            if ev.notify {
+                let subject = subjects.alarm_notify(ev.alarm.severity.as_str(), &ev.alarm.id);
+                let sent = js.client().publish(subject, msg.payload.clone()).await;
+                let outcome = if sent.is_ok() { "sent" } else { "failed" };
+                metrics.alarm_notifications.get_or_create(&NotificationLabels::of("nats", outcome)).inc();
+            }
+        }
+        let _ = msg.ack().await;
+    }
+    Err("alarm notifier consumer ended".into())
+}
+
+async fn webhook_loop(js: jetstream::Context, subjects: Subjects, webhooks: Vec<String>) -> Result<(), String> {
+    // One in flight: webhooks see an alarm's transitions in order.
+    let mut messages = consumer(&js, &subjects, webhook_consumer(subjects.account()), 1).await?;
     let http = reqwest::Client::builder().timeout(WEBHOOK_TIMEOUT).build().map_err(|e| e.to_string())?;
     let metrics = crate::metrics::global();
     while let Some(msg) = messages.next().await {
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
-                debug!(error = %e, "alarm notifier");
+                debug!(error = %e, "alarm webhooks");
                 continue;
             }
         };
         let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-        let Ok(mut ev) = codec::decode::<AlarmEvent>(Encoding::MsgPack, &msg.payload) else {
+        let Ok(ev) = codec::decode::<AlarmEvent>(Encoding::MsgPack, &msg.payload) else {
             let _ = msg.ack_with(AckKind::Term).await;
             continue;
         };
-        ev.seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
         if !ev.notify {
             let _ = msg.ack().await;
             continue;
-        }
-        // The NATS notification goes out once, on the first delivery.
-        if delivered == 1 {
-            let subject = subjects.alarm_notify(ev.alarm.severity.as_str(), &ev.alarm.id);
-            let sent = match codec::encode(Encoding::MsgPack, &ev) {
-                Ok(b) => js.client().publish(subject, b).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            let outcome = if sent.is_ok() { "sent" } else { "failed" };
-            metrics.alarm_notifications.get_or_create(&NotificationLabels::of("nats", outcome)).inc();
         }
         let mut failed = None;
         for url in &webhooks {
@@ -116,7 +155,7 @@ pub async fn run(js: jetstream::Context, subjects: Subjects, webhooks: Vec<Strin
             }
         }
     }
-    Err("alarm notifier consumer ended".into())
+    Err("alarm webhook consumer ended".into())
 }
 
 async fn post(http: &reqwest::Client, url: &str, ev: &AlarmEvent) -> Result<(), String> {
