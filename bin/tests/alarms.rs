@@ -387,3 +387,99 @@ async fn a_silence_stops_notifications_not_state_and_expires_on_time() {
     drop(fleet.hubs.drain(..));
     fleet.nats.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_is_detected_and_its_end_sends_the_resolve_and_a_silent_host_goes_stale() {
+    let mut fleet = Fleet::start("alarms-flap", &[]).await;
+    let dir = fleet.path("flap");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mode = dir.join("mode");
+    std::fs::write(&mode, "flap").unwrap();
+    // Alternates 1, 0, 1, ... while the mode file says `flap`, then stays at 0.
+    let script = format!(
+        "if [ \"$(cat {m})\" = flap ]; then if [ -f {t} ]; then rm {t}; echo '{{\"v\": 1}}'; else touch {t}; echo '{{\"v\": 0}}'; fi; else echo '{{\"v\": 0}}'; fi",
+        m = mode.display(),
+        t = dir.join("toggle").display()
+    );
+    let doc = serde_json::json!({
+        "controls": [{"id": "c1"}],
+        "components": [{"id": "web", "selector": "role=web", "controls": ["c1"]}],
+        "assessments": [
+            {"id": "toggle", "executor": {"kind": "command", "argv": ["sh", "-c", script]}, "interval": "1s", "timeout": "1s"},
+            {"id": "true", "executor": {"kind": "command", "argv": ["true"]}, "interval": "1s", "timeout": "1s"}
+        ],
+        "attestations": [
+            {"id": "svc", "assessment": "toggle", "component": "web"},
+            {"id": "alive", "assessment": "true", "component": "web"}
+        ],
+        "alarms": [
+            {"id": "up", "check": "svc", "when": {"metric": "v", "op": "gt", "value": 0.5},
+             "flapping": {"start": 40.0, "stop": 20.0}},
+            {"id": "silent", "check": "alive", "stale_after": 3, "severity": "critical"}
+        ]
+    });
+    fleet.apply(&doc.to_string()).await;
+    let flap = format!("{HOST}.svc.up");
+    let started = fleet.wait_for(&flap, "flapping_started", 0).await;
+    assert_eq!(started["notify"], true);
+    assert_eq!(started["alarm"]["flapping"], true);
+    let pct: f64 = started["detail"].as_str().unwrap().trim_end_matches("% state change").parse().unwrap();
+    assert!(pct >= 40.0, "{pct}");
+    // While flapping, firing and resolving go on in the timeline, unannounced.
+    let n = started["n"].as_u64().unwrap();
+    let later = fleet.wait_for(&flap, "firing", n).await;
+    assert_eq!(later["notify"], false);
+    std::fs::write(&mode, "low").unwrap();
+    let ended = fleet.wait_for(&flap, "flapping_ended", n).await;
+    assert_eq!(ended["notify"], true, "the end of flapping is announced");
+    assert_eq!(ended["alarm"]["firing"], false, "and it carries the resolve");
+    let timeline = fleet.alarm(&flap).await.unwrap();
+    assert_eq!(kinds(&timeline).iter().filter(|k| *k == "flapping_started").count(), 1);
+    // Transitions are numbered without gaps.
+    let ns: Vec<u64> = timeline["timeline"].as_array().unwrap().iter().map(|e| e["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, (1..=ns.len() as u64).collect::<Vec<_>>());
+
+    // Staleness: the edge stops reporting.
+    let silent = format!("{HOST}.alive.silent");
+    assert!(fleet.alarm(&silent).await.is_err());
+    let mut edge = fleet.edge.take().unwrap();
+    edge.kill().await.unwrap();
+    let stale = fleet.wait_for(&silent, "firing", 0).await;
+    assert_eq!(stale["alarm"]["reason"], "stale");
+    assert!(stale["alarm"]["message"].as_str().unwrap().contains("no result for"));
+    fleet.spawn_edge();
+    let back = fleet.wait_for(&silent, "resolved", 1).await;
+    assert!(back["cause"]["key"].is_string(), "resolved by a result: {back}");
+    drop(fleet.hubs.drain(..));
+    fleet.nats.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_with_a_bad_metric_name_or_selector_is_refused_with_its_json_pointer() {
+    let fleet = Fleet::start("alarms-invalid", &[]).await;
+    let file = fleet.path("used.json");
+    let rules = serde_json::json!([
+        {"id": "ok", "when": {"metric": "used", "value": 1.0}},
+        {"id": "bad-metric", "when": {"metric": "used percent", "value": 1.0}},
+        {"id": "bad-selector", "selector": "role in (web", "when": {"status": ["fail"]}},
+        {"id": "bad-check", "check": "nope", "when": {"status": ["bogus"]}, "breaches": {"n": 5, "of": 3}}
+    ]);
+    let doc = fleet.path("bad.json");
+    std::fs::write(&doc, document(&file, &rules)).unwrap();
+    let out = steward(&fleet.url).args(["apply", "-f", doc.to_str().unwrap()]).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for pointer in [
+        "/alarms/1/when/metric",
+        "/alarms/2/selector",
+        "/alarms/3/check",
+        "/alarms/3/when/status/0",
+        "/alarms/3/breaches",
+    ] {
+        assert!(err.contains(pointer), "{pointer} missing in: {err}");
+    }
+    assert!(!err.contains("/alarms/0"), "{err}");
+    // Nothing was stored.
+    let history = json(&fleet.url, &["history"]).await.unwrap();
+    assert_eq!(history["total"], 0, "{history}");
+}
