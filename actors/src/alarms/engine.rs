@@ -493,6 +493,48 @@ impl Engine {
     }
 }
 
+/// Evaluates the stored result messages `from..=to` of the account, in order.
+async fn catch_up(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    engine: &mut Engine,
+    from: u64,
+    to: u64,
+) -> Result<u64, String> {
+    let stream = js.get_stream_no_info(steward_subjects::streams::RESULTS_STREAM).await.map_err(|e| e.to_string())?;
+    let c = stream
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: engine.client.new_inbox(),
+            filter_subject: subjects.result_put_all(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    if c.cached_info().num_pending == 0 {
+        return Ok(0);
+    }
+    let mut messages = c.messages().await.map_err(|e| e.to_string())?;
+    let mut n = 0;
+    loop {
+        let msg = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(format!("catching up: {e}")),
+            Ok(None) | Err(_) => return Err("catching up: the stream stopped delivering".into()),
+        };
+        let Ok(batch) = crate::results::feed::decode(&msg) else { continue };
+        if batch.stream_seq > to {
+            return Ok(n);
+        }
+        engine.on_batch(batch.stream_seq, batch.stored_ms, &batch.results).await;
+        n += 1;
+        let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+        if batch.stream_seq == to || pending == 0 {
+            return Ok(n);
+        }
+    }
+}
+
 /// Runs the evaluator until `shutdown` or until leadership is lost.
 pub(super) async fn evaluate(
     js: &jetstream::Context,
@@ -501,7 +543,7 @@ pub(super) async fn evaluate(
     guard: &crate::lease::leader::LeaderGuard,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let consumer = crate::results::feed::durable(
+    let mut consumer = crate::results::feed::durable(
         js,
         subjects,
         &feed_consumer(subjects.account()),
@@ -510,6 +552,15 @@ pub(super) async fn evaluate(
     )
     .await
     .map_err(|e| e.to_string())?;
+    // What a previous leader was delivered and had not acknowledged comes back only after the
+    // ack wait, behind newer results: read it first, in order, so no result is evaluated after
+    // a later one of the same check (the redelivered copies are skipped by position).
+    let info = consumer.info().await.map_err(|e| e.to_string())?;
+    let (floor, delivered) = (info.ack_floor.stream_sequence, info.delivered.stream_sequence);
+    if delivered > floor {
+        let n = catch_up(js, subjects, engine, floor + 1, delivered).await?;
+        info!(from = floor + 1, to = delivered, messages = n, "alarm evaluator caught up with unacknowledged results");
+    }
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(1000)
