@@ -543,7 +543,7 @@ async fn kill_9_of_the_evaluating_hub_loses_and_repeats_no_transition() {
     let mut first = fleet.hubs.remove(0);
     let pid = first.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
     first.start_kill().unwrap();
     first.wait().await.unwrap();
     let before: Vec<u64> = {
@@ -575,10 +575,9 @@ async fn kill_9_of_the_evaluating_hub_loses_and_repeats_no_transition() {
         assert_eq!(causes, expected, "{id}: one transition per result, in order, none lost or repeated");
         assert!(causes.len() > 6, "{id}: {} transitions", causes.len());
     }
-    // The successor read what its predecessor had been delivered and never acknowledged.
+    // The successor resumed after its predecessor's acknowledged floor.
     let log = std::fs::read_to_string(fleet.path("hub-1.log")).unwrap();
-    let alarm_lines: Vec<&str> = log.lines().filter(|l| l.contains("alarm")).collect();
-    assert!(log.contains("caught up with unacknowledged results"), "{alarm_lines:#?}");
+    assert!(log.contains("resumes after the acknowledged floor"));
     drop(fleet.hubs.drain(..));
     fleet.nats.stop().await;
 }

@@ -202,7 +202,16 @@ impl Engine {
     }
 
     /// Applies one stored result message; returns when every transition it caused is stored.
-    pub(super) async fn on_batch(&mut self, stream_seq: u64, stored_ms: u64, results: &[ResultRecord]) {
+    ///
+    /// # Errors
+    /// When a transition cannot be stored (JetStream unavailable): the message must not be
+    /// acknowledged, and this term ends so the next one starts again from it.
+    pub(super) async fn on_batch(
+        &mut self,
+        stream_seq: u64,
+        stored_ms: u64,
+        results: &[ResultRecord],
+    ) -> Result<(), String> {
         for (index, r) in results.iter().enumerate() {
             // A result's position: its message's sequence and its index in the segment.
             let pos = (stream_seq << 16) | (index as u64 & 0xffff);
@@ -231,10 +240,11 @@ impl Engine {
                 }
                 let track = *track;
                 let id = alarm_id(&host, &check, &rule_id);
-                self.apply_result(i, &id, &track, r, (stream_seq, pos), &labels).await;
+                self.apply_result(i, &id, &track, r, (stream_seq, pos), &labels).await?;
             }
         }
         self.metrics.alarm_results_evaluated.inc_by(results.len() as u64);
+        Ok(())
     }
 
     async fn check_of(&mut self, spec: &str) -> Option<Arc<crate::results::catalog::CheckInfo>> {
@@ -261,22 +271,23 @@ impl Engine {
         r: &ResultRecord,
         (stream_seq, pos): (u64, u64),
         labels: &BTreeMap<String, String>,
-    ) {
+    ) -> Result<(), String> {
+        let mut failures = 0;
         for _ in 0..MAX_CONFLICTS {
             let (seq, current) = match self.alarms.get(id) {
                 Some((s, a)) => (*s, Some(a.clone())),
                 None => (0, None),
             };
             if current.as_ref().is_some_and(|a| a.result_seq >= pos) {
-                return;
+                return Ok(());
             }
             let rule = &self.rules.rules[rule_index];
             let now = now_ms();
             let (next, steps) = eval::on_result(rule, track, current.as_ref(), r, now);
             if steps.is_empty() {
-                return;
+                return Ok(());
             }
-            let Some(mut next) = next else { return };
+            let Some(mut next) = next else { return Ok(()) };
             let (host, check, _) = steward_subjects::subject::parse_alarm_id(id).unwrap_or_default();
             next.id = id.to_owned();
             next.host = host.to_owned();
@@ -294,16 +305,20 @@ impl Engine {
                 message: r.message.clone(),
             };
             match self.store_steps(seq, next, steps, Some(cause)).await {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(AlarmStoreError::Conflict(_)) => self.refresh(id).await,
                 Err(e) => {
+                    failures += 1;
+                    if failures >= 3 {
+                        return Err(format!("alarm {id}: transition not stored: {e}"));
+                    }
                     warn!(alarm = id, error = %e, "alarm transition not stored; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(Duration::from_millis(200 * failures)).await;
                     self.refresh(id).await;
                 }
             }
         }
-        warn!(alarm = id, "alarm transition gave up after repeated conflicts");
+        Err(format!("alarm {id}: transition not stored after {MAX_CONFLICTS} concurrent changes"))
     }
 
     /// Re-reads an alarm from its subject after a conflict.
@@ -493,46 +508,32 @@ impl Engine {
     }
 }
 
-/// Evaluates the stored result messages `from..=to` of the account, in order.
-async fn catch_up(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    engine: &mut Engine,
-    from: u64,
-    to: u64,
-) -> Result<u64, String> {
+/// Where this term's consumer starts. A previous term's consumer is deleted and made again
+/// just after its acknowledged floor: what the previous leader was delivered and never
+/// acknowledged would otherwise come back only after the ack wait, behind newer results, and a
+/// paused predecessor's pull requests would keep taking messages away from this term. Results
+/// already applied come back too and are skipped by their position.
+async fn resume_point(js: &jetstream::Context, name: &str) -> Result<consumer::DeliverPolicy, String> {
     let stream = js.get_stream_no_info(steward_subjects::streams::RESULTS_STREAM).await.map_err(|e| e.to_string())?;
-    let c = stream
-        .create_consumer(consumer::push::OrderedConfig {
-            deliver_subject: engine.client.new_inbox(),
-            filter_subject: subjects.result_put_all(),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    if c.cached_info().num_pending == 0 {
-        return Ok(0);
-    }
-    let mut messages = c.messages().await.map_err(|e| e.to_string())?;
-    let mut n = 0;
-    loop {
-        let msg = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
-            Ok(Some(Ok(m))) => m,
-            Ok(Some(Err(e))) => return Err(format!("catching up: {e}")),
-            Ok(None) | Err(_) => return Err("catching up: the stream stopped delivering".into()),
-        };
-        let Ok(batch) = crate::results::feed::decode(&msg) else { continue };
-        if batch.stream_seq > to {
-            return Ok(n);
+    let info = match stream.consumer_info(name).await {
+        Ok(info) => info,
+        Err(e)
+            if matches!(e.kind(), jetstream::context::ConsumerInfoErrorKind::NotFound)
+                || e.to_string().contains("consumer not found") =>
+        {
+            return Ok(consumer::DeliverPolicy::New)
         }
-        engine.on_batch(batch.stream_seq, batch.stored_ms, &batch.results).await;
-        n += 1;
-        let pending = msg.info().map(|i| i.pending).unwrap_or(0);
-        if batch.stream_seq == to || pending == 0 {
-            return Ok(n);
-        }
-    }
+        Err(e) => return Err(format!("alarm feed consumer: {e}")),
+    };
+    let floor = info.ack_floor.stream_sequence;
+    stream.delete_consumer(name).await.map_err(|e| format!("alarm feed consumer: {e}"))?;
+    info!(after = floor, pending = info.num_ack_pending, "alarm evaluator resumes after the acknowledged floor");
+    Ok(if floor > 0 {
+        consumer::DeliverPolicy::ByStartSequence { start_sequence: floor + 1 }
+    } else {
+        // Nothing acknowledged yet: everything since the consumer was made.
+        consumer::DeliverPolicy::ByStartTime { start_time: info.created }
+    })
 }
 
 /// Runs the evaluator until `shutdown` or until leadership is lost.
@@ -543,24 +544,10 @@ pub(super) async fn evaluate(
     guard: &crate::lease::leader::LeaderGuard,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let mut consumer = crate::results::feed::durable(
-        js,
-        subjects,
-        &feed_consumer(subjects.account()),
-        consumer::DeliverPolicy::New,
-        MAX_ACK_PENDING,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    // What a previous leader was delivered and had not acknowledged comes back only after the
-    // ack wait, behind newer results: read it first, in order, so no result is evaluated after
-    // a later one of the same check (the redelivered copies are skipped by position).
-    let info = consumer.info().await.map_err(|e| e.to_string())?;
-    let (floor, delivered) = (info.ack_floor.stream_sequence, info.delivered.stream_sequence);
-    if delivered > floor {
-        let n = catch_up(js, subjects, engine, floor + 1, delivered).await?;
-        info!(from = floor + 1, to = delivered, messages = n, "alarm evaluator caught up with unacknowledged results");
-    }
+    let name = feed_consumer(subjects.account());
+    let start = resume_point(js, &name).await?;
+    let consumer =
+        crate::results::feed::durable(js, subjects, &name, start, MAX_ACK_PENDING).await.map_err(|e| e.to_string())?;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(1000)
@@ -593,7 +580,7 @@ pub(super) async fn evaluate(
                     None => return Err("alarm feed ended".into()),
                 };
                 match crate::results::feed::decode(&msg) {
-                    Ok(batch) => engine.on_batch(batch.stream_seq, batch.stored_ms, &batch.results).await,
+                    Ok(batch) => engine.on_batch(batch.stream_seq, batch.stored_ms, &batch.results).await?,
                     Err(e) => warn!(error = %e, "undecodable stored result message: not evaluated"),
                 }
                 if let Err(e) = msg.ack().await {
