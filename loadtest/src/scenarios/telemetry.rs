@@ -227,6 +227,9 @@ async fn wait_for_evaluator(client: &async_nats::Client, subjects: &Subjects) ->
 /// Publish acknowledgement times of the segments, by stream sequence.
 type Acked = Arc<Mutex<HashMap<u64, Instant>>>;
 
+/// What the listener saw: latencies, deliveries per (alarm, cause), transitions received.
+type Received = Arc<Mutex<(Latency, HashMap<String, u64>, u64)>>;
+
 /// One step at `rate` results/s for `step_secs`; returns the report, the rounds it sent and
 /// the p99 of result-to-transition.
 #[allow(clippy::too_many_arguments)]
@@ -242,8 +245,7 @@ async fn step(
 ) -> anyhow::Result<(ScenarioReport, u64, Option<Duration>)> {
     let js = jetstream::new(client.clone());
     let acked: Acked = Arc::default();
-    let received: Arc<Mutex<(Latency, HashMap<String, u64>, u64)>> =
-        Arc::new(Mutex::new((Latency::new(), HashMap::new(), 0)));
+    let received: Received = Arc::new(Mutex::new((Latency::new(), HashMap::new(), 0)));
     // Transitions arrive on the alarm's event subject as they are stored.
     let mut events = client.subscribe(subjects.alarm_events_all()).await?;
     let (a2, r2) = (acked.clone(), received.clone());
