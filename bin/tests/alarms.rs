@@ -319,6 +319,21 @@ async fn alarm_fires_after_n_breaches_clears_past_its_clear_threshold_and_notifi
     assert_eq!(ok[0]["id"], id);
     // Acknowledging a resolved alarm is refused.
     assert!(json(&fleet.url, &["ack", &id]).await.unwrap_err().contains("not firing"));
+    // The alarms bucket mirrors the alarm as its last transition left it.
+    let kv = async_nats::jetstream::new(nats.clone()).get_key_value("steward_alarms").await.unwrap();
+    eventually(WAIT, POLL, || async {
+        let v = kv.get(format!("acme.alarm.{id}")).await.map_err(|e| e.to_string())?.ok_or("no record")?;
+        let a: steward_subjects::api::alarm::AlarmRecord =
+            steward_subjects::codec::decode(steward_subjects::codec::Encoding::MsgPack, &v)
+                .map_err(|e| e.to_string())?;
+        if a.n == 3 && !a.firing {
+            Ok(())
+        } else {
+            Err(format!("bucket has n={} firing={}", a.n, a.firing))
+        }
+    })
+    .await
+    .unwrap();
     drop(fleet.hubs.drain(..));
     fleet.nats.stop().await;
 }

@@ -144,6 +144,88 @@ pub(super) struct Engine {
     unknown: HashMap<String, tokio::time::Instant>,
     started_ms: u64,
     metrics: &'static crate::metrics::Metrics,
+    /// Alarms to write to the bucket (its mirror of the stream), off the hot path.
+    mirror: tokio::sync::mpsc::UnboundedSender<AlarmRecord>,
+    _mirror_task: AbortOnDrop,
+}
+
+/// Aborts a task when dropped (the mirror writer ends with its engine).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Transitions decided for one stored message, by alarm.
+#[derive(Default)]
+struct Plan {
+    alarms: Vec<Planned>,
+    index: HashMap<String, usize>,
+}
+
+impl Plan {
+    fn entry(&mut self, id: &str, seq_before: u64) -> &mut Planned {
+        let i = match self.index.get(id) {
+            Some(i) => *i,
+            None => {
+                self.alarms.push(Planned { id: id.to_owned(), seq_before, events: Vec::new(), decisions: Vec::new() });
+                self.index.insert(id.to_owned(), self.alarms.len() - 1);
+                self.alarms.len() - 1
+            }
+        };
+        &mut self.alarms[i]
+    }
+}
+
+/// One alarm's planned transitions.
+struct Planned {
+    id: String,
+    /// The alarm's stream sequence before this message.
+    seq_before: u64,
+    events: Vec<AlarmEvent>,
+    /// What was decided, to decide again after a conflict.
+    decisions: Vec<Decision>,
+}
+
+/// One (result, rule) decision of a message.
+#[derive(Clone)]
+struct Decision {
+    rule: usize,
+    result: usize,
+    track: Track,
+    pos: u64,
+    labels: BTreeMap<String, String>,
+}
+
+/// Alarms whose transitions are appended at once (each alarm's in order).
+const APPEND_CONCURRENCY: usize = 256;
+
+/// Writes alarm records to the bucket, newest per alarm, a batch at a time.
+async fn mirror(store: AlarmStore, mut rx: tokio::sync::mpsc::UnboundedReceiver<AlarmRecord>) {
+    while let Some(first) = rx.recv().await {
+        let mut latest: HashMap<String, AlarmRecord> = HashMap::new();
+        latest.insert(first.id.clone(), first);
+        while let Ok(more) = rx.try_recv() {
+            match latest.get(&more.id) {
+                Some(have) if have.n >= more.n => {}
+                _ => {
+                    latest.insert(more.id.clone(), more);
+                }
+            }
+        }
+        futures::stream::iter(latest.into_values())
+            .for_each_concurrent(64, |a| {
+                let store = store.clone();
+                async move {
+                    if let Err(e) = store.record(&a).await {
+                        debug!(alarm = a.id, error = %e, "alarm record not mirrored to the bucket");
+                    }
+                }
+            })
+            .await;
+    }
 }
 
 impl Engine {
@@ -159,6 +241,8 @@ impl Engine {
         let alarms =
             store.all(client).await?.into_iter().map(|(seq, ev)| (ev.alarm.id.clone(), (seq, ev.alarm))).collect();
         let silences = store.silences(client).await?.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mirror_task = AbortOnDrop(tokio::spawn(mirror(store.clone(), rx)));
         let mut engine = Engine {
             client: client.clone(),
             store,
@@ -172,6 +256,8 @@ impl Engine {
             unknown: HashMap::new(),
             started_ms: now_ms(),
             metrics: crate::metrics::global(),
+            mirror: tx,
+            _mirror_task: mirror_task,
         };
         engine.reload_rules().await;
         Ok(engine)
@@ -212,6 +298,7 @@ impl Engine {
         stored_ms: u64,
         results: &[ResultRecord],
     ) -> Result<(), String> {
+        let mut plan = Plan::default();
         for (index, r) in results.iter().enumerate() {
             // A result's position: its message's sequence and its index in the segment.
             let pos = (stream_seq << 16) | (index as u64 & 0xffff);
@@ -240,11 +327,152 @@ impl Engine {
                 }
                 let track = *track;
                 let id = alarm_id(&host, &check, &rule_id);
-                self.apply_result(i, &id, &track, r, (stream_seq, pos), &labels).await?;
+                let decision = Decision { rule: i, result: index, track, pos, labels: labels.clone() };
+                self.decide(&id, decision, r, stream_seq, &mut plan);
             }
         }
+        self.store_plan(plan, stream_seq, results).await?;
         self.metrics.alarm_results_evaluated.inc_by(results.len() as u64);
         Ok(())
+    }
+
+    /// Decides one (result, rule) against the alarm as this batch has left it so far, and
+    /// adds its transitions to `plan` (the in-memory alarm moves on at once; its stream
+    /// sequence only once stored).
+    fn decide(&mut self, id: &str, d: Decision, r: &ResultRecord, stream_seq: u64, plan: &mut Plan) {
+        let current = self.alarms.get(id).cloned();
+        if current.as_ref().is_some_and(|(_, a)| a.result_seq >= d.pos) {
+            return;
+        }
+        let rule = &self.rules.rules[d.rule];
+        let now = now_ms();
+        let (next, steps) = eval::on_result(rule, &d.track, current.as_ref().map(|(_, a)| a), r, now);
+        let entry = plan.entry(id, current.as_ref().map_or(0, |(s, _)| *s));
+        entry.decisions.push(d.clone());
+        if steps.is_empty() {
+            return;
+        }
+        let Some(mut next) = next else { return };
+        let (host, check, _) = steward_subjects::subject::parse_alarm_id(id).unwrap_or_default();
+        next.id = id.to_owned();
+        next.host = host.to_owned();
+        next.check = check.to_owned();
+        next.rule = rule.id.clone();
+        next.labels = d.labels;
+        next.result_seq = d.pos;
+        let cause = Cause {
+            result_seq: stream_seq,
+            spec: r.spec.clone(),
+            key: r.idempotency_key(),
+            status: Some(r.status),
+            metrics: r.metrics.clone(),
+            ended_at_ms: r.ended_at_ms,
+            message: r.message.clone(),
+        };
+        let events = self.events(next, steps, Some(cause), now);
+        if let Some(last) = events.last() {
+            let seq = current.as_ref().map_or(0, |(s, _)| *s);
+            self.alarms.insert(id.to_owned(), (seq, last.alarm.clone()));
+        }
+        entry.events.extend(events);
+    }
+
+    /// Stores the planned transitions: alarms concurrently, each alarm's in order. An alarm
+    /// whose append meets a concurrent writer is read back and decided again, result by
+    /// result.
+    async fn store_plan(&mut self, plan: Plan, stream_seq: u64, results: &[ResultRecord]) -> Result<(), String> {
+        let store = self.store.clone();
+        let jobs: Vec<(String, u64, Vec<AlarmEvent>)> = plan
+            .alarms
+            .iter()
+            .filter(|a| !a.events.is_empty())
+            .map(|a| (a.id.clone(), a.seq_before, a.events.clone()))
+            .collect();
+        let outcomes: Vec<(String, Result<u64, AlarmStoreError>, Vec<AlarmEvent>)> = futures::stream::iter(jobs)
+            .map(|(id, mut seq, events)| {
+                let store = store.clone();
+                async move {
+                    for ev in &events {
+                        match store.append(ev, seq).await {
+                            Ok(s) => seq = s,
+                            Err(e) => return (id, Err(e), events),
+                        }
+                    }
+                    (id, Ok(seq), events)
+                }
+            })
+            .buffer_unordered(APPEND_CONCURRENCY)
+            .collect()
+            .await;
+        let mut redo = Vec::new();
+        for (id, outcome, events) in outcomes {
+            match outcome {
+                Ok(seq) => {
+                    for ev in &events {
+                        self.metrics
+                            .alarm_transitions
+                            .get_or_create(&crate::metrics::TransitionLabels::of(ev.kind))
+                            .inc();
+                    }
+                    if let Some(entry) = self.alarms.get_mut(&id) {
+                        entry.0 = seq;
+                    }
+                    if let Some(last) = events.last() {
+                        let _ = self.mirror.send(last.alarm.clone());
+                        let resolved = events.iter().any(|e| {
+                            e.kind == TransitionKind::Resolved
+                                || (e.kind == TransitionKind::FlappingEnded && !e.alarm.firing)
+                        });
+                        if resolved {
+                            self.expire_on_resolve(&last.alarm).await;
+                        }
+                    }
+                }
+                Err(AlarmStoreError::Conflict(_)) => redo.push(id),
+                Err(e) => {
+                    self.refresh(&id).await;
+                    return Err(format!("alarm {id}: transition not stored: {e}"));
+                }
+            }
+        }
+        for id in redo {
+            self.refresh(&id).await;
+            let decisions = plan.alarms.iter().find(|a| a.id == id).map(|a| a.decisions.clone()).unwrap_or_default();
+            for d in decisions {
+                let r = &results[d.result];
+                self.apply_result(d.rule, &id, &d.track, r, (stream_seq, d.pos), &d.labels).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The events of `steps`, numbered after `next.n`, each carrying the alarm after it.
+    fn events(&self, mut next: AlarmRecord, steps: Vec<Step>, cause: Option<Cause>, now: u64) -> Vec<AlarmEvent> {
+        next.silenced_by = self.silences.values().filter(|s| covers(s, &next, now)).map(|s| s.id.clone()).collect();
+        next.silenced_by.sort();
+        let base = next.n;
+        let mut out = Vec::with_capacity(steps.len());
+        for (k, step) in steps.into_iter().enumerate() {
+            let mut alarm = next.clone();
+            alarm.n = base + 1 + k as u64;
+            let notify = match step.kind {
+                TransitionKind::Firing | TransitionKind::Resolved => alarm.notifies(),
+                TransitionKind::FlappingStarted | TransitionKind::FlappingEnded => alarm.silenced_by.is_empty(),
+                _ => false,
+            };
+            out.push(AlarmEvent {
+                kind: step.kind,
+                n: alarm.n,
+                at_ms: now,
+                alarm,
+                cause: cause.clone(),
+                notify,
+                detail: step.detail,
+                by: "evaluator".into(),
+                seq: 0,
+            });
+        }
+        out
     }
 
     async fn check_of(&mut self, spec: &str) -> Option<Arc<crate::results::catalog::CheckInfo>> {
@@ -338,43 +566,23 @@ impl Engine {
     async fn store_steps(
         &mut self,
         mut seq: u64,
-        mut next: AlarmRecord,
+        next: AlarmRecord,
         steps: Vec<Step>,
         cause: Option<Cause>,
     ) -> Result<(), AlarmStoreError> {
-        let now = now_ms();
-        next.silenced_by = self.silences.values().filter(|s| covers(s, &next, now)).map(|s| s.id.clone()).collect();
-        next.silenced_by.sort();
-        let base = next.n;
+        let events = self.events(next, steps, cause, now_ms());
         let mut resolved = false;
-        for (k, step) in steps.into_iter().enumerate() {
-            let mut alarm = next.clone();
-            alarm.n = base + 1 + k as u64;
-            let notify = match step.kind {
-                TransitionKind::Firing | TransitionKind::Resolved => alarm.notifies(),
-                TransitionKind::FlappingStarted | TransitionKind::FlappingEnded => alarm.silenced_by.is_empty(),
-                _ => false,
-            };
-            resolved |=
-                step.kind == TransitionKind::Resolved || (step.kind == TransitionKind::FlappingEnded && !alarm.firing);
-            let ev = AlarmEvent {
-                kind: step.kind,
-                n: alarm.n,
-                at_ms: now,
-                alarm: alarm.clone(),
-                cause: cause.clone(),
-                notify,
-                detail: step.detail,
-                by: "evaluator".into(),
-                seq: 0,
-            };
+        for ev in events {
             seq = self.store.append(&ev, seq).await?;
             self.metrics.alarm_transitions.get_or_create(&crate::metrics::TransitionLabels::of(ev.kind)).inc();
-            self.alarms.insert(alarm.id.clone(), (seq, alarm.clone()));
-            next = alarm;
-        }
-        if resolved {
-            self.expire_on_resolve(&next).await;
+            resolved |=
+                ev.kind == TransitionKind::Resolved || (ev.kind == TransitionKind::FlappingEnded && !ev.alarm.firing);
+            self.alarms.insert(ev.alarm.id.clone(), (seq, ev.alarm.clone()));
+            let _ = self.mirror.send(ev.alarm.clone());
+            if resolved {
+                self.expire_on_resolve(&ev.alarm).await;
+                resolved = false;
+            }
         }
         Ok(())
     }
@@ -492,6 +700,7 @@ impl Engine {
             match self.store.append(&ev, seq).await {
                 Ok(s) => {
                     self.metrics.alarm_transitions.get_or_create(&crate::metrics::TransitionLabels::of(kind)).inc();
+                    let _ = self.mirror.send(alarm.clone());
                     self.alarms.insert(id, (s, alarm));
                 }
                 Err(e) => {

@@ -11,8 +11,8 @@
 //! the submit path in front of it is the `results` scenario. Every series' metric `v` flips
 //! between breaching and not every `telemetry.flip_every` rounds (phases spread), and one rule
 //! fires on `v > 0.5`: the scenario knows exactly which transitions must come, checks that each
-//! came exactly once, and measures each one's latency from its segment's publish
-//! acknowledgement to its arrival on the `alarm.event` subject (both on this machine's clock).
+//! came exactly once, and measures each one's latency from its segment's publish (the store
+//! round trip included) to its arrival on the `alarm.event` subject (one clock).
 //! Hub CPU per result comes from the hub process's CPU time over the step.
 
 use std::collections::HashMap;
@@ -79,10 +79,12 @@ impl Sizes {
     }
 }
 
-/// Whether series (`host`, `check`) breaches in `round`.
+/// Whether series (`host`, `check`) breaches in `round`: no series breaches in round 0, then
+/// each starts at its own phase (spread over the first `2 × flip_every` rounds, so there is no
+/// storm of first firings) and flips every `flip_every` rounds.
 fn breaching(host: u64, check: u64, round: u64, flip_every: u64) -> bool {
-    let phase = (host * 7 + check * 13) % (2 * flip_every);
-    ((round + phase) / flip_every) % 2 == 1
+    let phase = 1 + (host * 7 + check * 13) % (2 * flip_every);
+    round >= phase && ((round - phase) / flip_every) % 2 == 0
 }
 
 async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
@@ -224,8 +226,8 @@ async fn wait_for_evaluator(client: &async_nats::Client, subjects: &Subjects) ->
     Ok(())
 }
 
-/// Publish acknowledgement times of the segments, by stream sequence.
-type Acked = Arc<Mutex<HashMap<u64, Instant>>>;
+/// When each segment was published, by `<host>:<round>`.
+type Acked = Arc<Mutex<HashMap<String, Instant>>>;
 
 /// What the listener saw: latencies, deliveries per (alarm, cause), transitions received.
 type Received = Arc<Mutex<(Latency, HashMap<String, u64>, u64)>>;
@@ -254,8 +256,9 @@ async fn step(
             let now = Instant::now();
             let Ok(ev) = codec::decode::<AlarmEvent>(Encoding::MsgPack, &msg.payload) else { continue };
             let Some(cause) = ev.cause else { continue };
-            let seg = cause.result_seq;
-            let sent = a2.lock().ok().and_then(|m| m.get(&seg).copied());
+            // The result's seq is its round + 1 (see below).
+            let round = cause.key.rsplit(':').next().and_then(|q| q.parse::<u64>().ok()).unwrap_or(0).saturating_sub(1);
+            let sent = a2.lock().ok().and_then(|m| m.get(&format!("{}:{round}", ev.alarm.host)).copied());
             let mut r = r2.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(t) = sent {
                 r.0.record(now.saturating_duration_since(t));
@@ -309,13 +312,12 @@ async fn step(
             let mut headers = HeaderMap::new();
             headers.insert(SEGMENT_HEADER, n.to_string().as_str());
             let subject = subjects.result_put(&HostId::parse(&host)?, &RuntimeId::parse(&host)?);
+            if let Ok(mut m) = acked.lock() {
+                m.insert(format!("{host}:{round}"), Instant::now());
+            }
             let ack = js.publish_with_headers(subject, headers, payload).await?;
-            let acked = acked.clone();
             pending.push(async move {
-                let a = ack.await?;
-                if let Ok(mut m) = acked.lock() {
-                    m.insert(a.sequence, Instant::now());
-                }
+                ack.await?;
                 anyhow::Ok(())
             });
             while pending.len() >= 2048 {
@@ -331,16 +333,24 @@ async fn step(
     }
     progress.finish();
     let sent = rounds * per_round;
-    // Wait for the transitions to arrive (or stop coming).
-    let deadline = Instant::now() + DRAIN;
-    let mut last = 0;
-    while Instant::now() < deadline {
+    // Wait until the evaluator has taken every result in (its consumer has nothing pending or
+    // unacknowledged) and the transitions stopped coming, or until DRAIN passes with no
+    // progress at all.
+    let mut last = (0, u64::MAX);
+    let mut idle_since = Instant::now();
+    loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let got = received.lock().map(|r| r.2).unwrap_or(0);
-        if got >= expected && got == last {
+        let backlog = evaluator_backlog(&js, subjects).await;
+        if got >= expected && backlog == 0 {
             break;
         }
-        last = got;
+        if (got, backlog) != last {
+            idle_since = Instant::now();
+            last = (got, backlog);
+        } else if idle_since.elapsed() > DRAIN {
+            break;
+        }
     }
     let mut report = m.finish(
         name,
@@ -370,6 +380,16 @@ async fn step(
     });
     let p99 = report.latency.as_ref().map(|l| Duration::from_secs_f64(l.p99_us / 1e6));
     Ok((report, rounds, p99))
+}
+
+/// Results the hub's alarm evaluator has not acknowledged yet (pending + unacknowledged).
+async fn evaluator_backlog(js: &jetstream::Context, subjects: &Subjects) -> u64 {
+    let name = format!("alarms-{}", subjects.account());
+    let Ok(stream) = js.get_stream_no_info(RESULTS_STREAM).await else { return u64::MAX };
+    match stream.consumer_info(&name).await {
+        Ok(info) => info.num_pending + info.num_ack_pending as u64,
+        Err(_) => u64::MAX,
+    }
 }
 
 fn now_ms() -> u64 {
