@@ -200,8 +200,10 @@ fn time(ms: u64) -> String {
     format!("{:04}-{:02}-{:02} {:02}:{:02}", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute())
 }
 
-/// The graph of one reply.
+/// The graph of one reply: one column per step, steps merged when there are more than `width`.
 fn render(r: &TelemetryReply, width: usize) -> String {
+    let steps = usize::try_from((r.to_ms - r.from_ms).div_ceil(r.step_ms.max(1))).unwrap_or(usize::MAX);
+    let width = width.clamp(1, steps.max(1));
     let mut out = format!(
         "{} {}  {} to {} UTC, step {}, from the {} history\n",
         r.host,
