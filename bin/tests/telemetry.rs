@@ -151,28 +151,33 @@ async fn try_query(t: &TelemetryClient, from: u64, to: u64, step: u64) -> Result
     t.query(&q).await.map_err(|e| e.to_string())
 }
 
-/// Per bucket of `width`: (count, min, max, sum, last, failures) of the model's results.
-fn model(results: &[ResultRecord], width: u64) -> BTreeMap<u64, (u64, f64, f64, f64, f64, u64)> {
-    let mut m: BTreeMap<u64, (u64, f64, f64, f64, f64, u64, u64)> = BTreeMap::new();
+/// One bucket: (count, min, max, sum, last, failures).
+type Row = (u64, f64, f64, f64, f64, u64);
+/// Buckets by start.
+type Buckets = BTreeMap<u64, Row>;
+
+/// Per bucket of `width`, the model's results.
+fn model(results: &[ResultRecord], width: u64) -> Buckets {
+    let mut m: BTreeMap<u64, (Row, u64)> = BTreeMap::new();
     for r in results {
         let v = r.metrics["used"];
         let b = r.ended_at_ms - r.ended_at_ms % width;
-        let e = m.entry(b).or_insert((0, f64::INFINITY, f64::NEG_INFINITY, 0.0, 0.0, 0, 0));
+        let (e, last_ts) = m.entry(b).or_insert(((0, f64::INFINITY, f64::NEG_INFINITY, 0.0, 0.0, 0), 0));
         e.0 += 1;
         e.1 = e.1.min(v);
         e.2 = e.2.max(v);
         e.3 += v;
-        if r.ended_at_ms >= e.6 {
+        if r.ended_at_ms >= *last_ts {
             e.4 = v;
-            e.6 = r.ended_at_ms;
+            *last_ts = r.ended_at_ms;
         }
         e.5 += u64::from(r.status == ResultStatus::Fail);
     }
-    m.into_iter().map(|(b, e)| (b, (e.0, e.1, e.2, e.3, e.4, e.5))).collect()
+    m.into_iter().map(|(b, (e, _))| (b, e)).collect()
 }
 
 /// The reply folded back into the model's shape.
-fn folded(r: &TelemetryReply) -> BTreeMap<u64, (u64, f64, f64, f64, f64, u64)> {
+fn folded(r: &TelemetryReply) -> Buckets {
     let used = r.metrics.iter().find(|m| m.metric == "used").map(|m| m.points.clone()).unwrap_or_default();
     let fails: BTreeMap<u64, u64> = r.statuses.iter().map(|s| (s.t_ms, s.counts.fail)).collect();
     used.iter()

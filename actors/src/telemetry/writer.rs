@@ -141,6 +141,9 @@ struct Writer {
 
 type Res<T> = Result<T, StoreError>;
 
+/// A raw point ready to publish: the message, its series, the point.
+type Pending = (Outgoing, SeriesKey, TelemetryPoint);
+
 fn io(what: &'static str) -> impl Fn(String) -> StoreError {
     move |reason| StoreError::Io { what, reason }
 }
@@ -421,7 +424,7 @@ impl Writer {
     /// Writes the raw points of `msgs` (in batches, each behind an intent) and feeds them to the
     /// 1-minute level and the current values.
     async fn write_raw(&mut self, msgs: &[jetstream::Message]) -> Res<()> {
-        let mut items: Vec<((u64, u32), (Outgoing, SeriesKey, TelemetryPoint))> = Vec::new();
+        let mut items: Vec<((u64, u32), Pending)> = Vec::new();
         let mut last_msg = self.cp.raw.done;
         for m in msgs {
             let batch = match feed::decode(m) {
@@ -456,12 +459,7 @@ impl Writer {
     }
 
     /// The raw point of one result, with its series, or `None` for a result that cannot be filed.
-    async fn point_of(
-        &mut self,
-        r: &ResultRecord,
-        pos: (u64, u32),
-        stored_ms: u64,
-    ) -> Option<(Outgoing, SeriesKey, TelemetryPoint)> {
+    async fn point_of(&mut self, r: &ResultRecord, pos: (u64, u32), stored_ms: u64) -> Option<Pending> {
         let Ok(host) = HostId::parse(&r.host) else {
             warn!(host = %r.host, "telemetry: result with an invalid host skipped");
             return None;
@@ -488,7 +486,7 @@ impl Writer {
 
     /// Publishes one batch of points behind an intent, then feeds them on; `last` is the last
     /// result position the batch covers.
-    async fn write_batch(&mut self, batch: Vec<(Outgoing, SeriesKey, TelemetryPoint)>, last: (u64, u32)) -> Res<()> {
+    async fn write_batch(&mut self, batch: Vec<Pending>, last: (u64, u32)) -> Res<()> {
         self.cp.raw.intent = Some((last, self.raw_scan_from));
         self.checkpoint().await?;
         let out: Vec<Outgoing> = batch.iter().map(|(o, _, _)| o.clone()).collect();
