@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{self, consumer, kv};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -33,6 +33,8 @@ fn io(what: &'static str) -> impl Fn(String) -> StoreError {
 
 /// How often a failed publish is sent again before the batch fails.
 const PUBLISH_ATTEMPTS: u32 = 5;
+/// Most messages asked for in one pull while reading a range.
+const READ_BATCH: u64 = 5000;
 /// How long a read of a stream range waits for its next message before it gives up.
 const READ_IDLE: Duration = Duration::from_secs(5);
 
@@ -89,43 +91,50 @@ pub struct Outgoing {
     pub payload: Bytes,
 }
 
-/// Publishes every message (pipelined) and answers each one's stream sequence, in order; a
-/// message whose publish fails is sent again with the same id (the stream drops a copy it
-/// already holds).
+/// Messages in flight at once while publishing (well below the client's limit of unconfirmed
+/// publishes, whose permits are held until each confirmation is read).
+const PUBLISH_WINDOW: usize = 512;
+
+/// Publishes every message (pipelined, [`PUBLISH_WINDOW`] at a time) and answers each one's
+/// stream sequence, in order; a message whose publish fails is sent again with the same id (the
+/// stream drops a copy it already holds).
 ///
 /// # Errors
 /// [`StoreError::Io`] when a message still fails after [`PUBLISH_ATTEMPTS`] tries.
 pub async fn publish_all(js: &jetstream::Context, batch: &[Outgoing]) -> Result<Vec<u64>, StoreError> {
-    let headers = |m: &Outgoing| {
-        let mut h = HeaderMap::new();
-        h.insert("Nats-Msg-Id", m.msg_id.as_str());
-        h
-    };
-    let mut futures = Vec::with_capacity(batch.len());
-    for m in batch {
-        futures.push(js.publish_with_headers(m.subject.clone(), headers(m), m.payload.clone()).await);
-    }
     let mut seqs = Vec::with_capacity(batch.len());
-    for (m, f) in batch.iter().zip(futures) {
-        let mut outcome = match f {
-            Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let mut attempt = 1;
-        while let Err(e) = &outcome {
-            if attempt >= PUBLISH_ATTEMPTS {
-                return Err(io("publish telemetry")(format!("{}: {e}", m.subject)));
-            }
-            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-            attempt += 1;
-            outcome = match js.publish_with_headers(m.subject.clone(), headers(m), m.payload.clone()).await {
+    for window in batch.chunks(PUBLISH_WINDOW) {
+        let mut futures = Vec::with_capacity(window.len());
+        for m in window {
+            futures.push(js.publish_with_headers(m.subject.clone(), msg_headers(m), m.payload.clone()).await);
+        }
+        for (m, f) in window.iter().zip(futures) {
+            let mut outcome = match f {
                 Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
+            let mut attempt = 1;
+            while let Err(e) = &outcome {
+                if attempt >= PUBLISH_ATTEMPTS {
+                    return Err(io("publish telemetry")(format!("{}: {e}", m.subject)));
+                }
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                attempt += 1;
+                outcome = match js.publish_with_headers(m.subject.clone(), msg_headers(m), m.payload.clone()).await {
+                    Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+            }
+            seqs.push(outcome.unwrap_or_default());
         }
-        seqs.push(outcome.unwrap_or_default());
     }
     Ok(seqs)
+}
+
+fn msg_headers(m: &Outgoing) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("Nats-Msg-Id", m.msg_id.as_str());
+    h
 }
 
 /// The last sequence of `stream` (0 when empty).
@@ -163,8 +172,7 @@ pub async fn read_range(
     start: consumer::DeliverPolicy,
     mut visit: impl FnMut(Stored) -> Result<(), StoreError>,
 ) -> Result<u64, StoreError> {
-    let s: stream::Stream<stream::Info> =
-        js.get_stream(stream).await.map_err(|e| io("telemetry stream")(e.to_string()))?;
+    let s = js.get_stream_no_info(stream).await.map_err(|e| io("telemetry stream")(e.to_string()))?;
     let c = s
         .create_consumer(consumer::pull::Config {
             filter_subject: filter.to_owned(),
@@ -182,7 +190,7 @@ pub async fn read_range(
     if total > 0 {
         let mut messages = c
             .stream()
-            .max_messages_per_batch(total.min(1000) as usize)
+            .max_messages_per_batch(usize::try_from(total.min(READ_BATCH)).unwrap_or(1000))
             .messages()
             .await
             .map_err(|e| io("telemetry read")(e.to_string()))?;
@@ -201,6 +209,10 @@ pub async fn read_range(
             visit(Stored { seq, subject: msg.subject.to_string(), msg_id, payload: msg.payload.clone() })?;
         }
     }
-    let _ = s.delete_consumer(&c.cached_info().name).await;
+    // Deleted on the side (it would go by itself after its inactive threshold).
+    let name = c.cached_info().name.clone();
+    tokio::spawn(async move {
+        let _ = s.delete_consumer(&name).await;
+    });
     Ok(read)
 }
