@@ -484,6 +484,7 @@ async fn measure_storage_per_series_day_and_query_latency() {
         cpu_used * 1e6 / total as f64
     );
     let mut lat = Vec::new();
+    let mut hub_side = Vec::new();
     for i in 0..200u64 {
         let q = TelemetryQuery {
             host: format!("h{}", i % series),
@@ -496,11 +497,14 @@ async fn measure_storage_per_series_day_and_query_latency() {
         let t = Instant::now();
         let r = telemetry.query(&q).await.unwrap();
         lat.push(t.elapsed());
+        hub_side.push(Duration::from_micros(r.took_us));
         assert_eq!(r.source, "1m");
         assert_eq!(r.metrics[0].points.len(), 1440);
     }
     lat.sort();
+    hub_side.sort();
     println!("24 h at 1 min (1440 parts read): median {:?}, p99 {:?}, max {:?}", lat[100], lat[197], lat[199]);
+    println!("  of which in the hub: median {:?}, p99 {:?}", hub_side[100], hub_side[197]);
 }
 
 /// `GET /metrics` of `addr`: the value of the first sample line starting with `prefix`.

@@ -77,6 +77,7 @@ pub async fn run(
     retention: &TelemetryRetention,
     q: &TelemetryQuery,
 ) -> Result<TelemetryReply, WireError> {
+    let started = std::time::Instant::now();
     let (host, check) = validate(q)?;
     let level = pick_level(q.step_ms, q.from_ms, crate::now_ms(), retention);
     let from = q.from_ms - q.from_ms % q.step_ms;
@@ -107,6 +108,7 @@ pub async fn run(
         metrics,
         statuses,
         read,
+        took_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
     })
 }
 

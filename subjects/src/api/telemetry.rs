@@ -329,6 +329,8 @@ pub struct TelemetryReply {
     pub statuses: Vec<StatusStep>,
     /// Stored messages read to answer.
     pub read: u64,
+    /// How long the hub took to answer, in µs (reading and folding; not the way to and from it).
+    pub took_us: u64,
 }
 
 /// `telemetry.series`: the series of one host.
