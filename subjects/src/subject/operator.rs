@@ -135,6 +135,7 @@ mod tests {
         assert!(v.publish.contains(&s.host_list()) && v.publish.contains(&s.run_status()));
         assert!(v.publish.contains(&s.alarm_request(super::super::alarm::alarm_verb::LIST)));
         assert_eq!(v.subscribe, vec!["_INBOX.>".to_owned(), "steward.v1.acme.alarm.notify.>".to_owned()]);
+        assert!(v.publish.contains(&s.telemetry_query()) && v.publish.contains(&s.telemetry_series()));
         assert_eq!(s.operator_permissions(OperatorRole::Admin), s.service_permissions());
         assert_eq!(OperatorRole::parse("viewer"), Some(OperatorRole::Viewer));
         assert_eq!(OperatorRole::parse("root"), None);
