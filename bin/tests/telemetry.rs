@@ -598,3 +598,44 @@ async fn a_flush_cut_by_kill_9_is_completed_once() {
     assert_close(&folded(&telemetry.query(&q(60_000)).await.unwrap()), &model(&model_of, 60_000));
     assert_close(&folded(&telemetry.query(&q(HOUR)).await.unwrap()), &model(&model_of, HOUR));
 }
+
+/// Two hubs on one account: exactly one writes (`steward_telemetry_writer` is 1 on one of
+/// them), both answer queries; when the writer is killed the other takes over and the history
+/// stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_hubs_writes_and_the_other_takes_over() {
+    let nats = NatsServer::start(ServerOptions::named("telemetry-two")).await.unwrap();
+    let url = nats.client_url();
+    let account = AccountId::parse("acme").unwrap();
+    let subjects = Subjects::new(account.clone());
+    let mut hubs = vec![hub(&url).await, hub(&url).await];
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = jetstream::new(client.clone());
+    put_spec(&js, &account).await;
+    let telemetry = TelemetryClient::new(client.clone(), subjects.clone());
+    let now = steward_actors::now_ms();
+    let base = now - now % HOUR - 3 * HOUR;
+    let all: Vec<ResultRecord> = (0..360).map(|i| result(base, i)).collect();
+    store_results(&js, &subjects, &all[..180], 30).await;
+    wait_counted(&telemetry, base, base + HOUR, 180).await;
+    let writers = |hubs: &[(tokio::process::Child, SocketAddr)]| {
+        let addrs: Vec<SocketAddr> = hubs.iter().map(|h| h.1).collect();
+        async move {
+            let mut flags = Vec::new();
+            for a in addrs {
+                flags.push(sample(a, "steward_telemetry_writer{account=\"acme\"}").await.unwrap_or(0.0));
+            }
+            flags
+        }
+    };
+    let flags = writers(&hubs).await;
+    assert_eq!(flags.iter().sum::<f64>(), 1.0, "exactly one writer: {flags:?}");
+    let writer = flags.iter().position(|f| *f == 1.0).unwrap();
+    let (mut killed, _) = hubs.remove(writer);
+    killed.start_kill().unwrap();
+    killed.wait().await.unwrap();
+    store_results(&js, &subjects, &all[180..], 30).await;
+    wait_counted(&telemetry, base, base + HOUR, 360).await;
+    assert_eq!(writers(&hubs).await, vec![1.0], "the standby took over");
+    assert_close(&folded(&query(&telemetry, base, base + HOUR, 60_000).await), &model(&all, 60_000));
+}
