@@ -11,3 +11,4 @@ pub mod jobspec;
 pub mod lease;
 pub mod result;
 pub mod run;
+pub mod telemetry;
