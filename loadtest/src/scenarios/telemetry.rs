@@ -128,6 +128,10 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
         }
     }
     ctx.untrack_hub(hub_pid);
+    match query_day(ctx, &setup, &js, &account, &subjects).await {
+        Ok(r) => reports.push(r),
+        Err(e) => eprintln!("telemetry: the 24 h query measurement failed: {e:#}"),
+    }
     if let Some(first) = reports.first_mut() {
         let bytes = stream_bytes(&js).await;
         first.extra["saturation_results_per_sec"] = json!(saturation);
@@ -397,6 +401,114 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// A day of one series (one result every 10 s, ended over the last 24 h, stored in order),
+/// then `telemetry.queries` queries of the whole day at a 1-minute step: their latency.
+async fn query_day(
+    ctx: &Ctx,
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    account: &AccountId,
+    subjects: &Subjects,
+) -> anyhow::Result<ScenarioReport> {
+    use steward_subjects::api::telemetry::{TelemetryQuery, TelemetryReply};
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    const EVERY_MS: u64 = 10_000;
+    let host = Token::parse(TokenKind::Name, "lt-day")?;
+    let id = SpecId::derive(account.as_str(), "c0", TargetKind::Host, host.as_str());
+    let spec = JobSpec {
+        id: id.to_string(),
+        account: account.to_string(),
+        target: SpecTarget { kind: TargetKind::Host, id: host.to_string() },
+        executor: Executor::Command(CommandExecutor { argv: vec!["true".into()], ..Default::default() }),
+        interval_ms: EVERY_MS,
+        timeout_ms: 5000,
+        content_hash: format!("{:032x}", u64::MAX),
+        provenance: Provenance {
+            revision: 1,
+            attestation: "c0".into(),
+            assessment: "probe".into(),
+            ..Default::default()
+        },
+        ..JobSpec::default()
+    };
+    let subject = kv_subject(JOBSPECS_BUCKET, &jobspec_key(account, TargetKind::Host, &host, &id));
+    js.publish(subject, codec::encode(Encoding::MsgPack, &spec)?).await?.await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let now = now_ms();
+    let start = now - DAY_MS;
+    let n = DAY_MS / EVERY_MS;
+    let put = subjects.result_put(&HostId::parse(host.as_str())?, &RuntimeId::parse(host.as_str())?);
+    let mut pending = FuturesUnordered::new();
+    for i in 0..n {
+        let t = start + i * EVERY_MS;
+        let r = ResultRecord {
+            spec: id.to_string(),
+            epoch: 1,
+            seq: i + 1,
+            runtime: host.to_string(),
+            host: host.to_string(),
+            executor: "command".into(),
+            started_at_ms: t,
+            ended_at_ms: t,
+            status: ResultStatus::Pass,
+            metrics: [("v".to_owned(), (i % 100) as f64)].into_iter().collect(),
+            ..ResultRecord::default()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(SEGMENT_HEADER, "1");
+        let payload = codec::encode(Encoding::MsgPack, &ResultSegment { results: vec![r] })?;
+        let ack = js.publish_with_headers(put.clone(), headers, payload).await?;
+        pending.push(std::future::IntoFuture::into_future(ack));
+        while pending.len() >= 1024 {
+            if let Some(r) = pending.next().await {
+                r?;
+            }
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r?;
+    }
+    let q = TelemetryQuery {
+        host: host.to_string(),
+        check: "c0".into(),
+        metric: Some("v".into()),
+        from_ms: start,
+        to_ms: now + 60_000,
+        step_ms: 60_000,
+    };
+    // The writer has the whole day once the query counts every point.
+    steward_deploy::wait::eventually(Duration::from_secs(300), Duration::from_secs(1), || async {
+        let r: TelemetryReply = rpc::request(client, subjects.telemetry_query(), &q, Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+        let count: u64 = r.metrics.iter().flat_map(|m| m.points.iter()).map(|p| p.count).sum();
+        if count >= n {
+            Ok(())
+        } else {
+            Err(format!("{count} of {n} points in history"))
+        }
+    })
+    .await
+    .context("history did not take the day in")?;
+    let queries = ctx.size("telemetry.queries", 200, 20);
+    let mut latency = Latency::new();
+    let m = ctx.begin();
+    for _ in 0..queries {
+        let t = Instant::now();
+        let r: TelemetryReply = rpc::request(client, subjects.telemetry_query(), &q, Duration::from_secs(10)).await?;
+        latency.record_since(t);
+        anyhow::ensure!(r.metrics.first().is_some_and(|m| m.points.len() >= 1440), "a day at 1 min has 1440 steps");
+    }
+    let mut report = m.finish(
+        &format!("{NAME}.query_24h"),
+        "telemetry.query of one series over 24 h at a 1-minute step (1440 steps from 8640 points), one at a time",
+        queries,
+        Some(&latency),
+    );
+    report.params = json!({"points": n, "step_ms": 60_000, "queries": queries});
+    Ok(report)
 }
 
 /// Bytes of the streams the derived state lives in.
