@@ -596,3 +596,23 @@ async fn kill_9_of_the_evaluating_hub_loses_and_repeats_no_transition() {
     drop(fleet.hubs.drain(..));
     fleet.nats.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_judges_the_first_result_of_its_own_revision() {
+    // A check that runs every 10 minutes fails on its first run, right after the apply that
+    // brings both the check and its rule: the evaluator must judge that result by the new
+    // revision's rules, not by the ones it read on its last tick.
+    let mut fleet = Fleet::start("alarms-first", &[]).await;
+    let doc = serde_json::json!({
+        "controls": [{"id": "c1"}],
+        "components": [{"id": "web", "selector": "role=web", "controls": ["c1"]}],
+        "assessments": [{"id": "broken", "executor": {"kind": "command", "argv": ["false"]}, "interval": "10m", "timeout": "5s"}],
+        "attestations": [{"id": "svc", "assessment": "broken", "component": "web"}],
+        "alarms": [{"id": "down", "check": "svc", "when": {"status": ["fail"]}}]
+    });
+    fleet.apply(&doc.to_string()).await;
+    let firing = fleet.wait_for(&format!("{HOST}.svc.down"), "firing", 0).await;
+    assert_eq!(firing["cause"]["status"], "fail");
+    drop(fleet.hubs.drain(..));
+    fleet.nats.stop().await;
+}

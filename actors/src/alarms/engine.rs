@@ -51,6 +51,8 @@ const CATALOG_WAIT: Duration = Duration::from_secs(2);
 const UNKNOWN_SPEC_TTL: Duration = Duration::from_secs(30);
 /// How often staleness and silence expiry are checked, and the rules re-read.
 const TICK: Duration = Duration::from_secs(1);
+/// Least time between two reads of the rules asked for by results of a newer revision.
+const RULES_REREAD: Duration = Duration::from_millis(100);
 /// Attempts to store one transition that keeps meeting concurrent writers.
 const MAX_CONFLICTS: usize = 8;
 
@@ -144,6 +146,8 @@ pub(super) struct Engine {
     silences: HashMap<String, Silence>,
     unknown: HashMap<String, tokio::time::Instant>,
     started_ms: u64,
+    /// When the rules were last read.
+    rules_read_at: tokio::time::Instant,
     metrics: &'static crate::metrics::Metrics,
     /// Alarms to write to the bucket (its mirror of the stream), off the hot path.
     mirror: tokio::sync::mpsc::UnboundedSender<AlarmRecord>,
@@ -261,6 +265,7 @@ impl Engine {
             silences,
             unknown: HashMap::new(),
             started_ms: now_ms(),
+            rules_read_at: tokio::time::Instant::now(),
             metrics: crate::metrics::global(),
             mirror: tx,
             _mirror_task: mirror_task,
@@ -271,6 +276,7 @@ impl Engine {
 
     /// Re-reads the rules when a newer configuration revision exists.
     pub(super) async fn reload_rules(&mut self) {
+        self.rules_read_at = tokio::time::Instant::now();
         let js = jetstream::new(self.client.clone());
         let Ok(config_kv) = js.get_key_value(CONFIG_BUCKET).await else { return };
         let account = self.store.subjects().account().clone();
@@ -316,6 +322,12 @@ impl Engine {
             // A result's position: its message's sequence and its index in the segment.
             let pos = (stream_seq << 16) | (index as u64 & 0xffff);
             let Some(info) = self.check_of(&r.spec).await else { continue };
+            if info.revision > self.rules.revision && self.rules_read_at.elapsed() > RULES_REREAD {
+                // A spec of a revision newer than the rules: its rules are newer too (the
+                // archive is stored before its specs are rendered). Judge it by them, not by
+                // the rules of the last tick.
+                self.reload_rules().await;
+            }
             let host = r.host.clone();
             let check = info.check.clone();
             self.seen.insert((host.clone(), check.clone()), Seen { last_ms: stored_ms, interval_ms: info.interval_ms });
