@@ -7,7 +7,8 @@
 //! (results stored behind the fence and read back), [`runtime`] (leases and runs checks),
 //! [`connector`] (host presence, registry, durable commands), [`dispatcher`] (runs),
 //! [`edge`] (the host side), [`worker`] (the host's run worker), [`enablement`] (hosts kept at
-//! the revision's services), [`health`] (per-connection health service). Around them:
+//! the revision's services), [`health`] (per-connection health service), [`remediation`]
+//! (guarded runs for firing alarms, then a re-check). Around them:
 //! [`supervisor`] (linked children, restarts with back-off and counters, ordered shutdown),
 //! [`status`] (the board the supervisor publishes component states on), [`process`] (the
 //! components a process's roles ask for), [`metrics`] (the OpenMetrics families and the
@@ -28,6 +29,7 @@ pub mod lease;
 pub mod metrics;
 pub mod process;
 pub mod process_group;
+pub mod remediation;
 pub mod renderer;
 pub mod results;
 pub mod runtime;

@@ -82,7 +82,7 @@ impl AlarmStore {
         headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
         headers.insert("Nats-Msg-Id", format!("{}:{}", event.alarm.id, event.n).as_str());
         steward_subjects::trace::inject(&mut headers);
-        let ack = match self.js.publish_with_headers(subject, headers, payload.into()).await {
+        let ack = match self.js.publish_with_headers(subject, headers, payload).await {
             Ok(f) => f.await,
             Err(e) => return Err(unavailable(e)),
         };
@@ -219,7 +219,7 @@ impl AlarmStore {
     /// [`AlarmStoreError::Unavailable`] when the bucket cannot be written.
     pub async fn put_silence(&self, s: &Silence) -> Result<(), AlarmStoreError> {
         let bytes = codec::encode(Encoding::MsgPack, s).map_err(|e| AlarmStoreError::Corrupt(e.to_string()))?;
-        self.kv.put(silence_key(self.subjects.account(), &s.id), bytes.into()).await.map_err(unavailable)?;
+        self.kv.put(silence_key(self.subjects.account(), &s.id), bytes).await.map_err(unavailable)?;
         Ok(())
     }
 

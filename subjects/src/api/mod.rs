@@ -9,5 +9,6 @@ pub mod health;
 pub mod host;
 pub mod jobspec;
 pub mod lease;
+pub mod remediation;
 pub mod result;
 pub mod run;

@@ -163,7 +163,8 @@ impl Subjects {
     /// runtime (whose runtime id is the host id) may call the lease endpoints
     /// (`jobspec.{lease,renew,mine,release}`) and `result.submit` as itself only (subjects ending
     /// in `.<host>.<host>`, from which the hub takes the caller's identity), and hears its own
-    /// `jobspec.notice.<host>` and the account's `jobspec.available`; not `jobspec.leases`
+    /// `jobspec.notice.<host>`, `jobspec.recheck.<host>` and the account's `jobspec.available`;
+    /// not `jobspec.leases`
     /// and no object-store rights (outputs too large for a result are not uploaded).
     #[must_use]
     pub fn host_permissions(&self, host: &HostId) -> HostPermissions {
@@ -200,6 +201,7 @@ impl Subjects {
             self.jobspec_available(),
         ];
         subscribe.extend(runtime.as_ref().map(|rt| self.jobspec_notice(rt)));
+        subscribe.extend(runtime.as_ref().map(|rt| self.jobspec_recheck(rt)));
         HostPermissions { publish, subscribe }
     }
 }
