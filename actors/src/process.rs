@@ -77,6 +77,8 @@ pub struct ProcessConfig {
     pub edge_creds: BTreeMap<HostId, PathBuf>,
     /// Settings of the lease service (lease TTL, leader-lock TTL, ...).
     pub lease: crate::lease::LeaseConfig,
+    /// Webhook URLs alarm notifications are POSTed to (`--alarm-webhook`).
+    pub alarm_webhooks: Vec<String>,
 }
 
 impl ProcessConfig {
@@ -97,6 +99,7 @@ impl ProcessConfig {
             trusted_key: None,
             edge_creds: BTreeMap::new(),
             lease: crate::lease::LeaseConfig::default(),
+            alarm_webhooks: Vec::new(),
         }
     }
 }
@@ -185,6 +188,12 @@ impl RunningProcess {
             // dispatcher it drives.
             let enablement = crate::enablement::EnablementArgs::new(client.clone(), subjects.clone());
             children.push(ChildSpec::new("enablement", move || (crate::enablement::Enablement, enablement.clone())));
+            let alarms = crate::alarms::AlarmsArgs {
+                client: client.clone(),
+                subjects: subjects.clone(),
+                webhooks: config.alarm_webhooks.clone(),
+            };
+            children.push(ChildSpec::new("alarms", move || (crate::alarms::Alarms, alarms.clone())));
             // Health starts last and stops first: once `$SRV.PING` answers for the hub, every hub
             // component before it is serving.
             children.push(ChildSpec::new("health", move || (HealthService, health.clone())));

@@ -181,6 +181,14 @@ pub enum Command {
     Results(crate::commands::runtime::ResultsArgs),
     /// Show messages Steward's consumers dropped (terminated or never acknowledged), with why.
     DeadLetters(crate::commands::dead_letters::DeadLettersArgs),
+    /// List alarms (`--state firing`, `--selector`, `--host`).
+    Alarms(crate::commands::alarms::AlarmsArgs),
+    /// Show one alarm and its timeline: transitions, silences, acknowledgements, remediations.
+    Alarm(crate::commands::alarms::AlarmArgs),
+    /// Acknowledge a firing alarm.
+    Ack(crate::commands::alarms::AckArgs),
+    /// Silence alarms by selector, host, check or rule until a time (`add`, `list`, `expire`).
+    Silence(crate::commands::alarms::SilenceArgs),
     /// Print the version.
     Version,
     /// Run a program that ends when its parent ends (used by `steward up` and `steward node`
@@ -265,9 +273,22 @@ pub struct ServerArgs {
     /// the leader stopped refreshing it (`10s`; a unit is required; at least `300ms`).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub leader_ttl: std::time::Duration,
+    /// POST every alarm notification (JSON, header `Steward-Event-Id`) to this URL, retrying
+    /// with back-off until it answers 2xx (repeatable).
+    #[arg(long = "alarm-webhook", value_parser = parse_webhook)]
+    pub alarm_webhooks: Vec<String>,
     /// Metrics endpoint.
     #[command(flatten)]
     pub metrics: crate::commands::metrics::MetricsArgs,
+}
+
+fn parse_webhook(s: &str) -> Result<String, String> {
+    let lower = s.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not an http:// or https:// URL"))
+    }
 }
 
 /// Options of `steward edge`.

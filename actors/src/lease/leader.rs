@@ -82,8 +82,21 @@ impl LeaderLock {
         instance: &str,
         ttl: Duration,
     ) -> Result<Option<LeaderLock>, LeaderError> {
+        Self::try_acquire_key(js, lease_leader_key(account), instance, ttl).await
+    }
+
+    /// As [`Self::try_acquire`], for the lock kept under `key` of `steward_leases` (other
+    /// single-writer roles of an account, such as the alarm evaluator, use their own key).
+    ///
+    /// # Errors
+    /// As [`Self::try_acquire`].
+    pub async fn try_acquire_key(
+        js: &jetstream::Context,
+        key: String,
+        instance: &str,
+        ttl: Duration,
+    ) -> Result<Option<LeaderLock>, LeaderError> {
         let kv = js.get_key_value(LEASES_BUCKET).await.map_err(|e| LeaderError::Store(e.to_string()))?;
-        let key = lease_leader_key(account);
         let current = kv.entry(&key).await.map_err(|e| LeaderError::Store(e.to_string()))?;
         let sent_at = now_ms();
         let (generation, revision) = match &current {

@@ -85,6 +85,20 @@ struct DurationLabels {
     executor: String,
 }
 
+/// Labels of an alarm transition series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    kind: String,
+}
+
+impl TransitionLabels {
+    /// The series of one transition kind.
+    #[must_use]
+    pub fn of(kind: steward_subjects::api::alarm::TransitionKind) -> Self {
+        TransitionLabels { kind: kind.as_str().to_owned() }
+    }
+}
+
 /// Check duration buckets: 1 ms to about 65 s, doubling.
 fn check_duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -107,6 +121,31 @@ pub struct Metrics {
     outbox_age: Family<RuntimeLabels, Gauge<f64, AtomicU64>>,
     checks: Family<CheckLabels, Counter>,
     check_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    /// Results the alarm evaluator took into account.
+    pub(crate) alarm_results_evaluated: Counter,
+    /// Alarm transitions stored by this hub, by kind.
+    pub(crate) alarm_transitions: Family<TransitionLabels, Counter>,
+    /// Alarms the evaluator knows (firing or not).
+    pub(crate) alarms_known: Gauge,
+    /// Alarms firing now.
+    pub(crate) alarms_firing: Gauge,
+    /// Notifications delivered, by sink (`nats`, `webhook`) and outcome.
+    pub(crate) alarm_notifications: Family<NotificationLabels, Counter>,
+}
+
+/// Labels of a notification series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    sink: String,
+    outcome: String,
+}
+
+impl NotificationLabels {
+    /// One sink's outcome.
+    #[must_use]
+    pub fn of(sink: &str, outcome: &str) -> Self {
+        NotificationLabels { sink: sink.to_owned(), outcome: outcome.to_owned() }
+    }
 }
 
 impl Default for Metrics {
@@ -134,6 +173,11 @@ impl Metrics {
             outbox_age: Family::default(),
             checks: Family::default(),
             check_duration: Family::new_with_constructor(check_duration_histogram),
+            alarm_results_evaluated: Counter::default(),
+            alarm_transitions: Family::default(),
+            alarms_known: Gauge::default(),
+            alarms_firing: Gauge::default(),
+            alarm_notifications: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -177,6 +221,27 @@ impl Metrics {
             "How long checks took to run, by executor",
             Unit::Seconds,
             m.check_duration.clone(),
+        );
+        r.register(
+            "steward_alarm_results_evaluated",
+            "Stored results the alarm evaluator of this hub took into account",
+            m.alarm_results_evaluated.clone(),
+        );
+        r.register(
+            "steward_alarm_transitions",
+            "Alarm transitions stored by this hub, by kind",
+            m.alarm_transitions.clone(),
+        );
+        r.register("steward_alarms", "Alarms the evaluator of this hub knows (firing or not)", m.alarms_known.clone());
+        r.register(
+            "steward_alarms_firing",
+            "Alarms firing now, as the evaluator of this hub sees them",
+            m.alarms_firing.clone(),
+        );
+        r.register(
+            "steward_alarm_notifications",
+            "Alarm notifications sent by this hub, by sink and outcome",
+            m.alarm_notifications.clone(),
         );
         m
     }

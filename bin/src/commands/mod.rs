@@ -1,6 +1,7 @@
 //! One function per subcommand; [`hosts`] (hosts, host, ensure-worker), [`creds`] and
 //! [`config`] (apply, plan, get, history, diff, rollback, schema, jobspecs) have their own files.
 
+pub mod alarms;
 pub mod cluster;
 pub mod config;
 pub mod creds;
@@ -342,6 +343,7 @@ pub async fn server(global: &Global, args: ServerArgs) -> anyhow::Result<()> {
                     .map(|url| steward_actors::config_manager::ConfigSource { url, poll: args.poll }),
                 signing_key: args.signing_key.clone(),
                 lease: lease.clone(),
+                alarm_webhooks: args.alarm_webhooks.clone(),
                 ..ProcessConfig::hub(&global.nats, t.account.clone())
             }
         })

@@ -135,7 +135,8 @@ pub struct AlarmRecord {
     pub labels: BTreeMap<String, String>,
     /// Number of the last transition (1, 2, ...).
     pub n: u64,
-    /// Stream sequence of the last stored result this alarm has taken into account.
+    /// Position of the last stored result this alarm has taken into account: the stream
+    /// sequence of its message × 65,536 + its index in that segment.
     pub result_seq: u64,
 }
 

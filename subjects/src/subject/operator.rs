@@ -44,7 +44,7 @@ impl Subjects {
     /// The read endpoints a viewer may request (each answered by a micro service).
     #[must_use]
     pub fn read_endpoints(&self) -> Vec<String> {
-        vec![
+        let mut out = vec![
             self.host_status(),
             self.host_list(),
             self.host_outcome(),
@@ -61,7 +61,9 @@ impl Subjects {
             self.run_list(),
             self.health_status(),
             self.health_status_all(),
-        ]
+        ];
+        out.extend(super::alarm::ALARM_VIEWER_VERBS.iter().map(|v| self.alarm_request(v)));
+        out
     }
 
     /// What an operator identity of `role` may publish and subscribe to (see the module docs).
@@ -113,6 +115,10 @@ mod tests {
             s.run_cancel(),
             s.host_send(),
             s.host_ensure_worker(),
+            s.alarm_request(super::super::alarm::alarm_verb::ACK),
+            s.alarm_request(super::super::alarm::alarm_verb::SILENCE_ADD),
+            s.alarm_request(super::super::alarm::alarm_verb::SILENCE_EXPIRE),
+            s.alarm_request(super::super::alarm::alarm_verb::APPROVE),
         ] {
             assert!(!v.publish.contains(&write), "{write}");
         }
