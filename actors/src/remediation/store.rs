@@ -13,7 +13,7 @@ use steward_subjects::AccountId;
 
 /// Most remediations kept in the ledger; past it the oldest finished ones go first, then the
 /// oldest held ones.
-pub const MAX_KEPT: usize = 2000;
+pub const MAX_KEPT: usize = 1000;
 
 /// Most compare-and-set attempts of one update.
 const MAX_ATTEMPTS: usize = 64;
