@@ -319,6 +319,21 @@ async fn alarm_fires_after_n_breaches_clears_past_its_clear_threshold_and_notifi
     assert_eq!(ok[0]["id"], id);
     // Acknowledging a resolved alarm is refused.
     assert!(json(&fleet.url, &["ack", &id]).await.unwrap_err().contains("not firing"));
+    // The alarms bucket mirrors the alarm as its last transition left it.
+    let kv = async_nats::jetstream::new(nats.clone()).get_key_value("steward_alarms").await.unwrap();
+    eventually(WAIT, POLL, || async {
+        let v = kv.get(format!("acme.alarm.{id}")).await.map_err(|e| e.to_string())?.ok_or("no record")?;
+        let a: steward_subjects::api::alarm::AlarmRecord =
+            steward_subjects::codec::decode(steward_subjects::codec::Encoding::MsgPack, &v)
+                .map_err(|e| e.to_string())?;
+        if a.n == 3 && !a.firing {
+            Ok(())
+        } else {
+            Err(format!("bucket has n={} firing={}", a.n, a.firing))
+        }
+    })
+    .await
+    .unwrap();
     drop(fleet.hubs.drain(..));
     fleet.nats.stop().await;
 }
@@ -482,4 +497,102 @@ async fn a_rule_with_a_bad_metric_name_or_selector_is_refused_with_its_json_poin
     // Nothing was stored.
     let history = json(&fleet.url, &["history"]).await.unwrap();
     assert_eq!(history["total"], 0, "{history}");
+}
+
+/// Every transition of `id`'s timeline names the result that caused it: with a check that
+/// alternates 1, 0, 1, ... and a rule that fires on 1, every stored result from the first 1 on
+/// causes exactly one transition. Returns (cause keys in timeline order, expected keys).
+async fn causes_and_expected(fleet: &Fleet, id: &str) -> (Vec<String>, Vec<String>) {
+    let a = fleet.alarm(id).await.unwrap();
+    let timeline = a["timeline"].as_array().unwrap();
+    let ns: Vec<u64> = timeline.iter().map(|e| e["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, (1..=ns.len() as u64).collect::<Vec<_>>(), "{id}: numbered without gaps or repeats");
+    let causes: Vec<String> = timeline.iter().map(|e| e["cause"]["key"].as_str().unwrap().to_owned()).collect();
+    let spec = timeline[0]["cause"]["spec"].as_str().unwrap();
+    let results = json(&fleet.url, &["results", "--spec", spec, "--limit", "100000"]).await.unwrap();
+    let results = results.as_array().unwrap();
+    let first = results.iter().position(|r| r["metrics"]["v"].as_f64() == Some(1.0)).unwrap();
+    let expected = results[first..]
+        .iter()
+        .map(|r| format!("{}:{}:{}", r["spec"].as_str().unwrap(), r["epoch"], r["seq"]))
+        .collect();
+    (causes, expected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_evaluating_hub_loses_and_repeats_no_transition() {
+    const CHECKS: usize = 6;
+    let mut fleet = Fleet::start("alarms-kill", &[]).await;
+    let dir = fleet.path("toggles");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut assessments = Vec::new();
+    let mut attestations = Vec::new();
+    for i in 0..CHECKS {
+        let t = dir.join(format!("t{i}"));
+        let script = format!(
+            "if [ -f {t} ]; then rm {t}; echo '{{\"v\": 1}}'; else touch {t}; echo '{{\"v\": 0}}'; fi",
+            t = t.display()
+        );
+        assessments.push(serde_json::json!({"id": format!("a{i}"), "executor": {"kind": "command", "argv": ["sh", "-c", script]}, "interval": "1s", "timeout": "1s"}));
+        attestations
+            .push(serde_json::json!({"id": format!("svc{i}"), "assessment": format!("a{i}"), "component": "web"}));
+    }
+    let doc = serde_json::json!({
+        "controls": [{"id": "c1"}],
+        "components": [{"id": "web", "selector": "role=web", "controls": ["c1"]}],
+        "assessments": assessments,
+        "attestations": attestations,
+        "alarms": [{"id": "up", "when": {"metric": "v", "op": "gt", "value": 0.5}}]
+    });
+    fleet.apply(&doc.to_string()).await;
+    let ids: Vec<String> = (0..CHECKS).map(|i| format!("{HOST}.svc{i}.up")).collect();
+    // The first hub evaluates; a second one stands by.
+    for id in &ids {
+        fleet.wait_for(id, "resolved", 0).await;
+    }
+    fleet.spawn_hub(&[]);
+    // Mid-stream (about CHECKS transitions a second): pause the evaluating hub. The lease
+    // leadership moves to the standby after its 2 s TTL, results are stored again and
+    // delivered to the paused evaluator, which never acknowledges them; then SIGKILL it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut first = fleet.hubs.remove(0);
+    let pid = first.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let before: Vec<u64> = {
+        let mut v = Vec::new();
+        for id in &ids {
+            let a = fleet.alarm(id).await.unwrap();
+            v.push(a["alarm"]["n"].as_u64().unwrap());
+        }
+        v
+    };
+    // The standby takes over and keeps going.
+    for (id, n) in ids.iter().zip(&before) {
+        fleet.wait_for(id, "firing", n + 2).await;
+    }
+    // Stop the checks, let the evaluator drain, then compare every timeline with the results.
+    let mut edge = fleet.edge.take().unwrap();
+    edge.kill().await.unwrap();
+    for id in &ids {
+        let (causes, expected) = eventually(WAIT, POLL, || async {
+            let (c, e) = causes_and_expected(&fleet, id).await;
+            if c.len() == e.len() {
+                Ok((c, e))
+            } else {
+                Err(format!("{id}: {} transitions for {} results", c.len(), e.len()))
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(causes, expected, "{id}: one transition per result, in order, none lost or repeated");
+        assert!(causes.len() > 6, "{id}: {} transitions", causes.len());
+    }
+    // The successor resumed after its predecessor's acknowledged floor.
+    let log = std::fs::read_to_string(fleet.path("hub-1.log")).unwrap();
+    assert!(log.contains("resumes after the acknowledged floor"));
+    drop(fleet.hubs.drain(..));
+    fleet.nats.stop().await;
 }

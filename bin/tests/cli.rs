@@ -124,6 +124,29 @@ async fn up_serves_health_and_stops_cleanly_on_ctrl_c() {
     .await
     .unwrap();
 
+    // The demo's alarm rule on the process count fires for real, on each demo edge.
+    eventually(Duration::from_secs(60), Duration::from_millis(500), || {
+        let context = context.clone();
+        async move {
+            let out = tokio::process::Command::new(STEWARD)
+                .env("STEWARD_CONTEXT", &context)
+                .args(["alarms", "--state", "firing", "-o", "json"])
+                .output()
+                .await
+                .map_err(|e| e.to_string())?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            let ids: Vec<&str> =
+                v.as_array().map(|a| a.iter().filter_map(|x| x["id"].as_str()).collect()).unwrap_or_default();
+            if ids.contains(&"edge-1.process-count.too-many-processes") {
+                Ok(())
+            } else {
+                Err(format!("firing: {ids:?} ({})", String::from_utf8_lossy(&out.stderr)))
+            }
+        }
+    })
+    .await
+    .unwrap();
+
     // Ctrl-C: exit 0 within 5 s, nothing left behind.
     Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
     let status = tokio::time::timeout(Duration::from_secs(5), up.wait()).await.expect("exited within 5 s").unwrap();

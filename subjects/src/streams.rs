@@ -80,6 +80,7 @@ pub fn dead_letter_subjects() -> Vec<String> {
         RESULTS_STREAM,
         RUN_EVENTS_STREAM,
         LEASE_JOURNAL_STREAM,
+        ALARM_EVENTS_STREAM,
     ];
     let mut out = Vec::new();
     for kind in ["MSG_TERMINATED", "MAX_DELIVERIES"] {

@@ -154,7 +154,12 @@ impl Ctx {
                 ..Default::default()
             };
             match self.store.append(&ev, seq).await {
-                Ok(_) => return Ok(alarm),
+                Ok(_) => {
+                    if let Err(e) = self.store.record(&alarm).await {
+                        tracing::warn!(alarm = r.id, error = %e, "acknowledged; the alarms bucket lags until the next transition");
+                    }
+                    return Ok(alarm);
+                }
                 Err(AlarmStoreError::Conflict(_)) => continue,
                 Err(e) => return Err(wire(e)),
             }

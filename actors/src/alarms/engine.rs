@@ -144,6 +144,88 @@ pub(super) struct Engine {
     unknown: HashMap<String, tokio::time::Instant>,
     started_ms: u64,
     metrics: &'static crate::metrics::Metrics,
+    /// Alarms to write to the bucket (its mirror of the stream), off the hot path.
+    mirror: tokio::sync::mpsc::UnboundedSender<AlarmRecord>,
+    _mirror_task: AbortOnDrop,
+}
+
+/// Aborts a task when dropped (the mirror writer ends with its engine).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Transitions decided for one stored message, by alarm.
+#[derive(Default)]
+struct Plan {
+    alarms: Vec<Planned>,
+    index: HashMap<String, usize>,
+}
+
+impl Plan {
+    fn entry(&mut self, id: &str, seq_before: u64) -> &mut Planned {
+        let i = match self.index.get(id) {
+            Some(i) => *i,
+            None => {
+                self.alarms.push(Planned { id: id.to_owned(), seq_before, events: Vec::new(), decisions: Vec::new() });
+                self.index.insert(id.to_owned(), self.alarms.len() - 1);
+                self.alarms.len() - 1
+            }
+        };
+        &mut self.alarms[i]
+    }
+}
+
+/// One alarm's planned transitions.
+struct Planned {
+    id: String,
+    /// The alarm's stream sequence before this message.
+    seq_before: u64,
+    events: Vec<AlarmEvent>,
+    /// What was decided, to decide again after a conflict.
+    decisions: Vec<Decision>,
+}
+
+/// One (result, rule) decision of a message.
+#[derive(Clone)]
+struct Decision {
+    rule: usize,
+    result: usize,
+    track: Track,
+    pos: u64,
+    labels: BTreeMap<String, String>,
+}
+
+/// Alarms whose transitions are appended at once (each alarm's in order).
+const APPEND_CONCURRENCY: usize = 256;
+
+/// Writes alarm records to the bucket, newest per alarm, a batch at a time.
+async fn mirror(store: AlarmStore, mut rx: tokio::sync::mpsc::UnboundedReceiver<AlarmRecord>) {
+    while let Some(first) = rx.recv().await {
+        let mut latest: HashMap<String, AlarmRecord> = HashMap::new();
+        latest.insert(first.id.clone(), first);
+        while let Ok(more) = rx.try_recv() {
+            match latest.get(&more.id) {
+                Some(have) if have.n >= more.n => {}
+                _ => {
+                    latest.insert(more.id.clone(), more);
+                }
+            }
+        }
+        futures::stream::iter(latest.into_values())
+            .for_each_concurrent(64, |a| {
+                let store = store.clone();
+                async move {
+                    if let Err(e) = store.record(&a).await {
+                        debug!(alarm = a.id, error = %e, "alarm record not mirrored to the bucket");
+                    }
+                }
+            })
+            .await;
+    }
 }
 
 impl Engine {
@@ -159,6 +241,8 @@ impl Engine {
         let alarms =
             store.all(client).await?.into_iter().map(|(seq, ev)| (ev.alarm.id.clone(), (seq, ev.alarm))).collect();
         let silences = store.silences(client).await?.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mirror_task = AbortOnDrop(tokio::spawn(mirror(store.clone(), rx)));
         let mut engine = Engine {
             client: client.clone(),
             store,
@@ -172,6 +256,8 @@ impl Engine {
             unknown: HashMap::new(),
             started_ms: now_ms(),
             metrics: crate::metrics::global(),
+            mirror: tx,
+            _mirror_task: mirror_task,
         };
         engine.reload_rules().await;
         Ok(engine)
@@ -202,7 +288,17 @@ impl Engine {
     }
 
     /// Applies one stored result message; returns when every transition it caused is stored.
-    pub(super) async fn on_batch(&mut self, stream_seq: u64, stored_ms: u64, results: &[ResultRecord]) {
+    ///
+    /// # Errors
+    /// When a transition cannot be stored (JetStream unavailable): the message must not be
+    /// acknowledged, and this term ends so the next one starts again from it.
+    pub(super) async fn on_batch(
+        &mut self,
+        stream_seq: u64,
+        stored_ms: u64,
+        results: &[ResultRecord],
+    ) -> Result<(), String> {
+        let mut plan = Plan::default();
         for (index, r) in results.iter().enumerate() {
             // A result's position: its message's sequence and its index in the segment.
             let pos = (stream_seq << 16) | (index as u64 & 0xffff);
@@ -231,10 +327,152 @@ impl Engine {
                 }
                 let track = *track;
                 let id = alarm_id(&host, &check, &rule_id);
-                self.apply_result(i, &id, &track, r, (stream_seq, pos), &labels).await;
+                let decision = Decision { rule: i, result: index, track, pos, labels: labels.clone() };
+                self.decide(&id, decision, r, stream_seq, &mut plan);
             }
         }
+        self.store_plan(plan, stream_seq, results).await?;
         self.metrics.alarm_results_evaluated.inc_by(results.len() as u64);
+        Ok(())
+    }
+
+    /// Decides one (result, rule) against the alarm as this batch has left it so far, and
+    /// adds its transitions to `plan` (the in-memory alarm moves on at once; its stream
+    /// sequence only once stored).
+    fn decide(&mut self, id: &str, d: Decision, r: &ResultRecord, stream_seq: u64, plan: &mut Plan) {
+        let current = self.alarms.get(id).cloned();
+        if current.as_ref().is_some_and(|(_, a)| a.result_seq >= d.pos) {
+            return;
+        }
+        let rule = &self.rules.rules[d.rule];
+        let now = now_ms();
+        let (next, steps) = eval::on_result(rule, &d.track, current.as_ref().map(|(_, a)| a), r, now);
+        let entry = plan.entry(id, current.as_ref().map_or(0, |(s, _)| *s));
+        entry.decisions.push(d.clone());
+        if steps.is_empty() {
+            return;
+        }
+        let Some(mut next) = next else { return };
+        let (host, check, _) = steward_subjects::subject::parse_alarm_id(id).unwrap_or_default();
+        next.id = id.to_owned();
+        next.host = host.to_owned();
+        next.check = check.to_owned();
+        next.rule = rule.id.clone();
+        next.labels = d.labels;
+        next.result_seq = d.pos;
+        let cause = Cause {
+            result_seq: stream_seq,
+            spec: r.spec.clone(),
+            key: r.idempotency_key(),
+            status: Some(r.status),
+            metrics: r.metrics.clone(),
+            ended_at_ms: r.ended_at_ms,
+            message: r.message.clone(),
+        };
+        let events = self.events(next, steps, Some(cause), now);
+        if let Some(last) = events.last() {
+            let seq = current.as_ref().map_or(0, |(s, _)| *s);
+            self.alarms.insert(id.to_owned(), (seq, last.alarm.clone()));
+        }
+        entry.events.extend(events);
+    }
+
+    /// Stores the planned transitions: alarms concurrently, each alarm's in order. An alarm
+    /// whose append meets a concurrent writer is read back and decided again, result by
+    /// result.
+    async fn store_plan(&mut self, plan: Plan, stream_seq: u64, results: &[ResultRecord]) -> Result<(), String> {
+        let store = self.store.clone();
+        let jobs: Vec<(String, u64, Vec<AlarmEvent>)> = plan
+            .alarms
+            .iter()
+            .filter(|a| !a.events.is_empty())
+            .map(|a| (a.id.clone(), a.seq_before, a.events.clone()))
+            .collect();
+        let outcomes: Vec<(String, Result<u64, AlarmStoreError>, Vec<AlarmEvent>)> = futures::stream::iter(jobs)
+            .map(|(id, mut seq, events)| {
+                let store = store.clone();
+                async move {
+                    for ev in &events {
+                        match store.append(ev, seq).await {
+                            Ok(s) => seq = s,
+                            Err(e) => return (id, Err(e), events),
+                        }
+                    }
+                    (id, Ok(seq), events)
+                }
+            })
+            .buffer_unordered(APPEND_CONCURRENCY)
+            .collect()
+            .await;
+        let mut redo = Vec::new();
+        for (id, outcome, events) in outcomes {
+            match outcome {
+                Ok(seq) => {
+                    for ev in &events {
+                        self.metrics
+                            .alarm_transitions
+                            .get_or_create(&crate::metrics::TransitionLabels::of(ev.kind))
+                            .inc();
+                    }
+                    if let Some(entry) = self.alarms.get_mut(&id) {
+                        entry.0 = seq;
+                    }
+                    if let Some(last) = events.last() {
+                        let _ = self.mirror.send(last.alarm.clone());
+                        let resolved = events.iter().any(|e| {
+                            e.kind == TransitionKind::Resolved
+                                || (e.kind == TransitionKind::FlappingEnded && !e.alarm.firing)
+                        });
+                        if resolved {
+                            self.expire_on_resolve(&last.alarm).await;
+                        }
+                    }
+                }
+                Err(AlarmStoreError::Conflict(_)) => redo.push(id),
+                Err(e) => {
+                    self.refresh(&id).await;
+                    return Err(format!("alarm {id}: transition not stored: {e}"));
+                }
+            }
+        }
+        for id in redo {
+            self.refresh(&id).await;
+            let decisions = plan.alarms.iter().find(|a| a.id == id).map(|a| a.decisions.clone()).unwrap_or_default();
+            for d in decisions {
+                let r = &results[d.result];
+                self.apply_result(d.rule, &id, &d.track, r, (stream_seq, d.pos), &d.labels).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The events of `steps`, numbered after `next.n`, each carrying the alarm after it.
+    fn events(&self, mut next: AlarmRecord, steps: Vec<Step>, cause: Option<Cause>, now: u64) -> Vec<AlarmEvent> {
+        next.silenced_by = self.silences.values().filter(|s| covers(s, &next, now)).map(|s| s.id.clone()).collect();
+        next.silenced_by.sort();
+        let base = next.n;
+        let mut out = Vec::with_capacity(steps.len());
+        for (k, step) in steps.into_iter().enumerate() {
+            let mut alarm = next.clone();
+            alarm.n = base + 1 + k as u64;
+            let notify = match step.kind {
+                TransitionKind::Firing | TransitionKind::Resolved => alarm.notifies(),
+                TransitionKind::FlappingStarted | TransitionKind::FlappingEnded => alarm.silenced_by.is_empty(),
+                _ => false,
+            };
+            out.push(AlarmEvent {
+                kind: step.kind,
+                n: alarm.n,
+                at_ms: now,
+                alarm,
+                cause: cause.clone(),
+                notify,
+                detail: step.detail,
+                by: "evaluator".into(),
+                seq: 0,
+            });
+        }
+        out
     }
 
     async fn check_of(&mut self, spec: &str) -> Option<Arc<crate::results::catalog::CheckInfo>> {
@@ -261,22 +499,23 @@ impl Engine {
         r: &ResultRecord,
         (stream_seq, pos): (u64, u64),
         labels: &BTreeMap<String, String>,
-    ) {
+    ) -> Result<(), String> {
+        let mut failures = 0;
         for _ in 0..MAX_CONFLICTS {
             let (seq, current) = match self.alarms.get(id) {
                 Some((s, a)) => (*s, Some(a.clone())),
                 None => (0, None),
             };
             if current.as_ref().is_some_and(|a| a.result_seq >= pos) {
-                return;
+                return Ok(());
             }
             let rule = &self.rules.rules[rule_index];
             let now = now_ms();
             let (next, steps) = eval::on_result(rule, track, current.as_ref(), r, now);
             if steps.is_empty() {
-                return;
+                return Ok(());
             }
-            let Some(mut next) = next else { return };
+            let Some(mut next) = next else { return Ok(()) };
             let (host, check, _) = steward_subjects::subject::parse_alarm_id(id).unwrap_or_default();
             next.id = id.to_owned();
             next.host = host.to_owned();
@@ -294,16 +533,20 @@ impl Engine {
                 message: r.message.clone(),
             };
             match self.store_steps(seq, next, steps, Some(cause)).await {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(AlarmStoreError::Conflict(_)) => self.refresh(id).await,
                 Err(e) => {
+                    failures += 1;
+                    if failures >= 3 {
+                        return Err(format!("alarm {id}: transition not stored: {e}"));
+                    }
                     warn!(alarm = id, error = %e, "alarm transition not stored; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(Duration::from_millis(200 * failures)).await;
                     self.refresh(id).await;
                 }
             }
         }
-        warn!(alarm = id, "alarm transition gave up after repeated conflicts");
+        Err(format!("alarm {id}: transition not stored after {MAX_CONFLICTS} concurrent changes"))
     }
 
     /// Re-reads an alarm from its subject after a conflict.
@@ -323,43 +566,23 @@ impl Engine {
     async fn store_steps(
         &mut self,
         mut seq: u64,
-        mut next: AlarmRecord,
+        next: AlarmRecord,
         steps: Vec<Step>,
         cause: Option<Cause>,
     ) -> Result<(), AlarmStoreError> {
-        let now = now_ms();
-        next.silenced_by = self.silences.values().filter(|s| covers(s, &next, now)).map(|s| s.id.clone()).collect();
-        next.silenced_by.sort();
-        let base = next.n;
+        let events = self.events(next, steps, cause, now_ms());
         let mut resolved = false;
-        for (k, step) in steps.into_iter().enumerate() {
-            let mut alarm = next.clone();
-            alarm.n = base + 1 + k as u64;
-            let notify = match step.kind {
-                TransitionKind::Firing | TransitionKind::Resolved => alarm.notifies(),
-                TransitionKind::FlappingStarted | TransitionKind::FlappingEnded => alarm.silenced_by.is_empty(),
-                _ => false,
-            };
-            resolved |=
-                step.kind == TransitionKind::Resolved || (step.kind == TransitionKind::FlappingEnded && !alarm.firing);
-            let ev = AlarmEvent {
-                kind: step.kind,
-                n: alarm.n,
-                at_ms: now,
-                alarm: alarm.clone(),
-                cause: cause.clone(),
-                notify,
-                detail: step.detail,
-                by: "evaluator".into(),
-                seq: 0,
-            };
+        for ev in events {
             seq = self.store.append(&ev, seq).await?;
             self.metrics.alarm_transitions.get_or_create(&crate::metrics::TransitionLabels::of(ev.kind)).inc();
-            self.alarms.insert(alarm.id.clone(), (seq, alarm.clone()));
-            next = alarm;
-        }
-        if resolved {
-            self.expire_on_resolve(&next).await;
+            resolved |=
+                ev.kind == TransitionKind::Resolved || (ev.kind == TransitionKind::FlappingEnded && !ev.alarm.firing);
+            self.alarms.insert(ev.alarm.id.clone(), (seq, ev.alarm.clone()));
+            let _ = self.mirror.send(ev.alarm.clone());
+            if resolved {
+                self.expire_on_resolve(&ev.alarm).await;
+                resolved = false;
+            }
         }
         Ok(())
     }
@@ -477,6 +700,7 @@ impl Engine {
             match self.store.append(&ev, seq).await {
                 Ok(s) => {
                     self.metrics.alarm_transitions.get_or_create(&crate::metrics::TransitionLabels::of(kind)).inc();
+                    let _ = self.mirror.send(alarm.clone());
                     self.alarms.insert(id, (s, alarm));
                 }
                 Err(e) => {
@@ -493,6 +717,34 @@ impl Engine {
     }
 }
 
+/// Where this term's consumer starts. A previous term's consumer is deleted and made again
+/// just after its acknowledged floor: what the previous leader was delivered and never
+/// acknowledged would otherwise come back only after the ack wait, behind newer results, and a
+/// paused predecessor's pull requests would keep taking messages away from this term. Results
+/// already applied come back too and are skipped by their position.
+async fn resume_point(js: &jetstream::Context, name: &str) -> Result<consumer::DeliverPolicy, String> {
+    let stream = js.get_stream_no_info(steward_subjects::streams::RESULTS_STREAM).await.map_err(|e| e.to_string())?;
+    let info = match stream.consumer_info(name).await {
+        Ok(info) => info,
+        Err(e)
+            if matches!(e.kind(), jetstream::context::ConsumerInfoErrorKind::NotFound)
+                || e.to_string().contains("consumer not found") =>
+        {
+            return Ok(consumer::DeliverPolicy::New)
+        }
+        Err(e) => return Err(format!("alarm feed consumer: {e}")),
+    };
+    let floor = info.ack_floor.stream_sequence;
+    stream.delete_consumer(name).await.map_err(|e| format!("alarm feed consumer: {e}"))?;
+    info!(after = floor, pending = info.num_ack_pending, "alarm evaluator resumes after the acknowledged floor");
+    Ok(if floor > 0 {
+        consumer::DeliverPolicy::ByStartSequence { start_sequence: floor + 1 }
+    } else {
+        // Nothing acknowledged yet: everything since the consumer was made.
+        consumer::DeliverPolicy::ByStartTime { start_time: info.created }
+    })
+}
+
 /// Runs the evaluator until `shutdown` or until leadership is lost.
 pub(super) async fn evaluate(
     js: &jetstream::Context,
@@ -501,15 +753,10 @@ pub(super) async fn evaluate(
     guard: &crate::lease::leader::LeaderGuard,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let consumer = crate::results::feed::durable(
-        js,
-        subjects,
-        &feed_consumer(subjects.account()),
-        consumer::DeliverPolicy::New,
-        MAX_ACK_PENDING,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let name = feed_consumer(subjects.account());
+    let start = resume_point(js, &name).await?;
+    let consumer =
+        crate::results::feed::durable(js, subjects, &name, start, MAX_ACK_PENDING).await.map_err(|e| e.to_string())?;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(1000)
@@ -542,7 +789,7 @@ pub(super) async fn evaluate(
                     None => return Err("alarm feed ended".into()),
                 };
                 match crate::results::feed::decode(&msg) {
-                    Ok(batch) => engine.on_batch(batch.stream_seq, batch.stored_ms, &batch.results).await,
+                    Ok(batch) => engine.on_batch(batch.stream_seq, batch.stored_ms, &batch.results).await?,
                     Err(e) => warn!(error = %e, "undecodable stored result message: not evaluated"),
                 }
                 if let Err(e) = msg.ack().await {

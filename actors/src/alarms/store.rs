@@ -68,8 +68,8 @@ impl AlarmStore {
     }
 
     /// Appends `event` to its alarm's subject, expecting `expected` to be the subject's last
-    /// sequence (0: no transition yet); returns the new sequence, then records the alarm in the
-    /// bucket.
+    /// sequence (0: no transition yet); returns the new sequence. The bucket is not written:
+    /// call [`Self::record`] (the stream is the truth, the bucket its mirror).
     ///
     /// # Errors
     /// [`AlarmStoreError::Conflict`] when the subject moved on (read [`Self::last`] and decide
@@ -86,16 +86,14 @@ impl AlarmStore {
             Ok(f) => f.await,
             Err(e) => return Err(unavailable(e)),
         };
-        let seq = match ack {
-            Ok(a) if a.duplicate => return Err(AlarmStoreError::Conflict(event.alarm.id.clone())),
-            Ok(a) => a.sequence,
+        match ack {
+            Ok(a) if a.duplicate => Err(AlarmStoreError::Conflict(event.alarm.id.clone())),
+            Ok(a) => Ok(a.sequence),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                return Err(AlarmStoreError::Conflict(event.alarm.id.clone()))
+                Err(AlarmStoreError::Conflict(event.alarm.id.clone()))
             }
-            Err(e) => return Err(unavailable(e)),
-        };
-        self.record(&event.alarm).await?;
-        Ok(seq)
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     /// Writes `alarm` to the bucket unless the bucket already holds a later transition of it.

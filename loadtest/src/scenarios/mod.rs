@@ -7,6 +7,7 @@ pub mod lease;
 pub mod presence;
 pub mod raw;
 pub mod results;
+pub mod telemetry;
 pub mod tenants;
 
 use crate::scenario::{Ctx, ScenarioDef};
@@ -14,7 +15,7 @@ use crate::scenario::{Ctx, ScenarioDef};
 /// Every scenario, in the order `all` runs them (`raw` first: the others compare against it).
 #[must_use]
 pub fn registry() -> Vec<ScenarioDef> {
-    vec![raw::DEF, presence::DEF, dispatch::DEF, lease::DEF, results::DEF, apply::DEF, tenants::DEF]
+    vec![raw::DEF, presence::DEF, dispatch::DEF, lease::DEF, results::DEF, apply::DEF, tenants::DEF, telemetry::DEF]
 }
 
 /// A name part unique within this machine's runs (process id and a counter), for accounts,

@@ -356,8 +356,8 @@ fn condition(ptr: &str, c: &Condition, p: &mut Problems) {
         _ => {}
     }
     if let Some(m) = &c.metric {
-        if let Err(e) = validate_token(TokenKind::Name, m) {
-            p.add(format!("{ptr}/metric"), format!("bad metric name: {e}"));
+        if let Err(e) = metric_name(m) {
+            p.add(format!("{ptr}/metric"), format!("bad metric name {m:?}: {e}"));
         }
         match c.value {
             None => p.add(format!("{ptr}/value"), "a metric condition needs a value"),
@@ -375,6 +375,25 @@ fn condition(ptr: &str, c: &Condition, p: &mut Problems) {
             );
         }
     }
+}
+
+/// Longest metric name a rule may name.
+pub const MAX_METRIC_NAME: usize = 128;
+
+/// A metric name as checks report them: JSON keys and monitoring-plugin performance-data
+/// labels (`load1`, `/`, `/var/log`, `time`), so wider than an id: 1 to 128 bytes, no
+/// whitespace or control characters.
+fn metric_name(m: &str) -> Result<(), String> {
+    if m.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if m.len() > MAX_METRIC_NAME {
+        return Err(format!("{} bytes, at most {MAX_METRIC_NAME}", m.len()));
+    }
+    if m.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace or control characters".into());
+    }
+    Ok(())
 }
 
 fn alarm_rule(i: usize, r: &AlarmRule, known: &KnownIds, p: &mut Problems) {
