@@ -45,6 +45,12 @@ use tracing::{debug, info, warn};
 use self::flow::Core;
 use crate::tasks::TaskSet;
 
+/// How long a delivered transition may stay unacknowledged before it goes to another hub (a
+/// killed hub's transitions come back after this).
+const ACK_WAIT: Duration = Duration::from_secs(15);
+/// Transitions pulled at once (handled one by one, each well within [`ACK_WAIT`]).
+const BATCH: usize = 50;
+
 /// How long a transition that could not be handled waits before it is offered again.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
@@ -108,7 +114,7 @@ impl Actor for RemediationService {
                 filter_subject: args.subjects.alarm_events_all(),
                 ack_policy: consumer::AckPolicy::Explicit,
                 deliver_policy: consumer::DeliverPolicy::New,
-                ack_wait: Duration::from_secs(60),
+                ack_wait: ACK_WAIT,
                 max_ack_pending: 10_000,
                 ..Default::default()
             })
@@ -160,7 +166,8 @@ impl Actor for RemediationService {
 /// Handles the transitions one at a time, acknowledging each once handled (or asking for it
 /// again after [`RETRY_DELAY`] when a step failed).
 async fn follow(core: &Core, consumer: consumer::Consumer<consumer::pull::Config>) -> Result<(), ActorProcessingErr> {
-    let mut messages = consumer.stream().heartbeat(Duration::from_secs(5)).messages().await?;
+    let mut messages =
+        consumer.stream().max_messages_per_batch(BATCH).heartbeat(Duration::from_secs(5)).messages().await?;
     while let Some(msg) = messages.next().await {
         let msg = msg?;
         let ack = match codec::decode::<AlarmEvent>(Encoding::MsgPack, &msg.payload) {
