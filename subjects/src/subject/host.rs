@@ -311,6 +311,9 @@ mod tests {
         // Stop orders of its own runs reach it; work orders come through its command consumer
         // and go from the agent to the run worker on its own `run.work.<host>` only.
         assert!(p.subscribe.contains(&"steward.v1.acme.run.stop.a".to_owned()));
+        // Its runtime hears re-checks of its own specs (after a remediation), and publishes none.
+        let recheck: Vec<&String> = p.subscribe.iter().chain(&p.publish).filter(|s| s.contains(".recheck")).collect();
+        assert_eq!(recheck, vec!["steward.v1.acme.jobspec.recheck.a"]);
         let work: Vec<&String> = p.subscribe.iter().chain(&p.publish).filter(|s| s.contains(".run.work")).collect();
         assert_eq!(work, vec!["steward.v1.acme.run.work.a", "steward.v1.acme.run.work.a"]);
         // Of the config API only the playbook fetch.
