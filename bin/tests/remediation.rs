@@ -283,11 +283,13 @@ async fn approval_holds_until_approved_and_cooldown_holds_a_second_firing() {
     let fleet = Fleet::start("remediation-guards", 1).await;
     let alarms = serde_json::json!([
         {"id": "gated", "check": "disk", "when": {"status": ["fail"]}},
-        {"id": "cool", "check": "disk", "when": {"status": ["fail"]}}
+        {"id": "cool", "check": "disk", "when": {"status": ["fail"]}},
+        {"id": "pooled", "check": "disk", "when": {"status": ["fail"]}}
     ]);
     let remediations = serde_json::json!([
         {"id": "ask", "alarm": "gated", "action": {"kind": "command", "argv": ["true"]}, "approval": true},
-        {"id": "once", "alarm": "cool", "action": {"kind": "command", "argv": ["true"]}, "cooldown": "1h"}
+        {"id": "once", "alarm": "cool", "action": {"kind": "command", "argv": ["true"]}, "cooldown": "1h"},
+        {"id": "elsewhere", "alarm": "pooled", "action": {"kind": "command", "argv": ["true"]}, "runner": "pool=fixers"}
     ]);
     fleet.apply(&document(&["true"], "1m", alarms, remediations)).await;
     let (client, store) = fleet.store().await;
@@ -328,6 +330,11 @@ async fn approval_holds_until_approved_and_cooldown_holds_a_second_firing() {
     assert_eq!(other["state"], "running", "{other}");
     let k = kinds(&client, &store, "c1.disk.cool").await;
     assert_eq!(k, ["firing", "remediation_started", "resolved", "firing", "remediation_held"]);
+    // A remediation whose runner pool has no connected host is not started, and says why.
+    transition(&store, "p1", "pooled", TransitionKind::Firing).await;
+    let pooled = wait_remediations(&fleet, &["--rule", "elsewhere"], |l| count(l, "finished") == 1).await;
+    assert_eq!(pooled[0]["outcome"], "not started: no connected runner matches \"pool=fixers\"", "{}", pooled[0]);
+    assert_eq!(kinds(&client, &store, "p1.disk.pooled").await, ["firing", "remediation_finished"]);
     // Approving it does not bypass the cooldown.
     let err = json(&fleet.url, &["remediation", "approve", again["id"].as_str().unwrap()]).await.unwrap_err();
     assert!(err.contains("still held: cooldown until"), "{err}");

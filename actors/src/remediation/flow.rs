@@ -163,7 +163,14 @@ impl Core {
                 }
                 Ok(())
             }
-            TransitionKind::Resolved => self.resolved(&ev.alarm).await,
+            TransitionKind::Resolved => {
+                // Most alarms have no remediation rule: their resolves cost no ledger read.
+                let Some(doc) = self.document().await? else { return Ok(()) };
+                if !doc.remediations.iter().any(|r| r.alarm == ev.alarm.rule) {
+                    return Ok(());
+                }
+                self.resolved(&ev.alarm).await
+            }
             _ => Ok(()),
         }
     }
