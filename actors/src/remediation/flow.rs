@@ -32,6 +32,7 @@ use crate::alarms::store::{AlarmStore, AlarmStoreError};
 use crate::config_manager::playbooks::PlaybookStore;
 use crate::dispatcher::client::DispatcherClient;
 use crate::dispatcher::store::RunStore;
+use crate::metrics::TransitionLabels;
 use crate::now_ms;
 
 /// How long a read configuration document is used before the head revision is read again.
@@ -459,7 +460,11 @@ impl Core {
                 seq: 0,
             };
             match self.alarms.append(&ev, seq).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    // Counted with the evaluator's transitions (`steward_alarm_transitions{kind}`).
+                    crate::metrics::global().alarm_transitions.get_or_create(&TransitionLabels::of(kind)).inc();
+                    return Ok(());
+                }
                 Err(AlarmStoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
