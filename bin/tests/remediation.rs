@@ -291,6 +291,26 @@ async fn approval_holds_until_approved_and_cooldown_holds_a_second_firing() {
         {"id": "once", "alarm": "cool", "action": {"kind": "command", "argv": ["true"]}, "cooldown": "1h"},
         {"id": "elsewhere", "alarm": "pooled", "action": {"kind": "command", "argv": ["true"]}, "runner": "pool=fixers"}
     ]);
+    // Bad remediation rules are refused with their JSON pointers.
+    let bad = serde_json::json!([
+        {"id": "r0", "alarm": "nope", "action": {"kind": "command", "argv": ["true"]}},
+        {"id": "r1", "alarm": "cool", "action": {"kind": "command", "argv": ["true"]}, "cooldown": "soon"},
+        {"id": "r2", "alarm": "cool", "action": {"kind": "command", "argv": ["true"]}, "runner": "pool in ("},
+        {"id": "r3", "alarm": "cool", "action": {"kind": "command", "argv": ["true"]}, "max_in_flight": 0},
+        {"id": "r4", "alarm": "cool"}
+    ]);
+    let file = fleet.path("bad.json");
+    std::fs::write(&file, document(&["true"], "1m", alarms.clone(), bad).to_string()).unwrap();
+    let err = json(&fleet.url, &["apply", "-f", file.to_str().unwrap()]).await.unwrap_err();
+    for pointer in [
+        "/remediations/0/alarm",
+        "/remediations/1/cooldown",
+        "/remediations/2/runner",
+        "/remediations/3/max_in_flight",
+        "/remediations/4/action",
+    ] {
+        assert!(err.contains(pointer), "{pointer} missing in: {err}");
+    }
     fleet.apply(&document(&["true"], "1m", alarms, remediations)).await;
     let (client, store) = fleet.store().await;
 
