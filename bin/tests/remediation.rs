@@ -2,7 +2,7 @@
 //! the CLI). Where only the guards are under test, the test appends `firing` transitions to the
 //! alarm store itself, as the evaluator would (the runs then target hosts that never connect, so
 //! they stay in flight); the re-check test runs the whole path: a check fails, the evaluator
-//! fires, the remediation's command fixes the condition on the edge, the re-check resolves it.
+//! fires, the remediation's playbook fixes the condition on the edge, the re-check resolves it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
@@ -375,9 +375,19 @@ async fn the_recheck_after_a_remediation_resolves_the_alarm() {
         {"id": "missing", "selector": "role=web", "when": {"status": ["fail"]}},
         {"id": "canary", "check": "canary", "when": {"metric": "v", "op": "gt", "value": 0.5}}
     ]);
+    // The remediation is a playbook kept on the hub: stored in the playbook store, sent signed
+    // by reference, fetched and run by the edge's worker with ansible-playbook.
+    let book = fleet.path("fix.yml");
+    std::fs::write(
+        &book,
+        format!(
+            "- name: create the marker\n  hosts: all\n  gather_facts: false\n  tasks:\n    - name: marker\n      ansible.builtin.copy:\n        dest: \"{marker_s}\"\n        content: \"fixed\\n\"\n"
+        ),
+    )
+    .unwrap();
     let remediations = serde_json::json!([{
         "id": "create", "alarm": "missing", "selector": "role=web",
-        "action": {"kind": "command", "argv": ["touch", marker_s]}, "timeout": "30s"
+        "action": {"kind": "playbook", "url": book.to_str().unwrap()}, "timeout": "2m"
     }]);
     let mut doc = serde_json::json!({
         "controls": [{"id": "c1"}],
@@ -421,7 +431,7 @@ async fn the_recheck_after_a_remediation_resolves_the_alarm() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
-    assert!(marker.exists(), "the remediation ran on the edge");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "fixed\n", "the playbook ran on the edge");
     let k = kinds(&client, &store, &id).await;
     assert_eq!(k, ["firing", "remediation_started", "remediation_finished", "resolved"], "{k:?}");
     let t = store.timeline(&client, &id, 100).await.unwrap();
