@@ -627,3 +627,54 @@ fn guards(rule: &RemediationRule) -> Guards {
         approval: rule.approval,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn alarm(rule: &str, check: &str, env: &str) -> AlarmRecord {
+        AlarmRecord {
+            id: format!("h.{check}.{rule}"),
+            host: "h".into(),
+            check: check.into(),
+            rule: rule.into(),
+            labels: BTreeMap::from([("env".to_owned(), env.to_owned())]),
+            ..AlarmRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_rule_answers_its_alarm_rule_check_and_hosts_only() {
+        let rule = RemediationRule {
+            id: "fix".into(),
+            alarm: "full".into(),
+            check: "disk".into(),
+            selector: "env=prod".into(),
+            ..RemediationRule::default()
+        };
+        assert!(applies(&rule, &alarm("full", "disk", "prod")));
+        assert!(!applies(&rule, &alarm("other", "disk", "prod")), "another alarm rule");
+        assert!(!applies(&rule, &alarm("full", "load", "prod")), "another check");
+        assert!(!applies(&rule, &alarm("full", "disk", "dev")), "a host outside the selector");
+        let any = RemediationRule { check: String::new(), selector: String::new(), ..rule };
+        assert!(applies(&any, &alarm("full", "load", "dev")), "empty check and selector match all");
+        let broken = RemediationRule { selector: "env in (".into(), ..any };
+        assert!(!applies(&broken, &alarm("full", "load", "dev")), "a selector that does not parse matches nothing");
+    }
+
+    #[test]
+    fn guards_come_from_the_rule() {
+        let rule = RemediationRule {
+            cooldown: "90s".into(),
+            max_in_flight: 0,
+            max_per_hour: 7,
+            approval: true,
+            ..RemediationRule::default()
+        };
+        let g = guards(&rule);
+        assert_eq!(g, Guards { cooldown_ms: 90_000, max_in_flight: 1, max_per_hour: 7, approval: true });
+    }
+}
