@@ -28,7 +28,8 @@ const DOCUMENT: &str = r#"{
   "controls": [{"id": "c1"}],
   "components": [{"id": "web", "selector": "role=web", "controls": ["c1"]}],
   "assessments": [{"id": "disk", "executor": {"kind": "command", "argv": ["echo", "disk"]}, "interval": "1s", "timeout": "1s"}],
-  "attestations": [{"id": "host-disk", "assessment": "disk", "component": "web", "controls": ["c1"]}]
+  "attestations": [{"id": "host-disk", "assessment": "disk", "component": "web", "controls": ["c1"]}],
+  "alarms": [{"id": "seen", "check": "host-disk", "when": {"status": ["pass"]}}]
 }"#;
 
 /// One exported span, as the receiver got it.
@@ -216,7 +217,8 @@ async fn one_trace_follows_an_apply_and_a_run_across_cli_hub_and_edge() {
     .await
     .unwrap();
 
-    // `steward apply` with the flag: config manager → renderer → notice → edge runtime → result.
+    // `steward apply` with the flag: config manager → renderer → notice → edge runtime → result
+    // → alarm evaluation.
     let doc = tmp.path().join("doc.json");
     std::fs::write(&doc, DOCUMENT).unwrap();
     eventually(WAIT, POLL, || async {
@@ -233,8 +235,9 @@ async fn one_trace_follows_an_apply_and_a_run_across_cli_hub_and_edge() {
         let got = spans.lock().unwrap().clone();
         find_chain(
             &got,
-            ("steward-hub", "results.store"),
+            ("steward-hub", "alarm.evaluate"),
             &[
+                ("steward-hub", "results.store"),
                 ("steward-hub", "result.submit"),
                 ("steward-edge", "results.drain"),
                 ("steward-edge", "runtime.check"),

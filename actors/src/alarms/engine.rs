@@ -29,7 +29,7 @@ use steward_subjects::selector::Selector;
 use steward_subjects::streams::{CONFIG_BUCKET, HOSTS_BUCKET};
 use steward_subjects::subject::{alarm_id, host_registry_filter, parse_registry_key};
 use steward_subjects::{AccountId, Subjects};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use super::eval::{self, RuleSet, Step, Track};
 use super::store::{AlarmStore, AlarmStoreError};
@@ -789,7 +789,17 @@ pub(super) async fn evaluate(
                     None => return Err("alarm feed ended".into()),
                 };
                 match crate::results::feed::decode(&msg) {
-                    Ok(batch) => engine.on_batch(batch.stream_seq, batch.stored_ms, &batch.results).await?,
+                    Ok(batch) => {
+                        // A traced result's transitions join its trace (the append writes the
+                        // current context into each transition's headers).
+                        let span = steward_subjects::trace::hop(msg.headers.as_ref(), || {
+                            tracing::info_span!("alarm.evaluate", otel.name = "alarm.evaluate", stream_seq = batch.stream_seq)
+                        });
+                        engine
+                            .on_batch(batch.stream_seq, batch.stored_ms, &batch.results)
+                            .instrument(span)
+                            .await?;
+                    }
                     Err(e) => warn!(error = %e, "undecodable stored result message: not evaluated"),
                 }
                 if let Err(e) = msg.ack().await {

@@ -2,8 +2,10 @@
 //! a service may), a viewer only the queries of `steward hosts`, `host ID` (status, outcome),
 //! `plan`, `get`, `history`, `diff`, `jobspecs` (list, explain, leases), `runs`, `run-status`,
 //! `leases`, `results` (its ordered consumer on the results stream and the artifacts object
-//! store for `--full-output`) and `health` (micro-service discovery): no apply, rollback, run,
-//! cancel, host commands, worker installs, silence, or credential changes.
+//! store for `--full-output`), `health` (micro-service discovery), `alarms`, `alarm ID`,
+//! `silence list` and `remediations`, and may subscribe to alarm notifications: no apply,
+//! rollback, run, cancel, host commands, worker installs, acknowledgements, silences,
+//! remediation approvals, or credential changes.
 
 use super::{HostPermissions, Subjects};
 use crate::streams::{
@@ -93,7 +95,8 @@ impl Subjects {
             publish.push(format!("$JS.API.DIRECT.GET.{stream}"));
         }
         publish.push("$JS.FC.>".to_owned());
-        HostPermissions { publish, subscribe: vec!["_INBOX.>".to_owned()] }
+        // Viewers may watch alarm notifications as they happen.
+        HostPermissions { publish, subscribe: vec!["_INBOX.>".to_owned(), self.alarm_notify_all()] }
     }
 }
 
@@ -128,6 +131,8 @@ mod tests {
             .iter()
             .any(|p| p.starts_with("$KV.") || p.contains("STREAM.CREATE") || p.contains(".PURGE")));
         assert!(v.publish.contains(&s.host_list()) && v.publish.contains(&s.run_status()));
+        assert!(v.publish.contains(&s.alarm_request(super::super::alarm::alarm_verb::LIST)));
+        assert_eq!(v.subscribe, vec!["_INBOX.>".to_owned(), "steward.v1.acme.alarm.notify.>".to_owned()]);
         assert_eq!(s.operator_permissions(OperatorRole::Admin), s.service_permissions());
         assert_eq!(OperatorRole::parse("viewer"), Some(OperatorRole::Viewer));
         assert_eq!(OperatorRole::parse("root"), None);
