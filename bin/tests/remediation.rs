@@ -279,17 +279,19 @@ async fn a_hundred_hosts_alarming_at_once_start_exactly_the_cap_and_hold_the_res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn approval_holds_until_approved_and_cooldown_holds_a_second_firing() {
+async fn approval_cooldown_hourly_cap_and_runner_pool_guards_hold_with_their_reasons() {
     let fleet = Fleet::start("remediation-guards", 1).await;
     let alarms = serde_json::json!([
         {"id": "gated", "check": "disk", "when": {"status": ["fail"]}},
         {"id": "cool", "check": "disk", "when": {"status": ["fail"]}},
-        {"id": "pooled", "check": "disk", "when": {"status": ["fail"]}}
+        {"id": "pooled", "check": "disk", "when": {"status": ["fail"]}},
+        {"id": "often", "check": "disk", "when": {"status": ["fail"]}}
     ]);
     let remediations = serde_json::json!([
         {"id": "ask", "alarm": "gated", "action": {"kind": "command", "argv": ["true"]}, "approval": true},
         {"id": "once", "alarm": "cool", "action": {"kind": "command", "argv": ["true"]}, "cooldown": "1h"},
-        {"id": "elsewhere", "alarm": "pooled", "action": {"kind": "command", "argv": ["true"]}, "runner": "pool=fixers"}
+        {"id": "elsewhere", "alarm": "pooled", "action": {"kind": "command", "argv": ["true"]}, "runner": "pool=fixers"},
+        {"id": "capped", "alarm": "often", "action": {"kind": "command", "argv": ["true"]}, "max_per_hour": 2, "max_in_flight": 10}
     ]);
     // Bad remediation rules are refused with their JSON pointers.
     let bad = serde_json::json!([
@@ -355,6 +357,14 @@ async fn approval_holds_until_approved_and_cooldown_holds_a_second_firing() {
     let pooled = wait_remediations(&fleet, &["--rule", "elsewhere"], |l| count(l, "finished") == 1).await;
     assert_eq!(pooled[0]["outcome"], "not started: no connected runner matches \"pool=fixers\"", "{}", pooled[0]);
     assert_eq!(kinds(&client, &store, "p1.disk.pooled").await, ["firing", "remediation_finished"]);
+    // The hourly cap: two starts, the third held.
+    for h in ["o1", "o2", "o3"] {
+        transition(&store, h, "often", TransitionKind::Firing).await;
+    }
+    let capped = wait_remediations(&fleet, &["--rule", "capped"], |l| l.len() == 3 && count(l, "starting") == 0).await;
+    assert_eq!(count(&capped, "running"), 2);
+    let third = capped.iter().find(|r| r["state"] == "held").unwrap();
+    assert_eq!(third["reason"], "hourly cap 2 reached");
     // Approving it does not bypass the cooldown.
     let err = json(&fleet.url, &["remediation", "approve", again["id"].as_str().unwrap()]).await.unwrap_err();
     assert!(err.contains("still held: cooldown until"), "{err}");
