@@ -345,6 +345,8 @@ async fn approval_cooldown_hourly_cap_and_runner_pool_guards_hold_with_their_rea
     let run = json(&fleet.url, &["run-status", &run_id]).await.unwrap();
     assert_eq!(run["run"]["labels"]["remediation"], "ask");
     assert_eq!(kinds(&client, &store, "a1.disk.gated").await, ["firing", "remediation_held", "remediation_started"]);
+    let (_, last) = store.last("a1.disk.gated").await.unwrap();
+    assert_eq!(last.unwrap().detail, format!("{id}: run {run_id} on a1 (approved by ana)"));
     // Approving again is refused: it is not held any more; an unknown id is not found.
     let err = json(&fleet.url, &["remediation", "approve", &id]).await.unwrap_err();
     assert!(err.contains("is running"), "{err}");

@@ -225,7 +225,10 @@ impl Core {
                 None => self.not_started(&r, "its remediation rule was removed").await,
             },
             RemediationState::Running => {
-                let detail = format!("{}: run {} on {}", r.id, r.run_id, r.target);
+                let mut detail = format!("{}: run {} on {}", r.id, r.run_id, r.target);
+                if !r.approved_by.is_empty() {
+                    detail.push_str(&format!(" (approved by {})", r.approved_by));
+                }
                 self.note_once(&r, "started", TransitionKind::RemediationStarted, detail).await
             }
             RemediationState::Finished => self.note_finished(&r).await,
