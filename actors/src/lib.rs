@@ -8,7 +8,8 @@
 //! [`connector`] (host presence, registry, durable commands), [`dispatcher`] (runs),
 //! [`edge`] (the host side), [`worker`] (the host's run worker), [`enablement`] (hosts kept at
 //! the revision's services), [`health`] (per-connection health service), [`remediation`]
-//! (guarded runs for firing alarms, then a re-check). Around them:
+//! (guarded runs for firing alarms, then a re-check), [`telemetry`] (check values as history:
+//! raw points, 1-minute and 1-hour rollups, queries). Around them:
 //! [`supervisor`] (linked children, restarts with back-off and counters, ordered shutdown),
 //! [`status`] (the board the supervisor publishes component states on), [`process`] (the
 //! components a process's roles ask for), [`metrics`] (the OpenMetrics families and the
@@ -38,6 +39,7 @@ pub mod spec_signing;
 pub mod status;
 pub mod supervisor;
 mod tasks;
+pub mod telemetry;
 pub mod worker;
 
 use std::path::PathBuf;

@@ -79,6 +79,8 @@ pub struct ProcessConfig {
     pub lease: crate::lease::LeaseConfig,
     /// Webhook URLs alarm notifications are POSTed to (`--alarm-webhook`).
     pub alarm_webhooks: Vec<String>,
+    /// Settings of telemetry history (retention per level, flush timing, exposed series).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 impl ProcessConfig {
@@ -100,6 +102,7 @@ impl ProcessConfig {
             edge_creds: BTreeMap::new(),
             lease: crate::lease::LeaseConfig::default(),
             alarm_webhooks: Vec::new(),
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 }
@@ -130,7 +133,7 @@ impl RunningProcess {
         let mut hub_js = None;
         if !config.roles.is_empty() {
             let js = async_nats::jetstream::new(client.clone());
-            ensured = streams::ensure(&js, config.replicas).await?;
+            ensured = streams::ensure_with(&js, config.replicas, &config.telemetry.retention).await?;
             info!(streams = ensured.streams.len(), buckets = ensured.buckets.len(), "jetstream assets ensured");
             hub_js = Some(js);
         }
@@ -184,6 +187,13 @@ impl RunningProcess {
             children.push(ChildSpec::new("remediation", move || {
                 (crate::remediation::RemediationService, remediation.clone())
             }));
+            // Telemetry history reads stored results (the lease service stores them).
+            let telemetry = crate::telemetry::TelemetryArgs {
+                client: client.clone(),
+                subjects: subjects.clone(),
+                config: config.telemetry.clone(),
+            };
+            children.push(ChildSpec::new("telemetry", move || (crate::telemetry::Telemetry, telemetry.clone())));
             // The service-enablement loop starts after the config manager, connector and
             // dispatcher it drives.
             let enablement = crate::enablement::EnablementArgs::new(client.clone(), subjects.clone());

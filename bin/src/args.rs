@@ -37,6 +37,34 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     steward_subjects::config::duration::parse(s).map_err(|e| e.to_string())
 }
 
+/// Parses a duration that may also be given in days (`400d`), for retention times; otherwise
+/// as [`parse_duration`].
+///
+/// ```
+/// use std::time::Duration;
+/// use steward::args::parse_long_duration;
+/// assert_eq!(parse_long_duration("2d"), Ok(Duration::from_secs(2 * 86_400)));
+/// assert_eq!(parse_long_duration("48h"), Ok(Duration::from_secs(48 * 3600)));
+/// assert!(parse_long_duration("0d").is_err());
+/// ```
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn parse_long_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let d = match t.strip_suffix('d') {
+        Some(days) if !days.is_empty() && days.chars().all(|c| c.is_ascii_digit()) => {
+            let n: u64 = days.parse().map_err(|_| format!("duration {t:?} is too large"))?;
+            Duration::from_secs(n.checked_mul(86_400).ok_or_else(|| format!("duration {t:?} is too large"))?)
+        }
+        _ => parse_duration(t)?,
+    };
+    if d.is_zero() {
+        return Err(format!("duration {t:?} must be more than zero"));
+    }
+    Ok(d)
+}
+
 /// Parses an account id (letters, digits, '-' and '_').
 ///
 /// # Errors

@@ -179,6 +179,9 @@ pub enum Command {
     Leases(crate::commands::runtime::LeasesArgs),
     /// Show stored assessment results.
     Results(crate::commands::runtime::ResultsArgs),
+    /// Show the history of a host's check values: a small graph per metric (`-o json`: the
+    /// points).
+    Metrics(crate::commands::telemetry::MetricsQueryArgs),
     /// Show messages Steward's consumers dropped (terminated or never acknowledged), with why.
     DeadLetters(crate::commands::dead_letters::DeadLettersArgs),
     /// List alarms (`--state firing`, `--selector`, `--host`).
@@ -246,6 +249,9 @@ pub struct UpArgs {
     /// Metrics endpoint.
     #[command(flatten)]
     pub metrics: crate::commands::metrics::MetricsArgs,
+    /// Telemetry retention.
+    #[command(flatten)]
+    pub telemetry: crate::commands::telemetry::HubTelemetryArgs,
 }
 
 /// Options of `steward server`.
@@ -285,6 +291,9 @@ pub struct ServerArgs {
     /// Metrics endpoint.
     #[command(flatten)]
     pub metrics: crate::commands::metrics::MetricsArgs,
+    /// Telemetry retention.
+    #[command(flatten)]
+    pub telemetry: crate::commands::telemetry::HubTelemetryArgs,
 }
 
 fn parse_webhook(s: &str) -> Result<String, String> {

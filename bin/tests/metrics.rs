@@ -288,6 +288,28 @@ async fn metrics_endpoints_count_the_work_of_hub_edge_and_runtime() {
     assert_eq!(hub.family_type("steward_runs"), Some("counter"));
     assert_eq!(hub.family_type("steward_consumer_pending_messages"), Some("gauge"));
 
+    // The hub's current check values (telemetry): the host check passes on web-01, the pool
+    // check fails on the runtime that ran it.
+    let values = eventually(WAIT, POLL, || async {
+        let s = scrape(hub_addr).await;
+        let status = |host: &str, check: &str, status: &str| {
+            s.sum("steward_check_status", &[("account", "acme"), ("host", host), ("check", check), ("status", status)])
+        };
+        if status(HOST, "host-disk", "pass") == 1.0 && status("rt-a", "zone-probe", "fail") == 1.0 {
+            Ok(s)
+        } else {
+            Err("current check statuses not there yet".to_owned())
+        }
+    })
+    .await
+    .unwrap();
+    let status_sum = values.sum("steward_check_status", &[("host", HOST), ("check", "host-disk")]);
+    assert_eq!(status_sum, 1.0, "one status at a time");
+    assert!(values.has("steward_check_last_result_timestamp_seconds", &[("host", HOST), ("check", "host-disk")]));
+    assert_eq!(values.sum("steward_telemetry_writer", &[("account", "acme")]), 1.0);
+    assert!(values.sum("steward_telemetry_points_total", &[("account", "acme")]) >= 6.0);
+    assert_eq!(values.family_type("steward_check_status"), Some("gauge"));
+
     // The edge: its checks (all pass), their durations, its outbox.
     let edge = scrape(edge_addr).await;
     let edge_checks =

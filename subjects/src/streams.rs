@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, object_store, stream};
 
 use crate::api::result::MAX_STORED_OUTPUT;
-use crate::subject::AnyAccount;
+use crate::subject::{AnyAccount, TelemetryLevel};
 
 /// How many copies JetStream keeps of each stream and bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -89,6 +89,55 @@ pub fn dead_letter_subjects() -> Vec<String> {
         }
     }
     out
+}
+
+/// Telemetry raw points: one message per result on `telemetry.raw.<host>.<check>`.
+pub const TELEMETRY_RAW_STREAM: &str = "STEWARD_TELEMETRY_RAW";
+/// Telemetry 1-minute rollups on `telemetry.m1.<host>.<check>`.
+pub const TELEMETRY_1M_STREAM: &str = "STEWARD_TELEMETRY_1M";
+/// Telemetry 1-hour rollups on `telemetry.h1.<host>.<check>`.
+pub const TELEMETRY_1H_STREAM: &str = "STEWARD_TELEMETRY_1H";
+/// The telemetry writer's checkpoint and lock per account (`<account>.writer`).
+pub const TELEMETRY_BUCKET: &str = "steward_telemetry";
+
+/// The stream holding telemetry of `level`.
+#[must_use]
+pub fn telemetry_stream(level: TelemetryLevel) -> &'static str {
+    match level {
+        TelemetryLevel::Raw => TELEMETRY_RAW_STREAM,
+        TelemetryLevel::Minute => TELEMETRY_1M_STREAM,
+        TelemetryLevel::Hour => TELEMETRY_1H_STREAM,
+    }
+}
+
+/// How long telemetry history is kept, per level (`--telemetry-raw`, `--telemetry-1m`,
+/// `--telemetry-1h` of the hub commands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelemetryRetention {
+    /// Raw points (default 48 h).
+    pub raw: Duration,
+    /// 1-minute rollups (default 30 days: a month of 1-minute graphs).
+    pub minute: Duration,
+    /// 1-hour rollups (default 400 days: a year and a month, for year-over-year views).
+    pub hour: Duration,
+}
+
+impl Default for TelemetryRetention {
+    fn default() -> Self {
+        TelemetryRetention { raw: 2 * DAY, minute: 30 * DAY, hour: 400 * DAY }
+    }
+}
+
+impl TelemetryRetention {
+    /// How long `level` is kept.
+    #[must_use]
+    pub fn of(&self, level: TelemetryLevel) -> Duration {
+        match level {
+            TelemetryLevel::Raw => self.raw,
+            TelemetryLevel::Minute => self.minute,
+            TelemetryLevel::Hour => self.hour,
+        }
+    }
 }
 
 /// The host registry bucket.
@@ -182,10 +231,29 @@ impl BucketDef {
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
-/// Every stream Steward uses.
+/// Every stream Steward uses, telemetry kept for the default times.
 #[must_use]
 pub fn streams() -> Vec<StreamDef> {
+    streams_with(&TelemetryRetention::default())
+}
+
+/// Every stream Steward uses, telemetry kept as `retention` says.
+#[must_use]
+pub fn streams_with(retention: &TelemetryRetention) -> Vec<StreamDef> {
+    let telemetry = |level: TelemetryLevel, description: &'static str| StreamDef {
+        name: telemetry_stream(level),
+        description,
+        subjects: vec![AnyAccount::telemetry(level)],
+        retention: stream::RetentionPolicy::Limits,
+        max_age: retention.of(level),
+        max_bytes: -1,
+        max_msgs_per_subject: -1,
+        max_msg_size: -1,
+    };
     vec![
+        telemetry(TelemetryLevel::Raw, "telemetry: one point per result (status and metrics), per host and check"),
+        telemetry(TelemetryLevel::Minute, "telemetry: 1-minute rollups per host and check (parts merged on read)"),
+        telemetry(TelemetryLevel::Hour, "telemetry: 1-hour rollups per host and check (parts merged on read)"),
         StreamDef {
             name: HOST_EVENTS_STREAM,
             description: "host registry events: online, offline, changed",
@@ -294,6 +362,11 @@ pub fn buckets() -> Vec<BucketDef> {
             history: 1,
         },
         BucketDef {
+            name: TELEMETRY_BUCKET,
+            description: "telemetry writer checkpoint and lock per account",
+            history: 1,
+        },
+        BucketDef {
             name: LEASES_BUCKET,
             description: "job-spec leases (holder, epoch) and runtime sessions",
             history: 1,
@@ -366,18 +439,31 @@ where
 
 /// Creates every stream, bucket and object store, or updates it to the current definition.
 /// Safe to call on every start and from several processes at once (a request that times out
-/// is sent again, see [`ensure_item`]).
+/// is sent again, see [`ensure_item`]). Telemetry is kept for the default times.
 ///
 /// # Errors
 /// [`EnsureError`] naming the first item the server refused.
 pub async fn ensure(js: &jetstream::Context, replicas: Replicas) -> Result<EnsureReport, EnsureError> {
+    ensure_with(js, replicas, &TelemetryRetention::default()).await
+}
+
+/// [`ensure`] with telemetry kept as `retention` says (every hub of a deployment should be
+/// given the same retention: the last one to start sets it).
+///
+/// # Errors
+/// [`EnsureError`] naming the first item the server refused.
+pub async fn ensure_with(
+    js: &jetstream::Context,
+    replicas: Replicas,
+    retention: &TelemetryRetention,
+) -> Result<EnsureReport, EnsureError> {
     let mut js = js.clone();
     js.set_timeout(ENSURE_REQUEST_TIMEOUT);
     let js = &js;
     let mut report = EnsureReport::default();
     // A stream that does not exist yet is created without the update request first (which
     // `create_or_update_*` sends): an update racing another hub's create is what timed out.
-    for def in streams() {
+    for def in streams_with(retention) {
         ensure_item("stream", def.name, || async {
             if js.get_stream(def.name).await.is_ok() {
                 js.update_stream(def.config(replicas)).await.map(drop).map_err(|e| e.to_string())

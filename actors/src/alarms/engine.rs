@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use steward_subjects::api::alarm::{AlarmEvent, AlarmRecord, Cause, Silence, TransitionKind};
 use steward_subjects::api::host::HostRecord;
 use steward_subjects::api::result::ResultRecord;
@@ -35,6 +35,7 @@ use super::eval::{self, RuleSet, Step, Track};
 use super::store::{AlarmStore, AlarmStoreError};
 use crate::now_ms;
 use crate::results::catalog::SpecCatalog;
+use crate::results::feed::StoredBatch;
 
 /// Name of the evaluator's durable consumer of `STEWARD_RESULTS`.
 #[must_use]
@@ -193,11 +194,16 @@ struct Planned {
 #[derive(Clone)]
 struct Decision {
     rule: usize,
+    /// Which of the messages decided together.
+    batch: usize,
     result: usize,
     track: Track,
     pos: u64,
     labels: BTreeMap<String, String>,
 }
+
+/// Stored messages decided together at most.
+const MAX_BATCH_MESSAGES: usize = 256;
 
 /// Alarms whose transitions are appended at once (each alarm's in order).
 const APPEND_CONCURRENCY: usize = 256;
@@ -292,14 +298,21 @@ impl Engine {
     /// # Errors
     /// When a transition cannot be stored (JetStream unavailable): the message must not be
     /// acknowledged, and this term ends so the next one starts again from it.
-    pub(super) async fn on_batch(
-        &mut self,
-        stream_seq: u64,
-        stored_ms: u64,
-        results: &[ResultRecord],
-    ) -> Result<(), String> {
+    pub(super) async fn on_batches(&mut self, batches: &[StoredBatch]) -> Result<(), String> {
         let mut plan = Plan::default();
-        for (index, r) in results.iter().enumerate() {
+        for (b, batch) in batches.iter().enumerate() {
+            self.plan_batch(b, batch, &mut plan).await;
+        }
+        self.store_plan(plan, batches).await?;
+        let n: usize = batches.iter().map(|b| b.results.len()).sum();
+        self.metrics.alarm_results_evaluated.inc_by(n as u64);
+        Ok(())
+    }
+
+    /// Decides every (result, rule) of one stored message into `plan`.
+    async fn plan_batch(&mut self, b: usize, batch: &StoredBatch, plan: &mut Plan) {
+        let (stream_seq, stored_ms) = (batch.stream_seq, batch.stored_ms);
+        for (index, r) in batch.results.iter().enumerate() {
             // A result's position: its message's sequence and its index in the segment.
             let pos = (stream_seq << 16) | (index as u64 & 0xffff);
             let Some(info) = self.check_of(&r.spec).await else { continue };
@@ -327,13 +340,10 @@ impl Engine {
                 }
                 let track = *track;
                 let id = alarm_id(&host, &check, &rule_id);
-                let decision = Decision { rule: i, result: index, track, pos, labels: labels.clone() };
-                self.decide(&id, decision, r, stream_seq, &mut plan);
+                let decision = Decision { rule: i, batch: b, result: index, track, pos, labels: labels.clone() };
+                self.decide(&id, decision, r, stream_seq, plan);
             }
         }
-        self.store_plan(plan, stream_seq, results).await?;
-        self.metrics.alarm_results_evaluated.inc_by(results.len() as u64);
-        Ok(())
     }
 
     /// Decides one (result, rule) against the alarm as this batch has left it so far, and
@@ -380,7 +390,7 @@ impl Engine {
     /// Stores the planned transitions: alarms concurrently, each alarm's in order. An alarm
     /// whose append meets a concurrent writer is read back and decided again, result by
     /// result.
-    async fn store_plan(&mut self, plan: Plan, stream_seq: u64, results: &[ResultRecord]) -> Result<(), String> {
+    async fn store_plan(&mut self, plan: Plan, batches: &[StoredBatch]) -> Result<(), String> {
         let store = self.store.clone();
         let jobs: Vec<(String, u64, Vec<AlarmEvent>)> = plan
             .alarms
@@ -439,8 +449,9 @@ impl Engine {
             self.refresh(&id).await;
             let decisions = plan.alarms.iter().find(|a| a.id == id).map(|a| a.decisions.clone()).unwrap_or_default();
             for d in decisions {
-                let r = &results[d.result];
-                self.apply_result(d.rule, &id, &d.track, r, (stream_seq, d.pos), &d.labels).await?;
+                let batch = &batches[d.batch];
+                let r = &batch.results[d.result];
+                self.apply_result(d.rule, &id, &d.track, r, (batch.stream_seq, d.pos), &d.labels).await?;
             }
         }
         Ok(())
@@ -780,7 +791,7 @@ pub(super) async fn evaluate(
                 engine.metrics.alarms_firing.set(i64::try_from(firing).unwrap_or(i64::MAX));
             }
             msg = messages.next() => {
-                let msg = match msg {
+                let first = match msg {
                     Some(Ok(m)) => m,
                     Some(Err(e)) => {
                         debug!(error = %e, "alarm feed");
@@ -788,22 +799,34 @@ pub(super) async fn evaluate(
                     }
                     None => return Err("alarm feed ended".into()),
                 };
-                match crate::results::feed::decode(&msg) {
-                    Ok(batch) => {
-                        // A traced result's transitions join its trace (the append writes the
-                        // current context into each transition's headers).
-                        let span = steward_subjects::trace::hop(msg.headers.as_ref(), || {
-                            tracing::info_span!("alarm.evaluate", otel.name = "alarm.evaluate", stream_seq = batch.stream_seq)
-                        });
-                        engine
-                            .on_batch(batch.stream_seq, batch.stored_ms, &batch.results)
-                            .instrument(span)
-                            .await?;
+                // Every message already here is decided together, and their transitions stored
+                // in one round of concurrent appends: a stored message's wait for JetStream is
+                // shared instead of paid one message at a time.
+                let mut msgs = vec![first];
+                while msgs.len() < MAX_BATCH_MESSAGES {
+                    match messages.next().now_or_never() {
+                        Some(Some(Ok(m))) => msgs.push(m),
+                        _ => break,
                     }
-                    Err(e) => warn!(error = %e, "undecodable stored result message: not evaluated"),
                 }
-                if let Err(e) = msg.ack().await {
-                    debug!(error = %e, "alarm feed ack");
+                let mut batches = Vec::with_capacity(msgs.len());
+                for m in &msgs {
+                    match crate::results::feed::decode(m) {
+                        Ok(b) => batches.push(b),
+                        Err(e) => warn!(error = %e, "undecodable stored result message: not evaluated"),
+                    }
+                }
+                // A traced result's transitions join its trace (the append writes the current
+                // context into each transition's headers): the first traced message's.
+                let traced = msgs.iter().find(|m| steward_subjects::trace::context_of(m.headers.as_ref()).is_some());
+                let span = steward_subjects::trace::hop(traced.and_then(|m| m.headers.as_ref()), || {
+                    tracing::info_span!("alarm.evaluate", otel.name = "alarm.evaluate", messages = msgs.len())
+                });
+                engine.on_batches(&batches).instrument(span).await?;
+                for m in msgs {
+                    if let Err(e) = m.ack().await {
+                        debug!(error = %e, "alarm feed ack");
+                    }
                 }
             }
         }

@@ -99,6 +99,32 @@ impl TransitionLabels {
     }
 }
 
+/// Labels of a check's current metric value.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckValueLabels {
+    account: String,
+    host: String,
+    check: String,
+    metric: String,
+}
+
+/// Labels of a check on a host.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckKeyLabels {
+    account: String,
+    host: String,
+    check: String,
+}
+
+/// Labels of a check's current status.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckStatusLabels {
+    account: String,
+    host: String,
+    check: String,
+    status: String,
+}
+
 /// Check duration buckets: 1 ms to about 65 s, doubling.
 fn check_duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -121,6 +147,13 @@ pub struct Metrics {
     outbox_age: Family<RuntimeLabels, Gauge<f64, AtomicU64>>,
     checks: Family<CheckLabels, Counter>,
     check_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    check_value: Family<CheckValueLabels, Gauge<f64, AtomicU64>>,
+    check_status: Family<CheckStatusLabels, Gauge>,
+    check_value_ts: Family<CheckKeyLabels, Gauge<f64, AtomicU64>>,
+    telemetry_points: Family<AccountLabels, Counter>,
+    telemetry_parts: Family<AccountLabels, Counter>,
+    telemetry_writer: Family<AccountLabels, Gauge>,
+    telemetry_unexposed: Family<AccountLabels, Counter>,
     /// Results the alarm evaluator took into account.
     pub(crate) alarm_results_evaluated: Counter,
     /// Alarm transitions stored by this hub, by kind.
@@ -178,6 +211,13 @@ impl Metrics {
             alarms_known: Gauge::default(),
             alarms_firing: Gauge::default(),
             alarm_notifications: Family::default(),
+            check_value: Family::default(),
+            check_status: Family::default(),
+            check_value_ts: Family::default(),
+            telemetry_points: Family::default(),
+            telemetry_parts: Family::default(),
+            telemetry_writer: Family::default(),
+            telemetry_unexposed: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -243,7 +283,59 @@ impl Metrics {
             "Alarm notifications sent by this hub, by sink and outcome",
             m.alarm_notifications.clone(),
         );
+        r.register(
+            "steward_check_value",
+            "Latest value of each metric of each check, per host (from the telemetry writer; bounded, see docs)",
+            m.check_value.clone(),
+        );
+        r.register(
+            "steward_check_status",
+            "Latest status of each check per host: 1 for the current status, 0 for the others",
+            m.check_status.clone(),
+        );
+        r.register_with_unit(
+            "steward_check_last_result_timestamp",
+            "When the latest result of each check per host ended (Unix time)",
+            Unit::Seconds,
+            m.check_value_ts.clone(),
+        );
+        r.register(
+            "steward_telemetry_points",
+            "Raw telemetry points this hub stored (one per result)",
+            m.telemetry_points.clone(),
+        );
+        r.register(
+            "steward_telemetry_rollup_parts",
+            "Rollup parts (1m and 1h) this hub stored",
+            m.telemetry_parts.clone(),
+        );
+        r.register(
+            "steward_telemetry_writer",
+            "1 while this hub is the account's telemetry writer",
+            m.telemetry_writer.clone(),
+        );
+        r.register(
+            "steward_telemetry_unexposed_checks",
+            "Results whose check was not exposed as steward_check_* because the series cap was reached",
+            m.telemetry_unexposed.clone(),
+        );
         m
+    }
+
+    /// The current-check-value series of `account` (the telemetry writer's).
+    #[must_use]
+    pub fn check_values(&self, account: &AccountId) -> CheckValues {
+        let labels = AccountLabels { account: account.to_string() };
+        CheckValues {
+            account: Arc::from(account.as_str()),
+            value: self.check_value.clone(),
+            status: self.check_status.clone(),
+            ts: self.check_value_ts.clone(),
+            points: self.telemetry_points.get_or_create_owned(&labels),
+            parts: self.telemetry_parts.get_or_create_owned(&labels),
+            writer: self.telemetry_writer.get_or_create_owned(&labels),
+            unexposed: self.telemetry_unexposed.get_or_create_owned(&labels),
+        }
     }
 
     /// The registry holding every family (for encoding, or to register more).
@@ -428,6 +520,81 @@ impl RuntimeMetrics {
         let age_ms = oldest_ms.map_or(0, |t| crate::now_ms().saturating_sub(t));
         #[allow(clippy::cast_precision_loss)] // milliseconds well below 2^52
         self.outbox_age.set(age_ms as f64 / 1000.0);
+    }
+}
+
+/// Statuses as labelled on `steward_check_status`.
+const CHECK_STATUSES: [&str; 6] = ["pass", "warn", "fail", "error", "timeout", "unknown"];
+
+/// The current check values of one account: `steward_check_value{account,host,check,metric}`,
+/// `steward_check_status{account,host,check,status}` (one-hot over the six statuses) and
+/// `steward_check_last_result_timestamp_seconds{account,host,check}`, with the telemetry
+/// writer's counters. The writer bounds how many (host, check) pairs it sets.
+#[derive(Debug, Clone)]
+pub struct CheckValues {
+    account: Arc<str>,
+    value: Family<CheckValueLabels, Gauge<f64, AtomicU64>>,
+    status: Family<CheckStatusLabels, Gauge>,
+    ts: Family<CheckKeyLabels, Gauge<f64, AtomicU64>>,
+    points: Counter,
+    parts: Counter,
+    writer: Gauge,
+    unexposed: Counter,
+}
+
+impl CheckValues {
+    /// Sets the latest result of `check` on `host`: its status (one-hot over every status), its
+    /// metric values and when it ended.
+    pub(crate) fn set(
+        &self,
+        host: &str,
+        check: &str,
+        status: &str,
+        metrics: &std::collections::BTreeMap<String, f64>,
+        ended_ms: u64,
+    ) {
+        let account = self.account.to_string();
+        for s in CHECK_STATUSES {
+            let labels = CheckStatusLabels {
+                account: account.clone(),
+                host: host.to_owned(),
+                check: check.to_owned(),
+                status: s.to_owned(),
+            };
+            self.status.get_or_create(&labels).set(i64::from(s == status));
+        }
+        let ts_labels = CheckKeyLabels { account: account.clone(), host: host.to_owned(), check: check.to_owned() };
+        #[allow(clippy::cast_precision_loss)] // milliseconds well below 2^52
+        self.ts.get_or_create(&ts_labels).set(ended_ms as f64 / 1000.0);
+        for (metric, v) in metrics {
+            let labels = CheckValueLabels {
+                account: account.clone(),
+                host: host.to_owned(),
+                check: check.to_owned(),
+                metric: metric.clone(),
+            };
+            self.value.get_or_create(&labels).set(*v);
+        }
+    }
+
+    /// Counts `n` raw points stored.
+    pub(crate) fn points(&self, n: usize) {
+        self.points.inc_by(n as u64);
+    }
+
+    /// Counts `n` rollup parts stored.
+    pub(crate) fn parts(&self, n: usize) {
+        self.parts.inc_by(n as u64);
+    }
+
+    /// Whether this hub writes the account's telemetry now.
+    pub(crate) fn writer(&self, on: bool) {
+        self.writer.set(i64::from(on));
+    }
+
+    /// Counts a result whose check is not exposed (cap reached).
+    pub(crate) fn unexposed(&self) {
+        self.unexposed.inc();
     }
 }
 

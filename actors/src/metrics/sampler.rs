@@ -1,11 +1,12 @@
 //! The hub's consumer-lag sampler: every few seconds, while the families are served, the
 //! pending counts of the account's hub durable consumers (the renderer's `config.changed`
-//! consumer and the dispatcher's run-events consumer) are read from JetStream.
+//! consumer, the dispatcher's run-events consumer and the telemetry writer's results consumer)
+//! are read from JetStream.
 
 use std::time::Duration;
 
 use async_nats::jetstream;
-use steward_subjects::streams::{CONFIG_EVENTS_STREAM, RUN_EVENTS_STREAM};
+use steward_subjects::streams::{CONFIG_EVENTS_STREAM, RESULTS_STREAM, RUN_EVENTS_STREAM};
 use steward_subjects::subject::run_events_consumer;
 use steward_subjects::AccountId;
 use tracing::debug;
@@ -22,6 +23,7 @@ pub async fn sample_consumers(js: jetstream::Context, account: AccountId, metric
     let consumers = [
         (CONFIG_EVENTS_STREAM, crate::renderer::config_events_consumer(&account)),
         (RUN_EVENTS_STREAM, run_events_consumer(&account)),
+        (RESULTS_STREAM, crate::telemetry::writer::telemetry_consumer(&account)),
     ];
     let mut every = tokio::time::interval(SAMPLE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -13,6 +13,7 @@ pub mod node;
 pub mod remediation;
 pub mod run;
 pub mod runtime;
+pub mod telemetry;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -181,6 +182,7 @@ pub async fn up(global: &Global, args: UpArgs) -> anyhow::Result<()> {
         config.edge_creds = ids.edges.clone();
     }
     config.heartbeat = Duration::from_millis(args.heartbeat_ms.max(50));
+    config.telemetry = args.telemetry.config();
     let (secret, public) = run::dev_keys(&data.join("keys"))?;
     config.signing_key = Some(secret);
     config.trusted_key = Some(public);
@@ -345,6 +347,7 @@ pub async fn server(global: &Global, args: ServerArgs) -> anyhow::Result<()> {
                 signing_key: args.signing_key.clone(),
                 lease: lease.clone(),
                 alarm_webhooks: args.alarm_webhooks.clone(),
+                telemetry: args.telemetry.config(),
                 ..ProcessConfig::hub(&global.nats, t.account.clone())
             }
         })

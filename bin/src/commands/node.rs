@@ -77,6 +77,9 @@ pub struct NodeArgs {
     /// Metrics endpoint of this node's hub.
     #[command(flatten)]
     pub metrics: super::metrics::MetricsArgs,
+    /// Telemetry retention of this node's hub.
+    #[command(flatten)]
+    pub telemetry: super::telemetry::HubTelemetryArgs,
 }
 
 /// A node's settings, as read from `--config` and completed by flags and defaults.
@@ -248,6 +251,7 @@ fn node_trust(dir: &Path, data: &Path, global: &Global) -> anyhow::Result<(Strin
 /// reason other than the cluster not being ready yet.
 pub async fn node(global: &Global, args: NodeArgs) -> anyhow::Result<()> {
     let config = NodeConfig::load(&args)?;
+    let args_telemetry = args.telemetry.clone();
     let _metrics = args.metrics.serve().await?;
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("cannot create data folder {}", config.data.display()))?;
@@ -270,6 +274,7 @@ pub async fn node(global: &Global, args: NodeArgs) -> anyhow::Result<()> {
         process.roles = vec![Role::Hub];
         process.replicas = config.replicas();
         process.signing_key = config.signing_key.clone();
+        process.telemetry = args_telemetry.config();
         tokio::select! {
             hub = start_hub(process) => Some(hub),
             () = crate::shutdown::signal() => {

@@ -12,3 +12,4 @@ pub mod lease;
 pub mod remediation;
 pub mod result;
 pub mod run;
+pub mod telemetry;

@@ -7,7 +7,8 @@
 //! `parse_*` function next to the key's formatter.
 //!
 //! Layout: one file per noun, mirroring `crate::api`: [`health`], [`host`], [`config`],
-//! [`jobspec`] (rendered specs), [`lease`] (leasing specs), [`result`], [`run`] and [`alarm`]. Each holds
+//! [`jobspec`] (rendered specs), [`lease`] (leasing specs), [`result`], [`run`], [`alarm`] and
+//! [`telemetry`]. Each holds
 //! that noun's verbs, its `impl Subjects` and `impl AnyAccount` blocks, and its keys with their
 //! parsers. This file holds the grammar itself and the key helpers every bucket shares.
 
@@ -24,6 +25,7 @@ pub mod lease;
 pub mod operator;
 pub mod result;
 pub mod run;
+pub mod telemetry;
 
 pub use alarm::{
     alarm_id, alarm_key, alarm_key_filter, alarm_leader_key, alarm_verb, parse_alarm_id, parse_alarm_key,
@@ -50,6 +52,9 @@ pub use run::{
     run_host_key, run_idempotency_key, run_record_filter, run_record_key, run_verb, run_work_command_id,
     run_work_msg_id,
 };
+pub use telemetry::{
+    telemetry_checkpoint_key, telemetry_part_msg_id, telemetry_point_msg_id, telemetry_verb, TelemetryLevel,
+};
 
 /// First token of every Steward subject.
 pub const ROOT: &str = "steward";
@@ -70,6 +75,8 @@ pub mod noun {
     pub const RESULT: &str = "result";
     /// Dispatched runs.
     pub const RUN: &str = "run";
+    /// Check values as history (raw points, rollups) and their queries.
+    pub const TELEMETRY: &str = "telemetry";
 }
 
 /// The verbs of the grammar (fifth token).

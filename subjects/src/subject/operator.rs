@@ -1,7 +1,7 @@
 //! What a person's CLI identity may do, by role: an admin may do everything of the account (as
 //! a service may), a viewer only the queries of `steward hosts`, `host ID` (status, outcome),
 //! `plan`, `get`, `history`, `diff`, `jobspecs` (list, explain, leases), `runs`, `run-status`,
-//! `leases`, `results` (its ordered consumer on the results stream and the artifacts object
+//! `leases`, `metrics` (telemetry history), `results` (its ordered consumer on the results stream and the artifacts object
 //! store for `--full-output`), `health` (micro-service discovery), `alarms`, `alarm ID`,
 //! `silence list` and `remediations`, and may subscribe to alarm notifications: no apply,
 //! rollback, run, cancel, host commands, worker installs, acknowledgements, silences,
@@ -63,6 +63,8 @@ impl Subjects {
             self.run_list(),
             self.health_status(),
             self.health_status_all(),
+            self.telemetry_query(),
+            self.telemetry_series(),
         ];
         out.extend(super::alarm::ALARM_VIEWER_VERBS.iter().map(|v| self.alarm_request(v)));
         out
@@ -133,6 +135,7 @@ mod tests {
         assert!(v.publish.contains(&s.host_list()) && v.publish.contains(&s.run_status()));
         assert!(v.publish.contains(&s.alarm_request(super::super::alarm::alarm_verb::LIST)));
         assert_eq!(v.subscribe, vec!["_INBOX.>".to_owned(), "steward.v1.acme.alarm.notify.>".to_owned()]);
+        assert!(v.publish.contains(&s.telemetry_query()) && v.publish.contains(&s.telemetry_series()));
         assert_eq!(s.operator_permissions(OperatorRole::Admin), s.service_permissions());
         assert_eq!(OperatorRole::parse("viewer"), Some(OperatorRole::Viewer));
         assert_eq!(OperatorRole::parse("root"), None);
