@@ -7,8 +7,9 @@
 //! (results stored behind the fence and read back), [`runtime`] (leases and runs checks),
 //! [`connector`] (host presence, registry, durable commands), [`dispatcher`] (runs),
 //! [`edge`] (the host side), [`worker`] (the host's run worker), [`enablement`] (hosts kept at
-//! the revision's services), [`health`] (per-connection health service), [`telemetry`] (check values as
-//! history: raw points, 1-minute and 1-hour rollups, queries). Around them:
+//! the revision's services), [`health`] (per-connection health service), [`remediation`]
+//! (guarded runs for firing alarms, then a re-check), [`telemetry`] (check values as history:
+//! raw points, 1-minute and 1-hour rollups, queries). Around them:
 //! [`supervisor`] (linked children, restarts with back-off and counters, ordered shutdown),
 //! [`status`] (the board the supervisor publishes component states on), [`process`] (the
 //! components a process's roles ask for), [`metrics`] (the OpenMetrics families and the
@@ -29,6 +30,7 @@ pub mod lease;
 pub mod metrics;
 pub mod process;
 pub mod process_group;
+pub mod remediation;
 pub mod renderer;
 pub mod results;
 pub mod runtime;

@@ -182,6 +182,11 @@ impl RunningProcess {
             children.push(ChildSpec::new("lease", move || (crate::lease::LeaseService, lease.clone())));
             let dispatcher = crate::dispatcher::DispatcherArgs::new(client.clone(), subjects.clone(), signer);
             children.push(ChildSpec::new("dispatcher", move || (crate::dispatcher::Dispatcher, dispatcher.clone())));
+            // Remediation starts after the dispatcher its runs go through.
+            let remediation = crate::remediation::RemediationArgs::new(client.clone(), subjects.clone());
+            children.push(ChildSpec::new("remediation", move || {
+                (crate::remediation::RemediationService, remediation.clone())
+            }));
             // Telemetry history reads stored results (the lease service stores them).
             let telemetry = crate::telemetry::TelemetryArgs {
                 client: client.clone(),

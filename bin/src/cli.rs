@@ -192,6 +192,11 @@ pub enum Command {
     Ack(crate::commands::alarms::AckArgs),
     /// Silence alarms by selector, host, check or rule until a time (`add`, `list`, `expire`).
     Silence(crate::commands::alarms::SilenceArgs),
+    /// List remediations: held (with why), running (with their run), finished (with the
+    /// outcome and whether the alarm cleared).
+    Remediations(crate::commands::remediation::RemediationsArgs),
+    /// Act on a remediation (`approve ID`).
+    Remediation(crate::commands::remediation::RemediationArgs),
     /// Print the version.
     Version,
     /// Run a program that ends when its parent ends (used by `steward up` and `steward node`

@@ -53,6 +53,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alarm(args) => commands::alarms::alarm(&cli.global, args).await,
         Command::Ack(args) => commands::alarms::ack(&cli.global, args).await,
         Command::Silence(args) => commands::alarms::silence(&cli.global, args).await,
+        Command::Remediations(args) => commands::remediation::remediations(&cli.global, args).await,
+        Command::Remediation(args) => commands::remediation::remediation(&cli.global, args).await,
         Command::Metrics(args) => commands::telemetry::metrics(&cli.global, args).await,
         Command::DeadLetters(args) => commands::dead_letters::dead_letters(&cli.global, args).await,
         Command::Version => commands::version(&cli.global),

@@ -31,6 +31,7 @@ use tracing::{debug, info};
 
 pub use self::apply::RunStatusError;
 use self::apply::Work;
+pub(crate) use self::plan::store_playbook;
 pub use self::plan::{Plan, PlaybookError, PreparedService};
 use crate::config_manager::playbooks::PlaybookStore;
 use crate::connector::client::ConnectorClient;

@@ -74,7 +74,7 @@ async fn resolve_playbook(reference: &str) -> Result<String, PlaybookError> {
 }
 
 /// Reads a service's playbook source and stores it; the reference it is stored under.
-async fn store_playbook(store: &PlaybookStore, source: &str) -> Result<String, PlaybookError> {
+pub(crate) async fn store_playbook(store: &PlaybookStore, source: &str) -> Result<String, PlaybookError> {
     let content = resolve_playbook(source).await?;
     store.put(&content).await.map(|s| s.reference).map_err(PlaybookError::Store)
 }

@@ -27,6 +27,7 @@ use async_nats::jetstream;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use steward_storage::runtime::{CachedSpec, RuntimeConfigRecord, RuntimeStore};
 use steward_subjects::api::lease::{AvailableNotice, ChangeNotice};
+use steward_subjects::api::remediation::RecheckNotice;
 use steward_subjects::api::result::ResultRecord;
 use steward_subjects::codec::{self, Encoding};
 use steward_subjects::subject::{result_host_of, result_output_msg_id};
@@ -148,6 +149,8 @@ pub enum RuntimeMsg {
     },
     /// Report the status.
     Status(RpcReplyPort<RuntimeStatus>),
+    /// Run this held spec now (a remediation ended), not at its next interval.
+    Recheck(String),
 }
 
 /// State of a runtime.
@@ -352,6 +355,15 @@ impl Actor for RuntimeActor {
                     start_drain(state, &myself);
                 }
             }
+            RuntimeMsg::Recheck(spec) => match state.running.get(&spec) {
+                Some(r) => {
+                    info!(runtime = %state.args.runtime, spec = %spec, "re-check asked for, running now");
+                    r.recheck();
+                }
+                None => {
+                    debug!(runtime = %state.args.runtime, spec = %spec, "re-check of a spec not running here ignored")
+                }
+            },
             RuntimeMsg::Status(reply) => {
                 let store = state.store.clone();
                 let outbox = tokio::task::spawn_blocking(move || store.outbox_len()).await.ok().and_then(Result::ok);
@@ -389,12 +401,27 @@ impl Actor for RuntimeActor {
 }
 
 /// Subscribes to the notices addressed to this runtime (plain subscription: only it listens on
-/// its own subject) and to the account-wide "specs available" broadcast.
+/// its own subject), to the account-wide "specs available" broadcast, and to its re-check
+/// requests (plain subscription on its own subject).
 async fn subscribe_notices(
     client: &async_nats::Client,
     args: &RuntimeArgs,
     tasks: &mut TaskSet<RuntimeMsg>,
 ) -> Result<(), ActorProcessingErr> {
+    let mut rechecks = client
+        .subscribe(args.subjects.jobspec_recheck(&args.runtime))
+        .await
+        .map_err(|e| ActorProcessingErr::from(format!("cannot subscribe to re-checks: {e}")))?;
+    let me = tasks.actor().clone();
+    tasks.spawn_detached(async move {
+        use futures::StreamExt;
+        while let Some(msg) = rechecks.next().await {
+            let Ok(n) = codec::decode::<RecheckNotice>(Encoding::MsgPack, &msg.payload) else { continue };
+            if me.cast(RuntimeMsg::Recheck(n.spec)).is_err() {
+                break;
+            }
+        }
+    });
     for (subject, available) in
         [(args.subjects.jobspec_notice(&args.runtime), false), (args.subjects.jobspec_available(), true)]
     {

@@ -26,6 +26,15 @@ pub(super) struct Running {
     spec: JobSpec,
     cancel: CancelHandle,
     task: tokio::task::JoinHandle<()>,
+    recheck: Arc<tokio::sync::Notify>,
+}
+
+impl Running {
+    /// Runs the spec now: the wait for its next run ends at once (a run in progress is
+    /// followed by another right away).
+    pub(super) fn recheck(&self) {
+        self.recheck.notify_one();
+    }
 }
 
 impl Drop for Running {
@@ -66,8 +75,9 @@ pub(super) fn reschedule(state: &mut RuntimeState, myself: &ActorRef<RuntimeMsg>
         let (epoch, spec) = (c.epoch, c.spec.clone());
         let id = c.spec.id.clone();
         let traced = state.spec_traces.remove(&id);
-        let task = tokio::spawn(run_spec(ctx, c.spec, c.epoch, signal, traced));
-        state.running.insert(id, Running { epoch, spec, cancel, task });
+        let recheck = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(run_spec(ctx, c.spec, c.epoch, signal, traced, recheck.clone()));
+        state.running.insert(id, Running { epoch, spec, cancel, task, recheck });
     }
     if !state.spec_traces.is_empty() {
         let held = &state.held;
@@ -112,16 +122,26 @@ fn jitter(max: Duration) -> Duration {
     Duration::from_millis(nanos % max_ms)
 }
 
-/// Runs `spec` on its interval until canceled. The first run continues `traced` (the sync
-/// that brought the spec) while tracing is on, and leaves its own context for the drain that
-/// submits its result.
-async fn run_spec(ctx: SpecCtx, spec: JobSpec, epoch: u64, cancel: executor::Cancel, traced: Option<trace::Context>) {
+/// Runs `spec` on its interval until canceled, and at once when `recheck` is notified. The
+/// first run continues `traced` (the sync that brought the spec) while tracing is on, and
+/// leaves its own context for the drain that submits its result.
+async fn run_spec(
+    ctx: SpecCtx,
+    spec: JobSpec,
+    epoch: u64,
+    cancel: executor::Cancel,
+    traced: Option<trace::Context>,
+    recheck: Arc<tokio::sync::Notify>,
+) {
     let mut traced = traced;
     let interval = Duration::from_millis(spec.interval_ms).max(MIN_INTERVAL);
     let timeout = Duration::from_millis(spec.timeout_ms).clamp(MIN_INTERVAL, interval.max(MIN_INTERVAL) * 10);
     let exec = executor::build(&spec.executor, &ctx.settings);
     // Spread the first runs of many specs over up to one interval (at most 1 s).
-    tokio::time::sleep(jitter(interval.min(Duration::from_secs(1)))).await;
+    tokio::select! {
+        () = tokio::time::sleep(jitter(interval.min(Duration::from_secs(1)))) => {}
+        () = recheck.notified() => {}
+    }
     let mut next = tokio::time::Instant::now();
     loop {
         if cancel.is_cancelled() {
@@ -159,6 +179,9 @@ async fn run_spec(ctx: SpecCtx, spec: JobSpec, epoch: u64, cancel: executor::Can
         if next < now {
             next = now;
         }
-        tokio::time::sleep_until(next).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = recheck.notified() => next = tokio::time::Instant::now(),
+        }
     }
 }

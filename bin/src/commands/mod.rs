@@ -10,6 +10,7 @@ pub mod hosts;
 pub mod keys;
 pub mod metrics;
 pub mod node;
+pub mod remediation;
 pub mod run;
 pub mod runtime;
 pub mod telemetry;

@@ -9,6 +9,7 @@ pub mod health;
 pub mod host;
 pub mod jobspec;
 pub mod lease;
+pub mod remediation;
 pub mod result;
 pub mod run;
 pub mod telemetry;

@@ -155,6 +155,13 @@ pub fn remediation_ledger_key(account: &AccountId) -> String {
     format!("{account}.remediation.ledger")
 }
 
+/// Name of the remediation service's durable consumer of `account`'s alarm transitions (shared
+/// by every hub instance).
+#[must_use]
+pub fn remediation_consumer(account: &AccountId) -> String {
+    format!("remediation-{}-{account}", account.as_str().len())
+}
+
 /// Key of the alarm evaluator's leader lock of `account` in `steward_leases`.
 #[must_use]
 pub fn alarm_leader_key(account: &AccountId) -> String {

@@ -163,7 +163,8 @@ impl Subjects {
     /// runtime (whose runtime id is the host id) may call the lease endpoints
     /// (`jobspec.{lease,renew,mine,release}`) and `result.submit` as itself only (subjects ending
     /// in `.<host>.<host>`, from which the hub takes the caller's identity), and hears its own
-    /// `jobspec.notice.<host>` and the account's `jobspec.available`; not `jobspec.leases`
+    /// `jobspec.notice.<host>`, `jobspec.recheck.<host>` and the account's `jobspec.available`;
+    /// not `jobspec.leases`
     /// and no object-store rights (outputs too large for a result are not uploaded).
     #[must_use]
     pub fn host_permissions(&self, host: &HostId) -> HostPermissions {
@@ -200,6 +201,7 @@ impl Subjects {
             self.jobspec_available(),
         ];
         subscribe.extend(runtime.as_ref().map(|rt| self.jobspec_notice(rt)));
+        subscribe.extend(runtime.as_ref().map(|rt| self.jobspec_recheck(rt)));
         HostPermissions { publish, subscribe }
     }
 }
@@ -309,6 +311,9 @@ mod tests {
         // Stop orders of its own runs reach it; work orders come through its command consumer
         // and go from the agent to the run worker on its own `run.work.<host>` only.
         assert!(p.subscribe.contains(&"steward.v1.acme.run.stop.a".to_owned()));
+        // Its runtime hears re-checks of its own specs (after a remediation), and publishes none.
+        let recheck: Vec<&String> = p.subscribe.iter().chain(&p.publish).filter(|s| s.contains(".recheck")).collect();
+        assert_eq!(recheck, vec!["steward.v1.acme.jobspec.recheck.a"]);
         let work: Vec<&String> = p.subscribe.iter().chain(&p.publish).filter(|s| s.contains(".run.work")).collect();
         assert_eq!(work, vec!["steward.v1.acme.run.work.a", "steward.v1.acme.run.work.a"]);
         // Of the config API only the playbook fetch.

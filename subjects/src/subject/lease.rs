@@ -4,7 +4,9 @@
 //! `steward.v1.<account>.jobspec.{lease,renew,mine,release}.<host>.<runtime>` (the caller's own
 //! identity, see [`IdentityEndpoint`]) and `steward.v1.<account>.jobspec.leases` (operators). Notices (core NATS, not stored):
 //! `steward.v1.<account>.jobspec.notice.<runtime>` (plain subscription by that runtime) and
-//! `steward.v1.<account>.jobspec.available` (plain subscription by every runtime).
+//! `steward.v1.<account>.jobspec.available` (plain subscription by every runtime);
+//! `steward.v1.<account>.jobspec.recheck.<runtime>` (run a held spec now; plain subscription by
+//! that runtime).
 //!
 //! Durable state: the lease journal and fence (`jobspec.journal`, `jobspec.fence`, stream
 //! `STEWARD_LEASE_JOURNAL`); in the `steward_leases` bucket the leader lock `<account>.leader`
@@ -30,6 +32,8 @@ pub mod lease_verb {
     pub const NOTICE: &str = "notice";
     /// Unassigned specs appeared.
     pub const AVAILABLE: &str = "available";
+    /// Run a held spec now (after a remediation), not at its next interval.
+    pub const RECHECK: &str = "recheck";
     /// The lease journal (stream-backed, written by the lease leader only).
     pub const JOURNAL: &str = "journal";
     /// The lease leaders' fence (one message per takeover, in the journal stream).
@@ -137,6 +141,14 @@ impl Subjects {
     #[must_use]
     pub fn jobspec_notice(&self, runtime: &RuntimeId) -> String {
         self.targeted(noun::JOBSPEC, lease_verb::NOTICE, runtime.as_str())
+    }
+
+    /// Asks one runtime to run a spec it holds now rather than at its next interval (core NATS,
+    /// plain subscription by that runtime; the remediation service publishes it when a
+    /// remediation run ended, so the alarm is judged on a fresh result).
+    #[must_use]
+    pub fn jobspec_recheck(&self, runtime: &RuntimeId) -> String {
+        self.targeted(noun::JOBSPEC, lease_verb::RECHECK, runtime.as_str())
     }
 
     /// Notices to every holder of this account (observers and load tests subscribe here).

@@ -29,7 +29,7 @@ pub mod telemetry;
 
 pub use alarm::{
     alarm_id, alarm_key, alarm_key_filter, alarm_leader_key, alarm_verb, parse_alarm_id, parse_alarm_key,
-    remediation_ledger_key, silence_key, silence_key_filter,
+    remediation_consumer, remediation_ledger_key, silence_key, silence_key_filter,
 };
 pub use config::{
     config_archive_key, config_revision_filter, config_revision_key, config_verb, parse_revision_key,
