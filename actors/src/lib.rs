@@ -7,7 +7,9 @@
 //! (results stored behind the fence and read back), [`runtime`] (leases and runs checks),
 //! [`connector`] (host presence, registry, durable commands), [`dispatcher`] (runs),
 //! [`edge`] (the host side), [`worker`] (the host's run worker), [`enablement`] (hosts kept at
-//! the revision's services), [`health`] (per-connection health service), [`remediation`]
+//! the revision's services), [`health`] (per-connection health service), [`alarms`] (rules
+//! evaluated against stored results, one alarm per host, check and rule, silences,
+//! notifications), [`remediation`]
 //! (guarded runs for firing alarms, then a re-check), [`telemetry`] (check values as history:
 //! raw points, 1-minute and 1-hour rollups, queries). Around them:
 //! [`supervisor`] (linked children, restarts with back-off and counters, ordered shutdown),
