@@ -154,6 +154,19 @@ pub(super) struct Engine {
     _mirror_task: AbortOnDrop,
 }
 
+/// The cause a transition records: the result and the stored message holding it.
+fn cause_of(r: &ResultRecord, stream_seq: u64) -> Cause {
+    Cause {
+        result_seq: stream_seq,
+        spec: r.spec.clone(),
+        key: r.idempotency_key(),
+        status: Some(r.status),
+        metrics: r.metrics.clone(),
+        ended_at_ms: r.ended_at_ms,
+        message: r.message.clone(),
+    }
+}
+
 /// Aborts a task when dropped (the mirror writer ends with its engine).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -382,16 +395,7 @@ impl Engine {
         next.rule = rule.id.clone();
         next.labels = d.labels;
         next.result_seq = d.pos;
-        let cause = Cause {
-            result_seq: stream_seq,
-            spec: r.spec.clone(),
-            key: r.idempotency_key(),
-            status: Some(r.status),
-            metrics: r.metrics.clone(),
-            ended_at_ms: r.ended_at_ms,
-            message: r.message.clone(),
-        };
-        let events = self.events(next, steps, Some(cause), now);
+        let events = self.events(next, steps, Some(cause_of(r, stream_seq)), now);
         if let Some(last) = events.last() {
             let seq = current.as_ref().map_or(0, |(s, _)| *s);
             self.alarms.insert(id.to_owned(), (seq, last.alarm.clone()));
@@ -546,16 +550,7 @@ impl Engine {
             next.rule = rule.id.clone();
             next.labels = labels.clone();
             next.result_seq = pos;
-            let cause = Cause {
-                result_seq: stream_seq,
-                spec: r.spec.clone(),
-                key: r.idempotency_key(),
-                status: Some(r.status),
-                metrics: r.metrics.clone(),
-                ended_at_ms: r.ended_at_ms,
-                message: r.message.clone(),
-            };
-            match self.store_steps(seq, next, steps, Some(cause)).await {
+            match self.store_steps(seq, next, steps, Some(cause_of(r, stream_seq))).await {
                 Ok(()) => return Ok(()),
                 Err(AlarmStoreError::Conflict(_)) => self.refresh(id).await,
                 Err(e) => {
