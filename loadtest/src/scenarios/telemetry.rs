@@ -133,6 +133,9 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<ScenarioReport>> {
         Err(e) => eprintln!("telemetry: the 24 h query measurement failed: {e:#}"),
     }
     if let Some(first) = reports.first_mut() {
+        // The base rate against the raw JetStream publish ceiling of the same run: how much of
+        // what this machine can store at all the fleet's results take.
+        ctx.compare(first, "raw.js_publish_async").await?;
         let bytes = stream_bytes(&js).await;
         first.extra["saturation_results_per_sec"] = json!(saturation);
         first.extra["stream_bytes"] = json!(bytes);
