@@ -17,24 +17,13 @@ use steward_deploy::wait::eventually;
 use steward_subjects::api::alarm::AlarmEvent;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-const STEWARD: &str = env!("CARGO_BIN_EXE_steward");
+mod common;
+
+use common::{json, steward};
+
 const WAIT: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(250);
 const HOST: &str = "web-01";
-
-fn steward(url: &str) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(STEWARD);
-    c.args(["--nats", url, "--account", "acme"]).kill_on_drop(true);
-    c
-}
-
-async fn json(url: &str, args: &[&str]) -> Result<serde_json::Value, String> {
-    let out = steward(url).args(["-o", "json"]).args(args).output().await.unwrap();
-    if !out.status.success() {
-        return Err(format!("steward {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("steward {args:?}: not JSON ({e})"))
-}
 
 /// A test fleet: NATS, a hub, one edge labelled `role=web`.
 struct Fleet {

@@ -27,6 +27,21 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Time one webhook request may take.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why the notifier stopped.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotifyError {
+    /// A consumer could not be created or read, or the HTTP client could not be built.
+    #[error("alarm notifier: {0}")]
+    Setup(String),
+    /// A consumer's message stream ended.
+    #[error("alarm notifier: the {0} consumer ended")]
+    Ended(&'static str),
+}
+
+fn setup(e: impl std::fmt::Display) -> NotifyError {
+    NotifyError::Setup(e.to_string())
+}
+
 /// Name of the notifier's durable consumer for the NATS subject.
 #[must_use]
 pub fn notifier_consumer(account: &steward_subjects::AccountId) -> String {
@@ -51,8 +66,8 @@ async fn consumer(
     subjects: &Subjects,
     name: String,
     max_ack_pending: i64,
-) -> Result<consumer::pull::Stream, String> {
-    let stream = js.get_stream_no_info(ALARM_EVENTS_STREAM).await.map_err(|e| e.to_string())?;
+) -> Result<consumer::pull::Stream, NotifyError> {
+    let stream = js.get_stream_no_info(ALARM_EVENTS_STREAM).await.map_err(setup)?;
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(
             &name,
@@ -70,8 +85,8 @@ async fn consumer(
             },
         )
         .await
-        .map_err(|e| e.to_string())?;
-    consumer.messages().await.map_err(|e| e.to_string())
+        .map_err(setup)?;
+    consumer.messages().await.map_err(setup)
 }
 
 /// Runs the notifier until a consumer ends: the NATS subject (each notifying transition
@@ -80,7 +95,7 @@ async fn consumer(
 ///
 /// # Errors
 /// A reason when a consumer cannot be created or read.
-pub async fn run(js: jetstream::Context, subjects: Subjects, webhooks: Vec<String>) -> Result<(), String> {
+pub async fn run(js: jetstream::Context, subjects: Subjects, webhooks: Vec<String>) -> Result<(), NotifyError> {
     let nats = nats_loop(js.clone(), subjects.clone());
     if webhooks.is_empty() {
         return nats.await;
@@ -92,7 +107,7 @@ pub async fn run(js: jetstream::Context, subjects: Subjects, webhooks: Vec<Strin
     }
 }
 
-async fn nats_loop(js: jetstream::Context, subjects: Subjects) -> Result<(), String> {
+async fn nats_loop(js: jetstream::Context, subjects: Subjects) -> Result<(), NotifyError> {
     let mut messages = consumer(&js, &subjects, notifier_consumer(subjects.account()), 1000).await?;
     let metrics = crate::metrics::global();
     while let Some(msg) = messages.next().await {
@@ -107,13 +122,13 @@ async fn nats_loop(js: jetstream::Context, subjects: Subjects) -> Result<(), Str
         }
         let _ = msg.ack().await;
     }
-    Err("alarm notifier consumer ended".into())
+    Err(NotifyError::Ended("notify"))
 }
 
-async fn webhook_loop(js: jetstream::Context, subjects: Subjects, webhooks: Vec<String>) -> Result<(), String> {
+async fn webhook_loop(js: jetstream::Context, subjects: Subjects, webhooks: Vec<String>) -> Result<(), NotifyError> {
     // One in flight: webhooks see an alarm's transitions in order.
     let mut messages = consumer(&js, &subjects, webhook_consumer(subjects.account()), 1).await?;
-    let http = reqwest::Client::builder().timeout(WEBHOOK_TIMEOUT).build().map_err(|e| e.to_string())?;
+    let http = reqwest::Client::builder().timeout(WEBHOOK_TIMEOUT).build().map_err(setup)?;
     let metrics = crate::metrics::global();
     while let Some(msg) = messages.next().await {
         let msg = match msg {
@@ -155,7 +170,7 @@ async fn webhook_loop(js: jetstream::Context, subjects: Subjects, webhooks: Vec<
             }
         }
     }
-    Err("alarm webhook consumer ended".into())
+    Err(NotifyError::Ended("webhook"))
 }
 
 async fn post(http: &reqwest::Client, url: &str, ev: &AlarmEvent) -> Result<(), String> {

@@ -62,6 +62,28 @@ pub enum FlowError {
     },
 }
 
+/// Why a remediation that passed its guards could not be dispatched (recorded as its outcome).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotStarted {
+    /// The rule names no action.
+    #[error("the rule has no action")]
+    NoAction,
+    /// The playbook could not be stored for sending by reference.
+    #[error("playbook {url}: {reason}")]
+    Playbook {
+        /// The playbook's URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The rule's runner selector does not parse.
+    #[error("bad runner selector: {0}")]
+    BadRunner(String),
+    /// No connected host matches the runner selector.
+    #[error("no connected runner matches {0:?}")]
+    NoRunner(String),
+}
+
 fn read_err(what: &'static str) -> impl FnOnce(String) -> FlowError {
     move |reason| FlowError::Read { what, reason }
 }
@@ -240,11 +262,11 @@ impl Core {
     async fn start(&self, r: Remediation, rule: &RemediationRule) -> Result<(), FlowError> {
         let job = match self.job(rule).await {
             Ok(job) => job,
-            Err(why) => return self.not_started(&r, &why).await,
+            Err(why) => return self.not_started(&r, &why.to_string()).await,
         };
         let target = match self.target(rule, &r).await? {
             Ok(t) => t,
-            Err(why) => return self.not_started(&r, &why).await,
+            Err(why) => return self.not_started(&r, &why.to_string()).await,
         };
         let (_, _, alarm_rule) = steward_subjects::subject::parse_alarm_id(&r.alarm).unwrap_or(("", "", ""));
         let labels = [
@@ -303,26 +325,26 @@ impl Core {
     }
 
     /// The job of `rule`'s action (a playbook is stored and sent by reference, signed).
-    async fn job(&self, rule: &RemediationRule) -> Result<Job, String> {
+    async fn job(&self, rule: &RemediationRule) -> Result<Job, NotStarted> {
         match &rule.action {
             Some(RemediationAction::Command { argv }) => Ok(Job::command(argv.clone())),
             Some(RemediationAction::Playbook { url }) => crate::enablement::store_playbook(&self.playbooks, url)
                 .await
                 .map(Job::playbook_by_ref)
-                .map_err(|e| format!("playbook {url}: {e}")),
-            None => Err("the rule has no action".to_owned()),
+                .map_err(|e| NotStarted::Playbook { url: url.clone(), reason: e.to_string() }),
+            None => Err(NotStarted::NoAction),
         }
     }
 
     /// Where the run goes: the alarm's host, or one connected runner matching `rule.runner`
     /// (the same runner for the same alarm while the pool does not change).
-    async fn target(&self, rule: &RemediationRule, r: &Remediation) -> Result<Result<String, String>, FlowError> {
+    async fn target(&self, rule: &RemediationRule, r: &Remediation) -> Result<Result<String, NotStarted>, FlowError> {
         if rule.runner.trim().is_empty() {
             return Ok(Ok(r.host.clone()));
         }
         let selector = match Selector::parse(&rule.runner) {
             Ok(s) => s,
-            Err(e) => return Ok(Err(format!("bad runner selector: {e}"))),
+            Err(e) => return Ok(Err(NotStarted::BadRunner(e.to_string()))),
         };
         let records: Vec<(String, HostRecord)> = crate::dispatcher::store::read_latest(
             &self.js,
@@ -338,7 +360,7 @@ impl Core {
             .collect();
         pool.sort();
         if pool.is_empty() {
-            return Ok(Err(format!("no connected runner matches {:?}", rule.runner)));
+            return Ok(Err(NotStarted::NoRunner(rule.runner.clone())));
         }
         let pick = r.alarm.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         let i = usize::try_from(pick % pool.len() as u64).unwrap_or(0);

@@ -1,5 +1,5 @@
-//! Process helpers the binary's tests share: finding processes in /proc by command line and by
-//! parent.
+//! Helpers the binary's tests share: finding processes in /proc by command line and by
+//! parent, and running the CLI against account `acme` of a test's NATS server.
 
 #![allow(dead_code, clippy::unwrap_used)] // each test file uses some of them
 
@@ -49,4 +49,23 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     }
     out.remove(0);
     out
+}
+
+/// The `steward` binary under test.
+pub const STEWARD: &str = env!("CARGO_BIN_EXE_steward");
+
+/// `steward --nats URL --account acme`, killed when dropped.
+pub fn steward(url: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(STEWARD);
+    c.args(["--nats", url, "--account", "acme"]).kill_on_drop(true);
+    c
+}
+
+/// `steward -o json ARGS`: the parsed output, or stderr when it fails.
+pub async fn json(url: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = steward(url).args(["-o", "json"]).args(args).output().await.unwrap();
+    if !out.status.success() {
+        return Err(format!("steward {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("steward {args:?}: not JSON ({e})"))
 }
